@@ -1,0 +1,3 @@
+from edge_mer.cli import main
+
+raise SystemExit(main())

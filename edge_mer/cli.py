@@ -1,0 +1,216 @@
+"""The ``edge-mer`` command: parse, build a config, make one library call."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from edge_mer import __version__
+from edge_mer.errors import UserError
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 640x480, got {text!r}") from None
+    if w < 32 or h < 32:
+        raise argparse.ArgumentTypeError("frames must be at least 32x32")
+    return w, h
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from edge_mer.doctor import collect, format_report
+
+    report = collect(import_heavy=not args.no_torch)
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        print(format_report(report))
+    return 0
+
+
+def _nuisances(args: argparse.Namespace, base: Any) -> Any:
+    n = base
+    if args.no_head_motion:
+        n = replace(n, head_drift=0.0, head_jitter=0.0, head_rotation=0.0)
+    if args.no_noise:
+        n = replace(n, noise=0.0)
+    if args.no_flicker:
+        n = replace(n, flicker=0.0)
+    if args.no_blinks:
+        n = replace(n, blinks=False)
+    if args.jpeg_quality is not None:
+        n = replace(n, jpeg_quality=args.jpeg_quality)
+    if getattr(args, "no_macro", False):
+        n = replace(n, macro=False)
+    return n
+
+
+def cmd_synth_dataset(args: argparse.Namespace) -> int:
+    from edge_mer.data.synth.datasets import DatasetConfig, write_dataset
+    from edge_mer.data.synth.render import Nuisances
+
+    cfg = DatasetConfig(layout=args.layout, subjects=args.subjects, clips_per_subject=args.clips_per_subject,
+                        seed=args.seed, size=args.size, fps=args.fps, quirks=not args.no_quirks,
+                        nuisances=_nuisances(args, Nuisances.lab()))
+    summary = write_dataset(cfg, Path(args.out), progress=not args.quiet)
+    if args.json:
+        _print_json(asdict(summary))
+    else:
+        print(f"wrote {summary.samples} clips of {summary.subjects} subjects ({summary.frames} frames) "
+              f"in the {summary.layout} layout to {summary.root} in {summary.seconds:.1f} s")
+        print("classes: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.classes.items())))
+    return 0
+
+
+def cmd_synth_video(args: argparse.Namespace) -> int:
+    from edge_mer.data.synth.render import Nuisances
+    from edge_mer.data.synth.video import VideoConfig, write_video
+
+    out = Path(args.out)
+    truth = Path(args.truth) if args.truth else out.with_suffix(".csv") if out.suffix else out / "truth.csv"
+    cfg = VideoConfig(seconds=args.seconds, fps=args.fps, size=args.size, subject=args.subject, seed=args.seed,
+                      micro_per_minute=args.micro_per_minute, macro_per_minute=args.macro_per_minute,
+                      blinks_per_minute=args.blinks_per_minute, gray=args.gray,
+                      nuisances=_nuisances(args, Nuisances()))
+    sheet = Path(args.truth_sheet) if args.truth_sheet else None
+    summary = write_video(cfg, out, truth, sheet, args.truth_style, progress=not args.quiet)
+    if args.json:
+        _print_json(asdict(summary))
+    else:
+        events = ", ".join(f"{v} {k}" for k, v in sorted(summary.events.items())) or "no events"
+        print(f"wrote {summary.frames} frames ({summary.size[0]}x{summary.size[1]} at {summary.fps:g} fps) "
+              f"to {summary.path}: {events}; truth in {summary.truth}; "
+              f"{summary.render_fps:.0f} frames/s")
+    return 0
+
+
+def cmd_synth_faces(args: argparse.Namespace) -> int:
+    import cv2
+
+    from edge_mer.data.synth.faces import contact_sheet, load_photo, make_subject, photo_names
+
+    subjects = [make_subject(i, args.seed) for i in range(args.subjects)]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(out), contact_sheet(subjects)):
+        raise UserError(f"cannot write {out}: use a .png or .jpg path in a writable folder")
+    photos = [load_photo(n) for n in photo_names()]
+    if args.json:
+        _print_json({"sheet": str(out), "subjects": len(subjects),
+                     "photos": [{"name": p.name, "who": p.who, "source": p.source, "licence": p.licence}
+                                for p in photos]})
+    else:
+        print(f"wrote {len(subjects)} subjects to {out}; photos used:")
+        for p in photos:
+            print(f"  {p.name}: {p.who}; {p.source}; {p.licence}")
+    return 0
+
+
+def _add_nuisance_flags(p: argparse.ArgumentParser, macro: bool) -> None:
+    g = p.add_argument_group("nuisances (all on by default)")
+    g.add_argument("--no-head-motion", action="store_true", help="no head drift, jitter or rotation")
+    g.add_argument("--no-noise", action="store_true", help="no sensor noise")
+    g.add_argument("--no-flicker", action="store_true", help="no illumination flicker")
+    g.add_argument("--no-blinks", action="store_true", help="no blinks")
+    if macro:
+        g.add_argument("--no-macro", action="store_true", help="no macro-expressions")
+    g.add_argument("--jpeg-quality", type=int, metavar="Q", help="compress every frame as JPEG of quality Q")
+
+
+def _synth_parser(sub: Any) -> None:
+    synth = sub.add_parser("synth", help="generate synthetic micro-expression data",
+                           description="Render FACS action units of micro-expression size on real face "
+                                       "photographs and write them as the real datasets are laid out "
+                                       "(dataset), as long videos for spotting (video), or show the "
+                                       "synthetic subjects (faces).")
+    ss = synth.add_subparsers(dest="synth_command", required=True, metavar="{dataset,video,faces}")
+
+    d = ss.add_parser("dataset", help="a recognition dataset in a real dataset's layout",
+                      description="Write clips (onset..offset frames) and annotation files exactly as "
+                                  "CASME II, SAMM, SMIC-HS or the MEGC2019 composite are distributed. "
+                                  "Example: edge-mer synth dataset --layout casme2 --subjects 10 --out DIR")
+    d.add_argument("--layout", choices=("casme2", "samm", "smic", "megc2019"), default="casme2")
+    d.add_argument("--out", required=True, help="dataset root folder to create")
+    d.add_argument("--subjects", type=int, default=10, help="number of subjects (default 10)")
+    d.add_argument("--clips-per-subject", type=int, default=5, help="clips per subject (default 5)")
+    d.add_argument("--size", type=_size, help="frame size WxH (default: the dataset's own, e.g. 640x480)")
+    d.add_argument("--fps", type=float, help="frame rate (default: the dataset's own, 200 or 100)")
+    d.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
+    d.add_argument("--no-quirks", action="store_true", help="no '/' apex cells, no s1/s01 mix")
+    _add_nuisance_flags(d, macro=False)
+    d.add_argument("--json", action="store_true", help="print a JSON summary")
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.set_defaults(func=cmd_synth_dataset)
+
+    v = ss.add_parser("video", help="a long video with micro-, macro-expressions and blinks",
+                      description="Render a long video with events at known frames and write the truth. "
+                                  "Example: edge-mer synth video --seconds 60 --fps 30 --out clip.mp4 "
+                                  "--truth truth.csv")
+    v.add_argument("--out", default="edge-mer-demo/synthetic.mp4",
+                   help=".mp4, .avi, or a folder for JPEG frames (default edge-mer-demo/synthetic.mp4)")
+    v.add_argument("--truth", help="truth CSV (default: next to --out, .csv)")
+    v.add_argument("--truth-sheet", help="also write the truth as an annotation sheet (.xlsx)")
+    v.add_argument("--truth-style", choices=("casme2lv", "sammlv"), default="casme2lv",
+                   help="style of --truth-sheet: CAS(ME)^2 or SAMM long videos")
+    v.add_argument("--seconds", type=float, default=60.0)
+    v.add_argument("--fps", type=float, default=30.0)
+    v.add_argument("--size", type=_size, default=(640, 480), help="frame size WxH (default 640x480)")
+    v.add_argument("--subject", type=int, default=0, help="synthetic subject index (default 0)")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--micro-per-minute", type=float, default=8.0)
+    v.add_argument("--macro-per-minute", type=float, default=2.0)
+    v.add_argument("--blinks-per-minute", type=float, default=12.0)
+    v.add_argument("--gray", action="store_true", help="grey frames (like SAMM)")
+    _add_nuisance_flags(v, macro=True)
+    v.add_argument("--json", action="store_true", help="print a JSON summary")
+    v.add_argument("--quiet", action="store_true", help="no progress bar")
+    v.set_defaults(func=cmd_synth_video)
+
+    f = ss.add_parser("faces", help="a contact sheet of the synthetic subjects and the photos' licences")
+    f.add_argument("--out", default="edge-mer-demo/subjects.png")
+    f.add_argument("--subjects", type=int, default=24)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--json", action="store_true")
+    f.set_defaults(func=cmd_synth_faces)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-mer",
+        description="On-device facial micro-expression recognition: synthetic data, datasets, training, "
+                    "INT8 export and a camera loop for Jetson, Raspberry Pi and any CPU.")
+    parser.add_argument("--version", action="version", version=f"edge-mer {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    doc = sub.add_parser("doctor", help="what this machine can run, and what to install",
+                         description="Report Python and package versions, the OpenCV build (contrib, "
+                                     "GStreamer, face cascades), inference engines, CUDA devices and "
+                                     "cameras, with a hint for each missing part.")
+    doc.add_argument("--json", action="store_true", help="print one JSON object")
+    doc.add_argument("--no-torch", action="store_true", help="do not import torch (faster)")
+    doc.set_defaults(func=cmd_doctor)
+    _synth_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except UserError as exc:
+        print(f"edge-mer: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("edge-mer: interrupted", file=sys.stderr)
+        return 130

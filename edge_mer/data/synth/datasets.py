@@ -1,0 +1,289 @@
+"""Recognition datasets written in the real datasets' folder layouts and annotation files.
+
+What each layout reproduces (the real datasets are licence-restricted; only their
+public structure is mirrored here):
+
+* ``casme2``: ``CASME2_RAW_selected/subXX/EPxx_yy[f]/imgN.jpg`` (frames numbered
+  from the clip's onset in the original recording) and ``CASME2-coding-20190701.xlsx``
+  with the columns Subject, Filename, a blank-header column, OnsetFrame, ApexFrame,
+  OffsetFrame, a second blank-header column, Action Units, Estimated Emotion;
+  integer subjects; a few apex cells written as ``/``. 200 fps, 640x480, colour.
+* ``samm``: ``SAMM/006/006_1_2/006_05562.jpg`` and ``SAMM_Micro_FACS_Codes_v2.xlsx``
+  whose header row (first cell ``Subject``) comes after 13 rows of notes; integer
+  subjects in the sheet, zero-padded folders. 200 fps, 960x650, grey.
+* ``smic``: ``SMIC_all_raw/HS/sN/micro/{negative,positive,surprise}/sN_ne_01/image059976.bmp``;
+  no annotation file and no apex, as distributed. 100 fps, 640x480, colour.
+* ``megc2019``: the three above in ``CASME2/``, ``SAMM/`` and ``SMIC/`` plus the
+  composite ground truth ``MEGC2019_composite_3class_gt.csv`` (``db,subject,filename,label``,
+  no header, 0 negative / 1 positive / 2 surprise; SMIC subjects written ``s01`` /
+  ``s01_ne_01`` as opposed to the ``s1`` folders). CASME II "others" and SAMM
+  "Other" samples are on disk and in the sheets but not in the composite file.
+
+Every dataset root also gets ``SYNTHETIC_MANIFEST.json``: the generator's config and
+the truth of every clip, for checking loaders against what was written.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edge_mer.data.synth.aus import (
+    COMPOSITE_CLASS,
+    COMPOSITE_LABELS,
+    EMOTION_PATTERNS,
+    format_aus,
+    parse_aus,
+)
+from edge_mer.data.synth.faces import make_subject
+from edge_mer.data.synth.render import FaceRenderer, Nuisances
+from edge_mer.data.synth.sheets import Cell, write_csv, write_xlsx
+from edge_mer.data.synth.timeline import Event, Ranges, blink_event, micro_event, render_sequence
+from edge_mer.errors import UserError
+
+LAYOUTS = ("casme2", "samm", "smic", "megc2019")
+COMPOSITE_CSV = "MEGC2019_composite_3class_gt.csv"
+MANIFEST = "SYNTHETIC_MANIFEST.json"
+
+
+@dataclass(frozen=True)
+class LayoutSpec:
+    fps: float
+    size: tuple[int, int]
+    gray: bool
+    ext: str
+    identity_offset: int  # subjects of different datasets are different identities
+
+
+SPECS = {
+    "casme2": LayoutSpec(200.0, (640, 480), False, ".jpg", 0),
+    "samm": LayoutSpec(200.0, (960, 650), True, ".jpg", 1000),
+    "smic": LayoutSpec(100.0, (640, 480), False, ".bmp", 2000),
+}
+
+# Real composite: 24 CASME II, 28 SAMM and 16 SMIC subjects (68).
+COMPOSITE_SHARE = {"casme2": 24, "samm": 28, "smic": 16}
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    layout: str = "casme2"
+    subjects: int = 10
+    clips_per_subject: int = 5
+    seed: int = 0
+    size: tuple[int, int] | None = None  # frame size; None: the layout's own
+    fps: float | None = None  # None: the layout's own
+    face_scale: float = 1.0  # face size relative to the layout's usual framing
+    quirks: bool = True
+    missing_apex_rate: float = 0.05  # CASME II rows whose apex reads '/' (with quirks)
+    blink_probability: float = 0.1
+    nuisances: Nuisances = Nuisances.lab()
+    ranges: Ranges = Ranges(micro_seconds=(0.15, 0.5))
+
+
+@dataclass
+class Clip:
+    dataset: str
+    subject: str  # folder name
+    clip: str
+    onset: int  # native frame numbers
+    apex: int
+    offset: int
+    emotion: str
+    composite: str  # "" when MEGC2019 excludes the label
+    aus: str
+    frames_dir: str  # relative to the dataset root
+    amplitude: float
+    apex_written: str = ""  # what the sheet says for the apex ("/" when hidden)
+
+
+@dataclass
+class Summary:
+    layout: str
+    root: str
+    samples: int = 0
+    subjects: int = 0
+    frames: int = 0
+    classes: dict[str, int] = field(default_factory=dict)
+    composite: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _composite_emotion(rng: np.random.Generator, dataset: str, excluded_p: float) -> str:
+    natives = sorted(COMPOSITE_CLASS[dataset])
+    spare = [e for e in EMOTION_PATTERNS[dataset] if e not in COMPOSITE_CLASS[dataset]]
+    if spare and rng.random() < excluded_p:
+        return str(rng.choice(spare))
+    cls = str(rng.choice(sorted(COMPOSITE_LABELS)))
+    return str(rng.choice([e for e in natives if COMPOSITE_CLASS[dataset][e] == cls]))
+
+
+def _emotion(rng: np.random.Generator, dataset: str, composite_mode: bool) -> str:
+    if composite_mode:
+        return _composite_emotion(rng, dataset, 0.12)
+    return str(rng.choice(sorted(EMOTION_PATTERNS[dataset])))
+
+
+class _Writer:
+    """Renders and writes the clips of one dataset."""
+
+    def __init__(self, cfg: DatasetConfig, dataset: str, root: Path, composite_mode: bool) -> None:
+        self.cfg, self.dataset, self.root, self.composite_mode = cfg, dataset, root, composite_mode
+        spec = SPECS[dataset]
+        self.spec = spec
+        self.size = cfg.size or spec.size
+        self.fps = cfg.fps or spec.fps
+        self.clips: list[Clip] = []
+
+    def names(self, n: int, k: int, emotion: str, rng: np.random.Generator) -> tuple[str, str, str]:
+        """(subject folder, clip name, frames dir relative to root) of clip ``k`` of subject ``n``."""
+        if self.dataset == "casme2":
+            suffix = "f" if rng.random() < 0.6 else ""
+            clip = f"EP{int(rng.integers(1, 20)):02d}_{k + 1:02d}{suffix}"
+            return f"sub{n:02d}", clip, f"CASME2_RAW_selected/sub{n:02d}/{clip}"
+        if self.dataset == "samm":
+            sid = f"{n + 5:03d}"
+            clip = f"{sid}_{int(rng.integers(1, 8))}_{k + 1}"
+            return sid, clip, f"SAMM/{sid}/{clip}"
+        short = {"negative": "ne", "positive": "po", "surprise": "sur"}[emotion]
+        clip = f"s{n}_{short}_{k + 1:02d}"
+        return f"s{n}", clip, f"SMIC_all_raw/HS/s{n}/micro/{emotion}/{clip}"
+
+    def frame_name(self, subject: str, number: int) -> str:
+        if self.dataset == "casme2":
+            return f"img{number}.jpg"
+        if self.dataset == "samm":
+            return f"{subject}_{number:05d}.jpg"
+        return f"image{number:06d}.bmp"
+
+    def first_frame(self, rng: np.random.Generator) -> int:
+        lo, hi = {"casme2": (1, 250), "samm": (1000, 9000), "smic": (1000, 90000)}[self.dataset]
+        return int(rng.integers(lo, hi))
+
+    def write_subject(self, n: int, progress: Any) -> None:
+        cfg = self.cfg
+        rng = np.random.default_rng([cfg.seed, self.spec.identity_offset, n])
+        subject = make_subject(self.spec.identity_offset + n, cfg.seed)
+        h = self.size[1]
+        iod = 0.25 * h * cfg.face_scale * (0.8 if self.dataset == "smic" else 1.0)
+        renderer = FaceRenderer(subject, self.size, iod, gray=self.spec.gray)
+        for k in range(cfg.clips_per_subject):
+            emotion = _emotion(rng, self.dataset, self.composite_mode)
+            aus = parse_aus(str(rng.choice(EMOTION_PATTERNS[self.dataset][emotion])))
+            ev = micro_event(rng, self.fps, 0, aus, emotion, cfg.ranges)
+            events: list[Event] = [ev]
+            if cfg.nuisances.blinks and rng.random() < cfg.blink_probability:
+                events.append(blink_event(rng, self.fps, int(rng.integers(0, ev.offset)), cfg.ranges))
+            subject_dir, clip, rel = self.names(n, k, emotion, rng)
+            first = self.first_frame(rng)
+            out = self.root / rel
+            out.mkdir(parents=True, exist_ok=True)
+            count = ev.offset + 1
+            for i, frame in enumerate(render_sequence(renderer, events, count, self.fps, cfg.nuisances, rng)):
+                cv2.imwrite(str(out / self.frame_name(subject_dir, first + i)), frame)
+            hide = cfg.quirks and self.dataset == "casme2" and rng.random() < cfg.missing_apex_rate
+            apex_written = "/" if hide else ""
+            self.clips.append(Clip(
+                self.dataset, subject_dir, clip, first, first + ev.apex, first + ev.offset, emotion,
+                COMPOSITE_CLASS[self.dataset].get(emotion, ""), format_aus(list(aus)), rel,
+                round(ev.amplitude, 4), apex_written))
+            progress.update(1)
+
+    def write_annotations(self) -> None:
+        if self.dataset == "casme2":
+            header: list[Cell] = ["Subject", "Filename", None, "OnsetFrame", "ApexFrame", "OffsetFrame", None,
+                      "Action Units", "Estimated Emotion"]
+            rows: list[list[Cell]] = [header]
+            for c in self.clips:
+                apex: str | int = c.apex_written or c.apex
+                rows.append([int(c.subject[3:]), c.clip, None, c.onset, apex, c.offset, None, c.aus, c.emotion])
+            write_xlsx(self.root / "CASME2-coding-20190701.xlsx", rows, "Sheet1")
+        elif self.dataset == "samm":
+            rows = [["SAMM Micro-Movement FACS Codes (synthetic data written by edge-mer synth)"]]
+            notes = ["Columns follow the SAMM release; frame numbers are those of the frame files.",
+                     "Onset/Apex/Offset: frame numbers; Duration: frames.",
+                     "Type: micro-movement length class.",
+                     "Action Units: FACS codes, R/L for one side.",
+                     "Estimated Emotion: the coder's estimate."]
+            rows += [[n] for n in notes]
+            rows += [[] for _ in range(13 - len(rows))]
+            rows.append(["Subject", "Filename", "Inducement Code", "Onset Frame", "Apex Frame",
+                         "Offset Frame", "Duration", "Type", "Action Units", "Notes", "Estimated Emotion"])
+            for c in self.clips:
+                rows.append([int(c.subject), c.clip, int(c.clip.split("_")[1]), c.onset, c.apex, c.offset,
+                             c.offset - c.onset + 1, "Micro - 1/2", c.aus, None, c.emotion])
+            write_xlsx(self.root / "SAMM_Micro_FACS_Codes_v2.xlsx", rows, "FACS_Codes")
+
+
+def _composite_rows(clips: list[Clip], quirks: bool) -> list[list[Cell]]:
+    rows: list[list[Cell]] = []
+    for c in clips:
+        if not c.composite:
+            continue
+        subject, clip = c.subject, c.clip
+        if c.dataset == "smic" and quirks:
+            num = int(subject[1:])
+            subject, clip = f"s{num:02d}", f"s{num:02d}" + clip[len(c.subject):]
+        rows.append([c.dataset, subject, clip, COMPOSITE_LABELS[c.composite]])
+    return rows
+
+
+def _split_subjects(total: int) -> dict[str, int]:
+    if total < 3:
+        raise UserError("the megc2019 layout needs at least 3 subjects (one per dataset)")
+    share = {k: max(1, int(round(total * v / 68))) for k, v in COMPOSITE_SHARE.items()}
+    share["samm"] += total - sum(share.values())
+    return share
+
+
+def write_dataset(cfg: DatasetConfig, out: Path, progress: bool = True) -> Summary:
+    """Generate a dataset in ``cfg.layout``'s real layout under ``out``."""
+    if cfg.layout not in LAYOUTS:
+        raise UserError(f"unknown layout {cfg.layout!r}; choose from {', '.join(LAYOUTS)}")
+    if cfg.subjects < 1 or cfg.clips_per_subject < 1:
+        raise UserError("--subjects and --clips-per-subject must be at least 1")
+    from tqdm import tqdm
+
+    start = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    composite = cfg.layout == "megc2019"
+    plan = _split_subjects(cfg.subjects) if composite else {cfg.layout: cfg.subjects}
+    folders = {"casme2": "CASME2", "samm": "SAMM", "smic": "SMIC"}
+    total = sum(plan.values()) * cfg.clips_per_subject
+    writers = []
+    with tqdm(total=total, desc=f"synth {cfg.layout}", unit="clip", disable=not progress) as bar:
+        for dataset, count in plan.items():
+            root = out / folders[dataset] if composite else out
+            w = _Writer(cfg, dataset, root, composite)
+            for n in range(1, count + 1):
+                w.write_subject(n, bar)
+            w.write_annotations()
+            writers.append(w)
+    clips = [c for w in writers for c in w.clips]
+    if composite:
+        for c in clips:
+            c.frames_dir = f"{folders[c.dataset]}/{c.frames_dir}"
+    if composite:
+        write_csv(out / COMPOSITE_CSV, _composite_rows(clips, cfg.quirks))
+    summary = Summary(cfg.layout, str(out), samples=len(clips), subjects=sum(plan.values()))
+    summary.frames = sum(c.offset - c.onset + 1 for c in clips)
+    for c in clips:
+        summary.classes[c.emotion] = summary.classes.get(c.emotion, 0) + 1
+        if c.composite:
+            summary.composite[c.composite] = summary.composite.get(c.composite, 0) + 1
+    _write_manifest(out, cfg, clips)
+    summary.seconds = round(time.perf_counter() - start, 3)
+    return summary
+
+
+def _write_manifest(out: Path, cfg: DatasetConfig, clips: list[Clip]) -> None:
+    config = asdict(replace(cfg))
+    doc = {"generator": "edge-mer synth dataset", "synthetic": True, "config": config,
+           "clips": [asdict(c) for c in clips]}
+    (out / MANIFEST).write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")

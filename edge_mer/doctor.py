@@ -1,0 +1,200 @@
+"""What this machine can run: Python, packages, OpenCV build, engines, GPUs, cameras.
+
+Every check is cheap and never fails the command; a missing part comes with a
+one-line hint of what to install. Nothing here imports torch unless it is
+installed, and the report works on a machine with numpy alone.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib
+import importlib.metadata as md
+import platform
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+CASCADE_DIRS = ("/usr/share/opencv4/haarcascades", "/usr/share/opencv/haarcascades",
+                "/usr/local/share/opencv4/haarcascades")
+
+# (import name, distribution names to ask for a version, hint when missing)
+PACKAGES: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("numpy", ("numpy",), "pip install numpy"),
+    ("cv2", ("opencv-contrib-python-headless", "opencv-contrib-python", "opencv-python-headless",
+             "opencv-python"),
+     "pip install 'edge-mer[desktop]' (on a Jetson use JetPack's OpenCV: apt install python3-opencv)"),
+    ("onnxruntime", ("onnxruntime", "onnxruntime-gpu"), "pip install onnxruntime"),
+    ("tensorrt", ("tensorrt", "tensorrt-cu12", "tensorrt-cu13"),
+     "TensorRT comes with JetPack (apt install python3-libnvinfer) or NVIDIA's tensorrt wheels"),
+    ("pycuda", ("pycuda",), "pip install pycuda (builds against the local CUDA toolkit; "
+                            "on a Jetson run scripts/jetson/setup.sh)"),
+    ("torch", ("torch",), "pip install 'edge-mer[train]' (training and export only; devices need no torch)"),
+    ("onnx", ("onnx",), "pip install 'edge-mer[train]'"),
+    ("picamera2", ("picamera2",), "on a Raspberry Pi: sudo apt install python3-picamera2"),
+    ("openpyxl", ("openpyxl",), "pip install openpyxl (spreadsheets of the datasets)"),
+)
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    hint: str = ""
+
+
+@dataclass
+class Report:
+    python: str
+    platform: str
+    machine: str
+    jetson: str | None
+    packages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    opencv: dict[str, Any] = field(default_factory=dict)
+    engines: dict[str, bool] = field(default_factory=dict)
+    cuda_devices: list[str] = field(default_factory=list)
+    cameras: list[str] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _dist_version(names: tuple[str, ...]) -> str | None:
+    for n in names:
+        try:
+            return md.version(n)
+        except md.PackageNotFoundError:
+            continue
+    return None
+
+
+def _try_import(name: str) -> tuple[Any, str]:
+    try:
+        return importlib.import_module(name), ""
+    except Exception as exc:  # a broken install says why, whatever it raises
+        return None, f"{type(exc).__name__}: {exc}".splitlines()[0][:160]
+
+
+def jetson_release() -> str | None:
+    path = Path("/etc/nv_tegra_release")
+    if not path.exists():
+        return None
+    first = path.read_text(errors="replace").splitlines()[:1]
+    return first[0].strip("# ").strip() if first else "unknown L4T"
+
+
+def find_cascades(cv2: Any | None) -> str | None:
+    """The folder holding ``haarcascade_frontalface_default.xml``, or None."""
+    candidates = []
+    if cv2 is not None and hasattr(cv2, "data"):
+        candidates.append(str(getattr(cv2.data, "haarcascades", "")))
+    candidates += list(CASCADE_DIRS)
+    for c in candidates:
+        if c and Path(c, "haarcascade_frontalface_default.xml").is_file():
+            return str(Path(c))
+    return None
+
+
+def opencv_facts(cv2: Any | None) -> dict[str, Any]:
+    if cv2 is None:
+        return {}
+    info = cv2.getBuildInformation()
+    gst = re.search(r"GStreamer:\s*(\S+)", info)
+    ffmpeg = re.search(r"FFMPEG:\s*(\S+)", info)
+    cuda = re.search(r"NVIDIA CUDA:\s*(\S+)", info)
+    return {
+        "version": cv2.__version__,
+        "contrib": hasattr(cv2, "optflow") and hasattr(cv2.optflow, "DualTVL1OpticalFlow_create"),
+        "gstreamer": bool(gst and gst.group(1).upper().startswith("YES")),
+        "ffmpeg": bool(ffmpeg and ffmpeg.group(1).upper().startswith("YES")),
+        "cuda": bool(cuda and cuda.group(1).upper().startswith("YES")),
+        "cascades": find_cascades(cv2),
+    }
+
+
+def cuda_devices(pycuda_ok: bool) -> list[str]:
+    if pycuda_ok:
+        try:
+            drv = importlib.import_module("pycuda.driver")
+            drv.init()
+            return [f"{drv.Device(i).name()} (sm_{''.join(map(str, drv.Device(i).compute_capability()))})"
+                    for i in range(drv.Device.count())]
+        except Exception:  # no driver, no device: fall through to the other probes
+            pass
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10).stdout
+            return [line.split(" (UUID")[0] for line in out.splitlines() if line.startswith("GPU")]
+        except (OSError, subprocess.SubprocessError):
+            return []
+    if jetson_release():
+        return ["Jetson integrated GPU (install pycuda to query it)"]
+    return []
+
+
+def collect(import_heavy: bool = True) -> Report:
+    """Inspect this machine. ``import_heavy=False`` skips importing torch."""
+    rep = Report(python=sys.version.split()[0], platform=platform.platform(), machine=platform.machine(),
+                 jetson=jetson_release())
+    modules: dict[str, Any] = {}
+    for name, dists, hint in PACKAGES:
+        version = _dist_version(dists)
+        if name == "torch" and not import_heavy:
+            mod, err = (object() if version else None), ("" if version else "not installed")
+        else:
+            mod, err = _try_import(name)
+        modules[name] = mod
+        if mod is not None and version is None:
+            version = str(getattr(mod, "__version__", "unknown"))
+        rep.packages[name] = {"version": version, "importable": mod is not None, "error": err or None}
+        rep.checks.append(Check(name, mod is not None, version or err or "not installed",
+                                "" if mod is not None else hint))
+    rep.opencv = opencv_facts(modules["cv2"])
+    if modules["cv2"] is not None:
+        facts = rep.opencv
+        rep.checks.append(Check("opencv contrib (TV-L1 flow)", facts["contrib"], str(facts["contrib"]),
+                                "" if facts["contrib"] else "pip install opencv-contrib-python-headless"))
+        rep.checks.append(Check("opencv gstreamer (csi:// cameras)", facts["gstreamer"],
+                                str(facts["gstreamer"]), "" if facts["gstreamer"] else
+                                "on a Jetson use JetPack's OpenCV; pip wheels are built without GStreamer"))
+        rep.checks.append(Check("face cascades", facts["cascades"] is not None, str(facts["cascades"]),
+                                "" if facts["cascades"] else
+                                "apt install opencv-data, or an opencv wheel that ships cv2/data"))
+    rep.engines = {"tensorrt": modules["tensorrt"] is not None,
+                   "onnxruntime": modules["onnxruntime"] is not None,
+                   "torch": modules["torch"] is not None}
+    if not any(rep.engines.values()):
+        rep.checks.append(Check("inference engine", False, "none",
+                                "pip install onnxruntime (any CPU) or use TensorRT on a Jetson"))
+    rep.cuda_devices = cuda_devices(modules["pycuda"] is not None)
+    rep.checks.append(Check("cuda devices", bool(rep.cuda_devices), ", ".join(rep.cuda_devices) or "none",
+                            "" if rep.cuda_devices else "no NVIDIA GPU found: the CPU path (ONNX Runtime, "
+                            "OpenCV flow) is used"))
+    rep.cameras = sorted(glob.glob("/dev/video*"), key=lambda p: (len(p), p))
+    rep.checks.append(Check("cameras", bool(rep.cameras), ", ".join(rep.cameras) or "none",
+                            "" if rep.cameras else "no /dev/video* device; use --source FILE or --demo"))
+    return rep
+
+
+def format_report(rep: Report) -> str:
+    lines = [f"edge-mer doctor: Python {rep.python} on {rep.platform} ({rep.machine})"]
+    if rep.jetson:
+        lines.append(f"Jetson: {rep.jetson}")
+    width = max(len(c.name) for c in rep.checks)
+    for c in rep.checks:
+        mark = "ok " if c.ok else "-- "
+        line = f"  {mark}{c.name.ljust(width)}  {c.detail}"
+        if c.hint:
+            line += f"\n     {' ' * width}  hint: {c.hint}"
+        lines.append(line)
+    engines = [k for k, v in rep.engines.items() if v]
+    lines.append(f"inference engines: {', '.join(engines) or 'none'}")
+    return "\n".join(lines)
+
