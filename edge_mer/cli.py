@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, replace
@@ -117,6 +118,91 @@ def cmd_synth_faces(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_index(args: argparse.Namespace) -> int:
+    from edge_mer.data.loaders import load
+
+    index = load(args.dataset, Path(args.root), Path(args.annotations) if args.annotations else None, args.apex)
+    summary = index.summary()
+    if args.json:
+        _print_json(summary)
+        return 0
+    print(f"{index.dataset}: {summary['samples']} samples ({summary['complete']} with all frames on disk) "
+          f"of {summary['subjects']} subjects in {index.root}")
+    if index.annotations:
+        print(f"annotations: {index.annotations}")
+
+    def counts(d: dict[str, int]) -> str:
+        return ", ".join(f"{k} {v}" for k, v in d.items()) or "none"
+    print(f"classes: {counts(summary['classes'])}")
+    print(f"composite: {counts(summary['composite'])}")
+    if len(summary["per_dataset"]) > 1:
+        print(f"per dataset: {counts(summary['per_dataset'])}")
+    print(f"per subject: {counts(summary['per_subject'])}")
+    for note in index.notes:
+        print(f"note: {note}")
+    print(f"problems: {len(index.problems) or 'none'}")
+    for p in index.problems:
+        print(f"  [{p.kind}] {p}")
+    return 0
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    from edge_mer.features.prepare import FeatureConfig, prepare
+
+    cfg = FeatureConfig(size=args.size, flow=args.flow, apex_policy=args.apex, landmarks=args.landmarks)
+    workers = args.workers or os.cpu_count() or 1
+    summary = prepare(args.dataset, Path(args.root), Path(args.out), cfg,
+                      Path(args.annotations) if args.annotations else None, workers, progress=not args.quiet)
+    if args.json:
+        _print_json(asdict(summary))
+    else:
+        print(f"features of {summary.samples} samples in {summary.out}: {summary.written} written, "
+              f"{summary.reused} already there, {summary.failed} failed, {summary.skipped} skipped "
+              f"({summary.seconds:.1f} s, {summary.samples_per_second:.2f} samples/s)")
+        if summary.failed or summary.skipped:
+            print(f"see {Path(summary.out) / 'index.jsonl'} and problems.json for why")
+    return 0
+
+
+def _data_parser(sub: Any) -> None:
+    data = sub.add_parser("data", help="read micro-expression datasets and cache their features",
+                          description="Read CASME II, SAMM, SMIC-HS, CAS(ME)^3 part A or the MEGC2019 composite "
+                                      "from their folders as distributed (index), and cache onset->apex "
+                                      "features for training (prepare).")
+    ds = data.add_subparsers(dest="data_command", required=True, metavar="{index,prepare}")
+    datasets = ("casme2", "samm", "smic", "casme3", "megc2019")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--dataset", required=True, choices=datasets)
+        p.add_argument("--root", required=True, help="the dataset's folder as distributed (for megc2019: the "
+                                                     "folder holding CASME II, SAMM, SMIC-HS and the CSV)")
+        p.add_argument("--annotations", help="annotation file (default: found under --root by its real name)")
+        p.add_argument("--apex", choices=("middle", "motion"), default="middle",
+                       help="apex when none is annotated (SMIC-HS, '/' cells): middle frame, or the frame "
+                            "that moved most from the onset (default middle)")
+        p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    i = ds.add_parser("index", help="count samples per class and subject and list every problem",
+                      description="Read a dataset and print its samples per class and per subject, and every "
+                                  "problem found (missing frames, unparseable rows) with its row.")
+    common(i)
+    i.set_defaults(func=cmd_data_index)
+
+    p = ds.add_parser("prepare", help="write the onset->apex feature cache",
+                      description="Align each clip's face on its onset frame, compute onset->apex optical flow, "
+                                  "optical strain and the apex texture at SxS, and write a resumable feature "
+                                  "cache. Example: edge-mer data prepare --dataset casme2 --root CASME2 "
+                                  "--out features/casme2")
+    common(p)
+    p.add_argument("--out", required=True, help="feature cache folder (rerun to resume)")
+    p.add_argument("--size", type=int, default=112, help="crop size S (default 112)")
+    p.add_argument("--flow", choices=("tvl1", "dis"), default="tvl1", help="optical flow (default tvl1)")
+    p.add_argument("--workers", type=int, help="processes (default: all cores)")
+    p.add_argument("--landmarks", help="68-point landmark model (.yaml OpenCV LBF or .dat dlib) for alignment")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_data_prepare)
+
+
 def _add_nuisance_flags(p: argparse.ArgumentParser, macro: bool) -> None:
     g = p.add_argument_group("nuisances (all on by default)")
     g.add_argument("--no-head-motion", action="store_true", help="no head drift, jitter or rotation")
@@ -138,9 +224,10 @@ def _synth_parser(sub: Any) -> None:
 
     d = ss.add_parser("dataset", help="a recognition dataset in a real dataset's layout",
                       description="Write clips (onset..offset frames) and annotation files exactly as "
-                                  "CASME II, SAMM, SMIC-HS or the MEGC2019 composite are distributed. "
+                                  "CASME II, SAMM, SMIC-HS, CAS(ME)^3 part A or the MEGC2019 composite are "
+                                  "distributed. "
                                   "Example: edge-mer synth dataset --layout casme2 --subjects 10 --out DIR")
-    d.add_argument("--layout", choices=("casme2", "samm", "smic", "megc2019"), default="casme2")
+    d.add_argument("--layout", choices=("casme2", "samm", "smic", "casme3", "megc2019"), default="casme2")
     d.add_argument("--out", required=True, help="dataset root folder to create")
     d.add_argument("--subjects", type=int, default=10, help="number of subjects (default 10)")
     d.add_argument("--clips-per-subject", type=int, default=5, help="clips per subject (default 5)")
@@ -199,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     doc.add_argument("--json", action="store_true", help="print one JSON object")
     doc.add_argument("--no-torch", action="store_true", help="do not import torch (faster)")
     doc.set_defaults(func=cmd_doctor)
+    _data_parser(sub)
     _synth_parser(sub)
     return parser
 

@@ -6,9 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
+from edge_mer.data.labels import COMPOSITE_CLASS
 from edge_mer.data.synth.aus import (
     ACTION_UNITS,
-    COMPOSITE_CLASS,
     EMOTION_PATTERNS,
     AUCode,
     au_field,
@@ -83,7 +83,7 @@ def test_every_emotion_pattern_parses_and_maps_as_megc2019():
             for p in patterns:
                 assert parse_aus(p)
     assert {k for k, v in COMPOSITE_CLASS["casme2"].items() if v == "negative"} == {"disgust", "repression"}
-    assert "others" not in COMPOSITE_CLASS["casme2"] and "Other" not in COMPOSITE_CLASS["samm"]
+    assert "others" not in COMPOSITE_CLASS["casme2"] and "other" not in COMPOSITE_CLASS["samm"]
     assert set(EMOTION_PATTERNS["casme2"]) == {"happiness", "disgust", "repression", "surprise", "others"}
     # positive needs AU12; surprise needs AU1+AU2
     assert all("12" in p for p in EMOTION_PATTERNS["composite"]["positive"])

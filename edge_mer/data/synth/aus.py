@@ -161,6 +161,16 @@ EMOTION_PATTERNS: dict[str, dict[str, list[str]]] = {
         "Surprise": SURPRISE_PATTERNS,
         "Other": ["7", "2", "L2"],
     },
+    # CAS(ME)^3 part A's emotion labels.
+    "casme3": {
+        "happy": POSITIVE_PATTERNS,
+        "disgust": ["9", "10", "9+10"],
+        "fear": ["1+2+4+5", "1+4"],
+        "anger": ["4", "4+7"],
+        "sad": ["1+4+15", "15"],
+        "surprise": SURPRISE_PATTERNS,
+        "others": ["7", "2"],
+    },
     "smic": {
         "negative": NEGATIVE_PATTERNS,
         "positive": POSITIVE_PATTERNS,
@@ -173,14 +183,3 @@ EMOTION_PATTERNS: dict[str, dict[str, list[str]]] = {
     },
 }
 
-#: MEGC2019 composite class of each native label; labels absent here are excluded.
-COMPOSITE_CLASS: dict[str, dict[str, str]] = {
-    "casme2": {"disgust": "negative", "repression": "negative", "happiness": "positive",
-               "surprise": "surprise"},
-    "samm": {"Anger": "negative", "Contempt": "negative", "Disgust": "negative", "Fear": "negative",
-             "Sadness": "negative", "Happiness": "positive", "Surprise": "surprise"},
-    "smic": {"negative": "negative", "positive": "positive", "surprise": "surprise"},
-    "composite": {"negative": "negative", "positive": "positive", "surprise": "surprise"},
-}
-
-COMPOSITE_LABELS = {"negative": 0, "positive": 1, "surprise": 2}

@@ -13,6 +13,11 @@ public structure is mirrored here):
   subjects in the sheet, zero-padded folders. 200 fps, 960x650, grey.
 * ``smic``: ``SMIC_all_raw/HS/sN/micro/{negative,positive,surprise}/sN_ne_01/image059976.bmp``;
   no annotation file and no apex, as distributed. 100 fps, 640x480, colour.
+* ``casme3``: CAS(ME)^3 part A, ``part_A/data/part_A/spNO.1/a/color/123.jpg`` (frames
+  numbered by their index in the recording) and
+  ``part_A/annotation/cas(me)3_part_A_ME_label_JpgIndex_v2.xlsx`` (sheet ``label``:
+  Subject, Filename, Onset, Apex, Offset, AU, Objective class, emotion). 30 fps,
+  1280x720, colour; only the ME frames are written and no depth maps.
 * ``megc2019``: the three above in ``CASME2/``, ``SAMM/`` and ``SMIC/`` plus the
   composite ground truth ``MEGC2019_composite_3class_gt.csv`` (``db,subject,filename,label``,
   no header, 0 negative / 1 positive / 2 surprise; SMIC subjects written ``s01`` /
@@ -34,20 +39,15 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge_mer.data.synth.aus import (
-    COMPOSITE_CLASS,
-    COMPOSITE_LABELS,
-    EMOTION_PATTERNS,
-    format_aus,
-    parse_aus,
-)
+from edge_mer.data.labels import COMPOSITE_LABELS, composite_class
+from edge_mer.data.synth.aus import EMOTION_PATTERNS, format_aus, parse_aus
 from edge_mer.data.synth.faces import make_subject
 from edge_mer.data.synth.render import FaceRenderer, Nuisances
 from edge_mer.data.synth.sheets import Cell, write_csv, write_xlsx
 from edge_mer.data.synth.timeline import Event, Ranges, blink_event, micro_event, render_sequence
 from edge_mer.errors import UserError
 
-LAYOUTS = ("casme2", "samm", "smic", "megc2019")
+LAYOUTS = ("casme2", "samm", "smic", "casme3", "megc2019")
 COMPOSITE_CSV = "MEGC2019_composite_3class_gt.csv"
 MANIFEST = "SYNTHETIC_MANIFEST.json"
 
@@ -65,7 +65,9 @@ SPECS = {
     "casme2": LayoutSpec(200.0, (640, 480), False, ".jpg", 0),
     "samm": LayoutSpec(200.0, (960, 650), True, ".jpg", 1000),
     "smic": LayoutSpec(100.0, (640, 480), False, ".bmp", 2000),
+    "casme3": LayoutSpec(30.0, (1280, 720), False, ".jpg", 3000),
 }
+CASME3_SHEET = "part_A/annotation/cas(me)3_part_A_ME_label_JpgIndex_v2.xlsx"
 
 # Real composite: 24 CASME II, 28 SAMM and 16 SMIC subjects (68).
 COMPOSITE_SHARE = {"casme2": 24, "samm": 28, "smic": 16}
@@ -116,12 +118,12 @@ class Summary:
 
 
 def _composite_emotion(rng: np.random.Generator, dataset: str, excluded_p: float) -> str:
-    natives = sorted(COMPOSITE_CLASS[dataset])
-    spare = [e for e in EMOTION_PATTERNS[dataset] if e not in COMPOSITE_CLASS[dataset]]
+    natives = sorted(EMOTION_PATTERNS[dataset])
+    spare = [e for e in natives if not composite_class(dataset, e)]
     if spare and rng.random() < excluded_p:
         return str(rng.choice(spare))
     cls = str(rng.choice(sorted(COMPOSITE_LABELS)))
-    return str(rng.choice([e for e in natives if COMPOSITE_CLASS[dataset][e] == cls]))
+    return str(rng.choice([e for e in natives if composite_class(dataset, e) == cls]))
 
 
 def _emotion(rng: np.random.Generator, dataset: str, composite_mode: bool) -> str:
@@ -151,6 +153,9 @@ class _Writer:
             sid = f"{n + 5:03d}"
             clip = f"{sid}_{int(rng.integers(1, 8))}_{k + 1}"
             return sid, clip, f"SAMM/{sid}/{clip}"
+        if self.dataset == "casme3":
+            sid, clip = f"spNO.{n}", "abcdefghijklmnopqrstuvwxyz"[k % 26] * (1 + k // 26)
+            return sid, clip, f"part_A/data/part_A/{sid}/{clip}/color"
         short = {"negative": "ne", "positive": "po", "surprise": "sur"}[emotion]
         clip = f"s{n}_{short}_{k + 1:02d}"
         return f"s{n}", clip, f"SMIC_all_raw/HS/s{n}/micro/{emotion}/{clip}"
@@ -160,10 +165,13 @@ class _Writer:
             return f"img{number}.jpg"
         if self.dataset == "samm":
             return f"{subject}_{number:05d}.jpg"
+        if self.dataset == "casme3":
+            return f"{number}.jpg"
         return f"image{number:06d}.bmp"
 
     def first_frame(self, rng: np.random.Generator) -> int:
-        lo, hi = {"casme2": (1, 250), "samm": (1000, 9000), "smic": (1000, 90000)}[self.dataset]
+        lo, hi = {"casme2": (1, 250), "samm": (1000, 9000), "smic": (1000, 90000),
+                  "casme3": (100, 3000)}[self.dataset]
         return int(rng.integers(lo, hi))
 
     def write_subject(self, n: int, progress: Any) -> None:
@@ -171,7 +179,7 @@ class _Writer:
         rng = np.random.default_rng([cfg.seed, self.spec.identity_offset, n])
         subject = make_subject(self.spec.identity_offset + n, cfg.seed)
         h = self.size[1]
-        iod = 0.25 * h * cfg.face_scale * (0.8 if self.dataset == "smic" else 1.0)
+        iod = 0.25 * h * cfg.face_scale * {"smic": 0.8, "casme3": 0.6}.get(self.dataset, 1.0)
         renderer = FaceRenderer(subject, self.size, iod, gray=self.spec.gray)
         for k in range(cfg.clips_per_subject):
             emotion = _emotion(rng, self.dataset, self.composite_mode)
@@ -191,7 +199,7 @@ class _Writer:
             apex_written = "/" if hide else ""
             self.clips.append(Clip(
                 self.dataset, subject_dir, clip, first, first + ev.apex, first + ev.offset, emotion,
-                COMPOSITE_CLASS[self.dataset].get(emotion, ""), format_aus(list(aus)), rel,
+                composite_class(self.dataset, emotion), format_aus(list(aus)), rel,
                 round(ev.amplitude, 4), apex_written))
             progress.update(1)
 
@@ -219,6 +227,11 @@ class _Writer:
                 rows.append([int(c.subject), c.clip, int(c.clip.split("_")[1]), c.onset, c.apex, c.offset,
                              c.offset - c.onset + 1, "Micro - 1/2", c.aus, None, c.emotion])
             write_xlsx(self.root / "SAMM_Micro_FACS_Codes_v2.xlsx", rows, "FACS_Codes")
+        elif self.dataset == "casme3":
+            rows = [["Subject", "Filename", "Onset", "Apex", "Offset", "AU", "Objective class", "emotion"]]
+            for c in self.clips:
+                rows.append([c.subject, c.clip, c.onset, c.apex, c.offset, c.aus, None, c.emotion])
+            write_xlsx(self.root / CASME3_SHEET, rows, "label")
 
 
 def _composite_rows(clips: list[Clip], quirks: bool) -> list[list[Cell]]:

@@ -1,0 +1,1 @@
+"""Protocols (leave-one-subject-out, MEGC composite) and the MEGC metrics (numpy only)."""

@@ -1,0 +1,1 @@
+"""Onset->apex features: optical flow u, v, optical strain and the apex texture."""

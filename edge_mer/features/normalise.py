@@ -1,0 +1,44 @@
+"""The fixed normalisation of the model inputs (INT8 calibration relies on it).
+
+* flow u, v: pixels of the S-pixel crop rescaled to a 112-pixel crop, divided by
+  ``FLOW_UNIT`` (2 px, the top of the micro-expression range), clipped to
+  ``[-CLIP, CLIP]``;
+* strain: divided by ``STRAIN_UNIT``, clipped to ``[0, CLIP]``;
+* texture: grey level / 255, minus ``TEXTURE_MEAN``, divided by ``TEXTURE_STD``.
+
+These never depend on the data: a feature cache, a calibration set and a camera
+frame on a device all use the same numbers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edge_mer.features.flow import optical_strain
+
+FLOW_UNIT = 2.0
+STRAIN_UNIT = 0.1
+TEXTURE_MEAN = 0.5
+TEXTURE_STD = 0.25
+CLIP = 8.0
+
+CONSTANTS = {"flow_unit_px_at_112": FLOW_UNIT, "strain_unit": STRAIN_UNIT, "texture_mean": TEXTURE_MEAN,
+             "texture_std": TEXTURE_STD, "clip": CLIP}
+
+
+def motion_tensor(flow: np.ndarray) -> np.ndarray:
+    """(3, S, S) float32: u, v, strain of an (S, S, 2) flow of an S-pixel crop."""
+    size = flow.shape[0]
+    strain = optical_strain(flow)
+    uv = flow * np.float32(112.0 / size / FLOW_UNIT)
+    out = np.empty((3, size, size), np.float32)
+    out[0] = np.clip(uv[..., 0], -CLIP, CLIP)
+    out[1] = np.clip(uv[..., 1], -CLIP, CLIP)
+    out[2] = np.clip(strain / STRAIN_UNIT, 0, CLIP)
+    return out
+
+
+def texture_tensor(gray: np.ndarray) -> np.ndarray:
+    """(1, S, S) float32 of a grey uint8 crop."""
+    t = (gray.astype(np.float32) / 255.0 - TEXTURE_MEAN) / TEXTURE_STD
+    return t[None]
