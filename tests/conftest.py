@@ -28,3 +28,22 @@ def tvl1():
     if hasattr(cv2, "optflow"):
         return cv2.optflow.DualTVL1OpticalFlow_create()
     return cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
+
+
+GENERATED_LAYOUTS = ("casme2", "samm", "smic", "casme3", "megc2019")
+
+
+@pytest.fixture(scope="session")
+def generated(tmp_path_factory) -> dict[str, Path]:
+    """One small synthetic dataset per layout, written by the generator in the real layouts."""
+    from edge_mer.data.synth.datasets import DatasetConfig, write_dataset
+
+    base = tmp_path_factory.mktemp("generated")
+    roots = {}
+    for layout in GENERATED_LAYOUTS:
+        subjects = 6 if layout == "megc2019" else 3
+        cfg = DatasetConfig(layout=layout, subjects=subjects, clips_per_subject=3, size=(160, 120), fps=40,
+                            seed=11, missing_apex_rate=0.2)
+        write_dataset(cfg, base / layout, progress=False)
+        roots[layout] = base / layout
+    return roots

@@ -1,4 +1,5 @@
-"""Devices run without torch: the CLI, doctor and the synthetic source import and work with it blocked."""
+"""Devices run without torch: the CLI, doctor, face, features, metrics and the synthetic source import and
+work with it blocked."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ BLOCK_TORCH = """
 import sys
 sys.modules["torch"] = None  # any "import torch" now raises ImportError
 import edge_mer.cli, edge_mer.doctor
+import edge_mer.face, edge_mer.features.prepare, edge_mer.features.cache, edge_mer.eval.metrics, edge_mer.data.loaders
 from edge_mer.data.synth.video import VideoConfig, plan_events
 from edge_mer.data.synth.faces import make_subject
 from edge_mer.data.synth.render import FaceRenderer

@@ -15,6 +15,7 @@ config skips them.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -80,7 +81,12 @@ def _init_worker(cfg: FeatureConfig) -> None:
 
 
 def _apex_by_motion(s: Sample, onset_crop: np.ndarray, align: Any) -> tuple[int, str]:
-    """The frame between onset and offset whose flow from the onset is largest (DIS, cheap)."""
+    """The frame between onset and offset that moved most from the onset (DIS, cheap).
+
+    The median flow (the head's drift) is removed first; the score is the 95th
+    percentile of what remains, so the local facial movement decides, not the
+    head or the sensor noise.
+    """
     from edge_mer.data.frames import list_frames
 
     frames = list_frames(Path(s.frames_dir))
@@ -88,7 +94,8 @@ def _apex_by_motion(s: Sample, onset_crop: np.ndarray, align: Any) -> tuple[int,
     best, best_path, best_mag = s.onset, s.onset_path or "", -1.0
     for n, path in frames.items():
         if s.onset < n <= s.offset:
-            mag = float(np.linalg.norm(dis(onset_crop, align.crop(_read_gray(str(path)))), axis=-1).mean())
+            f = dis(onset_crop, align.crop(_read_gray(str(path))))
+            mag = float(np.percentile(np.linalg.norm(f - np.median(f.reshape(-1, 2), 0), axis=-1), 95))
             if mag > best_mag:
                 best, best_path, best_mag = n, str(path), mag
     return best, best_path
@@ -184,7 +191,9 @@ def _run(todo: list[tuple[Sample, Path]], cfg: FeatureConfig, workers: int) -> A
     if workers <= 1 or len(jobs) <= 1:
         _init_worker(cfg)
         return (compute(*j) for j in jobs)
-    pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(cfg,))
+    # "spawn": a forked child can inherit OpenCV's thread pool mid-use from the parent and hang
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_worker, initargs=(cfg,))
 
     def results() -> Any:
         with pool:

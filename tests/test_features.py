@@ -1,0 +1,148 @@
+"""Features: the strain formula, the fixed normalisation, and a resumable, parallel feature cache."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+from edge_mer.errors import UserError
+from edge_mer.features.cache import FeatureSet
+from edge_mer.features.flow import make_flow, optical_strain
+from edge_mer.features.normalise import CLIP, motion_tensor, texture_tensor
+from edge_mer.features.prepare import FeatureConfig, prepare
+
+
+def test_strain_of_linear_fields():
+    yy, xx = np.mgrid[0:32, 0:32].astype(np.float32)
+    stretch = np.stack([0.1 * xx, np.zeros_like(xx)], -1)  # e_xx = 0.1
+    assert np.allclose(optical_strain(stretch), 0.1, atol=1e-5)
+    shear = np.stack([0.2 * yy, np.zeros_like(yy)], -1)  # e_xy = e_yx = 0.1
+    assert np.allclose(optical_strain(shear), np.sqrt(2 * 0.1 ** 2), atol=1e-5)
+    rotation = np.stack([-0.1 * yy, 0.1 * xx], -1)  # rigid rotation: no strain
+    assert np.allclose(optical_strain(rotation), 0.0, atol=1e-5)
+
+
+def test_normalisation_is_fixed_and_scale_aware():
+    flow112 = np.full((112, 112, 2), 2.0, np.float32)  # 2 px at 112 -> 1.0
+    assert np.allclose(motion_tensor(flow112)[:2], 1.0)
+    flow224 = np.full((224, 224, 2), 4.0, np.float32)  # the same motion on a 224 crop
+    assert np.allclose(motion_tensor(flow224)[:2], 1.0)
+    assert motion_tensor(np.full((16, 16, 2), 1e3, np.float32)).max() == CLIP
+    t = texture_tensor(np.array([[0, 255]], np.uint8))
+    assert t.shape == (1, 1, 2) and np.allclose(t, [[[-2.0, 2.0]]])
+
+
+@pytest.mark.parametrize("method", ["tvl1", "dis"])
+def test_flow_methods_recover_a_shift(method):
+    rng = np.random.default_rng(0)
+    import cv2
+
+    base = cv2.GaussianBlur(rng.uniform(0, 255, (96, 96)).astype(np.float32), (0, 0), 2)
+    shifted = cv2.warpAffine(base, np.float32([[1, 0, 0.6], [0, 1, -0.4]]), (96, 96),
+                             borderMode=cv2.BORDER_REFLECT)
+    flow = make_flow(method)(base.astype(np.uint8), shifted.astype(np.uint8))
+    inner = flow[16:-16, 16:-16].reshape(-1, 2)
+    assert np.allclose(np.median(inner, 0), [0.6, -0.4], atol=0.1)
+
+
+@pytest.fixture(scope="module")
+def cache(generated, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("features") / "casme2"
+    run_cli("data", "prepare", "--dataset", "casme2", "--root", str(generated["casme2"]), "--out", str(out),
+            "--flow", "dis", "--workers", "2", "--quiet", check=True)
+    return out
+
+
+def test_cache_contents(cache, generated):
+    config = json.loads((cache / "config.json").read_text())
+    assert config["feature"]["size"] == 112 and config["feature"]["flow"] == "dis"
+    assert config["normalisation"]["flow_unit_px_at_112"] == 2.0
+    rows = [json.loads(line) for line in (cache / "index.jsonl").read_text().splitlines()]
+    manifest = json.loads((generated["casme2"] / "SYNTHETIC_MANIFEST.json").read_text())["clips"]
+    assert len(rows) == len(manifest)
+    assert all(r["status"] == "ok" for r in rows)
+    fs = FeatureSet.load(cache)
+    included = [c for c in manifest if c["composite"]]
+    assert fs.motion.shape == (len(included), 3, 112, 112) and fs.texture.shape == (len(included), 1, 112, 112)
+    assert sorted(fs.labels.tolist()) == sorted({"negative": 0, "positive": 1, "surprise": 2}[c["composite"]]
+                                                for c in included)
+    assert set(fs.subjects) == {f"casme2/{c['subject']}" for c in included}
+    assert np.isfinite(fs.motion).all() and np.abs(fs.motion).max() <= CLIP
+
+
+def test_expressions_show_in_the_motion(cache):
+    fs = FeatureSet.load(cache)
+    for label, rows in ((1, slice(70, 90)), (2, slice(15, 40))):  # positive: mouth; surprise: brows
+        picked = fs.motion[fs.labels == label]
+        if len(picked) == 0:
+            continue
+        v = picked[:, 1, rows, 20:92].mean()
+        assert v < -0.02, f"class {label}: the face should move up there (mean v {v:.3f})"
+
+
+def test_resume_reuses_finished_samples(cache, generated, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(cache, copy)
+    files = sorted(copy.glob("samples/**/*.npz"))
+    stamps = {f: f.stat().st_mtime_ns for f in files}
+    os.remove(files[0])  # as if the run had been interrupted before this sample
+    summary = prepare("casme2", generated["casme2"], copy, FeatureConfig(flow="dis"), workers=1, progress=False)
+    assert summary.written == 1 and summary.reused == len(files) - 1
+    assert all(f.stat().st_mtime_ns == stamps[f] for f in files[1:])
+    with pytest.raises(UserError, match="another config"):
+        prepare("casme2", generated["casme2"], copy, FeatureConfig(flow="dis", size=64), progress=False)
+
+
+def test_workers_do_not_change_the_features(cache, generated, tmp_path):
+    prepare("casme2", generated["casme2"], tmp_path / "one", FeatureConfig(flow="dis"), workers=1, progress=False)
+    a, b = FeatureSet.load(cache), FeatureSet.load(tmp_path / "one")
+    assert a.ids == b.ids
+    assert np.array_equal(a.motion, b.motion) and np.array_equal(a.texture, b.texture)
+
+
+def test_motion_apex_policy_finds_the_apex(generated, tmp_path):
+    prepare("smic", generated["smic"], tmp_path / "smic", FeatureConfig(flow="dis", apex_policy="motion"),
+            progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "smic" / "index.jsonl").read_text().splitlines()]
+    truth = {c["clip"]: c["apex"] for c in
+             json.loads((generated["smic"] / "SYNTHETIC_MANIFEST.json").read_text())["clips"]}
+    errors = [abs(r["apex"] - truth[r["clip"]]) for r in rows]
+    # tiny, noisy faces with blinks: most apexes within a frame or two of the truth
+    assert np.median(errors) <= 1 and np.mean(np.array(errors) <= 2) >= 0.6
+
+
+def test_missing_frames_are_skipped_and_said(tmp_path, generated):
+    import shutil
+
+    root = tmp_path / "c2"
+    shutil.copytree(generated["casme2"], root)
+    victim = sorted((root / "CASME2_RAW_selected").glob("sub01/*"))[0]
+    shutil.rmtree(victim)
+    summary = prepare("casme2", root, tmp_path / "f", FeatureConfig(flow="dis"), progress=False)
+    assert summary.skipped == 1
+    problems = json.loads((tmp_path / "f" / "problems.json").read_text())["problems"]
+    assert any(p["kind"] == "missing-frames" and victim.name in p["message"] for p in problems)
+
+
+def test_no_face_sample_fails_alone(tmp_path, generated):
+    import shutil
+
+    import cv2
+
+    root = tmp_path / "c2"
+    shutil.copytree(generated["casme2"], root)
+    clip = sorted((root / "CASME2_RAW_selected").glob("sub02/*"))[0]
+    for f in clip.iterdir():
+        cv2.imwrite(str(f), np.full((120, 160, 3), 90, np.uint8))
+    summary = prepare("casme2", root, tmp_path / "f", FeatureConfig(flow="dis"), progress=False)
+    assert summary.failed == 1 and summary.written == summary.samples - 1
+    rows = [json.loads(line) for line in (tmp_path / "f" / "index.jsonl").read_text().splitlines()]
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert len(failed) == 1 and "no face found" in failed[0]["message"]
