@@ -203,6 +203,94 @@ def _data_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_data_prepare)
 
 
+def _require_torch() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        raise UserError("training needs torch: pip install 'edge-mer[train]' (devices never need it)")
+
+
+def _print_scores(result: dict[str, Any], what: str) -> None:
+    print(f"{what}: UF1 {result['uf1']:.4f}  UAR {result['uar']:.4f}  accuracy {result['accuracy']:.4f}  "
+          f"({result['samples']} samples)")
+    for name, ds in result.get("per_dataset", {}).items():
+        print(f"  {name}: UF1 {ds['uf1']:.4f}  UAR {ds['uar']:.4f}  ({ds['samples']} samples)")
+    if result.get("absent_classes"):
+        print(f"  classes with no sample (left out of UF1/UAR): {', '.join(result['absent_classes'])}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    _require_torch()
+    import torch
+
+    from edge_mer.train.loop import TrainConfig
+    from edge_mer.train.run import RunConfig, run
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    cfg = RunConfig(features=args.features, protocol=args.protocol, model=args.model, ablation=args.ablation,
+                    train=tcfg, ddp=args.ddp, final_model=not args.no_final_model)
+    result = run(cfg, Path(args.out), progress=not args.quiet)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    if args.json:
+        _print_json(result)
+    else:
+        _print_scores(result, f"{args.model} ({args.ablation}) {args.protocol}, {result['folds']} folds")
+        print(f"wrote {args.out}/metrics.json, predictions.csv, megc_log.txt, confusion.png"
+              + ("" if args.no_final_model else ", checkpoint.pt"))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    _require_torch()
+    from edge_mer.train.run import evaluate
+
+    result = evaluate(Path(args.checkpoint), Path(args.features))
+    if args.json:
+        _print_json(result)
+    else:
+        _print_scores(result, f"{args.checkpoint} on {args.features}")
+        if result["seen_in_training"]:
+            print(f"warning: {result['seen_in_training']} of these samples were in the checkpoint's training set; "
+                  "these scores are not held out")
+    return 0
+
+
+def _train_parsers(sub: Any) -> None:
+    from edge_mer.model.config import ABLATIONS, MODELS
+
+    t = sub.add_parser("train", help="train the MMT under LOSO, the MEGC2019 protocol or a split",
+                       description="Train a fresh model per fold for a fixed number of epochs (never the best "
+                                   "epoch on the test subject), pool the predictions and report UF1/UAR/accuracy "
+                                   "overall and per dataset. Writes RUN/metrics.json, predictions.csv, "
+                                   "megc_log.txt, confusion.png and checkpoint.pt (a model trained on all "
+                                   "samples). Under torchrun the folds are spread over the processes.")
+    t.add_argument("--features", required=True, help="feature cache from edge-mer data prepare")
+    t.add_argument("--protocol", choices=("loso", "megc2019", "split"), default="loso")
+    t.add_argument("--out", required=True, help="run folder")
+    t.add_argument("--model", choices=sorted(MODELS), default="mmt_small")
+    t.add_argument("--ablation", choices=sorted(ABLATIONS), default="full")
+    t.add_argument("--epochs", type=int, default=40)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, help="torch CPU threads")
+    t.add_argument("--ddp", action="store_true", help="under torchrun: DistributedDataParallel per model "
+                                                      "instead of spreading the folds")
+    t.add_argument("--no-final-model", action="store_true", help="skip the model trained on all samples")
+    t.add_argument("--json", action="store_true")
+    t.add_argument("--quiet", action="store_true", help="no per-epoch progress")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="score a checkpoint on a feature cache")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--features", required=True)
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_eval)
+
+
 def _add_nuisance_flags(p: argparse.ArgumentParser, macro: bool) -> None:
     g = p.add_argument_group("nuisances (all on by default)")
     g.add_argument("--no-head-motion", action="store_true", help="no head drift, jitter or rotation")
@@ -288,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     doc.set_defaults(func=cmd_doctor)
     _data_parser(sub)
     _synth_parser(sub)
+    _train_parsers(sub)
     return parser
 
 

@@ -22,8 +22,10 @@ from typing import Any
 
 import numpy as np
 
+Labels = Sequence[int] | np.ndarray
 
-def confusion(truth: Sequence[int], pred: Sequence[int], classes: int) -> np.ndarray:
+
+def confusion(truth: Labels, pred: Labels, classes: int) -> np.ndarray:
     """(classes, classes) counts; rows are the truth, columns the prediction."""
     t, p = np.asarray(truth, np.int64), np.asarray(pred, np.int64)
     if t.shape != p.shape:
@@ -53,7 +55,7 @@ class Scores:
                 "absent_classes": self.absent}
 
 
-def scores(truth: Sequence[int], pred: Sequence[int], names: Sequence[str]) -> Scores:
+def scores(truth: Labels, pred: Labels, names: Sequence[str]) -> Scores:
     c = len(names)
     cm = confusion(truth, pred, c)
     tp = np.diag(cm).astype(np.float64)
@@ -81,7 +83,7 @@ def scores(truth: Sequence[int], pred: Sequence[int], names: Sequence[str]) -> S
         confusion=cm.tolist(), absent=absent)
 
 
-def per_group(truth: Sequence[int], pred: Sequence[int], groups: Sequence[str],
+def per_group(truth: Labels, pred: Labels, groups: Sequence[str],
               names: Sequence[str]) -> dict[str, Scores]:
     """Scores of each group (e.g. dataset) on the pooled predictions."""
     t, p, g = np.asarray(truth), np.asarray(pred), np.asarray(groups)

@@ -38,7 +38,8 @@ def loso_folds(subjects: Sequence[str]) -> list[Fold]:
     return folds
 
 
-def megc_log(folds: Sequence[Fold], ids: Sequence[str], pred: Sequence[int], truth: Sequence[int]) -> str:
+def megc_log(folds: Sequence[Fold], ids: Sequence[str], pred: Sequence[int] | np.ndarray,
+             truth: Sequence[int] | np.ndarray) -> str:
     """The MEGC-format log of pooled LOSO predictions; ``ids`` are ``dataset/subject/clip``."""
     lines = []
     for fold in folds:

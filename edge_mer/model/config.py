@@ -1,0 +1,92 @@
+"""The model's one constructor argument, and the registry of named variants.
+
+Checkpoints store this config, so export and runtime rebuild the model without
+the training code. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from edge_mer.errors import UserError
+
+
+@dataclass(frozen=True)
+class MMTConfig:
+    size: int = 112  # S: the crop size of the features
+    patch_sizes: tuple[int, ...] = (14, 28)  # one patch embedding per (modality, scale)
+    modalities: tuple[str, ...] = ("motion", "texture")
+    dim: int = 128
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 2.0
+    dropout: float = 0.1
+    pooling: str = "fused"  # "fused": attention-weighted patch pooling; "cls": the CLS token
+    num_classes: int = 3
+    class_names: tuple[str, ...] = ("negative", "positive", "surprise")
+    proj_dim: int = 64  # contrastive projection
+    contrastive_weight: float = 0.1  # lambda; 0 switches the contrastive term off
+    temperature: float = 0.1  # tau
+    channels: dict[str, int] = field(default_factory=lambda: {"motion": 3, "texture": 1})
+
+    def __post_init__(self) -> None:
+        for p in self.patch_sizes:
+            if self.size % p:
+                raise UserError(f"patch size {p} does not divide the crop size {self.size}")
+        if self.dim % self.heads:
+            raise UserError(f"width {self.dim} is not divisible by {self.heads} heads")
+        if self.pooling not in ("fused", "cls"):
+            raise UserError(f"pooling must be 'fused' or 'cls', not {self.pooling!r}")
+        unknown = set(self.modalities) - {"motion", "texture"}
+        if unknown or not self.modalities:
+            raise UserError(f"modalities must be motion and/or texture, not {sorted(unknown)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MMTConfig:
+        names = {f.name for f in fields(cls)}
+        kw: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names}
+        return cls(**kw)
+
+
+MODELS: dict[str, MMTConfig] = {
+    # research size
+    "mmt_base": MMTConfig(patch_sizes=(8, 16), dim=192, depth=6, heads=6, mlp_ratio=4.0, proj_dim=128),
+    # edge size: <= 3 M parameters and <= 0.5 GFLOPs per sample at S = 112
+    "mmt_small": MMTConfig(patch_sizes=(14, 28), dim=128, depth=4, heads=4, mlp_ratio=2.0),
+    # tiny, for CI
+    "mmt_test": MMTConfig(patch_sizes=(16, 28), dim=32, depth=1, heads=2, mlp_ratio=2.0, proj_dim=16,
+                          dropout=0.0),
+}
+
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "full": {},
+    "single-scale": {"patch_sizes": "first"},
+    "motion-only": {"modalities": ("motion",)},
+    "texture-only": {"modalities": ("texture",)},
+    "cls-pooling": {"pooling": "cls"},
+    "no-contrastive": {"contrastive_weight": 0.0},
+}
+
+
+def model_config(name: str, size: int | None = None, ablation: str = "full") -> MMTConfig:
+    if name not in MODELS:
+        raise UserError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    if ablation not in ABLATIONS:
+        raise UserError(f"unknown ablation {ablation!r}; choose from {', '.join(ABLATIONS)}")
+    cfg = MODELS[name]
+    changes = dict(ABLATIONS[ablation])
+    if changes.get("patch_sizes") == "first":
+        changes["patch_sizes"] = cfg.patch_sizes[:1]
+    if len(changes.get("modalities", cfg.modalities)) < 2:
+        changes["contrastive_weight"] = 0.0  # one modality has nothing to contrast with
+    if size is not None and size != cfg.size:
+        patches = tuple(p for p in changes.get("patch_sizes", cfg.patch_sizes) if size % p == 0)
+        if not patches:
+            raise UserError(f"model {name} has no patch size that divides the crop size {size}")
+        changes["patch_sizes"] = patches
+        changes["size"] = size
+    return replace(cfg, **changes)

@@ -1,0 +1,167 @@
+"""Multi-scale multi-modal transformer for micro-expression recognition.
+
+Reconstructed from the abstract of "Multi-scale multi-modal micro-expression
+recognition algorithm based on transformer" (arXiv 2301.02969):
+
+* two modalities, motion (flow u, v, strain) and texture (apex frame), each cut
+  into patches at several scales; one pre-norm encoder per (modality, scale),
+  with a CLS token and learned position embeddings;
+* attention is explicit (softmax(QK^T / sqrt(d))) so the CLS -> patch attention
+  of every layer and head is available: learned softmax weights over
+  (layer, head) fuse them into one weight per patch, normalised over the
+  patches, which pools the final patch tokens ("fused"); or the CLS token
+  ("cls") for the ablation;
+* the scales of a modality are concatenated and projected to the modality's
+  embedding; the classifier sees the modalities concatenated;
+* cross-modal contrastive learning: a symmetric InfoNCE between projected motion
+  and texture embeddings of the same sample, across the batch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edge_mer.model.config import MMTConfig
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, n, d = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # (B, heads, N, dh)
+        attn = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(d // self.heads), dim=-1)  # (B, heads, N, N)
+        out = (self.drop(attn) @ v).transpose(1, 2).reshape(b, n, d)
+        return self.proj(out), attn
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: MMTConfig) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.dim)
+        self.attn = Attention(cfg.dim, cfg.heads, cfg.dropout)
+        self.norm2 = nn.LayerNorm(cfg.dim)
+        hidden = int(cfg.dim * cfg.mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(cfg.dim, hidden), nn.GELU(), nn.Dropout(cfg.dropout),
+                                 nn.Linear(hidden, cfg.dim))
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y, attn = self.attn(self.norm1(x))
+        x = x + self.drop(y)
+        x = x + self.drop(self.mlp(self.norm2(x)))
+        return x, attn
+
+
+class Branch(nn.Module):
+    """One (modality, scale): patch tokens + CLS through a pre-norm encoder, pooled to one vector."""
+
+    def __init__(self, cfg: MMTConfig, channels: int, patch: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Conv2d(channels, cfg.dim, kernel_size=patch, stride=patch)
+        n = (cfg.size // patch) ** 2
+        self.cls = nn.Parameter(torch.zeros(1, 1, cfg.dim))
+        self.pos = nn.Parameter(torch.randn(1, n + 1, cfg.dim) * 0.02)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(cfg.dim)
+        # learned weights over (layer, head) of the CLS -> patch attention
+        self.fuse = nn.Parameter(torch.zeros(cfg.depth, cfg.heads))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = self.embed(x).flatten(2).transpose(1, 2)  # (B, N, dim)
+        b = tokens.shape[0]
+        x = torch.cat([self.cls.expand(b, -1, -1), tokens], 1) + self.pos
+        cls_attn = []
+        for blk in self.blocks:
+            x, attn = blk(x)
+            cls_attn.append(attn[:, :, 0, 1:])  # (B, heads, N): CLS -> patches
+        x = self.norm(x)
+        maps = torch.stack(cls_attn, 1)  # (B, layers, heads, N)
+        w = torch.softmax(self.fuse.flatten(), 0).reshape(1, self.cfg.depth, self.cfg.heads, 1)
+        patch_w = (maps * w).sum((1, 2))  # (B, N)
+        patch_w = patch_w / patch_w.sum(-1, keepdim=True).clamp_min(1e-6)
+        if self.cfg.pooling == "cls":
+            return x[:, 0], patch_w
+        return (patch_w.unsqueeze(-1) * x[:, 1:]).sum(1), patch_w
+
+
+class MMT(nn.Module):
+    def __init__(self, cfg: MMTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.branches = nn.ModuleDict({
+            f"{m}_{p}": Branch(cfg, cfg.channels[m], p) for m in cfg.modalities for p in cfg.patch_sizes})
+        self.modality = nn.ModuleDict({
+            m: nn.Sequential(nn.Linear(cfg.dim * len(cfg.patch_sizes), cfg.dim), nn.GELU())
+            for m in cfg.modalities})
+        self.project = nn.ModuleDict({m: nn.Linear(cfg.dim, cfg.proj_dim) for m in cfg.modalities})
+        self.head = nn.Sequential(nn.LayerNorm(cfg.dim * len(cfg.modalities)), nn.Dropout(cfg.dropout),
+                                  nn.Linear(cfg.dim * len(cfg.modalities), cfg.num_classes))
+
+    def embed(self, motion: torch.Tensor, texture: torch.Tensor) -> dict[str, torch.Tensor]:
+        inputs = {"motion": motion, "texture": texture}
+        out = {}
+        for m in self.cfg.modalities:
+            parts = [self.branches[f"{m}_{p}"](inputs[m])[0] for p in self.cfg.patch_sizes]
+            out[m] = self.modality[m](torch.cat(parts, -1))
+        return out
+
+    def forward(self, motion: torch.Tensor, texture: torch.Tensor) -> torch.Tensor:
+        """Logits (B, classes) from motion (B, 3, S, S) and texture (B, 1, S, S)."""
+        emb = self.embed(motion, texture)
+        return self.head(torch.cat([emb[m] for m in self.cfg.modalities], -1))
+
+    def forward_train(self, motion: torch.Tensor, texture: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and the contrastive loss (0 when switched off or with one modality)."""
+        emb = self.embed(motion, texture)
+        logits = self.head(torch.cat([emb[m] for m in self.cfg.modalities], -1))
+        if self.cfg.contrastive_weight <= 0 or len(self.cfg.modalities) < 2 or motion.shape[0] < 2:
+            return logits, logits.new_zeros(())
+        return logits, info_nce(self.project["motion"](emb["motion"]), self.project["texture"](emb["texture"]),
+                                self.cfg.temperature)
+
+    def patch_weights(self, motion: torch.Tensor, texture: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The fused attention weight of every patch, per branch (for inspection)."""
+        inputs = {"motion": motion, "texture": texture}
+        return {name: br(inputs[name.split("_")[0]])[1] for name, br in self.branches.items()}
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE: row i of ``a`` should match row i of ``b`` against the rest of the batch."""
+    a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    logits = a @ b.t() / temperature  # (B, B)
+    target = torch.arange(a.shape[0], device=a.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def flops_per_sample(cfg: MMTConfig) -> int:
+    """Multiply-adds x 2 of one forward pass (matrix products and the patch embeddings)."""
+    total = 0
+    hidden = int(cfg.dim * cfg.mlp_ratio)
+    for m in cfg.modalities:
+        c = cfg.channels[m]
+        for p in cfg.patch_sizes:
+            n = (cfg.size // p) ** 2
+            t = n + 1
+            total += n * c * p * p * cfg.dim  # patch embedding
+            per_layer = t * cfg.dim * 3 * cfg.dim + 2 * t * t * cfg.dim + t * cfg.dim * cfg.dim
+            per_layer += 2 * t * cfg.dim * hidden
+            total += cfg.depth * per_layer
+        total += cfg.dim * len(cfg.patch_sizes) * cfg.dim
+    total += cfg.dim * len(cfg.modalities) * cfg.num_classes
+    return 2 * total

@@ -1,0 +1,1 @@
+"""Training and evaluation of the MMT (torch): LOSO folds, the MEGC protocols, torchrun."""

@@ -1,0 +1,224 @@
+"""Protocols over a feature cache: LOSO, the MEGC2019 composite, a subject-disjoint split.
+
+Every fold trains a fresh model for the fixed epoch budget and predicts its held
+out subject(s); scores come from the predictions pooled over all folds. After
+the folds, one more model is trained on every sample with the same budget and
+saved as the checkpoint (with its config, the features' config and the ids it
+was trained on).
+
+Under ``torchrun`` the folds are fanned out over the processes (fold i runs on
+rank i mod world) and the predictions gathered; ``--ddp`` instead trains each
+model with DistributedDataParallel across all processes (gloo on CPUs, nccl on
+GPUs). Each fold's seed depends on the run's seed and the fold alone, so one
+process and many give the same folds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_mer import __version__
+from edge_mer.errors import UserError
+from edge_mer.eval.metrics import per_group, plot_confusion, scores
+from edge_mer.eval.protocol import Fold, loso_folds, megc_log
+from edge_mer.features.cache import FeatureSet
+from edge_mer.model.config import MMTConfig, model_config
+from edge_mer.train.loop import TrainConfig, predict, train_model
+
+PROTOCOLS = ("loso", "megc2019", "split")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    features: str
+    protocol: str = "loso"
+    model: str = "mmt_small"
+    ablation: str = "full"
+    train: TrainConfig = TrainConfig()
+    ddp: bool = False
+    final_model: bool = True
+
+
+def _dist() -> tuple[int, int, Any]:
+    """(rank, world, torch.distributed or None); initialises the group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, None
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world, dist
+
+
+def make_folds(fs: FeatureSet, protocol: str, seed: int) -> list[Fold]:
+    if protocol not in PROTOCOLS:
+        raise UserError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
+    if protocol == "megc2019" and fs.config.get("dataset") != "megc2019":
+        raise UserError(f"the megc2019 protocol needs features of the composite (edge-mer data prepare --dataset "
+                        f"megc2019); these are {fs.config.get('dataset')!r} features")
+    subjects = sorted(set(fs.subjects))
+    if len(subjects) < 2:
+        raise UserError(f"{len(subjects)} subject in the features: leave-one-subject-out needs at least 2")
+    if protocol == "split":
+        rng = np.random.default_rng(seed)
+        test = set(rng.permutation(subjects)[: max(1, len(subjects) // 5)].tolist())
+        keys = np.asarray(fs.subjects)
+        mask = np.isin(keys, sorted(test))
+        return [Fold("+".join(sorted(test)), np.flatnonzero(~mask), np.flatnonzero(mask))]
+    return loso_folds(fs.subjects)
+
+
+def _check(fs: FeatureSet, mcfg: MMTConfig) -> None:
+    size = fs.motion.shape[-1]
+    if size != mcfg.size:
+        raise UserError(f"features are {size}x{size} but the model expects {mcfg.size}x{mcfg.size}")
+    if fs.labels.max() >= mcfg.num_classes:
+        raise UserError(f"features carry {int(fs.labels.max()) + 1} classes, the model {mcfg.num_classes}")
+
+
+def run(cfg: RunConfig, out: Path, progress: bool = True) -> dict[str, Any]:
+    start = time.perf_counter()
+    rank, world, dist = _dist()
+    fs = FeatureSet.load(Path(cfg.features))
+    mcfg = model_config(cfg.model, size=int(fs.motion.shape[-1]), ablation=cfg.ablation)
+    _check(fs, mcfg)
+    folds = make_folds(fs, cfg.protocol, cfg.train.seed)
+    probs = np.zeros((len(fs), mcfg.num_classes), np.float32)
+    tested = np.zeros(len(fs), bool)
+    wrap, shard = _ddp_wrap(dist, rank, world) if cfg.ddp else (None, (0, 1))
+    mine = [i for i in range(len(folds)) if cfg.ddp or i % world == rank]
+    for k, i in enumerate(mine):
+        fold = folds[i]
+        if len(fold.train) == 0:
+            raise UserError(f"fold {fold.subject} has no training samples")
+        seed = cfg.train.seed * 100003 + i
+
+        def log(epoch: int, loss: float, fold: Fold = fold, k: int = k) -> None:
+            if progress and rank == 0:
+                print(f"fold {k + 1}/{len(mine)} {fold.subject}: epoch {epoch + 1}/{cfg.train.epochs} "
+                      f"loss {loss:.3f}", file=sys.stderr, flush=True)
+        model = train_model(mcfg, cfg.train, fs.motion[fold.train], fs.texture[fold.train], fs.labels[fold.train],
+                            seed, wrap, shard, log)
+        probs[fold.test] = predict(model, fs.motion[fold.test], fs.texture[fold.test])
+        tested[fold.test] = True
+    if dist is not None and not cfg.ddp:
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, (probs, tested))
+        for p, t in gathered:
+            probs[t] = p[t]
+            tested |= t
+    result = _report(cfg, fs, folds, probs, tested, mcfg)
+    final = None
+    if cfg.final_model:
+        final = train_model(mcfg, cfg.train, fs.motion, fs.texture, fs.labels, cfg.train.seed * 100003 + 99991,
+                            wrap, shard)
+    if rank == 0:
+        result["seconds"] = round(time.perf_counter() - start, 1)
+        _write(out, cfg, fs, folds, probs, tested, result, mcfg, final)
+    if dist is not None:
+        dist.barrier()
+    return result
+
+
+def _ddp_wrap(dist: Any, rank: int, world: int) -> tuple[Any, tuple[int, int]]:
+    if dist is None:
+        return None, (0, 1)
+    from torch.nn.parallel import DistributedDataParallel
+
+    return (lambda m: DistributedDataParallel(m)), (rank, world)
+
+
+def _report(cfg: RunConfig, fs: FeatureSet, folds: list[Fold], probs: np.ndarray, tested: np.ndarray,
+            mcfg: MMTConfig) -> dict[str, Any]:
+    from edge_mer.model.mmt import MMT, count_parameters, flops_per_sample
+
+    names = list(mcfg.class_names)
+    pred = probs.argmax(1)
+    t, p = fs.labels[tested], pred[tested]
+    s = scores(t, p, names)
+    groups = [d for d, k in zip(fs.datasets, tested, strict=True) if k]
+    per_ds = {k: {"uf1": v.uf1, "uar": v.uar, "accuracy": v.accuracy, "samples": v.samples,
+                  "absent_classes": v.absent} for k, v in per_group(t, p, groups, names).items()}
+    return {"uf1": s.uf1, "uar": s.uar, "accuracy": s.accuracy, "samples": s.samples, "f1": s.f1,
+            "recall": s.recall, "support": s.support, "confusion": s.confusion, "absent_classes": s.absent,
+            "classes": names, "per_dataset": per_ds, "protocol": cfg.protocol, "folds": len(folds),
+            "model": cfg.model, "ablation": cfg.ablation, "params": count_parameters(MMT(mcfg)),
+            "gflops": round(flops_per_sample(mcfg) / 1e9, 4), "epochs": cfg.train.epochs,
+            "seed": cfg.train.seed, "features": cfg.features}
+
+
+def _write(out: Path, cfg: RunConfig, fs: FeatureSet, folds: list[Fold], probs: np.ndarray, tested: np.ndarray,
+           result: dict[str, Any], mcfg: MMTConfig, final: Any) -> None:
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    pred = probs.argmax(1)
+    (out / "megc_log.txt").write_text(megc_log(folds, fs.ids, pred, fs.labels))
+    lines = ["id,subject,truth,prediction," + ",".join(f"p_{n}" for n in mcfg.class_names)]
+    for i in np.flatnonzero(tested):
+        lines.append(f"{fs.ids[i]},{fs.subjects[i]},{fs.labels[i]},{pred[i]},"
+                     + ",".join(f"{v:.5f}" for v in probs[i]))
+    (out / "predictions.csv").write_text("\n".join(lines) + "\n")
+    title = f"{cfg.model} {cfg.protocol}: UF1 {result['uf1']:.3f}, UAR {result['uar']:.3f}"
+    plot_confusion(result["confusion"], mcfg.class_names, str(out / "confusion.png"), title)
+    (out / "run.json").write_text(json.dumps({"run": asdict(cfg), "model": mcfg.to_dict(),
+                                              "features": fs.config, "edge_mer": __version__},
+                                             indent=2, sort_keys=True) + "\n")
+    if final is not None:
+        save_checkpoint(out / "checkpoint.pt", final, mcfg, cfg, fs)
+
+
+def save_checkpoint(path: Path, model: Any, mcfg: MMTConfig, cfg: RunConfig, fs: FeatureSet) -> None:
+    import torch
+
+    torch.save({"format": "edge-mer-checkpoint/1", "model": cfg.model, "config": mcfg.to_dict(),
+                "state_dict": model.state_dict(), "train": asdict(cfg.train), "features": fs.config,
+                "trained_on": fs.ids, "edge_mer": __version__}, path)
+
+
+def load_checkpoint(path: Path) -> tuple[Any, dict[str, Any]]:
+    import torch
+
+    from edge_mer.model.mmt import MMT
+
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a truncated or foreign file
+        raise UserError(f"cannot read checkpoint {path}: {type(exc).__name__}") from None
+    if not isinstance(ck, dict) or ck.get("format") != "edge-mer-checkpoint/1":
+        raise UserError(f"{path} is not an edge-mer checkpoint")
+    model = MMT(MMTConfig.from_dict(ck["config"]))
+    model.load_state_dict(ck["state_dict"])
+    model.eval()
+    return model, ck
+
+
+def evaluate(checkpoint: Path, features: Path) -> dict[str, Any]:
+    model, ck = load_checkpoint(checkpoint)
+    fs = FeatureSet.load(features)
+    _check(fs, model.cfg)
+    probs = predict(model, fs.motion, fs.texture)
+    names = list(model.cfg.class_names)
+    s = scores(fs.labels, probs.argmax(1), names)
+    seen = len(set(ck.get("trained_on", [])) & set(fs.ids))
+    per_ds = {k: {"uf1": v.uf1, "uar": v.uar, "accuracy": v.accuracy, "samples": v.samples}
+              for k, v in per_group(fs.labels, probs.argmax(1), fs.datasets, names).items()}
+    return {"uf1": s.uf1, "uar": s.uar, "accuracy": s.accuracy, "samples": s.samples, "f1": s.f1,
+            "confusion": s.confusion, "absent_classes": s.absent, "classes": names, "per_dataset": per_ds,
+            "seen_in_training": seen, "checkpoint": str(checkpoint), "features": str(features)}
+
+
+def ablation_config(cfg: RunConfig, ablation: str) -> RunConfig:
+    return replace(cfg, ablation=ablation)

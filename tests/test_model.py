@@ -1,0 +1,87 @@
+"""The MMT: sizes of the registered variants, the attention fusion, the ablation switches."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from edge_mer.errors import UserError  # noqa: E402
+from edge_mer.model.config import ABLATIONS, MMTConfig, model_config  # noqa: E402
+from edge_mer.model.mmt import MMT, count_parameters, flops_per_sample, info_nce  # noqa: E402
+from edge_mer.train.loop import TrainConfig, augment  # noqa: E402
+
+
+def _inputs(b: int = 4, s: int = 112):
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(b, 3, s, s, generator=g), torch.randn(b, 1, s, s, generator=g)
+
+
+def test_edge_size_budget():
+    cfg = model_config("mmt_small")
+    assert count_parameters(MMT(cfg)) <= 3_000_000
+    assert flops_per_sample(cfg) <= 0.5e9
+    assert count_parameters(MMT(model_config("mmt_test"))) < count_parameters(MMT(cfg))
+
+
+def test_forward_and_patch_weights():
+    model = MMT(model_config("mmt_test")).eval()
+    m, t = _inputs()
+    logits = model(m, t)
+    assert logits.shape == (4, 3)
+    weights = model.patch_weights(m, t)
+    assert set(weights) == {"motion_16", "motion_28", "texture_16", "texture_28"}
+    for w in weights.values():
+        assert torch.allclose(w.sum(-1), torch.ones(4), atol=1e-5) and (w >= 0).all()
+
+
+def test_fusion_weights_learn_only_with_fused_pooling():
+    for pooling, learns in (("fused", True), ("cls", False)):
+        model = MMT(model_config("mmt_test", ablation="full" if pooling == "fused" else "cls-pooling"))
+        logits, contrast = model.forward_train(*_inputs())
+        (logits.sum() + contrast).backward()
+        grads = [b.fuse.grad for b in model.branches.values()]
+        assert all(g is not None and g.abs().sum() > 0 for g in grads) == learns
+
+
+def test_ablation_switches():
+    assert set(ABLATIONS) == {"full", "single-scale", "motion-only", "texture-only", "cls-pooling",
+                              "no-contrastive"}
+    assert model_config("mmt_small", ablation="single-scale").patch_sizes == (14,)
+    motion_only = MMT(model_config("mmt_test", ablation="motion-only")).eval()
+    m, t = _inputs()
+    assert torch.equal(motion_only(m, t), motion_only(m, torch.zeros_like(t)))  # texture is ignored
+    assert motion_only.cfg.contrastive_weight == 0.0
+    no_con = MMT(model_config("mmt_test", ablation="no-contrastive"))
+    assert float(no_con.forward_train(m, t)[1].detach()) == 0.0
+    full = MMT(model_config("mmt_test"))
+    assert float(full.forward_train(m, t)[1].detach()) > 0.0
+
+
+def test_info_nce_prefers_matching_pairs():
+    a = torch.randn(8, 16, generator=torch.Generator().manual_seed(1))
+    same = info_nce(a, a, 0.1)
+    shuffled = info_nce(a, a[torch.randperm(8, generator=torch.Generator().manual_seed(2))], 0.1)
+    assert same < shuffled
+
+
+def test_flip_negates_horizontal_motion():
+    m = torch.zeros(1, 3, 8, 8)
+    m[0, 0, :, :4] = 1.0  # rightward motion on the left half
+    cfg = TrainConfig(flip=True, max_shift=0, gain=(1.0, 1.0))
+    for seed in range(20):  # find a draw that flips
+        out, _ = augment(m, torch.zeros(1, 1, 8, 8), cfg, torch.Generator().manual_seed(seed))
+        if not torch.equal(out, m):
+            assert out[0, 0, :, 4:].eq(-1).all() and out[0, 0, :, :4].eq(0).all()
+            return
+    pytest.fail("no flip in 20 draws")
+
+
+def test_config_round_trip_and_checks():
+    cfg = model_config("mmt_small")
+    assert MMTConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(UserError, match="does not divide"):
+        MMTConfig(size=112, patch_sizes=(15,))
+    with pytest.raises(UserError, match="no patch size"):
+        model_config("mmt_small", size=50)
+    assert model_config("mmt_test", size=64).patch_sizes == (16,)

@@ -1,0 +1,112 @@
+"""Training and evaluation through the CLI, as a user runs them: LOSO, outputs, checkpoints, torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+pytest.importorskip("torch")
+
+TINY = ("--model", "mmt_test", "--epochs", "3", "--batch-size", "8", "--threads", "1", "--quiet")
+
+
+@pytest.fixture(scope="module")
+def composite_features(generated, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("feat") / "megc"
+    run_cli("data", "prepare", "--dataset", "megc2019", "--root", str(generated["megc2019"]), "--out", str(out),
+            "--flow", "dis", "--quiet", check=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def loso_run(composite_features, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("run") / "loso"
+    proc = run_cli("train", "--features", str(composite_features), "--protocol", "megc2019", "--out", str(out),
+                   "--json", *TINY, check=True)
+    return out, json.loads(proc.stdout)
+
+
+def test_loso_outputs(loso_run, composite_features):
+    out, result = loso_run
+    rows = [json.loads(x) for x in (composite_features / "index.jsonl").read_text().splitlines()]
+    usable = [r for r in rows if r["status"] == "ok" and r["composite"]]
+    assert result["samples"] == len(usable)
+    assert result["folds"] == len({(r["dataset"], r["subject"]) for r in usable})
+    for key in ("uf1", "uar", "accuracy"):
+        assert 0.0 <= result[key] <= 1.0
+    assert set(result["per_dataset"]) == {"casme2", "samm", "smic"}
+    assert json.loads((out / "metrics.json").read_text()) == result
+    preds = (out / "predictions.csv").read_text().splitlines()
+    assert len(preds) == len(usable) + 1
+    log = (out / "megc_log.txt").read_text().splitlines()
+    assert sum(1 for line in log if line.split()[0] in ("casme2", "samm", "smic") and len(line.split()) == 2) \
+        == result["folds"]
+    assert (out / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "checkpoint.pt").is_file()
+
+
+def test_same_seed_same_metrics(loso_run, composite_features, tmp_path):
+    _, first = loso_run
+    proc = run_cli("train", "--features", str(composite_features), "--protocol", "megc2019", "--out",
+                   str(tmp_path / "again"), "--json", "--no-final-model", *TINY, check=True)
+    again = json.loads(proc.stdout)
+    assert again["confusion"] == first["confusion"]
+
+
+def test_eval_says_when_samples_were_seen(loso_run, composite_features):
+    out, _ = loso_run
+    proc = run_cli("eval", "--checkpoint", str(out / "checkpoint.pt"), "--features", str(composite_features),
+                   check=True)
+    assert "UF1" in proc.stdout and "were in the checkpoint's training set" in proc.stdout
+    result = json.loads(run_cli("eval", "--checkpoint", str(out / "checkpoint.pt"), "--features",
+                                str(composite_features), "--json", check=True).stdout)
+    assert result["seen_in_training"] == result["samples"]
+
+
+def test_torchrun_two_processes_match_one(loso_run, composite_features, tmp_path):
+    _, single = loso_run
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "edge_mer", "train", "--features", str(composite_features), "--protocol", "megc2019",
+           "--out", str(tmp_path / "dist"), "--json", "--no-final-model", *TINY]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    dist = json.loads((tmp_path / "dist" / "metrics.json").read_text())
+    # the folds are spread over the processes with the same per-fold seeds: the same predictions
+    assert dist["confusion"] == single["confusion"]
+    assert abs(dist["uf1"] - single["uf1"]) < 1e-9
+
+
+def test_ddp_mode_trains(composite_features, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534",
+           "-m", "edge_mer", "train", "--features", str(composite_features), "--protocol", "split",
+           "--out", str(tmp_path / "ddp"), "--ddp", "--no-final-model", *TINY]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert result["folds"] == 1 and result["samples"] > 0
+
+
+def test_bad_inputs_are_one_line(generated, composite_features, loso_run, tmp_path):
+    casme2 = tmp_path / "casme2_64"
+    run_cli("data", "prepare", "--dataset", "casme2", "--root", str(generated["casme2"]), "--out", str(casme2),
+            "--flow", "dis", "--size", "64", "--quiet", check=True)
+    out, _ = loso_run
+    proc = run_cli("eval", "--checkpoint", str(out / "checkpoint.pt"), "--features", str(casme2))
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "edge-mer: error: features are 64x64 but the model expects 112x112"
+    proc = run_cli("train", "--features", str(casme2), "--protocol", "megc2019", "--out", str(tmp_path / "x"),
+                   *TINY)
+    assert proc.returncode == 2 and "needs features of the composite" in proc.stderr
+    proc = run_cli("train", "--features", str(tmp_path / "nothing"), "--out", str(tmp_path / "y"), *TINY)
+    assert proc.returncode == 2 and "not a feature cache" in proc.stderr
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    proc = run_cli("eval", "--checkpoint", str(tmp_path / "bad.pt"), "--features", str(casme2))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
