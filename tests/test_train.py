@@ -69,28 +69,27 @@ def test_eval_says_when_samples_were_seen(loso_run, composite_features):
     assert result["seen_in_training"] == result["samples"]
 
 
-def test_torchrun_two_processes_match_one(loso_run, composite_features, tmp_path):
-    _, single = loso_run
+def _torchrun(port: int, features: Path, protocol: str, out: Path, *extra: str) -> dict:
+    """Two CPU processes under torchrun (gloo), as a user would start them."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           "-m", "edge_mer", "train", "--features", str(composite_features), "--protocol", "megc2019",
-           "--out", str(tmp_path / "dist"), "--json", "--no-final-model", *TINY]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           "-m", "edge_mer", "train", "--features", str(features), "--protocol", protocol, "--out", str(out),
+           "--no-final-model", *extra, *TINY]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    dist = json.loads((tmp_path / "dist" / "metrics.json").read_text())
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_torchrun_two_processes_match_one(loso_run, composite_features, tmp_path):
+    _, single = loso_run
+    dist = _torchrun(29533, composite_features, "megc2019", tmp_path / "dist")
     # the folds are spread over the processes with the same per-fold seeds: the same predictions
     assert dist["confusion"] == single["confusion"]
     assert abs(dist["uf1"] - single["uf1"]) < 1e-9
 
 
 def test_ddp_mode_trains(composite_features, tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534",
-           "-m", "edge_mer", "train", "--features", str(composite_features), "--protocol", "split",
-           "--out", str(tmp_path / "ddp"), "--ddp", "--no-final-model", *TINY]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    result = _torchrun(29534, composite_features, "split", tmp_path / "ddp", "--ddp")
     assert result["folds"] == 1 and result["samples"] > 0
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from edge_mer.data.frames import list_frames
@@ -175,57 +176,74 @@ def _sub_folder(base: Path, subject: str, alternatives: list[str]) -> Path:
     return base / subject
 
 
-def load_casme2(root: Path, annotations: Path | None = None, apex_policy: str = "middle") -> DatasetIndex:
+@dataclass(frozen=True)
+class SheetLayout:
+    """Where a sheet-annotated dataset keeps its sheet and frames, and how it names things."""
+
+    dataset: str
+    sheet_patterns: tuple[str, ...]
+    sheet_what: str
+    subject_dirs: str  # regex of the subject folder names that mark the frame tree
+    tree_what: str
+    subject: Callable[[str], str | None]
+    clip_id: Callable[[str, int], str]
+    clip_dir: Callable[[Path, str, str], Path]  # (frame tree, subject, clip) -> frames folder
+    sheet_name: str | None = None
+
+
+def _casme2_dir(base: Path, subject: str, clip: str) -> Path:
+    return _sub_folder(base, subject, [f"sub{int(subject[3:])}"]) / clip
+
+
+def _samm_dir(base: Path, subject: str, clip: str) -> Path:
+    return _sub_folder(base, subject, [str(int(subject))]) / clip
+
+
+def _casme3_dir(base: Path, subject: str, clip: str) -> Path:
+    folder = base / subject / clip
+    return folder / "color" if (folder / "color").is_dir() else folder
+
+
+CASME2 = SheetLayout("casme2", ("CASME2-coding*.xls*", "CASME2*coding*.xls*", "CASME2*.xlsx"),
+                     "CASME II coding sheet (CASME2-coding-*.xlsx)", r"sub\d+",
+                     "CASME II frame tree (CASME2_RAW_selected/subXX/...)", casme2_subject, lambda c, _o: c,
+                     _casme2_dir)
+SAMM = SheetLayout("samm", ("SAMM_Micro_FACS_Codes*.xls*", "SAMM*Codes*.xls*"),
+                   "SAMM coding sheet (SAMM_Micro_FACS_Codes_v2.xlsx)", r"\d{3}",
+                   "SAMM frame tree (SAMM/006/006_1_2/...)", samm_subject, lambda c, _o: c, _samm_dir)
+CASME3 = SheetLayout("casme3", ("cas(me)3_part_A_ME_label*.xls*", "*part_A_ME_label*.xls*"),
+                     "CAS(ME)^3 part A ME label sheet (cas(me)3_part_A_ME_label_JpgIndex_v2.xlsx)", r"spNO\.\d+",
+                     "CAS(ME)^3 part A frame tree (spNO.1/a/color/...)", lambda s: s or None,
+                     lambda c, o: f"{c}_{o}", _casme3_dir, sheet_name="label")
+
+
+def _load_sheet_dataset(layout: SheetLayout, root: Path, annotations: Path | None, apex_policy: str) -> DatasetIndex:
     _require_root(root)
-    sheet = _annotation_file(root, annotations, ["CASME2-coding*.xls*", "CASME2*coding*.xls*", "CASME2*.xlsx"],
-                             "CASME II coding sheet (CASME2-coding-*.xlsx)")
-    base = _find_dir(root, _has_subdirs(r"sub\d+"))
+    sheet = _annotation_file(root, annotations, list(layout.sheet_patterns), layout.sheet_what)
+    base = _find_dir(root, _has_subdirs(layout.subject_dirs), max_depth=5)
     if base is None:
-        raise UserError(f"no CASME II frame tree (CASME2_RAW_selected/subXX/...) under {root}")
-    index = DatasetIndex("casme2", str(root), str(sheet))
-    table = find_table(sheet, "subject")
+        raise UserError(f"no {layout.tree_what} under {root}")
+    index = DatasetIndex(layout.dataset, str(root), str(sheet))
+    table = find_table(sheet, "subject", sheet=layout.sheet_name)
+    found = base
 
     def frames_dir(subject: str, clip: str) -> Path:
-        n = int(subject[3:])
-        return _sub_folder(base, subject, [f"sub{n}"]) / clip
+        return layout.clip_dir(found, subject, clip)
 
-    _sheet_samples(index, table, "casme2", frames_dir, casme2_subject, lambda c, _o: c, apex_policy)
+    _sheet_samples(index, table, layout.dataset, frames_dir, layout.subject, layout.clip_id, apex_policy)
     return index
+
+
+def load_casme2(root: Path, annotations: Path | None = None, apex_policy: str = "middle") -> DatasetIndex:
+    return _load_sheet_dataset(CASME2, root, annotations, apex_policy)
 
 
 def load_samm(root: Path, annotations: Path | None = None, apex_policy: str = "middle") -> DatasetIndex:
-    _require_root(root)
-    sheet = _annotation_file(root, annotations, ["SAMM_Micro_FACS_Codes*.xls*", "SAMM*Codes*.xls*"],
-                             "SAMM coding sheet (SAMM_Micro_FACS_Codes_v2.xlsx)")
-    base = _find_dir(root, _has_subdirs(r"\d{3}"))
-    if base is None:
-        raise UserError(f"no SAMM frame tree (SAMM/006/006_1_2/...) under {root}")
-    index = DatasetIndex("samm", str(root), str(sheet))
-    table = find_table(sheet, "subject")
-
-    def frames_dir(subject: str, clip: str) -> Path:
-        return _sub_folder(base, subject, [str(int(subject))]) / clip
-
-    _sheet_samples(index, table, "samm", frames_dir, samm_subject, lambda c, _o: c, apex_policy)
-    return index
+    return _load_sheet_dataset(SAMM, root, annotations, apex_policy)
 
 
 def load_casme3(root: Path, annotations: Path | None = None, apex_policy: str = "middle") -> DatasetIndex:
-    _require_root(root)
-    sheet = _annotation_file(root, annotations, ["cas(me)3_part_A_ME_label*.xls*", "*part_A_ME_label*.xls*"],
-                             "CAS(ME)^3 part A ME label sheet (cas(me)3_part_A_ME_label_JpgIndex_v2.xlsx)")
-    base = _find_dir(root, _has_subdirs(r"spNO\.\d+"), max_depth=5)
-    if base is None:
-        raise UserError(f"no CAS(ME)^3 part A frame tree (spNO.1/a/color/...) under {root}")
-    index = DatasetIndex("casme3", str(root), str(sheet))
-    table = find_table(sheet, "subject", sheet="label")
-
-    def frames_dir(subject: str, clip: str) -> Path:
-        folder = base / subject / clip
-        return folder / "color" if (folder / "color").is_dir() else folder
-
-    _sheet_samples(index, table, "casme3", frames_dir, lambda s: s or None, lambda c, o: f"{c}_{o}", apex_policy)
-    return index
+    return _load_sheet_dataset(CASME3, root, annotations, apex_policy)
 
 
 def load_smic(root: Path, annotations: Path | None = None, apex_policy: str = "middle") -> DatasetIndex:
