@@ -7,7 +7,7 @@ all subjects, pooled predictions) and writes a table (UF1, UAR, accuracy,
 parameters, GFLOPs, time) to ``benchmarks/results/ablation.md`` and ``.json``.
 Variants already in the JSON are kept, so an interrupted run resumes.
 
-    python benchmarks/ablation.py [--variants full,single-scale,...] [--epochs 40]
+    python benchmarks/ablation.py [--variants full,single-scale,...] [--epochs 60]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--variants", default=",".join(ABLATIONS))
     ap.add_argument("--model", default="mmt_small")
-    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--subjects", type=int, default=24)
     ap.add_argument("--clips", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)

@@ -272,7 +272,7 @@ def _train_parsers(sub: Any) -> None:
     t.add_argument("--out", required=True, help="run folder")
     t.add_argument("--model", choices=sorted(MODELS), default="mmt_small")
     t.add_argument("--ablation", choices=sorted(ABLATIONS), default="full")
-    t.add_argument("--epochs", type=int, default=40)
+    t.add_argument("--epochs", type=int, default=60)
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--seed", type=int, default=0)

@@ -26,7 +26,7 @@ from edge_mer.model.mmt import MMT
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 40
+    epochs: int = 60
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.05
