@@ -77,6 +77,7 @@ def _init_worker(cfg: FeatureConfig) -> None:
     cv2.setNumThreads(1)
     _STATE["aligner"] = FaceAligner(cfg.size, cfg.landmarks)
     _STATE["flow"] = make_flow(cfg.flow)
+    _STATE["dis"] = make_flow("dis")
     _STATE["cfg"] = cfg
 
 
@@ -90,7 +91,7 @@ def _apex_by_motion(s: Sample, onset_crop: np.ndarray, align: Any) -> tuple[int,
     from edge_mer.data.frames import list_frames
 
     frames = list_frames(Path(s.frames_dir))
-    dis = make_flow("dis")
+    dis = _STATE["dis"]
     best, best_path, best_mag = s.onset, s.onset_path or "", -1.0
     for n, path in frames.items():
         if s.onset < n <= s.offset:

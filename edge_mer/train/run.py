@@ -19,7 +19,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -218,7 +218,3 @@ def evaluate(checkpoint: Path, features: Path) -> dict[str, Any]:
     return {"uf1": s.uf1, "uar": s.uar, "accuracy": s.accuracy, "samples": s.samples, "f1": s.f1,
             "confusion": s.confusion, "absent_classes": s.absent, "classes": names, "per_dataset": per_ds,
             "seen_in_training": seen, "checkpoint": str(checkpoint), "features": str(features)}
-
-
-def ablation_config(cfg: RunConfig, ablation: str) -> RunConfig:
-    return replace(cfg, ablation=ablation)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -296,7 +296,7 @@ def write_dataset(cfg: DatasetConfig, out: Path, progress: bool = True) -> Summa
 
 
 def _write_manifest(out: Path, cfg: DatasetConfig, clips: list[Clip]) -> None:
-    config = asdict(replace(cfg))
+    config = asdict(cfg)
     doc = {"generator": "edge-mer synth dataset", "synthetic": True, "config": config,
            "clips": [asdict(c) for c in clips]}
     (out / MANIFEST).write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
