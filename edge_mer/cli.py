@@ -32,6 +32,19 @@ def _print_json(obj: Any) -> None:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from edge_mer.doctor import collect, format_report
 
+    if args.selftest:
+        from edge_mer.runtime.selftest import selftest
+
+        result = selftest(Path(args.model) if args.model else None)
+        if args.json:
+            _print_json(result)
+        else:
+            lat = result["latency_ms"]
+            print(f"self-test {'passed' if result['ok'] else 'FAILED'}: {result['tensorrt']} vs ONNX Runtime on "
+                  f"{result['model']}: top-1 agreement {result['top1_agreement']:.0%}, largest probability "
+                  f"difference {result['max_abs_prob_diff']:.4f}; latency {lat['tensorrt']} ms (TensorRT) vs "
+                  f"{lat['onnxruntime']} ms (ONNX Runtime)")
+        return 0 if result["ok"] else 1
     report = collect(import_heavy=not args.no_torch)
     if args.json:
         _print_json(report.to_dict())
@@ -223,12 +236,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     _require_torch()
     import torch
 
+    if args.qat:
+        return _cmd_qat(args)
+    if args.calibration:
+        raise UserError("--calibration goes with --qat CHECKPOINT")
+
     from edge_mer.train.loop import TrainConfig
     from edge_mer.train.run import RunConfig, run
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    tcfg = TrainConfig(epochs=args.epochs or 60, batch_size=args.batch_size, lr=args.lr or 1e-3, seed=args.seed)
     cfg = RunConfig(features=args.features, protocol=args.protocol, model=args.model, ablation=args.ablation,
                     train=tcfg, ddp=args.ddp, final_model=not args.no_final_model)
     result = run(cfg, Path(args.out), progress=not args.quiet)
@@ -243,15 +261,35 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    _require_torch()
-    from edge_mer.train.run import evaluate
+def _cmd_qat(args: argparse.Namespace) -> int:
+    from edge_mer.quant.qat import finetune
 
-    result = evaluate(Path(args.checkpoint), Path(args.features))
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    report = finetune(Path(args.qat), Path(args.features), Path(args.out), calibration=args.calibration,
+                      epochs=args.epochs or 10, lr=args.lr or 1e-4, seed=args.seed, progress=not args.quiet)
+    if args.json:
+        _print_json(report)
+    else:
+        q = report["quantizers"]
+        print(f"QAT: {q['weight']} weight and {q['input']} input quantizers calibrated on "
+              f"{report['calibration']['samples']} samples, fine-tuned {report['epochs']} epochs on "
+              f"{report['samples']} samples ({report['seconds']:.0f} s); wrote {report['checkpoint']} "
+              "(export it with edge-mer export)")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from edge_mer.runtime.evaluate import evaluate
+
+    result = evaluate(Path(args.checkpoint), Path(args.features), backend=args.backend, threads=args.threads,
+                      precision=args.precision, unseen=args.unseen)
     if args.json:
         _print_json(result)
     else:
-        _print_scores(result, f"{args.checkpoint} on {args.features}")
+        _print_scores(result, f"{args.checkpoint} on {args.features} [{result['backend']}]")
         if result["seen_in_training"]:
             print(f"warning: {result['seen_in_training']} of these samples were in the checkpoint's training set; "
                   "these scores are not held out")
@@ -272,21 +310,38 @@ def _train_parsers(sub: Any) -> None:
     t.add_argument("--out", required=True, help="run folder")
     t.add_argument("--model", choices=sorted(MODELS), default="mmt_small")
     t.add_argument("--ablation", choices=sorted(ABLATIONS), default="full")
-    t.add_argument("--epochs", type=int, default=60)
+    t.add_argument("--epochs", type=int, help="epochs (default 60; 10 with --qat)")
     t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--lr", type=float, help="peak learning rate (default 1e-3; 1e-4 with --qat)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, help="torch CPU threads")
     t.add_argument("--ddp", action="store_true", help="under torchrun: DistributedDataParallel per model "
                                                       "instead of spreading the folds")
     t.add_argument("--no-final-model", action="store_true", help="skip the model trained on all samples")
+    q = t.add_argument_group("quantization-aware training")
+    q.add_argument("--qat", metavar="CHECKPOINT", help="fine-tune this FP32 checkpoint with INT8 fake "
+                                                       "quantizers (modelopt) on the samples it was trained on, "
+                                                       "instead of training folds; writes RUN/checkpoint.pt")
+    q.add_argument("--calibration", help="calibration set (.npz) for the quantizer ranges (default: 256 samples "
+                                         "drawn from the checkpoint's training samples)")
     t.add_argument("--json", action="store_true")
     t.add_argument("--quiet", action="store_true", help="no per-epoch progress")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("eval", help="score a checkpoint on a feature cache")
-    e.add_argument("--checkpoint", required=True)
+    from edge_mer.runtime.backends import BACKENDS
+
+    e = sub.add_parser("eval", help="score a checkpoint, ONNX file or engine on a feature cache",
+                       description="Run the model through a backend and score it with the same metrics as "
+                                   "training (UF1, UAR, accuracy, per dataset). Example: edge-mer eval "
+                                   "--checkpoint model.int8.onnx --features F --backend onnxruntime --unseen")
+    e.add_argument("--checkpoint", required=True, help="torch checkpoint (.pt), ONNX file or TensorRT engine")
     e.add_argument("--features", required=True)
+    e.add_argument("--backend", choices=BACKENDS, default="auto")
+    e.add_argument("--precision", choices=("auto", "file", "fp32", "int8"), default="file",
+                   help="ONNX Runtime: run the file as given (default), its companion of that precision, or "
+                        "whichever is faster here (auto)")
+    e.add_argument("--threads", type=int, help="CPU threads of the backend")
+    e.add_argument("--unseen", action="store_true", help="score only samples the model was not trained on")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval)
 
@@ -373,10 +428,20 @@ def build_parser() -> argparse.ArgumentParser:
                                      "cameras, with a hint for each missing part.")
     doc.add_argument("--json", action="store_true", help="print one JSON object")
     doc.add_argument("--no-torch", action="store_true", help="do not import torch (faster)")
+    doc.add_argument("--selftest", action="store_true", help="on a TensorRT device: build the engine of the "
+                                                             "packaged model (or --model) and compare it with "
+                                                             "ONNX Runtime")
+    doc.add_argument("--model", help="ONNX model for --selftest")
     doc.set_defaults(func=cmd_doctor)
     _data_parser(sub)
     _synth_parser(sub)
     _train_parsers(sub)
+    from edge_mer.quant.cli import add_parsers
+
+    add_parsers(sub)
+    from edge_mer.flow.command import add_parser as add_flow_parser
+
+    add_flow_parser(sub)
     return parser
 
 

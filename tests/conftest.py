@@ -47,3 +47,61 @@ def generated(tmp_path_factory) -> dict[str, Path]:
         write_dataset(cfg, base / layout, progress=False)
         roots[layout] = base / layout
     return roots
+
+
+@pytest.fixture(scope="session")
+def composite_features(generated, tmp_path_factory) -> Path:
+    """DIS features (S = 112) of the small synthetic MEGC2019 composite."""
+    out = tmp_path_factory.mktemp("feat") / "megc"
+    run_cli("data", "prepare", "--dataset", "megc2019", "--root", str(generated["megc2019"]), "--out", str(out),
+            "--flow", "dis", "--quiet", check=True)
+    return out
+
+
+def _have_tensorrt() -> bool:
+    try:
+        import tensorrt
+    except ImportError:
+        return False
+    return hasattr(tensorrt, "Builder")  # type stubs alone are not TensorRT
+
+
+def _have_cuda() -> bool:
+    import shutil
+
+    devices = ("/dev/nvidia0", "/dev/nvhost-ctrl")
+    if shutil.which("nvidia-smi") is None and not any(Path(d).exists() for d in devices):
+        return False
+    try:
+        import pycuda.driver as cuda
+
+        cuda.init()
+        return bool(cuda.Device.count())
+    except Exception:
+        try:
+            import torch
+
+            return bool(torch.cuda.is_available())
+        except ImportError:
+            return False
+
+
+def pytest_collection_modifyitems(config, items):
+    """Hardware tests skip with the reason where the hardware is missing; slow tests run with -m slow."""
+    import glob
+
+    wants_slow = "slow" in (config.getoption("-m") or "")
+    checks = {"gpu": (_have_cuda, "no CUDA GPU on this machine"),
+              "tensorrt": (_have_tensorrt, "TensorRT is not installed here (Jetson / NVIDIA GPU machines only)"),
+              "camera": (lambda: bool(glob.glob("/dev/video*")), "no camera (/dev/video*) on this machine"),
+              "jetson": (lambda: Path("/etc/nv_tegra_release").exists(), "not an NVIDIA Jetson")}
+    found: dict[str, bool] = {}
+    for item in items:
+        if "slow" in item.keywords and not wants_slow:
+            item.add_marker(pytest.mark.skip(reason="slow: run with -m slow"))
+        for name, (check, reason) in checks.items():
+            if name in item.keywords:
+                if name not in found:
+                    found[name] = check()
+                if not found[name]:
+                    item.add_marker(pytest.mark.skip(reason=reason))

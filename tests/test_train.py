@@ -17,14 +17,6 @@ TINY = ("--model", "mmt_test", "--epochs", "3", "--batch-size", "8", "--threads"
 
 
 @pytest.fixture(scope="module")
-def composite_features(generated, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("feat") / "megc"
-    run_cli("data", "prepare", "--dataset", "megc2019", "--root", str(generated["megc2019"]), "--out", str(out),
-            "--flow", "dis", "--quiet", check=True)
-    return out
-
-
-@pytest.fixture(scope="module")
 def loso_run(composite_features, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("run") / "loso"
     proc = run_cli("train", "--features", str(composite_features), "--protocol", "megc2019", "--out", str(out),

@@ -73,15 +73,17 @@ def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
 def train_model(model_cfg: MMTConfig, cfg: TrainConfig, motion: np.ndarray, texture: np.ndarray,
                 labels: np.ndarray, seed: int, wrap: Callable[[nn.Module], nn.Module] | None = None,
                 shard: tuple[int, int] = (0, 1),
-                on_epoch: Callable[[int, float], None] | None = None) -> MMT:
-    """Train an MMT from scratch on the given samples for exactly ``cfg.epochs`` epochs.
+                on_epoch: Callable[[int, float], None] | None = None, init: MMT | None = None) -> MMT:
+    """Train an MMT on the given samples for exactly ``cfg.epochs`` epochs.
+
+    From scratch, or from ``init`` (fine-tuning, e.g. with fake quantizers in it).
 
     ``wrap`` (e.g. DistributedDataParallel) and ``shard`` (rank, world) split each
     batch over processes; every process draws the same permutation.
     """
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = MMT(model_cfg)
+    model = init if init is not None else MMT(model_cfg)
     net: nn.Module = TrainStep(model)
     if wrap:
         net = wrap(net)

@@ -2,9 +2,11 @@
 
 Every fold trains a fresh model for the fixed epoch budget and predicts its held
 out subject(s); scores come from the predictions pooled over all folds. After
-the folds, one more model is trained on every sample with the same budget and
-saved as the checkpoint (with its config, the features' config and the ids it
-was trained on).
+the LOSO and MEGC2019 folds, one more model is trained on every sample with the
+same budget and saved as the checkpoint; under ``split`` the split's own model
+(training subjects only) is the checkpoint, so its held-out subjects stay
+unseen. A checkpoint carries its config, the features' config and the ids it
+was trained on.
 
 Under ``torchrun`` the folds are fanned out over the processes (fold i runs on
 rank i mod world) and the predictions gathered; ``--ddp`` instead trains each
@@ -78,7 +80,7 @@ def make_folds(fs: FeatureSet, protocol: str, seed: int) -> list[Fold]:
     return loso_folds(fs.subjects)
 
 
-def _check(fs: FeatureSet, mcfg: MMTConfig) -> None:
+def check_features(fs: FeatureSet, mcfg: MMTConfig) -> None:
     size = fs.motion.shape[-1]
     if size != mcfg.size:
         raise UserError(f"features are {size}x{size} but the model expects {mcfg.size}x{mcfg.size}")
@@ -91,12 +93,13 @@ def run(cfg: RunConfig, out: Path, progress: bool = True) -> dict[str, Any]:
     rank, world, dist = _dist()
     fs = FeatureSet.load(Path(cfg.features))
     mcfg = model_config(cfg.model, size=int(fs.motion.shape[-1]), ablation=cfg.ablation)
-    _check(fs, mcfg)
+    check_features(fs, mcfg)
     folds = make_folds(fs, cfg.protocol, cfg.train.seed)
     probs = np.zeros((len(fs), mcfg.num_classes), np.float32)
     tested = np.zeros(len(fs), bool)
     wrap, shard = _ddp_wrap(dist, rank, world) if cfg.ddp else (None, (0, 1))
     mine = [i for i in range(len(folds)) if cfg.ddp or i % world == rank]
+    split_model: Any = None
     for k, i in enumerate(mine):
         fold = folds[i]
         if len(fold.train) == 0:
@@ -111,6 +114,7 @@ def run(cfg: RunConfig, out: Path, progress: bool = True) -> dict[str, Any]:
                             seed, wrap, shard, log)
         probs[fold.test] = predict(model, fs.motion[fold.test], fs.texture[fold.test])
         tested[fold.test] = True
+        split_model = model
     if dist is not None and not cfg.ddp:
         gathered: list[Any] = [None] * world
         dist.all_gather_object(gathered, (probs, tested))
@@ -118,13 +122,17 @@ def run(cfg: RunConfig, out: Path, progress: bool = True) -> dict[str, Any]:
             probs[t] = p[t]
             tested |= t
     result = _report(cfg, fs, folds, probs, tested, mcfg)
-    final = None
-    if cfg.final_model:
+    final, trained_on = None, fs.ids
+    if cfg.protocol == "split" and cfg.final_model:
+        # the split's own model is the checkpoint: trained on the training subjects only, so the held-out
+        # subjects stay unseen for eval --unseen, calibration and QAT
+        final, trained_on = split_model, [fs.ids[i] for i in folds[0].train]
+    elif cfg.final_model:
         final = train_model(mcfg, cfg.train, fs.motion, fs.texture, fs.labels, cfg.train.seed * 100003 + 99991,
                             wrap, shard)
     if rank == 0:
         result["seconds"] = round(time.perf_counter() - start, 1)
-        _write(out, cfg, fs, folds, probs, tested, result, mcfg, final)
+        _write(out, cfg, fs, folds, probs, tested, result, mcfg, final, trained_on)
     if dist is not None:
         dist.barrier()
     return result
@@ -158,7 +166,7 @@ def _report(cfg: RunConfig, fs: FeatureSet, folds: list[Fold], probs: np.ndarray
 
 
 def _write(out: Path, cfg: RunConfig, fs: FeatureSet, folds: list[Fold], probs: np.ndarray, tested: np.ndarray,
-           result: dict[str, Any], mcfg: MMTConfig, final: Any) -> None:
+           result: dict[str, Any], mcfg: MMTConfig, final: Any, trained_on: list[str]) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
@@ -175,15 +183,16 @@ def _write(out: Path, cfg: RunConfig, fs: FeatureSet, folds: list[Fold], probs: 
                                               "features": fs.config, "edge_mer": __version__},
                                              indent=2, sort_keys=True) + "\n")
     if final is not None:
-        save_checkpoint(out / "checkpoint.pt", final, mcfg, cfg, fs)
+        save_checkpoint(out / "checkpoint.pt", final, mcfg, cfg, fs, trained_on)
 
 
-def save_checkpoint(path: Path, model: Any, mcfg: MMTConfig, cfg: RunConfig, fs: FeatureSet) -> None:
+def save_checkpoint(path: Path, model: Any, mcfg: MMTConfig, cfg: RunConfig, fs: FeatureSet,
+                    trained_on: list[str]) -> None:
     import torch
 
     torch.save({"format": "edge-mer-checkpoint/1", "model": cfg.model, "config": mcfg.to_dict(),
                 "state_dict": model.state_dict(), "train": asdict(cfg.train), "features": fs.config,
-                "trained_on": fs.ids, "edge_mer": __version__}, path)
+                "trained_on": trained_on, "edge_mer": __version__}, path)
 
 
 def load_checkpoint(path: Path) -> tuple[Any, dict[str, Any]]:
@@ -200,21 +209,10 @@ def load_checkpoint(path: Path) -> tuple[Any, dict[str, Any]]:
     if not isinstance(ck, dict) or ck.get("format") != "edge-mer-checkpoint/1":
         raise UserError(f"{path} is not an edge-mer checkpoint")
     model = MMT(MMTConfig.from_dict(ck["config"]))
+    if ck.get("quant"):
+        from edge_mer.quant.qat import restore
+
+        model = restore(model, ck["quant"])
     model.load_state_dict(ck["state_dict"])
     model.eval()
     return model, ck
-
-
-def evaluate(checkpoint: Path, features: Path) -> dict[str, Any]:
-    model, ck = load_checkpoint(checkpoint)
-    fs = FeatureSet.load(features)
-    _check(fs, model.cfg)
-    probs = predict(model, fs.motion, fs.texture)
-    names = list(model.cfg.class_names)
-    s = scores(fs.labels, probs.argmax(1), names)
-    seen = len(set(ck.get("trained_on", [])) & set(fs.ids))
-    per_ds = {k: {"uf1": v.uf1, "uar": v.uar, "accuracy": v.accuracy, "samples": v.samples}
-              for k, v in per_group(fs.labels, probs.argmax(1), fs.datasets, names).items()}
-    return {"uf1": s.uf1, "uar": s.uar, "accuracy": s.accuracy, "samples": s.samples, "f1": s.f1,
-            "confusion": s.confusion, "absent_classes": s.absent, "classes": names, "per_dataset": per_ds,
-            "seen_in_training": seen, "checkpoint": str(checkpoint), "features": str(features)}

@@ -1,0 +1,125 @@
+"""Flow stage speed and accuracy: per-pair latency and endpoint error at S in {64, 112, 128, 224}.
+
+For OpenCV's TV-L1 (contrib), OpenCV's DIS, the numpy TV-L1 reference and the
+CUDA kernels (a row saying why when they cannot run here), on the synthetic-warp
+pairs of ``edge_mer.flow.pairs`` (the same pairs the tests use): latency is the
+median over ``--repeats`` passes of the time of one pair's flow (crops already
+made; the stage's crop and normalisation are not included), EPE the mean
+endpoint error against the known flow over the interior (6-pixel border left
+out), per pair family. Writes ``benchmarks/results/flow.md`` and ``flow.json``.
+
+    python benchmarks/flow.py [--repeats 5] [--sizes 64 112 128 224]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edge_mer.errors import UserError
+from edge_mer.flow.pairs import FlowPair, endpoint_error, micro_pairs, shift_pairs
+from edge_mer.flow.stage import cuda_unavailable, flow_function
+
+RESULTS = Path(__file__).resolve().parent / "results"
+METHODS = ("opencv-tvl1", "opencv-dis", "reference", "cuda")
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def gpu_name() -> str:
+    if shutil.which("nvidia-smi") is None:
+        return "none"
+    proc = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                          text=True, timeout=30)
+    return proc.stdout.strip().replace("\n", ", ") or "none"
+
+
+def measure(name: str, pairs: list[FlowPair], repeats: int) -> dict[str, Any]:
+    """Median per-pair latency and mean EPE per family, or why the method cannot run."""
+    try:
+        fn = flow_function(name)
+    except UserError as exc:
+        return {"available": False, "reason": str(exc)}
+    fn(pairs[0].first, pairs[0].second)  # warm-up: allocations, OpenCV's thread pool
+    times: list[float] = []
+    errors: dict[str, list[float]] = {}
+    for r in range(repeats):
+        for p in pairs:
+            start = time.perf_counter()
+            flow = fn(p.first, p.second)
+            times.append(time.perf_counter() - start)
+            if r == 0:
+                errors.setdefault(p.family, []).append(endpoint_error(flow, p.flow))
+    return {"available": True, "latency_ms": round(1000 * float(np.median(times)), 2),
+            "epe": {k: round(float(np.mean(v)), 4) for k, v in errors.items()}}
+
+
+def table(rows: dict[int, dict[str, dict[str, Any]]]) -> list[str]:
+    lines = ["| S | method | latency per pair (ms, median) | EPE micro (px) | EPE shift (px) |",
+             "|---:|---|---:|---:|---:|"]
+    for size, methods in rows.items():
+        for name, r in methods.items():
+            if not r["available"]:
+                lines.append(f"| {size} | {name} | not available on this machine | | |")
+                continue
+            lines.append(f"| {size} | {name} | {r['latency_ms']:.1f} | {r['epe']['micro']:.4f} | "
+                         f"{r['epe']['shift']:.4f} |")
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[64, 112, 128, 224])
+    args = ap.parse_args()
+    rows: dict[int, dict[str, dict[str, Any]]] = {}
+    for size in args.sizes:
+        pairs = micro_pairs(size) + shift_pairs(size)
+        rows[size] = {name: measure(name, pairs, args.repeats) for name in METHODS}
+        print(f"S = {size}: " + ", ".join(f"{k} {v.get('latency_ms', 'n/a')} ms" for k, v in rows[size].items()),
+              flush=True)
+    cuda_reason = cuda_unavailable() or "pycuda sees a device, but the kit has no CUDA host driver yet"
+    machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "gpu": gpu_name(), "opencv": cv2.__version__,
+               "opencv_threads": cv2.getNumThreads(), "numpy": np.__version__, "python": platform.python_version()}
+    command = "python benchmarks/flow.py " + " ".join(sys.argv[1:])
+    date = dt.date.today().isoformat()
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "flow.json").write_text(json.dumps(
+        {"date": date, "machine": machine, "command": command.strip(), "repeats": args.repeats,
+         "cuda": cuda_reason, "results": {str(k): v for k, v in rows.items()}}, indent=2) + "\n")
+    lines = [f"# Flow stage: latency and accuracy ({date})", "",
+             f"Machine: {machine['cpu']}, {machine['cores']} cores (OpenCV uses {machine['opencv_threads']} "
+             f"threads; the reference runs on one), GPU: {machine['gpu']}. OpenCV {machine['opencv']}, "
+             f"numpy {machine['numpy']}, Python {machine['python']}.", "",
+             f"Command: `{command.strip()}`", "",
+             "Pairs (`edge_mer.flow.pairs`): an aligned S x S face photo moved by 4 smooth random fields "
+             "of 0.3, 0.8, 1.4 and 2 px peak (micro) and by 3 rigid sub-pixel shifts (shift); latency is the "
+             f"median over {args.repeats} passes of the flow of one pair (grey crops in, flow out); EPE is the "
+             "mean endpoint error against the known flow over the interior (6 px border left out).", "",
+             *table(rows), "", f"cuda: {cuda_reason}."]
+    (RESULTS / "flow.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""``edge-mer flow``: the raw dense flow between two images, saved as ``.npy``.
+
+    edge-mer flow --first A.png --second B.png --method reference --out flow.npy [--json]
+
+The flow is (H, W, 2) float32, u then v in pixels, from the first image to the
+second, on the whole images (no face crop). The output is written to a
+temporary file and renamed, so a failed run leaves an existing ``--out`` as it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edge_mer.errors import UserError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+METHODS = ("reference", "opencv-tvl1", "opencv-dis", "cuda")
+MIN_SIDE = 16
+
+
+@dataclass
+class FlowSummary:
+    method: str
+    shape: list[int]
+    seconds: float
+    out: str
+    mean_magnitude: float
+
+
+def read_gray(path: Path) -> np.ndarray:
+    """(H, W) uint8 grey image, or a UserError saying what is wrong with ``path``."""
+    import cv2
+
+    if not path.exists():
+        raise UserError(f"no such image: {path}")
+    if not path.is_file():
+        raise UserError(f"not a file: {path}")
+    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        raise UserError(f"cannot read image {path} (corrupt or not an image)")
+    return image
+
+
+def save_npy(array: np.ndarray, out: Path) -> None:
+    """Write ``array`` to ``out`` through a temporary file in the same folder, then rename."""
+    import numpy as np
+
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part")
+    except OSError as exc:
+        raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, array)
+        os.replace(tmp, out)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
+
+
+def compute_flow(first: Path, second: Path, method: str, out: Path) -> FlowSummary:
+    """Flow ``first`` -> ``second`` by ``method``, saved to ``out``."""
+    import numpy as np
+
+    from edge_mer.flow.stage import flow_function
+
+    if method not in METHODS:
+        raise UserError(f"unknown flow method {method!r}; choose from {', '.join(METHODS)}")
+    a, b = read_gray(first), read_gray(second)
+    if a.shape != b.shape:
+        raise UserError(f"the images differ in size: {first} is {a.shape[1]}x{a.shape[0]}, "
+                        f"{second} is {b.shape[1]}x{b.shape[0]}")
+    if min(a.shape) < MIN_SIDE:
+        raise UserError(f"the images are {a.shape[1]}x{a.shape[0]}: flow needs at least {MIN_SIDE}x{MIN_SIDE}")
+    fn = flow_function(method)
+    start = time.perf_counter()
+    flow = np.asarray(fn(a, b), np.float32)
+    seconds = time.perf_counter() - start
+    save_npy(flow, out)
+    mean = float(np.linalg.norm(flow, axis=-1).mean())
+    return FlowSummary(method, list(flow.shape), round(seconds, 4), str(out), round(mean, 6))
+
+
+def cmd_flow(args: argparse.Namespace) -> int:
+    s = compute_flow(Path(args.first), Path(args.second), args.method, Path(args.out))
+    if args.json:
+        print(json.dumps(asdict(s), indent=2, sort_keys=True))
+    else:
+        h, w = s.shape[:2]
+        print(f"flow {w}x{h} by {s.method} in {s.seconds:.3f} s, mean magnitude {s.mean_magnitude:.4f} px: {s.out}")
+    return 0
+
+
+def add_parser(subparsers: Any) -> None:
+    """Add ``flow`` to the ``edge-mer`` subcommands."""
+    p = subparsers.add_parser(
+        "flow", help="dense optical flow between two images, saved as .npy",
+        description="Dense optical flow from --first to --second (grey; any size, both the same), "
+                    "saved as an (H, W, 2) float32 .npy of u, v in pixels. No face crop.")
+    p.add_argument("--first", required=True, help="first image (the flow starts here)")
+    p.add_argument("--second", required=True, help="second image")
+    p.add_argument("--method", required=True, choices=METHODS,
+                   help="reference: the kit's numpy TV-L1; opencv-tvl1: OpenCV contrib's TV-L1; "
+                        "opencv-dis: OpenCV's DIS; cuda: the fused CUDA kernels")
+    p.add_argument("--out", required=True, help="output .npy (written atomically)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.set_defaults(func=cmd_flow)

@@ -1,0 +1,130 @@
+"""Calibration sets: motion/texture samples drawn from a feature cache.
+
+A calibration set decides the INT8 ranges, so it should look like what the
+device will see: every dataset, every class and as many subjects as possible.
+``build_set`` splits ``n`` over the (dataset, class) groups in proportion to
+their size (at least one sample each), and inside a group takes one sample per
+subject in turn (subjects in random order) before any subject gives a second.
+The file is an ``.npz`` with the arrays, the sample ids and a JSON header
+(crop size, normalisation constants, the features' config, the counts).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_mer.data.labels import COMPOSITE_NAMES
+from edge_mer.errors import UserError
+from edge_mer.features.cache import FeatureSet
+from edge_mer.features.normalise import CONSTANTS
+
+CALIBRATION_FORMAT = "edge-mer-calibration/1"
+
+
+@dataclass
+class CalibrationSet:
+    motion: np.ndarray
+    texture: np.ndarray
+    labels: np.ndarray
+    ids: list[str]
+    meta: dict[str, Any]
+
+    @property
+    def size(self) -> int:
+        return int(self.motion.shape[-1])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _quotas(sizes: dict[tuple[str, int], int], n: int) -> dict[tuple[str, int], int]:
+    """Largest-remainder split of n over groups, at least one each, never more than a group holds."""
+    total = sum(sizes.values())
+    if n >= total:
+        return dict(sizes)
+    quota = {g: min(s, max(1, int(n * s / total))) for g, s in sizes.items()}
+    order = sorted(sizes, key=lambda g: (n * sizes[g] / total) - int(n * sizes[g] / total), reverse=True)
+    while sum(quota.values()) < n:
+        grew = False
+        for g in order:
+            if sum(quota.values()) >= n:
+                break
+            if quota[g] < sizes[g]:
+                quota[g] += 1
+                grew = True
+        if not grew:
+            break
+    while sum(quota.values()) > n:  # the at-least-one rule overshot: trim the largest groups
+        g = max(quota, key=lambda k: quota[k])
+        quota[g] -= 1
+    return quota
+
+
+def select(fs: FeatureSet, n: int, seed: int = 0, only_ids: set[str] | None = None) -> np.ndarray:
+    """Indices of a calibration sample stratified by dataset, class and subject."""
+    rng = np.random.default_rng(seed)
+    pool = [i for i in range(len(fs)) if only_ids is None or fs.ids[i] in only_ids]
+    if not pool:
+        raise UserError("no samples to draw a calibration set from (none of the features were used to train the "
+                        "given checkpoint)")
+    groups: dict[tuple[str, int], dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for i in pool:
+        groups[(fs.datasets[i], int(fs.labels[i]))][fs.subjects[i]].append(i)
+    quota = _quotas({g: sum(len(v) for v in by_subject.values()) for g, by_subject in groups.items()}, n)
+    chosen: list[int] = []
+    for g in sorted(groups):
+        by_subject = {s: list(rng.permutation(v)) for s, v in groups[g].items()}
+        subjects = list(rng.permutation(sorted(by_subject)))
+        taken = 0
+        while taken < quota[g]:
+            for s in subjects:
+                if taken < quota[g] and by_subject[s]:
+                    chosen.append(int(by_subject[s].pop()))
+                    taken += 1
+    return np.array(sorted(chosen), np.int64)
+
+
+def build_set(fs: FeatureSet, n: int, seed: int = 0, only_ids: set[str] | None = None) -> CalibrationSet:
+    idx = select(fs, n, seed, only_ids)
+    meta = {"format": CALIBRATION_FORMAT, "size": int(fs.motion.shape[-1]), "n": len(idx), "requested": n,
+            "seed": seed, "normalisation": CONSTANTS, "features": fs.config,
+            "counts": {"dataset": dict(Counter(fs.datasets[i] for i in idx)),
+                       "class": dict(Counter(COMPOSITE_NAMES[int(fs.labels[i])] for i in idx)),
+                       "subjects": len({fs.subjects[i] for i in idx})}}
+    return CalibrationSet(fs.motion[idx], fs.texture[idx], fs.labels[idx], [fs.ids[i] for i in idx], meta)
+
+
+def save_set(cs: CalibrationSet, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+    np.savez_compressed(tmp, motion=cs.motion, texture=cs.texture, labels=cs.labels, ids=np.array(cs.ids),
+                        meta=np.array(json.dumps(cs.meta, sort_keys=True)))
+    os.replace(tmp, path)
+
+
+def load_set(path: Path, size: int | None = None) -> CalibrationSet:
+    """Read a calibration set; ``size`` checks it against a model's crop size."""
+    if not path.is_file():
+        raise UserError(f"calibration set not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            cs = CalibrationSet(z["motion"], z["texture"], z["labels"], [str(s) for s in z["ids"]], meta)
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"{path} is not a calibration set ({type(exc).__name__}): build one with "
+                        "edge-mer calibrate build-set") from None
+    if meta.get("format") != CALIBRATION_FORMAT:
+        raise UserError(f"{path} is not an edge-mer calibration set")
+    if meta.get("normalisation") != CONSTANTS:
+        raise UserError(f"{path} was normalised with other constants ({meta.get('normalisation')}); rebuild it")
+    if size is not None and cs.size != size:
+        raise UserError(f"calibration set {path.name} holds {cs.size}x{cs.size} samples; the model takes "
+                        f"{size}x{size}")
+    return cs

@@ -1,0 +1,155 @@
+"""The INT8 and artefact commands: export, calibrate (and build-set), build-engine.
+
+Only argparse here; torch, onnx and TensorRT are imported by the command that
+needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from edge_mer.errors import UserError
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from edge_mer.quant.export import export
+
+    report = export(Path(args.checkpoint), Path(args.out), opset=args.opset)
+    if args.json:
+        _print_json(report)
+        return 0
+    print(f"wrote {report['onnx']} ({report['precision']}, {report['bytes'] / 1e6:.2f} MB) and its sidecar")
+    if "qdq" in report:
+        q = report["qdq"]
+        print(f"  Q/DQ: {q['QuantizeLinear']} QuantizeLinear, {q['DequantizeLinear']} DequantizeLinear; "
+              f"{q['int8_products']} INT8 matrix products/convolutions, {q['fp32_products']} in FP32; "
+              f"{report['folded_weights']} weights stored as INT8")
+    print(f"  ONNX Runtime vs torch: largest logit difference {report['max_abs_diff']:.2e}")
+    if "companion" in report:
+        print(f"  FP32 companion {report['companion']} (largest difference "
+              f"{report['companion_max_abs_diff']:.2e})")
+    return 0
+
+
+def cmd_build_set(args: argparse.Namespace) -> int:
+    from edge_mer.features.cache import FeatureSet
+    from edge_mer.quant.calibset import build_set, save_set
+
+    fs = FeatureSet.load(Path(args.features))
+    only = None
+    if args.checkpoint:
+        only = _trained_on(Path(args.checkpoint))
+    cs = build_set(fs, args.n, args.seed, only)
+    out = Path(args.out)
+    save_set(cs, out)
+    if args.json:
+        _print_json({"out": str(out), **cs.meta})
+    else:
+        c = cs.meta["counts"]
+        print(f"wrote {out}: {len(cs)} samples ({cs.size}x{cs.size}) from {c['subjects']} subjects; "
+              f"classes {c['class']}; datasets {c['dataset']}")
+        if len(cs) < args.n:
+            print(f"  only {len(cs)} samples were available (asked for {args.n})")
+    return 0
+
+
+def _trained_on(path: Path) -> set[str]:
+    if path.suffix == ".onnx":
+        from edge_mer.runtime.artifact import load_artifact
+
+        return set(load_artifact(path).meta.get("trained_on", []))
+    from edge_mer.train.run import load_checkpoint
+
+    return set(load_checkpoint(path)[1].get("trained_on", []))
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    if not args.onnx or not args.set or not args.out:
+        raise UserError("calibrate needs --onnx, --set and --out (or: edge-mer calibrate build-set ...)")
+    from edge_mer.quant.export import count_qdq
+    from edge_mer.quant.ptq import calibrate
+
+    doc = calibrate(Path(args.onnx), Path(args.set), Path(args.out), method=args.method)
+    q = count_qdq(Path(args.out))
+    if args.json:
+        _print_json({"out": args.out, "sidecar": doc, "qdq": {k: v if isinstance(v, int) else len(v)
+                                                                for k, v in q.items()}})
+    else:
+        print(f"wrote {args.out} (INT8 Q/DQ, {doc['bytes'] / 1e6:.2f} MB) from {args.onnx} calibrated on "
+              f"{doc['quantization']['samples']} samples ({args.method}); {len(q['int8_products'])} INT8 matrix "
+              f"products/convolutions, {len(q['fp32_products'])} in FP32 (attention)")
+    return 0
+
+
+def cmd_build_engine(args: argparse.Namespace) -> int:
+    from edge_mer.runtime.engine import build_engine, read_engine_info
+
+    path = build_engine(Path(args.onnx), Path(args.out), fp16=args.fp16, max_batch=args.max_batch)
+    info = read_engine_info(path)
+    if args.json:
+        _print_json({"engine": str(path), **info.meta})
+    else:
+        print(f"engine {path} (TensorRT {info.meta['tensorrt']}, {info.meta['gpu']}, {info.meta['precision']}, "
+              f"built in {info.meta['build_seconds']} s)")
+    return 0
+
+
+def add_parsers(sub: Any) -> None:
+    e = sub.add_parser("export", help="export a checkpoint to ONNX (QAT checkpoints give Q/DQ INT8) with a sidecar",
+                       description="Write MODEL.onnx (inputs motion and texture, output logits, dynamic batch) "
+                                   "and MODEL.onnx.json (config, class names, normalisation, input spec, sha256), "
+                                   "then run the file in ONNX Runtime and print its largest difference from "
+                                   "torch. Example: edge-mer export --checkpoint run/checkpoint.pt --out "
+                                   "model.onnx")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--out", required=True, help="ONNX file to write")
+    e.add_argument("--opset", type=int, default=16, help="ONNX opset (default 16: TensorRT 8.5 and newer; "
+                                                         "17 writes LayerNormalization, TensorRT >= 8.6)")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_export)
+
+    c = sub.add_parser("calibrate", help="INT8 post-training quantization of an FP32 ONNX file; build-set makes "
+                                         "the calibration set",
+                       description="Quantize an FP32 ONNX export to a Q/DQ INT8 file with ranges from a "
+                                   "calibration set (runs in ONNX Runtime and TensorRT). Example: edge-mer "
+                                   "calibrate --onnx model.onnx --set calibration/synthetic.npz --out "
+                                   "model.int8.onnx")
+    c.add_argument("--onnx", help="FP32 ONNX file from edge-mer export")
+    c.add_argument("--set", help="calibration set (.npz) from edge-mer calibrate build-set")
+    c.add_argument("--out", help="INT8 ONNX file to write")
+    c.add_argument("--method", choices=("minmax", "percentile", "entropy"), default="minmax",
+                   help="activation range estimate (default minmax, like modelopt's max calibration)")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_calibrate)
+    cs = c.add_subparsers(dest="calibrate_command", metavar="{build-set}")
+    b = cs.add_parser("build-set", help="draw a calibration set from a feature cache, stratified by class, "
+                                        "subject and dataset",
+                      description="Example: edge-mer calibrate build-set --features features/megc2019 --n 512 "
+                                  "--out calibration/megc2019.npz")
+    b.add_argument("--features", required=True)
+    b.add_argument("--n", type=int, default=512, help="samples (default 512)")
+    b.add_argument("--out", required=True, help=".npz to write")
+    b.add_argument("--checkpoint", help="draw only from the samples this checkpoint (or ONNX export) was trained "
+                                        "on, so no held-out subject shapes the INT8 ranges")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_build_set)
+
+    g = sub.add_parser("build-engine", help="compile an ONNX file to a TensorRT engine on this device",
+                       description="Explicit quantization from the Q/DQ nodes (strongly typed where the "
+                                   "TensorRT version has it). The engine's file name carries its cache key "
+                                   "(ONNX sha256, TensorRT version, GPU, precision); a JSON sidecar records "
+                                   "them. Example: edge-mer build-engine --onnx model.int8.onnx --out engines/")
+    g.add_argument("--onnx", required=True)
+    g.add_argument("--out", required=True, help="folder for the engine and its sidecar")
+    g.add_argument("--fp16", action="store_true", help="let the layers outside Q/DQ run in FP16")
+    g.add_argument("--max-batch", type=int, default=32)
+    g.add_argument("--json", action="store_true")
+    g.set_defaults(func=cmd_build_engine)

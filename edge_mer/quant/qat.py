@@ -1,0 +1,162 @@
+"""Quantization-aware training with NVIDIA's TensorRT Model Optimizer (modelopt).
+
+INT8 weights per output channel and INT8 activations per tensor on the inputs
+of every linear layer and patch embedding (the layers TensorRT runs in INT8);
+LayerNorm, softmax, the attention products and the residuals stay FP32, and
+the contrastive projections (unused at inference) are not quantized. The amax
+of every quantizer is first calibrated (max) on calibration samples, then the
+model is fine-tuned with the fake quantizers in the graph, on the samples the
+FP32 checkpoint was trained on, for a fixed number of epochs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata as md
+import io
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from edge_mer.errors import UserError
+
+QUANT_CFG: dict[str, Any] = {
+    "quant_cfg": [
+        {"quantizer_name": "*", "enable": False},
+        {"quantizer_name": "*weight_quantizer", "cfg": {"num_bits": 8, "axis": 0}},
+        {"quantizer_name": "*input_quantizer", "cfg": {"num_bits": 8, "axis": None}},
+        {"quantizer_name": "*", "parent_class": "nn.LayerNorm", "enable": False},
+        {"quantizer_name": "*project*", "enable": False},
+    ],
+    "algorithm": "max",
+}
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """modelopt prints to stdout and warns about optional packages; keep stdout for results."""
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def modelopt() -> tuple[Any, Any]:
+    """(modelopt.torch.quantization, modelopt.torch.opt), or one clear error."""
+    try:
+        with quiet():
+            import modelopt.torch.opt as mto
+            import modelopt.torch.quantization as mtq
+    except ImportError as exc:
+        raise UserError(f"QAT needs NVIDIA's TensorRT Model Optimizer: pip install 'edge-mer[train]' "
+                        f"(import failed: {exc})") from None
+    return mtq, mto
+
+
+def quantize(model: Any, motion: np.ndarray, texture: np.ndarray, batch: int = 32) -> Any:
+    """Insert the fake quantizers and calibrate their ranges on the given samples (in place)."""
+    import torch
+
+    mtq, _ = modelopt()
+    model.eval()
+
+    def forward_loop(m: Any) -> None:
+        with torch.no_grad():
+            for s in range(0, len(motion), batch):
+                m(torch.from_numpy(motion[s:s + batch]), torch.from_numpy(texture[s:s + batch]))
+
+    with quiet():
+        return mtq.quantize(model, QUANT_CFG, forward_loop)
+
+
+def quant_state(model: Any, calibration: dict[str, Any]) -> dict[str, Any]:
+    _, mto = modelopt()
+    return {"method": "modelopt-int8", "modelopt": md.version("nvidia-modelopt"),
+            "modelopt_state": mto.modelopt_state(model), "calibration": calibration}
+
+
+def restore(model: Any, quant: dict[str, Any]) -> Any:
+    """Rebuild the quantized structure of a QAT checkpoint on a fresh model (before loading its weights)."""
+    _, mto = modelopt()
+    with quiet():
+        return mto.restore_from_modelopt_state(model, quant["modelopt_state"])
+
+
+def count_quantizers(model: Any) -> dict[str, int]:
+    """Enabled weight and input quantizers (for reports and tests)."""
+    counts = {"weight": 0, "input": 0}
+    for name, mod in model.named_modules():
+        if type(mod).__name__ == "TensorQuantizer" and getattr(mod, "is_enabled", False):
+            kind = name.rsplit(".", 1)[-1].split("_")[0]
+            if kind in counts:
+                counts[kind] += 1
+    return counts
+
+
+def disable_quantizers(model: Any) -> None:
+    mtq, _ = modelopt()
+    mtq.disable_quantizer(model, "*")
+
+
+def finetune(checkpoint: Any, features: Any, out: Any, calibration: Any = None, n_calib: int = 256,
+             epochs: int = 10, lr: float = 1e-4, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+    """QAT of an FP32 checkpoint: calibrate, fine-tune on its own training samples, save ``out``/checkpoint.pt."""
+    import json
+    import sys
+    import time
+    from dataclasses import asdict, fields, replace
+    from pathlib import Path
+
+    import torch
+
+    from edge_mer import __version__
+    from edge_mer.features.cache import FeatureSet
+    from edge_mer.quant.calibset import build_set, load_set
+    from edge_mer.runtime.artifact import sha256
+    from edge_mer.train.loop import TrainConfig, train_model
+    from edge_mer.train.run import check_features, load_checkpoint
+
+    start = time.perf_counter()
+    checkpoint, out = Path(checkpoint), Path(out)
+    model, ck = load_checkpoint(checkpoint)
+    if ck.get("quant"):
+        raise UserError(f"{checkpoint} is already a QAT checkpoint; start from the FP32 one")
+    fs = FeatureSet.load(Path(features))
+    check_features(fs, model.cfg)
+    trained = set(ck.get("trained_on", []))
+    idx = np.array([i for i, s in enumerate(fs.ids) if s in trained], np.int64)
+    if len(idx) == 0:
+        raise UserError(f"none of the samples in {features} were used to train {checkpoint.name}; QAT fine-tunes "
+                        "on the checkpoint's own training samples")
+    if calibration:
+        cs = load_set(Path(calibration), size=model.cfg.size)
+        calib = {"file": Path(calibration).name, "sha256": sha256(Path(calibration)), "samples": len(cs)}
+    else:
+        cs = build_set(fs, n_calib, seed, only_ids=trained)
+        calib = {"file": None, "drawn_from": str(features), "samples": len(cs), "counts": cs.meta["counts"]}
+    model = quantize(model, cs.motion, cs.texture)
+    known = {f.name for f in fields(TrainConfig)}
+    saved: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
+                             for k, v in ck.get("train", {}).items() if k in known}
+    base = TrainConfig(**saved)
+    tcfg = replace(base, epochs=epochs, lr=lr, warmup_epochs=0, seed=seed)
+
+    def log(epoch: int, loss: float) -> None:
+        if progress:
+            print(f"qat: epoch {epoch + 1}/{epochs} loss {loss:.3f}", file=sys.stderr, flush=True)
+
+    model = train_model(model.cfg, tcfg, fs.motion[idx], fs.texture[idx], fs.labels[idx], seed, on_epoch=log,
+                        init=model)
+    out.mkdir(parents=True, exist_ok=True)
+    quantizers = count_quantizers(model)
+    qat = {"from": checkpoint.name, "from_sha256": sha256(checkpoint), "epochs": epochs, "lr": lr, "seed": seed,
+           "samples": len(idx), "quantizers": quantizers}
+    torch.save({"format": "edge-mer-checkpoint/1", "model": ck.get("model"), "config": model.cfg.to_dict(),
+                "state_dict": model.state_dict(), "train": asdict(tcfg), "features": ck.get("features"),
+                "trained_on": ck.get("trained_on", []), "quant": quant_state(model, calib), "qat": qat,
+                "edge_mer": __version__}, out / "checkpoint.pt")
+    report = {**qat, "calibration": calib, "seconds": round(time.perf_counter() - start, 1),
+              "checkpoint": str(out / "checkpoint.pt")}
+    (out / "qat.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    return report

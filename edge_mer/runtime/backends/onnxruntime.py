@@ -1,0 +1,144 @@
+"""ONNX Runtime on the CPU (any machine, a Raspberry Pi, CI).
+
+``precision="auto"``: when the artefact's sidecar names a companion file of the
+other precision (an INT8 Q/DQ file and its FP32 source), both are timed once on
+this machine (batch 1, the configured threads) and the faster one is used; the
+result is cached per machine, ONNX Runtime version, thread count and file pair
+in ``$XDG_CACHE_HOME/edge-mer/precision.json``, so INT8 never makes a CPU slower
+by default. ``"file"`` runs the given file as it is; ``"fp32"``/``"int8"`` pick
+that file of the pair.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_mer.errors import UserError
+from edge_mer.runtime.artifact import INPUTS, OUTPUT, Artifact, load_artifact
+from edge_mer.runtime.backends.base import Backend
+
+PRECISIONS = ("auto", "file", "fp32", "int8")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edge-mer"
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise UserError("ONNX Runtime is not installed: pip install onnxruntime "
+                        "(or 'edge-mer[desktop]' / 'edge-mer[pi]')") from None
+    return onnxruntime
+
+
+def make_session(path: Path, threads: int | None = None) -> Any:
+    """An ONNX Runtime CPU session with all graph optimisations on."""
+    ort = _ort()
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    try:
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own exception types for bad files
+        raise UserError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0][:200]}") from None
+    names = [i.name for i in sess.get_inputs()]
+    outs = [o.name for o in sess.get_outputs()]
+    if sorted(names) != sorted(INPUTS) or OUTPUT not in outs:
+        raise UserError(f"{path} has inputs {names} and outputs {outs}; an edge-mer model has inputs "
+                        f"{list(INPUTS)} and output '{OUTPUT}'")
+    return sess
+
+
+def time_session(sess: Any, size: int, runs: int = 30) -> float:
+    """Median latency in ms of one sample."""
+    rng = np.random.default_rng(0)
+    feed = {"motion": rng.standard_normal((1, 3, size, size), np.float32),
+            "texture": rng.standard_normal((1, 1, size, size), np.float32)}
+    for _ in range(5):
+        sess.run(None, feed)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        sess.run(None, feed)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times) * 1e3)
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self, path: Path, threads: int | None = None, precision: str = "auto") -> None:
+        if precision not in PRECISIONS:
+            raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        art = load_artifact(path)
+        self.choice: dict[str, Any] = {}
+        art = self._pick(art, threads, precision)
+        self.artifact = art
+        self.size = art.size
+        self.class_names = art.class_names
+        self.precision = art.precision
+        self.threads = threads
+        self.session = make_session(art.path, threads)
+
+    def _pick(self, art: Artifact, threads: int | None, precision: str) -> Artifact:
+        if precision == "file" or precision == art.precision:
+            return art
+        other = art.companion()
+        if precision in ("fp32", "int8"):
+            if other is None or other.precision != precision:
+                raise UserError(f"{art.path} is {art.precision} and its sidecar names no {precision} companion "
+                                "that is present and unchanged")
+            return other
+        if other is None:
+            return art
+        pair = {art.precision: art, other.precision: other}
+        key = ":".join([pair["fp32"].meta["sha256"][:16], pair["int8"].meta["sha256"][:16], cpu_name(),
+                        _ort().__version__, str(threads or 0)])
+        cache = cache_dir() / "precision.json"
+        try:
+            known = json.loads(cache.read_text()) if cache.is_file() else {}
+        except (OSError, json.JSONDecodeError):
+            known = {}
+        if key not in known:
+            ms = {p: time_session(make_session(a.path, threads), a.size) for p, a in pair.items()}
+            known[key] = {"choice": min(ms, key=lambda p: ms[p]), "ms": ms, "cpu": cpu_name(),
+                          "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            try:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cache.with_name(f".precision.{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(known, indent=2, sort_keys=True) + "\n")
+                os.replace(tmp, cache)
+            except OSError:
+                pass  # a read-only home still runs; it measures again next time
+        self.choice = known[key]
+        return pair[known[key]["choice"]]
+
+    def logits(self, motion: np.ndarray, texture: np.ndarray) -> np.ndarray:
+        out = self.session.run([OUTPUT], {"motion": motion, "texture": texture})[0]
+        return np.asarray(out, np.float32)
+
+    def describe(self) -> str:
+        why = f", chosen over the other precision ({self.choice['ms']} ms)" if self.choice else ""
+        return f"onnxruntime {_ort().__version__} ({self.precision}, {self.artifact.path.name}{why})"

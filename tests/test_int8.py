@@ -1,0 +1,277 @@
+"""INT8 through the CLI: calibration sets, QAT, export with Q/DQ, PTQ, backends, evaluation of any artefact."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+TINY = ("--model", "mmt_test", "--epochs", "3", "--batch-size", "8", "--threads", "1", "--quiet")
+
+
+def _json(*args: str) -> dict:
+    return json.loads(run_cli(*args, "--json", check=True).stdout)
+
+
+@pytest.fixture(scope="module")
+def chain(composite_features, tmp_path_factory) -> dict[str, Path]:
+    """FP32 split model -> calibration set -> FP32 ONNX -> PTQ INT8; QAT -> Q/DQ ONNX, all by the CLI."""
+    d = tmp_path_factory.mktemp("int8")
+    f = str(composite_features)
+    run_cli("train", "--features", f, "--protocol", "split", "--out", str(d / "run"), *TINY, check=True)
+    ck = d / "run" / "checkpoint.pt"
+    run_cli("calibrate", "build-set", "--features", f, "--n", "12", "--checkpoint", str(ck), "--out",
+            str(d / "calib.npz"), check=True)
+    run_cli("export", "--checkpoint", str(ck), "--out", str(d / "model.onnx"), check=True)
+    run_cli("calibrate", "--onnx", str(d / "model.onnx"), "--set", str(d / "calib.npz"), "--out",
+            str(d / "model.int8.onnx"), check=True)
+    run_cli("train", "--features", f, "--qat", str(ck), "--calibration", str(d / "calib.npz"), "--epochs", "2",
+            "--out", str(d / "qat"), "--threads", "1", "--quiet", check=True)
+    run_cli("export", "--checkpoint", str(d / "qat" / "checkpoint.pt"), "--out", str(d / "model.qat.onnx"),
+            check=True)
+    return {"dir": d, "features": composite_features, "checkpoint": ck, "fp32": d / "model.onnx",
+            "ptq": d / "model.int8.onnx", "qat_checkpoint": d / "qat" / "checkpoint.pt",
+            "qat": d / "model.qat.onnx", "calib": d / "calib.npz"}
+
+
+def _inference_layers(checkpoint: Path) -> int:
+    """Linear and Conv2d layers that the exported graph runs (the contrastive projections are training-only)."""
+    from edge_mer.train.run import load_checkpoint
+
+    model, _ = load_checkpoint(checkpoint)
+    return sum(isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)) for n, m in model.named_modules()
+               if not n.startswith("project"))
+
+
+def _ops(path: Path) -> dict[str, int]:
+    g = onnx.load(str(path)).graph
+    out: dict[str, int] = {}
+    for n in g.node:
+        out[n.op_type] = out.get(n.op_type, 0) + 1
+    return out
+
+
+def test_fp32_export_matches_torch(chain, tmp_path):
+    report = _json("export", "--checkpoint", str(chain["checkpoint"]), "--out", str(tmp_path / "m.onnx"))
+    assert report["precision"] == "fp32" and report["max_abs_diff"] <= 1e-4
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    assert [i.name for i in model.graph.input] == ["motion", "texture"]
+    assert [o.name for o in model.graph.output] == ["logits"]
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 16
+    assert "QuantizeLinear" not in _ops(tmp_path / "m.onnx")
+    side = json.loads((tmp_path / "m.onnx.json").read_text())
+    import hashlib
+
+    assert side["sha256"] == hashlib.sha256((tmp_path / "m.onnx").read_bytes()).hexdigest()
+    assert side["class_names"] == ["negative", "positive", "surprise"]
+    assert side["inputs"]["motion"]["shape"] == ["batch", 3, 112, 112]
+    assert side["normalisation"]["flow_unit_px_at_112"] == 2.0
+    assert side["config"]["size"] == 112 and side["trained_on"]
+
+
+def test_qat_graph_has_qdq_around_every_weighted_product(chain):
+    layers = _inference_layers(chain["qat_checkpoint"])
+    ops = _ops(chain["qat"])
+    # one activation Q/DQ pair per INT8 layer, and the weight as an INT8 constant behind its own DQ
+    assert ops["QuantizeLinear"] == layers
+    assert ops["DequantizeLinear"] == 2 * layers
+    from edge_mer.quant.export import count_qdq
+
+    q = count_qdq(chain["qat"])
+    assert len(q["int8_products"]) == layers
+    # what stays FP32 are the attention products (two activations), two per block per branch
+    assert all("/attn/MatMul" in n for n in q["fp32_products"]) and q["fp32_products"]
+    g = onnx.load(str(chain["qat"])).graph
+    int8_weights = [i for i in g.initializer if i.data_type == onnx.TensorProto.INT8]
+    assert len(int8_weights) == layers
+    side = json.loads(chain["qat"].with_name("model.qat.onnx.json").read_text())
+    assert side["precision"] == "int8" and side["quantization"]["method"] == "qat"
+
+
+def test_qat_onnx_runs_like_the_fake_quantized_torch_model(chain):
+    from edge_mer.features.cache import FeatureSet
+    from edge_mer.runtime.backends import open_backend
+
+    fs = FeatureSet.load(chain["features"])
+    ort_p = open_backend("onnxruntime", chain["qat"], precision="file").infer(fs.motion, fs.texture)
+    torch_p = open_backend("torch", chain["qat_checkpoint"]).infer(fs.motion, fs.texture)
+    diff = np.abs(ort_p - torch_p)
+    # the same INT8 arithmetic: nearly all outputs equal to float rounding; a value that lands on a rounding
+    # boundary in one engine and not the other moves one INT8 step, never more
+    assert np.median(diff) < 1e-5 and diff.max() < 1e-2
+    flipped = ort_p.argmax(1) != torch_p.argmax(1)
+    top2 = np.sort(torch_p, 1)[:, -2:]
+    assert (top2[flipped, 1] - top2[flipped, 0] < 2 * diff.max()).all(), "a decision changed beyond a near-tie"
+
+
+def test_ptq_graph_and_agreement_with_fp32(chain):
+    from edge_mer.quant.export import count_qdq
+
+    layers = _inference_layers(chain["checkpoint"])
+    q = count_qdq(chain["ptq"])
+    assert len(q["int8_products"]) == layers
+    assert all("/attn/MatMul" in n for n in q["fp32_products"])
+    g = onnx.load(str(chain["ptq"])).graph
+    ln_inputs = {i for n in g.node if n.op_type in ("ReduceMean", "Softmax") for i in n.input}
+    producers = {o: n.op_type for n in g.node for o in n.output}
+    assert not any(producers.get(i) == "DequantizeLinear" for i in ln_inputs), "Q/DQ in front of LayerNorm/softmax"
+    zero_points = [n.input[2] for n in g.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+    inits = {i.name: i for i in g.initializer}
+    from onnx import numpy_helper
+
+    assert all(not numpy_helper.to_array(inits[z]).any() for z in zero_points if z in inits), "TensorRT needs zp 0"
+    fp32 = _json("eval", "--checkpoint", str(chain["fp32"]), "--features", str(chain["features"]))
+    int8 = _json("eval", "--checkpoint", str(chain["ptq"]), "--features", str(chain["features"]),
+                 "--backend", "onnxruntime")
+    assert int8["precision"] == "int8" and fp32["precision"] == "fp32"
+    assert abs(int8["uf1"] - fp32["uf1"]) <= 0.1
+    assert int8["samples"] == fp32["samples"]
+
+
+def test_eval_scores_every_kind_of_artefact_on_unseen_subjects(chain):
+    results = {}
+    for name in ("checkpoint", "fp32", "ptq", "qat", "qat_checkpoint"):
+        results[name] = _json("eval", "--checkpoint", str(chain[name]), "--features", str(chain["features"]),
+                              "--unseen")
+    held_out = {r["samples"] for r in results.values()}
+    assert len(held_out) == 1 and all(r["seen_in_training"] == 0 for r in results.values())
+    assert results["checkpoint"]["backend"].startswith("torch")
+    assert results["fp32"]["backend"].startswith("onnxruntime")
+    # the FP32 ONNX file is the torch model: the same predictions, so the same scores
+    assert results["fp32"]["confusion"] == results["checkpoint"]["confusion"]
+    assert results["qat"]["confusion"] == results["qat_checkpoint"]["confusion"]
+
+
+def test_calibration_set_is_stratified_and_held_out(chain):
+    from edge_mer.features.cache import FeatureSet
+    from edge_mer.quant.calibset import load_set
+    from edge_mer.train.run import load_checkpoint
+
+    cs = load_set(chain["calib"], size=112)
+    _, ck = load_checkpoint(chain["checkpoint"])
+    assert len(cs) == 12 and set(cs.ids) <= set(ck["trained_on"])
+    fs = FeatureSet.load(chain["features"])
+    pool = [i for i, s in enumerate(fs.ids) if s in set(ck["trained_on"])]
+    assert set(cs.meta["counts"]["class"]) == {["negative", "positive", "surprise"][fs.labels[i]] for i in pool}
+    assert set(cs.meta["counts"]["dataset"]) == {fs.datasets[i] for i in pool}
+    by_id = {s: i for i, s in enumerate(fs.ids)}
+    assert np.array_equal(cs.motion[0], fs.motion[by_id[cs.ids[0]]])
+
+
+def test_cpu_auto_precision_measures_once_and_caches(chain, tmp_path, monkeypatch):
+    from edge_mer.runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    be = OnnxRuntimeBackend(chain["ptq"], threads=1, precision="auto")
+    cache = json.loads((tmp_path / "edge-mer" / "precision.json").read_text())
+    (entry,) = cache.values()
+    assert be.precision == entry["choice"] and set(entry["ms"]) == {"fp32", "int8"}
+    assert min(entry["ms"], key=entry["ms"].get) == entry["choice"]
+    # from the FP32 file the same pair is found, and the cached choice is used
+    again = OnnxRuntimeBackend(chain["fp32"], threads=1, precision="auto")
+    assert again.precision == entry["choice"]
+    assert len(json.loads((tmp_path / "edge-mer" / "precision.json").read_text())) == 1
+    assert OnnxRuntimeBackend(chain["ptq"], precision="fp32").artifact.path == chain["fp32"]
+
+
+def test_bad_inputs_give_one_line(chain, tmp_path):
+    from onnx import TensorProto, helper
+
+    # an ONNX file that is not an edge-mer model
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    foreign = tmp_path / "foreign.onnx"
+    onnx.save(helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])),
+              str(foreign))
+    side = json.loads(chain["fp32"].with_name("model.onnx.json").read_text())
+    from edge_mer.runtime.artifact import write_sidecar
+
+    write_sidecar(foreign, {k: v for k, v in side.items() if k not in ("format", "file", "sha256", "bytes")})
+    proc = run_cli("eval", "--checkpoint", str(foreign), "--features", str(chain["features"]))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "has inputs ['x']" in proc.stderr and "'motion', 'texture'" in proc.stderr
+    # a calibration set of another crop size
+    from edge_mer.quant.calibset import load_set, save_set
+
+    cs = load_set(chain["calib"])
+    cs.motion, cs.texture = cs.motion[:, :, :64, :64].copy(), cs.texture[:, :, :64, :64].copy()
+    save_set(cs, tmp_path / "small.npz")
+    out = tmp_path / "x.int8.onnx"
+    proc = run_cli("calibrate", "--onnx", str(chain["fp32"]), "--set", str(tmp_path / "small.npz"), "--out", str(out))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "holds 64x64 samples; the model takes 112x112" in proc.stderr and not out.exists()
+    # a changed ONNX file no longer matches its sidecar
+    changed = tmp_path / "changed.onnx"
+    changed.write_bytes(chain["fp32"].read_bytes() + b"\0")
+    changed.with_name("changed.onnx.json").write_text(chain["fp32"].with_name("model.onnx.json").read_text())
+    proc = run_cli("eval", "--checkpoint", str(changed), "--features", str(chain["features"]))
+    assert proc.returncode == 2 and "does not match its sidecar" in proc.stderr
+    # no TensorRT on this machine: one line saying so
+    proc = run_cli("build-engine", "--onnx", str(chain["ptq"]), "--out", str(tmp_path / "engines"))
+    if proc.returncode == 2:
+        assert "TensorRT" in proc.stderr and proc.stderr.count("\n") == 1
+    # a QAT checkpoint cannot be fine-tuned again
+    proc = run_cli("train", "--features", str(chain["features"]), "--qat", str(chain["qat_checkpoint"]), "--out",
+                   str(tmp_path / "q2"), "--quiet")
+    assert proc.returncode == 2 and "already a QAT checkpoint" in proc.stderr
+
+
+def test_engine_from_another_tensorrt_is_refused(tmp_path):
+    from edge_mer.errors import UserError
+    from edge_mer.runtime.engine import api_generation, engine_name, mismatch, read_engine_info
+
+    assert [api_generation(v) for v in ("8.5.2.2", "8.6.1", "10.3.0", "10.13.2", "11.4.0")] == \
+        ["8.5", "10", "10", "10", "11"]
+    with pytest.raises(UserError, match="too old"):
+        api_generation("8.4.1")
+    name = engine_name("ab" * 32, "10.3.0", "Orin (nvgpu)", "int8")
+    assert name == "model.abababababab.trt10.3.0.orin-nvgpu.int8.engine"
+    engine = tmp_path / name
+    engine.write_bytes(b"serialized")
+    engine.with_name(name + ".json").write_text(json.dumps({"format": "edge-mer-engine/1", "tensorrt": "8.5.2.2",
+                                                            "gpu": "Orin (nvgpu)", "onnx": "model.onnx"}))
+    info = read_engine_info(engine)
+    assert mismatch(info, "8.5.2.2", "Orin (nvgpu)") is None
+    assert "built with TensorRT 8.5.2.2; this machine has TensorRT 10.3.0" in mismatch(info, "10.3.0", "Orin (nvgpu)")
+    assert "built for Orin (nvgpu)" in mismatch(info, "8.5.2.2", "NVIDIA H100")
+
+
+BLOCK_TORCH = """
+import sys
+sys.modules["torch"] = None
+from pathlib import Path
+from edge_mer.runtime.evaluate import evaluate
+from edge_mer.quant.ptq import calibrate
+r = evaluate(Path(sys.argv[1]), Path(sys.argv[2]), backend="auto")
+calibrate(Path(sys.argv[3]), Path(sys.argv[4]), Path(sys.argv[5]))
+print("ok", r["backend"].split()[0], r["samples"])
+"""
+
+
+def test_device_side_needs_no_torch(chain, tmp_path):
+    args = [str(chain["ptq"]), str(chain["features"]), str(chain["fp32"]), str(chain["calib"]),
+            str(tmp_path / "again.int8.onnx")]
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", BLOCK_TORCH, *args], capture_output=True, text=True, timeout=300,
+                          env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("ok onnxruntime")
+
+
+@pytest.mark.tensorrt
+def test_tensorrt_matches_onnxruntime(chain, tmp_path):
+    pytest.importorskip("tensorrt", reason="TensorRT is not installed")
+    from edge_mer.runtime.selftest import selftest
+
+    report = selftest(chain["qat"])
+    assert report["ok"], report
