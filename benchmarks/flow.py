@@ -31,19 +31,10 @@ import numpy as np
 from edge_mer.errors import UserError
 from edge_mer.flow.pairs import FlowPair, endpoint_error, micro_pairs, shift_pairs
 from edge_mer.flow.stage import cuda_unavailable, flow_function
+from edge_mer.runtime.backends.onnxruntime import cpu_name
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("opencv-tvl1", "opencv-dis", "reference", "cuda")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def gpu_name() -> str:

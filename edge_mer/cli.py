@@ -269,7 +269,7 @@ def _cmd_qat(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     report = finetune(Path(args.qat), Path(args.features), Path(args.out), calibration=args.calibration,
-                      epochs=args.epochs or 10, lr=args.lr or 1e-4, seed=args.seed, progress=not args.quiet)
+                      epochs=args.epochs or 10, lr=args.lr or 1e-5, seed=args.seed, progress=not args.quiet)
     if args.json:
         _print_json(report)
     else:
@@ -312,7 +312,7 @@ def _train_parsers(sub: Any) -> None:
     t.add_argument("--ablation", choices=sorted(ABLATIONS), default="full")
     t.add_argument("--epochs", type=int, help="epochs (default 60; 10 with --qat)")
     t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--lr", type=float, help="peak learning rate (default 1e-3; 1e-4 with --qat)")
+    t.add_argument("--lr", type=float, help="peak learning rate (default 1e-3; 1e-5 with --qat)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, help="torch CPU threads")
     t.add_argument("--ddp", action="store_true", help="under torchrun: DistributedDataParallel per model "
@@ -442,6 +442,12 @@ def build_parser() -> argparse.ArgumentParser:
     from edge_mer.flow.command import add_parser as add_flow_parser
 
     add_flow_parser(sub)
+    from edge_mer.spot.command import add_parser as add_spot_parser
+
+    add_spot_parser(sub)
+    from edge_mer.runtime.command import add_parsers as add_runtime_parsers
+
+    add_runtime_parsers(sub)
     return parser
 
 

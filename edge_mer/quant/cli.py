@@ -124,8 +124,9 @@ def add_parsers(sub: Any) -> None:
     c.add_argument("--onnx", help="FP32 ONNX file from edge-mer export")
     c.add_argument("--set", help="calibration set (.npz) from edge-mer calibrate build-set")
     c.add_argument("--out", help="INT8 ONNX file to write")
-    c.add_argument("--method", choices=("minmax", "percentile", "entropy"), default="minmax",
-                   help="activation range estimate (default minmax, like modelopt's max calibration)")
+    c.add_argument("--method", choices=("max", "percentile"), default="max",
+                   help="activation range: the largest magnitude seen (default, like modelopt's max calibration) "
+                        "or its 99.99th percentile")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_calibrate)
     cs = c.add_subparsers(dest="calibrate_command", metavar="{build-set}")

@@ -100,7 +100,7 @@ def disable_quantizers(model: Any) -> None:
 
 
 def finetune(checkpoint: Any, features: Any, out: Any, calibration: Any = None, n_calib: int = 256,
-             epochs: int = 10, lr: float = 1e-4, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+             epochs: int = 10, lr: float = 1e-5, seed: int = 0, progress: bool = True) -> dict[str, Any]:
     """QAT of an FP32 checkpoint: calibrate, fine-tune on its own training samples, save ``out``/checkpoint.pt."""
     import json
     import sys

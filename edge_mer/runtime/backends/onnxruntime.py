@@ -140,5 +140,8 @@ class OnnxRuntimeBackend(Backend):
         return np.asarray(out, np.float32)
 
     def describe(self) -> str:
-        why = f", chosen over the other precision ({self.choice['ms']} ms)" if self.choice else ""
+        why = ""
+        if self.choice:
+            ms = ", ".join(f"{p} {v:.2f} ms" for p, v in sorted(self.choice["ms"].items()))
+            why = f", the faster here: {ms}"
         return f"onnxruntime {_ort().__version__} ({self.precision}, {self.artifact.path.name}{why})"

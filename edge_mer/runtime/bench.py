@@ -1,0 +1,120 @@
+"""Timing of the device loop for every backend x flow pair available, and of the backends alone."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_mer.errors import UserError
+from edge_mer.runtime.backends import available, open_backend
+
+
+def _percentiles(ms: np.ndarray) -> dict[str, float]:
+    return {"p50": round(float(np.percentile(ms, 50)), 3), "p95": round(float(np.percentile(ms, 95)), 3),
+            "p99": round(float(np.percentile(ms, 99)), 3)}
+
+
+def _targets(model: Path, backends: list[str] | None, checkpoint: Path | None) -> list[tuple[str, Path, str]]:
+    """(backend, file, precision) to time; unavailable ones are skipped."""
+    have = available()
+    wanted = backends or [b for b in ("tensorrt", "onnxruntime", "torch", "torch-tensorrt") if have[b]]
+    out: list[tuple[str, Path, str]] = []
+    for b in wanted:
+        if not have.get(b):
+            print(f"bench: {b} is not available here, skipped", file=sys.stderr)
+            continue
+        if b == "onnxruntime":
+            out.append((b, model, "file"))
+            from edge_mer.runtime.artifact import load_artifact
+
+            other = load_artifact(model).companion()
+            if other is not None:
+                out.append((b, other.path, "file"))
+        elif b == "tensorrt":
+            out.append((b, model, "file"))
+        elif checkpoint is not None:
+            out.append((b, checkpoint, "file"))
+    if not out:
+        raise UserError("no backend to time here")
+    return out
+
+
+def bench_models(model: Path, backends: list[str] | None = None, runs: int = 200, threads: int | None = 2,
+                 checkpoint: Path | None = None) -> list[dict[str, Any]]:
+    """Batch-1 latency of each backend on the model (and its companion file)."""
+    rows = []
+    for name, path, precision in _targets(model, backends, checkpoint):
+        be = open_backend(name, path, threads=threads, precision=precision)
+        rng = np.random.default_rng(0)
+        m = rng.standard_normal((1, 3, be.size, be.size)).astype(np.float32)
+        t = rng.standard_normal((1, 1, be.size, be.size)).astype(np.float32)
+        for _ in range(10):
+            be.infer(m, t)
+        times = []
+        for _ in range(runs):
+            s = time.perf_counter()
+            be.infer(m, t)
+            times.append(time.perf_counter() - s)
+        ms = np.asarray(times) * 1e3
+        rows.append({"backend": be.describe(), "file": path.name, "precision": be.precision,
+                     "bytes": path.stat().st_size, **_percentiles(ms), "throughput_per_s": round(1e3 / ms.mean(), 1)})
+        be.close()
+    return rows
+
+
+def bench_loop(model: Path, backends: list[str] | None = None, flows: list[str] | None = None, frames: int = 600,
+               threads: int | None = 2) -> list[dict[str, Any]]:
+    """The loop, headless, on the demo source (as fast as it goes), for every backend x flow pair."""
+    from edge_mer.features.flow import has_tvl1
+    from edge_mer.flow.stage import cuda_unavailable, make_stage
+    from edge_mer.runtime.events import EventWriter
+    from edge_mer.runtime.loop import LoopConfig, Recognizer, run_loop
+    from edge_mer.runtime.sources import open_source
+
+    if flows is None:
+        flows = (["cuda"] if cuda_unavailable() is None else []) + ["opencv-dis"] + \
+            (["opencv-tvl1"] if has_tvl1() else [])
+    rows = []
+    for name, path, _ in _targets(model, backends, None):
+        for flow in flows:
+            try:
+                stage = make_stage(flow)
+            except UserError as exc:
+                print(f"bench: flow {flow} skipped: {exc}", file=sys.stderr)
+                continue
+            be = open_backend(name, path, threads=threads, precision="file")
+            source = open_source(f"demo://?seconds={frames / 30 + 1:g}&fps=30&size=640x480&seed=0", realtime=False)
+            writer = EventWriter(None, stdout=False)
+            stats, timer = run_loop(source, Recognizer(be, stage), writer, LoopConfig(max_frames=frames))
+            source.close()
+            s = timer.summary()
+            rows.append({"backend": be.describe(), "precision": be.precision, "file": path.name, "flow": flow,
+                         "frames": stats.frames, "events": stats.events,
+                         "fps": round(stats.frames / max(s["wall_s"], 1e-9), 1), "stages_ms": s["stages_ms"],
+                         "cpu_share": s["cpu_share"], "peak_rss_mb": s["peak_rss_mb"]})
+            be.close()
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]], model_only: bool = False) -> str:
+    if model_only:
+        lines = ["| backend | file | MB | p50 ms | p95 ms | p99 ms | per s |", "|---|---|---:|---:|---:|---:|---:|"]
+        for r in rows:
+            lines.append(f"| {r['backend']} | {r['file']} | {r['bytes'] / 1e6:.2f} | {r['p50']:.3f} | {r['p95']:.3f} "
+                         f"| {r['p99']:.3f} | {r['throughput_per_s']:.0f} |")
+        return "\n".join(lines)
+    stages = ("capture", "face", "signal", "flow", "inference", "total")
+    lines = ["| backend | flow | fps | " + " | ".join(f"{s} p50/p95/p99 ms" for s in stages) +
+             " | CPU | peak MB | events |", "|---|---|---:|" + "---:|" * len(stages) + "---:|---:|---:|"]
+    for r in rows:
+        cells = []
+        for s in stages:
+            v = r["stages_ms"].get(s)
+            cells.append(f"{v['p50']:.2f}/{v['p95']:.2f}/{v['p99']:.2f}" if v else "")
+        lines.append(f"| {r['backend']} | {r['flow']} | {r['fps']:.1f} | " + " | ".join(cells) +
+                     f" | {r['cpu_share']:.0%} | {r['peak_rss_mb']:.0f} | {r['events']} |")
+    return "\n".join(lines)

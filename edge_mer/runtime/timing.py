@@ -1,0 +1,67 @@
+"""Per-stage timers of the device loop: percentiles, throughput, CPU share, peak memory."""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+STAGES = ("capture", "face", "signal", "flow", "inference", "total")
+
+
+class StageTimer:
+    """Durations per named stage, in a bounded buffer (fixed memory over hours)."""
+
+    def __init__(self, keep: int = 100_000) -> None:
+        self.keep = keep
+        self.samples: dict[str, list[float]] = {}
+        self.started = time.perf_counter()
+        self.cpu_started = time.process_time()
+
+    def add(self, stage: str, seconds: float) -> None:
+        buf = self.samples.setdefault(stage, [])
+        if len(buf) >= self.keep:
+            del buf[: self.keep // 2]  # keep the recent half; percentiles of a long run stay representative
+        buf.append(seconds)
+
+    @contextmanager
+    def time(self, stage: str) -> Iterator[None]:
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(stage, time.perf_counter() - t)
+
+    def summary(self) -> dict[str, Any]:
+        wall = time.perf_counter() - self.started
+        out: dict[str, Any] = {"stages_ms": {}, "wall_s": round(wall, 3),
+                               "cpu_share": round((time.process_time() - self.cpu_started) / max(wall, 1e-9)
+                                                  / (os.cpu_count() or 1), 4),
+                               "peak_rss_mb": round(peak_rss_mb(), 1)}
+        for stage, vals in self.samples.items():
+            a = np.asarray(vals) * 1e3
+            out["stages_ms"][stage] = {"n": len(vals), "p50": round(float(np.percentile(a, 50)), 3),
+                                       "p95": round(float(np.percentile(a, 95)), 3),
+                                       "p99": round(float(np.percentile(a, 99)), 3),
+                                       "mean": round(float(a.mean()), 3)}
+        return out
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MB (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 if os.uname().sysname == "Linux" else peak / 1e6
+
+
+def rss_mb() -> float:
+    """Current resident memory in MB (Linux /proc; elsewhere the peak)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+    except OSError:
+        return peak_rss_mb()

@@ -1,0 +1,234 @@
+"""``edge-mer spot``: micro-expression intervals of a video file or a frame folder.
+
+    edge-mer spot --video FILE|FOLDER [--fps N] [--truth FILE] [--json] [--plot FILE.png] [--size S]
+
+The video runs through the streaming spotter (``FrameSpotter``: face track, motion signal,
+spotter), exactly as a camera would feed it. With ``--truth`` (the generator's truth CSV,
+a CAS(ME)^2 or a SAMM long-video sheet) the spots are scored as MEGC does (IoU >= 0.5).
+A frame folder is read in the numeric order of its file names; it has no frame rate of its
+own, so ``--fps`` is required there (for a video file it overrides the file's rate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edge_mer.errors import UserError
+from edge_mer.native import native_stderr
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from edge_mer.spot.metrics import SpottingScore
+    from edge_mer.spot.spotter import Spot, SpotResult
+    from edge_mer.spot.truth import TruthInterval
+
+
+@dataclass
+class FrameSource:
+    """Frames of a video file or a frame folder, in order, with the frame rate and (when known) the count."""
+
+    path: Path
+    fps: float
+    count: int | None
+    frames: Iterator[np.ndarray]
+
+
+def _video_frames(cap: Any) -> Iterator[np.ndarray]:
+    try:
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                return
+            yield frame
+    finally:
+        cap.release()
+
+
+def _folder_frames(paths: list[Path]) -> Iterator[np.ndarray]:
+    import cv2
+
+    for p in paths:
+        frame = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+        if frame is None:
+            raise UserError(f"cannot read frame {p} (corrupt or not an image)")
+        yield frame
+
+
+def open_frames(path: Path, fps: float | None = None) -> FrameSource:
+    """The frames of ``path`` (a video file or a folder of numbered images)."""
+    import cv2
+
+    from edge_mer.data.frames import list_frames
+
+    if fps is not None and not (math.isfinite(fps) and fps > 0):
+        raise UserError(f"--fps must be a positive number, got {fps}")
+    if not path.exists():
+        raise UserError(f"no such video or frame folder: {path}")
+    if path.is_dir():
+        frames = list(list_frames(path).values())
+        if not frames:
+            raise UserError(f"no frames in {path}: expected numbered images (.jpg, .png, .bmp, .tif)")
+        if fps is None:
+            raise UserError(f"{path} is a frame folder, which has no frame rate: give --fps")
+        return FrameSource(path, fps, len(frames), _folder_frames(frames))
+    with native_stderr() as said:
+        cap = cv2.VideoCapture(str(path))
+        opened = cap.isOpened()
+    if not opened:
+        why = said[-1].split("] ", 1)[-1] if said else "corrupt, or a format this OpenCV cannot read"
+        raise UserError(f"cannot open video {path}: {why}")
+    file_fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+    count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) or None
+    if fps is None:
+        if not (math.isfinite(file_fps) and 0 < file_fps <= 1000):
+            cap.release()
+            raise UserError(f"{path} does not say its frame rate: give --fps")
+        fps = file_fps
+    return FrameSource(path, fps, count, _video_frames(cap))
+
+
+@dataclass
+class SpotReport:
+    video: str
+    frames: int
+    fps: float
+    size: int
+    result: SpotResult
+    alignments: int
+    elapsed_s: float
+    signal_ms: float  # mean time of the motion signal per frame
+    truth_path: str | None = None
+    truth: list[TruthInterval] = field(default_factory=list)
+    score: SpottingScore | None = None
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.fps
+
+    def to_dict(self) -> dict[str, Any]:
+        s = self.score
+        return {"video": self.video, "frames": self.frames, "fps": self.fps, "seconds": round(self.seconds, 3),
+                "size": self.size, "intervals": [spot.to_dict() for spot in self.result.spots],
+                "truth": self.truth_path, "micro_truth": sum(t.kind == "micro" for t in self.truth)
+                if self.truth_path else None,
+                "tp": s.tp if s else None, "fp": s.fp if s else None, "fn": s.fn if s else None,
+                "precision": round(s.precision, 4) if s else None, "recall": round(s.recall, 4) if s else None,
+                "f1": round(s.f1, 4) if s else None, "iou_threshold": 0.5,
+                "face_alignments": self.alignments, "elapsed_s": round(self.elapsed_s, 3),
+                "signal_ms_per_frame": round(self.signal_ms, 3)}
+
+
+def spot_video(path: Path, fps: float | None = None, size: int | None = None, truth: Path | None = None,
+               progress: bool | None = None) -> SpotReport:
+    """Spot micro-expressions in ``path`` and score them against ``truth`` when given.
+
+    ``progress``: a tqdm bar on stderr (None: only when stderr is a terminal).
+    """
+    import numpy as np
+    from tqdm import tqdm
+
+    from edge_mer.face.align import NoFaceError
+    from edge_mer.spot.metrics import evaluate_spots
+    from edge_mer.spot.signal import DEFAULT_SIZE
+    from edge_mer.spot.spotter import FrameSpotter, SpotResult
+    from edge_mer.spot.truth import micro_intervals, read_truth
+
+    size = DEFAULT_SIZE if size is None else size
+    if size < 32:
+        raise UserError(f"--size must be at least 32, got {size}")
+    intervals = read_truth(truth, video=path.stem) if truth is not None else []  # a bad truth file fails early
+    source = open_frames(path, fps)
+    runner = FrameSpotter(source.fps, size)
+    values: list[float] = []
+    backs: list[float] = []
+    signal: list[float] = []
+    threshold: list[float] = []
+    spots: list[Spot] = []
+    start = time.perf_counter()
+    with tqdm(source.frames, total=source.count, desc=f"spot {path.name}", unit="frame",
+              disable=not progress if progress is not None else None, leave=False) as bar:
+        for frame in bar:
+            spots += runner.push(frame)
+            values.append(math.nan if runner.value is None else runner.value)
+            backs.append(math.nan if runner.back is None else runner.back)
+            signal.append(math.nan)
+            threshold.append(math.nan)
+            if runner.last is not None:
+                j, s, thr = runner.last
+                signal[j], threshold[j] = s, thr
+    spots += runner.finish()
+    elapsed = time.perf_counter() - start
+    n = len(values)
+    if n == 0:
+        raise UserError(f"no frames could be read from {path} (empty or corrupt)")
+    if runner.alignments == 0:
+        raise NoFaceError(f"no face found in any of the {n} frames of {path}")
+    result = SpotResult(source.fps, np.array(values), np.array(signal), np.array(threshold), spots,
+                        np.array(backs))
+    report = SpotReport(str(path), n, source.fps, size, result, runner.alignments, elapsed,
+                        1000 * runner.signal_seconds / max(1, n))
+    if truth is not None:
+        report.truth_path, report.truth = str(truth), intervals
+        report.score = evaluate_spots(result.intervals(), micro_intervals(intervals))
+    return report
+
+
+def format_report(r: SpotReport) -> str:
+    lines = [f"{r.video}: {r.frames} frames at {r.fps:g} fps ({r.seconds:.1f} s), face crop {r.size} px, "
+             f"{len(r.result.spots)} micro-expression{'s' if len(r.result.spots) != 1 else ''}:"]
+    for s in r.result.spots:
+        lines.append(f"  frames {s.onset}-{s.offset} (apex {s.apex})  {s.onset / r.fps:.2f}-{s.offset / r.fps:.2f} s"
+                     f"  score {s.score:.1f}")
+    if r.score is not None:
+        sc = r.score
+        lines.append(f"truth {r.truth_path}: {sc.tp + sc.fn} micro-expressions; TP {sc.tp}, FP {sc.fp}, FN {sc.fn}; "
+                     f"precision {sc.precision:.3f}, recall {sc.recall:.3f}, F1 {sc.f1:.3f} (IoU >= 0.5)")
+    lines.append(f"{r.elapsed_s:.1f} s ({r.frames / max(r.elapsed_s, 1e-9):.0f} frames/s; motion signal "
+                 f"{r.signal_ms:.2f} ms/frame); face aligned {r.alignments} time{'s' if r.alignments != 1 else ''}")
+    return "\n".join(lines)
+
+
+def cmd_spot(args: argparse.Namespace) -> int:
+    report = spot_video(Path(args.video), args.fps, args.size, Path(args.truth) if args.truth else None,
+                        progress=False if args.quiet else None)
+    if args.plot:
+        from edge_mer.spot.plot import plot_spots
+
+        plot_spots(report.result, Path(args.plot), report.truth, title=Path(args.video).name)
+    if args.json:
+        out = report.to_dict()
+        out["plot"] = args.plot
+        print(json.dumps(out, indent=2, sort_keys=True))
+    else:
+        print(format_report(report))
+        if args.plot:
+            print(f"plot: {args.plot}")
+    return 0
+
+
+def add_parser(subparsers: Any) -> None:
+    """Add ``spot`` to the ``edge-mer`` subcommands."""
+    p = subparsers.add_parser(
+        "spot", help="find micro-expressions (onset, apex, offset) in a video or frame folder",
+        description="Run the streaming spotter over a video file or a folder of numbered frames: face "
+                    "alignment, a per-frame motion signal over facial regions (head motion removed, blinks "
+                    "suppressed), an adaptive threshold and micro-expression length bounds. With --truth the "
+                    "spots are scored as MEGC does (IoU >= 0.5). Example: edge-mer spot --video clip.mp4 "
+                    "--truth clip.csv --plot spots.png")
+    p.add_argument("--video", required=True, help="video file, or a folder of numbered frames (needs --fps)")
+    p.add_argument("--fps", type=float, help="frame rate (required for a frame folder; overrides a file's)")
+    p.add_argument("--truth", help="truth: the generator's CSV, or a CAS(ME)^2 / SAMM long-video sheet "
+                                   "(frames numbered from 1 there)")
+    p.add_argument("--size", type=int, help="face crop size S in pixels (default 128)")
+    p.add_argument("--plot", metavar="FILE.png", help="write the signal, threshold, spots and truth as a PNG")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_spot)

@@ -1,0 +1,363 @@
+"""A cheap per-frame facial motion signal for spotting, from aligned grey face crops.
+
+For frame t the signal compares the S x S crop at t with the crop at t - k, where
+``k = lag_frames(fps) = max(1, round(LAG_S * fps))``, LAG_S = 0.4 s (12 frames at 30 fps,
+80 at 200 fps):
+
+1. dense flow crop[t - k] -> crop[t]: OpenCV's DIS, fast preset, refined down to half
+   resolution (finest scale 1): 0.7 ms at S = 128 on one CPU core, where Farneback takes
+   2.1 ms and DIS at full resolution 3.0 ms; the ultrafast preset (0.3 ms) loses recall
+   (F1 0.75 against 0.83), the medium one (1.0 ms) gains nothing (0.83)
+   (benchmarks/results/spotting.md);
+2. head motion: an affine motion fitted to the flow on a grid inside the face ellipse
+   (least squares reweighted three times with weights 1 / max(1, r / 2 sigma)^2, so that
+   the local motion of an expression counts little) is subtracted; the fit follows the
+   head, the residual is the face's own motion;
+3. facial regions (fixed boxes of the canonical crop, ``REGIONS``: brows, eyes, nose and
+   upper lip, cheeks, mouth corners, chin), each cut into quarters (``part_boxes``; the
+   eyes stay whole): the length of each part's mean residual flow vector is how far that
+   part moved. Averaging vectors before taking the length lets pixel noise cancel, while
+   an action unit moves a patch of skin coherently; quarters keep a small patch from
+   being diluted by a large box;
+4. each part's length is divided by its running median over the last ``norm_s`` (10)
+   seconds, so smooth and textured parts count alike ("times its usual motion");
+5. blink suppression: the eyes never count (they blink), and while either eye moves more
+   than ``blink_gate`` (6) times its usual motion the brows do not count either (a closing
+   lid drags the skin under the brows), so a blink leaves only the lower face (without
+   the gate the benchmark's false positives go from 1 to 19);
+6. the value is the mean of the ``top`` (2) largest normalised part motions.
+
+The same measure with the lag ``back_lag`` = 0.6 s is ``MotionSignal.back``: the spotter
+uses it to check that the face returned to rest after an event (a micro-expression ends
+within 0.5 s; a macro-expression's rise does not come back). The signal, crop and both
+flows, costs 2.4 ms per frame at S = 128 on one core of the benchmark's machine.
+
+Why k is 0.4 s rather than an onset-to-apex time (~0.1-0.15 s): a lag at least as long
+as most micro-expressions measures the displacement from the neutral face, which has the
+profile of the expression itself (0 at onset, largest at apex, 0 at offset), where a
+short lag measures speed (two humps with a dip at the apex, hard to turn into intervals):
+on the benchmark's videos F1 is 0.60 with k = 0.13 s and 0.83 with 0.4 s. The echo of an
+event k frames later (the crop at t - k is then the displaced one) is removed by the
+spotter, which takes min(value(t), value(t + k)): displaced from both the past and the
+future. 0.4 s instead of the 0.5 s micro bound keeps the spotter's latency within 0.5 s
+after an offset; only the tails of the longest micro-expressions are shortened.
+
+S = 128 (``DEFAULT_SIZE``): the brows and lips of a micro-expression move 0.5 to 2 px at
+S = 112, close to what DIS resolves at its half-resolution level. On the benchmark's
+640x480 videos F1 is 0.70 at S = 96, 0.81 at 112, 0.83 at 128 and 0.87 at 160, for 1.7,
+2.0, 2.4 and 3.3 ms per frame: 128 is the middle ground for a device, ``--size 160``
+buys recall on a desktop. ``face_crop`` makes the crop from a camera frame and a
+``FaceAlignment`` matrix, shrinking the face region with area averaging first when the
+face is larger than the crop, so that the warp does not alias sensor noise into the flow.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edge_mer.face.align import CANONICAL_EYE_Y, CANONICAL_IOD, FaceAligner, FaceAlignment, NoFaceError
+from edge_mer.flow.stage import to_gray
+
+LAG_S = 0.4
+BACK_S = 0.6
+NORM_S = 10.0
+DEFAULT_SIZE = 128
+MIN_MOTION = 0.005  # px: floor of a region's usual motion (a noiseless still face)
+
+#: Facial regions as (x0, y0, x1, y1) fractions of the canonical crop, whose eyes are at
+#: y = 0.34 S, x = 0.5 S -/+ 0.179 S (``edge_mer.face.align``). "_r" is the subject's right
+#: (image left). The brows stop above the upper lids; the chin box stops at the jaw line,
+#: below which the background does not move with the head.
+REGIONS: dict[str, tuple[float, float, float, float]] = {
+    "brow_r": (0.14, 0.08, 0.47, 0.25), "brow_l": (0.53, 0.08, 0.86, 0.25),
+    "eye_r": (0.22, 0.28, 0.45, 0.40), "eye_l": (0.55, 0.28, 0.78, 0.40),
+    "nose": (0.37, 0.44, 0.63, 0.66),
+    "cheek_r": (0.18, 0.42, 0.37, 0.58), "cheek_l": (0.63, 0.42, 0.82, 0.58),
+    "mouth_r": (0.26, 0.57, 0.45, 0.76), "mouth_l": (0.55, 0.57, 0.74, 0.76),
+    "chin": (0.38, 0.70, 0.62, 0.87),
+}
+EYES: tuple[str, ...] = ("eye_r", "eye_l")
+BROWS: tuple[str, ...] = ("brow_r", "brow_l")
+PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+           "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
+
+
+def lag_frames(fps: float, lag_s: float = LAG_S) -> int:
+    """k, the frames between the two crops of one flow: ``max(1, round(lag_s * fps))``."""
+    if fps <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    return max(1, int(round(lag_s * fps)))
+
+
+def face_crop(frame: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
+    """(S, S) uint8 grey crop of ``frame`` under the 2x3 frame -> crop ``matrix``, without aliasing.
+
+    When the crop is smaller than the face (scale < 0.8), only the frame region the crop
+    sees is converted and shrunk with area averaging to about the crop's scale before the
+    bilinear warp.
+    """
+    m = np.asarray(matrix, np.float64)
+    scale = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
+    if scale >= 0.8:
+        return cv2.warpAffine(to_gray(frame), m, (size, size), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_REPLICATE)
+    h, w = frame.shape[:2]
+    inv = cv2.invertAffineTransform(m)
+    corners = inv @ np.array([[0, size, 0, size], [0, 0, size, size], [1, 1, 1, 1]], np.float64)
+    x0, y0 = (max(0, int(np.floor(v)) - 2) for v in corners.min(1))
+    x1, y1 = min(w, int(np.ceil(corners[0].max())) + 2), min(h, int(np.ceil(corners[1].max())) + 2)
+    if x1 - x0 < 2 or y1 - y0 < 2:  # the crop lies outside the frame
+        return cv2.warpAffine(to_gray(frame), m, (size, size), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_REPLICATE)
+    region = to_gray(frame[y0:y1, x0:x1])
+    small = cv2.resize(region, (max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale))),
+                       interpolation=cv2.INTER_AREA)
+    fx, fy = small.shape[1] / (x1 - x0), small.shape[0] / (y1 - y0)
+    # crop = m @ (x0 + xs / fx, y0 + ys / fy, 1)
+    m2 = np.stack([m[:, 0] / fx, m[:, 1] / fy, m[:, 2] + m[:, 0] * x0 + m[:, 1] * y0], 1)
+    return cv2.warpAffine(small, m2, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+@dataclass(frozen=True)
+class SignalConfig:
+    """How the motion signal is computed; the defaults are the measured ones (benchmarks/spotting.py)."""
+
+    lag_s: float = LAG_S  # seconds between the two crops of the value's flow
+    back_s: float = BACK_S  # seconds between the two crops of the back value's flow (0: no back value)
+    preset: str = "fast"  # DIS preset: ultrafast, fast or medium
+    finest_scale: int = 1  # DIS finest pyramid level (0: full resolution)
+    norm_s: float = NORM_S  # window of each part's running median
+    blink_gate: float = 6.0  # eye motion (times usual) above which the brows are left out too
+    top: int = 2  # the value is the mean of this many largest part motions
+
+
+class HeadMotion:
+    """Robust affine fit of a flow field on a grid inside the face ellipse of an S x S crop."""
+
+    def __init__(self, size: int) -> None:
+        step = max(2, size // 28)
+        ys, xs = np.mgrid[step // 2:size:step, step // 2:size:step]
+        inside = ((xs / size - 0.5) / 0.36) ** 2 + ((ys / size - 0.5) / 0.42) ** 2 <= 1.0
+        self.ys, self.xs = ys[inside], xs[inside]
+        self.design = np.stack([self.xs / size, self.ys / size, np.ones(len(self.xs))], 1)  # (P, 3)
+        self.size = size
+
+    def fit(self, flow: np.ndarray, iterations: int = 3) -> np.ndarray:
+        """(3, 2) coefficients: flow(x, y) ~ [x / S, y / S, 1] @ coef."""
+        samples = flow[self.ys, self.xs].astype(np.float64)  # (P, 2)
+        weights = np.ones(len(samples))
+        coef = np.zeros((3, 2))
+        for _ in range(iterations):
+            weighted = self.design * weights[:, None]
+            coef = np.linalg.solve(weighted.T @ self.design + 1e-9 * np.eye(3), weighted.T @ samples)
+            resid = np.sqrt(((samples - self.design @ coef) ** 2).sum(1))
+            sigma = 1.4826 * float(np.median(resid)) + 1e-3
+            weights = 1.0 / np.maximum(1.0, resid / (2.0 * sigma)) ** 2
+        return coef
+
+
+class _Parts:
+    """Motion of the face's parts between two crops: flow, head motion removed, normalised, blink-gated."""
+
+    def __init__(self, size: int, fps: float, config: SignalConfig) -> None:
+        self.names, boxes = part_boxes(size)
+        self.boxes = boxes
+        self.centres = np.array([[(x0 + x1 - 1) / 2 / size, (y0 + y1 - 1) / 2 / size, 1.0]
+                                 for x0, y0, x1, y1 in boxes])  # (P, 3): an affine motion's mean over a box
+        b = np.array(boxes)  # (P, 4) x0, y0, x1, y1
+        self._corners = (b[:, 1], b[:, 0], b[:, 3], b[:, 2])
+        self._areas = ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))[:, None].astype(np.float64)
+        self.eyes = np.array([n.split(".")[0] in EYES for n in self.names])
+        self.upper = np.array([n.split(".")[0] in EYES + BROWS for n in self.names])
+        self.head = HeadMotion(size)
+        self.dis: Any = cv2.DISOpticalFlow.create(PRESETS[config.preset])
+        self.dis.setFinestScale(config.finest_scale)
+        self.config = config
+        self.norm_len = max(3, int(round(config.norm_s * fps)))
+        self.refresh = max(1, int(round(0.1 * fps)))
+        self.reset()
+
+    def reset(self) -> None:
+        self.history = np.zeros((self.norm_len, len(self.names)), np.float64)
+        self.filled = 0
+        self.next = 0
+        self.usual = np.full(len(self.names), MIN_MOTION)
+
+    def motion(self, first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(P,) length in pixels of each part's mean flow first -> second with the head motion removed, and the
+        fitted head motion (3, 2)."""
+        flow = self.dis.calc(first, second, None)  # (S, S, 2)
+        head = self.head.fit(flow)
+        table = cv2.integral(flow)  # (S + 1, S + 1, 2) float64
+        y0, x0, y1, x1 = self._corners
+        means = (table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]) / self._areas  # (P, 2)
+        return np.linalg.norm(means - self.centres @ head, axis=1), head
+
+    def value(self, motion: np.ndarray) -> tuple[float, np.ndarray, bool]:
+        """The combined value, the normalised motion per part and whether the eyes gated the brows out."""
+        self.history[self.next] = motion
+        self.next = (self.next + 1) % self.norm_len
+        self.filled = min(self.filled + 1, self.norm_len)
+        if self.filled < 10 * self.refresh or self.next % self.refresh == 0:  # a 10 s median moves slowly
+            self.usual = np.maximum(np.median(self.history[:self.filled], axis=0), MIN_MOTION)
+        norm = motion / self.usual
+        blink = bool(norm[self.eyes].max() > self.config.blink_gate)
+        counted = np.sort(norm[~(self.upper if blink else self.eyes)])
+        return float(counted[-min(self.config.top, len(counted)):].mean()), norm, blink
+
+
+def part_boxes(size: int) -> tuple[list[str], list[tuple[int, int, int, int]]]:
+    """Names and pixel boxes (x0, y0, x1, y1) of the parts: each region's quarters, the eyes whole.
+
+    An action unit moves a patch of skin often smaller than its region; a quarter that
+    moves stands out where the region's mean would dilute it. The eyes stay whole: they
+    only detect blinks.
+    """
+    names: list[str] = []
+    boxes: list[tuple[int, int, int, int]] = []
+    for name, (x0, y0, x1, y1) in REGIONS.items():
+        xs = [x0, (x0 + x1) / 2, x1] if name not in EYES else [x0, x1]
+        ys = [y0, (y0 + y1) / 2, y1] if name not in EYES else [y0, y1]
+        for i in range(len(ys) - 1):
+            for j in range(len(xs) - 1):
+                box = tuple(int(round(v * size)) for v in (xs[j], ys[i], xs[j + 1], ys[i + 1]))
+                names.append(name if name in EYES else f"{name}.{2 * i + j}")
+                boxes.append((box[0], box[1], max(box[2], box[0] + 1), max(box[3], box[1] + 1)))
+    return names, boxes
+
+
+class MotionSignal:
+    """Streaming facial motion: ``push`` one aligned crop per frame, get that frame's value.
+
+    ``push`` returns None until k = ``lag_frames(fps)`` earlier crops have been seen, then a
+    float >= 0: the mean of the largest part motions between the crops at t - k and t, each
+    in multiples of that part's usual motion. After each push, ``back`` is the same measure
+    between the crops at t - ``back_lag`` (0.6 s) and t (None until that many crops were
+    seen), which the spotter uses to tell a micro-expression (the face returns to rest)
+    from the rise of a longer expression; ``regions`` (normalised motion per part),
+    ``blink`` and ``head`` (the fitted affine head motion, (3, 2)) describe the last value.
+    """
+
+    def __init__(self, fps: float, size: int = DEFAULT_SIZE, config: SignalConfig | None = None) -> None:
+        if size < 32:
+            raise ValueError(f"the face crop must be at least 32 x 32, got {size}")
+        self.config = config or SignalConfig()
+        if self.config.preset not in PRESETS:
+            raise ValueError(f"unknown DIS preset {self.config.preset!r}; choose from {', '.join(PRESETS)}")
+        self.fps = float(fps)
+        self.size = size
+        self.lag = lag_frames(fps, self.config.lag_s)
+        self.back_lag = lag_frames(fps, self.config.back_s) if self.config.back_s > 0 else 0
+        self._near = _Parts(size, fps, self.config)
+        self._far = _Parts(size, fps, self.config) if self.back_lag else None
+        self.reset()
+
+    def reset(self, keep_usual: bool = False) -> None:
+        """Forget the crops (a cut in the video; ``keep_usual``: a new face alignment of the same face,
+        whose parts keep their usual motion)."""
+        self._crops: deque[np.ndarray] = deque(maxlen=max(self.lag, self.back_lag) + 1)
+        if not keep_usual:
+            self._near.reset()
+            if self._far is not None:
+                self._far.reset()
+        self.back: float | None = None
+        self.regions: dict[str, float] = {}
+        self.blink = False
+        self.head = np.zeros((3, 2))
+
+    def push(self, crop: np.ndarray) -> float | None:
+        """Add the next frame's S x S crop (grey or BGR); its value, or None while fewer than k crops came before."""
+        gray = to_gray(crop)
+        if gray.shape != (self.size, self.size):
+            raise ValueError(f"expected a {self.size} x {self.size} crop, got {gray.shape[1]} x {gray.shape[0]}")
+        self._crops.append(np.ascontiguousarray(gray, np.uint8))
+        n = len(self._crops)
+        self.back = None
+        if self._far is not None and n > self.back_lag:
+            motion, _ = self._far.motion(self._crops[-1 - self.back_lag], self._crops[-1])
+            self.back = self._far.value(motion)[0]
+        if n <= self.lag:
+            return None
+        motion, self.head = self._near.motion(self._crops[-1 - self.lag], self._crops[-1])
+        value, norm, self.blink = self._near.value(motion)
+        self.regions = {name: float(v) for name, v in zip(self._near.names, norm, strict=True)}
+        return value
+
+
+class FaceTrack:
+    """Which face alignment to crop with, frame by frame, and when to look for the face again.
+
+    Policy: the face is detected (``FaceAligner``) on the first frame, and until one is
+    found every ``search_s`` seconds. After that the crop transform stays fixed, as MER
+    toolkits keep it for a clip, so that the flow sees the face's own motion and no
+    alignment jitter. The face is looked for again every ``redetect_s`` seconds, and at
+    once when the head moved more than ``lost`` * S between the signal's two crops (the
+    tracking is about to be lost); the new alignment is adopted only when it moves the
+    crop's eyes or mouth by more than ``tolerance`` * S, and only while the spotter is
+    idle (no candidate open), because values on either side of a change measure slightly
+    different patches of skin. A failed re-detection keeps the old transform (a blink or a
+    turned head must not drop the face). ``changed`` tells the caller to re-crop its
+    buffered frames.
+    """
+
+    def __init__(self, size: int, fps: float, aligner: FaceAligner | None = None, redetect_s: float = 2.0,
+                 search_s: float = 0.25, lost: float = 0.1, tolerance: float = 0.1) -> None:
+        self.size = size
+        self.aligner = aligner or FaceAligner(size)
+        if self.aligner.size != size:
+            raise ValueError(f"the aligner makes {self.aligner.size} px crops, the track {size} px ones")
+        self.redetect = max(1, int(round(redetect_s * fps)))
+        self.search = max(1, int(round(search_s * fps)))
+        self.lost = lost
+        self.tolerance = tolerance
+        self.alignment: FaceAlignment | None = None
+        self.alignments = 0  # how many times a transform was adopted
+        self.changed = False
+        self._due = 0  # frame index of the next detection
+        s = float(size)
+        self._probe = np.array([[0.5 - CANONICAL_IOD / 2, CANONICAL_EYE_Y], [0.5 + CANONICAL_IOD / 2, CANONICAL_EYE_Y],
+                                [0.5, 0.66]]) * s  # eyes and mouth in the crop
+
+    def update(self, gray: np.ndarray, index: int, idle: bool = True, head: np.ndarray | None = None) -> bool:
+        """Detect if due (``head``: the signal's last fitted head motion); True when a face alignment is set."""
+        self.changed = False
+        if self.alignment is None:
+            if index >= self._due:
+                self._due = index + self.search
+                self._adopt(self._detect(gray, index))
+            return self.alignment is not None
+        moved = head is not None and float(np.linalg.norm(np.array([0.5, 0.5, 1.0]) @ head)) > self.lost * self.size
+        if idle and (index >= self._due or moved):
+            self._due = index + self.redetect
+            found = self._detect(gray, index)
+            if found is not None and self._differs(found):
+                self._adopt(found)
+        return True
+
+    def _detect(self, gray: np.ndarray, index: int) -> FaceAlignment | None:
+        try:
+            return self.aligner.align(gray, f"frame {index}")
+        except NoFaceError:
+            return None
+
+    def _differs(self, new: FaceAlignment) -> bool:
+        assert self.alignment is not None
+        old_inv = cv2.invertAffineTransform(self.alignment.matrix)
+        frame_pts = self._probe @ old_inv[:, :2].T + old_inv[:, 2]
+        moved = frame_pts @ new.matrix[:, :2].T + new.matrix[:, 2] - self._probe
+        return float(np.linalg.norm(moved, axis=1).max()) > self.tolerance * self.size
+
+    def _adopt(self, found: FaceAlignment | None) -> None:
+        if found is not None:
+            self.alignment = found
+            self.alignments += 1
+            self.changed = True
+
+    def crop(self, gray: np.ndarray) -> np.ndarray:
+        assert self.alignment is not None, "no face alignment yet"
+        return face_crop(gray, self.alignment.matrix, self.size)

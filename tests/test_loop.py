@@ -1,0 +1,136 @@
+"""The device loop through the CLI: edge-mer run on the demo and on files, events on disk, Ctrl-C, bench."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+pytest.importorskip("cv2")
+pytest.importorskip("onnxruntime")
+
+EVENT_KEYS = {"onset_ts", "apex_ts", "offset_ts", "onset", "apex", "offset", "label", "probs", "latency_ms"}
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory) -> tuple[Path, dict, str]:
+    d = tmp_path_factory.mktemp("run")
+    env_cache = str(d / "cache")
+    proc = subprocess.run([sys.executable, "-m", "edge_mer", "run", "--demo", "--demo-seconds", "24",
+                           "--no-realtime", "--events", str(d / "events.jsonl"), "--json-summary",
+                           str(d / "summary.json")], capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, XDG_CACHE_HOME=env_cache))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return d, json.loads((d / "summary.json").read_text()), proc.stdout
+
+
+def test_demo_run_finds_and_labels_micro_expressions(demo_run):
+    d, summary, stdout = demo_run
+    lines = (d / "events.jsonl").read_text().splitlines()
+    events = [json.loads(x) for x in lines]
+    assert events, "the demo produced no event"
+    assert stdout.splitlines() == lines  # the same JSON lines on stdout and on disk
+    for e in events:
+        assert set(e) >= EVENT_KEYS
+        assert e["onset"] <= e["apex"] <= e["offset"]
+        assert e["label"] in ("negative", "positive", "surprise")
+        assert abs(sum(e["probs"].values()) - 1) < 1e-3
+    assert summary["frames"] == 24 * 30
+    assert summary["ring"]["dropped"] == 0 and summary["skipped_frames"] == 0
+    assert summary["truth"]["tp"] >= 1
+    assert summary["events"] == len(events)
+    assert {"capture", "signal", "flow", "inference", "total"} <= set(summary["timing"]["stages_ms"])
+
+
+def test_run_on_a_video_file(tmp_path):
+    clip = tmp_path / "clip.mp4"
+    run_cli("synth", "video", "--seconds", "8", "--size", "320x240", "--out", str(clip), "--quiet", check=True)
+    proc = run_cli("run", "--source", str(clip), "--no-realtime", "--quiet", "--json-summary",
+                   str(tmp_path / "s.json"))
+    assert proc.returncode == 0, proc.stderr
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["frames"] == 240 and s["no_face_frames"] < 30
+
+
+def test_bad_sources_are_one_line(tmp_path):
+    for args, needle in ((["--source", str(tmp_path / "missing.mp4")], "missing.mp4"),
+                         (["--camera", "7"], "/dev/video7"),
+                         (["--demo", "--camera", "0"], "choose one of")):
+        proc = run_cli("run", *args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("edge-mer: error:"), proc.stderr
+        assert needle in proc.stderr
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
+    proc = run_cli("run", "--source", str(broken))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+
+
+def _start_demo(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
+    events = tmp_path / "events.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "edge_mer", "run", "--demo", "--demo-seconds", "60", "--events",
+                             str(events)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache")))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if events.exists() and events.read_text().count("\n") >= 1:
+            return proc, events
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("no event within 120 s")
+
+
+def test_killed_process_loses_no_reported_event(tmp_path):
+    proc, events = _start_demo(tmp_path)
+    proc.kill()
+    out, _ = proc.communicate(timeout=30)
+    lines = events.read_text().splitlines()
+    assert lines and all(set(json.loads(x)) >= EVENT_KEYS for x in lines)  # complete lines only
+    printed = [x for x in out.splitlines() if x.startswith("{")]
+    assert set(printed) <= set(lines)
+
+
+def test_ctrl_c_stops_cleanly_with_a_summary(tmp_path):
+    proc, _ = _start_demo(tmp_path)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "stopped by Ctrl-C" in err and "frames at" in err
+
+
+def test_bench_model_only_and_loop(tmp_path):
+    out = tmp_path / "models.json"
+    proc = run_cli("bench", "--model-only", "--runs", "20", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["precision"] for r in rows} == {"int8", "fp32"}  # the packaged file and its companion
+    assert all(r["p50"] > 0 and r["p50"] <= r["p95"] <= r["p99"] for r in rows)
+    assert "| backend |" in proc.stdout
+    out = tmp_path / "loop.json"
+    proc = run_cli("bench", "--frames", "150", "--backend", "onnxruntime", "--flow", "opencv-dis", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    (row,) = [r for r in json.loads(out.read_text())["rows"] if r["precision"] == "int8"]
+    assert row["frames"] == 150 and row["fps"] > 0
+    assert {"capture", "signal", "total"} <= set(row["stages_ms"])
+
+
+BLOCK_TORCH = """
+import sys
+sys.modules["torch"] = None
+from edge_mer.cli import main
+sys.exit(main(["run", "--demo", "--demo-seconds", "6", "--no-realtime", "--quiet"]))
+"""
+
+
+def test_run_needs_no_torch(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", BLOCK_TORCH], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, XDG_CACHE_HOME=str(tmp_path)))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "180 frames" in proc.stderr
