@@ -92,7 +92,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                      record=Path(args.record) if args.record else None)
     print(f"edge-mer run: {source.describe()} -> {flow} -> {backend.describe()}", file=sys.stderr)
     try:
-        stats, timer = run_loop(source, recognizer, writer, cfg, stop=lambda: stopping["flag"])
+        seen: list[tuple[int, int]] = []
+        stats, timer = run_loop(source, recognizer, writer, cfg, stop=lambda: stopping["flag"],
+                                on_event=lambda e: seen.append((e.onset, e.offset)))
     finally:
         signal.signal(signal.SIGINT, old)
         writer.close()
@@ -100,8 +102,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         backend.close()
     summary = summarise(stats, timer)
     truth = getattr(source, "truth", None)
-    if truth is not None and args.events:
-        summary["truth"] = match_truth(Path(args.events), truth, stats.frames)
+    if truth is not None:
+        summary["truth"] = match_truth(seen, truth, stats.frames)
     if args.json_summary:
         Path(args.json_summary).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     print(format_summary(summary, interrupted=stopping["flag"]), file=sys.stderr)
@@ -122,12 +124,10 @@ def summarise(stats: Any, timer: Any) -> dict[str, Any]:
             "memory_mb": stats.memory_mb, "messages": stats.messages}
 
 
-def match_truth(events_path: Path, truth: Any, frames: int) -> dict[str, Any]:
-    """MEGC spotting match (IoU >= 0.5) of the events against the demo source's micro-expressions."""
+def match_truth(pred: list[tuple[int, int]], truth: Any, frames: int) -> dict[str, Any]:
+    """MEGC spotting match (IoU >= 0.5) of the events' intervals against the demo source's micro-expressions."""
     from edge_mer.spot.metrics import evaluate_spots
 
-    rows = [json.loads(line) for line in events_path.read_text().splitlines() if line.strip()]
-    pred = [(r["onset"], r["offset"]) for r in rows]
     micro = [(int(e.onset), int(e.offset)) for e in truth if getattr(e, "kind", getattr(e, "type", "micro")) ==
              "micro" and int(e.offset) < frames]
     m = evaluate_spots(pred, micro)
