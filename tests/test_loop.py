@@ -53,10 +53,20 @@ def test_run_on_a_video_file(tmp_path):
     clip = tmp_path / "clip.mp4"
     run_cli("synth", "video", "--seconds", "8", "--size", "320x240", "--out", str(clip), "--quiet", check=True)
     proc = run_cli("run", "--source", str(clip), "--no-realtime", "--quiet", "--json-summary",
-                   str(tmp_path / "s.json"))
+                   str(tmp_path / "s.json"), "--record", str(tmp_path / "overlay.mp4"))
     assert proc.returncode == 0, proc.stderr
     s = json.loads((tmp_path / "s.json").read_text())
     assert s["frames"] == 240 and s["no_face_frames"] < 30
+    import cv2
+
+    rec = cv2.VideoCapture(str(tmp_path / "overlay.mp4"))
+    frames = int(rec.get(cv2.CAP_PROP_FRAME_COUNT))
+    ok, first = rec.read()
+    rec.release()
+    # every frame with a face is recorded, with the face box drawn in green
+    assert ok and frames == 240 - s["no_face_frames"]
+    green = (first[..., 1] > 200) & (first[..., 0] < 80) & (first[..., 2] < 80)
+    assert green.sum() > 100
 
 
 def test_bad_sources_are_one_line(tmp_path):

@@ -23,7 +23,6 @@ from edge_mer.errors import UserError
 from edge_mer.runtime.events import Event, EventWriter
 from edge_mer.runtime.timing import StageTimer, rss_mb
 
-FACE_SIZE = 112  # the crop of the flow stage and the model
 SIGNAL_SIZE = 128  # the crop of the spotting signal (measured best in benchmarks/results/spotting.md)
 
 
@@ -151,7 +150,7 @@ def run_loop(source: Any, recognizer: Recognizer, writer: EventWriter, cfg: Loop
                 if onset is None or apex is None or alignment is None:
                     stats.missed_spots += 1
                     continue
-                matrix = alignment.matrix * (FACE_SIZE / SIGNAL_SIZE)
+                matrix = alignment.matrix * (recognizer.stage.size / SIGNAL_SIZE)  # same face, model's crop
                 probs = recognizer(onset.image, apex.image, matrix, timer)
                 offset_ts = offset.ts if offset is not None else frame.ts
                 latency = (time.monotonic() - offset_ts) * 1e3
@@ -169,7 +168,7 @@ def run_loop(source: Any, recognizer: Recognizer, writer: EventWriter, cfg: Loop
             timer.add("total", time.perf_counter() - t0)
             stats.frames += 1
             if (cfg.display or cfg.record) and alignment is not None:
-                recorder = _show(image, alignment.matrix * (FACE_SIZE / SIGNAL_SIZE), stats, cfg, recorder, fps)
+                recorder = _show(image, alignment.matrix, SIGNAL_SIZE, stats, cfg, recorder, fps)
             now = time.monotonic()
             if now >= next_memory:
                 stats.memory_mb.append((round(now - start, 1), round(rss_mb(), 1)))
@@ -187,14 +186,14 @@ def run_loop(source: Any, recognizer: Recognizer, writer: EventWriter, cfg: Loop
     return stats, timer
 
 
-def _show(image: np.ndarray, matrix: np.ndarray, stats: LoopStats, cfg: LoopConfig, recorder: Any,
+def _show(image: np.ndarray, matrix: np.ndarray, size: int, stats: LoopStats, cfg: LoopConfig, recorder: Any,
           fps: float) -> Any:
     """Overlay (face box, counters) in a window and/or a recording."""
     import cv2
 
     view = image.copy() if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     inv = cv2.invertAffineTransform(matrix)
-    corners = np.array([[0, 0, 1], [FACE_SIZE, 0, 1], [FACE_SIZE, FACE_SIZE, 1], [0, FACE_SIZE, 1]], np.float64)
+    corners = np.array([[0, 0, 1], [size, 0, 1], [size, size, 1], [0, size, 1]], np.float64)
     pts = (corners @ inv.T).astype(np.int32)
     cv2.polylines(view, [pts], True, (0, 255, 0), 2)
     cv2.putText(view, f"frames {stats.frames} spots {stats.spots} events {stats.events}", (10, 24),
