@@ -296,6 +296,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from edge_mer.deploy import Target, deploy
+    from edge_mer.runtime.command import default_model
+
+    extra = [x for opt in args.ssh_option for x in ("-o", opt)]
+    target = Target(args.host, args.port, Path(args.identity) if args.identity else None, args.prefix,
+                    args.remote_python, extra)
+    if args.identity and not Path(args.identity).is_file():
+        raise UserError(f"identity file not found: {args.identity}")
+    model = Path(args.model) if args.model else default_model()
+    result = deploy(target, model, service=args.service, dry_run=args.dry_run,
+                    log=(lambda m: print(m, file=sys.stderr)) if args.json else print)
+    if args.json:
+        _print_json(result)
+    return 0
+
+
 def _train_parsers(sub: Any) -> None:
     from edge_mer.model.config import ABLATIONS, MODELS
 
@@ -448,6 +465,24 @@ def build_parser() -> argparse.ArgumentParser:
     from edge_mer.runtime.command import add_parsers as add_runtime_parsers
 
     add_runtime_parsers(sub)
+    dep = sub.add_parser("deploy", help="deploy to a device over SSH: wheel + model bundle, setup, engine, service",
+                         description="Build a wheel and a bundle (model ONNX, sidecar, config), copy it over SSH, set "
+                                     "the device up (setup.sh on a Jetson), build the engine there, optionally "
+                                     "install a systemd service running edge-mer run --camera 0, and check the "
+                                     "device with its own edge-mer doctor. A second deploy with the same inputs "
+                                     "changes nothing. Example: edge-mer deploy --host nvidia@orin.local --service")
+    dep.add_argument("--host", required=True, help="user@host")
+    dep.add_argument("--port", type=int, default=22)
+    dep.add_argument("--identity", help="SSH private key")
+    dep.add_argument("--model", help="ONNX model (default: the packaged demo model)")
+    dep.add_argument("--prefix", default="~/.local/share/edge-mer", help="install folder on the device")
+    dep.add_argument("--remote-python", default="python3", help="Python on the device (non-Jetson installs)")
+    dep.add_argument("--ssh-option", action="append", default=[], metavar="OPT",
+                     help="extra ssh -o option, e.g. UserKnownHostsFile=... (repeatable)")
+    dep.add_argument("--service", action="store_true", help="install and start the systemd service")
+    dep.add_argument("--dry-run", action="store_true", help="print every step and run nothing on the device")
+    dep.add_argument("--json", action="store_true")
+    dep.set_defaults(func=cmd_deploy)
     return parser
 
 

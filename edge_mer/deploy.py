@@ -1,0 +1,210 @@
+"""``edge-mer deploy``: a wheel and a bundle over SSH to a device, set up there, checked by its own doctor.
+
+Steps (each printed; ``--dry-run`` prints them and runs nothing):
+
+1. build the wheel of this source tree and a bundle: wheel, model ONNX + sidecar,
+   ``config.json`` (how the service runs), ``setup.sh`` and a manifest with the
+   sha256 of every input;
+2. read the device's manifest: when it equals ours the device is up to date
+   and nothing is copied or installed (a second deploy changes nothing);
+3. copy the bundle (scp) into ``PREFIX/bundle`` through a temporary folder that is
+   renamed into place only when complete, so a failed copy leaves the last good
+   bundle as it was;
+4. install: on a Jetson, ``setup.sh`` builds the venv beside JetPack's TensorRT
+   and OpenCV and the engine is built on the device; elsewhere (a test machine)
+   the wheel goes into ``PREFIX/lib`` for the given remote Python and the Jetson
+   steps are shown as a dry run;
+5. ``--service``: a systemd unit running ``edge-mer run --camera 0 --events …``,
+   enabled and started (Jetson only; shown as a dry run elsewhere);
+6. ``edge-mer doctor --json`` on the device must answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_mer import __version__
+from edge_mer.errors import UserError
+
+ROOT = Path(__file__).resolve().parent.parent
+UNIT = """[Unit]
+Description=edge-mer micro-expression recognition
+After=network-online.target
+
+[Service]
+ExecStart={exe} run --camera 0 --model {model} --events {events} --quiet
+Restart=on-failure
+RestartSec=5
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+@dataclass
+class Target:
+    host: str
+    port: int = 22
+    identity: Path | None = None
+    prefix: str = "~/.local/share/edge-mer"
+    python: str = "python3"
+    extra: list[str] = field(default_factory=list)
+
+    def ssh_args(self) -> list[str]:
+        args = ["-p", str(self.port), "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", *self.extra]
+        return args + (["-i", str(self.identity)] if self.identity else [])
+
+    def scp_args(self) -> list[str]:
+        args = ["-P", str(self.port), "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", *self.extra]
+        return args + (["-i", str(self.identity)] if self.identity else [])
+
+
+class Deployer:
+    def __init__(self, target: Target, dry_run: bool = False, log: Any = print) -> None:
+        self.t = target
+        self.dry_run = dry_run
+        self.log = log
+
+    def ssh(self, command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        argv = ["ssh", *self.t.ssh_args(), self.t.host, command]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+        if check and proc.returncode != 0:
+            raise UserError(_ssh_error(self.t, proc.stderr, command))
+        return proc
+
+    def run(self, what: str, command: str) -> subprocess.CompletedProcess[str] | None:
+        self.log(f"  {what}: ssh {self.t.host} {command}")
+        return None if self.dry_run else self.ssh(command)
+
+
+def _ssh_error(t: Target, stderr: str, command: str) -> str:
+    last = (stderr.strip().splitlines() or ["no output"])[-1]
+    if "Permission denied" in stderr:
+        return f"ssh to {t.host}:{t.port} refused the key{f' {t.identity}' if t.identity else ''}: {last}"
+    if "Could not resolve" in stderr or "Connection refused" in stderr or "timed out" in stderr:
+        return f"cannot reach {t.host}:{t.port}: {last}"
+    return f"on {t.host}: '{command.split()[0]}' failed: {last}"
+
+
+def tree_hash(root: Path) -> str:
+    """sha256 over the package's source files and pyproject (what the wheel is made of)."""
+    h = hashlib.sha256()
+    files = sorted(p for p in (root / "edge_mer").rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    for p in [root / "pyproject.toml", *files]:
+        h.update(str(p.relative_to(root)).encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def _file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def build_bundle(model: Path, out: Path) -> dict[str, Any]:
+    """Wheel + model + sidecar + config + setup.sh into ``out``; returns the manifest."""
+    from edge_mer.runtime.artifact import load_artifact, sidecar_path
+
+    if not (ROOT / "pyproject.toml").is_file():
+        raise UserError("deploy builds the wheel from the source tree, which this installation lacks: run it from "
+                        "a clone (pip install -e .)")
+    load_artifact(model)  # one clear error for a missing model, sidecar or a changed file
+    out.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                           str(out), str(ROOT)], capture_output=True, text=True, timeout=600)
+    wheels = sorted(out.glob("edge_mer-*.whl"))
+    if proc.returncode != 0 or not wheels:
+        raise UserError(f"building the wheel failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    for src in (model, sidecar_path(model), ROOT / "scripts" / "jetson" / "setup.sh"):
+        (out / src.name).write_bytes(src.read_bytes())
+    config = {"model": model.name, "events": "events.jsonl", "run": ["run", "--camera", "0"]}
+    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    manifest = {"edge_mer": __version__, "source_sha256": tree_hash(ROOT), "wheel": wheels[-1].name,
+                "model": model.name, "model_sha256": _file_hash(model),
+                "sidecar_sha256": _file_hash(sidecar_path(model)), "config_sha256": _file_hash(out / "config.json")}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
+
+
+def deploy(target: Target, model: Path, service: bool = False, dry_run: bool = False,
+           log: Any = print) -> dict[str, Any]:
+    d = Deployer(target, dry_run, log)
+    prefix = target.prefix
+    q = shlex.quote
+    with tempfile.TemporaryDirectory() as tmp:
+        log("1. bundle")
+        manifest = build_bundle(model, Path(tmp) / "bundle")
+        log(f"  {manifest['wheel']}, {model.name}, config.json, setup.sh")
+        log("2. device state")
+        remote = d.ssh(f"cat {prefix}/bundle/manifest.json 2>/dev/null; "
+                       f"cat /etc/nv_tegra_release 2>/dev/null | head -1", check=False)
+        if remote.returncode == 255:
+            raise UserError(_ssh_error(target, remote.stderr, "ssh"))
+        out = remote.stdout
+        jetson = "# R" in out
+        current: dict[str, Any] = {}
+        if out.lstrip().startswith("{"):
+            try:
+                current = json.loads(out[: out.rindex("}") + 1])
+            except ValueError:
+                current = {}
+        changed = current != manifest
+        log(f"  {'Jetson ' + out.split('#', 1)[1].split(',')[0].strip() if jetson else 'not a Jetson'}; "
+            f"{'update needed' if changed else 'up to date: nothing to copy or install'}")
+        if changed:
+            log("3. copy")
+            stage = f"{prefix}/.bundle.new"
+            cmd = f"rm -rf {stage} && mkdir -p {stage}"
+            d.run("stage", cmd)
+            files = sorted(str(p) for p in (Path(tmp) / "bundle").iterdir())
+            log(f"  scp {len(files)} files -> {target.host}:{stage}/")
+            if not dry_run:
+                proc = subprocess.run(["scp", "-q", *target.scp_args(), *files, f"{target.host}:{stage}/"],
+                                      capture_output=True, text=True, timeout=600)
+                if proc.returncode != 0:
+                    d.ssh(f"rm -rf {stage}", check=False)
+                    raise UserError(_ssh_error(target, proc.stderr, "scp"))
+            log("4. install")
+            wheel = f"{prefix}/bundle/{manifest['wheel']}"
+            install = (f"rm -rf {prefix}/bundle.old && (test ! -d {prefix}/bundle || mv {prefix}/bundle "
+                       f"{prefix}/bundle.old) && mv {stage} {prefix}/bundle && ")
+            if jetson:
+                d.run("setup", install + f"bash {prefix}/bundle/setup.sh --from {wheel} --prefix {prefix}/venv")
+                d.run("engine", f"{prefix}/venv/bin/edge-mer build-engine --onnx {prefix}/bundle/{model.name} "
+                                f"--out {prefix}/engines")
+            else:
+                d.run("install", install + f"{q(target.python)} -m pip install -q --no-deps --no-index --upgrade "
+                                 f"--target {prefix}/lib {wheel}")
+                log(f"  (not a Jetson: setup.sh and the engine build are skipped; on a Jetson they would run: "
+                    f"bash {prefix}/bundle/setup.sh --from {wheel} --prefix {prefix}/venv; "
+                    f"edge-mer build-engine --onnx {prefix}/bundle/{model.name} --out {prefix}/engines)")
+        if service:
+            unit = UNIT.format(exe=f"{prefix}/venv/bin/edge-mer", model=f"{prefix}/bundle/{model.name}",
+                               events=f"{prefix}/events.jsonl")
+            log("5. service edge-mer.service" + ("" if jetson and not dry_run else " (dry run)"))
+            cmd = (f"printf %s {q(unit)} | sudo tee /etc/systemd/system/edge-mer.service >/dev/null && "
+                   "sudo systemctl daemon-reload && sudo systemctl enable --now edge-mer.service")
+            if jetson and not dry_run:
+                d.run("systemd", cmd)
+            else:
+                log(f"  ssh {target.host} {cmd}")
+        log("6. check")
+        doctor: dict[str, Any] = {}
+        if not dry_run:
+            env = "" if jetson else f"PYTHONPATH={prefix}/lib "
+            exe = f"{prefix}/venv/bin/python" if jetson else q(target.python)
+            proc = d.ssh(f"{env}{exe} -m edge_mer doctor --json --no-torch")
+            try:
+                doctor = json.loads(proc.stdout)
+            except ValueError:
+                raise UserError(f"the device's edge-mer doctor did not answer with JSON: {proc.stdout[:200]}") from None
+            log(f"  doctor: Python {doctor.get('python', '?')} on {doctor.get('machine', '?')}, engines "
+                f"{sorted(k for k, v in doctor.get('engines', {}).items() if v)}")
+    return {"changed": changed, "jetson": jetson, "manifest": manifest, "doctor": doctor, "dry_run": dry_run}
