@@ -25,8 +25,9 @@ def _size(text: str) -> tuple[int, int]:
     return w, h
 
 
-def _print_json(obj: Any) -> None:
+def print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -37,7 +38,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
         result = selftest(Path(args.model) if args.model else None)
         if args.json:
-            _print_json(result)
+            print_json(result)
         else:
             lat = result["latency_ms"]
             print(f"self-test {'passed' if result['ok'] else 'FAILED'}: {result['tensorrt']} vs ONNX Runtime on "
@@ -47,7 +48,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         return 0 if result["ok"] else 1
     report = collect(import_heavy=not args.no_torch)
     if args.json:
-        _print_json(report.to_dict())
+        print_json(report.to_dict())
     else:
         print(format_report(report))
     return 0
@@ -79,7 +80,7 @@ def cmd_synth_dataset(args: argparse.Namespace) -> int:
                         nuisances=_nuisances(args, Nuisances.lab()))
     summary = write_dataset(cfg, Path(args.out), progress=not args.quiet)
     if args.json:
-        _print_json(asdict(summary))
+        print_json(asdict(summary))
     else:
         print(f"wrote {summary.samples} clips of {summary.subjects} subjects ({summary.frames} frames) "
               f"in the {summary.layout} layout to {summary.root} in {summary.seconds:.1f} s")
@@ -100,7 +101,7 @@ def cmd_synth_video(args: argparse.Namespace) -> int:
     sheet = Path(args.truth_sheet) if args.truth_sheet else None
     summary = write_video(cfg, out, truth, sheet, args.truth_style, progress=not args.quiet)
     if args.json:
-        _print_json(asdict(summary))
+        print_json(asdict(summary))
     else:
         events = ", ".join(f"{v} {k}" for k, v in sorted(summary.events.items())) or "no events"
         print(f"wrote {summary.frames} frames ({summary.size[0]}x{summary.size[1]} at {summary.fps:g} fps) "
@@ -121,7 +122,7 @@ def cmd_synth_faces(args: argparse.Namespace) -> int:
         raise UserError(f"cannot write {out}: use a .png or .jpg path in a writable folder")
     photos = [load_photo(n) for n in photo_names()]
     if args.json:
-        _print_json({"sheet": str(out), "subjects": len(subjects),
+        print_json({"sheet": str(out), "subjects": len(subjects),
                      "photos": [{"name": p.name, "who": p.who, "source": p.source, "licence": p.licence}
                                 for p in photos]})
     else:
@@ -137,7 +138,7 @@ def cmd_data_index(args: argparse.Namespace) -> int:
     index = load(args.dataset, Path(args.root), Path(args.annotations) if args.annotations else None, args.apex)
     summary = index.summary()
     if args.json:
-        _print_json(summary)
+        print_json(summary)
         return 0
     print(f"{index.dataset}: {summary['samples']} samples ({summary['complete']} with all frames on disk) "
           f"of {summary['subjects']} subjects in {index.root}")
@@ -167,7 +168,7 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     summary = prepare(args.dataset, Path(args.root), Path(args.out), cfg,
                       Path(args.annotations) if args.annotations else None, workers, progress=not args.quiet)
     if args.json:
-        _print_json(asdict(summary))
+        print_json(asdict(summary))
     else:
         print(f"features of {summary.samples} samples in {summary.out}: {summary.written} written, "
               f"{summary.reused} already there, {summary.failed} failed, {summary.skipped} skipped "
@@ -253,7 +254,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     if args.json:
-        _print_json(result)
+        print_json(result)
     else:
         _print_scores(result, f"{args.model} ({args.ablation}) {args.protocol}, {result['folds']} folds")
         print(f"wrote {args.out}/metrics.json, predictions.csv, megc_log.txt, confusion.png"
@@ -271,7 +272,7 @@ def _cmd_qat(args: argparse.Namespace) -> int:
     report = finetune(Path(args.qat), Path(args.features), Path(args.out), calibration=args.calibration,
                       epochs=args.epochs or 10, lr=args.lr or 1e-5, seed=args.seed, progress=not args.quiet)
     if args.json:
-        _print_json(report)
+        print_json(report)
     else:
         q = report["quantizers"]
         print(f"QAT: {q['weight']} weight and {q['input']} input quantizers calibrated on "
@@ -287,7 +288,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate(Path(args.checkpoint), Path(args.features), backend=args.backend, threads=args.threads,
                       precision=args.precision, unseen=args.unseen)
     if args.json:
-        _print_json(result)
+        print_json(result)
     else:
         _print_scores(result, f"{args.checkpoint} on {args.features} [{result['backend']}]")
         if result["seen_in_training"]:
@@ -309,7 +310,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     result = deploy(target, model, service=args.service, dry_run=args.dry_run,
                     log=(lambda m: print(m, file=sys.stderr)) if args.json else print)
     if args.json:
-        _print_json(result)
+        print_json(result)
     return 0
 
 

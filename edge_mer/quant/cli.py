@@ -7,15 +7,11 @@ needs them.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
+from edge_mer.cli import print_json  # edge_mer.cli imports this module only inside build_parser
 from edge_mer.errors import UserError
-
-
-def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -23,7 +19,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     report = export(Path(args.checkpoint), Path(args.out), opset=args.opset)
     if args.json:
-        _print_json(report)
+        print_json(report)
         return 0
     print(f"wrote {report['onnx']} ({report['precision']}, {report['bytes'] / 1e6:.2f} MB) and its sidecar")
     if "qdq" in report:
@@ -50,7 +46,7 @@ def cmd_build_set(args: argparse.Namespace) -> int:
     out = Path(args.out)
     save_set(cs, out)
     if args.json:
-        _print_json({"out": str(out), **cs.meta})
+        print_json({"out": str(out), **cs.meta})
     else:
         c = cs.meta["counts"]
         print(f"wrote {out}: {len(cs)} samples ({cs.size}x{cs.size}) from {c['subjects']} subjects; "
@@ -79,7 +75,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     doc = calibrate(Path(args.onnx), Path(args.set), Path(args.out), method=args.method)
     q = count_qdq(Path(args.out))
     if args.json:
-        _print_json({"out": args.out, "sidecar": doc, "qdq": {k: v if isinstance(v, int) else len(v)
+        print_json({"out": args.out, "sidecar": doc, "qdq": {k: v if isinstance(v, int) else len(v)
                                                                 for k, v in q.items()}})
     else:
         print(f"wrote {args.out} (INT8 Q/DQ, {doc['bytes'] / 1e6:.2f} MB) from {args.onnx} calibrated on "
@@ -94,7 +90,7 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
     path = build_engine(Path(args.onnx), Path(args.out), fp16=args.fp16, max_batch=args.max_batch)
     info = read_engine_info(path)
     if args.json:
-        _print_json({"engine": str(path), **info.meta})
+        print_json({"engine": str(path), **info.meta})
     else:
         print(f"engine {path} (TensorRT {info.meta['tensorrt']}, {info.meta['gpu']}, {info.meta['precision']}, "
               f"built in {info.meta['build_seconds']} s)")

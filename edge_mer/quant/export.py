@@ -165,12 +165,10 @@ def _max_diff(model: Any, path: Path, size: int, n: int = 8) -> float:
     """Largest |ONNX Runtime - torch| over the logits of a few inputs of the input range."""
     import torch
 
+    from edge_mer.runtime.backends.base import sample_inputs
     from edge_mer.runtime.backends.onnxruntime import make_session
 
-    rng = np.random.default_rng(0)
-    m = (rng.standard_normal((n, 3, size, size)) * 1.5).astype(np.float32)
-    m[:, 2] = np.abs(m[:, 2])
-    t = rng.standard_normal((n, 1, size, size)).astype(np.float32)
+    m, t = sample_inputs(n, size)
     sess = make_session(path)
     got = sess.run([OUTPUT], {"motion": m, "texture": t})[0]
     with torch.no_grad():

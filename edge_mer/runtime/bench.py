@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,8 @@ import numpy as np
 
 from edge_mer.errors import UserError
 from edge_mer.runtime.backends import available, open_backend
+from edge_mer.runtime.backends.base import sample_inputs
+from edge_mer.runtime.timing import call_times_ms
 
 
 def _percentiles(ms: np.ndarray) -> dict[str, float]:
@@ -49,17 +51,8 @@ def bench_models(model: Path, backends: list[str] | None = None, runs: int = 200
     rows = []
     for name, path, precision in _targets(model, backends, checkpoint):
         be = open_backend(name, path, threads=threads, precision=precision)
-        rng = np.random.default_rng(0)
-        m = rng.standard_normal((1, 3, be.size, be.size)).astype(np.float32)
-        t = rng.standard_normal((1, 1, be.size, be.size)).astype(np.float32)
-        for _ in range(10):
-            be.infer(m, t)
-        times = []
-        for _ in range(runs):
-            s = time.perf_counter()
-            be.infer(m, t)
-            times.append(time.perf_counter() - s)
-        ms = np.asarray(times) * 1e3
+        m, t = sample_inputs(1, be.size)
+        ms = call_times_ms(partial(be.infer, m, t), runs, warmup=10)
         rows.append({"backend": be.describe(), "file": path.name, "precision": be.precision,
                      "bytes": path.stat().st_size, **_percentiles(ms), "throughput_per_s": round(1e3 / ms.mean(), 1)})
         be.close()

@@ -128,8 +128,7 @@ def match_truth(pred: list[tuple[int, int]], truth: Any, frames: int) -> dict[st
     """MEGC spotting match (IoU >= 0.5) of the events' intervals against the demo source's micro-expressions."""
     from edge_mer.spot.metrics import evaluate_spots
 
-    micro = [(int(e.onset), int(e.offset)) for e in truth if getattr(e, "kind", getattr(e, "type", "micro")) ==
-             "micro" and int(e.offset) < frames]
+    micro = [(e.onset, e.offset) for e in truth if e.type == "micro" and e.offset < frames]
     m = evaluate_spots(pred, micro)
     return {k: getattr(m, k) for k in ("tp", "fp", "fn", "precision", "recall", "f1")}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import resource
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -50,6 +50,18 @@ class StageTimer:
                                        "p99": round(float(np.percentile(a, 99)), 3),
                                        "mean": round(float(a.mean()), 3)}
         return out
+
+
+def call_times_ms(fn: Callable[[], object], runs: int, warmup: int = 5) -> np.ndarray:
+    """Milliseconds of each of ``runs`` calls of ``fn`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = np.empty(runs)
+    for i in range(runs):
+        t = time.perf_counter()
+        fn()
+        times[i] = time.perf_counter() - t
+    return times * 1e3
 
 
 def peak_rss_mb() -> float:

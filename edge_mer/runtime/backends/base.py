@@ -38,6 +38,14 @@ def as_batch(motion: np.ndarray, texture: np.ndarray, size: int) -> tuple[np.nda
     return m, t
 
 
+def sample_inputs(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Random model inputs of the normalised input range: u, v ~ N(0, 1.5), strain |N(0, 1.5)|, texture N(0, 1)."""
+    rng = np.random.default_rng(seed)
+    motion = (rng.standard_normal((n, 3, size, size)) * 1.5).astype(np.float32)
+    motion[:, 2] = np.abs(motion[:, 2])
+    return motion, rng.standard_normal((n, 1, size, size)).astype(np.float32)
+
+
 class Backend(ABC):
     """Load once, then ``infer(motion, texture) -> probabilities (B, classes)``."""
 

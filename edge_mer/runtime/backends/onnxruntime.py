@@ -22,7 +22,8 @@ import numpy as np
 
 from edge_mer.errors import UserError
 from edge_mer.runtime.artifact import INPUTS, OUTPUT, Artifact, load_artifact
-from edge_mer.runtime.backends.base import Backend
+from edge_mer.runtime.backends.base import Backend, sample_inputs
+from edge_mer.runtime.timing import call_times_ms
 
 PRECISIONS = ("auto", "file", "fp32", "int8")
 
@@ -73,17 +74,9 @@ def make_session(path: Path, threads: int | None = None) -> Any:
 
 def time_session(sess: Any, size: int, runs: int = 30) -> float:
     """Median latency in ms of one sample."""
-    rng = np.random.default_rng(0)
-    feed = {"motion": rng.standard_normal((1, 3, size, size), np.float32),
-            "texture": rng.standard_normal((1, 1, size, size), np.float32)}
-    for _ in range(5):
-        sess.run(None, feed)
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        sess.run(None, feed)
-        times.append(time.perf_counter() - t)
-    return float(np.median(times) * 1e3)
+    motion, texture = sample_inputs(1, size)
+    feed = {"motion": motion, "texture": texture}
+    return float(np.median(call_times_ms(lambda: sess.run(None, feed), runs)))
 
 
 class OnnxRuntimeBackend(Backend):
@@ -94,13 +87,15 @@ class OnnxRuntimeBackend(Backend):
             raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         art = load_artifact(path)
         self.choice: dict[str, Any] = {}
+        self._timed: dict[Path, Any] = {}  # sessions opened to time the precisions, reused for the choice
         art = self._pick(art, threads, precision)
         self.artifact = art
         self.size = art.size
         self.class_names = art.class_names
         self.precision = art.precision
         self.threads = threads
-        self.session = make_session(art.path, threads)
+        self.session = self._timed.pop(art.path, None) or make_session(art.path, threads)
+        self._timed.clear()
 
     def _pick(self, art: Artifact, threads: int | None, precision: str) -> Artifact:
         if precision == "file" or precision == art.precision:
@@ -122,7 +117,8 @@ class OnnxRuntimeBackend(Backend):
         except (OSError, json.JSONDecodeError):
             known = {}
         if key not in known:
-            ms = {p: time_session(make_session(a.path, threads), a.size) for p, a in pair.items()}
+            self._timed = {a.path: make_session(a.path, threads) for a in pair.values()}
+            ms = {p: time_session(self._timed[a.path], a.size) for p, a in pair.items()}
             known[key] = {"choice": min(ms, key=lambda p: ms[p]), "ms": ms, "cpu": cpu_name(),
                           "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
             try:
