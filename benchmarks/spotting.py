@@ -8,12 +8,13 @@ spotter) over every frame. Spots are scored against the micro-expression truth a
 does (IoU >= 0.5, TP/FP/FN pooled over the videos).
 
 Besides the defaults, the same frames go through variants that show why the defaults
-are what they are: the crop size S, a short lag (the onset-to-apex time, 0.13 s), no
-back value (the return-to-rest check with the 0.6 s lag), no blink suppression, and the
-other DIS presets. Costs: the motion signal (crop and flows) per frame, mean over all
-frames, and the whole pipeline per frame (face re-detection and spotter included,
-median and 95th percentile), on one OpenCV thread; and the latency of one flow of
-each method at S = 128.
+are what they are: the crop size S, shorter and longer lags (the onset-to-apex time,
+0.13 s; 0.4 s, shorter than the longest micro-expression; 0.6 s), the threshold, no
+blink suppression, and the other DIS presets. Report delay: frames between a spot's
+offset and the frame whose update reported it. Costs: the motion signal (crop and flow)
+per frame, mean over all frames, and the whole pipeline per frame (face re-detection and
+spotter included, median and 95th percentile), on one OpenCV thread; and the latency of
+one flow of each method at S = 128.
 
     python benchmarks/spotting.py [--videos 6] [--seconds 60] [--keep DIR]
 """
@@ -39,7 +40,7 @@ import numpy as np
 from edge_mer.data.synth.video import VideoConfig, write_video
 from edge_mer.runtime.backends.onnxruntime import cpu_name
 from edge_mer.spot.metrics import SpottingScore, evaluate_spots
-from edge_mer.spot.signal import DEFAULT_SIZE, FaceTrack, SignalConfig, face_crop
+from edge_mer.spot.signal import DEFAULT_SIZE, FaceTrack, SignalConfig, face_crop, lag_frames
 from edge_mer.spot.spotter import FrameSpotter, SpotterConfig
 from edge_mer.spot.truth import micro_intervals, read_truth
 
@@ -56,13 +57,16 @@ class Variant:
 
 
 VARIANTS = (
-    Variant("default", "S = 128, k = 0.4 s, back value 0.6 s, blink gate, DIS fast"),
+    Variant("default", "S = 128, k = 0.5 s, c = 5, blink gate, DIS fast"),
     Variant("S = 96", "smaller crop", size=96),
     Variant("S = 112", "the recognition crop size", size=112),
     Variant("S = 160", "larger crop", size=160),
     Variant("k = 0.13 s", "lag = an onset-to-apex time", signal=SignalConfig(lag_s=0.13),
             spotter=SpotterConfig(lag_s=0.13)),
-    Variant("no back value", "no return-to-rest check at 0.6 s", signal=SignalConfig(back_s=0.0)),
+    Variant("k = 0.4 s", "lag shorter than the longest micro-expression", signal=SignalConfig(lag_s=0.4),
+            spotter=SpotterConfig(lag_s=0.4)),
+    Variant("k = 0.6 s", "longer lag", signal=SignalConfig(lag_s=0.6), spotter=SpotterConfig(lag_s=0.6)),
+    Variant("c = 5.5", "higher threshold", spotter=SpotterConfig(c=5.5)),
     Variant("no blink gate", "brows count during blinks", signal=SignalConfig(blink_gate=math.inf)),
     Variant("DIS ultrafast", "cheaper flow", signal=SignalConfig(preset="ultrafast")),
     Variant("DIS medium", "dearer flow", signal=SignalConfig(preset="medium")),
@@ -100,12 +104,13 @@ def spot_one(video: Path, variants: tuple[Variant, ...]) -> tuple[list[Run], int
 
 
 def flow_latency(video: Path, repeats: int = 200) -> dict[str, float]:
-    """Milliseconds per flow between two S = 128 crops 0.4 s apart, per method (median)."""
+    """Milliseconds per flow between two S = 128 crops 0.5 s apart, per method (median)."""
     cap = cv2.VideoCapture(str(video))
     fps = float(cap.get(cv2.CAP_PROP_FPS))
     track = FaceTrack(DEFAULT_SIZE, fps)
     crops: list[np.ndarray] = []
-    while len(crops) < repeats + 13:
+    lag = lag_frames(fps)
+    while len(crops) < repeats + lag + 1:
         ok, frame = cap.read()
         if not ok:
             break
@@ -127,11 +132,11 @@ def flow_latency(video: Path, repeats: int = 200) -> dict[str, float]:
         a, b, None, 0.5, 3, 9, 3, 5, 1.1, 0)
     out = {}
     for name, fn in methods.items():
-        fn(crops[0], crops[12])
+        fn(crops[0], crops[lag])
         times = []
-        for i in range(12, len(crops)):
+        for i in range(lag, len(crops)):
             start = time.perf_counter()
-            fn(crops[i - 12], crops[i])
+            fn(crops[i - lag], crops[i])
             times.append(time.perf_counter() - start)
         out[name] = round(1000 * float(np.median(times)), 3)
     return out
@@ -150,6 +155,7 @@ def main() -> None:
     totals = {v.name: SpottingScore(0, 0, 0) for v in VARIANTS}
     signal_ms = {v.name: [] for v in VARIANTS}
     pipeline: list[float] = []
+    delays: list[int] = []  # frames from a spot's offset to its report
     per_video = []
     for i in range(args.videos):
         cfg = VideoConfig(seconds=args.seconds, fps=30.0, size=(640, 480), subject=i, seed=100 + i)
@@ -167,17 +173,19 @@ def main() -> None:
                 row.update(score.to_dict())
                 row["face_alignments"] = run.runner.alignments
                 pipeline += run.push_s
+                delays += [sp.emitted_at - sp.offset for sp in run.spots]
         per_video.append(row)
         print(f"{video.name}: {len(truth)} micro-expressions, default F1 {row['f1']:.3f} "
               f"(TP {row['tp']}, FP {row['fp']}, FN {row['fn']})", flush=True)
     latency = flow_latency(folder / "spot_0.mp4")
     if tmp is not None:
         tmp.cleanup()
-    write_results(args, totals, signal_ms, pipeline, per_video, latency)
+    write_results(args, totals, signal_ms, pipeline, delays, per_video, latency)
 
 
 def write_results(args: argparse.Namespace, totals: dict[str, SpottingScore], signal_ms: dict[str, list[float]],
-                  pipeline: list[float], per_video: list[dict[str, Any]], latency: dict[str, float]) -> None:
+                  pipeline: list[float], delays: list[int], per_video: list[dict[str, Any]],
+                  latency: dict[str, float]) -> None:
     machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "opencv": cv2.__version__, "opencv_threads": 1,
                "numpy": np.__version__, "python": platform.python_version()}
     command = " ".join(["python benchmarks/spotting.py", *sys.argv[1:]])
@@ -187,10 +195,13 @@ def write_results(args: argparse.Namespace, totals: dict[str, SpottingScore], si
     pipe = {"p50": round(1000 * float(np.percentile(pipeline, 50)), 3),
             "p95": round(1000 * float(np.percentile(pipeline, 95)), 3),
             "mean": round(1000 * float(np.mean(pipeline)), 3)}
+    delay = {"p50": float(np.percentile(delays, 50)), "p95": float(np.percentile(delays, 95)),
+             "max": int(max(delays)), "spots": len(delays)} if delays else None
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "spotting.json").write_text(json.dumps(
         {"date": date, "machine": machine, "command": command, "videos": per_video, "variants": variants,
-         "pipeline_ms_per_frame": pipe, "flow_ms": latency, "iou_threshold": 0.5}, indent=2) + "\n")
+         "pipeline_ms_per_frame": pipe, "report_delay_frames": delay, "flow_ms": latency, "iou_threshold": 0.5},
+        indent=2) + "\n")
     d = variants["default"]
     lines = [f"# Micro-expression spotting on synthetic long videos ({date})", "",
              f"Machine: {machine['cpu']}, {machine['cores']} cores, one OpenCV thread; OpenCV {machine['opencv']}, "
@@ -202,8 +213,11 @@ def write_results(args: argparse.Namespace, totals: dict[str, SpottingScore], si
              "scoring: a spot is a TP at IoU >= 0.5 with a micro-expression, counts pooled over the videos.", "",
              f"**Default: precision {d['precision']:.3f}, recall {d['recall']:.3f}, F1 {d['f1']:.3f}** "
              f"(TP {d['tp']}, FP {d['fp']}, FN {d['fn']}); motion signal {d['signal_ms_per_frame']:.2f} ms per "
-             f"frame (face crop and two DIS flows at S = 128); whole pipeline per frame {pipe['p50']:.2f} ms median, "
+             f"frame (face crop and one DIS flow at S = 128); whole pipeline per frame {pipe['p50']:.2f} ms median, "
              f"{pipe['p95']:.2f} ms 95th percentile (face re-detection every 2 s included).", "",
+             *([f"Report delay (frames from a spot's offset to the frame that reported it, {delay['spots']} spots): "
+                f"median {delay['p50']:g}, 95th percentile {delay['p95']:g}, max {delay['max']} "
+                f"({1000 * delay['max'] / 30:.0f} ms at 30 fps).", ""] if delay else []),
              "| video | micro-expressions | TP | FP | FN | precision | recall | F1 | face alignments |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in per_video:
@@ -216,7 +230,7 @@ def write_results(args: argparse.Namespace, totals: dict[str, SpottingScore], si
     for name, v in variants.items():
         lines.append(f"| {name} | {v['why']} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | "
                      f"{v['tp']} | {v['fp']} | {v['fn']} | {v['signal_ms_per_frame']:.2f} |")
-    lines += ["", "One flow between two S = 128 face crops 0.4 s apart (median ms):", "",
+    lines += ["", "One flow between two S = 128 face crops 0.5 s apart (median ms):", "",
               "| method | ms |", "|---|---:|"]
     lines += [f"| {k} | {v:.3f} |" for k, v in latency.items()]
     (RESULTS / "spotting.md").write_text("\n".join(lines) + "\n")

@@ -83,6 +83,17 @@ def test_bad_sources_are_one_line(tmp_path):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
 
 
+def test_display_without_a_gui_says_what_to_do_instead(tmp_path):
+    """--display with a headless OpenCV or no desktop session: one line pointing to --record, nothing written."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    proc = subprocess.run([sys.executable, "-m", "edge_mer", "run", "--demo", "--display", "--events",
+                           str(tmp_path / "events.jsonl")], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("edge-mer: error: --display needs"), proc.stderr
+    assert "--record" in proc.stderr
+    assert not (tmp_path / "events.jsonl").exists()
+
+
 def _start_demo(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
     events = tmp_path / "events.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "edge_mer", "run", "--demo", "--demo-seconds", "60", "--events",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import signal
 import sys
 import time
@@ -64,6 +66,20 @@ def source_uri(args: argparse.Namespace) -> str:
     raise UserError("no source: give --camera N, --source URI or --demo")
 
 
+def check_display() -> None:
+    """``--display`` needs OpenCV built with a GUI and a desktop session: one clear line when either is missing."""
+    import cv2
+
+    gui = re.search(r"^\s*GUI:\s*(\S+)", cv2.getBuildInformation(), re.MULTILINE)
+    if gui is None or gui.group(1).upper() == "NONE":
+        raise UserError("--display needs OpenCV with a GUI, and this one is headless (install opencv-contrib-python "
+                        "instead of the -headless wheel, or use JetPack's OpenCV); --record FILE writes the overlay "
+                        "to a video instead")
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        raise UserError("--display needs a desktop session (DISPLAY is not set); --record FILE writes the overlay "
+                        "to a video instead")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from edge_mer.flow.stage import make_stage
     from edge_mer.runtime.backends import open_backend
@@ -71,6 +87,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edge_mer.runtime.loop import LoopConfig, Recognizer, run_loop
     from edge_mer.runtime.sources import open_source
 
+    if args.display:
+        check_display()
     model = Path(args.model) if args.model else default_model()
     uri = source_uri(args)
     source = open_source(uri, realtime=False if args.no_realtime else None)  # a bad source fails first

@@ -148,8 +148,6 @@ def spot_video(path: Path, fps: float | None = None, size: int | None = None, tr
     source = open_frames(path, fps)
     runner = FrameSpotter(source.fps, size)
     values: list[float] = []
-    backs: list[float] = []
-    signal: list[float] = []
     threshold: list[float] = []
     spots: list[Spot] = []
     start = time.perf_counter()
@@ -158,12 +156,7 @@ def spot_video(path: Path, fps: float | None = None, size: int | None = None, tr
         for frame in bar:
             spots += runner.push(frame)
             values.append(math.nan if runner.value is None else runner.value)
-            backs.append(math.nan if runner.back is None else runner.back)
-            signal.append(math.nan)
-            threshold.append(math.nan)
-            if runner.last is not None:
-                j, s, thr = runner.last
-                signal[j], threshold[j] = s, thr
+            threshold.append(math.nan if runner.last is None or runner.value is None else runner.last[2])
     spots += runner.finish()
     elapsed = time.perf_counter() - start
     n = len(values)
@@ -171,8 +164,7 @@ def spot_video(path: Path, fps: float | None = None, size: int | None = None, tr
         raise UserError(f"no frames could be read from {path} (empty or corrupt)")
     if runner.alignments == 0:
         raise NoFaceError(f"no face found in any of the {n} frames of {path}")
-    result = SpotResult(source.fps, np.array(values), np.array(signal), np.array(threshold), spots,
-                        np.array(backs))
+    result = SpotResult(source.fps, np.array(values), np.array(threshold), spots)
     report = SpotReport(str(path), n, source.fps, size, result, runner.alignments, elapsed,
                         1000 * runner.signal_seconds / max(1, n))
     if truth is not None:
@@ -220,9 +212,9 @@ def add_parser(subparsers: Any) -> None:
         "spot", help="find micro-expressions (onset, apex, offset) in a video or frame folder",
         description="Run the streaming spotter over a video file or a folder of numbered frames: face "
                     "alignment, a per-frame motion signal over facial regions (head motion removed, blinks "
-                    "suppressed), an adaptive threshold and micro-expression length bounds. With --truth the "
-                    "spots are scored as MEGC does (IoU >= 0.5). Example: edge-mer spot --video clip.mp4 "
-                    "--truth clip.csv --plot spots.png")
+                    "suppressed), an adaptive threshold, a return-to-rest check and micro-expression length "
+                    "bounds. With --truth the spots are scored as MEGC does (IoU >= 0.5). Example: edge-mer spot "
+                    "--video clip.mp4 --truth clip.csv --plot spots.png")
     p.add_argument("--video", required=True, help="video file, or a folder of numbered frames (needs --fps)")
     p.add_argument("--fps", type=float, help="frame rate (required for a frame folder; overrides a file's)")
     p.add_argument("--truth", help="truth: the generator's CSV, or a CAS(ME)^2 / SAMM long-video sheet "

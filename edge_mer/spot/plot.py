@@ -1,4 +1,4 @@
-"""The spotting signal as a PNG: value, s, threshold, spots and truth over time (matplotlib, imported lazily)."""
+"""The spotting signal as a PNG: value, threshold, spots and truth over time (matplotlib, imported lazily)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ TRUTH_COLOURS = {"micro": "tab:red", "macro": "tab:green", "blink": "0.6", "othe
 
 
 def plot_spots(result: SpotResult, out: Path, truth: list[TruthInterval] | None = None, title: str = "") -> Path:
-    """Write ``out``: the signal's value and s with the threshold, spots above and truth below the curves."""
+    """Write ``out``: the signal's value with the threshold, spots above and truth below the curves."""
     try:
         import matplotlib
 
@@ -29,10 +29,9 @@ def plot_spots(result: SpotResult, out: Path, truth: list[TruthInterval] | None 
     seconds = max(float(t[-1]) if len(t) else 0.0, 1.0)
     fig, ax = plt.subplots(figsize=(min(40.0, max(10.0, seconds / 4)) + 2.5, 4.0))
     try:
-        ax.plot(t, result.values, lw=0.5, color="0.7", label="value (face vs. k frames before)")
-        ax.plot(t, result.signal, lw=1.0, color="tab:blue", label="s = min(value(t), value(t + k))")
+        ax.plot(t, result.values, lw=0.8, color="tab:blue", label="value (face vs. k frames before)")
         ax.plot(t, result.threshold, lw=0.8, ls="--", color="black", label="threshold (median + c MAD)")
-        top = float(np.nanmax(np.concatenate([result.signal, result.values, [1.0]])))
+        top = float(np.nanmax(np.concatenate([result.values, [1.0]])))
         for i, s in enumerate(result.spots):
             ax.axvspan(s.onset / result.fps, (s.offset + 1) / result.fps, ymin=0.9, ymax=1.0, color="tab:orange",
                        label="spots" if i == 0 else None)

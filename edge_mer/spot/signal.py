@@ -1,14 +1,13 @@
 """A cheap per-frame facial motion signal for spotting, from aligned grey face crops.
 
 For frame t the signal compares the S x S crop at t with the crop at t - k, where
-``k = lag_frames(fps) = max(1, round(LAG_S * fps))``, LAG_S = 0.4 s (12 frames at 30 fps,
-80 at 200 fps):
+``k = lag_frames(fps) = max(1, ceil(LAG_S * fps))``, LAG_S = 0.5 s (15 frames at 30 fps,
+100 at 200 fps):
 
 1. dense flow crop[t - k] -> crop[t]: OpenCV's DIS, fast preset, refined down to half
    resolution (finest scale 1): 0.7 ms at S = 128 on one CPU core, where Farneback takes
-   2.1 ms and DIS at full resolution 3.0 ms; the ultrafast preset (0.3 ms) loses recall
-   (F1 0.75 against 0.83), the medium one (1.0 ms) gains nothing (0.83)
-   (benchmarks/results/spotting.md);
+   2.1 ms and DIS at full resolution 3.0 ms; the ultrafast preset (0.3 ms) loses recall,
+   the medium one (1.0 ms) gains nothing (benchmarks/results/spotting.md);
 2. head motion: an affine motion fitted to the flow on a grid inside the face ellipse
    (least squares reweighted three times with weights 1 / max(1, r / 2 sigma)^2, so that
    the local motion of an expression counts little) is subtracted; the fit follows the
@@ -24,35 +23,32 @@ For frame t the signal compares the S x S crop at t with the crop at t - k, wher
 5. blink suppression: the eyes never count (they blink), and while either eye moves more
    than ``blink_gate`` (6) times its usual motion the brows do not count either (a closing
    lid drags the skin under the brows), so a blink leaves only the lower face (without
-   the gate the benchmark's false positives go from 1 to 19);
+   the gate the benchmark's false positives go up several times);
 6. the value is the mean of the ``top`` (2) largest normalised part motions.
 
-The same measure with the lag ``back_lag`` = 0.6 s is ``MotionSignal.back``: the spotter
-uses it to check that the face returned to rest after an event (a micro-expression ends
-within 0.5 s; a macro-expression's rise does not come back). The signal, crop and both
-flows, costs 2.4 ms per frame at S = 128 on one core of the benchmark's machine.
-
-Why k is 0.4 s rather than an onset-to-apex time (~0.1-0.15 s): a lag at least as long
-as most micro-expressions measures the displacement from the neutral face, which has the
-profile of the expression itself (0 at onset, largest at apex, 0 at offset), where a
-short lag measures speed (two humps with a dip at the apex, hard to turn into intervals):
-on the benchmark's videos F1 is 0.60 with k = 0.13 s and 0.83 with 0.4 s. The echo of an
-event k frames later (the crop at t - k is then the displaced one) is removed by the
-spotter, which takes min(value(t), value(t + k)): displaced from both the past and the
-future. 0.4 s instead of the 0.5 s micro bound keeps the spotter's latency within 0.5 s
-after an offset; only the tails of the longest micro-expressions are shortened.
+Why k is 0.5 s, the longest micro-expression, rather than an onset-to-apex time
+(~0.1-0.15 s): while t - k is still before an expression's onset, the value measures the
+face's displacement from its neutral, pre-onset state, which has the profile of the
+expression itself (0 at onset, largest at apex, 0 again at offset). With k at least the
+longest micro-expression the whole profile, and the face's return to rest after it, is
+seen in the value as it happens, so the spotter can report a spot a frame or two after its
+offset (``edge_mer.spot.spotter``). A short lag measures speed instead (two humps with a
+dip at the apex, hard to turn into intervals); k = 0.13 s loses a quarter of the F1 on
+the benchmark's videos. The event's echo k frames later (the crop at t - k is then the
+displaced one) is ignored by the spotter. One flow per frame: the signal costs about
+1.3 ms per frame at S = 128 on one core of the benchmark's machine.
 
 S = 128 (``DEFAULT_SIZE``): the brows and lips of a micro-expression move 0.5 to 2 px at
-S = 112, close to what DIS resolves at its half-resolution level. On the benchmark's
-640x480 videos F1 is 0.70 at S = 96, 0.81 at 112, 0.83 at 128 and 0.87 at 160, for 1.7,
-2.0, 2.4 and 3.3 ms per frame: 128 is the middle ground for a device, ``--size 160``
-buys recall on a desktop. ``face_crop`` makes the crop from a camera frame and a
-``FaceAlignment`` matrix, shrinking the face region with area averaging first when the
-face is larger than the crop, so that the warp does not alias sensor noise into the flow.
+S = 112, close to what DIS resolves at its half-resolution level; smaller crops lose
+recall, ``--size 160`` buys some on a desktop (benchmarks/results/spotting.md).
+``face_crop`` makes the crop from a camera frame and a ``FaceAlignment`` matrix,
+shrinking the face region with area averaging first when the face is larger than the
+crop, so that the warp does not alias sensor noise into the flow.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -63,8 +59,7 @@ import numpy as np
 from edge_mer.face.align import CANONICAL_EYE_Y, CANONICAL_IOD, FaceAligner, FaceAlignment, NoFaceError
 from edge_mer.flow.stage import to_gray
 
-LAG_S = 0.4
-BACK_S = 0.6
+LAG_S = 0.5
 NORM_S = 10.0
 DEFAULT_SIZE = 128
 MIN_MOTION = 0.005  # px: floor of a region's usual motion (a noiseless still face)
@@ -88,10 +83,10 @@ PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPT
 
 
 def lag_frames(fps: float, lag_s: float = LAG_S) -> int:
-    """k, the frames between the two crops of one flow: ``max(1, round(lag_s * fps))``."""
+    """k, the frames between the two crops of one flow: ``max(1, ceil(lag_s * fps))`` (never shorter than lag_s)."""
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
-    return max(1, int(round(lag_s * fps)))
+    return max(1, int(math.ceil(lag_s * fps - 1e-9)))
 
 
 def face_crop(frame: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
@@ -128,7 +123,6 @@ class SignalConfig:
     """How the motion signal is computed; the defaults are the measured ones (benchmarks/spotting.py)."""
 
     lag_s: float = LAG_S  # seconds between the two crops of the value's flow
-    back_s: float = BACK_S  # seconds between the two crops of the back value's flow (0: no back value)
     preset: str = "fast"  # DIS preset: ultrafast, fast or medium
     finest_scale: int = 1  # DIS finest pyramid level (0: full resolution)
     norm_s: float = NORM_S  # window of each part's running median
@@ -236,10 +230,7 @@ class MotionSignal:
 
     ``push`` returns None until k = ``lag_frames(fps)`` earlier crops have been seen, then a
     float >= 0: the mean of the largest part motions between the crops at t - k and t, each
-    in multiples of that part's usual motion. After each push, ``back`` is the same measure
-    between the crops at t - ``back_lag`` (0.6 s) and t (None until that many crops were
-    seen), which the spotter uses to tell a micro-expression (the face returns to rest)
-    from the rise of a longer expression; ``regions`` (normalised motion per part),
+    in multiples of that part's usual motion. ``regions`` (normalised motion per part),
     ``blink`` and ``head`` (the fitted affine head motion, (3, 2)) describe the last value.
     """
 
@@ -252,20 +243,15 @@ class MotionSignal:
         self.fps = float(fps)
         self.size = size
         self.lag = lag_frames(fps, self.config.lag_s)
-        self.back_lag = lag_frames(fps, self.config.back_s) if self.config.back_s > 0 else 0
-        self._near = _Parts(size, fps, self.config)
-        self._far = _Parts(size, fps, self.config) if self.back_lag else None
+        self._parts = _Parts(size, fps, self.config)
         self.reset()
 
     def reset(self, keep_usual: bool = False) -> None:
         """Forget the crops (a cut in the video; ``keep_usual``: a new face alignment of the same face,
         whose parts keep their usual motion)."""
-        self._crops: deque[np.ndarray] = deque(maxlen=max(self.lag, self.back_lag) + 1)
+        self._crops: deque[np.ndarray] = deque(maxlen=self.lag + 1)
         if not keep_usual:
-            self._near.reset()
-            if self._far is not None:
-                self._far.reset()
-        self.back: float | None = None
+            self._parts.reset()
         self.regions: dict[str, float] = {}
         self.blink = False
         self.head = np.zeros((3, 2))
@@ -276,16 +262,11 @@ class MotionSignal:
         if gray.shape != (self.size, self.size):
             raise ValueError(f"expected a {self.size} x {self.size} crop, got {gray.shape[1]} x {gray.shape[0]}")
         self._crops.append(np.ascontiguousarray(gray, np.uint8))
-        n = len(self._crops)
-        self.back = None
-        if self._far is not None and n > self.back_lag:
-            motion, _ = self._far.motion(self._crops[-1 - self.back_lag], self._crops[-1])
-            self.back = self._far.value(motion)[0]
-        if n <= self.lag:
+        if len(self._crops) <= self.lag:
             return None
-        motion, self.head = self._near.motion(self._crops[-1 - self.lag], self._crops[-1])
-        value, norm, self.blink = self._near.value(motion)
-        self.regions = {name: float(v) for name, v in zip(self._near.names, norm, strict=True)}
+        motion, self.head = self._parts.motion(self._crops[0], self._crops[-1])
+        value, norm, self.blink = self._parts.value(motion)
+        self.regions = {name: float(v) for name, v in zip(self._parts.names, norm, strict=True)}
         return value
 
 

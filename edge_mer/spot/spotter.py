@@ -1,43 +1,49 @@
-"""From the motion signal to micro-expression spots (onset, apex, offset), streaming or offline.
+"""From the motion signal to micro-expression spots (onset, apex, offset), streaming, reported as they end.
 
-The spotter receives one value per frame from ``MotionSignal`` (and, optionally, its
-``back`` value) and works on
+The spotter receives one value per frame from ``MotionSignal``: how far the face at t
+moved since the face k = 0.5 s before (``edge_mer.spot.signal``). While t - k is before an
+expression's onset, that is the face's displacement from rest, so the value traces the
+expression as it happens: it rises from the onset, peaks at the apex and falls back to
+rest at the offset. The rules, all causal (each frame's decision uses values up to it):
 
-    s(t) = min(value(t), value(t + k)),   k = lag_frames(fps)
-
-(the face at t is displaced both from the face k frames before and k frames after), which
-keeps an event and drops the echo the signal's lag leaves k frames after it. Then:
-
-* adaptive threshold: ``median + c * MAD`` of s over the trailing ``window_s`` (5) seconds,
-  MAD scaled by 1.4826 to a standard deviation, c = 5.5. Median and MAD follow slow changes
-  of the noise (lighting, compression, distance) and ignore the sparse events;
-* a candidate starts where s rises above the threshold (after ``warmup_s`` seconds of s,
-  and only once s has been below the threshold since the last candidate); its apex is the
-  highest s before s falls to half its height above the median;
+* adaptive threshold: ``median + c * MAD`` of the values over the trailing ``window_s``
+  (5) seconds, MAD scaled by 1.4826 to a standard deviation, c = 5. Median and MAD follow
+  slow changes of the noise (lighting, compression, distance) and ignore the sparse events;
+* a candidate opens where the value rises above the threshold (after ``warmup_s`` seconds
+  of values, only once the value has been below the threshold since the last candidate,
+  and not on an echo, see below); its apex is the highest value while it is open;
+* return to rest: after the value has fallen below half the apex height, the candidate is
+  decided at the first frame where it is back at rest, at most ``median + min(rest_c *
+  MAD, rest_frac * height)`` (3 MADs or 0.3 of the height, whichever is lower). That
+  frame's value compares the face with the face k frames before, which is a face from
+  before the rise as long as t - k is before the rise (the first frame above the
+  threshold, displaced by more than the rest level). A candidate that has not come back
+  by then is not a micro-expression (the rise of a macro-expression, a head turn, a
+  lasting change of pose) and is dropped;
 * interval: an expression's intensity rises and falls smoothly, so its half-height
   crossings sit about halfway between apex and onset and between apex and offset. The
   onset and offset are the crossings moved away from the apex to ``extend`` (2) times
   their distance, which does not depend on the threshold and stays stable under noise;
-* candidates closer than ``merge_s`` seconds (2 frames at 30 fps) are merged into one;
+  when the value dips below half height and rises again before coming back to rest, the
+  two humps are one candidate;
 * length bounds from the frame rate: a micro-expression lasts from 1/25 s (at least 2
   frames) to 0.5 s (the usual definition, MEGC); with the inclusive offset and 1/30 s of
   estimation slack an interval may span ``floor(0.5 fps) + 1 + round(fps / 30)`` frames
-  (17 at 30 fps, 6 at 10 fps, 108 at 200 fps).
-  Longer intervals, merged or not, are macro-expressions and are rejected;
-* back to rest: the rise of a macro-expression can look like a short event in s; after a
-  micro-expression, though, the face returns to where it was before the onset. A candidate
-  is rejected when the value (lag k, for intervals shorter than k) or the back value (lag
-  0.6 s) shows the face after the offset still away from the face before the onset
-  (above median + ``rest_c`` * MAD of that series). Without the back value the benchmark's
-  false positives go from 1 to 11, nearly all on macro-expressions;
+  (17 at 30 fps, 6 at 10 fps, 108 at 200 fps). Longer intervals are macro-expressions;
+* glitches: a candidate must stay above half its height for ``glitch_s`` (2 frames at 30
+  fps); one bad frame (a compression artefact, a torn frame) never makes a spot;
+* echoes: k frames after any candidate the crop at t - k is the displaced one, and the
+  value rises again while the face is at rest; rises whose t - k falls inside an earlier
+  candidate are ignored;
 * a spot that overlaps one already reported is suppressed (the first one stands).
 
-Latency: a spot is reported once nothing can merge into it any more, i.e. when s is
-known ``merge_s`` after its offset; s(t) needs the value at t + k, so the report comes
-k + merge frames after the offset: 14 frames (0.47 s) at 30 fps, within the 0.5 s bound.
+Latency: a spot is reported at its estimated offset frame or at the frame that shows the
+face back at rest, whichever comes later: on the benchmark's videos at the offset frame
+for 95 % of the spots and never more than 3 frames (0.1 s at 30 fps) after it
+(benchmarks/results/spotting.md).
 
-``spot_series`` runs the same streaming code over a whole series and also returns s and
-the threshold per frame.
+``spot_series`` runs the same streaming code over a whole series and also returns the
+threshold per frame.
 """
 
 from __future__ import annotations
@@ -51,7 +57,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge_mer.spot.signal import (
-    BACK_S,
     DEFAULT_SIZE,
     LAG_S,
     FaceTrack,
@@ -85,44 +90,43 @@ class Spot:
 class SpotterConfig:
     """The spotting rules; times in seconds, turned into frames with the frame rate.
 
-    The defaults are the measured ones (benchmarks/spotting.py); ``lag_s`` and ``back_s``
-    must be the signal's (``SignalConfig``).
+    The defaults are the measured ones (benchmarks/spotting.py); ``lag_s`` must be the
+    signal's (``SignalConfig``).
     """
 
     lag_s: float = LAG_S  # k: the lag of the signal's value
-    back_s: float = BACK_S  # the lag of the signal's back value
-    c: float = 5.5  # threshold = median + c * MAD
+    c: float = 5.0  # threshold = median + c * MAD
     window_s: float = 5.0  # trailing window of median and MAD
-    warmup_s: float = 0.5  # no spots before this much s
+    warmup_s: float = 0.5  # no spots before this much signal
     extend: float = 2.0  # onset/offset = half-height crossings moved to this many times their distance to the apex
-    merge_s: float = 0.067  # candidates closer than this are one
-    rest_c: float = 3.0  # at rest: value <= its median + rest_c * MAD
-    rest_s: float = 0.1  # frames after the offset the back value is checked over
+    rest_c: float = 3.0  # back at rest: value <= median + min(rest_c * MAD, rest_frac * height)
+    rest_frac: float = 0.3
+    glitch_s: float = 0.067  # a candidate stays above half height at least this long (2 frames at 30 fps)
     min_s: float = MICRO_MIN_S
     max_s: float = MICRO_MAX_S
 
 
 @dataclass
 class _Candidate:
-    onset: int
+    rise: int  # first frame above the threshold
     apex: int
-    offset: int
-    peak: float  # s at the apex, minus the median there
-    score: float
+    height: float  # value at the apex minus the median at the rise
+    base: float  # median and MAD at the rise
+    mad: float
     apex_ts: float
-    too_long: bool = False
+    above: int = 1  # frames above half height
+    cross: float | None = None  # where the value fell below half height (fractional frame), None while above
+    decided: tuple[int, int] | None = None  # (onset, offset) once back at rest
 
 
 @dataclass
 class SpotResult:
-    """An offline run: the input values, s, the threshold (NaN where undefined) and the spots."""
+    """An offline run: the signal's values and the threshold per frame (NaN where undefined) and the spots."""
 
     fps: float
     values: np.ndarray  # (N,) the signal's values, NaN where it had none
-    signal: np.ndarray  # (N,) s(t) = min(value(t), value(t + k))
     threshold: np.ndarray  # (N,)
     spots: list[Spot] = field(default_factory=list)
-    back: np.ndarray | None = None  # (N,) the signal's back values, when it gave them
 
     def intervals(self) -> list[tuple[int, int]]:
         return [(s.onset, s.offset) for s in self.spots]
@@ -137,244 +141,174 @@ class Spotter:
         self.lag = lag_frames(fps, cfg.lag_s)
         self.window = max(5, int(round(cfg.window_s * fps)))
         self.warmup = max(1, int(round(cfg.warmup_s * fps)))
-        self.merge = max(1, int(round(cfg.merge_s * fps)))
+        self.glitch = max(1, int(round(cfg.glitch_s * fps)))
         self.min_frames = max(2, int(math.ceil(cfg.min_s * fps - 1e-9)))
         # inclusive offset (+1) and about 1/30 s of slack for the interval estimate
         self.max_frames = int(math.floor(cfg.max_s * fps + 1e-9)) + 1 + int(round(fps / 30))
-        self.rest = max(2, int(round(cfg.rest_s * fps)))
-        self.back_lag = lag_frames(fps, cfg.back_s)
         self.reset()
 
     def reset(self) -> None:
         """Start over (a new video, or a new face alignment whose values do not continue the old ones)."""
-        self._values: deque[tuple[int, float, float]] = deque(maxlen=self.lag + 1)  # (index, ts, value)
-        self._v: deque[float] = deque(maxlen=self.window + self.lag + 1)  # values, newest last
-        self._b: deque[float] = deque(maxlen=self.window + self.lag + 1)  # back values, newest last
-        self._s: deque[float] = deque(maxlen=self.window)  # s over the trailing window, newest last
-        self._s_index = -1  # frame index of the newest s
+        self._v: deque[float] = deque(maxlen=max(self.window, self.lag + 2 * self.max_frames + 2))
+        self._index = -1  # frame index of the newest value
         self._next_index: int | None = None
-        self._seen = 0  # finite s values so far
+        self._seen = 0  # finite values so far
         self._armed = True
-        self._active: _Candidate | None = None  # between a rising edge and the half-height crossing
-        self._base = 0.0
-        self._mad = 1.0
-        self._pending: _Candidate | None = None
+        self._open: _Candidate | None = None
+        self._spans: deque[tuple[int, int]] = deque(maxlen=8)  # frames of recent candidates (echo check)
         self._last_offset = -1
-        self._ready: list[Spot] = []
-        self.last: tuple[int, float, float] | None = None  # (index, s, threshold) of the newest s
+        self.last: tuple[int, float, float] | None = None  # (index, value, threshold) of the newest frame
 
     @property
     def busy(self) -> bool:
-        """Whether a candidate is open (between its rising edge and its report or rejection)."""
-        return self._active is not None or self._pending is not None
+        """Whether a candidate is open (between its rise and its report or rejection)."""
+        return self._open is not None
 
     def active_since(self) -> int | None:
-        """First frame of the open candidate (its rising edge or estimated onset), None when idle.
+        """First frame of the open candidate (its estimated onset, or its rise), None when idle.
 
         A live loop keeps the face transform and the frames from here on while this is not None.
         """
-        if self._pending is not None:
-            return self._pending.onset
-        return self._active.onset if self._active is not None else None
+        c = self._open
+        if c is None:
+            return None
+        return c.decided[0] if c.decided is not None else c.rise
 
     # -- input -----------------------------------------------------------------------------------------
 
-    def update(self, frame_index: int, ts: float, value: float | None, back: float | None = None) -> list[Spot]:
-        """Add frame ``frame_index``'s value and return the spots this confirms.
-
-        ``value`` is ``MotionSignal.push``'s result (None: none for this frame); ``back`` is
-        ``MotionSignal.back`` (None: not known), for the return-to-rest check. Skipped frame
-        indices count as frames without a value.
-        """
+    def update(self, frame_index: int, ts: float, value: float | None) -> list[Spot]:
+        """Add frame ``frame_index``'s value (``MotionSignal.push``'s result, None: none) and return the spots
+        this confirms. Skipped frame indices count as frames without a value."""
         if self._next_index is not None and frame_index < self._next_index:
             raise ValueError(f"frame {frame_index} after frame {self._next_index - 1}: frames must come in order "
                              "(reset() to start over)")
         out: list[Spot] = []
         if self._next_index is not None:
             for missing in range(self._next_index, frame_index):  # dropped frames carry no value
-                out += self._push(missing, math.nan, None, None)
-        out += self._push(frame_index, ts, value, back)
+                out += self._step(missing, math.nan, None)
+        out += self._step(frame_index, ts, value)
         self._next_index = frame_index + 1
         return out
 
     def finish(self) -> list[Spot]:
-        """End of the stream: report what is still pending (the last k frames have no s)."""
-        if self._active is not None:
-            self._close_active(self._s_index)
-        self._finalize(self._s_index)
-        out, self._ready = self._ready, []
-        return out
-
-    def _push(self, index: int, ts: float, value: float | None, back: float | None) -> list[Spot]:
-        v = math.nan if value is None or not math.isfinite(value) else float(value)
-        self._values.append((index, ts, v))
-        self._v.append(v)
-        self._b.append(math.nan if back is None or not math.isfinite(back) else float(back))
-        if len(self._values) <= self.lag:
+        """End of the stream: report the open candidate if it is already back at rest (its offset clamped to
+        the last frame); one that has not come back cannot be told from a longer expression and is dropped."""
+        c, self._open = self._open, None
+        if c is None or c.decided is None:
             return []
-        j, tj, vj = self._values[0]
-        s = min(vj, v) if math.isfinite(vj) and math.isfinite(v) else math.nan
-        return self._step(j, tj, s)
+        onset, offset = c.decided
+        return self._report(c, self._index, onset, min(offset, self._index))
 
     # -- the rules -------------------------------------------------------------------------------------
 
-    def _step(self, j: int, ts: float, s: float) -> list[Spot]:
-        self._s.append(s)
-        self._s_index = j
-        finite = math.isfinite(s)
+    def _step(self, t: int, ts: float, value: float | None) -> list[Spot]:
+        v = math.nan if value is None or not math.isfinite(value) else float(value)
+        self._v.append(v)
+        self._index = t
+        finite = math.isfinite(v)
         if finite:
             self._seen += 1
-        window = np.asarray(self._s)
+        window = np.asarray(self._v)[-self.window:]
         window = window[np.isfinite(window)]
+        base, mad = 0.0, 1.0
         if len(window):
-            self._base = float(np.median(window))
-            self._mad = MAD_TO_SIGMA * float(np.median(np.abs(window - self._base))) + 1e-9
-        thr = self._base + self.config.c * self._mad
-        self.last = (j, s, thr)
-        above = finite and s > thr
-        if self._active is not None:
-            self._follow(j, ts, s)
-        elif above and self._armed and self._seen > self.warmup:
-            self._active = _Candidate(j, j, j, s - self._base, (s - self._base) / self._mad, ts)
+            base = float(np.median(window))
+            mad = MAD_TO_SIGMA * float(np.median(np.abs(window - base))) + 1e-9
+        thr = base + self.config.c * mad
+        self.last = (t, v, thr)
+        above = finite and v > thr
+        out: list[Spot] = []
+        if self._open is not None:
+            out = self._follow(t, ts, v)
+        elif above and self._armed and self._seen > self.warmup and not self._echo(t):
+            self._open = _Candidate(t, t, v - base, base, mad, ts)
             self._armed = False
         if not above:
             self._armed = True
-        if self._pending is not None and j >= self._pending.offset + self.merge:
-            self._finalize(j)
-        out, self._ready = self._ready, []
         return out
 
-    def _follow(self, j: int, ts: float, s: float) -> None:
-        """Track the apex of the active candidate until s falls to half its height."""
-        a = self._active
-        assert a is not None
-        if math.isfinite(s) and s - self._base > a.peak:
-            a.apex, a.peak, a.score, a.apex_ts = j, s - self._base, (s - self._base) / self._mad, ts
-        half = self._base + 0.5 * a.peak
-        if not math.isfinite(s) or s <= half:
-            self._close_active(j)
-        elif j - a.onset > 3 * self.max_frames:  # still high: a macro-expression or a head turn
-            a.offset, a.too_long = j, True
-            self._queue(a)
-            self._active = None
+    def _echo(self, t: int) -> bool:
+        """Whether the value at t compares with a face inside an earlier candidate."""
+        return any(first <= t - self.lag <= last for first, last in self._spans)
 
-    def _close_active(self, j: int) -> None:
-        """The active candidate's s crossed half height at j: estimate its interval and queue it."""
-        a = self._active
-        assert a is not None
-        self._active = None
-        s = np.asarray(self._s)  # s[-1] is frame self._s_index
-        pos = len(s) - 1 - (self._s_index - a.apex)  # apex position in s
-        half = self._base + 0.5 * a.peak
-        right = self._crossing(s, pos, half, +1)
-        left = self._crossing(s, pos, half, -1)
-        if left is None:  # no crossing within reach before the apex: it started long ago
-            a.onset, a.offset, a.too_long = a.apex - 2 * self.max_frames, j, True
-        else:
-            a.onset = int(round(a.apex - self.config.extend * (a.apex - (self._s_index - (len(s) - 1 - left)))))
-            right_index = self._s_index - (len(s) - 1 - right) if right is not None else float(j)
-            a.offset = int(round(a.apex + self.config.extend * (right_index - a.apex)))
-            a.onset = min(a.onset, a.apex)
-            a.offset = max(a.offset, a.apex)
-        self._queue(a)
+    def _follow(self, t: int, ts: float, v: float) -> list[Spot]:
+        """Track the open candidate: apex, fall below half height, return to rest, report or drop."""
+        c = self._open
+        assert c is not None
+        if not math.isfinite(v):  # the signal stopped (a new face alignment, dropped frames): give up
+            return self._drop(c, t)
+        if c.decided is None:
+            if v - c.base > c.height:
+                c.apex, c.height, c.apex_ts = t, v - c.base, ts
+            half = c.base + 0.5 * c.height
+            if v > half:
+                c.cross = None  # (again) above half height: one candidate, not two
+                c.above += 1
+            elif c.cross is None:
+                prev = self._v[-2]
+                c.cross = t - 1 + (prev - half) / (prev - v) if math.isfinite(prev) and prev > half else float(t)
+            rest = c.base + min(self.config.rest_c * c.mad, self.config.rest_frac * c.height)
+            if c.cross is not None and v <= rest:
+                c.decided = self._interval(c, t)
+        if c.decided is not None:
+            onset, offset = c.decided
+            if t >= offset:  # the offset frame exists: report now
+                self._open = None
+                return self._report(c, t, onset, offset)
+        elif t >= c.rise + self.lag - 1:  # from the next frame on, t - k is past the rise: it did not come back
+            return self._drop(c, t)
+        return []
 
-    def _crossing(self, s: np.ndarray, pos: int, level: float, step: int) -> float | None:
-        """Fractional position in ``s`` where it falls to ``level`` walking from ``pos`` by ``step``."""
-        i = pos
+    def _drop(self, c: _Candidate, t: int) -> list[Spot]:
+        self._open = None
+        self._spans.append((c.rise - self.glitch, t))
+        return []
+
+    def _interval(self, c: _Candidate, t: int) -> tuple[int, int]:
+        """(onset, offset) from the half-height crossings on either side of the apex."""
+        assert c.cross is not None
+        v = np.asarray(self._v)
+        half = c.base + 0.5 * c.height
+        i = len(v) - 1 - (t - c.apex)  # position of the apex
+        left = float(c.apex - 2 * self.max_frames)  # no crossing within reach: it started long ago
         for _ in range(2 * self.max_frames):
-            k = i + step
-            if k < 0 or k >= len(s):
-                return None
-            if not math.isfinite(s[k]) or s[k] <= level:
-                if not math.isfinite(s[k]) or s[i] == s[k]:
-                    return float(k)
-                return i + step * (s[i] - level) / (s[i] - s[k])
+            k = i - 1
+            if k < 0:
+                break
+            if not math.isfinite(v[k]) or v[k] <= half:
+                frac = 1.0 if not math.isfinite(v[k]) or v[i] == v[k] else (v[i] - half) / (v[i] - v[k])
+                left = t - (len(v) - 1 - i) - frac
+                break
             i = k
-        return None
+        extend = self.config.extend
+        onset = min(int(round(c.apex - extend * (c.apex - left))), c.apex)
+        offset = max(int(round(c.apex + extend * (c.cross - c.apex))), c.apex)
+        return onset, offset
 
-    def _queue(self, c: _Candidate) -> None:
-        p = self._pending
-        if p is not None and c.onset <= p.offset + self.merge:
-            stronger = c if c.peak > p.peak else p
-            self._pending = _Candidate(min(p.onset, c.onset), stronger.apex, max(p.offset, c.offset), stronger.peak,
-                                       stronger.score, stronger.apex_ts, p.too_long or c.too_long)
-            return
-        if p is not None:  # nothing can merge into it any more
-            self._finalize(self._s_index)
-        self._pending = c
-
-    def _at_rest(self, c: _Candidate) -> bool:
-        """Whether the face is back where it was before the onset (not a step into a longer expression).
-
-        A macro-expression's rise or fall can look like a micro-expression in s; what tells
-        them apart is that after a micro-expression the face returns to rest. Two checks:
-
-        * value(t), t in (offset, onset + k): the face after the offset against the face
-          before the onset (possible when the interval is shorter than k);
-        * back(t), t in (offset, offset + rest]: the same with the signal's longer lag
-          (0.6 s), which reaches before the onset for every micro-expression length.
-
-        "Back at rest": the largest of those values <= median + rest_c * MAD of that series.
-        """
-        newest = self._s_index + self.lag  # frame index of the newest value
-        return (_rests(self._v, newest, c.offset + 1, c.onset + self.lag - 1, self.config.rest_c)
-                and _rests(self._b, newest, c.offset + 1, min(c.onset - 1 + self.back_lag, c.offset + self.rest),
-                           self.config.rest_c))
-
-    def _finalize(self, j: int) -> None:
-        """Report the pending candidate (s known up to frame j) if it has a micro-expression's length."""
-        c, self._pending = self._pending, None
-        if c is None:
-            return
-        length = c.offset - c.onset + 1
-        if c.too_long or not self.min_frames <= length <= self.max_frames:
-            return
-        if c.onset <= self._last_offset:  # overlaps a spot already reported
-            return
-        if not self._at_rest(c):
-            return
-        self._ready.append(Spot(c.onset, c.apex, c.offset, c.score, j + self.lag, c.apex_ts))
-        self._last_offset = c.offset
+    def _report(self, c: _Candidate, t: int, onset: int, offset: int) -> list[Spot]:
+        """The candidate came back to rest at ``t``: a spot if it has a micro-expression's length and shape."""
+        self._spans.append((onset, max(offset, t - 1)))
+        length = offset - onset + 1
+        if c.above < self.glitch or not self.min_frames <= length <= self.max_frames:
+            return []
+        if onset <= self._last_offset:  # overlaps a spot already reported
+            return []
+        self._last_offset = offset
+        return [Spot(onset, c.apex, offset, c.height / c.mad, t, c.apex_ts)]
 
 
-def _rests(series: deque[float], newest: int, first: int, last: int, c: float) -> bool:
-    """Whether ``series`` (newest value at frame ``newest``) stays <= median + c * MAD over frames first..last.
-
-    True when the frames are not there (none, before the buffer, or not finite): no evidence against rest.
-    """
-    last = min(last, newest)
-    if first > last:
-        return True
-    values = np.asarray(series)
-    finite = values[np.isfinite(values)]
-    if len(finite) < 3:
-        return True
-    median = float(np.median(finite))
-    level = median + c * MAD_TO_SIGMA * float(np.median(np.abs(finite - median)))
-    lo, hi = len(values) - 1 - (newest - first), len(values) - 1 - (newest - last)
-    part = values[max(0, lo):max(0, hi + 1)]
-    part = part[np.isfinite(part)]
-    return len(part) == 0 or float(part.max()) <= level
-
-
-def spot_series(values: Iterable[float | None], fps: float, config: SpotterConfig | None = None,
-                back: Iterable[float | None] | None = None) -> SpotResult:
+def spot_series(values: Iterable[float | None], fps: float, config: SpotterConfig | None = None) -> SpotResult:
     """Spot a whole series with the streaming ``Spotter`` (same code, same spots)."""
     spotter = Spotter(fps, config)
     vals = np.array([math.nan if v is None else float(v) for v in values], np.float64)
-    n = len(vals)
-    signal = np.full(n, math.nan)
-    threshold = np.full(n, math.nan)
+    threshold = np.full(len(vals), math.nan)
     spots: list[Spot] = []
-    backs = [None] * n if back is None else [None if b is None or math.isnan(b) else float(b) for b in back]
     for i, v in enumerate(vals):
-        spots += spotter.update(i, i / fps, None if math.isnan(v) else float(v), backs[i])
-        if spotter.last is not None:
-            j, s, thr = spotter.last
-            signal[j], threshold[j] = s, thr
+        spots += spotter.update(i, i / fps, None if math.isnan(v) else float(v))
+        assert spotter.last is not None
+        threshold[i] = spotter.last[2] if np.isfinite(v) else math.nan
     spots += spotter.finish()
-    backs_array = None if back is None else np.array([math.nan if b is None else b for b in backs], np.float64)
-    return SpotResult(float(fps), vals, signal, threshold, spots, backs_array)
+    return SpotResult(float(fps), vals, threshold, spots)
 
 
 class FrameSpotter:
@@ -383,7 +317,7 @@ class FrameSpotter:
     ``push(frame, ts)`` takes the next frame (BGR or grey, any size) and returns the spots
     confirmed by it; frame indices count pushes from 0. When the face track adopts a new
     alignment, the buffered frames are re-cropped under it and fed to a fresh signal, so
-    the values go on without a gap. ``value``, ``back`` and ``last`` (index, s, threshold)
+    the values go on without a gap. ``value`` and ``last`` (index, value, threshold)
     describe the newest frame; ``alignments`` counts adopted face alignments.
     """
 
@@ -393,14 +327,13 @@ class FrameSpotter:
         self.signal = MotionSignal(fps, size, signal)
         cfg = spotter or SpotterConfig()
         sig = self.signal.config
-        if cfg.lag_s != sig.lag_s or (sig.back_s > 0 and cfg.back_s != sig.back_s):
-            raise ValueError("the spotter's lag_s and back_s must be the signal's")
+        if cfg.lag_s != sig.lag_s:
+            raise ValueError("the spotter's lag_s must be the signal's")
         self.spotter = Spotter(fps, cfg)
         self.track = track or FaceTrack(size, fps)
-        self._frames: deque[np.ndarray] = deque(maxlen=max(self.signal.lag, self.signal.back_lag) + 1)
+        self._frames: deque[np.ndarray] = deque(maxlen=self.signal.lag + 1)
         self.index = -1
         self.value: float | None = None
-        self.back: float | None = None
         self.signal_seconds = 0.0  # time spent in the motion signal (crops and flows)
 
     @property
@@ -416,7 +349,7 @@ class FrameSpotter:
         gray = to_gray(frame)
         self._frames.append(gray)
         idle = self.spotter.busy is False
-        self.value = self.back = None
+        self.value = None
         if self.track.update(gray, self.index, idle, self.signal.head if self.signal.regions else None):
             start = time.perf_counter()
             if self.track.changed:  # re-crop the buffered frames under the new transform
@@ -424,10 +357,9 @@ class FrameSpotter:
                 for earlier in list(self._frames)[:-1]:
                     self.signal.push(self.track.crop(earlier))
             self.value = self.signal.push(self.track.crop(gray))
-            self.back = self.signal.back
             self.signal_seconds += time.perf_counter() - start
         stamp = self.index / self.fps if ts is None else ts
-        return self.spotter.update(self.index, stamp, self.value, self.back)
+        return self.spotter.update(self.index, stamp, self.value)
 
     def finish(self) -> list[Spot]:
         return self.spotter.finish()
