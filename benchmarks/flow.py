@@ -30,7 +30,7 @@ import numpy as np
 
 from edge_mer.errors import UserError
 from edge_mer.flow.pairs import FlowPair, endpoint_error, micro_pairs, shift_pairs
-from edge_mer.flow.stage import cuda_unavailable, flow_function
+from edge_mer.flow.stage import cuda_unavailable, make_stage
 from edge_mer.runtime.backends.onnxruntime import cpu_name
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -48,21 +48,53 @@ def gpu_name() -> str:
 def measure(name: str, pairs: list[FlowPair], repeats: int) -> dict[str, Any]:
     """Median per-pair latency and mean EPE per family, or why the method cannot run."""
     try:
-        fn = flow_function(name)
+        stage = make_stage(name, pairs[0].first.shape[0])
     except UserError as exc:
         return {"available": False, "reason": str(exc)}
-    fn(pairs[0].first, pairs[0].second)  # warm-up: allocations, OpenCV's thread pool
+    fn = stage.flow
+    fn(pairs[0].first, pairs[0].second)  # warm-up: allocations, OpenCV's thread pool, kernel loading
     times: list[float] = []
+    gpu: list[float] = []
     errors: dict[str, list[float]] = {}
     for r in range(repeats):
         for p in pairs:
             start = time.perf_counter()
             flow = fn(p.first, p.second)
             times.append(time.perf_counter() - start)
+            if hasattr(stage, "last_ms"):
+                gpu.append(stage.last_ms)
             if r == 0:
                 errors.setdefault(p.family, []).append(endpoint_error(flow, p.flow))
-    return {"available": True, "latency_ms": round(1000 * float(np.median(times)), 2),
-            "epe": {k: round(float(np.mean(v)), 4) for k, v in errors.items()}}
+    out: dict[str, Any] = {"available": True, "latency_ms": round(1000 * float(np.median(times)), 3),
+                           "epe": {k: round(float(np.mean(v)), 4) for k, v in errors.items()}}
+    if gpu:
+        out["gpu_ms"] = round(float(np.median(gpu)), 3)
+        out["stage_gpu_ms"] = fused_stage_ms(stage, pairs, repeats)
+    return out
+
+
+def fused_stage_ms(stage: Any, pairs: list[FlowPair], repeats: int) -> float:
+    """Median GPU milliseconds of the whole CUDA stage writing float32 model inputs to device buffers."""
+    import pycuda.driver as drv
+
+    size = stage.size
+    scale = 1.5
+    matrix = np.array([[1 / scale, 0.0, -200 / scale], [0.0, 1 / scale, -100 / scale]])  # frame -> crop
+    inv = cv2.invertAffineTransform(matrix)
+    stage.ctx.push()
+    try:
+        motion, texture = drv.mem_alloc(3 * size * size * 4), drv.mem_alloc(size * size * 4)
+    finally:
+        stage.ctx.pop()
+    times = []
+    for r in range(repeats + 1):
+        for p in pairs:
+            onset, apex = (cv2.cvtColor(cv2.warpAffine(img, inv, (640, 480), borderMode=cv2.BORDER_REPLICATE),
+                                        cv2.COLOR_GRAY2BGR) for img in (p.first, p.second))
+            ms = stage.write(onset, apex, matrix, int(motion), int(texture))
+            if r > 0:  # the first pass warms up
+                times.append(ms)
+    return round(float(np.median(times)), 3)
 
 
 def table(rows: dict[int, dict[str, dict[str, Any]]]) -> list[str]:
@@ -73,8 +105,14 @@ def table(rows: dict[int, dict[str, dict[str, Any]]]) -> list[str]:
             if not r["available"]:
                 lines.append(f"| {size} | {name} | not available on this machine | | |")
                 continue
-            lines.append(f"| {size} | {name} | {r['latency_ms']:.1f} | {r['epe']['micro']:.4f} | "
+            lines.append(f"| {size} | {name} | {r['latency_ms']:.3g} | {r['epe']['micro']:.4f} | "
                          f"{r['epe']['shift']:.4f} |")
+            if "gpu_ms" in r:
+                tvl1 = methods.get("opencv-tvl1", {}).get("latency_ms")
+                speed = f"; {tvl1 / r['stage_gpu_ms']:.0f}x OpenCV TV-L1 above" if tvl1 else ""
+                lines.append(f"| {size} | cuda, GPU time of the flow (CUDA events) | {r['gpu_ms']:.3f} | | |")
+                lines.append(f"| {size} | cuda, whole stage: 640x480 BGR frames to model inputs on the device "
+                             f"(CUDA events{speed}) | {r['stage_gpu_ms']:.3f} | | |")
     return lines
 
 
@@ -82,14 +120,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 112, 128, 224])
+    ap.add_argument("--cv-threads", type=int, default=2, help="OpenCV threads (2: a 2-core CPU)")
     args = ap.parse_args()
+    cv2.setNumThreads(args.cv_threads)
     rows: dict[int, dict[str, dict[str, Any]]] = {}
     for size in args.sizes:
         pairs = micro_pairs(size) + shift_pairs(size)
         rows[size] = {name: measure(name, pairs, args.repeats) for name in METHODS}
         print(f"S = {size}: " + ", ".join(f"{k} {v.get('latency_ms', 'n/a')} ms" for k, v in rows[size].items()),
               flush=True)
-    cuda_reason = cuda_unavailable() or "pycuda sees a device, but the kit has no CUDA host driver yet"
+    cuda_reason = cuda_unavailable() or f"runs on {gpu_name()}"
     machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "gpu": gpu_name(), "opencv": cv2.__version__,
                "opencv_threads": cv2.getNumThreads(), "numpy": np.__version__, "python": platform.python_version()}
     command = "python benchmarks/flow.py " + " ".join(sys.argv[1:])

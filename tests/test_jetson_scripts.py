@@ -12,6 +12,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 FLASH = REPO / "scripts" / "jetson" / "flash.sh"
 SETUP = REPO / "scripts" / "jetson" / "setup.sh"
+GPU_CHECK = REPO / "scripts" / "gpu" / "check_flow.sh"
 BASH = shutil.which("bash")
 
 pytestmark = pytest.mark.skipif(BASH is None, reason="bash is not installed")
@@ -209,6 +210,15 @@ def test_setup_without_root_on_a_non_jetson_exits_2() -> None:
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
 def test_scripts_pass_shellcheck() -> None:
-    res = subprocess.run(["shellcheck", "--shell=bash", str(FLASH), str(SETUP)], capture_output=True, text=True,
-                         timeout=60, check=False)
+    res = subprocess.run(["shellcheck", "--shell=bash", str(FLASH), str(SETUP), str(GPU_CHECK)], capture_output=True,
+                         text=True, timeout=60, check=False)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="an NVIDIA GPU is here")
+def test_gpu_check_says_it_needs_a_gpu(tmp_path) -> None:
+    res = subprocess.run(["bash", str(GPU_CHECK)], capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, OUT=str(tmp_path / "out")))
+    assert res.returncode == 2
+    assert res.stderr.count("\n") == 1 and "no NVIDIA GPU here" in res.stderr
+    assert not (tmp_path / "out").exists()

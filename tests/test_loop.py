@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
+from edge_mer.errors import UserError
+
 pytest.importorskip("cv2")
 pytest.importorskip("onnxruntime")
 
@@ -155,3 +157,22 @@ def test_run_needs_no_torch(tmp_path):
                           env=dict(os.environ, XDG_CACHE_HOME=str(tmp_path)))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "180 frames" in proc.stderr
+
+
+def test_auto_flow_follows_the_model_and_falls_back_from_cuda(capsys):
+    from edge_mer.features.flow import has_tvl1
+    from edge_mer.flow.stage import cuda_unavailable
+    from edge_mer.runtime.command import open_stage, pick_flow
+
+    dis_model = {"features": {"feature": {"flow": "dis"}}}
+    tvl1_model = {"features": {"feature": {"flow": "tvl1"}}}
+    assert pick_flow("auto", dis_model) == "opencv-dis"  # never TV-L1 inputs for a model trained on DIS
+    assert pick_flow("opencv-tvl1", dis_model) == "opencv-tvl1"  # an explicit choice stands
+    cpu_tvl1 = "opencv-tvl1" if has_tvl1() else "opencv-dis"
+    assert pick_flow("auto", tvl1_model) == ("cuda" if cuda_unavailable() is None else cpu_tvl1)
+    if cuda_unavailable() is not None:
+        name, stage = open_stage("auto", "cuda", 112)  # as if the CUDA stage had looked usable
+        assert name == cpu_tvl1 and stage.name == cpu_tvl1 and stage.size == 112
+        assert "note: the cuda flow stage is not available" in capsys.readouterr().err
+        with pytest.raises(UserError, match="cuda flow stage"):
+            open_stage("cuda", "cuda", 112)  # asked for by name: an error, not a fallback

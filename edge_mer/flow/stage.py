@@ -9,8 +9,9 @@ sees the same numbers on a device.
 * ``reference``: the numpy TV-L1 of ``edge_mer.flow.reference`` (the specification);
 * ``opencv``: OpenCV contrib's TV-L1 when present, DIS otherwise;
   ``opencv-tvl1`` / ``opencv-dis`` pick one;
-* ``cuda``: the fused kernels of ``edge_mer/flow/kernels/tvl1.cu`` (needs pycuda and
-  an NVIDIA GPU; its host driver is not part of the kit yet).
+* ``cuda``: the fused kernels of ``edge_mer/flow/kernels/tvl1.cu`` launched by
+  ``edge_mer.flow.cuda`` (needs pycuda and an NVIDIA GPU); it crops with
+  ``reference.crop_gray``, which agrees with the aligner's crop to one grey level.
 """
 
 from __future__ import annotations
@@ -126,10 +127,9 @@ def make_stage(name: str, size: int = 112) -> FlowStage:
     if name in ("opencv-tvl1", "opencv-dis"):
         return OpenCVStage(size, name.removeprefix("opencv-"))
     if name == "cuda":
-        reason = cuda_unavailable()
-        if reason:
-            raise UserError(f"the cuda flow stage is not available: {reason}; use reference or opencv")
-        raise UserError("the cuda flow stage has no host driver in this version of edge-mer; use reference or opencv")
+        from edge_mer.flow.cuda import CudaStage
+
+        return CudaStage(size)  # says in one line why it cannot run here
     raise UserError(f"unknown flow stage {name!r}; choose from {', '.join(STAGES)}")
 
 

@@ -25,24 +25,36 @@ def default_model() -> Path:
 
 
 def pick_flow(name: str, model_meta: dict[str, Any]) -> str:
-    """``auto``: the CUDA stage where it runs, else the OpenCV flow the model was trained with."""
+    """``auto``: the flow the model was trained with; TV-L1 on the GPU (``cuda``) where it runs, else OpenCV's."""
     if name != "auto":
         return name
-    from edge_mer.flow.stage import cuda_unavailable
-
-    if cuda_unavailable() is None:
-        try:
-            from edge_mer.flow.stage import make_stage
-
-            make_stage("cuda")
-            return "cuda"
-        except UserError:
-            pass
     features = model_meta.get("features") or {}
     trained = (features.get("feature") or {}).get("flow") or "tvl1"
+    if trained == "tvl1":
+        from edge_mer.flow.stage import cuda_unavailable
+
+        if cuda_unavailable() is None:
+            return "cuda"
     from edge_mer.features.flow import has_tvl1
 
     return "opencv-tvl1" if trained == "tvl1" and has_tvl1() else "opencv-dis"
+
+
+def open_stage(requested: str, flow: str, size: int) -> tuple[str, Any]:
+    """The flow stage ``flow`` (as ``pick_flow`` chose it for ``requested``); under ``auto`` a CUDA stage that
+    cannot start falls back to OpenCV with a note."""
+    from edge_mer.flow.stage import make_stage
+
+    try:
+        return flow, make_stage(flow, size)
+    except UserError as exc:
+        if requested != "auto" or flow != "cuda":
+            raise
+        from edge_mer.features.flow import has_tvl1
+
+        print(f"note: {exc}; using OpenCV", file=sys.stderr)
+        fallback = "opencv-tvl1" if has_tvl1() else "opencv-dis"  # auto picks cuda only for TV-L1 models
+        return fallback, make_stage(fallback, size)
 
 
 def _meta(backend: Any) -> dict[str, Any]:
@@ -81,7 +93,6 @@ def check_display() -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from edge_mer.flow.stage import make_stage
     from edge_mer.runtime.backends import open_backend
     from edge_mer.runtime.events import EventWriter
     from edge_mer.runtime.loop import LoopConfig, Recognizer, run_loop
@@ -96,8 +107,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     meta = _meta(backend)
     if meta.get("demo"):
         print("note: the packaged DEMO model was trained on synthetic data only", file=sys.stderr)
-    flow = pick_flow(args.flow, meta)
-    stage = make_stage(flow, backend.size)
+    flow, stage = open_stage(args.flow, pick_flow(args.flow, meta), backend.size)
     recognizer = Recognizer(backend, stage)
     writer = EventWriter(Path(args.events) if args.events else None, stdout=not args.quiet)
     stopping = {"flag": False}

@@ -53,7 +53,12 @@ class LoopStats:
 
 
 class Recognizer:
-    """Onset and apex frames + face transform -> class probabilities, through a flow stage and a backend."""
+    """Onset and apex frames + face transform -> class probabilities, through a flow stage and a backend.
+
+    When the stage writes on the GPU (``write``) and the backend reads GPU buffers
+    (``device_inputs``, ``infer_device``: TensorRT), the model inputs go from the flow
+    stage to the engine without a trip through host memory.
+    """
 
     def __init__(self, backend: Any, stage: Any) -> None:
         if backend.size != stage.size:
@@ -61,9 +66,17 @@ class Recognizer:
                             f"{stage.size}x{stage.size}")
         self.backend = backend
         self.stage = stage
+        self.fused = hasattr(stage, "write") and hasattr(backend, "device_inputs")
 
     def __call__(self, onset: np.ndarray, apex: np.ndarray, matrix: np.ndarray,
                  timer: StageTimer) -> np.ndarray:
+        if self.fused:
+            inputs = self.backend.device_inputs()
+            with timer.time("flow"):
+                self.stage.write(onset, apex, matrix, inputs["motion"][0], inputs["texture"][0],
+                                 inputs["motion"][2])
+            with timer.time("inference"):
+                return np.asarray(self.backend.infer_device(1)[0])
         with timer.time("flow"):
             motion, texture = self.stage(onset, apex, matrix)
         with timer.time("inference"):

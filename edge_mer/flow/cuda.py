@@ -1,0 +1,259 @@
+"""The CUDA flow stage: the host driver of ``kernels/tvl1.cu`` (pycuda, imported lazily).
+
+Per onset/apex pair it launches, on one stream and without a trip through host memory
+between them (the kernel file lists the same sequence):
+
+* ``tvl1_pre`` once: grey conversion and the affine face crop of both camera frames;
+* ``tvl1_downsample`` once per coarser level (both images in one launch);
+* per level, coarsest first: ``tvl1_centered_gradient``; then ``warps`` times
+  ``tvl1_warp`` and ``tvl1_solve`` (all outer x inner iterations of a warp in one
+  launch); then ``tvl1_upsample_flow`` unless it is the finest level;
+* ``tvl1_epilogue_f32`` / ``_f16``: strain and the feature-cache normalisation, written
+  NCHW into the model's input buffers: a host buffer for ONNX Runtime, or the TensorRT
+  backend's device buffers (``write``), so that path never copies to the host.
+
+So the launches grow with levels x warps (5 x 5 at the defaults), not with iterations.
+Device memory is allocated once per image shape and reused. The kernels run in the
+device's primary context, the one the TensorRT backend uses, so their buffers are
+valid in both.
+
+The numpy reference (``edge_mer.flow.reference``) is the specification; the GPU tests
+(``tests/test_flow_cuda.py``, marked ``gpu``) hold this stage against it, and
+``benchmarks/flow.py`` times it with CUDA events.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import numpy as np
+
+from edge_mer.errors import UserError
+from edge_mer.features.normalise import CLIP, FLOW_UNIT, STRAIN_UNIT, TEXTURE_MEAN, TEXTURE_STD
+from edge_mer.flow.reference import TVL1Params, level_shapes
+from edge_mer.flow.stage import FlowStage, cuda_unavailable, to_gray
+
+TILE = 16  # block side of the per-pixel kernels
+SOLVE_THREADS = 1024  # block of tvl1_solve: one block per pair, a multiple of 32, at most 32 warps (less when
+# the compiled kernel's registers do not allow as many threads)
+
+
+def kernel_source() -> str:
+    """The text of ``tvl1.cu`` as packaged."""
+    return (resources.files("edge_mer.flow") / "kernels" / "tvl1.cu").read_text()
+
+
+def _grid(w: int, h: int, z: int = 1) -> tuple[int, int, int]:
+    return ((w + TILE - 1) // TILE, (h + TILE - 1) // TILE, z)
+
+
+@dataclass
+class _Buffers:
+    """Device memory of one image shape: the pyramids of both images and the solver state."""
+
+    shapes: list[tuple[int, int]]  # (h, w) per level, finest first
+    levels: list[Any]  # per level (2, h, w) float32: first image, then second
+    planes: dict[str, Any]  # finest-size float32 planes, reused at every level
+
+
+class CudaStage(FlowStage):
+    """TV-L1 on the GPU with the reference's parameters; ``__call__`` returns host arrays like every stage."""
+
+    name = "cuda"
+    PLANES = ("gx", "gy", "i1wx", "i1wy", "grad", "rho_c", "u1", "u2", "v1", "v2",
+              "p11", "p12", "p21", "p22", "tmp1", "tmp2")
+
+    def __init__(self, size: int = 112, params: TVL1Params | None = None, device: int = 0) -> None:
+        super().__init__(size)
+        reason = cuda_unavailable()
+        if reason:
+            raise UserError(f"the cuda flow stage is not available: {reason}; use reference or opencv")
+        import pycuda.driver as drv
+        from pycuda.compiler import SourceModule
+
+        self.drv = drv
+        self.params = params or TVL1Params()
+        self.ctx = drv.Device(device).retain_primary_context()
+        self.ctx.push()
+        try:
+            try:
+                module = SourceModule(kernel_source(), no_extern_c=True, options=["-O3"])
+            except drv.CompileError as exc:
+                raise UserError(f"the CUDA flow kernels do not compile here: {str(exc).splitlines()[0]}") from None
+            self.k = {name: module.get_function(name) for name in (
+                "tvl1_pre", "tvl1_downsample", "tvl1_centered_gradient", "tvl1_warp", "tvl1_solve",
+                "tvl1_upsample_flow", "tvl1_epilogue_f32", "tvl1_epilogue_f16")}
+            fit = int(self.k["tvl1_solve"].max_threads_per_block)
+            self.solve_threads = max(32, min(SOLVE_THREADS, fit) // 32 * 32)
+            self.stream = drv.Stream()
+            self.start, self.end = drv.Event(), drv.Event()
+            self._buffers: dict[tuple[int, int], _Buffers] = {}
+            self._frames: dict[str, tuple[Any, int]] = {}  # onset/apex: (device buffer, bytes)
+            # host copies of the model inputs for __call__
+            self._motion = drv.pagelocked_empty((3, size, size), np.float32)
+            self._texture = drv.pagelocked_empty((1, size, size), np.float32)
+            self._dmotion = drv.mem_alloc(self._motion.nbytes)
+            self._dtexture = drv.mem_alloc(self._texture.nbytes)
+            self._buffers_for((size, size))
+        finally:
+            self.ctx.pop()
+        self.last_ms = float("nan")  # GPU time of the last call (pre + flow + epilogue), CUDA events
+
+    # -- memory ------------------------------------------------------------------------------------
+
+    def _buffers_for(self, shape: tuple[int, int]) -> _Buffers:
+        found = self._buffers.get(shape)
+        if found is None:
+            shapes = level_shapes(shape, self.params)
+            h, w = shape
+            found = _Buffers(shapes, [self.drv.mem_alloc(2 * lh * lw * 4) for lh, lw in shapes],
+                             {n: self.drv.mem_alloc(h * w * 4) for n in self.PLANES})
+            self._buffers[shape] = found
+        return found
+
+    def _upload_frame(self, key: str, frame: np.ndarray) -> tuple[Any, int, int, int, int]:
+        """(device pointer, width, height, pitch, channels) of a camera frame copied to the device."""
+        f = np.ascontiguousarray(frame)
+        if f.dtype != np.uint8 or f.ndim not in (2, 3) or (f.ndim == 3 and f.shape[2] not in (1, 3, 4)):
+            raise ValueError(f"expected a grey, BGR or BGRA uint8 frame, got {f.dtype} {f.shape}")
+        held = self._frames.get(key)
+        if held is None or held[1] < f.nbytes:
+            held = (self.drv.mem_alloc(f.nbytes), f.nbytes)
+            self._frames[key] = held
+        self.drv.memcpy_htod_async(held[0], f, self.stream)
+        channels = 1 if f.ndim == 2 else f.shape[2]
+        return held[0], f.shape[1], f.shape[0], f.strides[0], channels
+
+    # -- the launches ------------------------------------------------------------------------------
+
+    def _pyramid_and_solve(self, b: _Buffers) -> tuple[Any, Any]:
+        """Levels 1.. from level 0 (already written), then the coarse-to-fine solve; the planes holding u1, u2."""
+        k, s, p = self.k, self.stream, self.params
+        i32, f32 = np.int32, np.float32
+        for (sh, sw), (dh, dw), src, dst in zip(b.shapes, b.shapes[1:], b.levels, b.levels[1:], strict=False):
+            k["tvl1_downsample"](src, i32(sw), i32(sh), i32(sh * sw), dst, i32(dw), i32(dh), i32(dh * dw),
+                                 f32(1.0 / p.scale_step), block=(TILE, TILE, 1), grid=_grid(dw, dh, 2), stream=s)
+        q = b.planes
+        flow, spare = (q["u1"], q["u2"]), (q["v1"], q["v2"])
+        h, w = b.shapes[-1]
+        self.drv.memset_d32_async(flow[0], 0, h * w, s)
+        self.drv.memset_d32_async(flow[1], 0, h * w, s)
+        l_t, taut = f32(p.lambda_ * p.theta), f32(p.tau / p.theta)
+        for level in range(len(b.shapes) - 1, -1, -1):
+            h, w = b.shapes[level]
+            n = h * w
+            i0 = int(b.levels[level])
+            i1 = i0 + 4 * n
+            stride = i32(2 * n)
+            grid = _grid(w, h)
+            k["tvl1_centered_gradient"](np.uintp(i1), i32(w), i32(h), stride, q["gx"], q["gy"],
+                                        block=(TILE, TILE, 1), grid=grid, stream=s)
+            for warp in range(p.warps):
+                k["tvl1_warp"](np.uintp(i0), np.uintp(i1), q["gx"], q["gy"], flow[0], flow[1], i32(w), i32(h),
+                               stride, q["i1wx"], q["i1wy"], q["grad"], q["rho_c"],
+                               block=(TILE, TILE, 1), grid=grid, stream=s)
+                k["tvl1_solve"](flow[0], flow[1], q["p11"], q["p12"], q["p21"], q["p22"], q["tmp1"], q["tmp2"],
+                                q["i1wx"], q["i1wy"], q["grad"], q["rho_c"], i32(w), i32(h), stride, l_t,
+                                f32(p.theta), taut, f32(p.epsilon ** 2 * n), i32(p.outer_iterations),
+                                i32(p.inner_iterations), i32(p.median_filtering), i32(warp == 0),
+                                block=(self.solve_threads, 1, 1), grid=(1, 1, 1), stream=s)
+            if level > 0:
+                dh, dw = b.shapes[level - 1]
+                k["tvl1_upsample_flow"](flow[0], flow[1], i32(w), i32(h), stride, spare[0], spare[1], i32(dw),
+                                        i32(dh), i32(2 * dh * dw), f32(1.0 / p.scale_step),
+                                        block=(TILE, TILE, 1), grid=_grid(dw, dh), stream=s)
+                flow, spare = spare, flow
+        return flow
+
+    def _crop_pair(self, onset: np.ndarray, apex: np.ndarray, matrix: np.ndarray) -> _Buffers:
+        m = np.asarray(matrix, np.float64)
+        if m.shape != (2, 3):
+            raise ValueError(f"the face transform must be a 2x3 matrix, got shape {m.shape}")
+        inv = np.linalg.inv(np.vstack([m, [0.0, 0.0, 1.0]]))[:2].astype(np.float32)  # crop -> frame
+        first = self._upload_frame("onset", onset)
+        second = self._upload_frame("apex", apex)
+        if first[1:] != second[1:]:
+            raise ValueError("the onset and apex frames differ in size or channels")
+        b = self._buffers_for((self.size, self.size))
+        geometry = (np.int32(v) for v in first[1:])  # width, height, pitch, channels
+        self.k["tvl1_pre"](first[0], second[0], *geometry, *(np.float32(v) for v in inv.ravel()),
+                           np.int32(self.size), b.levels[0], block=(TILE, TILE, 1),
+                           grid=_grid(self.size, self.size, 2), stream=self.stream)
+        return b
+
+    def _epilogue(self, b: _Buffers, flow: tuple[Any, Any], motion: Any, texture: Any, dtype: str) -> None:
+        size = self.size
+        kernel = self.k["tvl1_epilogue_f16" if dtype == "float16" else "tvl1_epilogue_f32"]
+        apex = np.uintp(int(b.levels[0]) + 4 * size * size)
+        kernel(flow[0], flow[1], apex, np.int32(size), np.int32(2 * size * size),
+               np.float32(112.0 / size / FLOW_UNIT), np.float32(1.0 / STRAIN_UNIT), np.float32(CLIP),
+               np.float32(TEXTURE_MEAN), np.float32(TEXTURE_STD), motion, texture,
+               block=(TILE, TILE, 1), grid=_grid(size, size), stream=self.stream)
+
+    # -- the stage ---------------------------------------------------------------------------------
+
+    def write(self, onset: np.ndarray, apex: np.ndarray, matrix: np.ndarray, motion_ptr: int, texture_ptr: int,
+              dtype: str = "float32", sync: bool = True) -> float:
+        """Crop, flow and normalise straight into device buffers (a TensorRT backend's ``device_inputs()``):
+        motion (3, S, S) and texture (1, S, S) of ``dtype`` (float32 or float16). GPU milliseconds when
+        ``sync``, else NaN (the caller orders later work on ``self.stream``)."""
+        if dtype not in ("float32", "float16"):
+            raise ValueError(f"the flow stage writes float32 or float16 inputs, not {dtype}")
+        self.ctx.push()
+        try:
+            self.start.record(self.stream)
+            b = self._crop_pair(onset, apex, matrix)
+            flow = self._pyramid_and_solve(b)
+            self._epilogue(b, flow, np.uintp(motion_ptr), np.uintp(texture_ptr), dtype)
+            self.end.record(self.stream)
+            if not sync:
+                return float("nan")
+            self.end.synchronize()
+            self.last_ms = self.end.time_since(self.start)
+            return self.last_ms
+        finally:
+            self.ctx.pop()
+
+    def __call__(self, onset: np.ndarray, apex: np.ndarray, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.write(onset, apex, matrix, int(self._dmotion), int(self._dtexture), sync=False)
+        self.ctx.push()
+        try:
+            self.drv.memcpy_dtoh_async(self._motion, self._dmotion, self.stream)
+            self.drv.memcpy_dtoh_async(self._texture, self._dtexture, self.stream)
+            self.stream.synchronize()
+            self.last_ms = self.end.time_since(self.start)
+        finally:
+            self.ctx.pop()
+        return self._motion.copy(), self._texture.copy()
+
+    def crop(self, frame: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+        """(S, S) uint8 grey crop as the GPU makes it (``reference.crop_gray``)."""
+        from edge_mer.flow.reference import crop_gray
+
+        return crop_gray(to_gray(frame), np.asarray(matrix, np.float64), self.size).astype(np.uint8)
+
+    def flow(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        """(H, W, 2) float32 raw flow between two grey images of one size (no crop), on the GPU."""
+        if first.shape != second.shape or first.ndim != 2:
+            raise ValueError(f"expected two grey images of one size, got {first.shape} and {second.shape}")
+        h, w = first.shape
+        from edge_mer.flow.reference import to_float
+
+        pair = np.ascontiguousarray(np.stack([to_float(first), to_float(second)]))
+        out = np.empty((2, h, w), np.float32)
+        self.ctx.push()
+        try:
+            b = self._buffers_for((h, w))
+            self.start.record(self.stream)
+            self.drv.memcpy_htod_async(b.levels[0], pair, self.stream)
+            u1, u2 = self._pyramid_and_solve(b)
+            self.end.record(self.stream)
+            self.drv.memcpy_dtoh_async(out[0], u1, self.stream)
+            self.drv.memcpy_dtoh_async(out[1], u2, self.stream)
+            self.stream.synchronize()
+            self.last_ms = self.end.time_since(self.start)
+        finally:
+            self.ctx.pop()
+        return np.ascontiguousarray(out.transpose(1, 2, 0))

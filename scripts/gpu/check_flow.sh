@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The GPU checks of the CUDA flow stage in one run, for a machine with an NVIDIA GPU:
+# the CUDA-vs-reference tests (pytest -m gpu) and the flow benchmark with the card's
+# name. Results go to $OUT (default ./gpu-check): gpu.txt, tests.txt, flow.md, flow.json.
+#
+#   bash scripts/gpu/check_flow.sh [--sizes "64 112 128 224"] [--repeats 3]
+#
+# pycuda must be importable; where it is prebuilt in a folder (a .tgz of the installed
+# package plus its wheels, as .gpu/ holds it), give that folder as PYCUDA_DIR and it is
+# unpacked onto PYTHONPATH first.
+set -euo pipefail
+
+sizes="64 112 128 224"
+repeats=3
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --sizes) sizes="$2"; shift 2 ;;
+        --repeats) repeats="$2"; shift 2 ;;
+        *) echo "check_flow.sh: unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+
+if ! command -v nvidia-smi >/dev/null 2>&1; then
+    echo "check_flow.sh: no NVIDIA GPU here (nvidia-smi not found); run it on the GPU machine" >&2
+    exit 2
+fi
+
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+out="${OUT:-$root/gpu-check}"
+mkdir -p "$out"
+cd "$root"
+
+if [ -n "${PYCUDA_DIR:-}" ]; then
+    site="$(mktemp -d)"
+    tar xzf "$PYCUDA_DIR"/pycuda-*.tgz -C "$site"
+    python3 -m pip install -q --no-index --no-deps --target "$site" "$PYCUDA_DIR"/*.whl
+    export PYTHONPATH="$site:${PYTHONPATH:-}"
+fi
+export PYTHONPATH="$root:${PYTHONPATH:-}"
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+python3 -c "import pycuda.driver as d; d.init(); print('pycuda', d.get_version(), d.Device(0).name())" \
+    | tee -a "$out/gpu.txt"
+
+status=0
+if python3 -m pytest --version >/dev/null 2>&1; then
+    python3 -m pytest -m gpu -rs -s -q -p no:cacheprovider tests/test_flow_cuda.py 2>&1 | tee "$out/tests.txt" \
+        || status=1
+else
+    echo "pytest is not installed here: tests skipped" | tee "$out/tests.txt"
+fi
+# shellcheck disable=SC2086  # sizes is a list of numbers
+python3 benchmarks/flow.py --repeats "$repeats" --sizes $sizes 2>&1 | tee "$out/flow.txt" || status=1
+cp benchmarks/results/flow.md benchmarks/results/flow.json "$out/"
+exit "$status"

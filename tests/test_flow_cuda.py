@@ -1,0 +1,110 @@
+"""The CUDA flow stage against its specification, the numpy reference (GPU machines only).
+
+Tolerances: the kernels differ from the reference only by float32 rounding and
+summation order, which can move TV-L1's stopping test by an iteration; the flows then
+agree to a few hundredths of a pixel, far below the micro-expression motion they
+measure (0.3 to 2 px).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge_mer.features.normalise import FLOW_UNIT, motion_tensor, texture_tensor
+from edge_mer.flow.pairs import endpoint_error, micro_pairs, shift_pairs
+from edge_mer.flow.reference import crop_gray, tvl1
+
+pytestmark = pytest.mark.gpu
+
+FLOW_TOLERANCE_PX = 0.05  # mean endpoint difference CUDA vs reference
+
+
+@pytest.fixture(scope="module")
+def stage():
+    from edge_mer.flow.stage import make_stage
+
+    return make_stage("cuda", 112)
+
+
+@pytest.mark.parametrize("size", [64, 112])
+def test_raw_flow_agrees_with_the_reference(stage, size):
+    pairs = micro_pairs(size, peaks=(0.8, 2.0)) + shift_pairs(size, ((0.4, 0.0), (0.7, -0.4)))
+    for p in pairs:
+        ref = tvl1(p.first, p.second)
+        got = stage.flow(p.first, p.second)
+        assert got.shape == ref.shape == (size, size, 2) and got.dtype == np.float32
+        diff = float(np.linalg.norm(got - ref, axis=2).mean())
+        print(f"{p.name} S={size}: |cuda - reference| mean {diff:.4f} px; endpoint error cuda "
+              f"{endpoint_error(got, p.flow):.4f}, reference {endpoint_error(ref, p.flow):.4f}")
+        assert diff < FLOW_TOLERANCE_PX, (p.name, diff)
+        assert endpoint_error(got, p.flow) <= 1.1 * endpoint_error(ref, p.flow) + 0.005
+
+
+def _frames(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A 640x480 BGR onset/apex pair with the face crop somewhere in it, the crop matrix, the truth flow."""
+    import cv2
+
+    p = micro_pairs(size, peaks=(1.4,))[0]
+    scale = 1.7
+    matrix = np.array([[1 / scale, 0.0, -150 / scale], [0.0, 1 / scale, -90 / scale]])  # frame -> crop
+    inv = cv2.invertAffineTransform(matrix)
+    frames = [cv2.cvtColor(cv2.warpAffine(img, inv, (640, 480), flags=cv2.INTER_CUBIC,
+                                          borderMode=cv2.BORDER_REPLICATE), cv2.COLOR_GRAY2BGR)
+              for img in (p.first, p.second)]
+    return frames[0], frames[1], matrix, p.flow
+
+
+def test_stage_matches_the_reference_pipeline(stage):
+    onset, apex, matrix, _ = _frames(112)
+    motion, texture = stage(onset, apex, matrix)
+    first, second = crop_gray(onset, matrix, 112), crop_gray(apex, matrix, 112)
+    ref_motion = motion_tensor(tvl1(first.astype(np.uint8), second.astype(np.uint8)))
+    ref_texture = texture_tensor(second.astype(np.uint8))
+    assert motion.shape == (3, 112, 112) and texture.shape == (1, 112, 112)
+    # the crop: bilinear in float32 on the GPU, float64 positions in numpy; at most one grey level apart
+    assert np.abs(texture - ref_texture).max() <= 1 / 255 / 0.25 + 1e-6
+    # at S = 112 the motion channels are the flow in units of FLOW_UNIT
+    assert float(np.abs(motion[:2] - ref_motion[:2]).mean()) < FLOW_TOLERANCE_PX / FLOW_UNIT
+    assert float(np.abs(motion[2] - ref_motion[2]).mean()) < 0.1
+    print(f"stage: GPU {stage.last_ms:.3f} ms per pair (pre + flow + epilogue)")
+
+
+def test_write_fills_device_buffers_in_float16_and_float32(stage):
+    import pycuda.driver as drv
+
+    onset, apex, matrix, _ = _frames(112)
+    motion32, texture32 = stage(onset, apex, matrix)
+    stage.ctx.push()
+    try:
+        dm, dt = drv.mem_alloc(3 * 112 * 112 * 2), drv.mem_alloc(112 * 112 * 2)
+    finally:
+        stage.ctx.pop()
+    ms = stage.write(onset, apex, matrix, int(dm), int(dt), "float16")
+    assert ms > 0
+    motion16, texture16 = np.empty((3, 112, 112), np.float16), np.empty((1, 112, 112), np.float16)
+    stage.ctx.push()
+    try:
+        drv.memcpy_dtoh(motion16, dm)
+        drv.memcpy_dtoh(texture16, dt)
+    finally:
+        stage.ctx.pop()
+    np.testing.assert_allclose(motion16.astype(np.float32), motion32, atol=0.01, rtol=2e-3)
+    np.testing.assert_allclose(texture16.astype(np.float32), texture32, atol=2e-3)
+    with pytest.raises(ValueError, match="float32 or float16"):
+        stage.write(onset, apex, matrix, int(dm), int(dt), "int8")
+
+
+def test_flow_command_with_cuda(tmp_path):
+    import cv2
+    from conftest import run_cli
+
+    p = shift_pairs(96, ((0.5, 0.0),))[0]
+    cv2.imwrite(str(tmp_path / "a.png"), p.first)
+    cv2.imwrite(str(tmp_path / "b.png"), p.second)
+    proc = run_cli("flow", "--first", str(tmp_path / "a.png"), "--second", str(tmp_path / "b.png"),
+                   "--method", "cuda", "--out", str(tmp_path / "f.npy"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    flow = np.load(tmp_path / "f.npy")
+    assert flow.shape == (96, 96, 2)
+    assert abs(float(flow[10:-10, 10:-10, 0].mean()) - 0.5) < 0.05
