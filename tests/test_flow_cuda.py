@@ -108,3 +108,7 @@ def test_flow_command_with_cuda(tmp_path):
     flow = np.load(tmp_path / "f.npy")
     assert flow.shape == (96, 96, 2)
     assert abs(float(flow[10:-10, 10:-10, 0].mean()) - 0.5) < 0.05
+
+
+def test_self_check_passes(stage):
+    assert stage.self_check() is None

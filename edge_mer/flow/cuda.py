@@ -194,6 +194,24 @@ class CudaStage(FlowStage):
 
     # -- the stage ---------------------------------------------------------------------------------
 
+    def self_check(self, tolerance_px: float = 0.05) -> str | None:
+        """Run one face pair through the GPU and the numpy reference; None when they agree, else why not.
+
+        ``edge-mer run --flow auto`` calls this before it trusts the GPU with a camera loop.
+        """
+        from edge_mer.flow.pairs import micro_pairs
+        from edge_mer.flow.reference import tvl1
+
+        pair = micro_pairs(self.size, peaks=(1.0,))[0]
+        try:
+            got = self.flow(pair.first, pair.second)
+        except Exception as exc:  # a driver or launch error: any of pycuda's, reported in one line
+            return f"the CUDA flow failed its self-check: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+        diff = float(np.linalg.norm(got - tvl1(pair.first, pair.second), axis=2).mean())
+        if not diff < tolerance_px:
+            return f"the CUDA flow differs from the reference by {diff:.3f} px on average (tolerance {tolerance_px})"
+        return None
+
     def write(self, onset: np.ndarray, apex: np.ndarray, matrix: np.ndarray, motion_ptr: int, texture_ptr: int,
               dtype: str = "float32", sync: bool = True) -> float:
         """Crop, flow and normalise straight into device buffers (a TensorRT backend's ``device_inputs()``):

@@ -41,20 +41,27 @@ def pick_flow(name: str, model_meta: dict[str, Any]) -> str:
 
 
 def open_stage(requested: str, flow: str, size: int) -> tuple[str, Any]:
-    """The flow stage ``flow`` (as ``pick_flow`` chose it for ``requested``); under ``auto`` a CUDA stage that
-    cannot start falls back to OpenCV with a note."""
+    """The flow stage ``flow`` (as ``pick_flow`` chose it for ``requested``). Under ``auto`` the CUDA stage must
+    pass its self-check against the numpy reference; when it cannot start or fails, OpenCV takes over with a
+    note."""
     from edge_mer.flow.stage import make_stage
 
-    try:
+    if requested != "auto" or flow != "cuda":
         return flow, make_stage(flow, size)
-    except UserError as exc:
-        if requested != "auto" or flow != "cuda":
-            raise
-        from edge_mer.features.flow import has_tvl1
+    try:
+        from edge_mer.flow.cuda import CudaStage
 
-        print(f"note: {exc}; using OpenCV", file=sys.stderr)
-        fallback = "opencv-tvl1" if has_tvl1() else "opencv-dis"  # auto picks cuda only for TV-L1 models
-        return fallback, make_stage(fallback, size)
+        stage = CudaStage(size)
+        reason = stage.self_check()
+    except UserError as exc:
+        reason = str(exc)
+    if reason is None:
+        return flow, stage
+    from edge_mer.features.flow import has_tvl1
+
+    print(f"note: {reason}; using OpenCV", file=sys.stderr)
+    fallback = "opencv-tvl1" if has_tvl1() else "opencv-dis"  # auto picks cuda only for TV-L1 models
+    return fallback, make_stage(fallback, size)
 
 
 def _meta(backend: Any) -> dict[str, Any]:
