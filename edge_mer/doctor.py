@@ -7,7 +7,6 @@ installed, and the report works on a machine with numpy alone.
 
 from __future__ import annotations
 
-import glob
 import importlib
 import importlib.metadata as md
 import platform
@@ -177,7 +176,9 @@ def collect(import_heavy: bool = True) -> Report:
     rep.checks.append(Check("cuda devices", bool(rep.cuda_devices), ", ".join(rep.cuda_devices) or "none",
                             "" if rep.cuda_devices else "no NVIDIA GPU found: the CPU path (ONNX Runtime, "
                             "OpenCV flow) is used"))
-    rep.cameras = sorted(glob.glob("/dev/video*"), key=lambda p: (len(p), p))
+    from edge_mer.runtime.sources import list_cameras  # numpy only; OpenCV is imported when a source opens
+
+    rep.cameras = list_cameras()
     rep.checks.append(Check("cameras", bool(rep.cameras), ", ".join(rep.cameras) or "none",
                             "" if rep.cameras else "no /dev/video* device; use --source FILE or --demo"))
     return rep

@@ -66,7 +66,9 @@ def test_stage_matches_the_reference_pipeline(stage):
     assert np.abs(texture - ref_texture).max() <= 1 / 255 / 0.25 + 1e-6
     # at S = 112 the motion channels are the flow in units of FLOW_UNIT
     assert float(np.abs(motion[:2] - ref_motion[:2]).mean()) < FLOW_TOLERANCE_PX / FLOW_UNIT
-    assert float(np.abs(motion[2] - ref_motion[2]).mean()) < 0.1
+    # strain is a derivative of the flow, ten times amplified: a looser bound, and the same pattern
+    assert float(np.abs(motion[2] - ref_motion[2]).mean()) < 0.25
+    assert np.corrcoef(motion[2].ravel(), ref_motion[2].ravel())[0, 1] > 0.95
     print(f"stage: GPU {stage.last_ms:.3f} ms per pair (pre + flow + epilogue)")
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from edge_mer.data.frames import list_frames
 from edge_mer.data.labels import COMPOSITE_LABELS, COMPOSITE_NAMES, composite_class
 from edge_mer.data.records import DatasetIndex, Problem, Sample
-from edge_mer.data.tables import Table, any_file, cell_text, find_table, get, read_rows
+from edge_mer.data.tables import Table, any_file, cell_text, find_table, folder_levels, get, read_rows
 from edge_mer.errors import UserError
 
 DATASETS = ("casme2", "samm", "smic", "casme3", "megc2019")
@@ -35,18 +35,10 @@ def _int(value: object) -> int | None:
 
 def _find_dir(root: Path, accept: Callable[[Path], bool], max_depth: int = 4) -> Path | None:
     """The shallowest folder under ``root`` (itself included) that ``accept`` likes."""
-    level = [root]
-    for _ in range(max_depth + 1):
+    for level in folder_levels(root, max_depth):
         for d in level:
             if accept(d):
                 return d
-        nxt = []
-        for d in level:
-            try:
-                nxt += sorted(e for e in d.iterdir() if e.is_dir())
-            except OSError:
-                continue
-        level = nxt
     return None
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import re
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,20 +116,31 @@ def get(row: Row, idx: int | None) -> Any:
     return row[idx] if idx is not None and idx < len(row) else None
 
 
-def any_file(folder: Path, patterns: Iterable[str], max_depth: int = 4) -> Path | None:
-    """The first file under ``folder`` (breadth first, to ``max_depth``) matching a glob pattern."""
-    level = [folder]
+def folder_levels(root: Path, max_depth: int = 4) -> Iterator[list[Path]]:
+    """The folders under ``root``, breadth first: ``[root]``, then its subfolders (sorted), and so on to
+    ``max_depth`` levels below it; folders that cannot be read are passed over."""
+    level = [root]
     for _ in range(max_depth + 1):
+        yield level
         nxt: list[Path] = []
         for d in level:
             try:
-                entries = sorted(d.iterdir())
+                nxt += sorted(e for e in d.iterdir() if e.is_dir())
+            except OSError:
+                continue
+        level = nxt
+
+
+def any_file(folder: Path, patterns: Iterable[str], max_depth: int = 4) -> Path | None:
+    """The first file under ``folder`` (breadth first, to ``max_depth``) matching a glob pattern."""
+    for level in folder_levels(folder, max_depth):
+        for d in level:
+            try:
+                entries = sorted(e for e in d.iterdir() if e.is_file())
             except OSError:
                 continue
             for pat in patterns:
-                hits = [e for e in entries if e.is_file() and e.match(pat)]
+                hits = [e for e in entries if e.match(pat)]
                 if hits:
                     return hits[0]
-            nxt += [e for e in entries if e.is_dir()]
-        level = nxt
     return None

@@ -45,6 +45,10 @@ def kernel_source() -> str:
     return (resources.files("edge_mer.flow") / "kernels" / "tvl1.cu").read_text()
 
 
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def _grid(w: int, h: int, z: int = 1) -> tuple[int, int, int]:
     return ((w + TILE - 1) // TILE, (h + TILE - 1) // TILE, z)
 
@@ -75,13 +79,21 @@ class CudaStage(FlowStage):
 
         self.drv = drv
         self.params = params or TVL1Params()
-        self.ctx = drv.Device(device).retain_primary_context()
+        try:
+            self.ctx = drv.Device(device).retain_primary_context()
+        except drv.Error as exc:  # e.g. a GPU in exclusive-process mode held by another process
+            raise UserError(f"the cuda flow stage cannot use GPU {device}: {_first_line(exc)}") from None
         self.ctx.push()
         try:
             try:
                 module = SourceModule(kernel_source(), no_extern_c=True, options=["-O3"])
             except drv.CompileError as exc:
-                raise UserError(f"the CUDA flow kernels do not compile here: {str(exc).splitlines()[0]}") from None
+                raise UserError(f"the CUDA flow kernels do not compile here: {_first_line(exc)}") from None
+            except OSError as exc:  # nvcc is not on PATH (a Jetson: /usr/local/cuda/bin)
+                raise UserError(f"the cuda flow stage needs nvcc to build its kernels: {_first_line(exc)}; "
+                                "add /usr/local/cuda/bin to PATH") from None
+            except drv.Error as exc:  # the module does not load: a toolkit newer than the driver
+                raise UserError(f"the CUDA flow kernels do not load on this GPU: {_first_line(exc)}") from None
             self.k = {name: module.get_function(name) for name in (
                 "tvl1_pre", "tvl1_downsample", "tvl1_centered_gradient", "tvl1_warp", "tvl1_solve",
                 "tvl1_upsample_flow", "tvl1_epilogue_f32", "tvl1_epilogue_f16")}
@@ -206,7 +218,7 @@ class CudaStage(FlowStage):
         try:
             got = self.flow(pair.first, pair.second)
         except Exception as exc:  # a driver or launch error: any of pycuda's, reported in one line
-            return f"the CUDA flow failed its self-check: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+            return f"the CUDA flow failed its self-check: {type(exc).__name__}: {_first_line(exc)}"
         diff = float(np.linalg.norm(got - tvl1(pair.first, pair.second), axis=2).mean())
         if not diff < tolerance_px:
             return f"the CUDA flow differs from the reference by {diff:.3f} px on average (tolerance {tolerance_px})"

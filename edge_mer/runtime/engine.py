@@ -114,11 +114,12 @@ def mismatch(info: EngineInfo, trt_version: str, gpu: str) -> str | None:
 
 
 def build_engine(onnx_path: Path, out_dir: Path, fp16: bool = False, max_batch: int = MAX_BATCH,
-                 workspace_mb: int = 1024) -> Path:
-    """Build (or reuse) the engine of ``onnx_path`` for this machine; returns its path."""
+                 workspace_mb: int = 1024, gpu: str | None = None) -> Path:
+    """Build (or reuse) the engine of ``onnx_path`` for this machine (``gpu``: its name when already known);
+    returns its path."""
     trt = import_tensorrt()
     art = load_artifact(onnx_path)
-    gpu = gpu_name()
+    gpu = gpu or gpu_name()
     precision = ("int8" if art.precision == "int8" else "fp32") + ("+fp16" if fp16 else "")
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = onnx_path.name.removesuffix(".onnx")
@@ -230,11 +231,12 @@ def find_or_build(model: Path, cache: Path | None = None, fp16: bool = False) ->
     if model.suffix == ".onnx":
         return build_engine(model, cache or model.parent, fp16=fp16)
     info = read_engine_info(model)
-    why = mismatch(info, trt.__version__, gpu_name())
+    gpu = gpu_name()
+    why = mismatch(info, trt.__version__, gpu)
     if why is None:
         return model
     source = model.parent / info.meta["onnx"]
     if source.is_file() and sha256(source) == info.meta["onnx_sha256"]:
-        return build_engine(source, cache or model.parent, fp16="fp16" in info.meta["precision"])
+        return build_engine(source, cache or model.parent, fp16="fp16" in info.meta["precision"], gpu=gpu)
     raise UserError(f"{why}; rebuild it with: edge-mer build-engine --onnx {info.meta['onnx']} --out "
                     f"{model.parent}")

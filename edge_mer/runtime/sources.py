@@ -41,7 +41,6 @@ import numpy as np
 from edge_mer.errors import UserError
 
 if TYPE_CHECKING:
-    from edge_mer.data.synth.timeline import Event
     from edge_mer.data.synth.video import VideoConfig
 
 #: nvvidconv flip-method: 0 none, 1 rotate 90° counter-clockwise, 2 rotate 180°, 3 rotate 90° clockwise,
@@ -352,18 +351,6 @@ def demo_config(uri: str, options: OpenOptions) -> VideoConfig:
     return cfg
 
 
-def demo_frames(cfg: VideoConfig, events: list[Event]) -> Iterator[np.ndarray]:
-    """The frames ``write_video(cfg, ...)`` writes, one at a time: same subject, renderer, seeds and event plan."""
-    from edge_mer.data.synth.faces import make_subject
-    from edge_mer.data.synth.render import FaceRenderer, default_face_iod
-    from edge_mer.data.synth.timeline import render_sequence
-
-    renderer = FaceRenderer(make_subject(cfg.subject, cfg.seed), cfg.size, default_face_iod(cfg.size),
-                            gray=cfg.gray)
-    rng = np.random.default_rng([cfg.seed, 4242, cfg.subject])
-    return render_sequence(renderer, events, int(round(cfg.seconds * cfg.fps)), cfg.fps, cfg.nuisances, rng)
-
-
 class DemoSource(Source):
     """The synthetic long video rendered while it plays, with its truth.
 
@@ -379,14 +366,14 @@ class DemoSource(Source):
     kind = "demo"
 
     def __init__(self, uri: str, options: OpenOptions) -> None:
-        from edge_mer.data.synth.video import plan_events, truth_rows
+        from edge_mer.data.synth.video import plan_events, truth_rows, video_frames
 
         self.config = demo_config(uri, options)
         super().__init__(uri, options, live=False, fps=self.config.fps)
         events = plan_events(self.config)
         self.truth = [TruthEvent(*row) for row in truth_rows(events)]  # type: ignore[arg-type]
         self.length = int(round(self.config.seconds * self.config.fps))
-        self._frames: Iterator[np.ndarray] | None = demo_frames(self.config, events)
+        self._frames: Iterator[np.ndarray] | None = video_frames(self.config, events)
         self.size = self.config.size
         if self._flip in (1, 3, 5, 7):
             self.size = (self.size[1], self.size[0])

@@ -16,6 +16,7 @@ folder (a path without a suffix: ``frame_000000.jpg`` ...), and the truth:
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,15 @@ def write_truth_sheet(path: Path, events: list[Event], style: str, subject: int,
         raise UserError(f"unknown truth style {style!r}; choose from {', '.join(TRUTH_STYLES)}")
 
 
+def video_frames(cfg: VideoConfig, events: list[Event]) -> Iterator[np.ndarray]:
+    """The frames of ``cfg``'s video with the planned ``events``, rendered one at a time (what ``write_video``
+    writes and ``demo://`` plays)."""
+    renderer = FaceRenderer(make_subject(cfg.subject, cfg.seed), cfg.size, default_face_iod(cfg.size),
+                            gray=cfg.gray)
+    rng = np.random.default_rng([cfg.seed, 4242, cfg.subject])
+    return render_sequence(renderer, events, int(round(cfg.seconds * cfg.fps)), cfg.fps, cfg.nuisances, rng)
+
+
 def write_video(cfg: VideoConfig, out: Path, truth: Path | None = None, sheet: Path | None = None,
                 style: str = "casme2lv", progress: bool = True) -> VideoSummary:
     """Render the video of ``cfg`` to ``out`` and write its truth."""
@@ -170,13 +180,10 @@ def write_video(cfg: VideoConfig, out: Path, truth: Path | None = None, sheet: P
     start = time.perf_counter()
     events = plan_events(cfg)
     frames = int(round(cfg.seconds * cfg.fps))
-    renderer = FaceRenderer(make_subject(cfg.subject, cfg.seed), cfg.size, default_face_iod(cfg.size),
-                            gray=cfg.gray)
-    rng = np.random.default_rng([cfg.seed, 4242, cfg.subject])
     sink = FrameSink(out, cfg.fps, cfg.size, cfg.gray)
     try:
-        seq = render_sequence(renderer, events, frames, cfg.fps, cfg.nuisances, rng)
-        for frame in tqdm(seq, total=frames, desc="synth video", unit="frame", disable=not progress):
+        for frame in tqdm(video_frames(cfg, events), total=frames, desc="synth video", unit="frame",
+                          disable=not progress):
             sink.write(frame)
     finally:
         sink.close()
