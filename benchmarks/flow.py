@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from edge_mer.errors import UserError
-from edge_mer.flow.pairs import FlowPair, endpoint_error, micro_pairs, shift_pairs
+from edge_mer.flow.pairs import FlowPair, endpoint_error, in_frames, micro_pairs, shift_pairs
 from edge_mer.flow.stage import cuda_unavailable, make_stage
 from edge_mer.runtime.backends.onnxruntime import cpu_name
 
@@ -78,9 +78,7 @@ def fused_stage_ms(stage: Any, pairs: list[FlowPair], repeats: int) -> float:
     import pycuda.driver as drv
 
     size = stage.size
-    scale = 1.5
-    matrix = np.array([[1 / scale, 0.0, -200 / scale], [0.0, 1 / scale, -100 / scale]])  # frame -> crop
-    inv = cv2.invertAffineTransform(matrix)
+    framed = [in_frames(p) for p in pairs]
     stage.ctx.push()
     try:
         motion, texture = drv.mem_alloc(3 * size * size * 4), drv.mem_alloc(size * size * 4)
@@ -88,9 +86,7 @@ def fused_stage_ms(stage: Any, pairs: list[FlowPair], repeats: int) -> float:
         stage.ctx.pop()
     times = []
     for r in range(repeats + 1):
-        for p in pairs:
-            onset, apex = (cv2.cvtColor(cv2.warpAffine(img, inv, (640, 480), borderMode=cv2.BORDER_REPLICATE),
-                                        cv2.COLOR_GRAY2BGR) for img in (p.first, p.second))
+        for onset, apex, matrix in framed:
             ms = stage.write(onset, apex, matrix, int(motion), int(texture))
             if r > 0:  # the first pass warms up
                 times.append(ms)

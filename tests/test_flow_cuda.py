@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edge_mer.features.normalise import FLOW_UNIT, motion_tensor, texture_tensor
-from edge_mer.flow.pairs import endpoint_error, micro_pairs, shift_pairs
+from edge_mer.flow.pairs import endpoint_error, in_frames, micro_pairs, shift_pairs
 from edge_mer.flow.reference import crop_gray, tvl1
 
 pytestmark = pytest.mark.gpu
@@ -43,16 +43,9 @@ def test_raw_flow_agrees_with_the_reference(stage, size):
 
 def _frames(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """A 640x480 BGR onset/apex pair with the face crop somewhere in it, the crop matrix, the truth flow."""
-    import cv2
-
     p = micro_pairs(size, peaks=(1.4,))[0]
-    scale = 1.7
-    matrix = np.array([[1 / scale, 0.0, -150 / scale], [0.0, 1 / scale, -90 / scale]])  # frame -> crop
-    inv = cv2.invertAffineTransform(matrix)
-    frames = [cv2.cvtColor(cv2.warpAffine(img, inv, (640, 480), flags=cv2.INTER_CUBIC,
-                                          borderMode=cv2.BORDER_REPLICATE), cv2.COLOR_GRAY2BGR)
-              for img in (p.first, p.second)]
-    return frames[0], frames[1], matrix, p.flow
+    onset, apex, matrix = in_frames(p)
+    return onset, apex, matrix, p.flow
 
 
 def test_stage_matches_the_reference_pipeline(stage):

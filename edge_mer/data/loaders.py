@@ -36,7 +36,7 @@ def _int(value: object) -> int | None:
 def _find_dir(root: Path, accept: Callable[[Path], bool], max_depth: int = 4) -> Path | None:
     """The shallowest folder under ``root`` (itself included) that ``accept`` likes."""
     for level in folder_levels(root, max_depth):
-        for d in level:
+        for d, _ in level:
             if accept(d):
                 return d
     return None

@@ -116,31 +116,29 @@ def get(row: Row, idx: int | None) -> Any:
     return row[idx] if idx is not None and idx < len(row) else None
 
 
-def folder_levels(root: Path, max_depth: int = 4) -> Iterator[list[Path]]:
-    """The folders under ``root``, breadth first: ``[root]``, then its subfolders (sorted), and so on to
-    ``max_depth`` levels below it; folders that cannot be read are passed over."""
+def folder_levels(root: Path, max_depth: int = 4) -> Iterator[list[tuple[Path, list[Path]]]]:
+    """The folders under ``root``, breadth first, each with its sorted entries: ``root`` first, then its
+    subfolders, and so on to ``max_depth`` levels below it. Each folder is listed once; folders that cannot
+    be read are passed over."""
     level = [root]
     for _ in range(max_depth + 1):
-        yield level
-        nxt: list[Path] = []
+        listed: list[tuple[Path, list[Path]]] = []
         for d in level:
             try:
-                nxt += sorted(e for e in d.iterdir() if e.is_dir())
+                listed.append((d, sorted(d.iterdir())))
             except OSError:
                 continue
-        level = nxt
+        yield listed
+        level = [e for _, entries in listed for e in entries if e.is_dir()]
 
 
 def any_file(folder: Path, patterns: Iterable[str], max_depth: int = 4) -> Path | None:
     """The first file under ``folder`` (breadth first, to ``max_depth``) matching a glob pattern."""
     for level in folder_levels(folder, max_depth):
-        for d in level:
-            try:
-                entries = sorted(e for e in d.iterdir() if e.is_file())
-            except OSError:
-                continue
+        for _, entries in level:
+            files = [e for e in entries if e.is_file()]
             for pat in patterns:
-                hits = [e for e in entries if e.match(pat)]
+                hits = [e for e in files if e.match(pat)]
                 if hits:
                     return hits[0]
     return None

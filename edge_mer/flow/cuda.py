@@ -32,7 +32,7 @@ import numpy as np
 
 from edge_mer.errors import UserError
 from edge_mer.features.normalise import CLIP, FLOW_UNIT, STRAIN_UNIT, TEXTURE_MEAN, TEXTURE_STD
-from edge_mer.flow.reference import TVL1Params, level_shapes
+from edge_mer.flow.reference import TVL1Params, crop_gray, level_shapes, to_float, tvl1
 from edge_mer.flow.stage import FlowStage, cuda_unavailable, to_gray
 
 TILE = 16  # block side of the per-pixel kernels
@@ -211,8 +211,7 @@ class CudaStage(FlowStage):
 
         ``edge-mer run --flow auto`` calls this before it trusts the GPU with a camera loop.
         """
-        from edge_mer.flow.pairs import micro_pairs
-        from edge_mer.flow.reference import tvl1
+        from edge_mer.flow.pairs import micro_pairs  # face photos: loaded only when checked
 
         pair = micro_pairs(self.size, peaks=(1.0,))[0]
         try:
@@ -260,8 +259,6 @@ class CudaStage(FlowStage):
 
     def crop(self, frame: np.ndarray, matrix: np.ndarray) -> np.ndarray:
         """(S, S) uint8 grey crop as the GPU makes it (``reference.crop_gray``)."""
-        from edge_mer.flow.reference import crop_gray
-
         return crop_gray(to_gray(frame), np.asarray(matrix, np.float64), self.size).astype(np.uint8)
 
     def flow(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
@@ -269,8 +266,6 @@ class CudaStage(FlowStage):
         if first.shape != second.shape or first.ndim != 2:
             raise ValueError(f"expected two grey images of one size, got {first.shape} and {second.shape}")
         h, w = first.shape
-        from edge_mer.flow.reference import to_float
-
         pair = np.ascontiguousarray(np.stack([to_float(first), to_float(second)]))
         out = np.empty((2, h, w), np.float32)
         self.ctx.push()

@@ -91,6 +91,19 @@ def shift_pairs(size: int = 112, shifts: tuple[tuple[float, float], ...] = ((0.4
     return out
 
 
+def in_frames(pair: FlowPair, frame_size: tuple[int, int] = (640, 480), scale: float = 1.7,
+              corner: tuple[float, float] = (150.0, 90.0)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pair's two crops placed, ``scale`` times larger, at ``corner`` of BGR camera frames of
+    ``frame_size`` (W, H): (onset frame, apex frame, 2x3 frame -> crop matrix), for a whole flow stage."""
+    x, y = corner
+    matrix = np.array([[1 / scale, 0.0, -x / scale], [0.0, 1 / scale, -y / scale]])
+    inv = cv2.invertAffineTransform(matrix)
+    first, second = (cv2.cvtColor(cv2.warpAffine(img, inv, frame_size, flags=cv2.INTER_CUBIC,
+                                                 borderMode=cv2.BORDER_REPLICATE), cv2.COLOR_GRAY2BGR)
+                     for img in (pair.first, pair.second))
+    return first, second, matrix
+
+
 def endpoint_error(flow: np.ndarray, truth: np.ndarray, border: int = 6) -> float:
     """Mean endpoint error over the interior (``border`` pixels left out on every side)."""
     b = slice(border, -border) if border else slice(None)

@@ -35,6 +35,11 @@ def pick_flow(name: str, model_meta: dict[str, Any]) -> str:
 
         if cuda_unavailable() is None:
             return "cuda"
+    return _opencv_flow(trained)
+
+
+def _opencv_flow(trained: str) -> str:
+    """OpenCV's stage for a model trained on ``trained`` flow: TV-L1 when contrib has it, else DIS."""
     from edge_mer.features.flow import has_tvl1
 
     return "opencv-tvl1" if trained == "tvl1" and has_tvl1() else "opencv-dis"
@@ -57,10 +62,8 @@ def open_stage(requested: str, flow: str, size: int) -> tuple[str, Any]:
         reason = str(exc)
     if reason is None:
         return flow, stage
-    from edge_mer.features.flow import has_tvl1
-
     print(f"note: {reason}; using OpenCV", file=sys.stderr)
-    fallback = "opencv-tvl1" if has_tvl1() else "opencv-dis"  # auto picks cuda only for TV-L1 models
+    fallback = _opencv_flow("tvl1")  # auto picks cuda only for TV-L1 models
     return fallback, make_stage(fallback, size)
 
 
