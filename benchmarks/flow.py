@@ -1,14 +1,19 @@
 """Flow stage speed and accuracy: per-pair latency and endpoint error at S in {64, 112, 128, 224}.
 
 For OpenCV's TV-L1 (contrib), OpenCV's DIS, the numpy TV-L1 reference and the
-CUDA kernels (a row saying why when they cannot run here), on the synthetic-warp
+CUDA kernels with both layouts of the solve, ``cuda-block`` (one block per pair) and
+``cuda-grid`` (up to one block per multiprocessor), a row saying why when they
+cannot run here, on the synthetic-warp
 pairs of ``edge_mer.flow.pairs`` (the same pairs the tests use): latency is the
 median over ``--repeats`` passes of the time of one pair's flow (crops already
 made; the stage's crop and normalisation are not included), EPE the mean
 endpoint error against the known flow over the interior (6-pixel border left
 out), per pair family. Writes ``benchmarks/results/flow.md`` and ``flow.json``.
 
-    python benchmarks/flow.py [--repeats 5] [--sizes 64 112 128 224]
+    python benchmarks/flow.py [--repeats 5] [--sizes 64 112 128 224] [--out DIR]
+
+``--cuda-emulator`` runs the cuda rows on the CPU emulator (``edge_mer.flow.emulate``)
+to check this script's GPU path on a machine without a GPU: its times are not GPU times.
 """
 
 from __future__ import annotations
@@ -30,11 +35,11 @@ import numpy as np
 
 from edge_mer.errors import UserError
 from edge_mer.flow.pairs import FlowPair, endpoint_error, in_frames, micro_pairs, shift_pairs
-from edge_mer.flow.stage import cuda_unavailable, make_stage
+from edge_mer.flow.stage import FlowStage, cuda_unavailable, make_stage
 from edge_mer.runtime.backends.onnxruntime import cpu_name
 
 RESULTS = Path(__file__).resolve().parent / "results"
-METHODS = ("opencv-tvl1", "opencv-dis", "reference", "cuda")
+METHODS = ("opencv-tvl1", "opencv-dis", "reference", "cuda-block", "cuda-grid")
 
 
 def gpu_name() -> str:
@@ -45,10 +50,19 @@ def gpu_name() -> str:
     return proc.stdout.strip().replace("\n", ", ") or "none"
 
 
-def measure(name: str, pairs: list[FlowPair], repeats: int) -> dict[str, Any]:
+def make(name: str, size: int, emulator: bool) -> FlowStage:
+    if name.startswith("cuda-"):
+        from edge_mer.flow import emulate
+        from edge_mer.flow.cuda import CudaStage
+
+        return CudaStage(size, solver=name.removeprefix("cuda-"), runtime=emulate if emulator else None)
+    return make_stage(name, size)
+
+
+def measure(name: str, pairs: list[FlowPair], repeats: int, emulator: bool = False) -> dict[str, Any]:
     """Median per-pair latency and mean EPE per family, or why the method cannot run."""
     try:
-        stage = make_stage(name, pairs[0].first.shape[0])
+        stage = make(name, pairs[0].first.shape[0], emulator)
     except UserError as exc:
         return {"available": False, "reason": str(exc)}
     fn = stage.flow
@@ -75,8 +89,7 @@ def measure(name: str, pairs: list[FlowPair], repeats: int) -> dict[str, Any]:
 
 def fused_stage_ms(stage: Any, pairs: list[FlowPair], repeats: int) -> float:
     """Median GPU milliseconds of the whole CUDA stage writing float32 model inputs to device buffers."""
-    import pycuda.driver as drv
-
+    drv = stage.drv
     size = stage.size
     framed = [in_frames(p) for p in pairs]
     stage.ctx.push()
@@ -106,8 +119,8 @@ def table(rows: dict[int, dict[str, dict[str, Any]]]) -> list[str]:
             if "gpu_ms" in r:
                 tvl1 = methods.get("opencv-tvl1", {}).get("latency_ms")
                 speed = f"; {tvl1 / r['stage_gpu_ms']:.0f}x OpenCV TV-L1 above" if tvl1 else ""
-                lines.append(f"| {size} | cuda, GPU time of the flow (CUDA events) | {r['gpu_ms']:.3f} | | |")
-                lines.append(f"| {size} | cuda, whole stage: 640x480 BGR frames to model inputs on the device "
+                lines.append(f"| {size} | {name}, GPU time of the flow (CUDA events) | {r['gpu_ms']:.3f} | | |")
+                lines.append(f"| {size} | {name}, whole stage: 640x480 BGR frames to model inputs on the device "
                              f"(CUDA events{speed}) | {r['stage_gpu_ms']:.3f} | | |")
     return lines
 
@@ -117,21 +130,26 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 112, 128, 224])
     ap.add_argument("--cv-threads", type=int, default=2, help="OpenCV threads (2: a 2-core CPU)")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="folder for flow.md and flow.json")
+    ap.add_argument("--cuda-emulator", action="store_true",
+                    help="cuda rows on the CPU emulator: checks this script without a GPU; not GPU times")
     args = ap.parse_args()
     cv2.setNumThreads(args.cv_threads)
     rows: dict[int, dict[str, dict[str, Any]]] = {}
     for size in args.sizes:
         pairs = micro_pairs(size) + shift_pairs(size)
-        rows[size] = {name: measure(name, pairs, args.repeats) for name in METHODS}
+        rows[size] = {name: measure(name, pairs, args.repeats, args.cuda_emulator) for name in METHODS}
         print(f"S = {size}: " + ", ".join(f"{k} {v.get('latency_ms', 'n/a')} ms" for k, v in rows[size].items()),
               flush=True)
     cuda_reason = cuda_unavailable() or f"runs on {gpu_name()}"
+    if args.cuda_emulator:
+        cuda_reason = "the cuda rows ran on the CPU emulator (edge_mer.flow.emulate): their times are not GPU times"
     machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "gpu": gpu_name(), "opencv": cv2.__version__,
                "opencv_threads": cv2.getNumThreads(), "numpy": np.__version__, "python": platform.python_version()}
     command = "python benchmarks/flow.py " + " ".join(sys.argv[1:])
     date = dt.date.today().isoformat()
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "flow.json").write_text(json.dumps(
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "flow.json").write_text(json.dumps(
         {"date": date, "machine": machine, "command": command.strip(), "repeats": args.repeats,
          "cuda": cuda_reason, "results": {str(k): v for k, v in rows.items()}}, indent=2) + "\n")
     lines = [f"# Flow stage: latency and accuracy ({date})", "",
@@ -144,7 +162,7 @@ def main() -> None:
              f"median over {args.repeats} passes of the flow of one pair (grey crops in, flow out); EPE is the "
              "mean endpoint error against the known flow over the interior (6 px border left out).", "",
              *table(rows), "", f"cuda: {cuda_reason}."]
-    (RESULTS / "flow.md").write_text("\n".join(lines) + "\n")
+    (args.out / "flow.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

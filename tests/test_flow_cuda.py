@@ -1,4 +1,11 @@
-"""The CUDA flow stage against its specification, the numpy reference (GPU machines only).
+"""The CUDA flow stage against its specification, the numpy reference.
+
+Each test runs for both layouts of the solve (one block per pair, or a grid of
+blocks) and twice: on a CUDA GPU (marked ``gpu``: skipped without one) and on the
+CPU emulator (``edge_mer.flow.emulate``: the same kernel source compiled with g++,
+CUDA threads as fibers, every allocation ending at a guard page), so that the
+kernels and their host driver are checked on every machine and the GPU run adds
+what only a GPU shows (its float arithmetic, its compiler, its launch limits).
 
 Tolerances: the kernels differ from the reference only by float32 rounding and
 summation order, which can move TV-L1's stopping test by an iteration; the flows then
@@ -8,23 +15,31 @@ measure (0.3 to 2 px).
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
 from edge_mer.features.normalise import FLOW_UNIT, motion_tensor, texture_tensor
+from edge_mer.flow import emulate
+from edge_mer.flow.cuda import SOLVERS, CudaStage
 from edge_mer.flow.pairs import endpoint_error, in_frames, micro_pairs, shift_pairs
 from edge_mer.flow.reference import crop_gray, tvl1
 
-pytestmark = pytest.mark.gpu
-
 FLOW_TOLERANCE_PX = 0.05  # mean endpoint difference CUDA vs reference
 
+needs_compiler = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                                    reason="the CUDA emulator needs a C++ compiler (g++)")
 
-@pytest.fixture(scope="module")
-def stage():
-    from edge_mer.flow.stage import make_stage
 
-    return make_stage("cuda", 112)
+WHERE = {"gpu": pytest.mark.gpu, "emulated": needs_compiler}
+
+
+@pytest.fixture(scope="module", params=[pytest.param((where, solver), marks=mark, id=f"{where}-{solver}")
+                                        for where, mark in WHERE.items() for solver in SOLVERS])
+def stage(request):
+    where, solver = request.param
+    return CudaStage(112, solver=solver, runtime=emulate if where == "emulated" else None)
 
 
 @pytest.mark.parametrize("size", [64, 112])
@@ -35,7 +50,7 @@ def test_raw_flow_agrees_with_the_reference(stage, size):
         got = stage.flow(p.first, p.second)
         assert got.shape == ref.shape == (size, size, 2) and got.dtype == np.float32
         diff = float(np.linalg.norm(got - ref, axis=2).mean())
-        print(f"{p.name} S={size}: |cuda - reference| mean {diff:.4f} px; endpoint error cuda "
+        print(f"{p.name} S={size}: |cuda - reference| mean {diff:.2g} px; endpoint error cuda "
               f"{endpoint_error(got, p.flow):.4f}, reference {endpoint_error(ref, p.flow):.4f}")
         assert diff < FLOW_TOLERANCE_PX, (p.name, diff)
         assert endpoint_error(got, p.flow) <= 1.1 * endpoint_error(ref, p.flow) + 0.005
@@ -62,12 +77,12 @@ def test_stage_matches_the_reference_pipeline(stage):
     # strain is a derivative of the flow, ten times amplified: a looser bound, and the same pattern
     assert float(np.abs(motion[2] - ref_motion[2]).mean()) < 0.25
     assert np.corrcoef(motion[2].ravel(), ref_motion[2].ravel())[0, 1] > 0.95
-    print(f"stage: GPU {stage.last_ms:.3f} ms per pair (pre + flow + epilogue)")
+    print(f"stage on {stage.drv.Device(0).name()}: {stage.last_ms:.3f} ms per pair (pre + flow + epilogue; "
+          "CUDA events on a GPU, CPU time on the emulator)")
 
 
 def test_write_fills_device_buffers_in_float16_and_float32(stage):
-    import pycuda.driver as drv
-
+    drv = stage.drv
     onset, apex, matrix, _ = _frames(112)
     motion32, texture32 = stage(onset, apex, matrix)
     stage.ctx.push()
@@ -90,6 +105,7 @@ def test_write_fills_device_buffers_in_float16_and_float32(stage):
         stage.write(onset, apex, matrix, int(dm), int(dt), "int8")
 
 
+@pytest.mark.gpu
 def test_flow_command_with_cuda(tmp_path):
     import cv2
     from conftest import run_cli

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib import resources
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -36,8 +37,9 @@ from edge_mer.flow.reference import TVL1Params, crop_gray, level_shapes, to_floa
 from edge_mer.flow.stage import FlowStage, cuda_unavailable, to_gray
 
 TILE = 16  # block side of the per-pixel kernels
-SOLVE_THREADS = 1024  # block of tvl1_solve: one block per pair, a multiple of 32, at most 32 warps (less when
-# the compiled kernel's registers do not allow as many threads)
+SOLVE_THREADS = 1024  # block of tvl1_solve: a multiple of 32, at most 32 warps (less when the compiled
+# kernel's registers do not allow as many threads)
+SOLVERS = ("block", "grid")  # tvl1_solve's layouts: one block per pair, or up to one block per multiprocessor
 
 
 def kernel_source() -> str:
@@ -69,18 +71,34 @@ class CudaStage(FlowStage):
     PLANES = ("gx", "gy", "i1wx", "i1wy", "grad", "rho_c", "u1", "u2", "v1", "v2",
               "p11", "p12", "p21", "p22", "tmp1", "tmp2")
 
-    def __init__(self, size: int = 112, params: TVL1Params | None = None, device: int = 0) -> None:
+    def __init__(self, size: int = 112, params: TVL1Params | None = None, device: int = 0,
+                 runtime: ModuleType | None = None, solver: str = "block") -> None:
+        """``runtime``: pycuda when None; ``edge_mer.flow.emulate`` runs the same kernels on the CPU.
+
+        ``solver``: ``block`` runs each warp's iterations in one thread block (``__syncthreads``
+        between phases); ``grid`` spreads a level's pixels over up to one block per
+        multiprocessor (a grid-wide barrier between phases; levels small enough for one
+        block still use one). ``benchmarks/flow.py`` times both.
+        """
         super().__init__(size)
-        reason = cuda_unavailable()
-        if reason:
-            raise UserError(f"the cuda flow stage is not available: {reason}; use reference or opencv")
-        import pycuda.driver as drv
-        from pycuda.compiler import SourceModule
+        if solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}, not {solver!r}")
+        self.solver = solver
+        if runtime is None:
+            reason = cuda_unavailable()
+            if reason:
+                raise UserError(f"the cuda flow stage is not available: {reason}; use reference or opencv")
+            import pycuda.driver as drv
+            from pycuda.compiler import SourceModule
+        else:
+            drv, SourceModule = runtime, runtime.SourceModule
 
         self.drv = drv
         self.params = params or TVL1Params()
         try:
-            self.ctx = drv.Device(device).retain_primary_context()
+            gpu = drv.Device(device)
+            self.multiprocessors = int(gpu.get_attribute(drv.device_attribute.MULTIPROCESSOR_COUNT))
+            self.ctx = gpu.retain_primary_context()
         except drv.Error as exc:  # e.g. a GPU in exclusive-process mode held by another process
             raise UserError(f"the cuda flow stage cannot use GPU {device}: {_first_line(exc)}") from None
         self.ctx.push()
@@ -108,6 +126,11 @@ class CudaStage(FlowStage):
             self._texture = drv.pagelocked_empty((1, size, size), np.float32)
             self._dmotion = drv.mem_alloc(self._motion.nbytes)
             self._dtexture = drv.mem_alloc(self._texture.nbytes)
+            # the grid solve's barrier (arrivals, generation, gave-up flag) and per-block stopping sums
+            self._barrier = drv.mem_alloc(3 * 4)
+            drv.memset_d32(self._barrier, 0, 3)
+            self._gave_up = drv.pagelocked_empty(1, np.uint32)
+            self._partials = drv.mem_alloc(4 * max(1, self.multiprocessors))
             self._buffers_for((size, size))
         finally:
             self.ctx.pop()
@@ -162,6 +185,7 @@ class CudaStage(FlowStage):
             grid = _grid(w, h)
             k["tvl1_centered_gradient"](np.uintp(i1), i32(w), i32(h), stride, q["gx"], q["gy"],
                                         block=(TILE, TILE, 1), grid=grid, stream=s)
+            parts = 1 if self.solver == "block" else max(1, min(self.multiprocessors, -(-n // self.solve_threads)))
             for warp in range(p.warps):
                 k["tvl1_warp"](np.uintp(i0), np.uintp(i1), q["gx"], q["gy"], flow[0], flow[1], i32(w), i32(h),
                                stride, q["i1wx"], q["i1wy"], q["grad"], q["rho_c"],
@@ -169,8 +193,9 @@ class CudaStage(FlowStage):
                 k["tvl1_solve"](flow[0], flow[1], q["p11"], q["p12"], q["p21"], q["p22"], q["tmp1"], q["tmp2"],
                                 q["i1wx"], q["i1wy"], q["grad"], q["rho_c"], i32(w), i32(h), stride, l_t,
                                 f32(p.theta), taut, f32(p.epsilon ** 2 * n), i32(p.outer_iterations),
-                                i32(p.inner_iterations), i32(p.median_filtering), i32(warp == 0),
-                                block=(self.solve_threads, 1, 1), grid=(1, 1, 1), stream=s)
+                                i32(p.inner_iterations), i32(p.median_filtering), i32(warp == 0), i32(parts),
+                                self._barrier, self._partials,
+                                block=(self.solve_threads, 1, 1), grid=(parts, 1, 1), stream=s)
             if level > 0:
                 dh, dw = b.shapes[level - 1]
                 k["tvl1_upsample_flow"](flow[0], flow[1], i32(w), i32(h), stride, spare[0], spare[1], i32(dw),
@@ -178,6 +203,16 @@ class CudaStage(FlowStage):
                                         block=(TILE, TILE, 1), grid=_grid(dw, dh), stream=s)
                 flow, spare = spare, flow
         return flow
+
+    def _check_barrier(self) -> None:
+        """After a synchronise: raise when the grid solve's barrier gave up waiting (results are wrong)."""
+        if self.solver != "grid":
+            return
+        self.drv.memcpy_dtoh(self._gave_up, np.uintp(int(self._barrier) + 8))
+        if self._gave_up[0]:
+            self.drv.memset_d32(self._barrier, 0, 3)
+            raise UserError("the grid flow solve gave up waiting for one of its blocks (the GPU is shared?); "
+                            "use the block solver")
 
     def _crop_pair(self, onset: np.ndarray, apex: np.ndarray, matrix: np.ndarray) -> _Buffers:
         m = np.asarray(matrix, np.float64)
@@ -240,6 +275,7 @@ class CudaStage(FlowStage):
             if not sync:
                 return float("nan")
             self.end.synchronize()
+            self._check_barrier()
             self.last_ms = self.end.time_since(self.start)
             return self.last_ms
         finally:
@@ -252,6 +288,7 @@ class CudaStage(FlowStage):
             self.drv.memcpy_dtoh_async(self._motion, self._dmotion, self.stream)
             self.drv.memcpy_dtoh_async(self._texture, self._dtexture, self.stream)
             self.stream.synchronize()
+            self._check_barrier()
             self.last_ms = self.end.time_since(self.start)
         finally:
             self.ctx.pop()
@@ -278,6 +315,7 @@ class CudaStage(FlowStage):
             self.drv.memcpy_dtoh_async(out[0], u1, self.stream)
             self.drv.memcpy_dtoh_async(out[1], u2, self.stream)
             self.stream.synchronize()
+            self._check_barrier()
             self.last_ms = self.end.time_since(self.start)
         finally:
             self.ctx.pop()

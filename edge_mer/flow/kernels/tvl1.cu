@@ -24,7 +24,7 @@
 // Build: nvcc -ptx -arch=compute_72 (Xavier, CUDA <= 12), compute_87 (Orin), ... or pycuda's
 // SourceModule(source, no_extern_c=True): the entry points are extern "C" already and
 // cuda_fp16.h must not be wrapped. Needs nothing newer than sm_72 (warp shuffles, half
-// conversion) and no host code.
+// conversion, __nanosleep from sm_70) and no host code.
 
 #include <cuda_fp16.h>
 
@@ -213,17 +213,61 @@ extern "C" __global__ void tvl1_warp(const float* __restrict__ i0, const float* 
     rho_c[base + i] = vw - vx * f1 - vy * f2 - i0[base + i];
 }
 
+// Barrier over every block of the launch, for the multi-block solve (the pattern of
+// cooperative groups' grid sync): each block arrives once; the last to arrive resets the
+// count and advances the generation the others wait on. Every block must be resident at
+// once: the driver launches at most one block per multiprocessor, each small enough to fit.
+// barrier[0]: arrivals (0 between launches); barrier[1]: generation; barrier[2]: set to 1
+// when a wait gave up after about a second (a block that never ran), so that the driver
+// reports an error instead of the GPU hanging.
+#define TVL1_SPIN_LIMIT (1u << 25)
+
+__device__ void grid_sync(unsigned* barrier) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        volatile unsigned* shared_state = barrier;
+        unsigned generation = shared_state[1];
+        __threadfence();
+        if (atomicAdd(&barrier[0], 1u) == gridDim.x - 1) {
+            atomicExch(&barrier[0], 0u);
+            __threadfence();
+            atomicAdd(&barrier[1], 1u);
+        } else {
+            for (unsigned spins = 0; shared_state[1] == generation; ++spins) {
+                if (spins > TVL1_SPIN_LIMIT) {
+                    shared_state[2] = 1u;
+                    break;
+                }
+                __nanosleep(32);
+            }
+        }
+        __threadfence();
+    }
+    __syncthreads();
+}
+
+// all threads of the pair: its block (parts == 1) or its blocks (grid_sync)
+__device__ __forceinline__ void sync_pair(int parts, unsigned* barrier) {
+    if (parts > 1) grid_sync(barrier);
+    else __syncthreads();
+}
+
 // (d, e) reference.solve_warp, fused: all outer x inner iterations of one warp in one launch,
-// one thread block per pair, the state in global memory (it stays in L2 at these sizes) and
-// __syncthreads() between the phases, which need neighbours written by other threads:
+// the state in global memory (it stays in L2 at these sizes: at S = 112 the six state
+// planes alone take 301 KB, far above a block's shared memory) and a barrier between the
+// phases, which need neighbours written by other threads:
 //   median:  reference.median_filter of u (into tmp, then back), before every outer iteration
 //   phase 1: reference.threshold_step + reference.divergence + u = v + theta div p, and the
-//            squared update summed over the block (the stopping test)
+//            squared update summed over the pair (the stopping test)
 //   phase 2: reference.forward_gradient + reference.project_dual
-// Shared memory holds only the reduction scratch, so it works at any S (at S = 112 the six
-// state planes alone take 301 KB, far above the 48 KB of shared memory of a block).
+// Two layouts of the same loop, chosen by the driver (measured in benchmarks/flow.py):
+//   parts = 1: one block per pair, __syncthreads() between phases;
+//   parts > 1: `parts` blocks per pair (blockIdx.x = pair * parts + part) sharing its pixels,
+//              grid_sync() between phases, the stopping sum through partials[gridDim.x].
+// Every thread of every block sums the same numbers in the same order, so all of them leave
+// the loops at the same iteration (which the barriers need).
 // reset_dual = 1 on the first warp of a level (reference.solve_level starts p at 0).
-// grid (pairs), block (256..1024, a multiple of 32).
+// grid (pairs * parts), block (32..1024, a multiple of 32).
 extern "C" __global__ void tvl1_solve(float* __restrict__ u1, float* __restrict__ u2,
                                       float* __restrict__ p11, float* __restrict__ p12,
                                       float* __restrict__ p21, float* __restrict__ p22,
@@ -231,21 +275,24 @@ extern "C" __global__ void tvl1_solve(float* __restrict__ u1, float* __restrict_
                                       const float* __restrict__ i1wx, const float* __restrict__ i1wy,
                                       const float* __restrict__ grad, const float* __restrict__ rho_c,
                                       int w, int h, int stride, float l_t, float theta, float taut, float stop,
-                                      int outer_iterations, int inner_iterations, int median, int reset_dual) {
+                                      int outer_iterations, int inner_iterations, int median, int reset_dual,
+                                      int parts, unsigned* __restrict__ barrier, float* __restrict__ partials) {
     __shared__ float scratch[TVL1_MAX_WARPS + 1];
     const int n = w * h;
-    const size_t base = (size_t)blockIdx.x * stride;
+    const int pair = blockIdx.x / parts, part = blockIdx.x % parts;
+    const int first = part * blockDim.x + threadIdx.x, step = parts * blockDim.x;
+    const size_t base = (size_t)pair * stride;
     u1 += base; u2 += base; p11 += base; p12 += base; p21 += base; p22 += base;
     tmp1 += base; tmp2 += base; i1wx += base; i1wy += base; grad += base; rho_c += base;
 
     if (reset_dual) {
-        for (int i = threadIdx.x; i < n; i += blockDim.x) p11[i] = p12[i] = p21[i] = p22[i] = 0.0f;
-        __syncthreads();
+        for (int i = first; i < n; i += step) p11[i] = p12[i] = p21[i] = p22[i] = 0.0f;
+        sync_pair(parts, barrier);
     }
-    float error = __int_as_float(0x7f800000);  // +inf; identical in every thread: it comes from block_sum
+    float error = __int_as_float(0x7f800000);  // +inf; identical in every thread: see above
     for (int outer = 0; outer < outer_iterations && error > stop; ++outer) {
         if (median > 1) {
-            for (int i = threadIdx.x; i < n; i += blockDim.x) {
+            for (int i = first; i < n; i += step) {
                 int x = i % w, y = i / w;
                 if (median == 3) {
                     tmp1[i] = median_at<3>(u1, w, h, x, y);
@@ -255,16 +302,16 @@ extern "C" __global__ void tvl1_solve(float* __restrict__ u1, float* __restrict_
                     tmp2[i] = median_at<5>(u2, w, h, x, y);
                 }
             }
-            __syncthreads();
-            for (int i = threadIdx.x; i < n; i += blockDim.x) {
+            sync_pair(parts, barrier);
+            for (int i = first; i < n; i += step) {
                 u1[i] = tmp1[i];
                 u2[i] = tmp2[i];
             }
-            __syncthreads();
+            sync_pair(parts, barrier);
         }
         for (int inner = 0; inner < inner_iterations && error > stop; ++inner) {
             float local = 0.0f;
-            for (int i = threadIdx.x; i < n; i += blockDim.x) {
+            for (int i = first; i < n; i += step) {
                 int x = i % w, y = i / w;
                 float a = u1[i], b = u2[i];
                 float gx = i1wx[i], gy = i1wy[i], g = grad[i];
@@ -284,8 +331,15 @@ extern "C" __global__ void tvl1_solve(float* __restrict__ u1, float* __restrict_
                 u1[i] = n1;
                 u2[i] = n2;
             }
-            error = block_sum(local, scratch);
-            for (int i = threadIdx.x; i < n; i += blockDim.x) {
+            float total = block_sum(local, scratch);
+            if (parts > 1) {
+                if (threadIdx.x == 0) partials[blockIdx.x] = total;
+                grid_sync(barrier);
+                total = 0.0f;
+                for (int k = 0; k < parts; ++k) total += partials[pair * parts + k];
+            }
+            error = total;
+            for (int i = first; i < n; i += step) {
                 int x = i % w, y = i / w;
                 float a = u1[i], b = u2[i];
                 float u1x = x < w - 1 ? u1[i + 1] - a : 0.0f;
@@ -299,7 +353,7 @@ extern "C" __global__ void tvl1_solve(float* __restrict__ u1, float* __restrict_
                 p21[i] = (p21[i] + taut * u2x) / ng2;
                 p22[i] = (p22[i] + taut * u2y) / ng2;
             }
-            __syncthreads();
+            sync_pair(parts, barrier);
         }
     }
 }

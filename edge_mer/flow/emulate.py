@@ -1,0 +1,356 @@
+"""A CPU stand-in for the part of ``pycuda.driver`` the CUDA flow stage uses.
+
+``CudaStage(size, runtime=edge_mer.flow.emulate)`` then compiles ``kernels/tvl1.cu``
+itself with the host C++ compiler (``g++``, with ``kernels/emulate.h`` supplying
+threads, blocks, ``__syncthreads`` and warp shuffles as fibers) and runs every launch of
+the host driver on the CPU. That checks, without a GPU, what a GPU check would find
+first: that the kernels implement the numpy reference, that the driver's launches
+(grids, strides, offsets, argument types) fit the kernels, that no kernel reads or
+writes past a buffer (each allocation ends at a guard page), and that results do not
+depend on the order threads run between two barriers (``schedule``).
+
+It is a checking tool and slow (seconds per pair at S = 112); it says nothing about
+speed, and float results can differ from a GPU's in the last bits (the GPU contracts
+multiply-adds). ``tests/test_flow_cuda.py`` runs the same tests on both.
+
+Stricter than pycuda where pycuda would silently pass wrong bits: every kernel
+argument must have the parameter's kind (``numpy.int32`` for ``int``, ``numpy.float32``
+for ``float``, a device allocation or ``numpy.uintp`` inside a live allocation for a
+pointer), and a block larger than ``max_threads_per_block`` fails as on a GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MAX_THREADS_PER_BLOCK = 1024  # what get_function reports, as on a GPU for a kernel with few registers
+# per kernel: what a kernel with many registers reports instead (on a GPU ptxas decides; here it
+# sets the block of the driver's one-block solve, and with it how long the emulation takes)
+THREAD_LIMITS: dict[str, int] = {"tvl1_solve": 128}
+_schedule = 0  # 0: threads resume in order, 1: reverse, other: shuffled with this seed
+
+
+class Error(Exception):
+    """A driver error (pycuda.driver.Error)."""
+
+
+class CompileError(Error):
+    """The kernel source does not compile (pycuda.driver.CompileError)."""
+
+
+class LaunchError(Error):
+    """A launch that a GPU would refuse, or a kernel that broke CUDA's rules while running."""
+
+
+@contextlib.contextmanager
+def schedule(order: int) -> Iterator[None]:
+    """Within the block, launches resume waiting threads in this order (see the module doc)."""
+    global _schedule
+    before, _schedule = _schedule, int(order)
+    try:
+        yield
+    finally:
+        _schedule = before
+
+
+# -- memory ------------------------------------------------------------------------------------
+
+_LIB: ctypes.CDLL | None = None  # the last compiled module; allocation lives in every one of them
+_live: dict[int, int] = {}  # address -> bytes of every live allocation
+
+
+def _runtime() -> ctypes.CDLL:
+    return _LIB if _LIB is not None else SourceModule("").lib
+
+
+class DeviceAllocation:
+    """Device memory: page-guarded host memory; ``int()`` gives its address."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.lib = _runtime()
+        self.nbytes = int(nbytes)
+        self.ptr = int(self.lib.emu_alloc(ctypes.c_size_t(max(self.nbytes, 1))))
+        if not self.ptr:
+            raise Error(f"out of memory allocating {nbytes} bytes")
+        _live[self.ptr] = self.nbytes
+
+    def __int__(self) -> int:
+        return self.ptr
+
+    __index__ = __int__
+
+    def free(self) -> None:
+        if self.ptr:
+            _live.pop(self.ptr, None)
+            self.lib.emu_free(ctypes.c_void_p(self.ptr), ctypes.c_size_t(max(self.nbytes, 1)))
+            self.ptr = 0
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # at interpreter exit the library may be gone first
+            self.free()
+
+
+def _check_range(address: int, nbytes: int, what: str) -> None:
+    for start, size in _live.items():
+        if start <= address and address + nbytes <= start + size:
+            return
+    raise LaunchError(f"{what}: {nbytes} bytes at {address:#x} are not inside one live allocation")
+
+
+def mem_alloc(nbytes: int) -> DeviceAllocation:
+    return DeviceAllocation(nbytes)
+
+
+def pagelocked_empty(shape: Any, dtype: Any) -> np.ndarray:
+    return np.empty(shape, dtype)
+
+
+def _host(array: np.ndarray, what: str) -> np.ndarray:
+    if not isinstance(array, np.ndarray) or not array.flags.c_contiguous:
+        raise Error(f"{what}: host memory must be a C-contiguous numpy array")
+    return array
+
+
+def memcpy_htod(dst: Any, src: np.ndarray) -> None:
+    src = _host(np.asarray(src), "memcpy_htod")
+    _check_range(int(dst), src.nbytes, "memcpy_htod")
+    ctypes.memmove(int(dst), src.ctypes.data, src.nbytes)
+
+
+def memcpy_dtoh(dst: np.ndarray, src: Any) -> None:
+    dst = _host(dst, "memcpy_dtoh")
+    _check_range(int(src), dst.nbytes, "memcpy_dtoh")
+    ctypes.memmove(dst.ctypes.data, int(src), dst.nbytes)
+
+
+def memset_d32(dst: Any, value: int, count: int) -> None:
+    _check_range(int(dst), 4 * count, "memset_d32")
+    words = np.full(count, value, np.uint32)  # held: memmove reads it after .ctypes.data is taken
+    ctypes.memmove(int(dst), words.ctypes.data, words.nbytes)
+
+
+def memcpy_htod_async(dst: Any, src: np.ndarray, stream: Any = None) -> None:
+    memcpy_htod(dst, src)
+
+
+def memcpy_dtoh_async(dst: np.ndarray, src: Any, stream: Any = None) -> None:
+    memcpy_dtoh(dst, src)
+
+
+def memset_d32_async(dst: Any, value: int, count: int, stream: Any = None) -> None:
+    memset_d32(dst, value, count)
+
+
+# -- device, context, stream, events (everything runs at once, in order) ----------------------------
+
+def init() -> None:
+    """Nothing to initialise."""
+
+
+class Context:
+    def push(self) -> None:
+        """Contexts are not emulated: one address space."""
+
+    def pop(self) -> None:
+        """See push."""
+
+
+class device_attribute:  # pycuda's name
+    MULTIPROCESSOR_COUNT = "MULTIPROCESSOR_COUNT"
+    MAX_THREADS_PER_BLOCK = "MAX_THREADS_PER_BLOCK"
+
+
+ATTRIBUTES = {device_attribute.MULTIPROCESSOR_COUNT: 4,  # the grid solve: up to 4 blocks (each one a fiber set)
+              device_attribute.MAX_THREADS_PER_BLOCK: 1024}
+
+
+class Device:
+    def __init__(self, ordinal: int) -> None:
+        if ordinal != 0:
+            raise Error(f"invalid device ordinal {ordinal}: the emulator is device 0")
+
+    def get_attribute(self, attribute: str) -> int:
+        return ATTRIBUTES[attribute]
+
+    @staticmethod
+    def count() -> int:
+        return 1
+
+    def name(self) -> str:
+        return "CPU emulator (edge_mer.flow.emulate)"
+
+    def retain_primary_context(self) -> Context:
+        return Context()
+
+
+class Stream:
+    def synchronize(self) -> None:
+        """Launches run to completion when made."""
+
+
+class Event:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def record(self, stream: Stream | None = None) -> Event:
+        self.t = time.perf_counter()
+        return self
+
+    def synchronize(self) -> None:
+        """Recorded at once."""
+
+    def time_since(self, start: Event) -> float:
+        """CPU milliseconds of the emulation: not a GPU time."""
+        return (self.t - start.t) * 1e3
+
+
+# -- compiling and launching ------------------------------------------------------------------
+
+_SIGNATURE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)')
+
+
+def _parameters(text: str) -> list[tuple[str, str]]:
+    """[(C type without __restrict__, kind: 'pointer' | 'int' | 'float')] of a kernel's parameter list."""
+    out = []
+    for raw in (p.strip() for p in text.split(",") if p.strip()):
+        named = re.fullmatch(r"(.*?)\s*\b(\w+)", re.sub(r"\b__restrict__\b", " ", raw).strip(), re.S)
+        if named is None:
+            raise CompileError(f"the emulator cannot read the kernel parameter {raw!r}")
+        ctype = re.sub(r"\s+", " ", named.group(1)).strip()
+        if "*" in ctype:
+            kind = "pointer"
+        elif ctype in ("int", "unsigned", "unsigned int"):
+            kind = "int"
+        elif ctype == "float":
+            kind = "float"
+        else:
+            raise CompileError(f"the emulator cannot pass a kernel parameter of type {ctype!r}")
+        out.append((ctype, kind))
+    return out
+
+
+def _wrappers(kernels: dict[str, list[tuple[str, str]]]) -> str:
+    """C++ entry points emu_launch_<kernel>(grid, block, order, args) for every kernel."""
+    parts = []
+    for name, params in kernels.items():
+        unpack = "".join(f"    auto a{i} = *reinterpret_cast<{t}*>(args[{i}]);\n" for i, (t, _) in enumerate(params))
+        call = ", ".join(f"a{i}" for i in range(len(params)))
+        parts.append(f'extern "C" int emu_launch_{name}(const unsigned* grid, const unsigned* block, '
+                     f"unsigned order, void** args) {{\n{unpack}"
+                     f"    return ::emu::launch(grid, block, order, [&] {{ {name}({call}); }});\n}}\n")
+    return "\n".join(parts)
+
+
+def _cache_dir() -> Path:
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "edge-mer" / "cuda-emulator"
+
+
+class Function:
+    """A kernel; called like pycuda's: ``f(*args, block=(x, y, z), grid=(x, y[, z]), stream=s)``."""
+
+    def __init__(self, lib: ctypes.CDLL, name: str, params: list[tuple[str, str]]) -> None:
+        self.name, self.params = name, params
+        self.entry = getattr(lib, f"emu_launch_{name}")
+        self.entry.restype = ctypes.c_int
+        self.entry.argtypes = [ctypes.POINTER(ctypes.c_uint)] * 2 + [ctypes.c_uint, ctypes.POINTER(ctypes.c_void_p)]
+        self.lib = lib
+        self.max_threads_per_block = THREAD_LIMITS.get(name, MAX_THREADS_PER_BLOCK)
+
+    def _argument(self, i: int, value: Any, kind: str) -> ctypes._SimpleCData:
+        where = f"{self.name}: argument {i + 1} ({self.params[i][0]})"
+        if kind == "pointer":
+            if not isinstance(value, DeviceAllocation | np.uintp | np.intp):
+                raise LaunchError(f"{where} must be a device allocation or numpy.uintp, got {type(value).__name__}")
+            _check_range(int(value), 1, where)
+            return ctypes.c_void_p(int(value))
+        if kind == "int":
+            if not isinstance(value, np.int32 | np.uint32):
+                raise LaunchError(f"{where} must be numpy.int32, got {type(value).__name__}")
+            return ctypes.c_int32(int(value))
+        if not isinstance(value, np.float32):
+            raise LaunchError(f"{where} must be numpy.float32, got {type(value).__name__}")
+        return ctypes.c_float(float(value))
+
+    def __call__(self, *args: Any, block: tuple[int, ...], grid: tuple[int, ...] = (1, 1), stream: Any = None,
+                 shared: int = 0) -> None:
+        if len(args) != len(self.params):
+            raise LaunchError(f"{self.name} takes {len(self.params)} arguments, got {len(args)}")
+        b = (*block, 1, 1)[:3]
+        g = (*grid, 1, 1)[:3]
+        threads = b[0] * b[1] * b[2]
+        if not 0 < threads <= self.max_threads_per_block or b[2] > 64 or min(g) < 1:
+            raise LaunchError(f"{self.name}: block {b} / grid {g} cannot launch "
+                              f"(at most {self.max_threads_per_block} threads per block here)")
+        values = [self._argument(i, a, kind) for i, (a, (_, kind)) in enumerate(zip(args, self.params, strict=True))]
+        pointers = (ctypes.c_void_p * len(values))(*(ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values))
+        rc = self.entry((ctypes.c_uint * 3)(*g), (ctypes.c_uint * 3)(*b), _schedule, pointers)
+        if rc != 0:
+            raise LaunchError(f"{self.name}: {self.lib.emu_error().decode()}")
+
+
+class SourceModule:
+    """Compiles CUDA source (with ``extern "C"`` entry points) for the CPU; ``get_function`` like pycuda's."""
+
+    def __init__(self, source: str, no_extern_c: bool = False, options: list[str] | None = None,
+                 **_: Any) -> None:
+        global _LIB
+        if not no_extern_c and source.strip():
+            raise CompileError("the emulator needs the entry points declared extern \"C\" (no_extern_c=True)")
+        self.kernels = {m.group(1): _parameters(m.group(2)) for m in _SIGNATURE.finditer(source)}
+        prelude = (resources.files("edge_mer.flow") / "kernels" / "emulate.h").read_text()
+        text = source + "\n\n// ---- launch entry points (edge_mer.flow.emulate) ----\n" + _wrappers(self.kernels)
+        self.lib = self._build(prelude, text)
+        self.lib.emu_alloc.restype = ctypes.c_size_t
+        self.lib.emu_alloc.argtypes = [ctypes.c_size_t]
+        self.lib.emu_free.restype = None
+        self.lib.emu_free.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        self.lib.emu_error.restype = ctypes.c_char_p
+        _LIB = self.lib
+
+    FLAGS = ("-std=c++17", "-O2", "-fPIC", "-shared", "-Wall", "-Wno-unknown-pragmas", "-Wno-unused-function")
+
+    @classmethod
+    def _build(cls, prelude: str, text: str) -> ctypes.CDLL:
+        compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+        if compiler is None:
+            raise CompileError("the CUDA emulator needs a C++ compiler (g++) on PATH")
+        key = hashlib.sha256("\0".join((compiler, *cls.FLAGS, prelude, text)).encode()).hexdigest()[:20]
+        cache = _cache_dir()
+        target = cache / f"{key}.so"
+        if not target.exists():
+            cache.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory() as tmp:
+                work = Path(tmp)
+                (work / "emulate.h").write_text(prelude)
+                (work / "cuda_fp16.h").write_text("// __half comes from emulate.h\n")
+                (work / "kernels.cpp").write_text(text)
+                built = work / "kernels.so"
+                proc = subprocess.run([compiler, *cls.FLAGS, "-I", str(work), "-include", str(work / "emulate.h"),
+                                       str(work / "kernels.cpp"), "-o", str(built)],
+                                      capture_output=True, text=True)
+                if proc.returncode != 0:
+                    raise CompileError("the kernels do not compile for the CPU emulator:\n" + proc.stderr[-4000:])
+                partial = cache / f"{key}.{os.getpid()}.tmp"
+                shutil.copyfile(built, partial)
+                partial.replace(target)  # atomic: parallel test workers never load a half-written file
+        return ctypes.CDLL(str(target))
+
+    def get_function(self, name: str) -> Function:
+        if name not in self.kernels:
+            raise Error(f"named symbol not found: {name}")
+        return Function(self.lib, name, self.kernels[name])

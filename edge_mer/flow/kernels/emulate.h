@@ -1,0 +1,339 @@
+// CPU emulation of the small part of CUDA C++ that tvl1.cu uses, so that the kernels
+// themselves (not a port of them) run and are tested on machines without a GPU.
+//
+// Included before the kernel source (g++ -include emulate.h). Every CUDA thread of a
+// launch is a fiber (ucontext) on one OS thread, every block resident at once. A fiber
+// runs until it reaches __syncthreads() or a warp shuffle, where it waits for the other
+// threads of its block (or warp), or __nanosleep(), where it lets the others run (a grid
+// barrier's spin-wait), so barrier semantics are CUDA's. The order in which fibers run
+// and resume is a parameter of the launch: running the same kernels in forward, reverse
+// and shuffled orders and comparing the results finds data races between two barriers
+// (a thread reading what another writes in the same phase).
+//
+// Strict where CUDA leaves behaviour undefined: a __syncthreads() that not every thread
+// of the block reaches, or a shuffle with an incomplete warp or mask, stops the launch
+// with an error instead of hanging or giving garbage.
+//
+// What it cannot show: timing, occupancy, register limits, memory coalescing, and any
+// difference between float arithmetic here (no FMA contraction) and on the GPU.
+
+#pragma once
+
+#include <sys/mman.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace emu {
+
+struct dim3 {
+    unsigned x = 1, y = 1, z = 1;
+};
+
+struct Block {
+    dim3 idx;
+    std::vector<char> shared;                   // this block's __shared__ variables while another block runs
+    unsigned arrived = 0, gen = 0;              // __syncthreads
+    std::vector<unsigned> warp_arrived, warp_gen, warp_size;
+    std::vector<uint64_t> lanes;                // shuffle exchange, 32 per warp
+};
+
+struct Fiber {
+    ucontext_t ctx;
+    dim3 tid;
+    unsigned linear = 0;                        // within the block
+    Block* block = nullptr;
+    char* stack = nullptr;                      // taken when the fiber first runs, returned when it ends
+    bool started = false, done = false;
+    const unsigned* wait_on = nullptr;          // a generation counter this fiber waits to change
+    unsigned wait_value = 0;
+};
+
+inline Fiber* cur = nullptr;
+inline dim3 block_dim, grid_dim;
+inline unsigned threads_per_block = 0;
+inline ucontext_t scheduler;
+inline std::string error;                      // first error of the launch
+inline const std::function<void()>* body = nullptr;
+inline Block* resident = nullptr;              // the block whose __shared__ variables are in place
+inline std::vector<char*> free_stacks;          // kept between launches
+inline unsigned long idle_spins = 0;            // __nanosleep calls since a barrier last completed
+constexpr size_t STACK_BYTES = 64 * 1024;
+constexpr unsigned long SPIN_LIMIT = 20000000;
+
+inline void fail(const std::string& what) {
+    if (error.empty()) error = what;
+}
+
+// a fiber stack with a no-access guard page below it: an overflow faults instead of corrupting
+inline char* take_stack() {
+    if (!free_stacks.empty()) {
+        char* s = free_stacks.back();
+        free_stacks.pop_back();
+        return s;
+    }
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    void* base = mmap(nullptr, STACK_BYTES + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED) return nullptr;
+    mprotect(base, page, PROT_NONE);
+    return static_cast<char*>(base) + page;
+}
+
+inline void yield() { swapcontext(&cur->ctx, &scheduler); }
+
+}  // namespace emu
+
+// Every __shared__ variable is placed in the section emu_shared; the linker marks its
+// bounds. Blocks run interleaved, so the scheduler swaps the section's bytes whenever it
+// switches to a thread of another block: each block sees only its own shared memory.
+extern "C" char __start_emu_shared[] __attribute__((weak));
+extern "C" char __stop_emu_shared[] __attribute__((weak));
+
+namespace emu {
+
+inline void make_resident(Block* b) {
+    if (b == resident) return;
+    size_t bytes = (size_t)(__stop_emu_shared - __start_emu_shared);
+    if (bytes > 0) {
+        if (resident) std::memcpy(resident->shared.data(), __start_emu_shared, bytes);
+        if (b->shared.empty()) b->shared.assign(bytes, (char)0xff);  // uninitialised: NaN floats
+        std::memcpy(__start_emu_shared, b->shared.data(), bytes);
+    }
+    resident = b;
+}
+
+inline void wait_for_change(const unsigned* counter, unsigned value) {
+    cur->wait_on = counter;
+    cur->wait_value = value;
+    while (*counter == value && error.empty()) yield();
+    cur->wait_on = nullptr;
+}
+
+inline void entry() {
+    (*body)();
+    cur->done = true;
+    Block& b = *cur->block;
+    if (b.arrived > 0) fail("a thread exited while others waited at __syncthreads()");
+    if (b.warp_arrived[cur->linear >> 5] > 0) fail("a thread exited while its warp waited in a shuffle");
+}
+
+inline void syncthreads() {
+    Block& b = *cur->block;
+    unsigned g = b.gen;
+    if (++b.arrived == threads_per_block) {  // every thread, exited ones included: CUDA's rule
+        b.arrived = 0;
+        ++b.gen;
+        idle_spins = 0;
+    } else {
+        wait_for_change(&b.gen, g);
+    }
+}
+
+inline void warp_sync(unsigned w) {
+    Block& b = *cur->block;
+    unsigned g = b.warp_gen[w];
+    if (++b.warp_arrived[w] == b.warp_size[w]) {
+        b.warp_arrived[w] = 0;
+        ++b.warp_gen[w];
+    } else {
+        wait_for_change(&b.warp_gen[w], g);
+    }
+}
+
+template <typename T>
+T shfl_down(unsigned mask, T value, int delta) {
+    static_assert(sizeof(T) <= sizeof(uint64_t), "shuffle of a type wider than 64 bits");
+    Block& b = *cur->block;
+    unsigned lane = cur->linear & 31, w = cur->linear >> 5;
+    if (b.warp_size[w] != 32 || mask != 0xffffffffu) {
+        fail("__shfl_down_sync needs a full warp and a full mask here (blockDim a multiple of 32)");
+        return value;
+    }
+    uint64_t bits = 0;
+    std::memcpy(&bits, &value, sizeof(T));
+    b.lanes[w * 32 + lane] = bits;
+    warp_sync(w);
+    T out = value;
+    if (lane + delta < 32) std::memcpy(&out, &b.lanes[w * 32 + lane + delta], sizeof(T));
+    warp_sync(w);
+    return out;
+}
+
+// a thread polling memory that another block will change (a grid barrier): let the others run
+inline void nanosleep_yield() {
+    if (++idle_spins > SPIN_LIMIT) {
+        fail("a spin-wait never ended: a grid barrier that not every block reaches?");
+        return;
+    }
+    yield();
+}
+
+// Run body once per thread of the grid. Every block is resident at once (as a grid barrier
+// needs); a fiber gets its stack when it first runs, so kernels without barriers use one.
+// order: 0 runs and resumes threads in order (block by block), 1 in reverse, any other
+// value in a fresh random order every round (seeded).
+inline int launch(const unsigned* grid, const unsigned* block, unsigned order, const std::function<void()>& fn) {
+    error.clear();
+    idle_spins = 0;
+    grid_dim = {grid[0], grid[1], grid[2]};
+    block_dim = {block[0], block[1], block[2]};
+    threads_per_block = block[0] * block[1] * block[2];
+    unsigned blocks = grid[0] * grid[1] * grid[2];
+    unsigned warps = (threads_per_block + 31) / 32;
+    std::vector<Block> bs(blocks);
+    for (unsigned k = 0; k < blocks; ++k) {
+        Block& b = bs[k];
+        b.idx = {k % grid[0], (k / grid[0]) % grid[1], k / (grid[0] * grid[1])};
+        b.warp_arrived.assign(warps, 0);
+        b.warp_gen.assign(warps, 0);
+        b.warp_size.assign(warps, 32);
+        if (threads_per_block % 32) b.warp_size[warps - 1] = threads_per_block % 32;
+        b.lanes.assign(warps * 32, 0);
+    }
+    size_t total = (size_t)blocks * threads_per_block;
+    std::vector<Fiber> fibers(total);
+    std::vector<size_t> sequence(total);
+    for (size_t t = 0; t < total; ++t) {
+        Fiber& f = fibers[t];
+        f.block = &bs[t / threads_per_block];
+        f.linear = (unsigned)(t % threads_per_block);
+        f.tid = {f.linear % block_dim.x, (f.linear / block_dim.x) % block_dim.y, f.linear / (block_dim.x * block_dim.y)};
+        sequence[t] = order == 1 ? total - 1 - t : t;
+    }
+    std::mt19937 rng(order);
+    body = &fn;
+    size_t live = total;
+    while (live > 0 && error.empty()) {
+        if (order > 1) std::shuffle(sequence.begin(), sequence.end(), rng);
+        bool progressed = false;
+        for (size_t t : sequence) {
+            Fiber& f = fibers[t];
+            if (f.done || (f.wait_on && *f.wait_on == f.wait_value)) continue;
+            if (!f.started) {
+                f.stack = take_stack();
+                if (f.stack == nullptr) {
+                    fail("out of memory for thread stacks");
+                    break;
+                }
+                getcontext(&f.ctx);
+                f.ctx.uc_stack.ss_sp = f.stack;
+                f.ctx.uc_stack.ss_size = STACK_BYTES;
+                f.ctx.uc_link = &scheduler;
+                makecontext(&f.ctx, entry, 0);
+                f.started = true;
+            }
+            cur = &f;
+            make_resident(f.block);
+            swapcontext(&scheduler, &f.ctx);
+            progressed = true;
+            if (f.done) {
+                free_stacks.push_back(f.stack);
+                f.stack = nullptr;
+                --live;
+            }
+            if (!error.empty()) break;
+        }
+        if (!progressed && live > 0) fail("deadlock: every thread waits at a barrier that cannot complete");
+    }
+    for (Fiber& f : fibers)  // threads left waiting when the launch failed
+        if (f.stack) free_stacks.push_back(f.stack);
+    cur = nullptr;
+    body = nullptr;
+    resident = nullptr;
+    return error.empty() ? 0 : 1;
+}
+
+}  // namespace emu
+
+// ---- the CUDA C++ names the kernels use ------------------------------------------------
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __shared__ static __attribute__((section("emu_shared")))
+#define threadIdx (::emu::cur->tid)
+#define blockIdx (::emu::cur->block->idx)
+#define blockDim (::emu::block_dim)
+#define gridDim (::emu::grid_dim)
+
+using std::max;
+using std::min;
+
+inline void __syncthreads() { ::emu::syncthreads(); }
+
+template <typename T>
+inline T __shfl_down_sync(unsigned mask, T value, int delta) {
+    return ::emu::shfl_down(mask, value, delta);
+}
+
+// one OS thread runs every fiber, and a fiber only gives way at a barrier or __nanosleep: an
+// atomic operation is atomic as written, and every write is visible to the next reader
+inline unsigned atomicAdd(unsigned* p, unsigned v) {
+    unsigned old = *p;
+    *p = old + v;
+    return old;
+}
+
+inline unsigned atomicExch(unsigned* p, unsigned v) {
+    unsigned old = *p;
+    *p = v;
+    return old;
+}
+
+inline void __threadfence() {}
+
+inline void __nanosleep(unsigned) { ::emu::nanosleep_yield(); }
+
+inline float __int_as_float(int v) {
+    float f;
+    std::memcpy(&f, &v, sizeof f);
+    return f;
+}
+
+struct __half {
+    uint16_t bits;
+};
+
+inline __half __float2half_rn(float v) {
+    _Float16 h = static_cast<_Float16>(v);  // IEEE binary16, round to nearest even
+    __half out;
+    std::memcpy(&out.bits, &h, sizeof out.bits);
+    return out;
+}
+
+// ---- what the host side (edge_mer/flow/emulate.py) calls --------------------------------
+
+// Device memory: the allocation ends where a no-access guard page begins, so a read or
+// write past the end stops the process at the faulting access; its bytes start as 0xff (NaN
+// as float32), so a kernel that reads what nobody wrote shows it. 0 when out of memory.
+extern "C" uintptr_t emu_alloc(size_t bytes) {
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    size_t used = (bytes + 3) / 4 * 4;
+    size_t span = (used + page - 1) / page * page;
+    void* base = mmap(nullptr, span + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED) return 0;
+    char* guard = static_cast<char*>(base) + span;
+    mprotect(guard, page, PROT_NONE);
+    std::memset(guard - used, 0xff, used);  // as good as uninitialised: NaN floats, so stray reads show
+    return reinterpret_cast<uintptr_t>(guard - used);
+}
+
+extern "C" void emu_free(uintptr_t ptr, size_t bytes) {
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    size_t used = (bytes + 3) / 4 * 4;
+    size_t span = (used + page - 1) / page * page;
+    munmap(reinterpret_cast<char*>(ptr + used - span), span + page);
+}
+
+extern "C" const char* emu_error() { return ::emu::error.c_str(); }

@@ -1,0 +1,162 @@
+"""The CPU emulator of the CUDA flow stage: it must find what it claims to find.
+
+tests/test_flow_cuda.py holds the kernels against the reference through it; here the
+kernels' results must not depend on the order threads run between barriers, and the
+emulator itself must catch a race, a divergent barrier, a wrong argument, a stray
+pointer and a write past the end of a buffer, each with a clear message.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edge_mer.flow import emulate
+from edge_mer.flow.cuda import SOLVERS, CudaStage
+from edge_mer.flow.pairs import in_frames, micro_pairs
+from edge_mer.flow.reference import tvl1
+
+pytestmark = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                                reason="the CUDA emulator needs a C++ compiler (g++)")
+
+# kernels that break CUDA's rules on purpose, one module for all of them
+BROKEN = r"""
+extern "C" __global__ void racy(float* x, int n) {
+    // reads a neighbour that another thread writes in the same phase: no barrier between
+    int i = threadIdx.x;
+    if (i < n) x[i] = x[(i + 1) % n] + 1.0f;
+}
+extern "C" __global__ void divergent(float* x) {
+    if (threadIdx.x < 16) __syncthreads();  // half the block never reaches the barrier
+    x[threadIdx.x] = 1.0f;
+}
+extern "C" __global__ void fill(float* x, int n, float value) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i <= n) x[i] = value;  // one past the end when the grid covers n + 1 threads
+}
+extern "C" __global__ void warp_sum(float* x) {
+    float v = x[threadIdx.x];
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+    if (threadIdx.x % 32 == 0) x[threadIdx.x] = v;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def broken():
+    return emulate.SourceModule(BROKEN, no_extern_c=True)
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_stage_results_do_not_depend_on_thread_order(solver):
+    stage = CudaStage(64, runtime=emulate, solver=solver)
+    onset, apex, matrix = in_frames(micro_pairs(64, peaks=(1.2,))[0])
+    runs = []
+    for order in (0, 1, 12345):  # forward, reverse, shuffled on every barrier round
+        with emulate.schedule(order):
+            runs.append(stage(onset, apex, matrix))
+    for motion, texture in runs[1:]:
+        np.testing.assert_array_equal(motion, runs[0][0])
+        np.testing.assert_array_equal(texture, runs[0][1])
+    assert float(np.abs(runs[0][0][:2]).max()) > 0.05  # the flow is there, not all zeros
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize("threads", [32, 512])
+def test_the_solve_agrees_at_any_block_size_the_gpu_may_choose(monkeypatch, threads, solver):
+    # the driver takes the kernel's max_threads_per_block: 127 registers give 512 on Hopper;
+    # one warp is the other extreme of the block-wide reduction
+    monkeypatch.setitem(emulate.THREAD_LIMITS, "tvl1_solve", threads)
+    stage = CudaStage(48, runtime=emulate, solver=solver)
+    assert stage.solve_threads == threads
+    p = micro_pairs(48, peaks=(1.5,))[0]
+    diff = np.linalg.norm(stage.flow(p.first, p.second) - tvl1(p.first, p.second), axis=2)
+    assert float(diff.mean()) < 1e-3
+
+
+def test_the_thread_order_check_finds_a_race(broken):
+    racy = broken.get_function("racy")
+    results = []
+    for order in (0, 1):
+        x = emulate.mem_alloc(64 * 4)
+        emulate.memcpy_htod(x, np.arange(64, dtype=np.float32))
+        with emulate.schedule(order):
+            racy(x, np.int32(64), block=(64, 1, 1), grid=(1, 1))
+        out = np.empty(64, np.float32)
+        emulate.memcpy_dtoh(out, x)
+        results.append(out)
+    assert not np.array_equal(results[0], results[1])
+
+
+def test_warp_shuffles_sum_each_warp(broken):
+    x = emulate.mem_alloc(64 * 4)
+    emulate.memcpy_htod(x, np.arange(64, dtype=np.float32))
+    broken.get_function("warp_sum")(x, block=(64, 1, 1), grid=(1, 1))
+    out = np.empty(64, np.float32)
+    emulate.memcpy_dtoh(out, x)
+    assert out[0] == sum(range(32)) and out[32] == sum(range(32, 64))
+
+
+def test_a_barrier_that_not_every_thread_reaches_stops_the_launch(broken):
+    x = emulate.mem_alloc(32 * 4)
+    with pytest.raises(emulate.LaunchError, match=r"divergent: a thread exited while others waited at __syncthreads"):
+        broken.get_function("divergent")(x, block=(32, 1, 1), grid=(1, 1))
+
+
+def test_arguments_are_checked_against_the_kernel_signature(broken):
+    fill = broken.get_function("fill")
+    x = emulate.mem_alloc(16 * 4)
+    with pytest.raises(emulate.LaunchError, match=r"argument 2 \(int\) must be numpy.int32, got int"):
+        fill(x, 15, np.float32(1), block=(16, 1, 1), grid=(1, 1))
+    with pytest.raises(emulate.LaunchError, match=r"argument 3 \(float\) must be numpy.float32, got float64"):
+        fill(x, np.int32(15), np.float64(1), block=(16, 1, 1), grid=(1, 1))
+    with pytest.raises(emulate.LaunchError, match="takes 3 arguments, got 2"):
+        fill(x, np.int32(15), block=(16, 1, 1), grid=(1, 1))
+    with pytest.raises(emulate.LaunchError, match="not inside one live allocation"):
+        fill(np.uintp(int(x) + 16 * 4), np.int32(15), np.float32(1), block=(16, 1, 1), grid=(1, 1))
+    with pytest.raises(emulate.LaunchError, match="at most 1024 threads"):
+        fill(x, np.int32(15), np.float32(1), block=(2048, 1, 1), grid=(1, 1))
+    with pytest.raises(emulate.Error, match="named symbol not found"):
+        broken.get_function("missing")
+
+
+def test_a_write_past_the_end_of_a_buffer_faults():
+    code = f"""
+import numpy as np
+from edge_mer.flow import emulate
+fill = emulate.SourceModule({BROKEN!r}, no_extern_c=True).get_function("fill")
+x = emulate.mem_alloc(100 * 4)
+fill(x, np.int32(99), np.float32(2), block=(100, 1, 1), grid=(1, 1))  # i <= 99: inside
+out = np.empty(100, np.float32)
+emulate.memcpy_dtoh(out, x)
+assert (out == 2).all()
+print("inside ok", flush=True)
+fill(x, np.int32(100), np.float32(3), block=(101, 1, 1), grid=(1, 1))  # writes x[100]
+print("past the end went unnoticed", flush=True)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "inside ok" in proc.stdout, proc.stderr
+    assert "unnoticed" not in proc.stdout
+    assert proc.returncode == -signal.SIGSEGV
+
+
+def test_memory_starts_as_nan_and_memset_fills_it():
+    # fresh device memory reads as NaN, so a kernel that reads what nobody wrote shows it
+    x = emulate.mem_alloc(10 * 4)
+    out = np.empty(10, np.float32)
+    emulate.memcpy_dtoh(out, x)
+    assert np.isnan(out).all()
+    emulate.memset_d32(x, 0, 6)
+    emulate.memcpy_dtoh(out, x)
+    assert (out[:6] == 0).all() and np.isnan(out[6:]).all()
+
+
+def test_source_that_does_not_compile_is_one_clear_error():
+    with pytest.raises(emulate.CompileError, match="do not compile for the CPU emulator"):
+        emulate.SourceModule('extern "C" __global__ void k(float* x) { x[0] = undefined_name; }',
+                             no_extern_c=True)
