@@ -1,9 +1,12 @@
 """Flow stage speed and accuracy: per-pair latency and endpoint error at S in {64, 112, 128, 224}.
 
 For OpenCV's TV-L1 (contrib), OpenCV's DIS, the numpy TV-L1 reference and the
-CUDA kernels with both layouts of the solve, ``cuda-block`` (one block per pair) and
-``cuda-grid`` (up to one block per multiprocessor), a row saying why when they
-cannot run here, on the synthetic-warp
+CUDA kernels with each layout of the fused solve, ``cuda-block`` (one block per
+pair), ``cuda-grid`` (up to one block per multiprocessor, two grid barriers per
+iteration) and ``cuda-bands`` (row bands, one grid barrier per iteration), each
+replaying a CUDA graph per shape, and ``cuda-bands-direct`` (launched kernel by
+kernel, to show what the graph saves), a row saying why when they cannot run
+here, on the synthetic-warp
 pairs of ``edge_mer.flow.pairs`` (the same pairs the tests use): latency is the
 median over ``--repeats`` passes of the time of one pair's flow (crops already
 made; the stage's crop and normalisation are not included), EPE the mean
@@ -39,7 +42,7 @@ from edge_mer.flow.stage import FlowStage, cuda_unavailable, make_stage
 from edge_mer.runtime.backends.onnxruntime import cpu_name
 
 RESULTS = Path(__file__).resolve().parent / "results"
-METHODS = ("opencv-tvl1", "opencv-dis", "reference", "cuda-block", "cuda-grid")
+METHODS = ("opencv-tvl1", "opencv-dis", "reference", "cuda-block", "cuda-grid", "cuda-bands", "cuda-bands-direct")
 
 
 def gpu_name() -> str:
@@ -55,7 +58,8 @@ def make(name: str, size: int, emulator: bool) -> FlowStage:
         from edge_mer.flow import emulate
         from edge_mer.flow.cuda import CudaStage
 
-        return CudaStage(size, solver=name.removeprefix("cuda-"), runtime=emulate if emulator else None)
+        solver, _, direct = name.removeprefix("cuda-").partition("-")
+        return CudaStage(size, solver=solver, runtime=emulate if emulator else None, graphs=not direct)
     return make_stage(name, size)
 
 
@@ -82,6 +86,7 @@ def measure(name: str, pairs: list[FlowPair], repeats: int, emulator: bool = Fal
     out: dict[str, Any] = {"available": True, "latency_ms": round(1000 * float(np.median(times)), 3),
                            "epe": {k: round(float(np.mean(v)), 4) for k, v in errors.items()}}
     if gpu:
+        out["graphs"] = stage.graph_note or "one graph launch per pair for the pyramid and solve"
         out["gpu_ms"] = round(float(np.median(gpu)), 3)
         out["stage_gpu_ms"] = fused_stage_ms(stage, pairs, repeats)
     return out
@@ -125,6 +130,12 @@ def table(rows: dict[int, dict[str, dict[str, Any]]]) -> list[str]:
     return lines
 
 
+def graph_notes(rows: dict[int, dict[str, dict[str, Any]]]) -> list[str]:
+    notes = sorted({f"{name}: {r['graphs']}" for methods in rows.values() for name, r in methods.items()
+                    if "graphs" in r})
+    return ["", "CUDA graphs: " + "; ".join(notes) + "."] if notes else []
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
@@ -161,7 +172,7 @@ def main() -> None:
              "of 0.3, 0.8, 1.4 and 2 px peak (micro) and by 3 rigid sub-pixel shifts (shift); latency is the "
              f"median over {args.repeats} passes of the flow of one pair (grey crops in, flow out); EPE is the "
              "mean endpoint error against the known flow over the interior (6 px border left out).", "",
-             *table(rows), "", f"cuda: {cuda_reason}."]
+             *table(rows), "", f"cuda: {cuda_reason}.", *graph_notes(rows)]
     (args.out / "flow.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -121,5 +121,14 @@ def test_flow_command_with_cuda(tmp_path):
     assert abs(float(flow[10:-10, 10:-10, 0].mean()) - 0.5) < 0.05
 
 
+def test_a_graph_replay_equals_launching_kernel_by_kernel(stage):
+    direct = CudaStage(64, solver=stage.solver, runtime=stage.drv if stage.drv is emulate else None, graphs=False)
+    replayed = CudaStage(64, solver=stage.solver, runtime=stage.drv if stage.drv is emulate else None)
+    for p in micro_pairs(64, peaks=(0.8, 1.6)):  # the second call replays the graph captured by the first
+        np.testing.assert_array_equal(replayed.flow(p.first, p.second), direct.flow(p.first, p.second))
+    assert replayed.use_graphs, replayed.graph_note
+    assert len(replayed._graphs) == 1
+
+
 def test_self_check_passes(stage):
     assert stage.self_check() is None

@@ -16,6 +16,7 @@ import sys
 import numpy as np
 import pytest
 
+from edge_mer.errors import UserError
 from edge_mer.flow import emulate
 from edge_mer.flow.cuda import SOLVERS, CudaStage
 from edge_mer.flow.pairs import in_frames, micro_pairs
@@ -71,12 +72,23 @@ def test_stage_results_do_not_depend_on_thread_order(solver):
 def test_the_solve_agrees_at_any_block_size_the_gpu_may_choose(monkeypatch, threads, solver):
     # the driver takes the kernel's max_threads_per_block: 127 registers give 512 on Hopper;
     # one warp is the other extreme of the block-wide reduction
-    monkeypatch.setitem(emulate.THREAD_LIMITS, "tvl1_solve", threads)
+    for kernel in ("tvl1_solve", "tvl1_solve_bands"):
+        monkeypatch.setitem(emulate.THREAD_LIMITS, kernel, threads)
     stage = CudaStage(48, runtime=emulate, solver=solver)
     assert stage.solve_threads == threads
     p = micro_pairs(48, peaks=(1.5,))[0]
     diff = np.linalg.norm(stage.flow(p.first, p.second) - tvl1(p.first, p.second), axis=2)
     assert float(diff.mean()) < 1e-3
+
+
+def test_a_grid_solve_that_gave_up_is_an_error_not_a_result():
+    stage = CudaStage(48, runtime=emulate, solver="bands")
+    p = micro_pairs(48, peaks=(1.0,))[0]
+    # as the kernel leaves it when one block never reached a grid barrier
+    emulate.memcpy_htod(np.uintp(int(stage._barrier) + 8), np.array([1], np.uint32))
+    with pytest.raises(UserError, match="gave up waiting for one of its blocks"):
+        stage.flow(p.first, p.second)
+    assert stage.flow(p.first, p.second).shape == (48, 48, 2)  # the barrier was reset
 
 
 def test_the_thread_order_check_finds_a_race(broken):
@@ -128,6 +140,7 @@ def test_arguments_are_checked_against_the_kernel_signature(broken):
 def test_a_write_past_the_end_of_a_buffer_faults():
     code = f"""
 import numpy as np
+from edge_mer.errors import UserError
 from edge_mer.flow import emulate
 fill = emulate.SourceModule({BROKEN!r}, no_extern_c=True).get_function("fill")
 x = emulate.mem_alloc(100 * 4)
@@ -154,6 +167,27 @@ def test_memory_starts_as_nan_and_memset_fills_it():
     emulate.memset_d32(x, 0, 6)
     emulate.memcpy_dtoh(out, x)
     assert (out[:6] == 0).all() and np.isnan(out[6:]).all()
+
+
+def test_a_capturing_stream_refuses_copies_and_replays_launches_in_order(broken):
+    fill = broken.get_function("fill")
+    x = emulate.mem_alloc(8 * 4)
+    emulate.memset_d32(x, 0, 8)
+
+    def record() -> str:
+        fill(x, np.int32(3), np.float32(5), block=(4, 1, 1), grid=(1, 1))
+        emulate.memset_d32_async(x, 0x40000000, 2)  # 2.0f over the first two
+        with pytest.raises(emulate.Error, match="not permitted when stream is capturing"):
+            emulate.memcpy_htod(x, np.zeros(8, np.float32))
+        return "recorded"
+
+    graph, result = emulate.capture_graph(None, record)
+    out = np.empty(8, np.float32)
+    emulate.memcpy_dtoh(out, x)
+    assert result == "recorded" and (out == 0).all()  # nothing ran while capturing
+    graph.launch()
+    emulate.memcpy_dtoh(out, x)
+    assert out.tolist() == [2, 2, 5, 5, 0, 0, 0, 0]
 
 
 def test_source_that_does_not_compile_is_one_clear_error():

@@ -29,7 +29,7 @@ from edge_mer.flow.stage import OpenCVStage, make_stage
 
 KERNELS = Path(__file__).resolve().parents[1] / "edge_mer" / "flow" / "kernels" / "tvl1.cu"
 ENTRY_POINTS = ("tvl1_pre", "tvl1_downsample", "tvl1_centered_gradient", "tvl1_warp", "tvl1_solve",
-                "tvl1_upsample_flow", "tvl1_epilogue_f32", "tvl1_epilogue_f16")
+                "tvl1_solve_bands", "tvl1_upsample_flow", "tvl1_epilogue_f32", "tvl1_epilogue_f16")
 FRAME = (320, 240)
 METHODS = ["reference", pytest.param("opencv-tvl1", marks=pytest.mark.skipif(
     not has_tvl1(), reason="OpenCV contrib's TV-L1 is not installed")), "opencv-dis"]

@@ -33,13 +33,16 @@ import numpy as np
 
 from edge_mer.errors import UserError
 from edge_mer.features.normalise import CLIP, FLOW_UNIT, STRAIN_UNIT, TEXTURE_MEAN, TEXTURE_STD
+from edge_mer.flow.graphs import Graph, GraphError, capture
 from edge_mer.flow.reference import TVL1Params, crop_gray, level_shapes, to_float, tvl1
 from edge_mer.flow.stage import FlowStage, cuda_unavailable, to_gray
 
 TILE = 16  # block side of the per-pixel kernels
 SOLVE_THREADS = 1024  # block of tvl1_solve: a multiple of 32, at most 32 warps (less when the compiled
 # kernel's registers do not allow as many threads)
-SOLVERS = ("block", "grid")  # tvl1_solve's layouts: one block per pair, or up to one block per multiprocessor
+# the fused solve's layouts: one block per pair (tvl1_solve); up to one block per multiprocessor,
+# two grid barriers per iteration (tvl1_solve); row bands, one grid barrier per iteration (tvl1_solve_bands)
+SOLVERS = ("block", "grid", "bands")
 
 
 def kernel_source() -> str:
@@ -62,6 +65,7 @@ class _Buffers:
     shapes: list[tuple[int, int]]  # (h, w) per level, finest first
     levels: list[Any]  # per level (2, h, w) float32: first image, then second
     planes: dict[str, Any]  # finest-size float32 planes, reused at every level
+    halo: Any  # (multiprocessors, 2, finest width) float32: tvl1_solve_bands' private rows
 
 
 class CudaStage(FlowStage):
@@ -69,21 +73,30 @@ class CudaStage(FlowStage):
 
     name = "cuda"
     PLANES = ("gx", "gy", "i1wx", "i1wy", "grad", "rho_c", "u1", "u2", "v1", "v2",
-              "p11", "p12", "p21", "p22", "tmp1", "tmp2")
+              "p11", "p12", "p21", "p22", "tmp1", "tmp2", "q11", "q12", "q21", "q22")
 
     def __init__(self, size: int = 112, params: TVL1Params | None = None, device: int = 0,
-                 runtime: ModuleType | None = None, solver: str = "block") -> None:
+                 runtime: ModuleType | None = None, solver: str = "block", graphs: bool = True) -> None:
         """``runtime``: pycuda when None; ``edge_mer.flow.emulate`` runs the same kernels on the CPU.
 
         ``solver``: ``block`` runs each warp's iterations in one thread block (``__syncthreads``
         between phases); ``grid`` spreads a level's pixels over up to one block per
         multiprocessor (a grid-wide barrier between phases; levels small enough for one
-        block still use one). ``benchmarks/flow.py`` times both.
+        block still use one); ``bands`` gives each of those blocks a band of rows, keeps two
+        copies of the state and recomputes one row of its neighbour, so that one grid barrier
+        per iteration is enough. ``benchmarks/flow.py`` times all three.
+
+        ``graphs``: capture each image shape's pyramid and solve as a CUDA graph once and
+        replay it (``edge_mer.flow.graphs``); where the driver cannot, the stage says why in
+        ``graph_note`` and launches kernel by kernel.
         """
         super().__init__(size)
         if solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS}, not {solver!r}")
         self.solver = solver
+        self.use_graphs = graphs
+        self.graph_note = "" if graphs else "graphs turned off"
+        self._graphs: dict[tuple[int, int], tuple[Graph, tuple[Any, Any]]] = {}
         if runtime is None:
             reason = cuda_unavailable()
             if reason:
@@ -114,8 +127,9 @@ class CudaStage(FlowStage):
                 raise UserError(f"the CUDA flow kernels do not load on this GPU: {_first_line(exc)}") from None
             self.k = {name: module.get_function(name) for name in (
                 "tvl1_pre", "tvl1_downsample", "tvl1_centered_gradient", "tvl1_warp", "tvl1_solve",
-                "tvl1_upsample_flow", "tvl1_epilogue_f32", "tvl1_epilogue_f16")}
-            fit = int(self.k["tvl1_solve"].max_threads_per_block)
+                "tvl1_upsample_flow", "tvl1_epilogue_f32", "tvl1_epilogue_f16", "tvl1_solve_bands")}
+            self.solve_kernel = "tvl1_solve_bands" if solver == "bands" else "tvl1_solve"
+            fit = int(self.k[self.solve_kernel].max_threads_per_block)
             self.solve_threads = max(32, min(SOLVE_THREADS, fit) // 32 * 32)
             self.stream = drv.Stream()
             self.start, self.end = drv.Event(), drv.Event()
@@ -130,7 +144,7 @@ class CudaStage(FlowStage):
             self._barrier = drv.mem_alloc(3 * 4)
             drv.memset_d32(self._barrier, 0, 3)
             self._gave_up = drv.pagelocked_empty(1, np.uint32)
-            self._partials = drv.mem_alloc(4 * max(1, self.multiprocessors))
+            self._partials = drv.mem_alloc(4 * 2 * max(1, self.multiprocessors))
             self._buffers_for((size, size))
         finally:
             self.ctx.pop()
@@ -144,7 +158,8 @@ class CudaStage(FlowStage):
             shapes = level_shapes(shape, self.params)
             h, w = shape
             found = _Buffers(shapes, [self.drv.mem_alloc(2 * lh * lw * 4) for lh, lw in shapes],
-                             {n: self.drv.mem_alloc(h * w * 4) for n in self.PLANES})
+                             {n: self.drv.mem_alloc(h * w * 4) for n in self.PLANES},
+                             self.drv.mem_alloc(max(1, self.multiprocessors) * 2 * w * 4))
             self._buffers[shape] = found
         return found
 
@@ -186,16 +201,25 @@ class CudaStage(FlowStage):
             k["tvl1_centered_gradient"](np.uintp(i1), i32(w), i32(h), stride, q["gx"], q["gy"],
                                         block=(TILE, TILE, 1), grid=grid, stream=s)
             parts = 1 if self.solver == "block" else max(1, min(self.multiprocessors, -(-n // self.solve_threads)))
+            rows = -(-h // parts)  # bands: rows per block
+            if self.solver == "bands":
+                parts = -(-h // rows)
+            common = (q["i1wx"], q["i1wy"], q["grad"], q["rho_c"], i32(w), i32(h), stride, l_t, f32(p.theta), taut,
+                      f32(p.epsilon ** 2 * n), i32(p.outer_iterations), i32(p.inner_iterations),
+                      i32(p.median_filtering))
             for warp in range(p.warps):
                 k["tvl1_warp"](np.uintp(i0), np.uintp(i1), q["gx"], q["gy"], flow[0], flow[1], i32(w), i32(h),
                                stride, q["i1wx"], q["i1wy"], q["grad"], q["rho_c"],
                                block=(TILE, TILE, 1), grid=grid, stream=s)
-                k["tvl1_solve"](flow[0], flow[1], q["p11"], q["p12"], q["p21"], q["p22"], q["tmp1"], q["tmp2"],
-                                q["i1wx"], q["i1wy"], q["grad"], q["rho_c"], i32(w), i32(h), stride, l_t,
-                                f32(p.theta), taut, f32(p.epsilon ** 2 * n), i32(p.outer_iterations),
-                                i32(p.inner_iterations), i32(p.median_filtering), i32(warp == 0), i32(parts),
-                                self._barrier, self._partials,
-                                block=(self.solve_threads, 1, 1), grid=(parts, 1, 1), stream=s)
+                if self.solver == "bands":  # tmp1, tmp2: the flow's second buffers
+                    k["tvl1_solve_bands"](flow[0], flow[1], q["tmp1"], q["tmp2"], q["p11"], q["p12"], q["p21"],
+                                          q["p22"], q["q11"], q["q12"], q["q21"], q["q22"], b.halo, *common,
+                                          i32(warp == 0), i32(rows), self._barrier, self._partials,
+                                          block=(self.solve_threads, 1, 1), grid=(parts, 1, 1), stream=s)
+                else:
+                    k["tvl1_solve"](flow[0], flow[1], q["p11"], q["p12"], q["p21"], q["p22"], q["tmp1"], q["tmp2"],
+                                    *common, i32(warp == 0), i32(parts), self._barrier, self._partials,
+                                    block=(self.solve_threads, 1, 1), grid=(parts, 1, 1), stream=s)
             if level > 0:
                 dh, dw = b.shapes[level - 1]
                 k["tvl1_upsample_flow"](flow[0], flow[1], i32(w), i32(h), stride, spare[0], spare[1], i32(dw),
@@ -204,9 +228,25 @@ class CudaStage(FlowStage):
                 flow, spare = spare, flow
         return flow
 
+    def _solve(self, b: _Buffers) -> tuple[Any, Any]:
+        """``_pyramid_and_solve``, replayed from this shape's graph when graphs are on."""
+        if not self.use_graphs:
+            return self._pyramid_and_solve(b)
+        held = self._graphs.get(b.shapes[0])
+        if held is None:
+            try:
+                held = capture(self.drv, self.stream, lambda: self._pyramid_and_solve(b))
+            except (GraphError, self.drv.Error) as exc:
+                self.use_graphs, self.graph_note = False, f"no CUDA graphs ({_first_line(exc)}): one launch per kernel"
+                return self._pyramid_and_solve(b)
+            self._graphs[b.shapes[0]] = held
+        graph, flow = held
+        graph.launch(self.stream)
+        return flow
+
     def _check_barrier(self) -> None:
         """After a synchronise: raise when the grid solve's barrier gave up waiting (results are wrong)."""
-        if self.solver != "grid":
+        if self.solver == "block":
             return
         self.drv.memcpy_dtoh(self._gave_up, np.uintp(int(self._barrier) + 8))
         if self._gave_up[0]:
@@ -269,7 +309,7 @@ class CudaStage(FlowStage):
         try:
             self.start.record(self.stream)
             b = self._crop_pair(onset, apex, matrix)
-            flow = self._pyramid_and_solve(b)
+            flow = self._solve(b)
             self._epilogue(b, flow, np.uintp(motion_ptr), np.uintp(texture_ptr), dtype)
             self.end.record(self.stream)
             if not sync:
@@ -310,7 +350,7 @@ class CudaStage(FlowStage):
             b = self._buffers_for((h, w))
             self.start.record(self.stream)
             self.drv.memcpy_htod_async(b.levels[0], pair, self.stream)
-            u1, u2 = self._pyramid_and_solve(b)
+            u1, u2 = self._solve(b)
             self.end.record(self.stream)
             self.drv.memcpy_dtoh_async(out[0], u1, self.stream)
             self.drv.memcpy_dtoh_async(out[1], u2, self.stream)

@@ -30,17 +30,19 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 MAX_THREADS_PER_BLOCK = 1024  # what get_function reports, as on a GPU for a kernel with few registers
 # per kernel: what a kernel with many registers reports instead (on a GPU ptxas decides; here it
 # sets the block of the driver's one-block solve, and with it how long the emulation takes)
-THREAD_LIMITS: dict[str, int] = {"tvl1_solve": 128}
+THREAD_LIMITS: dict[str, int] = {"tvl1_solve": 128, "tvl1_solve_bands": 128}
 _schedule = 0  # 0: threads resume in order, 1: reverse, other: shuffled with this seed
 
 
@@ -125,22 +127,34 @@ def _host(array: np.ndarray, what: str) -> np.ndarray:
     return array
 
 
+def _not_capturing(what: str) -> None:
+    if _recording is not None:
+        raise Error(f"{what}: operation not permitted when stream is capturing")
+
+
 def memcpy_htod(dst: Any, src: np.ndarray) -> None:
+    _not_capturing("memcpy_htod")
     src = _host(np.asarray(src), "memcpy_htod")
     _check_range(int(dst), src.nbytes, "memcpy_htod")
     ctypes.memmove(int(dst), src.ctypes.data, src.nbytes)
 
 
 def memcpy_dtoh(dst: np.ndarray, src: Any) -> None:
+    _not_capturing("memcpy_dtoh")
     dst = _host(dst, "memcpy_dtoh")
     _check_range(int(src), dst.nbytes, "memcpy_dtoh")
     ctypes.memmove(dst.ctypes.data, int(src), dst.nbytes)
 
 
 def memset_d32(dst: Any, value: int, count: int) -> None:
-    _check_range(int(dst), 4 * count, "memset_d32")
+    _not_capturing("memset_d32")
+    _memset(int(dst), value, count)
+
+
+def _memset(address: int, value: int, count: int) -> None:
+    _check_range(address, 4 * count, "memset_d32")
     words = np.full(count, value, np.uint32)  # held: memmove reads it after .ctypes.data is taken
-    ctypes.memmove(int(dst), words.ctypes.data, words.nbytes)
+    ctypes.memmove(address, words.ctypes.data, words.nbytes)
 
 
 def memcpy_htod_async(dst: Any, src: np.ndarray, stream: Any = None) -> None:
@@ -152,7 +166,46 @@ def memcpy_dtoh_async(dst: np.ndarray, src: Any, stream: Any = None) -> None:
 
 
 def memset_d32_async(dst: Any, value: int, count: int, stream: Any = None) -> None:
-    memset_d32(dst, value, count)
+    address = int(dst)
+    _enqueue(lambda: _memset(address, value, count))
+
+
+# -- graphs: what a stream does while capturing is recorded, and replayed by launch() ---------------
+
+_recording: list[Callable[[], None]] | None = None
+
+
+def _enqueue(step: Callable[[], None]) -> None:
+    if _recording is not None:
+        _recording.append(step)
+    else:
+        step()
+
+
+class RecordedGraph:
+    """The launches and memsets made on a stream while it was capturing, in order."""
+
+    def __init__(self, steps: list[Callable[[], None]]) -> None:
+        self.steps = steps
+
+    def launch(self, stream: Any = None) -> None:
+        _not_capturing("graph launch")
+        for step in self.steps:
+            step()
+
+
+def capture_graph(stream: Any, record: Callable[[], T]) -> tuple[RecordedGraph, T]:
+    """What ``edge_mer.flow.graphs.capture`` does on a GPU: nothing runs until the graph is launched."""
+    global _recording
+    if _recording is not None:
+        raise Error("a stream is already capturing")
+    _recording = []
+    try:
+        result = record()
+        steps = _recording
+    finally:
+        _recording = None
+    return RecordedGraph(steps), result
 
 
 # -- device, context, stream, events (everything runs at once, in order) ----------------------------
@@ -298,9 +351,13 @@ class Function:
                               f"(at most {self.max_threads_per_block} threads per block here)")
         values = [self._argument(i, a, kind) for i, (a, (_, kind)) in enumerate(zip(args, self.params, strict=True))]
         pointers = (ctypes.c_void_p * len(values))(*(ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values))
-        rc = self.entry((ctypes.c_uint * 3)(*g), (ctypes.c_uint * 3)(*b), _schedule, pointers)
-        if rc != 0:
-            raise LaunchError(f"{self.name}: {self.lib.emu_error().decode()}")
+        grid_dims, block_dims = (ctypes.c_uint * 3)(*g), (ctypes.c_uint * 3)(*b)
+
+        def run(held: list[Any] = values) -> None:  # held: pointers points into these
+            if self.entry(grid_dims, block_dims, _schedule, pointers) != 0:
+                raise LaunchError(f"{self.name}: {self.lib.emu_error().decode()}")
+
+        _enqueue(run)
 
 
 class SourceModule:

@@ -14,7 +14,8 @@
 //   tvl1_downsample                            levels - 1 times (both images, z = 2)
 //   per level, coarsest first:
 //     tvl1_centered_gradient                   once
-//     tvl1_warp, tvl1_solve                    warps times (tvl1_solve resets p on the first)
+//     tvl1_warp, tvl1_solve                    warps times (tvl1_solve resets p on the first;
+//                                              or tvl1_solve_bands, the same in another layout)
 //     tvl1_upsample_flow                       unless finest
 //   tvl1_epilogue_f32 or tvl1_epilogue_f16     once
 // Images are planar float32, rows dense (pitch = width); several pairs run side by side
@@ -252,6 +253,68 @@ __device__ __forceinline__ void sync_pair(int parts, unsigned* barrier) {
     else __syncthreads();
 }
 
+// reference.median_filter of both flow components at one pixel (median = 3 or 5)
+__device__ __forceinline__ void median_pair(int median, const float* u1, const float* u2, int w, int h, int x, int y,
+                                            float& m1, float& m2) {
+    if (median == 3) {
+        m1 = median_at<3>(u1, w, h, x, y);
+        m2 = median_at<3>(u2, w, h, x, y);
+    } else {
+        m1 = median_at<5>(u1, w, h, x, y);
+        m2 = median_at<5>(u2, w, h, x, y);
+    }
+}
+
+// phase 1 at pixel i (x, y) of the flow (a, b): reference.threshold_step, reference.divergence
+// of the dual p and u = v + theta div p; the new flow in (n1, n2)
+__device__ __forceinline__ void primal_at(int i, int x, int y, int w, float a, float b,
+                                          const float* __restrict__ i1wx, const float* __restrict__ i1wy,
+                                          const float* __restrict__ grad, const float* __restrict__ rho_c,
+                                          const float* p11, const float* p12, const float* p21, const float* p22,
+                                          float l_t, float theta, float& n1, float& n2) {
+    float gx = i1wx[i], gy = i1wy[i], g = grad[i];
+    float rho = rho_c[i] + gx * a + gy * b;
+    float bound = l_t * g;
+    float c;
+    if (rho < -bound) c = l_t;
+    else if (rho > bound) c = -l_t;
+    else if (g > TVL1_FLT_EPSILON) c = -rho / g;
+    else c = 0.0f;
+    float v1 = a + c * gx, v2 = b + c * gy;
+    float div1 = p11[i] + p12[i], div2 = p21[i] + p22[i];
+    if (x > 0) { div1 -= p11[i - 1]; div2 -= p21[i - 1]; }
+    if (y > 0) { div1 -= p12[i - w]; div2 -= p22[i - w]; }
+    n1 = v1 + theta * div1;
+    n2 = v2 + theta * div2;
+}
+
+// phase 2 at pixel i: reference.project_dual from the forward differences of the new flow;
+// reads s*, writes d* (the same buffers in tvl1_solve, the other copy in tvl1_solve_bands)
+__device__ __forceinline__ void dual_at(int i, float u1x, float u1y, float u2x, float u2y, float taut,
+                                        const float* s11, const float* s12, const float* s21, const float* s22,
+                                        float* d11, float* d12, float* d21, float* d22) {
+    float ng1 = 1.0f + taut * sqrtf(u1x * u1x + u1y * u1y);
+    float ng2 = 1.0f + taut * sqrtf(u2x * u2x + u2y * u2y);
+    float q11 = (s11[i] + taut * u1x) / ng1, q12 = (s12[i] + taut * u1y) / ng1;
+    float q21 = (s21[i] + taut * u2x) / ng2, q22 = (s22[i] + taut * u2y) / ng2;
+    d11[i] = q11;
+    d12[i] = q12;
+    d21[i] = q21;
+    d22[i] = q22;
+}
+
+// The stopping sum of a pair: this block's sum (block_sum) when it is alone, else every
+// block's sum through `sums` (one slot per block of the launch) after a grid barrier, added
+// in the same order by every thread of every block.
+__device__ __forceinline__ float pair_sum(float block_total, int parts, int pair, float* sums, unsigned* barrier) {
+    if (parts == 1) return block_total;
+    if (threadIdx.x == 0) sums[blockIdx.x] = block_total;
+    grid_sync(barrier);
+    float total = 0.0f;
+    for (int k = 0; k < parts; ++k) total += sums[pair * parts + k];
+    return total;
+}
+
 // (d, e) reference.solve_warp, fused: all outer x inner iterations of one warp in one launch,
 // the state in global memory (it stays in L2 at these sizes: at S = 112 the six state
 // planes alone take 301 KB, far above a block's shared memory) and a barrier between the
@@ -292,16 +355,7 @@ extern "C" __global__ void tvl1_solve(float* __restrict__ u1, float* __restrict_
     float error = __int_as_float(0x7f800000);  // +inf; identical in every thread: see above
     for (int outer = 0; outer < outer_iterations && error > stop; ++outer) {
         if (median > 1) {
-            for (int i = first; i < n; i += step) {
-                int x = i % w, y = i / w;
-                if (median == 3) {
-                    tmp1[i] = median_at<3>(u1, w, h, x, y);
-                    tmp2[i] = median_at<3>(u2, w, h, x, y);
-                } else {
-                    tmp1[i] = median_at<5>(u1, w, h, x, y);
-                    tmp2[i] = median_at<5>(u2, w, h, x, y);
-                }
-            }
+            for (int i = first; i < n; i += step) median_pair(median, u1, u2, w, h, i % w, i / w, tmp1[i], tmp2[i]);
             sync_pair(parts, barrier);
             for (int i = first; i < n; i += step) {
                 u1[i] = tmp1[i];
@@ -312,33 +366,13 @@ extern "C" __global__ void tvl1_solve(float* __restrict__ u1, float* __restrict_
         for (int inner = 0; inner < inner_iterations && error > stop; ++inner) {
             float local = 0.0f;
             for (int i = first; i < n; i += step) {
-                int x = i % w, y = i / w;
-                float a = u1[i], b = u2[i];
-                float gx = i1wx[i], gy = i1wy[i], g = grad[i];
-                float rho = rho_c[i] + gx * a + gy * b;
-                float bound = l_t * g;
-                float c;
-                if (rho < -bound) c = l_t;
-                else if (rho > bound) c = -l_t;
-                else if (g > TVL1_FLT_EPSILON) c = -rho / g;
-                else c = 0.0f;
-                float v1 = a + c * gx, v2 = b + c * gy;
-                float div1 = p11[i] + p12[i], div2 = p21[i] + p22[i];
-                if (x > 0) { div1 -= p11[i - 1]; div2 -= p21[i - 1]; }
-                if (y > 0) { div1 -= p12[i - w]; div2 -= p22[i - w]; }
-                float n1 = v1 + theta * div1, n2 = v2 + theta * div2;
+                float a = u1[i], b = u2[i], n1, n2;
+                primal_at(i, i % w, i / w, w, a, b, i1wx, i1wy, grad, rho_c, p11, p12, p21, p22, l_t, theta, n1, n2);
                 local += (n1 - a) * (n1 - a) + (n2 - b) * (n2 - b);
                 u1[i] = n1;
                 u2[i] = n2;
             }
-            float total = block_sum(local, scratch);
-            if (parts > 1) {
-                if (threadIdx.x == 0) partials[blockIdx.x] = total;
-                grid_sync(barrier);
-                total = 0.0f;
-                for (int k = 0; k < parts; ++k) total += partials[pair * parts + k];
-            }
-            error = total;
+            error = pair_sum(block_sum(local, scratch), parts, pair, partials, barrier);
             for (int i = first; i < n; i += step) {
                 int x = i % w, y = i / w;
                 float a = u1[i], b = u2[i];
@@ -346,14 +380,117 @@ extern "C" __global__ void tvl1_solve(float* __restrict__ u1, float* __restrict_
                 float u1y = y < h - 1 ? u1[i + w] - a : 0.0f;
                 float u2x = x < w - 1 ? u2[i + 1] - b : 0.0f;
                 float u2y = y < h - 1 ? u2[i + w] - b : 0.0f;
-                float ng1 = 1.0f + taut * sqrtf(u1x * u1x + u1y * u1y);
-                float ng2 = 1.0f + taut * sqrtf(u2x * u2x + u2y * u2y);
-                p11[i] = (p11[i] + taut * u1x) / ng1;
-                p12[i] = (p12[i] + taut * u1y) / ng1;
-                p21[i] = (p21[i] + taut * u2x) / ng2;
-                p22[i] = (p22[i] + taut * u2y) / ng2;
+                dual_at(i, u1x, u1y, u2x, u2y, taut, p11, p12, p21, p22, p11, p12, p21, p22);
             }
             sync_pair(parts, barrier);
+        }
+    }
+}
+
+// (d, e) again, in a third layout with one grid-wide barrier per inner iteration instead of
+// two: `parts` blocks per pair, block `part` owning the rows [part * rows, part * rows + rows).
+// The flow and the dual variables alternate between two buffers each (u/ub, p/q): an
+// iteration reads one and writes the other, so no block ever writes what another may still
+// read. Phase 1 also computes the new flow of the next band's first row, privately (halo,
+// one row per block), so phase 2 needs nothing from other blocks and follows phase 1 after a
+// __syncthreads(); only the stopping sum (partials, two sets by iteration parity) waits for
+// every block. The median reads two rows of the neighbours and is followed by a grid barrier.
+// When the loops end, whatever is in the second buffers is copied back to the first, where
+// the next launch and the driver expect it.
+// grid (pairs * ceil(h / rows)), block (32..1024, a multiple of 32); halo (gridDim.x, 2, w);
+// partials (2, gridDim.x).
+extern "C" __global__ void tvl1_solve_bands(float* __restrict__ u1, float* __restrict__ u2,
+                                            float* __restrict__ ub1, float* __restrict__ ub2,
+                                            float* __restrict__ p11, float* __restrict__ p12,
+                                            float* __restrict__ p21, float* __restrict__ p22,
+                                            float* __restrict__ q11, float* __restrict__ q12,
+                                            float* __restrict__ q21, float* __restrict__ q22,
+                                            float* __restrict__ halo,
+                                            const float* __restrict__ i1wx, const float* __restrict__ i1wy,
+                                            const float* __restrict__ grad, const float* __restrict__ rho_c,
+                                            int w, int h, int stride, float l_t, float theta, float taut,
+                                            float stop, int outer_iterations, int inner_iterations, int median,
+                                            int reset_dual, int rows, unsigned* __restrict__ barrier,
+                                            float* __restrict__ partials) {
+    __shared__ float scratch[TVL1_MAX_WARPS + 1];
+    const int parts = (h + rows - 1) / rows;
+    const int pair = blockIdx.x / parts, part = blockIdx.x % parts;
+    const int r1 = min((part + 1) * rows, h);
+    const int own_begin = part * rows * w, own_end = r1 * w, halo_end = min(r1 + 1, h) * w;
+    const size_t base = (size_t)pair * stride;
+    // the current buffers (c) and the ones the iteration writes (n), swapped after each use
+    float *c1 = u1 + base, *c2 = u2 + base, *n1s = ub1 + base, *n2s = ub2 + base;
+    float *s11 = p11 + base, *s12 = p12 + base, *s21 = p21 + base, *s22 = p22 + base;
+    float *d11 = q11 + base, *d12 = q12 + base, *d21 = q21 + base, *d22 = q22 + base;
+    float* hx = halo + (size_t)blockIdx.x * 2 * w;
+    float* hy = hx + w;
+    i1wx += base; i1wy += base; grad += base; rho_c += base;
+    int parity = 0;  // which set of partials
+
+    if (reset_dual) {
+        for (int i = own_begin + threadIdx.x; i < own_end; i += blockDim.x) s11[i] = s12[i] = s21[i] = s22[i] = 0.0f;
+        sync_pair(parts, barrier);
+    }
+    float error = __int_as_float(0x7f800000);  // +inf; identical in every thread of the pair
+    for (int outer = 0; outer < outer_iterations && error > stop; ++outer) {
+        if (median > 1) {
+            for (int i = own_begin + threadIdx.x; i < own_end; i += blockDim.x)
+                median_pair(median, c1, c2, w, h, i % w, i / w, n1s[i], n2s[i]);
+            float* t = c1; c1 = n1s; n1s = t;
+            t = c2; c2 = n2s; n2s = t;
+            sync_pair(parts, barrier);
+        }
+        for (int inner = 0; inner < inner_iterations && error > stop; ++inner) {
+            float local = 0.0f;
+            for (int i = own_begin + threadIdx.x; i < halo_end; i += blockDim.x) {
+                int x = i % w;
+                float a = c1[i], b = c2[i], n1, n2;
+                primal_at(i, x, i / w, w, a, b, i1wx, i1wy, grad, rho_c, s11, s12, s21, s22, l_t, theta, n1, n2);
+                if (i < own_end) {
+                    local += (n1 - a) * (n1 - a) + (n2 - b) * (n2 - b);
+                    n1s[i] = n1;
+                    n2s[i] = n2;
+                } else {  // the next band's first row: this block's private copy
+                    hx[x] = n1;
+                    hy[x] = n2;
+                }
+            }
+            __syncthreads();
+            for (int i = own_begin + threadIdx.x; i < own_end; i += blockDim.x) {
+                int x = i % w, y = i / w;
+                float a = n1s[i], b = n2s[i];
+                float u1x = x < w - 1 ? n1s[i + 1] - a : 0.0f;
+                float u2x = x < w - 1 ? n2s[i + 1] - b : 0.0f;
+                float u1y = 0.0f, u2y = 0.0f;
+                if (y < h - 1) {
+                    bool inside = i + w < own_end;
+                    u1y = (inside ? n1s[i + w] : hx[x]) - a;
+                    u2y = (inside ? n2s[i + w] : hy[x]) - b;
+                }
+                dual_at(i, u1x, u1y, u2x, u2y, taut, s11, s12, s21, s22, d11, d12, d21, d22);
+            }
+            error = pair_sum(block_sum(local, scratch), parts, pair, partials + (size_t)parity * gridDim.x, barrier);
+            parity ^= 1;
+            float* t = c1; c1 = n1s; n1s = t;
+            t = c2; c2 = n2s; n2s = t;
+            t = s11; s11 = d11; d11 = t;
+            t = s12; s12 = d12; d12 = t;
+            t = s21; s21 = d21; d21 = t;
+            t = s22; s22 = d22; d22 = t;
+        }
+    }
+    // back into the first buffers (own rows; no block reads them again in this launch)
+    const bool flow_moved = c1 != u1 + base, dual_moved = s11 != p11 + base;
+    for (int i = own_begin + threadIdx.x; i < own_end; i += blockDim.x) {
+        if (flow_moved) {
+            u1[base + i] = c1[i];
+            u2[base + i] = c2[i];
+        }
+        if (dual_moved) {
+            p11[base + i] = s11[i];
+            p12[base + i] = s12[i];
+            p21[base + i] = s21[i];
+            p22[base + i] = s22[i];
         }
     }
 }
