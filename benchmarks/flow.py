@@ -3,9 +3,11 @@
 For OpenCV's TV-L1 (contrib), OpenCV's DIS, the numpy TV-L1 reference and the
 CUDA kernels with each layout of the fused solve, ``cuda-block`` (one block per
 pair), ``cuda-grid`` (up to one block per multiprocessor, two grid barriers per
-iteration) and ``cuda-bands`` (row bands, one grid barrier per iteration), each
+iteration) and ``cuda-bands`` (row bands, one grid barrier per iteration), and
+``cuda`` (the layout the stage times and picks when it starts), each
 replaying a CUDA graph per shape, and ``cuda-bands-direct`` (launched kernel by
-kernel, to show what the graph saves), a row saying why when they cannot run
+kernel, to show what the graph saves); ``-t128`` / ``-t256`` rows run the grid
+layouts with smaller (hence more) blocks; a row saying why when they cannot run
 here, on the synthetic-warp
 pairs of ``edge_mer.flow.pairs`` (the same pairs the tests use): latency is the
 median over ``--repeats`` passes of the time of one pair's flow (crops already
@@ -42,7 +44,8 @@ from edge_mer.flow.stage import FlowStage, cuda_unavailable, make_stage
 from edge_mer.runtime.backends.onnxruntime import cpu_name
 
 RESULTS = Path(__file__).resolve().parent / "results"
-METHODS = ("opencv-tvl1", "opencv-dis", "reference", "cuda-block", "cuda-grid", "cuda-bands", "cuda-bands-direct")
+METHODS = ("opencv-tvl1", "opencv-dis", "reference", "cuda", "cuda-block", "cuda-grid", "cuda-bands",
+           "cuda-grid-t128", "cuda-grid-t256", "cuda-bands-t128", "cuda-bands-t256", "cuda-bands-direct")
 
 
 def gpu_name() -> str:
@@ -54,12 +57,16 @@ def gpu_name() -> str:
 
 
 def make(name: str, size: int, emulator: bool) -> FlowStage:
-    if name.startswith("cuda-"):
+    if name.startswith("cuda"):
         from edge_mer.flow import emulate
-        from edge_mer.flow.cuda import CudaStage
+        from edge_mer.flow.cuda import SOLVE_THREADS, CudaStage
 
-        solver, _, direct = name.removeprefix("cuda-").partition("-")
-        return CudaStage(size, solver=solver, runtime=emulate if emulator else None, graphs=not direct)
+        if name == "cuda":  # the stage as the device loop makes it: the layout timed and picked at start
+            return CudaStage(size, runtime=emulate if emulator else None)
+        solver, *options = name.removeprefix("cuda-").split("-")  # options: tN (threads), direct (no graph)
+        threads = [int(o[1:]) for o in options if o.startswith("t")]
+        return CudaStage(size, solver=solver, runtime=emulate if emulator else None, graphs="direct" not in options,
+                         solve_threads=threads[0] if threads else SOLVE_THREADS)
     return make_stage(name, size)
 
 
@@ -87,6 +94,8 @@ def measure(name: str, pairs: list[FlowPair], repeats: int, emulator: bool = Fal
                            "epe": {k: round(float(np.mean(v)), 4) for k, v in errors.items()}}
     if gpu:
         out["graphs"] = stage.graph_note or "one graph launch per pair for the pyramid and solve"
+        if stage.layout_ms:
+            out["auto"] = {"picked": f"{stage.solver}/{stage.solve_threads}", "layout_ms": stage.layout_ms}
         out["gpu_ms"] = round(float(np.median(gpu)), 3)
         out["stage_gpu_ms"] = fused_stage_ms(stage, pairs, repeats)
     return out
@@ -115,9 +124,14 @@ def table(rows: dict[int, dict[str, dict[str, Any]]]) -> list[str]:
     lines = ["| S | method | latency per pair (ms, median) | EPE micro (px) | EPE shift (px) |",
              "|---:|---|---:|---:|---:|"]
     for size, methods in rows.items():
+        said: set[str] = set()
         for name, r in methods.items():
             if not r["available"]:
-                lines.append(f"| {size} | {name} | not available on this machine | | |")
+                family = name.split("-")[0]  # one row for all the cuda variants
+                if family not in said:
+                    lines.append(f"| {size} | {family if family == 'cuda' else name} | not available on this "
+                                 "machine | | |")
+                    said.add(family)
                 continue
             lines.append(f"| {size} | {name} | {r['latency_ms']:.3g} | {r['epe']['micro']:.4f} | "
                          f"{r['epe']['shift']:.4f} |")
@@ -133,7 +147,10 @@ def table(rows: dict[int, dict[str, dict[str, Any]]]) -> list[str]:
 def graph_notes(rows: dict[int, dict[str, dict[str, Any]]]) -> list[str]:
     notes = sorted({f"{name}: {r['graphs']}" for methods in rows.values() for name, r in methods.items()
                     if "graphs" in r})
-    return ["", "CUDA graphs: " + "; ".join(notes) + "."] if notes else []
+    picks = [f"S = {size}: {r['auto']['picked']} of {r['auto']['layout_ms']} (GPU ms per pair at start-up)"
+             for size, methods in rows.items() for r in methods.values() if "auto" in r]
+    return ((["", "CUDA graphs: " + "; ".join(notes) + "."] if notes else []) +
+            (["", "The cuda row's layout/threads, as the stage picked it: " + "; ".join(picks) + "."] if picks else []))
 
 
 def main() -> None:

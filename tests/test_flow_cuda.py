@@ -130,5 +130,23 @@ def test_a_graph_replay_equals_launching_kernel_by_kernel(stage):
     assert len(replayed._graphs) == 1
 
 
+@pytest.mark.parametrize("where", [pytest.param(where, marks=mark) for where, mark in WHERE.items()])
+def test_auto_keeps_the_fastest_layout(where, monkeypatch):
+    size = 112 if where == "gpu" else 32  # the emulator's times say nothing; it checks the choosing
+    for kernel in ("tvl1_solve", "tvl1_solve_bands"):  # as on a GPU: room for the smaller-block candidates
+        monkeypatch.setitem(emulate.THREAD_LIMITS, kernel, 512)
+    stage = CudaStage(size, runtime=emulate if where == "emulated" else None)
+    print(f"layouts on {stage.drv.Device(0).name()} at S={size}: {stage.layout_ms} ms -> {stage.solver}; "
+          f"left out: {stage.layout_notes or 'none'}")
+    assert {name.partition("/")[0] for name in stage.layout_ms} == set(SOLVERS)
+    if where == "emulated":
+        assert {"grid/256", "grid/128", "bands/256", "bands/128"} <= set(stage.layout_ms)
+    best = min(stage.layout_ms, key=stage.layout_ms.__getitem__)
+    assert best.partition("/")[0] == stage.solver
+    assert stage.solve_threads == int(best.partition("/")[2] or stage.solve_threads)
+    p = micro_pairs(size, peaks=(1.0,))[0]
+    assert float(np.linalg.norm(stage.flow(p.first, p.second) - tvl1(p.first, p.second), axis=2).mean()) < 1e-3
+
+
 def test_self_check_passes(stage):
     assert stage.self_check() is None

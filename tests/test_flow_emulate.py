@@ -85,7 +85,7 @@ def test_a_grid_solve_that_gave_up_is_an_error_not_a_result():
     stage = CudaStage(48, runtime=emulate, solver="bands")
     p = micro_pairs(48, peaks=(1.0,))[0]
     # as the kernel leaves it when one block never reached a grid barrier
-    emulate.memcpy_htod(np.uintp(int(stage._barrier) + 8), np.array([1], np.uint32))
+    emulate.memcpy_htod(int(stage._barrier) + 8, np.array([1], np.uint32))
     with pytest.raises(UserError, match="gave up waiting for one of its blocks"):
         stage.flow(p.first, p.second)
     assert stage.flow(p.first, p.second).shape == (48, 48, 2)  # the barrier was reset

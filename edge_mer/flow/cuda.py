@@ -76,7 +76,8 @@ class CudaStage(FlowStage):
               "p11", "p12", "p21", "p22", "tmp1", "tmp2", "q11", "q12", "q21", "q22")
 
     def __init__(self, size: int = 112, params: TVL1Params | None = None, device: int = 0,
-                 runtime: ModuleType | None = None, solver: str = "block", graphs: bool = True) -> None:
+                 runtime: ModuleType | None = None, solver: str = "auto", graphs: bool = True,
+                 solve_threads: int = SOLVE_THREADS) -> None:
         """``runtime``: pycuda when None; ``edge_mer.flow.emulate`` runs the same kernels on the CPU.
 
         ``solver``: ``block`` runs each warp's iterations in one thread block (``__syncthreads``
@@ -84,19 +85,28 @@ class CudaStage(FlowStage):
         multiprocessor (a grid-wide barrier between phases; levels small enough for one
         block still use one); ``bands`` gives each of those blocks a band of rows, keeps two
         copies of the state and recomputes one row of its neighbour, so that one grid barrier
-        per iteration is enough. ``benchmarks/flow.py`` times all three.
+        per iteration is enough. ``auto`` (the default) times the three on this GPU when the
+        stage starts (a face pair, a few runs each, the grid layouts also with smaller blocks;
+        well under a second) and keeps the fastest (``layout_ms`` holds the times, keyed
+        ``layout`` or ``layout/threads``, ``layout_notes`` why one was left out);
+        ``benchmarks/flow.py`` times them on the benchmark pairs.
+
+        ``solve_threads``: the solve's block size, at most what the compiled kernel allows
+        (a multiple of 32); in the grid layouts smaller blocks mean more of them.
 
         ``graphs``: capture each image shape's pyramid and solve as a CUDA graph once and
         replay it (``edge_mer.flow.graphs``); where the driver cannot, the stage says why in
         ``graph_note`` and launches kernel by kernel.
         """
         super().__init__(size)
-        if solver not in SOLVERS:
-            raise ValueError(f"solver must be one of {SOLVERS}, not {solver!r}")
-        self.solver = solver
+        if solver != "auto" and solver not in SOLVERS:
+            raise ValueError(f"solver must be auto or one of {SOLVERS}, not {solver!r}")
+        self.solver = "block" if solver == "auto" else solver
+        self.layout_ms: dict[str, float] = {}
+        self.layout_notes: dict[str, str] = {}
         self.use_graphs = graphs
         self.graph_note = "" if graphs else "graphs turned off"
-        self._graphs: dict[tuple[int, int], tuple[Graph, tuple[Any, Any]]] = {}
+        self._graphs: dict[tuple[str, int, tuple[int, int]], tuple[Graph, tuple[Any, Any]]] = {}
         if runtime is None:
             reason = cuda_unavailable()
             if reason:
@@ -128,9 +138,9 @@ class CudaStage(FlowStage):
             self.k = {name: module.get_function(name) for name in (
                 "tvl1_pre", "tvl1_downsample", "tvl1_centered_gradient", "tvl1_warp", "tvl1_solve",
                 "tvl1_upsample_flow", "tvl1_epilogue_f32", "tvl1_epilogue_f16", "tvl1_solve_bands")}
-            self.solve_kernel = "tvl1_solve_bands" if solver == "bands" else "tvl1_solve"
-            fit = int(self.k[self.solve_kernel].max_threads_per_block)
-            self.solve_threads = max(32, min(SOLVE_THREADS, fit) // 32 * 32)
+            self._threads = {layout: max(32, min(solve_threads, int(self.k[kernel].max_threads_per_block)) // 32 * 32)
+                             for layout, kernel in (("block", "tvl1_solve"), ("grid", "tvl1_solve"),
+                                                    ("bands", "tvl1_solve_bands"))}
             self.stream = drv.Stream()
             self.start, self.end = drv.Event(), drv.Event()
             self._buffers: dict[tuple[int, int], _Buffers] = {}
@@ -149,6 +159,39 @@ class CudaStage(FlowStage):
         finally:
             self.ctx.pop()
         self.last_ms = float("nan")  # GPU time of the last call (pre + flow + epilogue), CUDA events
+        if solver == "auto":
+            self._pick_layout()
+
+    @property
+    def solve_threads(self) -> int:
+        """The block size of the current layout's solve."""
+        return self._threads[self.solver]
+
+    def _pick_layout(self, runs: int = 4) -> None:
+        """Time every layout on a face pair, the grid ones also with 256 and 128 threads per block (smaller
+        blocks, more of them); the first run captures the graph and is not counted. Keep the fastest."""
+        from edge_mer.flow.pairs import in_frames, micro_pairs  # face photos: loaded only here
+
+        onset, apex, matrix = in_frames(micro_pairs(self.size, peaks=(1.0,))[0])
+        most = dict(self._threads)
+        candidates = [(layout, t) for layout in SOLVERS
+                      for t in sorted({most[layout]} | ({256, 128} if layout != "block" else set()), reverse=True)
+                      if t <= most[layout]]
+        for layout, threads in candidates:
+            self.solver, self._threads[layout] = layout, threads
+            name = layout if threads == most[layout] else f"{layout}/{threads}"
+            try:
+                times = [self.write(onset, apex, matrix, int(self._dmotion), int(self._dtexture)) for _ in range(runs)]
+            except (UserError, self.drv.Error) as exc:
+                self.layout_notes[name] = _first_line(exc)
+                continue
+            self.layout_ms[name] = round(float(np.median(times[1:])), 4)
+        if not self.layout_ms:
+            raise UserError("no layout of the CUDA flow solve runs here: " +
+                            "; ".join(f"{k}: {v}" for k, v in self.layout_notes.items()))
+        best = min(self.layout_ms, key=self.layout_ms.__getitem__)
+        self.solver, _, count = best.partition("/")
+        self._threads[self.solver] = int(count) if count else most[self.solver]
 
     # -- memory ------------------------------------------------------------------------------------
 
@@ -232,14 +275,15 @@ class CudaStage(FlowStage):
         """``_pyramid_and_solve``, replayed from this shape's graph when graphs are on."""
         if not self.use_graphs:
             return self._pyramid_and_solve(b)
-        held = self._graphs.get(b.shapes[0])
+        key = (self.solver, self.solve_threads, b.shapes[0])
+        held = self._graphs.get(key)
         if held is None:
             try:
                 held = capture(self.drv, self.stream, lambda: self._pyramid_and_solve(b))
             except (GraphError, self.drv.Error) as exc:
                 self.use_graphs, self.graph_note = False, f"no CUDA graphs ({_first_line(exc)}): one launch per kernel"
                 return self._pyramid_and_solve(b)
-            self._graphs[b.shapes[0]] = held
+            self._graphs[key] = held
         graph, flow = held
         graph.launch(self.stream)
         return flow
@@ -248,7 +292,7 @@ class CudaStage(FlowStage):
         """After a synchronise: raise when the grid solve's barrier gave up waiting (results are wrong)."""
         if self.solver == "block":
             return
-        self.drv.memcpy_dtoh(self._gave_up, np.uintp(int(self._barrier) + 8))
+        self.drv.memcpy_dtoh(self._gave_up, int(self._barrier) + 8)  # a plain int: pycuda takes no numpy ints here
         if self._gave_up[0]:
             self.drv.memset_d32(self._barrier, 0, 3)
             raise UserError("the grid flow solve gave up waiting for one of its blocks (the GPU is shared?); "

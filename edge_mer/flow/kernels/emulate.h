@@ -19,6 +19,7 @@
 
 #pragma once
 
+#include <setjmp.h>
 #include <sys/mman.h>
 #include <ucontext.h>
 #include <unistd.h>
@@ -49,7 +50,8 @@ struct Block {
 };
 
 struct Fiber {
-    ucontext_t ctx;
+    ucontext_t ctx;                             // how the fiber starts (makecontext)
+    jmp_buf resume;                             // where it continues after a yield
     dim3 tid;
     unsigned linear = 0;                        // within the block
     Block* block = nullptr;
@@ -62,7 +64,7 @@ struct Fiber {
 inline Fiber* cur = nullptr;
 inline dim3 block_dim, grid_dim;
 inline unsigned threads_per_block = 0;
-inline ucontext_t scheduler;
+inline jmp_buf scheduler;                      // where the scheduler continues when a fiber yields or ends
 inline std::string error;                      // first error of the launch
 inline const std::function<void()>* body = nullptr;
 inline Block* resident = nullptr;              // the block whose __shared__ variables are in place
@@ -89,7 +91,12 @@ inline char* take_stack() {
     return static_cast<char*>(base) + page;
 }
 
-inline void yield() { swapcontext(&cur->ctx, &scheduler); }
+// Switching is _setjmp/_longjmp, which keep the signal mask as it is (swapcontext makes two
+// system calls per switch, and a launch switches millions of times); ucontext only starts a
+// fiber on its own stack.
+inline void yield() {
+    if (!_setjmp(cur->resume)) _longjmp(scheduler, 1);
+}
 
 }  // namespace emu
 
@@ -125,6 +132,7 @@ inline void entry() {
     Block& b = *cur->block;
     if (b.arrived > 0) fail("a thread exited while others waited at __syncthreads()");
     if (b.warp_arrived[cur->linear >> 5] > 0) fail("a thread exited while its warp waited in a shuffle");
+    _longjmp(scheduler, 1);  // a fiber never returns: there is no frame to return to
 }
 
 inline void syncthreads() {
@@ -225,16 +233,19 @@ inline int launch(const unsigned* grid, const unsigned* block, unsigned order, c
                     fail("out of memory for thread stacks");
                     break;
                 }
-                getcontext(&f.ctx);
-                f.ctx.uc_stack.ss_sp = f.stack;
-                f.ctx.uc_stack.ss_size = STACK_BYTES;
-                f.ctx.uc_link = &scheduler;
-                makecontext(&f.ctx, entry, 0);
-                f.started = true;
             }
             cur = &f;
             make_resident(f.block);
-            swapcontext(&scheduler, &f.ctx);
+            if (!_setjmp(scheduler)) {
+                if (f.started) _longjmp(f.resume, 1);
+                getcontext(&f.ctx);
+                f.ctx.uc_stack.ss_sp = f.stack;
+                f.ctx.uc_stack.ss_size = STACK_BYTES;
+                f.ctx.uc_link = nullptr;
+                makecontext(&f.ctx, entry, 0);
+                f.started = true;
+                setcontext(&f.ctx);
+            }
             progressed = true;
             if (f.done) {
                 free_stacks.push_back(f.stack);
