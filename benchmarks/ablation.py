@@ -19,8 +19,7 @@ import os
 import platform
 from pathlib import Path
 
-from edge_mer.data.synth.datasets import DatasetConfig, write_dataset
-from edge_mer.features.prepare import FeatureConfig, prepare
+from edge_mer.features.prepare import prepare_synthetic_composite
 from edge_mer.model.config import ABLATIONS
 from edge_mer.train.loop import TrainConfig
 from edge_mer.train.run import RunConfig, run
@@ -40,10 +39,7 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(args.work)
     data, feats = work / "data", work / "features"
-    if not (data / "SYNTHETIC_MANIFEST.json").exists():
-        write_dataset(DatasetConfig(layout="megc2019", subjects=args.subjects, clips_per_subject=args.clips,
-                                    seed=args.seed), data)
-    prepare("megc2019", data, feats, FeatureConfig(size=112, flow="dis"), workers=os.cpu_count() or 1)
+    prepare_synthetic_composite(data, feats, args.subjects, args.clips, args.seed)
     out_json = RESULTS / "ablation.json"
     doc = json.loads(out_json.read_text()) if out_json.exists() else {"results": {}}
     for variant in args.variants.split(","):

@@ -25,9 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge_mer.data.synth.datasets import DatasetConfig, write_dataset
 from edge_mer.features.cache import FeatureSet
-from edge_mer.features.prepare import FeatureConfig, prepare
+from edge_mer.features.prepare import prepare_synthetic_composite
 from edge_mer.model.config import model_config
 from edge_mer.quant.calibset import build_set, save_set
 from edge_mer.quant.export import count_qdq, export
@@ -57,10 +56,7 @@ def main() -> None:
     feats, test_feats, models = work / "features", work / "test-features", work / "models"
     for seed, out in ((args.seed, feats), (args.seed + 1, test_feats)):
         data = out.with_name(out.name.replace("features", "data"))
-        if not (data / "SYNTHETIC_MANIFEST.json").exists():
-            write_dataset(DatasetConfig(layout="megc2019", subjects=args.subjects, clips_per_subject=args.clips,
-                                        seed=seed), data)
-        prepare("megc2019", data, out, FeatureConfig(size=112, flow="dis"), workers=os.cpu_count() or 1)
+        prepare_synthetic_composite(data, out, args.subjects, args.clips, seed)
     fs = FeatureSet.load(feats)
     ck = work / "fp32" / "checkpoint.pt"
     train_s = None

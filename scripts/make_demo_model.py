@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
-from edge_mer.data.synth.datasets import DatasetConfig, write_dataset
 from edge_mer.features.cache import FeatureSet
-from edge_mer.features.prepare import FeatureConfig, prepare
+from edge_mer.features.prepare import prepare_synthetic_composite
 from edge_mer.model.config import model_config
 from edge_mer.quant.export import export
 from edge_mer.quant.qat import finetune
@@ -45,10 +43,7 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(args.work)
     data, feats = work / "data", work / "features"
-    if not (data / "SYNTHETIC_MANIFEST.json").exists():
-        write_dataset(DatasetConfig(layout="megc2019", subjects=args.subjects, clips_per_subject=args.clips,
-                                    seed=args.seed), data)
-    prepare("megc2019", data, feats, FeatureConfig(size=112, flow="dis"), workers=os.cpu_count() or 1)
+    prepare_synthetic_composite(data, feats, args.subjects, args.clips, args.seed)
     fs = FeatureSet.load(feats)
     mcfg = model_config(args.model, size=112)
     tcfg = TrainConfig(epochs=args.epochs, seed=args.seed)

@@ -206,3 +206,18 @@ def _write_lines(path: Path, rows: list[dict[str, Any]]) -> None:
     tmp = path.with_name(path.name + ".part")
     tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
     os.replace(tmp, path)
+
+
+def prepare_synthetic_composite(data: Path, out: Path, subjects: int, clips_per_subject: int, seed: int,
+                                size: int = 112, flow: str = "dis") -> PrepareSummary:
+    """Render the synthetic MEGC2019 composite into ``data`` (unless it is there) and prepare its features.
+
+    What the demo model, the ablation and the INT8 benchmarks train on: one call, so they
+    all see the same data for the same arguments.
+    """
+    from edge_mer.data.synth.datasets import MANIFEST, DatasetConfig, write_dataset
+
+    if not (data / MANIFEST).exists():
+        write_dataset(DatasetConfig(layout="megc2019", subjects=subjects, clips_per_subject=clips_per_subject,
+                                    seed=seed), data)
+    return prepare("megc2019", data, out, FeatureConfig(size=size, flow=flow), workers=os.cpu_count() or 1)
