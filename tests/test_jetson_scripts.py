@@ -13,6 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 FLASH = REPO / "scripts" / "jetson" / "flash.sh"
 SETUP = REPO / "scripts" / "jetson" / "setup.sh"
 GPU_CHECK = REPO / "scripts" / "gpu" / "check_flow.sh"
+GPU_PREPARE = REPO / "scripts" / "gpu" / "prepare.sh"
 BASH = shutil.which("bash")
 
 pytestmark = pytest.mark.skipif(BASH is None, reason="bash is not installed")
@@ -210,8 +211,8 @@ def test_setup_without_root_on_a_non_jetson_exits_2() -> None:
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
 def test_scripts_pass_shellcheck() -> None:
-    res = subprocess.run(["shellcheck", "--shell=bash", str(FLASH), str(SETUP), str(GPU_CHECK)], capture_output=True,
-                         text=True, timeout=60, check=False)
+    res = subprocess.run(["shellcheck", "--shell=bash", str(FLASH), str(SETUP), str(GPU_CHECK), str(GPU_PREPARE)],
+                         capture_output=True, text=True, timeout=60, check=False)
     assert res.returncode == 0, res.stdout + res.stderr
 
 
@@ -222,3 +223,12 @@ def test_gpu_check_says_it_needs_a_gpu(tmp_path) -> None:
     assert res.returncode == 2
     assert res.stderr.count("\n") == 1 and "no NVIDIA GPU here" in res.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_gpu_prepare_needs_a_prebuilt_pycuda(tmp_path) -> None:
+    had_folder = (REPO / ".gpu").exists()
+    for args in ([], [str(tmp_path)]):  # no folder; a folder without pycuda-*.tgz
+        res = subprocess.run(["bash", str(GPU_PREPARE), *args], capture_output=True, text=True, timeout=60)
+        assert res.returncode == 2
+        assert res.stderr.count("\n") == 1 and res.stderr.startswith("prepare.sh: ")
+    assert (REPO / ".gpu").exists() == had_folder  # a refusal makes nothing

@@ -7,7 +7,8 @@
 #
 # pycuda must be importable; where it is prebuilt in a folder (a .tgz of the installed
 # package plus its wheels, as .gpu/ holds it), give that folder as PYCUDA_DIR and it is
-# unpacked onto PYTHONPATH first.
+# unpacked onto PYTHONPATH first, with every other wheel there (scripts/gpu/prepare.sh
+# adds pytest's, for a machine without a package index).
 set -euo pipefail
 
 sizes="64 112 128 224"
