@@ -91,6 +91,18 @@ def test_a_grid_solve_that_gave_up_is_an_error_not_a_result():
     assert stage.flow(p.first, p.second).shape == (48, 48, 2)  # the barrier was reset
 
 
+def test_the_device_selftest_holds_the_flow_stage_against_the_reference():
+    from edge_mer.runtime.selftest import selftest, selftest_lines
+
+    report = selftest(flow_runtime=emulate, flow_size=32)  # TensorRT is not here: the flow part alone
+    assert report["ok"] and report["flow"]["ok"], report
+    assert "tensorrt_unavailable" in report
+    assert report["flow"]["layout"].partition("/")[0] in SOLVERS and set(report["flow"]["layout_ms"])
+    lines = selftest_lines(report)
+    assert lines[0].startswith("TensorRT: not tested")
+    assert lines[1].startswith("CUDA flow stage at S = 32: agrees with the numpy reference; kept layout")
+
+
 def test_the_thread_order_check_finds_a_race(broken):
     racy = broken.get_function("racy")
     results = []
