@@ -81,6 +81,28 @@ def test_the_solve_agrees_at_any_block_size_the_gpu_may_choose(monkeypatch, thre
     assert float(diff.mean()) < 1e-3
 
 
+def test_a_grid_barrier_that_a_block_never_reaches_gives_up_instead_of_hanging():
+    from edge_mer.flow.cuda import kernel_source
+
+    absent = r"""
+    extern "C" __global__ void absent_block(unsigned* barrier, int absent, float* out) {
+        if ((int)blockIdx.x == absent) return;  // this block never arrives
+        for (int k = 0; k < 5; ++k) grid_sync(barrier);
+        if (threadIdx.x == 0) out[blockIdx.x] = 1.0f;
+    }
+    """
+    kernel = emulate.SourceModule(kernel_source() + absent, no_extern_c=True).get_function("absent_block")
+    barrier, out = emulate.mem_alloc(3 * 4), emulate.mem_alloc(3 * 4)
+    emulate.memset_d32(barrier, 0, 3)
+    emulate.memset_d32(out, 0, 3)
+    kernel(barrier, np.int32(1), out, block=(32, 1, 1), grid=(3, 1))  # returns: the waits gave up
+    state, written = np.empty(3, np.uint32), np.empty(3, np.float32)
+    emulate.memcpy_dtoh(state, barrier)
+    emulate.memcpy_dtoh(written, out)
+    assert state[2] == 1  # gave up: the driver turns this into an error
+    assert written.tolist() == [1.0, 0.0, 1.0]  # the other blocks ran to the end
+
+
 def test_a_grid_solve_that_gave_up_is_an_error_not_a_result():
     stage = CudaStage(48, runtime=emulate, solver="bands")
     p = micro_pairs(48, peaks=(1.0,))[0]
@@ -89,6 +111,12 @@ def test_a_grid_solve_that_gave_up_is_an_error_not_a_result():
     with pytest.raises(UserError, match="gave up waiting for one of its blocks"):
         stage.flow(p.first, p.second)
     assert stage.flow(p.first, p.second).shape == (48, 48, 2)  # the barrier was reset
+    # an unsynchronised write is checked by the stage's next call
+    onset, apex, matrix = in_frames(p)
+    emulate.memcpy_htod(int(stage._barrier) + 8, np.array([1], np.uint32))
+    assert np.isnan(stage.write(onset, apex, matrix, int(stage._dmotion), int(stage._dtexture), sync=False))
+    with pytest.raises(UserError, match="gave up waiting for one of its blocks"):
+        stage.flow(p.first, p.second)
 
 
 def test_the_device_selftest_holds_the_flow_stage_against_the_reference():

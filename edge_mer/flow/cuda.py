@@ -141,7 +141,7 @@ class CudaStage(FlowStage):
             self._threads = {layout: max(32, min(solve_threads, int(self.k[kernel].max_threads_per_block)) // 32 * 32)
                              for layout, kernel in (("block", "tvl1_solve"), ("grid", "tvl1_solve"),
                                                     ("bands", "tvl1_solve_bands"))}
-            self.stream = drv.Stream()
+            self.stream = drv.Stream(flags=1)  # non-blocking: no implicit order with the legacy default stream
             self.start, self.end = drv.Event(), drv.Event()
             self._buffers: dict[tuple[int, int], _Buffers] = {}
             self._frames: dict[str, tuple[Any, int]] = {}  # onset/apex: (device buffer, bytes)
@@ -159,6 +159,7 @@ class CudaStage(FlowStage):
         finally:
             self.ctx.pop()
         self.last_ms = float("nan")  # GPU time of the last call (pre + flow + epilogue), CUDA events
+        self._pending = False  # a write(sync=False) not yet checked
         if solver == "auto":
             self._pick_layout()
 
@@ -191,6 +192,7 @@ class CudaStage(FlowStage):
                             "; ".join(f"{k}: {v}" for k, v in self.layout_notes.items()))
         best = min(self.layout_ms, key=self.layout_ms.__getitem__)
         self.solver, _, count = best.partition("/")
+        self._threads = dict(most)
         self._threads[self.solver] = int(count) if count else most[self.solver]
 
     # -- memory ------------------------------------------------------------------------------------
@@ -288,6 +290,13 @@ class CudaStage(FlowStage):
         graph.launch(self.stream)
         return flow
 
+    def _settle(self) -> None:
+        """Wait for a write(sync=False) still in flight and check its barriers (nothing to do otherwise)."""
+        if self._pending:
+            self.stream.synchronize()
+            self._pending = False
+            self._check_barrier()
+
     def _check_barrier(self) -> None:
         """After a synchronise: raise when the grid solve's barrier gave up waiting (results are wrong)."""
         if self.solver == "block":
@@ -346,17 +355,20 @@ class CudaStage(FlowStage):
               dtype: str = "float32", sync: bool = True) -> float:
         """Crop, flow and normalise straight into device buffers (a TensorRT backend's ``device_inputs()``):
         motion (3, S, S) and texture (1, S, S) of ``dtype`` (float32 or float16). GPU milliseconds when
-        ``sync``, else NaN (the caller orders later work on ``self.stream``)."""
+        ``sync``, else NaN (the caller orders later work on ``self.stream``; the next call of the stage
+        checks that this one's grid barriers did not give up)."""
         if dtype not in ("float32", "float16"):
             raise ValueError(f"the flow stage writes float32 or float16 inputs, not {dtype}")
         self.ctx.push()
         try:
+            self._settle()
             self.start.record(self.stream)
             b = self._crop_pair(onset, apex, matrix)
             flow = self._solve(b)
             self._epilogue(b, flow, np.uintp(motion_ptr), np.uintp(texture_ptr), dtype)
             self.end.record(self.stream)
             if not sync:
+                self._pending = True
                 return float("nan")
             self.end.synchronize()
             self._check_barrier()
@@ -371,8 +383,7 @@ class CudaStage(FlowStage):
         try:
             self.drv.memcpy_dtoh_async(self._motion, self._dmotion, self.stream)
             self.drv.memcpy_dtoh_async(self._texture, self._dtexture, self.stream)
-            self.stream.synchronize()
-            self._check_barrier()
+            self._settle()
             self.last_ms = self.end.time_since(self.start)
         finally:
             self.ctx.pop()
@@ -391,6 +402,7 @@ class CudaStage(FlowStage):
         out = np.empty((2, h, w), np.float32)
         self.ctx.push()
         try:
+            self._settle()
             b = self._buffers_for((h, w))
             self.start.record(self.stream)
             self.drv.memcpy_htod_async(b.levels[0], pair, self.stream)

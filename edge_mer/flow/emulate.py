@@ -260,6 +260,9 @@ class Device:
 
 
 class Stream:
+    def __init__(self, flags: int = 0) -> None:
+        self.flags = flags
+
     def synchronize(self) -> None:
         """Launches run to completion when made."""
 

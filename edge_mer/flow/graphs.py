@@ -41,15 +41,18 @@ class _Driver:
         except OSError as exc:
             raise GraphError(f"libcuda.so.1 cannot be loaded: {exc}") from None
         voidp, pvoidp = ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)
-        begin = getattr(lib, "cuStreamBeginCapture_v2", None) or lib.cuStreamBeginCapture
-        self.entries: dict[str, Any] = {
-            "cuStreamBeginCapture": (begin, [voidp, ctypes.c_int]),
-            "cuStreamEndCapture": (lib.cuStreamEndCapture, [voidp, pvoidp]),
-            "cuGraphInstantiateWithFlags": (lib.cuGraphInstantiateWithFlags, [pvoidp, voidp, ctypes.c_ulonglong]),
-            "cuGraphLaunch": (lib.cuGraphLaunch, [voidp, voidp]),
-            "cuGraphDestroy": (lib.cuGraphDestroy, [voidp]),
-            "cuGraphExecDestroy": (lib.cuGraphExecDestroy, [voidp]),
-        }
+        try:
+            begin = getattr(lib, "cuStreamBeginCapture_v2", None) or lib.cuStreamBeginCapture
+            self.entries: dict[str, Any] = {
+                "cuStreamBeginCapture": (begin, [voidp, ctypes.c_int]),
+                "cuStreamEndCapture": (lib.cuStreamEndCapture, [voidp, pvoidp]),
+                "cuGraphInstantiateWithFlags": (lib.cuGraphInstantiateWithFlags, [pvoidp, voidp, ctypes.c_ulonglong]),
+                "cuGraphLaunch": (lib.cuGraphLaunch, [voidp, voidp]),
+                "cuGraphDestroy": (lib.cuGraphDestroy, [voidp]),
+                "cuGraphExecDestroy": (lib.cuGraphExecDestroy, [voidp]),
+            }
+        except AttributeError as exc:  # a driver older than CUDA 11.4
+            raise GraphError(f"this CUDA driver lacks a graph entry point: {exc}") from None
         for fn, argtypes in self.entries.values():
             fn.argtypes, fn.restype = argtypes, ctypes.c_int
 

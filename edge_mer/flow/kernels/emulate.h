@@ -306,6 +306,12 @@ inline void __threadfence() {}
 
 inline void __nanosleep(unsigned) { ::emu::nanosleep_yield(); }
 
+// the kernels' clock (globaltimer on a GPU): 1 ms per reading, so a wait that times out
+// after a second on a GPU gives up after about a thousand polls here
+#define TVL1_NOW_NS_DEFINED 1
+inline unsigned long long emu_clock_ns = 0;
+inline unsigned long long tvl1_now_ns() { return emu_clock_ns += 1000000ull; }
+
 inline float __int_as_float(int v) {
     float f;
     std::memcpy(&f, &v, sizeof f);

@@ -217,29 +217,43 @@ extern "C" __global__ void tvl1_warp(const float* __restrict__ i0, const float* 
 // Barrier over every block of the launch, for the multi-block solve (the pattern of
 // cooperative groups' grid sync): each block arrives once; the last to arrive resets the
 // count and advances the generation the others wait on. Every block must be resident at
-// once: the driver launches at most one block per multiprocessor, each small enough to fit.
+// once: the driver launches at most one block per multiprocessor, each small enough to fit,
+// and one pair per launch (the barrier counts gridDim.x blocks).
 // barrier[0]: arrivals (0 between launches); barrier[1]: generation; barrier[2]: set to 1
-// when a wait gave up after about a second (a block that never ran), so that the driver
-// reports an error instead of the GPU hanging.
-#define TVL1_SPIN_LIMIT (1u << 25)
+// when a wait gave up after TVL1_BARRIER_TIMEOUT_NS (a block that never ran). From then on
+// no barrier of the launch waits (the launch ends quickly, its results void) and the driver
+// reports an error and resets the three words, instead of the GPU hanging.
+#define TVL1_BARRIER_TIMEOUT_NS 1000000000ull
+
+#ifndef TVL1_NOW_NS_DEFINED
+// the GPU's global nanosecond timer
+__device__ __forceinline__ unsigned long long tvl1_now_ns() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+#endif
 
 __device__ void grid_sync(unsigned* barrier) {
     __syncthreads();
     if (threadIdx.x == 0) {
-        volatile unsigned* shared_state = barrier;
-        unsigned generation = shared_state[1];
-        __threadfence();
-        if (atomicAdd(&barrier[0], 1u) == gridDim.x - 1) {
-            atomicExch(&barrier[0], 0u);
+        volatile unsigned* state = barrier;
+        if (state[2] == 0u) {
+            unsigned generation = state[1];
             __threadfence();
-            atomicAdd(&barrier[1], 1u);
-        } else {
-            for (unsigned spins = 0; shared_state[1] == generation; ++spins) {
-                if (spins > TVL1_SPIN_LIMIT) {
-                    shared_state[2] = 1u;
-                    break;
+            if (atomicAdd(&barrier[0], 1u) == gridDim.x - 1) {
+                atomicExch(&barrier[0], 0u);
+                __threadfence();
+                atomicAdd(&barrier[1], 1u);
+            } else {
+                unsigned long long start = tvl1_now_ns();
+                while (state[1] == generation && state[2] == 0u) {
+                    if (tvl1_now_ns() - start > TVL1_BARRIER_TIMEOUT_NS) {
+                        state[2] = 1u;
+                        break;
+                    }
+                    __nanosleep(32);
                 }
-                __nanosleep(32);
             }
         }
         __threadfence();
