@@ -1,7 +1,7 @@
 """The CUDA flow stage against its specification, the numpy reference.
 
-Each test runs for both layouts of the solve (one block per pair, or a grid of
-blocks) and twice: on a CUDA GPU (marked ``gpu``: skipped without one) and on the
+Each test runs for each layout of the solve (one block per pair, a grid of blocks,
+row bands) and twice: on a CUDA GPU (marked ``gpu``: skipped without one) and on the
 CPU emulator (``edge_mer.flow.emulate``: the same kernel source compiled with g++,
 CUDA threads as fibers, every allocation ending at a guard page), so that the
 kernels and their host driver are checked on every machine and the GPU run adds
@@ -15,6 +15,7 @@ measure (0.3 to 2 px).
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -116,6 +117,8 @@ def test_flow_command_with_cuda(tmp_path):
     proc = run_cli("flow", "--first", str(tmp_path / "a.png"), "--second", str(tmp_path / "b.png"),
                    "--method", "cuda", "--out", str(tmp_path / "f.npy"), "--json")
     assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["gpu_ms"] > 0 and report["layout"].partition("/")[0] in SOLVERS
     flow = np.load(tmp_path / "f.npy")
     assert flow.shape == (96, 96, 2)
     assert abs(float(flow[10:-10, 10:-10, 0].mean()) - 0.5) < 0.05

@@ -34,6 +34,8 @@ class FlowSummary:
     seconds: float
     out: str
     mean_magnitude: float
+    gpu_ms: float | None = None  # cuda: GPU time of the flow (CUDA events)
+    layout: str | None = None  # cuda: the solve's layout/threads the stage kept on this GPU
 
 
 def read_gray(path: Path) -> np.ndarray:
@@ -72,7 +74,8 @@ def compute_flow(first: Path, second: Path, method: str, out: Path) -> FlowSumma
     """Flow ``first`` -> ``second`` by ``method``, saved to ``out``."""
     import numpy as np
 
-    from edge_mer.flow.stage import flow_function
+    from edge_mer.flow.cuda import CudaStage  # no pycuda import until a CudaStage is made
+    from edge_mer.flow.stage import make_stage
 
     if method not in METHODS:
         raise UserError(f"unknown flow method {method!r}; choose from {', '.join(METHODS)}")
@@ -82,22 +85,28 @@ def compute_flow(first: Path, second: Path, method: str, out: Path) -> FlowSumma
                         f"{second} is {b.shape[1]}x{b.shape[0]}")
     if min(a.shape) < MIN_SIDE:
         raise UserError(f"the images are {a.shape[1]}x{a.shape[0]}: flow needs at least {MIN_SIDE}x{MIN_SIDE}")
-    fn = flow_function(method)
+    stage = make_stage(method)
     start = time.perf_counter()
-    flow = np.asarray(fn(a, b), np.float32)
+    flow = np.asarray(stage.flow(a, b), np.float32)
     seconds = time.perf_counter() - start
     save_npy(flow, out)
     mean = float(np.linalg.norm(flow, axis=-1).mean())
-    return FlowSummary(method, list(flow.shape), round(seconds, 4), str(out), round(mean, 6))
+    summary = FlowSummary(method, list(flow.shape), round(seconds, 4), str(out), round(mean, 6))
+    if isinstance(stage, CudaStage):
+        summary.gpu_ms = round(float(stage.last_ms), 4)
+        summary.layout = f"{stage.solver}/{stage.solve_threads}"
+    return summary
 
 
 def cmd_flow(args: argparse.Namespace) -> int:
     s = compute_flow(Path(args.first), Path(args.second), args.method, Path(args.out))
     if args.json:
-        print(json.dumps(asdict(s), indent=2, sort_keys=True))
+        print(json.dumps({k: v for k, v in asdict(s).items() if v is not None}, indent=2, sort_keys=True))
     else:
         h, w = s.shape[:2]
-        print(f"flow {w}x{h} by {s.method} in {s.seconds:.3f} s, mean magnitude {s.mean_magnitude:.4f} px: {s.out}")
+        gpu = f" ({s.gpu_ms:.3f} ms on the GPU, layout {s.layout})" if s.gpu_ms is not None else ""
+        print(f"flow {w}x{h} by {s.method} in {s.seconds:.3f} s{gpu}, mean magnitude {s.mean_magnitude:.4f} px: "
+              f"{s.out}")
     return 0
 
 

@@ -17,7 +17,6 @@ sees the same numbers on a device.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 
 import cv2
 import numpy as np
@@ -29,8 +28,6 @@ from edge_mer.features.normalise import motion_tensor, texture_tensor
 from edge_mer.flow.reference import TVL1Params, tvl1
 
 STAGES = ("reference", "opencv", "opencv-tvl1", "opencv-dis", "cuda")
-
-FlowFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def to_gray(frame: np.ndarray) -> np.ndarray:
@@ -132,7 +129,3 @@ def make_stage(name: str, size: int = 112) -> FlowStage:
         return CudaStage(size)  # says in one line why it cannot run here
     raise UserError(f"unknown flow stage {name!r}; choose from {', '.join(STAGES)}")
 
-
-def flow_function(name: str) -> FlowFn:
-    """The raw flow of stage ``name``: (first, second grey uint8 of one size) -> (H, W, 2) float32, no crop."""
-    return make_stage(name).flow
