@@ -6,20 +6,24 @@ between them (the kernel file lists the same sequence):
 * ``tvl1_pre`` once: grey conversion and the affine face crop of both camera frames;
 * ``tvl1_downsample`` once per coarser level (both images in one launch);
 * per level, coarsest first: ``tvl1_centered_gradient``; then ``warps`` times
-  ``tvl1_warp`` and ``tvl1_solve`` (all outer x inner iterations of a warp in one
-  launch); then ``tvl1_upsample_flow`` unless it is the finest level;
+  ``tvl1_warp`` and ``tvl1_solve`` or ``tvl1_solve_bands`` (all outer x inner iterations
+  of a warp in one launch, in one of three layouts, ``SOLVERS``); then
+  ``tvl1_upsample_flow`` unless it is the finest level;
 * ``tvl1_epilogue_f32`` / ``_f16``: strain and the feature-cache normalisation, written
   NCHW into the model's input buffers: a host buffer for ONNX Runtime, or the TensorRT
   backend's device buffers (``write``), so that path never copies to the host.
 
-So the launches grow with levels x warps (5 x 5 at the defaults), not with iterations.
-Device memory is allocated once per image shape and reused. The kernels run in the
+So the launches grow with levels x warps (5 x 5 at the defaults), not with iterations,
+and everything between the crop and the epilogue is captured once per image shape as a
+CUDA graph and replayed with one launch. Device memory is allocated once per image shape
+and reused. The kernels run in the
 device's primary context, the one the TensorRT backend uses, so their buffers are
 valid in both.
 
-The numpy reference (``edge_mer.flow.reference``) is the specification; the GPU tests
-(``tests/test_flow_cuda.py``, marked ``gpu``) hold this stage against it, and
-``benchmarks/flow.py`` times it with CUDA events.
+The numpy reference (``edge_mer.flow.reference``) is the specification;
+``tests/test_flow_cuda.py`` holds this stage against it on a GPU (marked ``gpu``) and on
+the CPU emulator (``edge_mer.flow.emulate``), and ``benchmarks/flow.py`` times it with
+CUDA events.
 """
 
 from __future__ import annotations
@@ -141,7 +145,7 @@ class CudaStage(FlowStage):
             self._threads = {layout: max(32, min(solve_threads, int(self.k[kernel].max_threads_per_block)) // 32 * 32)
                              for layout, kernel in (("block", "tvl1_solve"), ("grid", "tvl1_solve"),
                                                     ("bands", "tvl1_solve_bands"))}
-            self.stream = drv.Stream(flags=1)  # non-blocking: no implicit order with the legacy default stream
+            self.stream = drv.Stream(1)  # CU_STREAM_NON_BLOCKING: no implicit order with the legacy default stream
             self.start, self.end = drv.Event(), drv.Event()
             self._buffers: dict[tuple[int, int], _Buffers] = {}
             self._frames: dict[str, tuple[Any, int]] = {}  # onset/apex: (device buffer, bytes)

@@ -2,21 +2,26 @@
 
 ``CudaStage(size, runtime=edge_mer.flow.emulate)`` then compiles ``kernels/tvl1.cu``
 itself with the host C++ compiler (``g++``, with ``kernels/emulate.h`` supplying
-threads, blocks, ``__syncthreads`` and warp shuffles as fibers) and runs every launch of
-the host driver on the CPU. That checks, without a GPU, what a GPU check would find
-first: that the kernels implement the numpy reference, that the driver's launches
-(grids, strides, offsets, argument types) fit the kernels, that no kernel reads or
-writes past a buffer (each allocation ends at a guard page), and that results do not
-depend on the order threads run between two barriers (``schedule``).
+threads, blocks, per-block shared memory, ``__syncthreads``, warp shuffles, atomics and
+``__nanosleep`` as fibers on one OS thread, every block of a launch resident at once, so
+the kernels' own grid barrier runs as written) and runs every launch of the host driver
+on the CPU; a stream being captured records its launches into a graph that ``launch``
+replays. That checks, without a GPU, what a GPU check would find first: that the kernels
+implement the numpy reference, that the driver's launches (grids, strides, offsets,
+argument types) fit the kernels, that no kernel reads or writes past a buffer (each
+allocation ends at a guard page) or reads what nobody wrote (fresh memory is NaN), and
+that results do not depend on the order threads run between two barriers (``schedule``).
 
-It is a checking tool and slow (seconds per pair at S = 112); it says nothing about
+It is a checking tool, about half a second per pair at S = 112; it says nothing about
 speed, and float results can differ from a GPU's in the last bits (the GPU contracts
-multiply-adds). ``tests/test_flow_cuda.py`` runs the same tests on both.
+multiply-adds).
 
 Stricter than pycuda where pycuda would silently pass wrong bits: every kernel
 argument must have the parameter's kind (``numpy.int32`` for ``int``, ``numpy.float32``
 for ``float``, a device allocation or ``numpy.uintp`` inside a live allocation for a
-pointer), and a block larger than ``max_threads_per_block`` fails as on a GPU.
+pointer), copies and memsets take an allocation or a Python int, copies are refused
+while a stream captures, and a block larger than ``max_threads_per_block`` fails as on
+a GPU.
 """
 
 from __future__ import annotations
@@ -60,7 +65,7 @@ class LaunchError(Error):
 
 @contextlib.contextmanager
 def schedule(order: int) -> Iterator[None]:
-    """Within the block, launches resume waiting threads in this order (see the module doc)."""
+    """Launches run and resume their threads in this order: 0 forward, 1 reverse, else shuffled (seeded)."""
     global _schedule
     before, _schedule = _schedule, int(order)
     try:

@@ -19,8 +19,8 @@
 //     tvl1_upsample_flow                       unless finest
 //   tvl1_epilogue_f32 or tvl1_epilogue_f16     once
 // Images are planar float32, rows dense (pitch = width); several pairs run side by side
-// through blockIdx.z (blockIdx.x for tvl1_solve) and the *_stride arguments (elements
-// between consecutive planes of the same kind).
+// through blockIdx.z and the *_stride arguments (elements between consecutive planes of the
+// same kind), except in the solve's grid layouts, whose barrier holds one pair per launch.
 //
 // Build: nvcc -ptx -arch=compute_72 (Xavier, CUDA <= 12), compute_87 (Orin), ... or pycuda's
 // SourceModule(source, no_extern_c=True): the entry points are extern "C" already and
