@@ -158,6 +158,7 @@ class CudaStage(FlowStage):
             self._barrier = drv.mem_alloc(3 * 4)
             drv.memset_d32(self._barrier, 0, 3)
             self._gave_up = drv.pagelocked_empty(1, np.uint32)
+            self._gave_up[0] = 0
             self._partials = drv.mem_alloc(4 * 2 * max(1, self.multiprocessors))
             self._buffers_for((size, size))
         finally:
@@ -301,12 +302,16 @@ class CudaStage(FlowStage):
             self._pending = False
             self._check_barrier()
 
+    def _fetch_barrier_flag(self) -> None:
+        """Queue the copy of the grid barrier's gave-up word behind the solve, so that checking it after the
+        call's own synchronise costs no extra round trip."""
+        if self.solver != "block":  # a plain int address: pycuda takes no numpy ints here
+            self.drv.memcpy_dtoh_async(self._gave_up, int(self._barrier) + 8, self.stream)
+
     def _check_barrier(self) -> None:
         """After a synchronise: raise when the grid solve's barrier gave up waiting (results are wrong)."""
-        if self.solver == "block":
-            return
-        self.drv.memcpy_dtoh(self._gave_up, int(self._barrier) + 8)  # a plain int: pycuda takes no numpy ints here
-        if self._gave_up[0]:
+        if self.solver != "block" and self._gave_up[0]:
+            self._gave_up[0] = 0
             self.drv.memset_d32(self._barrier, 0, 3)
             raise UserError("the grid flow solve gave up waiting for one of its blocks (the GPU is shared?); "
                             "use the block solver")
@@ -370,6 +375,7 @@ class CudaStage(FlowStage):
             b = self._crop_pair(onset, apex, matrix)
             flow = self._solve(b)
             self._epilogue(b, flow, np.uintp(motion_ptr), np.uintp(texture_ptr), dtype)
+            self._fetch_barrier_flag()
             self.end.record(self.stream)
             if not sync:
                 self._pending = True
@@ -411,6 +417,7 @@ class CudaStage(FlowStage):
             self.start.record(self.stream)
             self.drv.memcpy_htod_async(b.levels[0], pair, self.stream)
             u1, u2 = self._solve(b)
+            self._fetch_barrier_flag()
             self.end.record(self.stream)
             self.drv.memcpy_dtoh_async(out[0], u1, self.stream)
             self.drv.memcpy_dtoh_async(out[1], u2, self.stream)
