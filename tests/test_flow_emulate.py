@@ -40,6 +40,19 @@ extern "C" __global__ void fill(float* x, int n, float value) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i <= n) x[i] = value;  // one past the end when the grid covers n + 1 threads
 }
+#define TVL1_CLUSTER 2
+// each block of a 2-block cluster reads the other's shared memory, after the cluster barrier or not
+extern "C" __global__ void TVL1_CLUSTER_DIMS neighbour(float* out, int synced) {
+    float* mine = dynamic_shared();
+    mine[threadIdx.x] = blockIdx.x * 100.0f + threadIdx.x;
+    if (synced) cluster_sync();
+    out[blockIdx.x * blockDim.x + threadIdx.x] = cluster_map(mine, (blockIdx.x + 1) % 2)[threadIdx.x];
+    cluster_sync();  // no block leaves while the other may still read its shared memory
+}
+extern "C" __global__ void TVL1_CLUSTER_DIMS stray_map(float* out) {
+    float local[1] = {0.0f};
+    out[0] = *cluster_map(local, 1);  // not shared memory at all
+}
 extern "C" __global__ void warp_sum(float* x) {
     float v = x[threadIdx.x];
     for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
@@ -72,7 +85,7 @@ def test_stage_results_do_not_depend_on_thread_order(solver):
 def test_the_solve_agrees_at_any_block_size_the_gpu_may_choose(monkeypatch, threads, solver):
     # the driver takes the kernel's max_threads_per_block: 127 registers give 512 on Hopper;
     # one warp is the other extreme of the block-wide reduction
-    for kernel in ("tvl1_solve", "tvl1_solve_bands"):
+    for kernel in list(emulate.THREAD_LIMITS):
         monkeypatch.setitem(emulate.THREAD_LIMITS, kernel, threads)
     stage = CudaStage(48, runtime=emulate, solver=solver)
     assert stage.solve_threads == threads
@@ -143,6 +156,68 @@ def test_the_thread_order_check_finds_a_race(broken):
         emulate.memcpy_dtoh(out, x)
         results.append(out)
     assert not np.array_equal(results[0], results[1])
+
+
+def test_cluster_blocks_see_each_others_shared_memory_after_the_cluster_barrier(broken):
+    neighbour = broken.get_function("neighbour")
+    expected = np.concatenate([100 + np.arange(32), np.arange(32)]).astype(np.float32)
+    for synced, order in ((1, 0), (1, 1), (1, 7), (0, 0)):
+        out = emulate.mem_alloc(64 * 4)
+        with emulate.schedule(order):
+            neighbour(out, np.int32(synced), block=(32, 1, 1), grid=(2, 1, 1), shared=32 * 4)
+        got = np.empty(64, np.float32)
+        emulate.memcpy_dtoh(got, out)
+        if synced:
+            np.testing.assert_array_equal(got, expected)
+        else:  # block 0 ran first and read block 1's shared memory before block 1 wrote it
+            assert np.isnan(got[:32]).all() and (got[32:] == expected[32:]).all()
+
+
+def test_a_cluster_kernel_launches_as_one_cluster_within_its_shared_memory(broken):
+    neighbour = broken.get_function("neighbour")
+    out = emulate.mem_alloc(2 * 32 * 4)
+    with pytest.raises(emulate.LaunchError, match=r"launches as one cluster of 2 blocks here, not grid \(4, 1, 1\)"):
+        neighbour(out, np.int32(1), block=(32, 1, 1), grid=(4, 1, 1), shared=32 * 4)
+    big = 64 * 1024
+    with pytest.raises(emulate.LaunchError, match="too many resources requested"):
+        neighbour(out, np.int32(1), block=(32, 1, 1), grid=(2, 1, 1), shared=big)
+    neighbour.set_attribute(emulate.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES, big)  # as on a GPU
+    neighbour(out, np.int32(1), block=(32, 1, 1), grid=(2, 1, 1), shared=big)
+    with pytest.raises(emulate.Error, match="invalid argument"):
+        neighbour.set_attribute(emulate.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES, emulate.SHARED_OPTIN + 1)
+    with pytest.raises(emulate.LaunchError, match="cluster_map of an address outside this block's dynamic shared"):
+        broken.get_function("stray_map")(out, block=(32, 1, 1), grid=(2, 1, 1), shared=4)
+
+
+def test_without_clusters_the_stage_leaves_that_layout_out(monkeypatch):
+    monkeypatch.setitem(emulate.ATTRIBUTES, emulate.device_attribute.COMPUTE_CAPABILITY_MAJOR, 8)
+    monkeypatch.setitem(emulate.ATTRIBUTES, emulate.device_attribute.COMPUTE_CAPABILITY_MINOR, 7)  # Orin
+    stage = CudaStage(32, runtime=emulate)
+    assert "cluster" not in {name.partition("/")[0] for name in stage.layout_ms}
+    assert "compute capability 9.0 or newer" in stage.layout_notes["cluster"] and "8.7" in stage.layout_notes["cluster"]
+    with pytest.raises(UserError, match="cluster layout of the CUDA flow solve is not available here"):
+        CudaStage(32, runtime=emulate, solver="cluster")
+
+
+def test_a_level_too_large_for_the_clusters_shared_memory_runs_in_bands(monkeypatch):
+    # S = 64: the finest level needs 8 planes x 8 rows x 64 x 4 bytes (16 KB) per block, the coarser ones less
+    monkeypatch.setattr(emulate, "SHARED_OPTIN", 12 * 1024)
+    monkeypatch.setitem(emulate.ATTRIBUTES, emulate.device_attribute.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, 12 * 1024)
+    launched: list[str] = []
+    call = emulate.Function.__call__
+
+    def counting(self, *args, **kwargs):
+        launched.append(self.name)
+        return call(self, *args, **kwargs)
+
+    monkeypatch.setattr(emulate.Function, "__call__", counting)
+    stage = CudaStage(64, runtime=emulate, solver="cluster", graphs=False)
+    p = micro_pairs(64, peaks=(1.4,))[0]
+    diff = np.linalg.norm(stage.flow(p.first, p.second) - tvl1(p.first, p.second), axis=2)
+    assert float(diff.mean()) < 1e-3
+    warps = stage.params.warps
+    assert launched.count("tvl1_solve_bands") == warps  # the finest level
+    assert launched.count("tvl1_solve_cluster") == warps * (len(stage._buffers[(64, 64)].shapes) - 1)
 
 
 def test_warp_shuffles_sum_each_warp(broken):

@@ -6,8 +6,8 @@ between them (the kernel file lists the same sequence):
 * ``tvl1_pre`` once: grey conversion and the affine face crop of both camera frames;
 * ``tvl1_downsample`` once per coarser level (both images in one launch);
 * per level, coarsest first: ``tvl1_centered_gradient``; then ``warps`` times
-  ``tvl1_warp`` and ``tvl1_solve`` or ``tvl1_solve_bands`` (all outer x inner iterations
-  of a warp in one launch, in one of three layouts, ``SOLVERS``); then
+  ``tvl1_warp`` and ``tvl1_solve``, ``tvl1_solve_bands`` or ``tvl1_solve_cluster`` (all
+  outer x inner iterations of a warp in one launch, in one of four layouts, ``SOLVERS``); then
   ``tvl1_upsample_flow`` unless it is the finest level;
 * ``tvl1_epilogue_f32`` / ``_f16``: strain and the feature-cache normalisation, written
   NCHW into the model's input buffers: a host buffer for ONNX Runtime, or the TensorRT
@@ -45,8 +45,11 @@ TILE = 16  # block side of the per-pixel kernels
 SOLVE_THREADS = 1024  # block of tvl1_solve: a multiple of 32, at most 32 warps (less when the compiled
 # kernel's registers do not allow as many threads)
 # the fused solve's layouts: one block per pair (tvl1_solve); up to one block per multiprocessor,
-# two grid barriers per iteration (tvl1_solve); row bands, one grid barrier per iteration (tvl1_solve_bands)
-SOLVERS = ("block", "grid", "bands")
+# two grid barriers per iteration (tvl1_solve); row bands, one grid barrier per iteration (tvl1_solve_bands);
+# one thread block cluster per pair, the state in shared memory (tvl1_solve_cluster, compute capability 9.0+)
+SOLVERS = ("block", "grid", "bands", "cluster")
+CLUSTER = 8  # blocks of tvl1_solve_cluster (TVL1_CLUSTER in tvl1.cu)
+CLUSTER_PLANES = 8  # its state planes in shared memory (TVL1_CLUSTER_PLANES)
 
 
 def kernel_source() -> str:
@@ -89,7 +92,10 @@ class CudaStage(FlowStage):
         multiprocessor (a grid-wide barrier between phases; levels small enough for one
         block still use one); ``bands`` gives each of those blocks a band of rows, keeps two
         copies of the state and recomputes one row of its neighbour, so that one grid barrier
-        per iteration is enough. ``auto`` (the default) times the three on this GPU when the
+        per iteration is enough. ``cluster`` (compute capability 9.0 and newer) runs a pair in
+        one cluster of 8 blocks with the state in their shared memory and the cluster's
+        hardware barrier between phases; a level whose rows do not fit in shared memory runs
+        ``bands`` instead. ``auto`` (the default) times the layouts on this GPU when the
         stage starts (a face pair, a few runs each, the grid layouts also with smaller blocks;
         well under a second) and keeps the fastest (``layout_ms`` holds the times, keyed
         ``layout`` or ``layout/threads``, ``layout_notes`` why one was left out);
@@ -125,6 +131,9 @@ class CudaStage(FlowStage):
         try:
             gpu = drv.Device(device)
             self.multiprocessors = int(gpu.get_attribute(drv.device_attribute.MULTIPROCESSOR_COUNT))
+            capability = tuple(int(gpu.get_attribute(getattr(drv.device_attribute, f"COMPUTE_CAPABILITY_{part}")))
+                               for part in ("MAJOR", "MINOR"))
+            shared_optin = int(gpu.get_attribute(drv.device_attribute.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN))
             self.ctx = gpu.retain_primary_context()
         except drv.Error as exc:  # e.g. a GPU in exclusive-process mode held by another process
             raise UserError(f"the cuda flow stage cannot use GPU {device}: {_first_line(exc)}") from None
@@ -141,10 +150,15 @@ class CudaStage(FlowStage):
                 raise UserError(f"the CUDA flow kernels do not load on this GPU: {_first_line(exc)}") from None
             self.k = {name: module.get_function(name) for name in (
                 "tvl1_pre", "tvl1_downsample", "tvl1_centered_gradient", "tvl1_warp", "tvl1_solve",
-                "tvl1_upsample_flow", "tvl1_epilogue_f32", "tvl1_epilogue_f16", "tvl1_solve_bands")}
+                "tvl1_upsample_flow", "tvl1_epilogue_f32", "tvl1_epilogue_f16", "tvl1_solve_bands",
+                "tvl1_solve_cluster")}
             self._threads = {layout: max(32, min(solve_threads, int(self.k[kernel].max_threads_per_block)) // 32 * 32)
                              for layout, kernel in (("block", "tvl1_solve"), ("grid", "tvl1_solve"),
-                                                    ("bands", "tvl1_solve_bands"))}
+                                                    ("bands", "tvl1_solve_bands"), ("cluster", "tvl1_solve_cluster"))}
+            self.cluster_shared, self.cluster_note = self._enable_clusters(capability, shared_optin)
+            if solver == "cluster" and self.cluster_note:
+                raise UserError(f"the cluster layout of the CUDA flow solve is not available here: "
+                                f"{self.cluster_note}; use auto, block, grid or bands")
             self.stream = drv.Stream(1)  # CU_STREAM_NON_BLOCKING: no implicit order with the legacy default stream
             self.start, self.end = drv.Event(), drv.Event()
             self._buffers: dict[tuple[int, int], _Buffers] = {}
@@ -168,6 +182,24 @@ class CudaStage(FlowStage):
         if solver == "auto":
             self._pick_layout()
 
+    def _enable_clusters(self, capability: tuple[int, ...], shared_optin: int) -> tuple[int, str]:
+        """(dynamic shared bytes a tvl1_solve_cluster block may use, why the layout cannot run here or "")."""
+        if capability < (9, 0):
+            return 0, (f"needs compute capability 9.0 or newer (thread block clusters); this GPU has "
+                       f"{capability[0]}.{capability[1]}")
+        kernel = self.k["tvl1_solve_cluster"]
+        limit = shared_optin - int(getattr(kernel, "shared_size_bytes", 0))  # less the kernel's static shared
+        try:
+            kernel.set_attribute(self.drv.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES, limit)
+        except self.drv.Error as exc:
+            return 0, f"its shared memory cannot be raised to {limit} bytes: {_first_line(exc)}"
+        return limit, ""
+
+    def _cluster_rows(self, h: int, w: int) -> int:
+        """Rows per block of tvl1_solve_cluster at a level of h x w, or 0 when its state does not fit."""
+        rows = -(-h // CLUSTER)
+        return rows if (CLUSTER_PLANES * rows * w + 1) * 4 <= self.cluster_shared else 0
+
     @property
     def solve_threads(self) -> int:
         """The block size of the current layout's solve."""
@@ -183,6 +215,9 @@ class CudaStage(FlowStage):
         candidates = [(layout, t) for layout in SOLVERS
                       for t in sorted({most[layout]} | ({256, 128} if layout != "block" else set()), reverse=True)
                       if t <= most[layout]]
+        if self.cluster_note:
+            self.layout_notes["cluster"] = self.cluster_note
+            candidates = [c for c in candidates if c[0] != "cluster"]
         for layout, threads in candidates:
             self.solver, self._threads[layout] = layout, threads
             name = layout if threads == most[layout] else f"{layout}/{threads}"
@@ -250,26 +285,38 @@ class CudaStage(FlowStage):
             grid = _grid(w, h)
             k["tvl1_centered_gradient"](np.uintp(i1), i32(w), i32(h), stride, q["gx"], q["gy"],
                                         block=(TILE, TILE, 1), grid=grid, stream=s)
-            parts = 1 if self.solver == "block" else max(1, min(self.multiprocessors, -(-n // self.solve_threads)))
+            layout = self.solver
+            cluster_rows = self._cluster_rows(h, w) if layout == "cluster" else 0
+            if layout == "cluster" and not cluster_rows:
+                layout = "bands"  # this level's state does not fit in the cluster's shared memory
+            threads = self._threads[layout]
+            parts = 1 if layout == "block" else max(1, min(self.multiprocessors, -(-n // threads)))
             rows = -(-h // parts)  # bands: rows per block
-            if self.solver == "bands":
+            if layout == "bands":
                 parts = -(-h // rows)
+            loops = (f32(p.epsilon ** 2 * n), i32(p.outer_iterations), i32(p.inner_iterations),
+                     i32(p.median_filtering))
             common = (q["i1wx"], q["i1wy"], q["grad"], q["rho_c"], i32(w), i32(h), stride, l_t, f32(p.theta), taut,
-                      f32(p.epsilon ** 2 * n), i32(p.outer_iterations), i32(p.inner_iterations),
-                      i32(p.median_filtering))
+                      *loops)
             for warp in range(p.warps):
                 k["tvl1_warp"](np.uintp(i0), np.uintp(i1), q["gx"], q["gy"], flow[0], flow[1], i32(w), i32(h),
                                stride, q["i1wx"], q["i1wy"], q["grad"], q["rho_c"],
                                block=(TILE, TILE, 1), grid=grid, stream=s)
-                if self.solver == "bands":  # tmp1, tmp2: the flow's second buffers
+                if layout == "cluster":
+                    k["tvl1_solve_cluster"](flow[0], flow[1], q["p11"], q["p12"], q["p21"], q["p22"], q["i1wx"],
+                                            q["i1wy"], q["grad"], q["rho_c"], i32(w), i32(h), l_t, f32(p.theta),
+                                            taut, *loops, i32(warp == 0), i32(cluster_rows),
+                                            block=(threads, 1, 1), grid=(CLUSTER, 1, 1),
+                                            shared=(CLUSTER_PLANES * cluster_rows * w + 1) * 4, stream=s)
+                elif layout == "bands":  # tmp1, tmp2: the flow's second buffers
                     k["tvl1_solve_bands"](flow[0], flow[1], q["tmp1"], q["tmp2"], q["p11"], q["p12"], q["p21"],
                                           q["p22"], q["q11"], q["q12"], q["q21"], q["q22"], b.halo, *common,
                                           i32(warp == 0), i32(rows), self._barrier, self._partials,
-                                          block=(self.solve_threads, 1, 1), grid=(parts, 1, 1), stream=s)
+                                          block=(threads, 1, 1), grid=(parts, 1, 1), stream=s)
                 else:
                     k["tvl1_solve"](flow[0], flow[1], q["p11"], q["p12"], q["p21"], q["p22"], q["tmp1"], q["tmp2"],
                                     *common, i32(warp == 0), i32(parts), self._barrier, self._partials,
-                                    block=(self.solve_threads, 1, 1), grid=(parts, 1, 1), stream=s)
+                                    block=(threads, 1, 1), grid=(parts, 1, 1), stream=s)
             if level > 0:
                 dh, dw = b.shapes[level - 1]
                 k["tvl1_upsample_flow"](flow[0], flow[1], i32(w), i32(h), stride, spare[0], spare[1], i32(dw),

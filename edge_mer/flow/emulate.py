@@ -4,7 +4,9 @@
 itself with the host C++ compiler (``g++``, with ``kernels/emulate.h`` supplying
 threads, blocks, per-block shared memory, ``__syncthreads``, warp shuffles, atomics and
 ``__nanosleep`` as fibers on one OS thread, every block of a launch resident at once, so
-the kernels' own grid barrier runs as written) and runs every launch of the host driver
+the kernels' own grid barrier runs as written; a launch of a cluster kernel is one
+thread block cluster, with the cluster barrier and each block's dynamic shared memory
+mapped into the others', as on compute capability 9.0) and runs every launch of the host driver
 on the CPU; a stream being captured records its launches into a graph that ``launch``
 replays. That checks, without a GPU, what a GPU check would find first: that the kernels
 implement the numpy reference, that the driver's launches (grids, strides, offsets,
@@ -20,8 +22,10 @@ Stricter than pycuda where pycuda would silently pass wrong bits: every kernel
 argument must have the parameter's kind (``numpy.int32`` for ``int``, ``numpy.float32``
 for ``float``, a device allocation or ``numpy.uintp`` inside a live allocation for a
 pointer), copies and memsets take an allocation or a Python int, copies are refused
-while a stream captures, and a block larger than ``max_threads_per_block`` fails as on
-a GPU.
+while a stream captures, and a block larger than ``max_threads_per_block``, more than
+48 KB of dynamic shared memory without ``set_attribute`` raising the limit fails as on
+a GPU; so does a cluster kernel's grid that is not one cluster (a GPU would run several,
+the emulator runs one).
 """
 
 from __future__ import annotations
@@ -47,7 +51,9 @@ T = TypeVar("T")
 MAX_THREADS_PER_BLOCK = 1024  # what get_function reports, as on a GPU for a kernel with few registers
 # per kernel: what a kernel with many registers reports instead (on a GPU ptxas decides; here it
 # sets the block of the driver's one-block solve, and with it how long the emulation takes)
-THREAD_LIMITS: dict[str, int] = {"tvl1_solve": 128, "tvl1_solve_bands": 128}
+THREAD_LIMITS: dict[str, int] = {"tvl1_solve": 128, "tvl1_solve_bands": 128, "tvl1_solve_cluster": 128}
+STATIC_SHARED_LIMIT = 48 * 1024  # dynamic shared memory a launch may use before set_attribute raises it
+SHARED_OPTIN = 227 * 1024  # the most set_attribute allows (an H100's figure)
 _schedule = 0  # 0: threads resume in order, 1: reverse, other: shuffled with this seed
 
 
@@ -236,13 +242,23 @@ class Context:
         """See push."""
 
 
-class device_attribute:  # pycuda's name
+class device_attribute:  # pycuda's names
     MULTIPROCESSOR_COUNT = "MULTIPROCESSOR_COUNT"
     MAX_THREADS_PER_BLOCK = "MAX_THREADS_PER_BLOCK"
+    COMPUTE_CAPABILITY_MAJOR = "COMPUTE_CAPABILITY_MAJOR"
+    COMPUTE_CAPABILITY_MINOR = "COMPUTE_CAPABILITY_MINOR"
+    MAX_SHARED_MEMORY_PER_BLOCK_OPTIN = "MAX_SHARED_MEMORY_PER_BLOCK_OPTIN"
+
+
+class function_attribute:  # pycuda's name
+    MAX_DYNAMIC_SHARED_SIZE_BYTES = "MAX_DYNAMIC_SHARED_SIZE_BYTES"
 
 
 ATTRIBUTES = {device_attribute.MULTIPROCESSOR_COUNT: 4,  # the grid solve: up to 4 blocks (each one a fiber set)
-              device_attribute.MAX_THREADS_PER_BLOCK: 1024}
+              device_attribute.MAX_THREADS_PER_BLOCK: 1024,
+              device_attribute.COMPUTE_CAPABILITY_MAJOR: 9,  # thread block clusters, as on Hopper
+              device_attribute.COMPUTE_CAPABILITY_MINOR: 0,
+              device_attribute.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN: SHARED_OPTIN}
 
 
 class Device:
@@ -290,7 +306,8 @@ class Event:
 
 # -- compiling and launching ------------------------------------------------------------------
 
-_SIGNATURE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)')
+# a kernel's name and parameters; a cluster kernel carries TVL1_CLUSTER_DIMS before its name
+_SIGNATURE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:TVL1_CLUSTER_DIMS\s+)?(\w+)\s*\(([^)]*)\)')
 
 
 def _parameters(text: str) -> list[tuple[str, str]]:
@@ -320,8 +337,8 @@ def _wrappers(kernels: dict[str, list[tuple[str, str]]]) -> str:
         unpack = "".join(f"    auto a{i} = *reinterpret_cast<{t}*>(args[{i}]);\n" for i, (t, _) in enumerate(params))
         call = ", ".join(f"a{i}" for i in range(len(params)))
         parts.append(f'extern "C" int emu_launch_{name}(const unsigned* grid, const unsigned* block, '
-                     f"unsigned order, void** args) {{\n{unpack}"
-                     f"    return ::emu::launch(grid, block, order, [&] {{ {name}({call}); }});\n}}\n")
+                     f"size_t shared, unsigned order, void** args) {{\n{unpack}"
+                     f"    return ::emu::launch(grid, block, shared, order, [&] {{ {name}({call}); }});\n}}\n")
     return "\n".join(parts)
 
 
@@ -331,15 +348,28 @@ def _cache_dir() -> Path:
 
 
 class Function:
-    """A kernel; called like pycuda's: ``f(*args, block=(x, y, z), grid=(x, y[, z]), stream=s)``."""
+    """A kernel; called like pycuda's: ``f(*args, block=(x, y, z), grid=(x, y[, z]), stream=s, shared=bytes)``.
 
-    def __init__(self, lib: ctypes.CDLL, name: str, params: list[tuple[str, str]]) -> None:
-        self.name, self.params = name, params
+    A cluster kernel (``cluster``: its blocks per cluster) launches as exactly one cluster here.
+    """
+
+    def __init__(self, lib: ctypes.CDLL, name: str, params: list[tuple[str, str]], cluster: int = 0) -> None:
+        self.name, self.params, self.cluster = name, params, cluster
         self.entry = getattr(lib, f"emu_launch_{name}")
         self.entry.restype = ctypes.c_int
-        self.entry.argtypes = [ctypes.POINTER(ctypes.c_uint)] * 2 + [ctypes.c_uint, ctypes.POINTER(ctypes.c_void_p)]
+        self.entry.argtypes = [ctypes.POINTER(ctypes.c_uint)] * 2 + [ctypes.c_size_t, ctypes.c_uint,
+                                                                     ctypes.POINTER(ctypes.c_void_p)]
         self.lib = lib
         self.max_threads_per_block = THREAD_LIMITS.get(name, MAX_THREADS_PER_BLOCK)
+        self.max_dynamic_shared = STATIC_SHARED_LIMIT
+
+    def set_attribute(self, attribute: str, value: int) -> None:
+        """pycuda's ``Function.set_attribute``; only the dynamic shared memory limit is emulated."""
+        if attribute != function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES:
+            raise Error(f"{self.name}: the emulator does not model the function attribute {attribute}")
+        if not 0 <= int(value) <= SHARED_OPTIN:
+            raise Error(f"{self.name}: invalid argument (at most {SHARED_OPTIN} bytes of dynamic shared memory)")
+        self.max_dynamic_shared = int(value)
 
     def _argument(self, i: int, value: Any, kind: str) -> ctypes._SimpleCData:
         where = f"{self.name}: argument {i + 1} ({self.params[i][0]})"
@@ -366,12 +396,18 @@ class Function:
         if not 0 < threads <= self.max_threads_per_block or b[2] > 64 or min(g) < 1:
             raise LaunchError(f"{self.name}: block {b} / grid {g} cannot launch "
                               f"(at most {self.max_threads_per_block} threads per block here)")
+        if not 0 <= shared <= self.max_dynamic_shared:
+            raise LaunchError(f"{self.name}: too many resources requested for launch ({shared} bytes of dynamic "
+                              f"shared memory, {self.max_dynamic_shared} allowed)")
+        if self.cluster and g != (self.cluster, 1, 1):
+            raise LaunchError(f"{self.name}: a cluster kernel launches as one cluster of {self.cluster} blocks "
+                              f"here, not grid {g}")
         values = [self._argument(i, a, kind) for i, (a, (_, kind)) in enumerate(zip(args, self.params, strict=True))]
         pointers = (ctypes.c_void_p * len(values))(*(ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values))
         grid_dims, block_dims = (ctypes.c_uint * 3)(*g), (ctypes.c_uint * 3)(*b)
 
         def run(held: list[Any] = values) -> None:  # held: pointers points into these
-            if self.entry(grid_dims, block_dims, _schedule, pointers) != 0:
+            if self.entry(grid_dims, block_dims, shared, _schedule, pointers) != 0:
                 raise LaunchError(f"{self.name}: {self.lib.emu_error().decode()}")
 
         _enqueue(run)
@@ -386,6 +422,9 @@ class SourceModule:
         if not no_extern_c and source.strip():
             raise CompileError("the emulator needs the entry points declared extern \"C\" (no_extern_c=True)")
         self.kernels = {m.group(1): _parameters(m.group(2)) for m in _SIGNATURE.finditer(source)}
+        self.clustered = {m.group(1) for m in _SIGNATURE.finditer(source) if "TVL1_CLUSTER_DIMS" in m.group(0)}
+        size = re.search(r"#define\s+TVL1_CLUSTER\s+(\d+)", source)
+        self.cluster = int(size.group(1)) if size else 0
         prelude = (resources.files("edge_mer.flow") / "kernels" / "emulate.h").read_text()
         text = source + "\n\n// ---- launch entry points (edge_mer.flow.emulate) ----\n" + _wrappers(self.kernels)
         self.lib = self._build(prelude, text)
@@ -429,4 +468,4 @@ class SourceModule:
     def get_function(self, name: str) -> Function:
         if name not in self.kernels:
             raise Error(f"named symbol not found: {name}")
-        return Function(self.lib, name, self.kernels[name])
+        return Function(self.lib, name, self.kernels[name], self.cluster if name in self.clustered else 0)

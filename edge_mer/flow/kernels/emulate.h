@@ -44,6 +44,7 @@ struct dim3 {
 struct Block {
     dim3 idx;
     std::vector<char> shared;                   // this block's __shared__ variables while another block runs
+    char* dynamic = nullptr;                    // its dynamic shared memory (the launch's bytes, guarded)
     unsigned arrived = 0, gen = 0;              // __syncthreads
     std::vector<unsigned> warp_arrived, warp_gen, warp_size;
     std::vector<uint64_t> lanes;                // shuffle exchange, 32 per warp
@@ -70,6 +71,10 @@ inline const std::function<void()>* body = nullptr;
 inline Block* resident = nullptr;              // the block whose __shared__ variables are in place
 inline std::vector<char*> free_stacks;          // kept between launches
 inline unsigned long idle_spins = 0;            // __nanosleep calls since a barrier last completed
+inline std::vector<Block>* blocks = nullptr;     // the launch's blocks: one thread block cluster
+inline size_t dynamic_bytes = 0;                // dynamic shared memory per block
+inline size_t grid_threads = 0;
+inline unsigned cluster_arrived = 0, cluster_gen = 0;  // the cluster barrier
 constexpr size_t STACK_BYTES = 64 * 1024;
 constexpr unsigned long SPIN_LIMIT = 20000000;
 
@@ -132,6 +137,7 @@ inline void entry() {
     Block& b = *cur->block;
     if (b.arrived > 0) fail("a thread exited while others waited at __syncthreads()");
     if (b.warp_arrived[cur->linear >> 5] > 0) fail("a thread exited while its warp waited in a shuffle");
+    if (cluster_arrived > 0) fail("a thread exited while others waited at the cluster barrier");
     _longjmp(scheduler, 1);  // a fiber never returns: there is no frame to return to
 }
 
@@ -177,6 +183,46 @@ T shfl_down(unsigned mask, T value, int delta) {
     return out;
 }
 
+// The hardware barrier of a thread block cluster; the emulator runs a launch as one cluster
+// (the driver launches exactly one), so every thread of the grid takes part.
+inline void cluster_sync() {
+    unsigned g = cluster_gen;
+    if (++cluster_arrived == grid_threads) {
+        cluster_arrived = 0;
+        ++cluster_gen;
+        idle_spins = 0;
+    } else {
+        wait_for_change(&cluster_gen, g);
+    }
+}
+
+// distributed shared memory: the same offset in block `rank`'s dynamic shared memory
+inline float* cluster_map(float* p, unsigned rank) {
+    char* mine = cur->block->dynamic;
+    char* at = reinterpret_cast<char*>(p);
+    if (mine == nullptr || at < mine || at >= mine + dynamic_bytes) {
+        fail("cluster_map of an address outside this block's dynamic shared memory");
+        return p;
+    }
+    if (rank >= blocks->size()) {
+        fail("cluster_map to a block outside the cluster");
+        return p;
+    }
+    return reinterpret_cast<float*>((*blocks)[rank].dynamic + (at - mine));
+}
+
+// shared memory that ends at a no-access page, NaN to start with
+inline char* guarded(size_t bytes, size_t& span) {
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    span = (bytes + page - 1) / page * page + page;
+    void* base = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED) return nullptr;
+    char* guard = static_cast<char*>(base) + span - page;
+    mprotect(guard, page, PROT_NONE);
+    std::memset(guard - bytes, 0xff, bytes);
+    return guard - bytes;
+}
+
 // a thread polling memory that another block will change (a grid barrier): let the others run
 inline void nanosleep_yield() {
     if (++idle_spins > SPIN_LIMIT) {
@@ -190,9 +236,12 @@ inline void nanosleep_yield() {
 // needs); a fiber gets its stack when it first runs, so kernels without barriers use one.
 // order: 0 runs and resumes threads in order (block by block), 1 in reverse, any other
 // value in a fresh random order every round (seeded).
-inline int launch(const unsigned* grid, const unsigned* block, unsigned order, const std::function<void()>& fn) {
+inline int launch(const unsigned* grid, const unsigned* block, size_t shared, unsigned order,
+                  const std::function<void()>& fn) {
     error.clear();
     idle_spins = 0;
+    cluster_arrived = 0;
+    dynamic_bytes = shared;
     grid_dim = {grid[0], grid[1], grid[2]};
     block_dim = {block[0], block[1], block[2]};
     threads_per_block = block[0] * block[1] * block[2];
@@ -208,7 +257,21 @@ inline int launch(const unsigned* grid, const unsigned* block, unsigned order, c
         if (threads_per_block % 32) b.warp_size[warps - 1] = threads_per_block % 32;
         b.lanes.assign(warps * 32, 0);
     }
+    ::emu::blocks = &bs;
+    std::vector<std::pair<char*, size_t>> maps;  // the blocks' dynamic shared memory, unmapped at the end
+    if (shared > 0) {
+        for (Block& b : bs) {
+            size_t span = 0;
+            b.dynamic = guarded(shared, span);
+            if (b.dynamic == nullptr) {
+                fail("out of memory for dynamic shared memory");
+                break;
+            }
+            maps.emplace_back(b.dynamic + shared - (span - (size_t)sysconf(_SC_PAGESIZE)), span);
+        }
+    }
     size_t total = (size_t)blocks * threads_per_block;
+    grid_threads = total;
     std::vector<Fiber> fibers(total);
     std::vector<size_t> sequence(total);
     for (size_t t = 0; t < total; ++t) {
@@ -258,9 +321,11 @@ inline int launch(const unsigned* grid, const unsigned* block, unsigned order, c
     }
     for (Fiber& f : fibers)  // threads left waiting when the launch failed
         if (f.stack) free_stacks.push_back(f.stack);
+    for (auto& [start, span] : maps) munmap(start, span);
     cur = nullptr;
     body = nullptr;
     resident = nullptr;
+    ::emu::blocks = nullptr;
     return error.empty() ? 0 : 1;
 }
 
@@ -305,6 +370,14 @@ inline unsigned atomicExch(unsigned* p, unsigned v) {
 inline void __threadfence() {}
 
 inline void __nanosleep(unsigned) { ::emu::nanosleep_yield(); }
+
+// thread block clusters (compute capability 9.0): the launch is the cluster
+#define TVL1_CLUSTER_DEFINED 1
+#define TVL1_HAS_CLUSTERS 1
+#define TVL1_CLUSTER_DIMS
+inline void cluster_sync() { ::emu::cluster_sync(); }
+inline float* cluster_map(float* p, unsigned rank) { return ::emu::cluster_map(p, rank); }
+inline float* dynamic_shared() { return reinterpret_cast<float*>(::emu::cur->block->dynamic); }
 
 // the kernels' clock (globaltimer on a GPU): 1 ms per reading, so a wait that times out
 // after a second on a GPU gives up after about a thousand polls here

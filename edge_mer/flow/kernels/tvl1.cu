@@ -15,7 +15,8 @@
 //   per level, coarsest first:
 //     tvl1_centered_gradient                   once
 //     tvl1_warp, tvl1_solve                    warps times (tvl1_solve resets p on the first;
-//                                              or tvl1_solve_bands, the same in another layout)
+//                                              or tvl1_solve_bands / tvl1_solve_cluster, the
+//                                              same in other layouts)
 //     tvl1_upsample_flow                       unless finest
 //   tvl1_epilogue_f32 or tvl1_epilogue_f16     once
 // Images are planar float32, rows dense (pitch = width); several pairs run side by side
@@ -25,7 +26,9 @@
 // Build: nvcc -ptx -arch=compute_72 (Xavier, CUDA <= 12), compute_87 (Orin), ... or pycuda's
 // SourceModule(source, no_extern_c=True): the entry points are extern "C" already and
 // cuda_fp16.h must not be wrapped. Needs nothing newer than sm_72 (warp shuffles, half
-// conversion, __nanosleep from sm_70) and no host code.
+// conversion, __nanosleep from sm_70) and no host code, except tvl1_solve_cluster, whose
+// body (thread block clusters) is compiled for sm_90 and newer only: below that it is an
+// empty kernel that the driver never launches.
 
 #include <cuda_fp16.h>
 
@@ -104,19 +107,27 @@ __device__ __forceinline__ float median_of(float v[N]) {
     return v[N / 2];
 }
 
-// reference.median_filter at one pixel: K x K window, border replicated
-template <int K>
-__device__ float median_at(const float* __restrict__ u, int w, int h, int x, int y) {
+// reference.median_filter at one pixel: K x K window, border replicated. at(yy, xx) is the
+// plane's value at row yy, column xx (a dense plane, or rows spread over a cluster's blocks).
+template <int K, class Plane>
+__device__ float median_at(Plane at, int w, int h, int x, int y) {
     float v[K * K];
     const int r = K / 2;
 #pragma unroll
     for (int dy = 0; dy < K; ++dy) {
         int yy = clampi(y + dy - r, 0, h - 1);
 #pragma unroll
-        for (int dx = 0; dx < K; ++dx) v[dy * K + dx] = u[yy * w + clampi(x + dx - r, 0, w - 1)];
+        for (int dx = 0; dx < K; ++dx) v[dy * K + dx] = at(yy, clampi(x + dx - r, 0, w - 1));
     }
     return median_of<K * K>(v);
 }
+
+// a dense plane of width w, for median_at
+struct DensePlane {
+    const float* plane;
+    int w;
+    __device__ __forceinline__ float operator()(int y, int x) const { return plane[y * w + x]; }
+};
 
 // ---------------------------------------------------------------------------------------
 // (a) reference.crop_gray (with reference.gray_u8), for the onset and the apex frame at once.
@@ -268,7 +279,8 @@ __device__ __forceinline__ void sync_pair(int parts, unsigned* barrier) {
 }
 
 // reference.median_filter of both flow components at one pixel (median = 3 or 5)
-__device__ __forceinline__ void median_pair(int median, const float* u1, const float* u2, int w, int h, int x, int y,
+template <class Plane>
+__device__ __forceinline__ void median_pair(int median, Plane u1, Plane u2, int w, int h, int x, int y,
                                             float& m1, float& m2) {
     if (median == 3) {
         m1 = median_at<3>(u1, w, h, x, y);
@@ -279,13 +291,10 @@ __device__ __forceinline__ void median_pair(int median, const float* u1, const f
     }
 }
 
-// phase 1 at pixel i (x, y) of the flow (a, b): reference.threshold_step, reference.divergence
-// of the dual p and u = v + theta div p; the new flow in (n1, n2)
-__device__ __forceinline__ void primal_at(int i, int x, int y, int w, float a, float b,
-                                          const float* __restrict__ i1wx, const float* __restrict__ i1wy,
-                                          const float* __restrict__ grad, const float* __restrict__ rho_c,
-                                          const float* p11, const float* p12, const float* p21, const float* p22,
-                                          float l_t, float theta, float& n1, float& n2) {
+// reference.threshold_step at pixel i of the flow (a, b): v in (v1, v2)
+__device__ __forceinline__ void threshold_at(int i, float a, float b, const float* __restrict__ i1wx,
+                                             const float* __restrict__ i1wy, const float* __restrict__ grad,
+                                             const float* __restrict__ rho_c, float l_t, float& v1, float& v2) {
     float gx = i1wx[i], gy = i1wy[i], g = grad[i];
     float rho = rho_c[i] + gx * a + gy * b;
     float bound = l_t * g;
@@ -294,7 +303,19 @@ __device__ __forceinline__ void primal_at(int i, int x, int y, int w, float a, f
     else if (rho > bound) c = -l_t;
     else if (g > TVL1_FLT_EPSILON) c = -rho / g;
     else c = 0.0f;
-    float v1 = a + c * gx, v2 = b + c * gy;
+    v1 = a + c * gx;
+    v2 = b + c * gy;
+}
+
+// phase 1 at pixel i (x, y) of the flow (a, b) in dense planes of width w: threshold_at,
+// reference.divergence of the dual p and u = v + theta div p; the new flow in (n1, n2)
+__device__ __forceinline__ void primal_at(int i, int x, int y, int w, float a, float b,
+                                          const float* __restrict__ i1wx, const float* __restrict__ i1wy,
+                                          const float* __restrict__ grad, const float* __restrict__ rho_c,
+                                          const float* p11, const float* p12, const float* p21, const float* p22,
+                                          float l_t, float theta, float& n1, float& n2) {
+    float v1, v2;
+    threshold_at(i, a, b, i1wx, i1wy, grad, rho_c, l_t, v1, v2);
     float div1 = p11[i] + p12[i], div2 = p21[i] + p22[i];
     if (x > 0) { div1 -= p11[i - 1]; div2 -= p21[i - 1]; }
     if (y > 0) { div1 -= p12[i - w]; div2 -= p22[i - w]; }
@@ -315,6 +336,21 @@ __device__ __forceinline__ void dual_at(int i, float u1x, float u1y, float u2x, 
     d12[i] = q12;
     d21[i] = q21;
     d22[i] = q22;
+}
+
+// phase 2 at pixel i (column x) of the flow (u1, u2): reference.forward_gradient, then
+// dual_at. below1, below2: the row under pixel i (its first pixel), wherever it lives, or
+// nullptr on the image's last row.
+__device__ __forceinline__ void dual_step(int i, int x, int w, const float* u1, const float* u2,
+                                          const float* below1, const float* below2, float taut,
+                                          const float* s11, const float* s12, const float* s21, const float* s22,
+                                          float* d11, float* d12, float* d21, float* d22) {
+    float a = u1[i], b = u2[i];
+    float u1x = x < w - 1 ? u1[i + 1] - a : 0.0f;
+    float u2x = x < w - 1 ? u2[i + 1] - b : 0.0f;
+    float u1y = below1 ? below1[x] - a : 0.0f;
+    float u2y = below2 ? below2[x] - b : 0.0f;
+    dual_at(i, u1x, u1y, u2x, u2y, taut, s11, s12, s21, s22, d11, d12, d21, d22);
 }
 
 // The stopping sum of a pair: this block's sum (block_sum) when it is alone, else every
@@ -369,7 +405,8 @@ extern "C" __global__ void tvl1_solve(float* __restrict__ u1, float* __restrict_
     float error = __int_as_float(0x7f800000);  // +inf; identical in every thread: see above
     for (int outer = 0; outer < outer_iterations && error > stop; ++outer) {
         if (median > 1) {
-            for (int i = first; i < n; i += step) median_pair(median, u1, u2, w, h, i % w, i / w, tmp1[i], tmp2[i]);
+            for (int i = first; i < n; i += step)
+                median_pair(median, DensePlane{u1, w}, DensePlane{u2, w}, w, h, i % w, i / w, tmp1[i], tmp2[i]);
             sync_pair(parts, barrier);
             for (int i = first; i < n; i += step) {
                 u1[i] = tmp1[i];
@@ -389,12 +426,9 @@ extern "C" __global__ void tvl1_solve(float* __restrict__ u1, float* __restrict_
             error = pair_sum(block_sum(local, scratch), parts, pair, partials, barrier);
             for (int i = first; i < n; i += step) {
                 int x = i % w, y = i / w;
-                float a = u1[i], b = u2[i];
-                float u1x = x < w - 1 ? u1[i + 1] - a : 0.0f;
-                float u1y = y < h - 1 ? u1[i + w] - a : 0.0f;
-                float u2x = x < w - 1 ? u2[i + 1] - b : 0.0f;
-                float u2y = y < h - 1 ? u2[i + w] - b : 0.0f;
-                dual_at(i, u1x, u1y, u2x, u2y, taut, p11, p12, p21, p22, p11, p12, p21, p22);
+                bool last = y == h - 1;
+                dual_step(i, x, w, u1, u2, last ? nullptr : u1 + i - x + w, last ? nullptr : u2 + i - x + w, taut,
+                          p11, p12, p21, p22, p11, p12, p21, p22);
             }
             sync_pair(parts, barrier);
         }
@@ -449,7 +483,7 @@ extern "C" __global__ void tvl1_solve_bands(float* __restrict__ u1, float* __res
     for (int outer = 0; outer < outer_iterations && error > stop; ++outer) {
         if (median > 1) {
             for (int i = own_begin + threadIdx.x; i < own_end; i += blockDim.x)
-                median_pair(median, c1, c2, w, h, i % w, i / w, n1s[i], n2s[i]);
+                median_pair(median, DensePlane{c1, w}, DensePlane{c2, w}, w, h, i % w, i / w, n1s[i], n2s[i]);
             float* t = c1; c1 = n1s; n1s = t;
             t = c2; c2 = n2s; n2s = t;
             sync_pair(parts, barrier);
@@ -472,16 +506,10 @@ extern "C" __global__ void tvl1_solve_bands(float* __restrict__ u1, float* __res
             __syncthreads();
             for (int i = own_begin + threadIdx.x; i < own_end; i += blockDim.x) {
                 int x = i % w, y = i / w;
-                float a = n1s[i], b = n2s[i];
-                float u1x = x < w - 1 ? n1s[i + 1] - a : 0.0f;
-                float u2x = x < w - 1 ? n2s[i + 1] - b : 0.0f;
-                float u1y = 0.0f, u2y = 0.0f;
-                if (y < h - 1) {
-                    bool inside = i + w < own_end;
-                    u1y = (inside ? n1s[i + w] : hx[x]) - a;
-                    u2y = (inside ? n2s[i + w] : hy[x]) - b;
-                }
-                dual_at(i, u1x, u1y, u2x, u2y, taut, s11, s12, s21, s22, d11, d12, d21, d22);
+                bool last = y == h - 1, inside = i + w < own_end;  // else the row below is the halo
+                const float* below1 = last ? nullptr : inside ? n1s + i - x + w : hx;
+                const float* below2 = last ? nullptr : inside ? n2s + i - x + w : hy;
+                dual_step(i, x, w, n1s, n2s, below1, below2, taut, s11, s12, s21, s22, d11, d12, d21, d22);
             }
             error = pair_sum(block_sum(local, scratch), parts, pair, partials + (size_t)parity * gridDim.x, barrier);
             parity ^= 1;
@@ -507,6 +535,144 @@ extern "C" __global__ void tvl1_solve_bands(float* __restrict__ u1, float* __res
             p22[base + i] = s22[i];
         }
     }
+}
+
+// (d, e) in a fourth layout, for GPUs with thread block clusters (compute capability 9.0 and
+// newer): one cluster of TVL1_CLUSTER blocks per pair, block `rank` owning the rows
+// [rank * rows, rank * rows + rows) (the last blocks may own fewer, or none). The state (u,
+// p and the median's output) lives in the blocks' shared memory for the whole launch,
+// loaded at the start and written back at the end; a block reads its neighbours' boundary
+// rows through distributed shared memory, and the phases are separated by the cluster's
+// hardware barrier instead of a barrier in global memory. The loop is tvl1_solve's, the
+// stopping sum every block's sum read from every block's shared memory in rank order, so
+// every thread leaves the loops at the same iteration.
+// Dynamic shared memory per block: (TVL1_CLUSTER_PLANES * rows * w + 1) floats.
+// grid (TVL1_CLUSTER), block (32..1024, a multiple of 32); one pair per launch.
+#define TVL1_CLUSTER 8  // blocks per cluster: the portable maximum
+#define TVL1_CLUSTER_PLANES 8  // u1 u2 p11 p12 p21 p22 m1 m2 (the median's output)
+
+#ifndef TVL1_CLUSTER_DEFINED
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define TVL1_HAS_CLUSTERS 1
+#define TVL1_CLUSTER_DIMS __cluster_dims__(TVL1_CLUSTER, 1, 1)
+// every thread of the cluster; release / acquire at cluster scope (shared and global memory).
+// Not the .aligned form: that one is undefined if the compiler ever splits a warp across copies.
+__device__ __forceinline__ void cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release;\n\tbarrier.cluster.wait.acquire;" ::: "memory");
+}
+// the address of the same shared-memory location in block `rank` of the cluster
+__device__ __forceinline__ float* cluster_map(float* p, unsigned rank) {
+    unsigned long long out;
+    asm("mapa.u64 %0, %1, %2;" : "=l"(out) : "l"(p), "r"(rank));  // pure: the compiler may share it
+    return reinterpret_cast<float*>(out);
+}
+__device__ __forceinline__ float* dynamic_shared() {
+    extern __shared__ float tvl1_dynamic[];
+    return tvl1_dynamic;
+}
+#else
+#define TVL1_HAS_CLUSTERS 0
+#define TVL1_CLUSTER_DIMS
+#endif
+#endif
+
+#if TVL1_HAS_CLUSTERS
+// one state plane, its rows wherever in the cluster they live, for median_at
+struct ClusterPlane {
+    float* mine;  // this block's dynamic shared memory
+    int offset;   // the plane's first float in it
+    int rows, w;
+    __device__ __forceinline__ float operator()(int y, int x) const {
+        int owner = y / rows;
+        float* base = owner == (int)blockIdx.x ? mine : cluster_map(mine, owner);
+        return base[offset + (y - owner * rows) * w + x];
+    }
+};
+#endif
+
+extern "C" __global__ void TVL1_CLUSTER_DIMS tvl1_solve_cluster(
+        float* __restrict__ u1, float* __restrict__ u2, float* __restrict__ p11, float* __restrict__ p12,
+        float* __restrict__ p21, float* __restrict__ p22, const float* __restrict__ i1wx,
+        const float* __restrict__ i1wy, const float* __restrict__ grad, const float* __restrict__ rho_c, int w,
+        int h, float l_t, float theta, float taut, float stop, int outer_iterations, int inner_iterations,
+        int median, int reset_dual, int rows) {
+#if TVL1_HAS_CLUSTERS
+    __shared__ float scratch[TVL1_MAX_WARPS + 1];
+    float* mine = dynamic_shared();
+    const int rank = blockIdx.x, plane = rows * w;
+    const int y0 = rank * rows, own_rows = max(0, min(rows, h - y0)), own = own_rows * w;
+    float *s1 = mine, *s2 = mine + plane;                                   // the flow
+    float *q11 = mine + 2 * plane, *q12 = mine + 3 * plane, *q21 = mine + 4 * plane, *q22 = mine + 5 * plane;
+    float *m1 = mine + 6 * plane, *m2 = mine + 7 * plane;                   // the median's output
+    float* sum = mine + TVL1_CLUSTER_PLANES * plane;                        // this block's stopping sum
+    // the neighbours' boundary rows: p12, p22 of the row above the band, u of the row below
+    const bool above = rank > 0 && own_rows > 0, below = y0 + own_rows < h && own_rows > 0;
+    float* up = above ? cluster_map(mine, rank - 1) + (rows - 1) * w : nullptr;
+    float* down = below ? cluster_map(mine, rank + 1) : nullptr;
+    const size_t g0 = (size_t)y0 * w;  // the band's first pixel in the global planes
+
+    for (int i = threadIdx.x; i < own; i += blockDim.x) {
+        s1[i] = u1[g0 + i];
+        s2[i] = u2[g0 + i];
+        bool zero = reset_dual != 0;
+        q11[i] = zero ? 0.0f : p11[g0 + i];
+        q12[i] = zero ? 0.0f : p12[g0 + i];
+        q21[i] = zero ? 0.0f : p21[g0 + i];
+        q22[i] = zero ? 0.0f : p22[g0 + i];
+    }
+    cluster_sync();  // also: no block reads another's shared memory before that block has started
+    float error = __int_as_float(0x7f800000);  // +inf; identical in every thread of the cluster
+    for (int outer = 0; outer < outer_iterations && error > stop; ++outer) {
+        if (median > 1) {
+            ClusterPlane r1{mine, 0, rows, w}, r2{mine, plane, rows, w};
+            for (int i = threadIdx.x; i < own; i += blockDim.x)
+                median_pair(median, r1, r2, w, h, i % w, y0 + i / w, m1[i], m2[i]);
+            cluster_sync();
+            for (int i = threadIdx.x; i < own; i += blockDim.x) {
+                s1[i] = m1[i];
+                s2[i] = m2[i];
+            }
+            cluster_sync();
+        }
+        for (int inner = 0; inner < inner_iterations && error > stop; ++inner) {
+            float local = 0.0f;
+            for (int i = threadIdx.x; i < own; i += blockDim.x) {
+                int x = i % w, ly = i / w;
+                float a = s1[i], b = s2[i], v1, v2;
+                threshold_at((int)(g0 + i), a, b, i1wx, i1wy, grad, rho_c, l_t, v1, v2);
+                float div1 = q11[i] + q12[i], div2 = q21[i] + q22[i];  // primal_at's divergence, across bands
+                if (x > 0) { div1 -= q11[i - 1]; div2 -= q21[i - 1]; }
+                if (ly > 0) { div1 -= q12[i - w]; div2 -= q22[i - w]; }
+                else if (above) { div1 -= up[3 * plane + x]; div2 -= up[5 * plane + x]; }
+                float n1 = v1 + theta * div1, n2 = v2 + theta * div2;
+                local += (n1 - a) * (n1 - a) + (n2 - b) * (n2 - b);
+                s1[i] = n1;
+                s2[i] = n2;
+            }
+            float total = block_sum(local, scratch);
+            if (threadIdx.x == 0) *sum = total;
+            cluster_sync();
+            error = 0.0f;  // every block's sum, in rank order (rewritten only after the next barrier)
+            for (int k = 0; k < TVL1_CLUSTER; ++k) error += *cluster_map(sum, k);
+            for (int i = threadIdx.x; i < own; i += blockDim.x) {
+                int x = i % w, ly = i / w;
+                bool inside = ly < own_rows - 1;  // else the row below is the next block's first (or none)
+                const float* below1 = inside ? s1 + i - x + w : down;
+                const float* below2 = inside ? s2 + i - x + w : down ? down + plane : nullptr;
+                dual_step(i, x, w, s1, s2, below1, below2, taut, q11, q12, q21, q22, q11, q12, q21, q22);
+            }
+            cluster_sync();
+        }
+    }
+    for (int i = threadIdx.x; i < own; i += blockDim.x) {
+        u1[g0 + i] = s1[i];
+        u2[g0 + i] = s2[i];
+        p11[g0 + i] = q11[i];
+        p12[g0 + i] = q12[i];
+        p21[g0 + i] = q21[i];
+        p22[g0 + i] = q22[i];
+    }
+#endif
 }
 
 // (f) reference.upsample_flow: bilinear resize of (u1, u2) to the finer level, times 1 / scale_step.
