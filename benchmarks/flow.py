@@ -168,11 +168,19 @@ def main() -> None:
     args = ap.parse_args()
     cv2.setNumThreads(args.cv_threads)
     rows: dict[int, dict[str, dict[str, Any]]] = {}
+    lines: list[str] = []
     for size in args.sizes:
         pairs = micro_pairs(size) + shift_pairs(size)
-        rows[size] = {name: measure(name, pairs, args.repeats, args.cuda_emulator) for name in METHODS}
-        print(f"S = {size}: " + ", ".join(f"{k} {v.get('latency_ms', 'n/a')} ms" for k, v in rows[size].items()),
-              flush=True)
+        rows[size] = {}
+        for name in METHODS:
+            rows[size][name] = measure(name, pairs, args.repeats, args.cuda_emulator)
+            print(f"S = {size}: {name} {rows[size][name].get('latency_ms', 'n/a')} ms", flush=True)
+        lines = write_results(args, rows)  # after every size: a run cut short keeps what it measured
+    print("\n".join(lines))
+
+
+def write_results(args: argparse.Namespace, rows: dict[int, dict[str, dict[str, Any]]]) -> list[str]:
+    """flow.json and flow.md in ``args.out`` for the sizes measured so far; the lines of flow.md."""
     cuda_reason = cuda_unavailable() or f"runs on {gpu_name()}"
     if args.cuda_emulator:
         cuda_reason = "the cuda rows ran on the CPU emulator (edge_mer.flow.emulate): their times are not GPU times"
@@ -195,8 +203,7 @@ def main() -> None:
              "mean endpoint error against the known flow over the interior (6 px border left out).", "",
              *table(rows), "", f"cuda: {cuda_reason}.", *graph_notes(rows)]
     (args.out / "flow.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
+    return lines
 
 if __name__ == "__main__":
     main()

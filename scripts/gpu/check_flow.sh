@@ -3,7 +3,7 @@
 # the CUDA-vs-reference tests (pytest -m gpu) and the flow benchmark with the card's
 # name. Results go to $OUT (default ./gpu-check): gpu.txt, tests.txt, flow.md, flow.json.
 #
-#   bash scripts/gpu/check_flow.sh [--sizes "64 112 128 224"] [--repeats 3]
+#   bash scripts/gpu/check_flow.sh [--sizes "64 112 128 224"] [--repeats 3] [--test-limit 200] [--bench-limit 300]
 #
 # pycuda must be importable; where it is prebuilt in a folder (a .tgz of the installed
 # package plus its wheels, as .gpu/ holds it), give that folder as PYCUDA_DIR and it is
@@ -13,10 +13,14 @@ set -euo pipefail
 
 sizes="64 112 128 224"
 repeats=3
+test_limit=200  # seconds for the GPU tests
+bench_limit=300  # seconds for the benchmark
 while [ $# -gt 0 ]; do
     case "$1" in
         --sizes) sizes="$2"; shift 2 ;;
         --repeats) repeats="$2"; shift 2 ;;
+        --test-limit) test_limit="$2"; shift 2 ;;
+        --bench-limit) bench_limit="$2"; shift 2 ;;
         *) echo "check_flow.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -43,14 +47,16 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 python3 -c "import pycuda.driver as d; d.init(); print('pycuda', d.get_version(), d.Device(0).name())" \
     | tee -a "$out/gpu.txt"
 
+# Each step has its own time limit, so that a kernel that never ends costs that step only
+# (ending the process ends its kernels); the benchmark writes its tables after every size.
 status=0
 if python3 -m pytest --version >/dev/null 2>&1; then
-    python3 -m pytest -m gpu -rs -s -q -p no:cacheprovider tests/test_flow_cuda.py 2>&1 | tee "$out/tests.txt" \
-        || status=1
+    timeout "$test_limit" python3 -m pytest -m gpu -rs -s -q -p no:cacheprovider tests/test_flow_cuda.py 2>&1 \
+        | tee "$out/tests.txt" || status=1
 else
     echo "pytest is not installed here: tests skipped" | tee "$out/tests.txt"
 fi
 # shellcheck disable=SC2086  # sizes is a list of numbers
-python3 benchmarks/flow.py --repeats "$repeats" --sizes $sizes 2>&1 | tee "$out/flow.txt" || status=1
-cp benchmarks/results/flow.md benchmarks/results/flow.json "$out/"
+timeout "$bench_limit" python3 benchmarks/flow.py --repeats "$repeats" --sizes $sizes --out "$out" 2>&1 \
+    | tee "$out/flow.txt" || status=1
 exit "$status"
