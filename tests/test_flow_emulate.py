@@ -49,6 +49,14 @@ extern "C" __global__ void TVL1_CLUSTER_DIMS neighbour(float* out, int synced) {
     out[blockIdx.x * blockDim.x + threadIdx.x] = cluster_map(mine, (blockIdx.x + 1) % 2)[threadIdx.x];
     cluster_sync();  // no block leaves while the other may still read its shared memory
 }
+extern "C" __global__ void TVL1_CLUSTER_DIMS early_exit(float* out, int offset) {
+    // block 1 reads block 0's shared memory (at an offset from its start) with no barrier
+    // keeping block 0 alive: run forward, block 0 has ended by then
+    float* mine = dynamic_shared();
+    mine[threadIdx.x] = 1.0f;
+    cluster_sync();
+    if (blockIdx.x == 1) out[threadIdx.x] = cluster_map(mine, 0)[(int)threadIdx.x + offset];
+}
 extern "C" __global__ void TVL1_CLUSTER_DIMS stray_map(float* out) {
     float local[1] = {0.0f};
     out[0] = *cluster_map(local, 1);  // not shared memory at all
@@ -187,6 +195,60 @@ def test_a_cluster_kernel_launches_as_one_cluster_within_its_shared_memory(broke
         neighbour.set_attribute(emulate.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES, emulate.SHARED_OPTIN + 1)
     with pytest.raises(emulate.LaunchError, match="cluster_map of an address outside this block's dynamic shared"):
         broken.get_function("stray_map")(out, block=(32, 1, 1), grid=(2, 1, 1), shared=4)
+
+
+def test_shared_memory_of_a_block_that_ended_or_before_its_start_is_not_there():
+    code = f"""
+import numpy as np
+from edge_mer.flow import emulate
+early_exit = emulate.SourceModule({BROKEN!r}, no_extern_c=True).get_function("early_exit")
+out = emulate.mem_alloc(32 * 4)
+with emulate.schedule(1):  # reverse: block 1 reads while block 0 still waits to end
+    early_exit(out, np.int32(0), block=(32, 1, 1), grid=(2, 1, 1), shared=32 * 4)
+got = np.empty(32, np.float32)
+emulate.memcpy_dtoh(got, out)
+assert (got == 1).all()
+with emulate.schedule(1):  # one float before block 0's shared memory: never written, NaN
+    early_exit(out, np.int32(-1), block=(32, 1, 1), grid=(2, 1, 1), shared=32 * 4)
+emulate.memcpy_dtoh(got, out)
+assert np.isnan(got[0]) and (got[1:] == 1).all()
+print("alive ok", flush=True)
+early_exit(out, np.int32(0), block=(32, 1, 1), grid=(2, 1, 1), shared=32 * 4)  # forward: block 0 has ended
+print("read after the end went unnoticed", flush=True)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "alive ok" in proc.stdout, proc.stderr
+    assert "unnoticed" not in proc.stdout
+    assert proc.returncode == -signal.SIGSEGV
+
+
+def test_a_layout_that_cannot_be_captured_runs_kernel_by_kernel_and_one_that_cannot_launch_is_left_out(
+        monkeypatch):
+    call = emulate.Function.__call__
+    refuse = {"capture": "tvl1_solve_cluster", "launch": ""}
+
+    def picky(self, *args, **kwargs):
+        if self.name == refuse["launch"]:
+            raise emulate.LaunchError(f"{self.name}: cluster misconfiguration")
+        if self.name == refuse["capture"] and emulate._recording is not None:
+            raise emulate.Error(f"{self.name}: operation not permitted when stream is capturing")
+        return call(self, *args, **kwargs)
+
+    monkeypatch.setattr(emulate.Function, "__call__", picky)
+    stage = CudaStage(32, runtime=emulate, solver="cluster")
+    p = micro_pairs(32, peaks=(1.0,))[0]
+    assert float(np.linalg.norm(stage.flow(p.first, p.second) - tvl1(p.first, p.second), axis=2).mean()) < 1e-3
+    assert stage.graph_note.startswith("no CUDA graph (tvl1_solve_cluster: operation not permitted")
+    assert list(stage._graphs.values()) == [None]
+    stage.solver = "bands"  # the other layouts keep their graphs
+    stage.flow(p.first, p.second)
+    assert stage.graph_note == "" and sum(v is not None for v in stage._graphs.values()) == 1
+
+    refuse["launch"] = "tvl1_solve_cluster"
+    auto = CudaStage(32, runtime=emulate)
+    assert not any(name.startswith("cluster") for name in auto.layout_ms)
+    assert "cluster misconfiguration" in auto.layout_notes["cluster"] and auto.solver != "cluster"
+    assert auto.graph_note == ""
 
 
 def test_without_clusters_the_stage_leaves_that_layout_out(monkeypatch):

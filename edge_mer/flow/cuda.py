@@ -105,8 +105,8 @@ class CudaStage(FlowStage):
         (a multiple of 32); in the grid layouts smaller blocks mean more of them.
 
         ``graphs``: capture each image shape's pyramid and solve as a CUDA graph once and
-        replay it (``edge_mer.flow.graphs``); where the driver cannot, the stage says why in
-        ``graph_note`` and launches kernel by kernel.
+        replay it (``edge_mer.flow.graphs``); where the driver cannot (for a layout), the
+        stage says why in ``graph_note`` and launches that layout kernel by kernel.
         """
         super().__init__(size)
         if solver != "auto" and solver not in SOLVERS:
@@ -115,8 +115,10 @@ class CudaStage(FlowStage):
         self.layout_ms: dict[str, float] = {}
         self.layout_notes: dict[str, str] = {}
         self.use_graphs = graphs
-        self.graph_note = "" if graphs else "graphs turned off"
-        self._graphs: dict[tuple[str, int, tuple[int, int]], tuple[Graph, tuple[Any, Any]]] = {}
+        # per (layout, every layout's threads, shape): the graph and where it leaves the flow, or None
+        # when it could not be captured (that layout then launches kernel by kernel; why: _graph_notes)
+        self._graphs: dict[tuple[Any, ...], tuple[Graph, tuple[Any, Any]] | None] = {}
+        self._graph_notes: dict[str, str] = {}
         if runtime is None:
             reason = cuda_unavailable()
             if reason:
@@ -201,6 +203,11 @@ class CudaStage(FlowStage):
         return rows if (CLUSTER_PLANES * rows * w + 1) * 4 <= self.cluster_shared else 0
 
     @property
+    def graph_note(self) -> str:
+        """Why the current layout launches kernel by kernel instead of replaying a graph; "" when it replays."""
+        return self._graph_notes.get(self.solver, "") if self.use_graphs else "graphs turned off"
+
+    @property
     def solve_threads(self) -> int:
         """The block size of the current layout's solve."""
         return self._threads[self.solver]
@@ -219,11 +226,12 @@ class CudaStage(FlowStage):
             self.layout_notes["cluster"] = self.cluster_note
             candidates = [c for c in candidates if c[0] != "cluster"]
         for layout, threads in candidates:
+            self._threads = dict(most)  # a level that cluster leaves to bands runs bands' own block
             self.solver, self._threads[layout] = layout, threads
             name = layout if threads == most[layout] else f"{layout}/{threads}"
             try:
                 times = [self.write(onset, apex, matrix, int(self._dmotion), int(self._dtexture)) for _ in range(runs)]
-            except (UserError, self.drv.Error) as exc:
+            except (UserError, GraphError, self.drv.Error) as exc:  # e.g. a cluster this GPU cannot schedule
                 self.layout_notes[name] = _first_line(exc)
                 continue
             self.layout_ms[name] = round(float(np.median(times[1:])), 4)
@@ -329,17 +337,21 @@ class CudaStage(FlowStage):
         """``_pyramid_and_solve``, replayed from this shape's graph when graphs are on."""
         if not self.use_graphs:
             return self._pyramid_and_solve(b)
-        key = (self.solver, self.solve_threads, b.shapes[0])
-        held = self._graphs.get(key)
-        if held is None:
+        key = (self.solver, tuple(sorted(self._threads.items())), b.shapes[0])
+        if key not in self._graphs:
             try:
-                held = capture(self.drv, self.stream, lambda: self._pyramid_and_solve(b))
+                self._graphs[key] = capture(self.drv, self.stream, lambda: self._pyramid_and_solve(b))
             except (GraphError, self.drv.Error) as exc:
-                self.use_graphs, self.graph_note = False, f"no CUDA graphs ({_first_line(exc)}): one launch per kernel"
-                return self._pyramid_and_solve(b)
-            self._graphs[key] = held
+                self._graphs[key] = None
+                self._graph_notes[self.solver] = f"no CUDA graph ({_first_line(exc)}): one launch per kernel"
+        held = self._graphs[key]
+        if held is None:
+            return self._pyramid_and_solve(b)
         graph, flow = held
-        graph.launch(self.stream)
+        try:
+            graph.launch(self.stream)
+        except GraphError as exc:
+            raise UserError(f"the CUDA flow stage's {self.solver} layout did not launch: {_first_line(exc)}") from None
         return flow
 
     def _settle(self) -> None:

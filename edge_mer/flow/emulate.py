@@ -52,8 +52,8 @@ MAX_THREADS_PER_BLOCK = 1024  # what get_function reports, as on a GPU for a ker
 # per kernel: what a kernel with many registers reports instead (on a GPU ptxas decides; here it
 # sets the block of the driver's one-block solve, and with it how long the emulation takes)
 THREAD_LIMITS: dict[str, int] = {"tvl1_solve": 128, "tvl1_solve_bands": 128, "tvl1_solve_cluster": 128}
-STATIC_SHARED_LIMIT = 48 * 1024  # dynamic shared memory a launch may use before set_attribute raises it
-SHARED_OPTIN = 227 * 1024  # the most set_attribute allows (an H100's figure)
+STATIC_SHARED_LIMIT = 48 * 1024  # static + dynamic shared memory of a block before set_attribute raises it
+SHARED_OPTIN = 227 * 1024  # a block's shared memory when raised (an H100's figure)
 _schedule = 0  # 0: threads resume in order, 1: reverse, other: shuffled with this seed
 
 
@@ -361,14 +361,18 @@ class Function:
                                                                      ctypes.POINTER(ctypes.c_void_p)]
         self.lib = lib
         self.max_threads_per_block = THREAD_LIMITS.get(name, MAX_THREADS_PER_BLOCK)
-        self.max_dynamic_shared = STATIC_SHARED_LIMIT
+        # the module's static shared memory stands in for the kernel's own (pycuda's shared_size_bytes)
+        self.shared_size_bytes = int(lib.emu_static_shared())
+        self.max_dynamic_shared = STATIC_SHARED_LIMIT - self.shared_size_bytes
 
     def set_attribute(self, attribute: str, value: int) -> None:
         """pycuda's ``Function.set_attribute``; only the dynamic shared memory limit is emulated."""
         if attribute != function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES:
             raise Error(f"{self.name}: the emulator does not model the function attribute {attribute}")
-        if not 0 <= int(value) <= SHARED_OPTIN:
-            raise Error(f"{self.name}: invalid argument (at most {SHARED_OPTIN} bytes of dynamic shared memory)")
+        most = SHARED_OPTIN - self.shared_size_bytes
+        if not 0 <= int(value) <= most:
+            raise Error(f"{self.name}: invalid argument (at most {most} bytes of dynamic shared memory: "
+                        f"{SHARED_OPTIN} less {self.shared_size_bytes} of static)")
         self.max_dynamic_shared = int(value)
 
     def _argument(self, i: int, value: Any, kind: str) -> ctypes._SimpleCData:
@@ -433,6 +437,7 @@ class SourceModule:
         self.lib.emu_free.restype = None
         self.lib.emu_free.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
         self.lib.emu_error.restype = ctypes.c_char_p
+        self.lib.emu_static_shared.restype = ctypes.c_size_t
         _LIB = self.lib
 
     # no _FORTIFY_SOURCE: its longjmp check refuses the jumps between fiber stacks that emulate.h makes

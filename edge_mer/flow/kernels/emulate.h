@@ -12,7 +12,8 @@
 //
 // Strict where CUDA leaves behaviour undefined: a __syncthreads() that not every thread
 // of the block reaches, or a shuffle with an incomplete warp or mask, stops the launch
-// with an error instead of hanging or giving garbage.
+// with an error instead of hanging or giving garbage; a read of a cluster neighbour's
+// shared memory after that block has ended faults.
 //
 // What it cannot show: timing, occupancy, register limits, memory coalescing, and any
 // difference between float arithmetic here (no FMA contraction) and on the GPU.
@@ -45,6 +46,9 @@ struct Block {
     dim3 idx;
     std::vector<char> shared;                   // this block's __shared__ variables while another block runs
     char* dynamic = nullptr;                    // its dynamic shared memory (the launch's bytes, guarded)
+    char* mapping = nullptr;                    // the pages holding it, with a no-access page on each side
+    size_t span = 0;
+    unsigned exited = 0;                        // threads that have ended
     unsigned arrived = 0, gen = 0;              // __syncthreads
     std::vector<unsigned> warp_arrived, warp_gen, warp_size;
     std::vector<uint64_t> lanes;                // shuffle exchange, 32 per warp
@@ -135,6 +139,8 @@ inline void entry() {
     (*body)();
     cur->done = true;
     Block& b = *cur->block;
+    // a block that has ended has no shared memory: a cluster neighbour that still reads it faults
+    if (++b.exited == threads_per_block && b.mapping) mprotect(b.mapping, b.span, PROT_NONE);
     if (b.arrived > 0) fail("a thread exited while others waited at __syncthreads()");
     if (b.warp_arrived[cur->linear >> 5] > 0) fail("a thread exited while its warp waited in a shuffle");
     if (cluster_arrived > 0) fail("a thread exited while others waited at the cluster barrier");
@@ -211,16 +217,21 @@ inline float* cluster_map(float* p, unsigned rank) {
     return reinterpret_cast<float*>((*blocks)[rank].dynamic + (at - mine));
 }
 
-// shared memory that ends at a no-access page, NaN to start with
-inline char* guarded(size_t bytes, size_t& span) {
+// a block's dynamic shared memory: it ends at a no-access page and a no-access page comes before
+// its first page; every byte in between is 0xff to start with (NaN as float), so a read past
+// either end faults or shows
+inline bool give_dynamic(Block& b, size_t bytes) {
     size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    span = (bytes + page - 1) / page * page + page;
-    void* base = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (base == MAP_FAILED) return nullptr;
-    char* guard = static_cast<char*>(base) + span - page;
-    mprotect(guard, page, PROT_NONE);
-    std::memset(guard - bytes, 0xff, bytes);
-    return guard - bytes;
+    size_t inner = (bytes + page - 1) / page * page;
+    void* base = mmap(nullptr, inner + 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED) return false;
+    b.mapping = static_cast<char*>(base);
+    b.span = inner + 2 * page;
+    mprotect(b.mapping, page, PROT_NONE);
+    mprotect(b.mapping + page + inner, page, PROT_NONE);
+    std::memset(b.mapping + page, 0xff, inner);
+    b.dynamic = b.mapping + page + inner - bytes;
+    return true;
 }
 
 // a thread polling memory that another block will change (a grid barrier): let the others run
@@ -258,16 +269,12 @@ inline int launch(const unsigned* grid, const unsigned* block, size_t shared, un
         b.lanes.assign(warps * 32, 0);
     }
     ::emu::blocks = &bs;
-    std::vector<std::pair<char*, size_t>> maps;  // the blocks' dynamic shared memory, unmapped at the end
     if (shared > 0) {
         for (Block& b : bs) {
-            size_t span = 0;
-            b.dynamic = guarded(shared, span);
-            if (b.dynamic == nullptr) {
+            if (!give_dynamic(b, shared)) {
                 fail("out of memory for dynamic shared memory");
                 break;
             }
-            maps.emplace_back(b.dynamic + shared - (span - (size_t)sysconf(_SC_PAGESIZE)), span);
         }
     }
     size_t total = (size_t)blocks * threads_per_block;
@@ -321,7 +328,8 @@ inline int launch(const unsigned* grid, const unsigned* block, size_t shared, un
     }
     for (Fiber& f : fibers)  // threads left waiting when the launch failed
         if (f.stack) free_stacks.push_back(f.stack);
-    for (auto& [start, span] : maps) munmap(start, span);
+    for (Block& b : bs)
+        if (b.mapping) munmap(b.mapping, b.span);
     cur = nullptr;
     body = nullptr;
     resident = nullptr;
@@ -427,3 +435,6 @@ extern "C" void emu_free(uintptr_t ptr, size_t bytes) {
 }
 
 extern "C" const char* emu_error() { return ::emu::error.c_str(); }
+
+// bytes of every __shared__ variable of the module (a kernel's own static shared memory is at most this)
+extern "C" size_t emu_static_shared() { return (size_t)(__stop_emu_shared - __start_emu_shared); }
