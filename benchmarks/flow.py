@@ -97,7 +97,8 @@ def measure(name: str, pairs: list[FlowPair], repeats: int, emulator: bool = Fal
     if gpu:
         out["graphs"] = stage.graph_note or "one graph launch per pair for the pyramid and solve"
         if stage.layout_ms:
-            out["auto"] = {"picked": f"{stage.solver}/{stage.solve_threads}", "layout_ms": stage.layout_ms}
+            out["auto"] = {"picked": f"{stage.solver}/{stage.solve_threads}", "layout_ms": stage.layout_ms,
+                           "left_out": stage.layout_notes}
         out["gpu_ms"] = round(float(np.median(gpu)), 3)
         out["stage_gpu_ms"] = fused_stage_ms(stage, pairs, repeats)
     return out
@@ -152,6 +153,7 @@ def graph_notes(rows: dict[int, dict[str, dict[str, Any]]]) -> list[str]:
     notes = sorted({f"{name}: {r['graphs']}" for methods in rows.values() for name, r in methods.items()
                     if "graphs" in r})
     picks = [f"S = {size}: {r['auto']['picked']} of {r['auto']['layout_ms']} (GPU ms per pair at start-up)"
+             + "".join(f"; {name} left out: {why}" for name, why in r["auto"]["left_out"].items())
              for size, methods in rows.items() for r in methods.values() if "auto" in r]
     return ((["", "CUDA graphs: " + "; ".join(notes) + "."] if notes else []) +
             (["", "The cuda row's layout/threads, as the stage picked it: " + "; ".join(picks) + "."] if picks else []))
