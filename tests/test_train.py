@@ -68,7 +68,7 @@ def _torchrun(port: int, features: Path, protocol: str, out: Path, *extra: str) 
            "-m", "edge_mer", "train", "--features", str(features), "--protocol", protocol, "--out", str(out),
            "--no-final-model", *extra, *TINY]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 0, proc.stderr[-6000:]
     return json.loads((out / "metrics.json").read_text())
 
 

@@ -91,6 +91,15 @@ def check_features(fs: FeatureSet, mcfg: MMTConfig) -> None:
 def run(cfg: RunConfig, out: Path, progress: bool = True) -> dict[str, Any]:
     start = time.perf_counter()
     rank, world, dist = _dist()
+    try:
+        return _run(cfg, out, progress, start, rank, world, dist)
+    finally:
+        if dist is not None:  # before the interpreter exits: a gloo group torn down at exit can abort a rank
+            dist.destroy_process_group()
+
+
+def _run(cfg: RunConfig, out: Path, progress: bool, start: float, rank: int, world: int,
+         dist: Any) -> dict[str, Any]:
     fs = FeatureSet.load(Path(cfg.features))
     mcfg = model_config(cfg.model, size=int(fs.motion.shape[-1]), ablation=cfg.ablation)
     check_features(fs, mcfg)
