@@ -29,7 +29,6 @@ def print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
-
 def cmd_doctor(args: argparse.Namespace) -> int:
     from edge_mer.doctor import collect, format_report
 

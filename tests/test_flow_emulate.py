@@ -69,6 +69,15 @@ extern "C" __global__ void warp_sum(float* x) {
 """
 
 
+def _faults_after(code: str, marker: str) -> None:
+    """``code`` (a Python program) prints ``marker`` after its legal accesses, then dies of SIGSEGV at the
+    stray one before it can print that it went unnoticed."""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert marker in proc.stdout, proc.stderr
+    assert "unnoticed" not in proc.stdout
+    assert proc.returncode == -signal.SIGSEGV
+
+
 @pytest.fixture(scope="module")
 def broken():
     return emulate.SourceModule(BROKEN, no_extern_c=True)
@@ -216,10 +225,7 @@ print("alive ok", flush=True)
 early_exit(out, np.int32(0), block=(32, 1, 1), grid=(2, 1, 1), shared=32 * 4)  # forward: block 0 has ended
 print("read after the end went unnoticed", flush=True)
 """
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert "alive ok" in proc.stdout, proc.stderr
-    assert "unnoticed" not in proc.stdout
-    assert proc.returncode == -signal.SIGSEGV
+    _faults_after(code, "alive ok")
 
 
 def test_a_layout_that_cannot_be_captured_runs_kernel_by_kernel_and_one_that_cannot_launch_is_left_out(
@@ -329,10 +335,7 @@ print("inside ok", flush=True)
 fill(x, np.int32(100), np.float32(3), block=(101, 1, 1), grid=(1, 1))  # writes x[100]
 print("past the end went unnoticed", flush=True)
 """
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert "inside ok" in proc.stdout, proc.stderr
-    assert "unnoticed" not in proc.stdout
-    assert proc.returncode == -signal.SIGSEGV
+    _faults_after(code, "inside ok")
 
 
 def test_memory_starts_as_nan_and_memset_fills_it():

@@ -28,6 +28,7 @@ CUDA events.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from importlib import resources
 from types import ModuleType
@@ -48,13 +49,23 @@ SOLVE_THREADS = 1024  # block of tvl1_solve: a multiple of 32, at most 32 warps 
 # two grid barriers per iteration (tvl1_solve); row bands, one grid barrier per iteration (tvl1_solve_bands);
 # one thread block cluster per pair, the state in shared memory (tvl1_solve_cluster, compute capability 9.0+)
 SOLVERS = ("block", "grid", "bands", "cluster")
-CLUSTER = 8  # blocks of tvl1_solve_cluster (TVL1_CLUSTER in tvl1.cu)
-CLUSTER_PLANES = 8  # its state planes in shared memory (TVL1_CLUSTER_PLANES)
 
 
 def kernel_source() -> str:
     """The text of ``tvl1.cu`` as packaged."""
     return (resources.files("edge_mer.flow") / "kernels" / "tvl1.cu").read_text()
+
+
+def kernel_constant(name: str) -> int:
+    """An integer ``#define`` of ``tvl1.cu``, so that the driver and the kernels size things alike."""
+    found = re.search(rf"^#define\s+{name}\s+(\d+)\b", kernel_source(), re.MULTILINE)
+    if found is None:
+        raise RuntimeError(f"tvl1.cu defines no {name}")
+    return int(found.group(1))
+
+
+CLUSTER = kernel_constant("TVL1_CLUSTER")  # blocks of tvl1_solve_cluster
+CLUSTER_PLANES = kernel_constant("TVL1_CLUSTER_PLANES")  # its state planes in shared memory
 
 
 def _first_line(exc: BaseException) -> str:

@@ -128,4 +128,3 @@ def make_stage(name: str, size: int = 112) -> FlowStage:
 
         return CudaStage(size)  # says in one line why it cannot run here
     raise UserError(f"unknown flow stage {name!r}; choose from {', '.join(STAGES)}")
-

@@ -156,7 +156,7 @@ def spot_video(path: Path, fps: float | None = None, size: int | None = None, tr
         for frame in bar:
             spots += runner.push(frame)
             values.append(math.nan if runner.value is None else runner.value)
-            threshold.append(math.nan if runner.last is None or runner.value is None else runner.last[2])
+            threshold.append(runner.spotter.shown_threshold)
     spots += runner.finish()
     elapsed = time.perf_counter() - start
     n = len(values)

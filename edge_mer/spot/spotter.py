@@ -160,6 +160,12 @@ class Spotter:
         self.last: tuple[int, float, float] | None = None  # (index, value, threshold) of the newest frame
 
     @property
+    def shown_threshold(self) -> float:
+        """The newest frame's threshold as plots show it: NaN where that frame had no value."""
+        last = self.last
+        return last[2] if last is not None and math.isfinite(last[1]) else math.nan
+
+    @property
     def busy(self) -> bool:
         """Whether a candidate is open (between its rise and its report or rejection)."""
         return self._open is not None
@@ -305,8 +311,7 @@ def spot_series(values: Iterable[float | None], fps: float, config: SpotterConfi
     spots: list[Spot] = []
     for i, v in enumerate(vals):
         spots += spotter.update(i, i / fps, None if math.isnan(v) else float(v))
-        assert spotter.last is not None
-        threshold[i] = spotter.last[2] if np.isfinite(v) else math.nan
+        threshold[i] = spotter.shown_threshold
     spots += spotter.finish()
     return SpotResult(float(fps), vals, threshold, spots)
 

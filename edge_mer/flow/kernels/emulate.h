@@ -34,6 +34,7 @@
 #include <functional>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace emu {
@@ -45,9 +46,7 @@ struct dim3 {
 struct Block {
     dim3 idx;
     std::vector<char> shared;                   // this block's __shared__ variables while another block runs
-    char* dynamic = nullptr;                    // its dynamic shared memory (the launch's bytes, guarded)
-    char* mapping = nullptr;                    // the pages holding it, with a no-access page on each side
-    size_t span = 0;
+    char* dynamic = nullptr;                    // its dynamic shared memory (the launch's bytes, guarded_take)
     unsigned exited = 0;                        // threads that have ended
     unsigned arrived = 0, gen = 0;              // __syncthreads
     std::vector<unsigned> warp_arrived, warp_gen, warp_size;
@@ -100,6 +99,39 @@ inline char* take_stack() {
     return static_cast<char*>(base) + page;
 }
 
+// Memory for the emulated GPU (device allocations, a block's dynamic shared memory): `bytes`
+// that end where a no-access page begins, with another no-access page before their first page;
+// every byte between the two is 0xff to start with (NaN as float32). So a read or write past
+// either end faults, and a read of what nobody wrote shows. nullptr when out of memory.
+inline std::pair<char*, size_t> guarded_pages(char* data, size_t bytes) {  // (first guard page, span)
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    size_t inner = (bytes + page - 1) / page * page;
+    return {data + bytes - inner - page, inner + 2 * page};
+}
+
+inline char* guarded_take(size_t bytes) {
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    size_t inner = (bytes + page - 1) / page * page;
+    void* base = mmap(nullptr, inner + 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED) return nullptr;
+    char* first = static_cast<char*>(base) + page;
+    mprotect(base, page, PROT_NONE);
+    mprotect(first + inner, page, PROT_NONE);
+    std::memset(first, 0xff, inner);
+    return first + inner - bytes;
+}
+
+inline void guarded_release(char* data, size_t bytes) {
+    auto [start, span] = guarded_pages(data, bytes);
+    munmap(start, span);
+}
+
+// no access at all from now on (a block that has ended: its shared memory is gone)
+inline void guarded_seal(char* data, size_t bytes) {
+    auto [start, span] = guarded_pages(data, bytes);
+    mprotect(start, span, PROT_NONE);
+}
+
 // Switching is _setjmp/_longjmp, which keep the signal mask as it is (swapcontext makes two
 // system calls per switch, and a launch switches millions of times); ucontext only starts a
 // fiber on its own stack.
@@ -140,7 +172,7 @@ inline void entry() {
     cur->done = true;
     Block& b = *cur->block;
     // a block that has ended has no shared memory: a cluster neighbour that still reads it faults
-    if (++b.exited == threads_per_block && b.mapping) mprotect(b.mapping, b.span, PROT_NONE);
+    if (++b.exited == threads_per_block && b.dynamic) guarded_seal(b.dynamic, dynamic_bytes);
     if (b.arrived > 0) fail("a thread exited while others waited at __syncthreads()");
     if (b.warp_arrived[cur->linear >> 5] > 0) fail("a thread exited while its warp waited in a shuffle");
     if (cluster_arrived > 0) fail("a thread exited while others waited at the cluster barrier");
@@ -217,23 +249,6 @@ inline float* cluster_map(float* p, unsigned rank) {
     return reinterpret_cast<float*>((*blocks)[rank].dynamic + (at - mine));
 }
 
-// a block's dynamic shared memory: it ends at a no-access page and a no-access page comes before
-// its first page; every byte in between is 0xff to start with (NaN as float), so a read past
-// either end faults or shows
-inline bool give_dynamic(Block& b, size_t bytes) {
-    size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    size_t inner = (bytes + page - 1) / page * page;
-    void* base = mmap(nullptr, inner + 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (base == MAP_FAILED) return false;
-    b.mapping = static_cast<char*>(base);
-    b.span = inner + 2 * page;
-    mprotect(b.mapping, page, PROT_NONE);
-    mprotect(b.mapping + page + inner, page, PROT_NONE);
-    std::memset(b.mapping + page, 0xff, inner);
-    b.dynamic = b.mapping + page + inner - bytes;
-    return true;
-}
-
 // a thread polling memory that another block will change (a grid barrier): let the others run
 inline void nanosleep_yield() {
     if (++idle_spins > SPIN_LIMIT) {
@@ -271,7 +286,8 @@ inline int launch(const unsigned* grid, const unsigned* block, size_t shared, un
     ::emu::blocks = &bs;
     if (shared > 0) {
         for (Block& b : bs) {
-            if (!give_dynamic(b, shared)) {
+            b.dynamic = guarded_take(shared);
+            if (b.dynamic == nullptr) {
                 fail("out of memory for dynamic shared memory");
                 break;
             }
@@ -329,7 +345,7 @@ inline int launch(const unsigned* grid, const unsigned* block, size_t shared, un
     for (Fiber& f : fibers)  // threads left waiting when the launch failed
         if (f.stack) free_stacks.push_back(f.stack);
     for (Block& b : bs)
-        if (b.mapping) munmap(b.mapping, b.span);
+        if (b.dynamic) guarded_release(b.dynamic, shared);
     cur = nullptr;
     body = nullptr;
     resident = nullptr;
@@ -412,26 +428,14 @@ inline __half __float2half_rn(float v) {
 
 // ---- what the host side (edge_mer/flow/emulate.py) calls --------------------------------
 
-// Device memory: the allocation ends where a no-access guard page begins, so a read or
-// write past the end stops the process at the faulting access; its bytes start as 0xff (NaN
-// as float32), so a kernel that reads what nobody wrote shows it. 0 when out of memory.
+// Device memory, guarded as emu::guarded_take says (a stray access faults, fresh memory is
+// NaN), in whole 4-byte words. 0 when out of memory.
 extern "C" uintptr_t emu_alloc(size_t bytes) {
-    size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    size_t used = (bytes + 3) / 4 * 4;
-    size_t span = (used + page - 1) / page * page;
-    void* base = mmap(nullptr, span + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (base == MAP_FAILED) return 0;
-    char* guard = static_cast<char*>(base) + span;
-    mprotect(guard, page, PROT_NONE);
-    std::memset(guard - used, 0xff, used);  // as good as uninitialised: NaN floats, so stray reads show
-    return reinterpret_cast<uintptr_t>(guard - used);
+    return reinterpret_cast<uintptr_t>(::emu::guarded_take((bytes + 3) / 4 * 4));
 }
 
 extern "C" void emu_free(uintptr_t ptr, size_t bytes) {
-    size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    size_t used = (bytes + 3) / 4 * 4;
-    size_t span = (used + page - 1) / page * page;
-    munmap(reinterpret_cast<char*>(ptr + used - span), span + page);
+    ::emu::guarded_release(reinterpret_cast<char*>(ptr), (bytes + 3) / 4 * 4);
 }
 
 extern "C" const char* emu_error() { return ::emu::error.c_str(); }
