@@ -201,7 +201,7 @@ class CudaStage(FlowStage):
             return 0, (f"needs compute capability 9.0 or newer (thread block clusters); this GPU has "
                        f"{capability[0]}.{capability[1]}")
         kernel = self.k["tvl1_solve_cluster"]
-        limit = shared_optin - int(getattr(kernel, "shared_size_bytes", 0))  # less the kernel's static shared
+        limit = shared_optin - int(kernel.shared_size_bytes)  # less the kernel's static shared memory
         try:
             kernel.set_attribute(self.drv.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES, limit)
         except self.drv.Error as exc:
