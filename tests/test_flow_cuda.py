@@ -23,7 +23,7 @@ import pytest
 
 from edge_mer.features.normalise import FLOW_UNIT, motion_tensor, texture_tensor
 from edge_mer.flow import emulate
-from edge_mer.flow.cuda import SOLVERS, CudaStage
+from edge_mer.flow.cuda import SMALLER_BLOCKS, SOLVERS, CudaStage, _crop_window
 from edge_mer.flow.pairs import endpoint_error, in_frames, micro_pairs, shift_pairs
 from edge_mer.flow.reference import crop_gray, tvl1
 
@@ -80,6 +80,35 @@ def test_stage_matches_the_reference_pipeline(stage):
     assert np.corrcoef(motion[2].ravel(), ref_motion[2].ravel())[0, 1] > 0.95
     print(f"stage on {stage.drv.Device(0).name()}: {stage.last_ms:.3f} ms per pair (pre + flow + epilogue; "
           "CUDA events on a GPU, CPU time on the emulator)")
+
+
+@pytest.mark.parametrize("where", ["centred", "off the top left", "turned, off the bottom right", "outside"])
+def test_the_crop_reads_only_the_window_it_needs_and_equals_the_reference(stage, where):
+    """The stage copies only the part of each frame that the crop reads; wherever the face is, even partly
+    or wholly outside the frame (coordinates clamped), the crop equals reference.crop_gray."""
+    rng = np.random.default_rng(7)
+    onset = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    apex = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    turn = np.deg2rad(20.0)
+    scale, angle, origin = {"centred": (0.5, 0.0, (200.0, 150.0)), "off the top left": (0.7, 0.0, (-40.0, -30.0)),
+                            "turned, off the bottom right": (0.4, turn, (560.0, 420.0)),
+                            "outside": (0.5, 0.0, (700.0, 500.0))}[where]
+    c, s_ = np.cos(angle) / scale, np.sin(angle) / scale  # frame -> crop: rotate, scale, then shift
+    matrix = np.array([[c, s_, 0.0], [-s_, c, 0.0]])
+    matrix[:, 2] = -matrix[:, :2] @ np.array(origin)
+    x0, y0, x1, y1 = _crop_window(np.linalg.inv(np.vstack([matrix, [0, 0, 1]]))[:2], 112, 640, 480)
+    if where != "outside":
+        assert (x1 - x0) * (y1 - y0) < 640 * 480 / 2  # far less than a whole frame travels
+    got = np.empty((2, 112, 112), np.float32)
+    stage.ctx.push()
+    try:
+        crops = stage._crop_pair(onset, apex, matrix).levels[0]  # tvl1_pre's output: both crops
+        stage.stream.synchronize()
+        stage.drv.memcpy_dtoh(got, crops)
+    finally:
+        stage.ctx.pop()
+    for frame, crop in zip((onset, apex), got, strict=True):  # float32 positions on the GPU: one grey level
+        assert np.abs(crop - crop_gray(frame, matrix, 112)).max() <= 1.0, where
 
 
 def test_write_fills_device_buffers_in_float16_and_float32(stage):
@@ -144,7 +173,8 @@ def test_auto_keeps_the_fastest_layout(where, monkeypatch):
     without = {"cluster"} if stage.cluster_note else set()  # a GPU older than compute capability 9.0
     assert {name.partition("/")[0] for name in stage.layout_ms} == set(SOLVERS) - without
     if where == "emulated":
-        assert {"grid/256", "grid/128", "bands/256", "bands/128", "cluster/256", "cluster/128"} <= set(stage.layout_ms)
+        smaller = {f"{layout}/{t}" for layout, sizes in SMALLER_BLOCKS.items() for t in sizes if t < 512}
+        assert smaller and smaller <= set(stage.layout_ms)  # each layout also with its smaller blocks
     best = min(stage.layout_ms, key=stage.layout_ms.__getitem__)
     assert best.partition("/")[0] == stage.solver
     assert stage.solve_threads == int(best.partition("/")[2] or stage.solve_threads)

@@ -231,7 +231,7 @@ print("read after the end went unnoticed", flush=True)
 def test_a_layout_that_cannot_be_captured_runs_kernel_by_kernel_and_one_that_cannot_launch_is_left_out(
         monkeypatch):
     call = emulate.Function.__call__
-    refuse = {"capture": "tvl1_solve_cluster", "launch": ""}
+    refuse = {"capture": "tvl1_level_cluster", "launch": ""}
 
     def picky(self, *args, **kwargs):
         if self.name == refuse["launch"]:
@@ -244,13 +244,13 @@ def test_a_layout_that_cannot_be_captured_runs_kernel_by_kernel_and_one_that_can
     stage = CudaStage(32, runtime=emulate, solver="cluster")
     p = micro_pairs(32, peaks=(1.0,))[0]
     assert float(np.linalg.norm(stage.flow(p.first, p.second) - tvl1(p.first, p.second), axis=2).mean()) < 1e-3
-    assert stage.graph_note.startswith("no CUDA graph (tvl1_solve_cluster: operation not permitted")
+    assert stage.graph_note.startswith("no CUDA graph (tvl1_level_cluster: operation not permitted")
     assert list(stage._graphs.values()) == [None]
     stage.solver = "bands"  # the other layouts keep their graphs
     stage.flow(p.first, p.second)
     assert stage.graph_note == "" and sum(v is not None for v in stage._graphs.values()) == 1
 
-    refuse["launch"] = "tvl1_solve_cluster"
+    refuse["launch"] = "tvl1_level_cluster"
     auto = CudaStage(32, runtime=emulate)
     assert not any(name.startswith("cluster") for name in auto.layout_ms)
     assert "cluster misconfiguration" in auto.layout_notes["cluster"] and auto.solver != "cluster"
@@ -268,9 +268,10 @@ def test_without_clusters_the_stage_leaves_that_layout_out(monkeypatch):
 
 
 def test_a_level_too_large_for_the_clusters_shared_memory_runs_in_bands(monkeypatch):
-    # S = 64: the finest level needs 8 planes x 8 rows x 64 x 4 bytes (16 KB) per block, the coarser ones less
-    monkeypatch.setattr(emulate, "SHARED_OPTIN", 12 * 1024)
-    monkeypatch.setitem(emulate.ATTRIBUTES, emulate.device_attribute.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, 12 * 1024)
+    # S = 64: the finest level needs (16 planes x 8 rows x 64 + 6 x 64 + 64) x 4 bytes (34,560 B) per block,
+    # the next one (51 x 51, 7 rows) 24,328 B
+    monkeypatch.setattr(emulate, "SHARED_OPTIN", 30 * 1024)
+    monkeypatch.setitem(emulate.ATTRIBUTES, emulate.device_attribute.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, 30 * 1024)
     launched: list[str] = []
     call = emulate.Function.__call__
 
@@ -284,8 +285,9 @@ def test_a_level_too_large_for_the_clusters_shared_memory_runs_in_bands(monkeypa
     diff = np.linalg.norm(stage.flow(p.first, p.second) - tvl1(p.first, p.second), axis=2)
     assert float(diff.mean()) < 1e-3
     warps = stage.params.warps
-    assert launched.count("tvl1_solve_bands") == warps  # the finest level
-    assert launched.count("tvl1_solve_cluster") == warps * (len(stage._buffers[(64, 64)].shapes) - 1)
+    assert launched.count("tvl1_solve_bands") == launched.count("tvl1_warp") == warps  # the finest level
+    assert launched.count("tvl1_upsample_flow") == launched.count("tvl1_centered_gradient") == 1
+    assert launched.count("tvl1_level_cluster") == len(stage._buffers[(64, 64)].shapes) - 1  # one per level
 
 
 def test_warp_shuffles_sum_each_warp(broken):

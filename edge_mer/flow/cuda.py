@@ -5,10 +5,11 @@ between them (the kernel file lists the same sequence):
 
 * ``tvl1_pre`` once: grey conversion and the affine face crop of both camera frames;
 * ``tvl1_downsample`` once per coarser level (both images in one launch);
-* per level, coarsest first: ``tvl1_centered_gradient``; then ``warps`` times
-  ``tvl1_warp`` and ``tvl1_solve``, ``tvl1_solve_bands`` or ``tvl1_solve_cluster`` (all
-  outer x inner iterations of a warp in one launch, in one of four layouts, ``SOLVERS``); then
-  ``tvl1_upsample_flow`` unless it is the finest level;
+* per level, coarsest first: ``tvl1_upsample_flow`` unless it is the coarsest level,
+  ``tvl1_centered_gradient``, then ``warps`` times ``tvl1_warp`` and ``tvl1_solve`` or
+  ``tvl1_solve_bands`` (all outer x inner iterations of a warp in one launch, in one of three
+  layouts); or, in the fourth layout (thread block clusters), all of that in one launch of
+  ``tvl1_level_cluster`` (``SOLVERS``);
 * ``tvl1_epilogue_f32`` / ``_f16``: strain and the feature-cache normalisation, written
   NCHW into the model's input buffers: a host buffer for ONNX Runtime, or the TensorRT
   backend's device buffers (``write``), so that path never copies to the host.
@@ -47,8 +48,11 @@ SOLVE_THREADS = 1024  # block of tvl1_solve: a multiple of 32, at most 32 warps 
 # kernel's registers do not allow as many threads)
 # the fused solve's layouts: one block per pair (tvl1_solve); up to one block per multiprocessor,
 # two grid barriers per iteration (tvl1_solve); row bands, one grid barrier per iteration (tvl1_solve_bands);
-# one thread block cluster per pair, the state in shared memory (tvl1_solve_cluster, compute capability 9.0+)
+# one thread block cluster per pair and level, the state in shared memory (tvl1_level_cluster, compute
+# capability 9.0+)
 SOLVERS = ("block", "grid", "bands", "cluster")
+# the smaller blocks the auto pick also times, per layout (the cluster's work stays on its 8 blocks)
+SMALLER_BLOCKS = {"block": (), "grid": (256, 128), "bands": (256, 128), "cluster": (512, 256)}
 
 
 def kernel_source() -> str:
@@ -64,8 +68,27 @@ def kernel_constant(name: str) -> int:
     return int(found.group(1))
 
 
-CLUSTER = kernel_constant("TVL1_CLUSTER")  # blocks of tvl1_solve_cluster
-CLUSTER_PLANES = kernel_constant("TVL1_CLUSTER_PLANES")  # its state planes in shared memory
+CLUSTER = kernel_constant("TVL1_CLUSTER")  # blocks of tvl1_level_cluster
+CLUSTER_PLANES = kernel_constant("TVL1_CLUSTER_PLANES")  # its planes in each block's shared memory
+CLUSTER_ROWS = kernel_constant("TVL1_CLUSTER_ROWS")  # and its rows of the neighbour's first row
+MAX_WARPS = kernel_constant("TVL1_MAX_WARPS")  # and twice this many per-warp sums
+
+
+def _cluster_bytes(rows: int, w: int) -> int:
+    """Dynamic shared memory of a tvl1_level_cluster block owning ``rows`` rows of width ``w``."""
+    return (CLUSTER_PLANES * rows * w + CLUSTER_ROWS * w + 2 * MAX_WARPS) * 4
+
+
+def _crop_window(inv: np.ndarray, size: int, width: int, height: int) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1), end exclusive: the part of a width x height frame that tvl1_pre reads for a
+    size x size crop whose pixel (x, y) comes from frame position inv @ (x, y, 1) (bilinear, coordinates
+    clamped to the frame): the corners' bounding box, a pixel wider on each side for float32 rounding."""
+    corners = inv @ np.array([[0, size - 1, 0, size - 1], [0, 0, size - 1, size - 1], [1, 1, 1, 1]], np.float64)
+    lo = np.floor(corners.min(axis=1)) - 1
+    hi = np.floor(corners.max(axis=1)) + 3  # the bilinear tap at floor + 1, end exclusive, one more for rounding
+    x0, x1 = (int(np.clip(v, 0, width - 1)) for v in (lo[0], hi[0] - 1))
+    y0, y1 = (int(np.clip(v, 0, height - 1)) for v in (lo[1], hi[1] - 1))
+    return x0, y0, x1 + 1, y1 + 1
 
 
 def _first_line(exc: BaseException) -> str:
@@ -164,10 +187,10 @@ class CudaStage(FlowStage):
             self.k = {name: module.get_function(name) for name in (
                 "tvl1_pre", "tvl1_downsample", "tvl1_centered_gradient", "tvl1_warp", "tvl1_solve",
                 "tvl1_upsample_flow", "tvl1_epilogue_f32", "tvl1_epilogue_f16", "tvl1_solve_bands",
-                "tvl1_solve_cluster")}
+                "tvl1_level_cluster")}
             self._threads = {layout: max(32, min(solve_threads, int(self.k[kernel].max_threads_per_block)) // 32 * 32)
                              for layout, kernel in (("block", "tvl1_solve"), ("grid", "tvl1_solve"),
-                                                    ("bands", "tvl1_solve_bands"), ("cluster", "tvl1_solve_cluster"))}
+                                                    ("bands", "tvl1_solve_bands"), ("cluster", "tvl1_level_cluster"))}
             self.cluster_shared, self.cluster_note = self._enable_clusters(capability, shared_optin)
             if solver == "cluster" and self.cluster_note:
                 raise UserError(f"the cluster layout of the CUDA flow solve is not available here: "
@@ -175,7 +198,8 @@ class CudaStage(FlowStage):
             self.stream = drv.Stream(1)  # CU_STREAM_NON_BLOCKING: no implicit order with the legacy default stream
             self.start, self.end = drv.Event(), drv.Event()
             self._buffers: dict[tuple[int, int], _Buffers] = {}
-            self._frames: dict[str, tuple[Any, int]] = {}  # onset/apex: (device buffer, bytes)
+            self._frames: dict[str, tuple[Any, int, Any]] = {}  # onset/apex: (device buffer, bytes, host staging)
+            self._staged: dict[str, int] = {}  # onset/apex: bytes staged for the next copy
             # host copies of the model inputs for __call__
             self._motion = drv.pagelocked_empty((3, size, size), np.float32)
             self._texture = drv.pagelocked_empty((1, size, size), np.float32)
@@ -196,11 +220,11 @@ class CudaStage(FlowStage):
             self._pick_layout()
 
     def _enable_clusters(self, capability: tuple[int, ...], shared_optin: int) -> tuple[int, str]:
-        """(dynamic shared bytes a tvl1_solve_cluster block may use, why the layout cannot run here or "")."""
+        """(dynamic shared bytes a tvl1_level_cluster block may use, why the layout cannot run here or "")."""
         if capability < (9, 0):
             return 0, (f"needs compute capability 9.0 or newer (thread block clusters); this GPU has "
                        f"{capability[0]}.{capability[1]}")
-        kernel = self.k["tvl1_solve_cluster"]
+        kernel = self.k["tvl1_level_cluster"]
         limit = shared_optin - int(kernel.shared_size_bytes)  # less the kernel's static shared memory
         try:
             kernel.set_attribute(self.drv.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES, limit)
@@ -209,9 +233,9 @@ class CudaStage(FlowStage):
         return limit, ""
 
     def _cluster_rows(self, h: int, w: int) -> int:
-        """Rows per block of tvl1_solve_cluster at a level of h x w, or 0 when its state does not fit."""
+        """Rows per block of tvl1_level_cluster at a level of h x w, or 0 when its state does not fit."""
         rows = -(-h // CLUSTER)
-        return rows if (CLUSTER_PLANES * rows * w + 1) * 4 <= self.cluster_shared else 0
+        return rows if _cluster_bytes(rows, w) <= self.cluster_shared else 0
 
     @property
     def graph_note(self) -> str:
@@ -224,14 +248,14 @@ class CudaStage(FlowStage):
         return self._threads[self.solver]
 
     def _pick_layout(self, runs: int = 4) -> None:
-        """Time every layout on a face pair, the grid ones also with 256 and 128 threads per block (smaller
-        blocks, more of them); the first run captures the graph and is not counted. Keep the fastest."""
+        """Time every layout on a face pair, also with the smaller blocks of SMALLER_BLOCKS (in the grid
+        layouts: more of them); the first run captures the graph and is not counted. Keep the fastest."""
         from edge_mer.flow.pairs import in_frames, micro_pairs  # face photos: loaded only here
 
         onset, apex, matrix = in_frames(micro_pairs(self.size, peaks=(1.0,))[0])
         most = dict(self._threads)
         candidates = [(layout, t) for layout in SOLVERS
-                      for t in sorted({most[layout]} | ({256, 128} if layout != "block" else set()), reverse=True)
+                      for t in sorted({most[layout]} | set(SMALLER_BLOCKS[layout]), reverse=True)
                       if t <= most[layout]]
         if self.cluster_note:
             self.layout_notes["cluster"] = self.cluster_note
@@ -267,18 +291,28 @@ class CudaStage(FlowStage):
             self._buffers[shape] = found
         return found
 
-    def _upload_frame(self, key: str, frame: np.ndarray) -> tuple[Any, int, int, int, int]:
-        """(device pointer, width, height, pitch, channels) of a camera frame copied to the device."""
-        f = np.ascontiguousarray(frame)
+    def _stage_frame(self, key: str, frame: np.ndarray, window: tuple[int, int, int, int]) -> tuple[Any, int, int]:
+        """(device buffer, pitch, channels) for the window (x0, y0, x1, y1; end exclusive) of a camera frame,
+        which is copied into a page-locked host buffer here and queued for the device by ``_upload``."""
+        f = np.asarray(frame)
         if f.dtype != np.uint8 or f.ndim not in (2, 3) or (f.ndim == 3 and f.shape[2] not in (1, 3, 4)):
             raise ValueError(f"expected a grey, BGR or BGRA uint8 frame, got {f.dtype} {f.shape}")
+        x0, y0, x1, y1 = window
+        part = f[y0:y1, x0:x1]
+        nbytes = part.size
         held = self._frames.get(key)
-        if held is None or held[1] < f.nbytes:
-            held = (self.drv.mem_alloc(f.nbytes), f.nbytes)
+        if held is None or held[1] < nbytes:
+            held = (self.drv.mem_alloc(nbytes), nbytes, self.drv.pagelocked_empty(nbytes, np.uint8))
             self._frames[key] = held
-        self.drv.memcpy_htod_async(held[0], f, self.stream)
+        np.copyto(held[2][:nbytes].reshape(part.shape), part)  # the last copy from it has ended: callers settle
+        self._staged[key] = nbytes
         channels = 1 if f.ndim == 2 else f.shape[2]
-        return held[0], f.shape[1], f.shape[0], f.strides[0], channels
+        return held[0], (x1 - x0) * channels, channels
+
+    def _upload(self, key: str) -> None:
+        """Queue the copy of a staged window to the device (asynchronous: the host buffer is page-locked)."""
+        held, nbytes = self._frames[key], self._staged[key]
+        self.drv.memcpy_htod_async(held[0], held[2][:nbytes], self.stream)
 
     # -- the launches ------------------------------------------------------------------------------
 
@@ -291,23 +325,37 @@ class CudaStage(FlowStage):
                                  f32(1.0 / p.scale_step), block=(TILE, TILE, 1), grid=_grid(dw, dh, 2), stream=s)
         q = b.planes
         flow, spare = (q["u1"], q["u2"]), (q["v1"], q["v2"])
-        h, w = b.shapes[-1]
-        self.drv.memset_d32_async(flow[0], 0, h * w, s)
-        self.drv.memset_d32_async(flow[1], 0, h * w, s)
         l_t, taut = f32(p.lambda_ * p.theta), f32(p.tau / p.theta)
-        for level in range(len(b.shapes) - 1, -1, -1):
+        coarsest = len(b.shapes) - 1
+        for level in range(coarsest, -1, -1):
             h, w = b.shapes[level]
             n = h * w
             i0 = int(b.levels[level])
             i1 = i0 + 4 * n
             stride = i32(2 * n)
+            ch, cw = b.shapes[level + 1] if level < coarsest else (0, 0)  # the coarser level, if any
+            cluster_rows = self._cluster_rows(h, w) if self.solver == "cluster" else 0
+            if cluster_rows:  # the whole level in one launch, from the coarser level's flow
+                k["tvl1_level_cluster"](np.uintp(i0), np.uintp(i1), q["gx"], q["gy"], flow[0], flow[1], i32(cw),
+                                        i32(ch), f32(1.0 / p.scale_step), spare[0], spare[1], i32(w), i32(h), l_t,
+                                        f32(p.theta), taut, f32(p.epsilon ** 2 * n), i32(p.warps),
+                                        i32(p.outer_iterations), i32(p.inner_iterations), i32(p.median_filtering),
+                                        i32(cluster_rows), block=(self._threads["cluster"], 1, 1),
+                                        grid=(CLUSTER, 1, 1), shared=_cluster_bytes(cluster_rows, w), stream=s)
+                flow, spare = spare, flow
+                continue
+            if level == coarsest:
+                self.drv.memset_d32_async(flow[0], 0, n, s)
+                self.drv.memset_d32_async(flow[1], 0, n, s)
+            else:
+                k["tvl1_upsample_flow"](flow[0], flow[1], i32(cw), i32(ch), i32(2 * ch * cw), spare[0], spare[1],
+                                        i32(w), i32(h), stride, f32(1.0 / p.scale_step),
+                                        block=(TILE, TILE, 1), grid=_grid(w, h), stream=s)
+                flow, spare = spare, flow
             grid = _grid(w, h)
             k["tvl1_centered_gradient"](np.uintp(i1), i32(w), i32(h), stride, q["gx"], q["gy"],
                                         block=(TILE, TILE, 1), grid=grid, stream=s)
-            layout = self.solver
-            cluster_rows = self._cluster_rows(h, w) if layout == "cluster" else 0
-            if layout == "cluster" and not cluster_rows:
-                layout = "bands"  # this level's state does not fit in the cluster's shared memory
+            layout = "bands" if self.solver == "cluster" else self.solver  # a level too large for the cluster
             threads = self._threads[layout]
             parts = 1 if layout == "block" else max(1, min(self.multiprocessors, -(-n // threads)))
             rows = -(-h // parts)  # bands: rows per block
@@ -321,13 +369,7 @@ class CudaStage(FlowStage):
                 k["tvl1_warp"](np.uintp(i0), np.uintp(i1), q["gx"], q["gy"], flow[0], flow[1], i32(w), i32(h),
                                stride, q["i1wx"], q["i1wy"], q["grad"], q["rho_c"],
                                block=(TILE, TILE, 1), grid=grid, stream=s)
-                if layout == "cluster":
-                    k["tvl1_solve_cluster"](flow[0], flow[1], q["p11"], q["p12"], q["p21"], q["p22"], q["i1wx"],
-                                            q["i1wy"], q["grad"], q["rho_c"], i32(w), i32(h), l_t, f32(p.theta),
-                                            taut, *loops, i32(warp == 0), i32(cluster_rows),
-                                            block=(threads, 1, 1), grid=(CLUSTER, 1, 1),
-                                            shared=(CLUSTER_PLANES * cluster_rows * w + 1) * 4, stream=s)
-                elif layout == "bands":  # tmp1, tmp2: the flow's second buffers
+                if layout == "bands":  # tmp1, tmp2: the flow's second buffers
                     k["tvl1_solve_bands"](flow[0], flow[1], q["tmp1"], q["tmp2"], q["p11"], q["p12"], q["p21"],
                                           q["p22"], q["q11"], q["q12"], q["q21"], q["q22"], b.halo, *common,
                                           i32(warp == 0), i32(rows), self._barrier, self._partials,
@@ -336,12 +378,6 @@ class CudaStage(FlowStage):
                     k["tvl1_solve"](flow[0], flow[1], q["p11"], q["p12"], q["p21"], q["p22"], q["tmp1"], q["tmp2"],
                                     *common, i32(warp == 0), i32(parts), self._barrier, self._partials,
                                     block=(threads, 1, 1), grid=(parts, 1, 1), stream=s)
-            if level > 0:
-                dh, dw = b.shapes[level - 1]
-                k["tvl1_upsample_flow"](flow[0], flow[1], i32(w), i32(h), stride, spare[0], spare[1], i32(dw),
-                                        i32(dh), i32(2 * dh * dw), f32(1.0 / p.scale_step),
-                                        block=(TILE, TILE, 1), grid=_grid(dw, dh), stream=s)
-                flow, spare = spare, flow
         return flow
 
     def _solve(self, b: _Buffers) -> tuple[Any, Any]:
@@ -390,14 +426,20 @@ class CudaStage(FlowStage):
         m = np.asarray(matrix, np.float64)
         if m.shape != (2, 3):
             raise ValueError(f"the face transform must be a 2x3 matrix, got shape {m.shape}")
-        inv = np.linalg.inv(np.vstack([m, [0.0, 0.0, 1.0]]))[:2].astype(np.float32)  # crop -> frame
-        first = self._upload_frame("onset", onset)
-        second = self._upload_frame("apex", apex)
-        if first[1:] != second[1:]:
+        if np.shape(onset) != np.shape(apex):
             raise ValueError("the onset and apex frames differ in size or channels")
+        inv = np.linalg.inv(np.vstack([m, [0.0, 0.0, 1.0]]))[:2]  # crop -> frame
+        height, width = np.shape(onset)[:2]
+        window = _crop_window(inv, self.size, width, height)
+        first = self._stage_frame("onset", onset, window)
+        second = self._stage_frame("apex", apex, window)
         b = self._buffers_for((self.size, self.size))
-        geometry = (np.int32(v) for v in first[1:])  # width, height, pitch, channels
-        self.k["tvl1_pre"](first[0], second[0], *geometry, *(np.float32(v) for v in inv.ravel()),
+        # the stage's GPU time starts here: the host's copies into the page-locked buffers are done
+        self.start.record(self.stream)
+        self._upload("onset")
+        self._upload("apex")
+        geometry = (np.int32(v) for v in (width, height, window[0], window[1], *first[1:]))
+        self.k["tvl1_pre"](first[0], second[0], *geometry, *(np.float32(v) for v in inv.astype(np.float32).ravel()),
                            np.int32(self.size), b.levels[0], block=(TILE, TILE, 1),
                            grid=_grid(self.size, self.size, 2), stream=self.stream)
         return b
@@ -434,15 +476,15 @@ class CudaStage(FlowStage):
               dtype: str = "float32", sync: bool = True) -> float:
         """Crop, flow and normalise straight into device buffers (a TensorRT backend's ``device_inputs()``):
         motion (3, S, S) and texture (1, S, S) of ``dtype`` (float32 or float16). GPU milliseconds when
-        ``sync``, else NaN (the caller orders later work on ``self.stream``; the next call of the stage
-        checks that this one's grid barriers did not give up)."""
+        ``sync`` (CUDA events from the copy of the frames' face windows, once the host has put them in
+        page-locked memory, to the end of the epilogue), else NaN (the caller orders later work on
+        ``self.stream``; the next call of the stage checks that this one's grid barriers did not give up)."""
         if dtype not in ("float32", "float16"):
             raise ValueError(f"the flow stage writes float32 or float16 inputs, not {dtype}")
         self.ctx.push()
         try:
             self._settle()
-            self.start.record(self.stream)
-            b = self._crop_pair(onset, apex, matrix)
+            b = self._crop_pair(onset, apex, matrix)  # records self.start
             flow = self._solve(b)
             self._epilogue(b, flow, np.uintp(motion_ptr), np.uintp(texture_ptr), dtype)
             self._fetch_barrier_flag()

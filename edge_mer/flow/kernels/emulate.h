@@ -202,13 +202,15 @@ inline void warp_sync(unsigned w) {
     }
 }
 
-template <typename T>
-T shfl_down(unsigned mask, T value, int delta) {
+// a warp shuffle: every lane publishes its value, then reads lane `source(lane)`'s (its own when
+// that is outside the warp); `what` names the intrinsic in the error
+template <typename T, class Source>
+T shuffle(const char* what, unsigned mask, T value, Source source) {
     static_assert(sizeof(T) <= sizeof(uint64_t), "shuffle of a type wider than 64 bits");
     Block& b = *cur->block;
     unsigned lane = cur->linear & 31, w = cur->linear >> 5;
     if (b.warp_size[w] != 32 || mask != 0xffffffffu) {
-        fail("__shfl_down_sync needs a full warp and a full mask here (blockDim a multiple of 32)");
+        fail(std::string(what) + " needs a full warp and a full mask here (blockDim a multiple of 32)");
         return value;
     }
     uint64_t bits = 0;
@@ -216,9 +218,20 @@ T shfl_down(unsigned mask, T value, int delta) {
     b.lanes[w * 32 + lane] = bits;
     warp_sync(w);
     T out = value;
-    if (lane + delta < 32) std::memcpy(&out, &b.lanes[w * 32 + lane + delta], sizeof(T));
+    unsigned from = source(lane);
+    if (from < 32) std::memcpy(&out, &b.lanes[w * 32 + from], sizeof(T));
     warp_sync(w);
     return out;
+}
+
+template <typename T>
+T shfl_down(unsigned mask, T value, int delta) {
+    return shuffle("__shfl_down_sync", mask, value, [delta](unsigned lane) { return lane + delta; });
+}
+
+template <typename T>
+T shfl_xor(unsigned mask, T value, int lane_mask) {
+    return shuffle("__shfl_xor_sync", mask, value, [lane_mask](unsigned lane) { return (lane ^ lane_mask) & 31u; });
 }
 
 // The hardware barrier of a thread block cluster; the emulator runs a launch as one cluster
@@ -377,6 +390,11 @@ inline T __shfl_down_sync(unsigned mask, T value, int delta) {
     return ::emu::shfl_down(mask, value, delta);
 }
 
+template <typename T>
+inline T __shfl_xor_sync(unsigned mask, T value, int lane_mask) {
+    return ::emu::shfl_xor(mask, value, lane_mask);
+}
+
 // one OS thread runs every fiber, and a fiber only gives way at a barrier or __nanosleep: an
 // atomic operation is atomic as written, and every write is visible to the next reader
 inline unsigned atomicAdd(unsigned* p, unsigned v) {
@@ -392,6 +410,8 @@ inline unsigned atomicExch(unsigned* p, unsigned v) {
 }
 
 inline void __threadfence() {}
+
+inline float __frcp_rn(float x) { return 1.0f / x; }  // IEEE division: the correctly rounded reciprocal
 
 inline void __nanosleep(unsigned) { ::emu::nanosleep_yield(); }
 

@@ -13,11 +13,12 @@
 //   tvl1_pre                                   once
 //   tvl1_downsample                            levels - 1 times (both images, z = 2)
 //   per level, coarsest first:
+//     tvl1_upsample_flow                       unless coarsest
 //     tvl1_centered_gradient                   once
 //     tvl1_warp, tvl1_solve                    warps times (tvl1_solve resets p on the first;
-//                                              or tvl1_solve_bands / tvl1_solve_cluster, the
-//                                              same in other layouts)
-//     tvl1_upsample_flow                       unless finest
+//                                              or tvl1_solve_bands, the same in another layout)
+//   or, with thread block clusters, the whole level (all of the above) in one launch:
+//     tvl1_level_cluster                       once
 //   tvl1_epilogue_f32 or tvl1_epilogue_f16     once
 // Images are planar float32, rows dense (pitch = width); several pairs run side by side
 // through blockIdx.z and the *_stride arguments (elements between consecutive planes of the
@@ -26,7 +27,7 @@
 // Build: nvcc -ptx -arch=compute_72 (Xavier, CUDA <= 12), compute_87 (Orin), ... or pycuda's
 // SourceModule(source, no_extern_c=True): the entry points are extern "C" already and
 // cuda_fp16.h must not be wrapped. Needs nothing newer than sm_72 (warp shuffles, half
-// conversion, __nanosleep from sm_70) and no host code, except tvl1_solve_cluster, whose
+// conversion, __nanosleep from sm_70) and no host code, except tvl1_level_cluster, whose
 // body (thread block clusters) is compiled for sm_90 and newer only: below that it is an
 // empty kernel that the driver never launches.
 
@@ -92,49 +93,87 @@ __device__ float block_sum(float v, float* scratch /* TVL1_MAX_WARPS + 1 */) {
     return scratch[TVL1_MAX_WARPS];
 }
 
+__device__ __forceinline__ void exchange(float& a, float& b) {  // a, b = min, max
+    float lo = fminf(a, b);
+    b = fmaxf(a, b);
+    a = lo;
+}
+
 // Median of N values by a compare-exchange selection; fully unrolled so v stays in registers.
 template <int N>
 __device__ __forceinline__ float median_of(float v[N]) {
 #pragma unroll
     for (int i = 0; i <= N / 2; ++i) {
 #pragma unroll
-        for (int j = i + 1; j < N; ++j) {
-            float a = v[i], b = v[j];
-            v[i] = fminf(a, b);
-            v[j] = fmaxf(a, b);
-        }
+        for (int j = i + 1; j < N; ++j) exchange(v[i], v[j]);
     }
     return v[N / 2];
 }
 
-// reference.median_filter at one pixel: K x K window, border replicated. at(yy, xx) is the
-// plane's value at row yy, column xx (a dense plane, or rows spread over a cluster's blocks).
+// Sort K values a[0], a[s], ..., a[(K-1)s] in place (K = 3 or 5; the optimal networks).
+template <int K>
+__device__ __forceinline__ void sort_strided(float* a, int s) {
+    if (K == 3) {
+        exchange(a[0], a[s]); exchange(a[s], a[2 * s]); exchange(a[0], a[s]);
+    } else {
+        exchange(a[0], a[s]); exchange(a[3 * s], a[4 * s]); exchange(a[2 * s], a[4 * s]);
+        exchange(a[2 * s], a[3 * s]); exchange(a[s], a[4 * s]); exchange(a[0], a[3 * s]);
+        exchange(a[0], a[2 * s]); exchange(a[s], a[3 * s]); exchange(a[s], a[2 * s]);
+    }
+}
+
+// Median of a K x K window (K = 3 or 5, row-major in v; v is reordered). Rows, then columns,
+// are sorted; then v[i][j] has at least (i+1)(j+1) values <= it and (K-i)(K-j) >= it, which
+// leaves as candidates for the median only those with both counts at most (K*K+1)/2: the
+// anti-diagonal for K = 3, 13 values for K = 5, whose median is the window's (6 values of
+// the 25 are certainly below them and 6 above). 21 and 153 exchanges instead of 30 and 234.
+template <int K>
+__device__ __forceinline__ float window_median(float v[K * K]) {
+#pragma unroll
+    for (int r = 0; r < K; ++r) sort_strided<K>(v + r * K, 1);
+#pragma unroll
+    for (int c = 0; c < K; ++c) sort_strided<K>(v + c, K);
+    if (K == 3) {
+        float m[3] = {v[2], v[4], v[6]};
+        return median_of<3>(m);
+    }
+    float m[13] = {v[3], v[4], v[7], v[8], v[9], v[11], v[12], v[13], v[15], v[16], v[17], v[20], v[21]};
+    return median_of<13>(m);
+}
+
+// reference.median_filter at one pixel: K x K window, border replicated. at.row(yy) is the
+// plane's row yy (of a dense plane, or of rows spread over a cluster's blocks).
 template <int K, class Plane>
 __device__ float median_at(Plane at, int w, int h, int x, int y) {
     float v[K * K];
     const int r = K / 2;
+    int xs[K];
+#pragma unroll
+    for (int dx = 0; dx < K; ++dx) xs[dx] = clampi(x + dx - r, 0, w - 1);
 #pragma unroll
     for (int dy = 0; dy < K; ++dy) {
-        int yy = clampi(y + dy - r, 0, h - 1);
+        const float* row = at.row(clampi(y + dy - r, 0, h - 1));
 #pragma unroll
-        for (int dx = 0; dx < K; ++dx) v[dy * K + dx] = at(yy, clampi(x + dx - r, 0, w - 1));
+        for (int dx = 0; dx < K; ++dx) v[dy * K + dx] = row[xs[dx]];
     }
-    return median_of<K * K>(v);
+    return window_median<K>(v);
 }
 
 // a dense plane of width w, for median_at
 struct DensePlane {
     const float* plane;
     int w;
-    __device__ __forceinline__ float operator()(int y, int x) const { return plane[y * w + x]; }
+    __device__ __forceinline__ const float* row(int y) const { return plane + y * w; }
 };
 
 // ---------------------------------------------------------------------------------------
 // (a) reference.crop_gray (with reference.gray_u8), for the onset and the apex frame at once.
 // inv: the 2x3 crop -> frame matrix (the inverse of the aligner's frame -> crop matrix).
+// onset, apex: the window of the width x height frames that the crop reads (the driver copies
+// only that), from column ox and row oy, rows `pitch` bytes apart.
 // grid (ceil(S/16), ceil(S/16), 2), block (16, 16); out: (2, S, S), onset then apex.
 extern "C" __global__ void tvl1_pre(const unsigned char* __restrict__ onset, const unsigned char* __restrict__ apex,
-                                    int width, int height, int pitch, int channels,
+                                    int width, int height, int ox, int oy, int pitch, int channels,
                                     float m00, float m01, float m02, float m10, float m11, float m12,
                                     int size, float* __restrict__ out) {
     int x = blockIdx.x * blockDim.x + threadIdx.x;
@@ -147,6 +186,7 @@ extern "C" __global__ void tvl1_pre(const unsigned char* __restrict__ onset, con
     float ax = sx - fx0, ay = sy - fy0;
     int xa = clampi((int)fx0, 0, width - 1), xb = clampi((int)fx0 + 1, 0, width - 1);
     int ya = clampi((int)fy0, 0, height - 1), yb = clampi((int)fy0 + 1, 0, height - 1);
+    xa -= ox; xb -= ox; ya -= oy; yb -= oy;  // into the window the frames hold
     float top = gray_at(frame, pitch, channels, xa, ya) * (1.0f - ax) + gray_at(frame, pitch, channels, xb, ya) * ax;
     float bottom = gray_at(frame, pitch, channels, xa, yb) * (1.0f - ax) + gray_at(frame, pitch, channels, xb, yb) * ax;
     out[(size_t)blockIdx.z * size * size + y * size + x] = rintf(top * (1.0f - ay) + bottom * ay);
@@ -163,6 +203,14 @@ extern "C" __global__ void tvl1_downsample(const float* __restrict__ src, int sw
     dst[(size_t)blockIdx.z * dst_stride + y * dw + x] = resize_at(s, sw, sh, x, y, factor, factor);
 }
 
+// reference.centered_gradient of the w x h plane s at (x, y)
+__device__ __forceinline__ void gradient_at(const float* s, int w, int h, int x, int y, float& gx, float& gy) {
+    int xl = max(x - 1, 0), xr = min(x + 1, w - 1);
+    int yu = max(y - 1, 0), yd = min(y + 1, h - 1);
+    gx = 0.5f * (s[y * w + xr] - s[y * w + xl]);
+    gy = 0.5f * (s[yd * w + x] - s[yu * w + x]);
+}
+
 // (c1) reference.centered_gradient of I1, once per level. grid (ceil(w/16), ceil(h/16), pairs).
 extern "C" __global__ void tvl1_centered_gradient(const float* __restrict__ img, int w, int h, int stride,
                                                   float* __restrict__ gx, float* __restrict__ gy) {
@@ -170,26 +218,14 @@ extern "C" __global__ void tvl1_centered_gradient(const float* __restrict__ img,
     int y = blockIdx.y * blockDim.y + threadIdx.y;
     if (x >= w || y >= h) return;
     size_t base = (size_t)blockIdx.z * stride;
-    const float* s = img + base;
-    int xl = max(x - 1, 0), xr = min(x + 1, w - 1);
-    int yu = max(y - 1, 0), yd = min(y + 1, h - 1);
-    gx[base + y * w + x] = 0.5f * (s[y * w + xr] - s[y * w + xl]);
-    gy[base + y * w + x] = 0.5f * (s[yd * w + x] - s[yu * w + x]);
+    gradient_at(img + base, w, h, x, y, gx[base + y * w + x], gy[base + y * w + x]);
 }
 
-// (c2) reference.warp_bicubic of (I1, dI1/dx, dI1/dy) at x + u, then reference.data_term.
-// grid (ceil(w/16), ceil(h/16), pairs).
-extern "C" __global__ void tvl1_warp(const float* __restrict__ i0, const float* __restrict__ i1,
-                                     const float* __restrict__ i1x, const float* __restrict__ i1y,
-                                     const float* __restrict__ u1, const float* __restrict__ u2, int w, int h, int stride,
-                                     float* __restrict__ i1wx, float* __restrict__ i1wy,
-                                     float* __restrict__ grad, float* __restrict__ rho_c) {
-    int x = blockIdx.x * blockDim.x + threadIdx.x;
-    int y = blockIdx.y * blockDim.y + threadIdx.y;
-    if (x >= w || y >= h) return;
-    size_t base = (size_t)blockIdx.z * stride;
-    int i = y * w + x;
-    float f1 = u1[base + i], f2 = u2[base + i];
+// reference.warp_bicubic of (I1, dI1/dx, dI1/dy) at (x, y) + (f1, f2), then reference.data_term
+// with I0's value there: the solve's constants at that pixel (wx, wy, grad = wx^2 + wy^2, rho_c)
+__device__ __forceinline__ void warp_at(const float* a, const float* b, const float* c, int w, int h, int x, int y,
+                                        float f1, float f2, float i0v, float& wx_out, float& wy_out, float& grad,
+                                        float& rho_c) {
     float sx = x + f1, sy = y + f2;
     float x0 = floorf(sx), y0 = floorf(sy);
     float wx[4], wy[4];
@@ -201,9 +237,6 @@ extern "C" __global__ void tvl1_warp(const float* __restrict__ i0, const float* 
         xi[k] = clampi((int)x0 + k - 1, 0, w - 1);
         yi[k] = clampi((int)y0 + k - 1, 0, h - 1);
     }
-    const float* a = i1 + base;
-    const float* b = i1x + base;
-    const float* c = i1y + base;
     float vw = 0.0f, vx = 0.0f, vy = 0.0f;
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
@@ -219,10 +252,26 @@ extern "C" __global__ void tvl1_warp(const float* __restrict__ i0, const float* 
         vx += rx * wy[j];
         vy += ry * wy[j];
     }
-    i1wx[base + i] = vx;
-    i1wy[base + i] = vy;
-    grad[base + i] = vx * vx + vy * vy;
-    rho_c[base + i] = vw - vx * f1 - vy * f2 - i0[base + i];
+    wx_out = vx;
+    wy_out = vy;
+    grad = vx * vx + vy * vy;
+    rho_c = vw - vx * f1 - vy * f2 - i0v;
+}
+
+// (c2) reference.warp_bicubic of (I1, dI1/dx, dI1/dy) at x + u, then reference.data_term.
+// grid (ceil(w/16), ceil(h/16), pairs).
+extern "C" __global__ void tvl1_warp(const float* __restrict__ i0, const float* __restrict__ i1,
+                                     const float* __restrict__ i1x, const float* __restrict__ i1y,
+                                     const float* __restrict__ u1, const float* __restrict__ u2, int w, int h, int stride,
+                                     float* __restrict__ i1wx, float* __restrict__ i1wy,
+                                     float* __restrict__ grad, float* __restrict__ rho_c) {
+    int x = blockIdx.x * blockDim.x + threadIdx.x;
+    int y = blockIdx.y * blockDim.y + threadIdx.y;
+    if (x >= w || y >= h) return;
+    size_t base = (size_t)blockIdx.z * stride;
+    int i = y * w + x;
+    warp_at(i1 + base, i1x + base, i1y + base, w, h, x, y, u1[base + i], u2[base + i], i0[base + i],
+            i1wx[base + i], i1wy[base + i], grad[base + i], rho_c[base + i]);
 }
 
 // Barrier over every block of the launch, for the multi-block solve (the pattern of
@@ -330,8 +379,10 @@ __device__ __forceinline__ void dual_at(int i, float u1x, float u1y, float u2x, 
                                         float* d11, float* d12, float* d21, float* d22) {
     float ng1 = 1.0f + taut * sqrtf(u1x * u1x + u1y * u1y);
     float ng2 = 1.0f + taut * sqrtf(u2x * u2x + u2y * u2y);
-    float q11 = (s11[i] + taut * u1x) / ng1, q12 = (s12[i] + taut * u1y) / ng1;
-    float q21 = (s21[i] + taut * u2x) / ng2, q22 = (s22[i] + taut * u2y) / ng2;
+    // times the correctly rounded reciprocal: two divisions instead of four (at most an ulp apart)
+    float r1 = __frcp_rn(ng1), r2 = __frcp_rn(ng2);
+    float q11 = (s11[i] + taut * u1x) * r1, q12 = (s12[i] + taut * u1y) * r1;
+    float q21 = (s21[i] + taut * u2x) * r2, q22 = (s22[i] + taut * u2y) * r2;
     d11[i] = q11;
     d12[i] = q12;
     d21[i] = q21;
@@ -537,24 +588,36 @@ extern "C" __global__ void tvl1_solve_bands(float* __restrict__ u1, float* __res
     }
 }
 
-// (d, e) in a fourth layout, for GPUs with thread block clusters (compute capability 9.0 and
-// newer): one cluster of TVL1_CLUSTER blocks per pair, block `rank` owning the rows
-// [rank * rows, rank * rows + rows) (the last blocks may own fewer, or none). The state (u,
-// p and the median's output) lives in the blocks' shared memory for the whole launch,
-// loaded at the start and written back at the end; a block reads its neighbours' boundary
-// rows through distributed shared memory, and the phases are separated by the cluster's
-// hardware barrier instead of a barrier in global memory. The loop is tvl1_solve's, the
-// stopping sum every block's sum read from every block's shared memory in rank order, so
-// every thread leaves the loops at the same iteration.
-// Dynamic shared memory per block: (TVL1_CLUSTER_PLANES * rows * w + 1) floats.
+// (c..f) a whole pyramid level in one launch, for GPUs with thread block clusters (compute
+// capability 9.0 and newer): reference.upsample_flow of the coarser level's flow (zero at the
+// coarsest), reference.centered_gradient of I1, then `warps` times reference.warp_bicubic +
+// data_term and reference.solve_warp, the dual p starting at zero (reference.solve_level). One
+// cluster of TVL1_CLUSTER blocks per pair, block `rank` owning the rows [rank * rows, rank * rows
+// + rows) (the last blocks may own fewer, or none). The flow, the dual and the warp's constants
+// live in the blocks' shared memory for the whole level; only the gradient (read at the warped
+// positions) goes through global memory, and the level's flow is written there at the end.
+// The loop is tvl1_solve_bands' with the cluster's hardware barrier in place of a grid barrier,
+// once per inner iteration: u and p alternate between two buffers (an iteration reads the
+// current ones, its own and its neighbours' boundary rows through distributed shared memory, and
+// writes the next ones), and phase 1 also computes the next band's first row privately (its
+// warp constants are computed once per warp), so that phase 2 needs only this block's threads.
+// The stopping sum: each warp's sum in shared memory, added by the first warp after phase 1
+// into the block's sum, which it writes into every block's shared memory (two sets, by
+// iteration parity); after the barrier every thread adds the blocks' sums, all local, in rank
+// order, so every thread of the cluster leaves the loops at the same iteration. The median is
+// followed by a barrier.
+// Dynamic shared memory per block, in floats:
+//   TVL1_CLUSTER_PLANES * rows * w + TVL1_CLUSTER_ROWS * w + 2 * TVL1_MAX_WARPS.
 // grid (TVL1_CLUSTER), block (32..1024, a multiple of 32); one pair per launch.
 #define TVL1_CLUSTER 8  // blocks per cluster: the portable maximum
-#define TVL1_CLUSTER_PLANES 8  // u1 u2 p11 p12 p21 p22 m1 m2 (the median's output)
+#define TVL1_CLUSTER_PLANES 16  // u1 u2 (two buffers), p11 p12 p21 p22 (two buffers), the 4 warp constants
+#define TVL1_CLUSTER_ROWS 6  // the next band's first row: its 4 warp constants and its new flow (2)
+#define TVL1_CLUSTER_THREADS 640  // most threads per block: ptxas (sm_90) then gives it 96 registers (16 B spilled)
 
 #ifndef TVL1_CLUSTER_DEFINED
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 #define TVL1_HAS_CLUSTERS 1
-#define TVL1_CLUSTER_DIMS __cluster_dims__(TVL1_CLUSTER, 1, 1)
+#define TVL1_CLUSTER_DIMS __cluster_dims__(TVL1_CLUSTER, 1, 1) __launch_bounds__(TVL1_CLUSTER_THREADS)
 // every thread of the cluster; release / acquire at cluster scope (shared and global memory).
 // Not the .aligned form: that one is undefined if the compiler ever splits a warp across copies.
 __device__ __forceinline__ void cluster_sync() {
@@ -577,101 +640,151 @@ __device__ __forceinline__ float* dynamic_shared() {
 #endif
 
 #if TVL1_HAS_CLUSTERS
-// one state plane, its rows wherever in the cluster they live, for median_at
+// one plane of the flow, its rows wherever in the cluster they live, for median_at
 struct ClusterPlane {
     float* mine;  // this block's dynamic shared memory
     int offset;   // the plane's first float in it
     int rows, w;
-    __device__ __forceinline__ float operator()(int y, int x) const {
+    __device__ __forceinline__ const float* row(int y) const {
         int owner = y / rows;
         float* base = owner == (int)blockIdx.x ? mine : cluster_map(mine, owner);
-        return base[offset + (y - owner * rows) * w + x];
+        return base + offset + (y - owner * rows) * w;
     }
 };
+
+// The sum of v over the warp, the same number in every lane (an xor butterfly).
+__device__ __forceinline__ float warp_total(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// The stopping sum of the cluster after a barrier: every block's sum, which each block has
+// written into every block's `sums` (TVL1_CLUSTER slots, in rank order) before the barrier, added
+// in rank order by every thread, so that every thread of the cluster gets the same number.
+__device__ __forceinline__ float cluster_total(const float* sums) {
+    float t = 0.0f;
+#pragma unroll
+    for (int k = 0; k < TVL1_CLUSTER; ++k) t += sums[k];
+    return t;
+}
 #endif
 
-extern "C" __global__ void TVL1_CLUSTER_DIMS tvl1_solve_cluster(
-        float* __restrict__ u1, float* __restrict__ u2, float* __restrict__ p11, float* __restrict__ p12,
-        float* __restrict__ p21, float* __restrict__ p22, const float* __restrict__ i1wx,
-        const float* __restrict__ i1wy, const float* __restrict__ grad, const float* __restrict__ rho_c, int w,
-        int h, float l_t, float theta, float taut, float stop, int outer_iterations, int inner_iterations,
-        int median, int reset_dual, int rows) {
+extern "C" __global__ void TVL1_CLUSTER_DIMS tvl1_level_cluster(
+        const float* __restrict__ i0, const float* __restrict__ i1, float* gx, float* gy,
+        const float* __restrict__ cu1, const float* __restrict__ cu2, int cw, int ch, float inv_scale_step,
+        float* __restrict__ u1, float* __restrict__ u2, int w, int h, float l_t, float theta, float taut,
+        float stop, int warps, int outer_iterations, int inner_iterations, int median, int rows) {
 #if TVL1_HAS_CLUSTERS
-    __shared__ float scratch[TVL1_MAX_WARPS + 1];
     float* mine = dynamic_shared();
     const int rank = blockIdx.x, plane = rows * w;
     const int y0 = rank * rows, own_rows = max(0, min(rows, h - y0)), own = own_rows * w;
-    float *s1 = mine, *s2 = mine + plane;                                   // the flow
-    float *q11 = mine + 2 * plane, *q12 = mine + 3 * plane, *q21 = mine + 4 * plane, *q22 = mine + 5 * plane;
-    float *m1 = mine + 6 * plane, *m2 = mine + 7 * plane;                   // the median's output
-    float* sum = mine + TVL1_CLUSTER_PLANES * plane;                        // this block's stopping sum
-    // the neighbours' boundary rows: p12, p22 of the row above the band, u of the row below
     const bool above = rank > 0 && own_rows > 0, below = y0 + own_rows < h && own_rows > 0;
-    float* up = above ? cluster_map(mine, rank - 1) + (rows - 1) * w : nullptr;
-    float* down = below ? cluster_map(mine, rank + 1) : nullptr;
+    const int halo = below ? w : 0;  // the next band's first row, which this block also computes
+    // offsets (the same in every block of the cluster) of the current and next buffers
+    int u_cur = 0, u_next = 2 * plane, p_cur = 4 * plane, p_next = 8 * plane;
+    float *c_wx = mine + 12 * plane, *c_wy = c_wx + plane, *c_g = c_wy + plane, *c_rho = c_g + plane;
+    float* hc = mine + TVL1_CLUSTER_PLANES * plane;  // the halo row's warp constants (4 rows of w)
+    float *hn1 = hc + 4 * w, *hn2 = hc + 5 * w;     // the halo row's new flow
+    float* warp_sums = hc + TVL1_CLUSTER_ROWS * w;  // TVL1_MAX_WARPS: each warp's stopping sum
+    float* sums = warp_sums + TVL1_MAX_WARPS;        // 2 x TVL1_CLUSTER: every block's, by iteration parity
+    const int nwarps = blockDim.x >> 5;
     const size_t g0 = (size_t)y0 * w;  // the band's first pixel in the global planes
 
+    const float fx = cw > 0 ? (float)cw / (float)w : 0.0f, fy = cw > 0 ? (float)ch / (float)h : 0.0f;
     for (int i = threadIdx.x; i < own; i += blockDim.x) {
-        s1[i] = u1[g0 + i];
-        s2[i] = u2[g0 + i];
-        bool zero = reset_dual != 0;
-        q11[i] = zero ? 0.0f : p11[g0 + i];
-        q12[i] = zero ? 0.0f : p12[g0 + i];
-        q21[i] = zero ? 0.0f : p21[g0 + i];
-        q22[i] = zero ? 0.0f : p22[g0 + i];
+        int x = i % w, y = y0 + i / w;
+        mine[u_cur + i] = cw > 0 ? resize_at(cu1, cw, ch, x, y, fx, fy) * inv_scale_step : 0.0f;
+        mine[u_cur + plane + i] = cw > 0 ? resize_at(cu2, cw, ch, x, y, fx, fy) * inv_scale_step : 0.0f;
+        mine[p_cur + i] = mine[p_cur + plane + i] = mine[p_cur + 2 * plane + i] = mine[p_cur + 3 * plane + i] = 0.0f;
+        gradient_at(i1, w, h, x, y, gx[g0 + i], gy[g0 + i]);
     }
-    cluster_sync();  // also: no block reads another's shared memory before that block has started
-    float error = __int_as_float(0x7f800000);  // +inf; identical in every thread of the cluster
-    for (int outer = 0; outer < outer_iterations && error > stop; ++outer) {
-        if (median > 1) {
-            ClusterPlane r1{mine, 0, rows, w}, r2{mine, plane, rows, w};
-            for (int i = threadIdx.x; i < own; i += blockDim.x)
-                median_pair(median, r1, r2, w, h, i % w, y0 + i / w, m1[i], m2[i]);
-            cluster_sync();
-            for (int i = threadIdx.x; i < own; i += blockDim.x) {
-                s1[i] = m1[i];
-                s2[i] = m2[i];
+    cluster_sync();  // the gradient (global) and the flow visible to the whole cluster
+    int parity = 0;  // which slot of sums
+    for (int warp = 0; warp < warps; ++warp) {
+        const float* down_u = below ? cluster_map(mine + u_cur, rank + 1) : nullptr;
+        for (int i = threadIdx.x; i < own + halo; i += blockDim.x) {
+            if (i < own) {
+                int x = i % w, y = y0 + i / w;
+                warp_at(i1, gx, gy, w, h, x, y, mine[u_cur + i], mine[u_cur + plane + i], i0[y * w + x],
+                        c_wx[i], c_wy[i], c_g[i], c_rho[i]);
+            } else {
+                int x = i - own, y = y0 + own_rows;
+                warp_at(i1, gx, gy, w, h, x, y, down_u[x], down_u[plane + x], i0[y * w + x],
+                        hc[x], hc[w + x], hc[2 * w + x], hc[3 * w + x]);
             }
-            cluster_sync();
         }
-        for (int inner = 0; inner < inner_iterations && error > stop; ++inner) {
-            float local = 0.0f;
-            for (int i = threadIdx.x; i < own; i += blockDim.x) {
-                int x = i % w, ly = i / w;
-                float a = s1[i], b = s2[i], v1, v2;
-                threshold_at((int)(g0 + i), a, b, i1wx, i1wy, grad, rho_c, l_t, v1, v2);
-                float div1 = q11[i] + q12[i], div2 = q21[i] + q22[i];  // primal_at's divergence, across bands
-                if (x > 0) { div1 -= q11[i - 1]; div2 -= q21[i - 1]; }
-                if (ly > 0) { div1 -= q12[i - w]; div2 -= q22[i - w]; }
-                else if (above) { div1 -= up[3 * plane + x]; div2 -= up[5 * plane + x]; }
-                float n1 = v1 + theta * div1, n2 = v2 + theta * div2;
-                local += (n1 - a) * (n1 - a) + (n2 - b) * (n2 - b);
-                s1[i] = n1;
-                s2[i] = n2;
+        __syncthreads();
+        float error = __int_as_float(0x7f800000);  // +inf; identical in every thread of the cluster
+        for (int outer = 0; outer < outer_iterations && error > stop; ++outer) {
+            if (median > 1) {
+                ClusterPlane r1{mine, u_cur, rows, w}, r2{mine, u_cur + plane, rows, w};
+                for (int i = threadIdx.x; i < own; i += blockDim.x)
+                    median_pair(median, r1, r2, w, h, i % w, y0 + i / w, mine[u_next + i], mine[u_next + plane + i]);
+                int t = u_cur; u_cur = u_next; u_next = t;
+                cluster_sync();
             }
-            float total = block_sum(local, scratch);
-            if (threadIdx.x == 0) *sum = total;
-            cluster_sync();
-            error = 0.0f;  // every block's sum, in rank order (rewritten only after the next barrier)
-            for (int k = 0; k < TVL1_CLUSTER; ++k) error += *cluster_map(sum, k);
-            for (int i = threadIdx.x; i < own; i += blockDim.x) {
-                int x = i % w, ly = i / w;
-                bool inside = ly < own_rows - 1;  // else the row below is the next block's first (or none)
-                const float* below1 = inside ? s1 + i - x + w : down;
-                const float* below2 = inside ? s2 + i - x + w : down ? down + plane : nullptr;
-                dual_step(i, x, w, s1, s2, below1, below2, taut, q11, q12, q21, q22, q11, q12, q21, q22);
+            for (int inner = 0; inner < inner_iterations && error > stop; ++inner) {
+                const float *s1 = mine + u_cur, *s2 = s1 + plane;
+                float *n1s = mine + u_next, *n2s = n1s + plane;
+                float *s11 = mine + p_cur, *s12 = s11 + plane, *s21 = s12 + plane, *s22 = s21 + plane;
+                float *d11 = mine + p_next, *d12 = d11 + plane, *d21 = d12 + plane, *d22 = d21 + plane;
+                // the neighbours' current buffers: the last row of p above, the first rows of u and p below
+                const float* up = above ? cluster_map(s11, rank - 1) + (rows - 1) * w : nullptr;
+                const float* dn_u = below ? cluster_map(mine + u_cur, rank + 1) : nullptr;
+                const float* dn_p = below ? cluster_map(s11, rank + 1) : nullptr;
+                float local = 0.0f;
+                for (int i = threadIdx.x; i < own + halo; i += blockDim.x) {
+                    if (i < own) {  // primal_at's step, the divergence across bands
+                        int x = i % w, ly = i / w;
+                        float a = s1[i], b = s2[i], v1, v2;
+                        threshold_at(i, a, b, c_wx, c_wy, c_g, c_rho, l_t, v1, v2);
+                        float div1 = s11[i] + s12[i], div2 = s21[i] + s22[i];
+                        if (x > 0) { div1 -= s11[i - 1]; div2 -= s21[i - 1]; }
+                        if (ly > 0) { div1 -= s12[i - w]; div2 -= s22[i - w]; }
+                        else if (above) { div1 -= up[plane + x]; div2 -= up[3 * plane + x]; }
+                        float n1 = v1 + theta * div1, n2 = v2 + theta * div2;
+                        local += (n1 - a) * (n1 - a) + (n2 - b) * (n2 - b);
+                        n1s[i] = n1;
+                        n2s[i] = n2;
+                    } else {  // the next band's first row, privately; the row above it is this block's last
+                        int x = i - own, last = (own_rows - 1) * w + x;
+                        float v1, v2;
+                        threshold_at(x, dn_u[x], dn_u[plane + x], hc, hc + w, hc + 2 * w, hc + 3 * w, l_t, v1, v2);
+                        float div1 = dn_p[x] + dn_p[plane + x] - s12[last];
+                        float div2 = dn_p[2 * plane + x] + dn_p[3 * plane + x] - s22[last];
+                        if (x > 0) { div1 -= dn_p[x - 1]; div2 -= dn_p[2 * plane + x - 1]; }
+                        hn1[x] = v1 + theta * div1;
+                        hn2[x] = v2 + theta * div2;
+                    }
+                }
+                local = warp_total(local);
+                if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = local;
+                __syncthreads();
+                if (threadIdx.x < 32) {  // the block's sum, into every block's shared memory (lane k: block k)
+                    float block = warp_total(threadIdx.x < nwarps ? warp_sums[threadIdx.x] : 0.0f);
+                    if (threadIdx.x < TVL1_CLUSTER)
+                        cluster_map(sums + parity * TVL1_CLUSTER + rank, threadIdx.x)[0] = block;
+                }
+                for (int i = threadIdx.x; i < own; i += blockDim.x) {
+                    int x = i % w, ly = i / w;
+                    bool inside = ly < own_rows - 1;  // else the row below is the halo (or none)
+                    const float* below1 = inside ? n1s + i - x + w : below ? hn1 : nullptr;
+                    const float* below2 = inside ? n2s + i - x + w : below ? hn2 : nullptr;
+                    dual_step(i, x, w, n1s, n2s, below1, below2, taut, s11, s12, s21, s22, d11, d12, d21, d22);
+                }
+                cluster_sync();
+                error = cluster_total(sums + parity * TVL1_CLUSTER);
+                parity ^= 1;
+                int t = u_cur; u_cur = u_next; u_next = t;
+                t = p_cur; p_cur = p_next; p_next = t;
             }
-            cluster_sync();
         }
     }
     for (int i = threadIdx.x; i < own; i += blockDim.x) {
-        u1[g0 + i] = s1[i];
-        u2[g0 + i] = s2[i];
-        p11[g0 + i] = q11[i];
-        p12[g0 + i] = q12[i];
-        p21[g0 + i] = q21[i];
-        p22[g0 + i] = q22[i];
+        u1[g0 + i] = mine[u_cur + i];
+        u2[g0 + i] = mine[u_cur + plane + i];
     }
+    cluster_sync();  // no block ends while another may still read its shared memory (the warp reads u below)
 #endif
 }
 
