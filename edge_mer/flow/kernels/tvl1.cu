@@ -652,6 +652,21 @@ struct ClusterPlane {
     }
 };
 
+// A thread's pixels i = threadIdx.x + k * blockDim.x of a band w wide, with their column x and
+// band row ly, stepped without a division per pixel.
+struct BandWalk {
+    int i, x, ly;
+    int step, step_x, step_y, w;
+    __device__ __forceinline__ BandWalk(int w_) : i(threadIdx.x), x(threadIdx.x % w_), ly(threadIdx.x / w_),
+        step(blockDim.x), step_x(blockDim.x % w_), step_y(blockDim.x / w_), w(w_) {}
+    __device__ __forceinline__ void next() {
+        i += step;
+        x += step_x;
+        ly += step_y;
+        if (x >= w) { x -= w; ++ly; }
+    }
+};
+
 // The sum of v over the warp, the same number in every lane (an xor butterfly).
 __device__ __forceinline__ float warp_total(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -718,8 +733,8 @@ extern "C" __global__ void TVL1_CLUSTER_DIMS tvl1_level_cluster(
         for (int outer = 0; outer < outer_iterations && error > stop; ++outer) {
             if (median > 1) {
                 ClusterPlane r1{mine, u_cur, rows, w}, r2{mine, u_cur + plane, rows, w};
-                for (int i = threadIdx.x; i < own; i += blockDim.x)
-                    median_pair(median, r1, r2, w, h, i % w, y0 + i / w, mine[u_next + i], mine[u_next + plane + i]);
+                for (BandWalk t(w); t.i < own; t.next())
+                    median_pair(median, r1, r2, w, h, t.x, y0 + t.ly, mine[u_next + t.i], mine[u_next + plane + t.i]);
                 int t = u_cur; u_cur = u_next; u_next = t;
                 cluster_sync();
             }
@@ -733,9 +748,9 @@ extern "C" __global__ void TVL1_CLUSTER_DIMS tvl1_level_cluster(
                 const float* dn_u = below ? cluster_map(mine + u_cur, rank + 1) : nullptr;
                 const float* dn_p = below ? cluster_map(s11, rank + 1) : nullptr;
                 float local = 0.0f;
-                for (int i = threadIdx.x; i < own + halo; i += blockDim.x) {
+                for (BandWalk t(w); t.i < own + halo; t.next()) {
+                    const int i = t.i, x = t.x, ly = t.ly;  // past own: the next band's first row, x = i - own
                     if (i < own) {  // primal_at's step, the divergence across bands
-                        int x = i % w, ly = i / w;
                         float a = s1[i], b = s2[i], v1, v2;
                         threshold_at(i, a, b, c_wx, c_wy, c_g, c_rho, l_t, v1, v2);
                         float div1 = s11[i] + s12[i], div2 = s21[i] + s22[i];
@@ -747,7 +762,7 @@ extern "C" __global__ void TVL1_CLUSTER_DIMS tvl1_level_cluster(
                         n1s[i] = n1;
                         n2s[i] = n2;
                     } else {  // the next band's first row, privately; the row above it is this block's last
-                        int x = i - own, last = (own_rows - 1) * w + x;
+                        int last = (own_rows - 1) * w + x;
                         float v1, v2;
                         threshold_at(x, dn_u[x], dn_u[plane + x], hc, hc + w, hc + 2 * w, hc + 3 * w, l_t, v1, v2);
                         float div1 = dn_p[x] + dn_p[plane + x] - s12[last];
@@ -765,9 +780,9 @@ extern "C" __global__ void TVL1_CLUSTER_DIMS tvl1_level_cluster(
                     if (threadIdx.x < TVL1_CLUSTER)
                         cluster_map(sums + parity * TVL1_CLUSTER + rank, threadIdx.x)[0] = block;
                 }
-                for (int i = threadIdx.x; i < own; i += blockDim.x) {
-                    int x = i % w, ly = i / w;
-                    bool inside = ly < own_rows - 1;  // else the row below is the halo (or none)
+                for (BandWalk t(w); t.i < own; t.next()) {
+                    const int i = t.i, x = t.x;
+                    bool inside = t.ly < own_rows - 1;  // else the row below is the halo (or none)
                     const float* below1 = inside ? n1s + i - x + w : below ? hn1 : nullptr;
                     const float* below2 = inside ? n2s + i - x + w : below ? hn2 : nullptr;
                     dual_step(i, x, w, n1s, n2s, below1, below2, taut, s11, s12, s21, s22, d11, d12, d21, d22);
