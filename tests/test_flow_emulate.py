@@ -18,7 +18,7 @@ import pytest
 
 from edge_mer.errors import UserError
 from edge_mer.flow import emulate
-from edge_mer.flow.cuda import SOLVERS, CudaStage
+from edge_mer.flow.cuda import SOLVERS, CudaStage, kernel_source
 from edge_mer.flow.pairs import in_frames, micro_pairs
 from edge_mer.flow.reference import tvl1
 
@@ -42,14 +42,14 @@ extern "C" __global__ void fill(float* x, int n, float value) {
 }
 #define TVL1_CLUSTER 2
 // each block of a 2-block cluster reads the other's shared memory, after the cluster barrier or not
-extern "C" __global__ void TVL1_CLUSTER_DIMS neighbour(float* out, int synced) {
+extern "C" __global__ void TVL1_CLUSTER_DIMS(TVL1_CLUSTER) neighbour(float* out, int synced) {
     float* mine = dynamic_shared();
     mine[threadIdx.x] = blockIdx.x * 100.0f + threadIdx.x;
     if (synced) cluster_sync();
     out[blockIdx.x * blockDim.x + threadIdx.x] = cluster_map(mine, (blockIdx.x + 1) % 2)[threadIdx.x];
     cluster_sync();  // no block leaves while the other may still read its shared memory
 }
-extern "C" __global__ void TVL1_CLUSTER_DIMS early_exit(float* out, int offset) {
+extern "C" __global__ void TVL1_CLUSTER_DIMS(TVL1_CLUSTER) early_exit(float* out, int offset) {
     // block 1 reads block 0's shared memory (at an offset from its start) with no barrier
     // keeping block 0 alive: run forward, block 0 has ended by then
     float* mine = dynamic_shared();
@@ -57,7 +57,7 @@ extern "C" __global__ void TVL1_CLUSTER_DIMS early_exit(float* out, int offset) 
     cluster_sync();
     if (blockIdx.x == 1) out[threadIdx.x] = cluster_map(mine, 0)[(int)threadIdx.x + offset];
 }
-extern "C" __global__ void TVL1_CLUSTER_DIMS stray_map(float* out) {
+extern "C" __global__ void TVL1_CLUSTER_DIMS(2) stray_map(float* out) {
     float local[1] = {0.0f};
     out[0] = *cluster_map(local, 1);  // not shared memory at all
 }
@@ -252,7 +252,7 @@ def test_a_layout_that_cannot_be_captured_runs_kernel_by_kernel_and_one_that_can
 
     refuse["launch"] = "tvl1_level_cluster"
     auto = CudaStage(32, runtime=emulate)
-    assert not any(name.startswith("cluster") for name in auto.layout_ms)
+    assert not any(name.partition("/")[0] == "cluster" for name in auto.layout_ms)
     assert "cluster misconfiguration" in auto.layout_notes["cluster"] and auto.solver != "cluster"
     assert auto.graph_note == ""
 
@@ -261,10 +261,37 @@ def test_without_clusters_the_stage_leaves_that_layout_out(monkeypatch):
     monkeypatch.setitem(emulate.ATTRIBUTES, emulate.device_attribute.COMPUTE_CAPABILITY_MAJOR, 8)
     monkeypatch.setitem(emulate.ATTRIBUTES, emulate.device_attribute.COMPUTE_CAPABILITY_MINOR, 7)  # Orin
     stage = CudaStage(32, runtime=emulate)
-    assert "cluster" not in {name.partition("/")[0] for name in stage.layout_ms}
-    assert "compute capability 9.0 or newer" in stage.layout_notes["cluster"] and "8.7" in stage.layout_notes["cluster"]
+    assert not {"cluster", "cluster16"} & {name.partition("/")[0] for name in stage.layout_ms}
+    for layout in ("cluster", "cluster16"):
+        assert "compute capability 9.0 or newer" in stage.layout_notes[layout] and "8.7" in stage.layout_notes[layout]
     with pytest.raises(UserError, match="cluster layout of the CUDA flow solve is not available here"):
         CudaStage(32, runtime=emulate, solver="cluster")
+
+
+def test_16_block_clusters_need_the_non_portable_attribute(monkeypatch):
+    source = kernel_source()
+    module = emulate.SourceModule(source, no_extern_c=True)
+    large = module.get_function("tvl1_level_cluster16")
+    assert large.cluster == 16 and module.get_function("tvl1_level_cluster").cluster == 8
+    args = [np.uintp(0)] * 4 + [np.uintp(0)] * 2 + [np.int32(0)] * 2 + [np.float32(1.25)] + [np.uintp(0)] * 2
+    with pytest.raises(emulate.LaunchError, match="cluster misconfiguration"):  # as a GPU refuses it
+        large(*args, *[np.int32(1)] * 2, *[np.float32(0)] * 4, *[np.int32(1)] * 5, block=(32, 1, 1), grid=(16, 1, 1))
+    stage = CudaStage(32, runtime=emulate, solver="cluster16")  # sets the attribute, so the layout runs
+    p = micro_pairs(32, peaks=(1.0,))[0]
+    assert float(np.linalg.norm(stage.flow(p.first, p.second) - tvl1(p.first, p.second), axis=2).mean()) < 1e-3
+
+    def refuse(self, attribute, value):
+        if attribute == emulate.function_attribute.NON_PORTABLE_CLUSTER_SIZE_ALLOWED:
+            raise emulate.Error(f"{self.name}: invalid value")
+        return allow(self, attribute, value)
+
+    allow = emulate.Function.set_attribute
+    monkeypatch.setattr(emulate.Function, "set_attribute", refuse)
+    auto = CudaStage(32, runtime=emulate)
+    assert "cluster16" not in {name.partition("/")[0] for name in auto.layout_ms} and "cluster" in auto.layout_ms
+    assert auto.layout_notes["cluster16"].startswith("16-block clusters cannot be allowed here")
+    with pytest.raises(UserError, match="cluster16 layout of the CUDA flow solve is not available here"):
+        CudaStage(32, runtime=emulate, solver="cluster16")
 
 
 def test_a_level_too_large_for_the_clusters_shared_memory_runs_in_bands(monkeypatch):

@@ -8,8 +8,8 @@ between them (the kernel file lists the same sequence):
 * per level, coarsest first: ``tvl1_upsample_flow`` unless it is the coarsest level,
   ``tvl1_centered_gradient``, then ``warps`` times ``tvl1_warp`` and ``tvl1_solve`` or
   ``tvl1_solve_bands`` (all outer x inner iterations of a warp in one launch, in one of three
-  layouts); or, in the fourth layout (thread block clusters), all of that in one launch of
-  ``tvl1_level_cluster`` (``SOLVERS``);
+  layouts); or, in the cluster layouts (thread block clusters of 8 or 16 blocks), all of that
+  in one launch of ``tvl1_level_cluster`` or ``tvl1_level_cluster16`` (``SOLVERS``);
 * ``tvl1_epilogue_f32`` / ``_f16``: strain and the feature-cache normalisation, written
   NCHW into the model's input buffers: a host buffer for ONNX Runtime, or the TensorRT
   backend's device buffers (``write``), so that path never copies to the host.
@@ -49,10 +49,11 @@ SOLVE_THREADS = 1024  # block of tvl1_solve: a multiple of 32, at most 32 warps 
 # the fused solve's layouts: one block per pair (tvl1_solve); up to one block per multiprocessor,
 # two grid barriers per iteration (tvl1_solve); row bands, one grid barrier per iteration (tvl1_solve_bands);
 # one thread block cluster per pair and level, the state in shared memory (tvl1_level_cluster, compute
-# capability 9.0+)
-SOLVERS = ("block", "grid", "bands", "cluster")
-# the smaller blocks the auto pick also times, per layout (the cluster's work stays on its 8 blocks)
-SMALLER_BLOCKS = {"block": (), "grid": (256, 128), "bands": (256, 128), "cluster": (512, 256)}
+# capability 9.0+), also with 16 blocks per cluster where the GPU allows that non-portable size (cluster16)
+SOLVERS = ("block", "grid", "bands", "cluster", "cluster16")
+# the smaller blocks the auto pick also times, per layout (a cluster's work stays on its blocks)
+SMALLER_BLOCKS = {"block": (), "grid": (256, 128), "bands": (256, 128), "cluster": (512, 256),
+                  "cluster16": (512, 256)}
 
 
 def kernel_source() -> str:
@@ -68,7 +69,10 @@ def kernel_constant(name: str) -> int:
     return int(found.group(1))
 
 
-CLUSTER = kernel_constant("TVL1_CLUSTER")  # blocks of tvl1_level_cluster
+# the cluster layouts: their kernel and its blocks per cluster
+CLUSTER_KERNELS = {"cluster": "tvl1_level_cluster", "cluster16": "tvl1_level_cluster16"}
+CLUSTER_BLOCKS = {"cluster": kernel_constant("TVL1_CLUSTER"), "cluster16": kernel_constant("TVL1_CLUSTER_LARGE")}
+NON_PORTABLE_CLUSTER_SIZE_ALLOWED = 14  # CUfunction_attribute's value, for a pycuda whose enum lacks the name
 CLUSTER_PLANES = kernel_constant("TVL1_CLUSTER_PLANES")  # its planes in each block's shared memory
 CLUSTER_ROWS = kernel_constant("TVL1_CLUSTER_ROWS")  # and its rows of the neighbour's first row
 MAX_WARPS = kernel_constant("TVL1_MAX_WARPS")  # and twice this many per-warp sums
@@ -126,10 +130,11 @@ class CudaStage(FlowStage):
         multiprocessor (a grid-wide barrier between phases; levels small enough for one
         block still use one); ``bands`` gives each of those blocks a band of rows, keeps two
         copies of the state and recomputes one row of its neighbour, so that one grid barrier
-        per iteration is enough. ``cluster`` (compute capability 9.0 and newer) runs a pair in
-        one cluster of 8 blocks with the state in their shared memory and the cluster's
-        hardware barrier between phases; a level whose rows do not fit in shared memory runs
-        ``bands`` instead. ``auto`` (the default) times the layouts on this GPU when the
+        per iteration is enough. ``cluster`` (compute capability 9.0 and newer) runs each level
+        of a pair in one launch of a cluster of 8 blocks, the state in their shared memory and
+        the cluster's hardware barrier between iterations; ``cluster16`` the same with 16
+        blocks, where the GPU allows that non-portable size; a level whose rows do not fit in
+        shared memory runs ``bands`` instead. ``auto`` (the default) times the layouts on this GPU when the
         stage starts (a face pair, a few runs each, the grid layouts also with smaller blocks;
         well under a second) and keeps the fastest (``layout_ms`` holds the times, keyed
         ``layout`` or ``layout/threads``, ``layout_notes`` why one was left out);
@@ -187,14 +192,17 @@ class CudaStage(FlowStage):
             self.k = {name: module.get_function(name) for name in (
                 "tvl1_pre", "tvl1_downsample", "tvl1_centered_gradient", "tvl1_warp", "tvl1_solve",
                 "tvl1_upsample_flow", "tvl1_epilogue_f32", "tvl1_epilogue_f16", "tvl1_solve_bands",
-                "tvl1_level_cluster")}
+                *CLUSTER_KERNELS.values())}
+            kernels = {"block": "tvl1_solve", "grid": "tvl1_solve", "bands": "tvl1_solve_bands", **CLUSTER_KERNELS}
             self._threads = {layout: max(32, min(solve_threads, int(self.k[kernel].max_threads_per_block)) // 32 * 32)
-                             for layout, kernel in (("block", "tvl1_solve"), ("grid", "tvl1_solve"),
-                                                    ("bands", "tvl1_solve_bands"), ("cluster", "tvl1_level_cluster"))}
+                             for layout, kernel in kernels.items()}
             self.cluster_shared, self.cluster_note = self._enable_clusters(capability, shared_optin)
-            if solver == "cluster" and self.cluster_note:
-                raise UserError(f"the cluster layout of the CUDA flow solve is not available here: "
-                                f"{self.cluster_note}; use auto, block, grid or bands")
+            # why the 16-block clusters cannot run here ("" when they can)
+            self.large_cluster_note = self.cluster_note or self._allow_large_clusters()
+            why = {"cluster": self.cluster_note, "cluster16": self.large_cluster_note}.get(solver, "")
+            if why:
+                raise UserError(f"the {solver} layout of the CUDA flow solve is not available here: "
+                                f"{why}; use auto, block, grid or bands")
             self.stream = drv.Stream(1)  # CU_STREAM_NON_BLOCKING: no implicit order with the legacy default stream
             self.start, self.end = drv.Event(), drv.Event()
             self._buffers: dict[tuple[int, int], _Buffers] = {}
@@ -224,17 +232,29 @@ class CudaStage(FlowStage):
         if capability < (9, 0):
             return 0, (f"needs compute capability 9.0 or newer (thread block clusters); this GPU has "
                        f"{capability[0]}.{capability[1]}")
-        kernel = self.k["tvl1_level_cluster"]
-        limit = shared_optin - int(kernel.shared_size_bytes)  # less the kernel's static shared memory
-        try:
-            kernel.set_attribute(self.drv.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES, limit)
+        limit = shared_optin - max(int(self.k[k].shared_size_bytes) for k in CLUSTER_KERNELS.values())
+        try:  # less the kernels' static shared memory
+            for kernel in CLUSTER_KERNELS.values():
+                self.k[kernel].set_attribute(self.drv.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES, limit)
         except self.drv.Error as exc:
             return 0, f"its shared memory cannot be raised to {limit} bytes: {_first_line(exc)}"
         return limit, ""
 
-    def _cluster_rows(self, h: int, w: int) -> int:
-        """Rows per block of tvl1_level_cluster at a level of h x w, or 0 when its state does not fit."""
-        rows = -(-h // CLUSTER)
+    def _allow_large_clusters(self) -> str:
+        """Let tvl1_level_cluster16 launch its 16-block clusters (a non-portable size); "" or why not."""
+        attributes = self.drv.function_attribute
+        try:
+            attribute = getattr(attributes, "NON_PORTABLE_CLUSTER_SIZE_ALLOWED", None)
+            if attribute is None:  # pycuda's enum lacks the name; its type takes the driver's number
+                attribute = attributes(NON_PORTABLE_CLUSTER_SIZE_ALLOWED)
+            self.k[CLUSTER_KERNELS["cluster16"]].set_attribute(attribute, 1)
+        except (self.drv.Error, TypeError, ValueError) as exc:
+            return f"16-block clusters cannot be allowed here: {_first_line(exc)}"
+        return ""
+
+    def _cluster_rows(self, h: int, w: int, blocks: int) -> int:
+        """Rows per block of a cluster of ``blocks`` at a level of h x w, or 0 when its state does not fit."""
+        rows = -(-h // blocks)
         return rows if _cluster_bytes(rows, w) <= self.cluster_shared else 0
 
     @property
@@ -257,9 +277,10 @@ class CudaStage(FlowStage):
         candidates = [(layout, t) for layout in SOLVERS
                       for t in sorted({most[layout]} | set(SMALLER_BLOCKS[layout]), reverse=True)
                       if t <= most[layout]]
-        if self.cluster_note:
-            self.layout_notes["cluster"] = self.cluster_note
-            candidates = [c for c in candidates if c[0] != "cluster"]
+        for layout, why in (("cluster", self.cluster_note), ("cluster16", self.large_cluster_note)):
+            if why:
+                self.layout_notes[layout] = why
+                candidates = [c for c in candidates if c[0] != layout]
         for layout, threads in candidates:
             self._threads = dict(most)  # a level that cluster leaves to bands runs bands' own block
             self.solver, self._threads[layout] = layout, threads
@@ -334,14 +355,15 @@ class CudaStage(FlowStage):
             i1 = i0 + 4 * n
             stride = i32(2 * n)
             ch, cw = b.shapes[level + 1] if level < coarsest else (0, 0)  # the coarser level, if any
-            cluster_rows = self._cluster_rows(h, w) if self.solver == "cluster" else 0
+            blocks = CLUSTER_BLOCKS.get(self.solver, 0)
+            cluster_rows = self._cluster_rows(h, w, blocks) if blocks else 0
             if cluster_rows:  # the whole level in one launch, from the coarser level's flow
-                k["tvl1_level_cluster"](np.uintp(i0), np.uintp(i1), q["gx"], q["gy"], flow[0], flow[1], i32(cw),
+                k[CLUSTER_KERNELS[self.solver]](np.uintp(i0), np.uintp(i1), q["gx"], q["gy"], flow[0], flow[1], i32(cw),
                                         i32(ch), f32(1.0 / p.scale_step), spare[0], spare[1], i32(w), i32(h), l_t,
                                         f32(p.theta), taut, f32(p.epsilon ** 2 * n), i32(p.warps),
                                         i32(p.outer_iterations), i32(p.inner_iterations), i32(p.median_filtering),
-                                        i32(cluster_rows), block=(self._threads["cluster"], 1, 1),
-                                        grid=(CLUSTER, 1, 1), shared=_cluster_bytes(cluster_rows, w), stream=s)
+                                        i32(cluster_rows), block=(self._threads[self.solver], 1, 1),
+                                        grid=(blocks, 1, 1), shared=_cluster_bytes(cluster_rows, w), stream=s)
                 flow, spare = spare, flow
                 continue
             if level == coarsest:
@@ -355,7 +377,7 @@ class CudaStage(FlowStage):
             grid = _grid(w, h)
             k["tvl1_centered_gradient"](np.uintp(i1), i32(w), i32(h), stride, q["gx"], q["gy"],
                                         block=(TILE, TILE, 1), grid=grid, stream=s)
-            layout = "bands" if self.solver == "cluster" else self.solver  # a level too large for the cluster
+            layout = "bands" if blocks else self.solver  # a level too large for the cluster's shared memory
             threads = self._threads[layout]
             parts = 1 if layout == "block" else max(1, min(self.multiprocessors, -(-n // threads)))
             rows = -(-h // parts)  # bands: rows per block

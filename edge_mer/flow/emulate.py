@@ -51,7 +51,9 @@ T = TypeVar("T")
 MAX_THREADS_PER_BLOCK = 1024  # what get_function reports, as on a GPU for a kernel with few registers
 # per kernel: what a kernel with many registers reports instead (on a GPU ptxas decides; here it
 # sets the block of the driver's one-block solve, and with it how long the emulation takes)
-THREAD_LIMITS: dict[str, int] = {"tvl1_solve": 128, "tvl1_solve_bands": 128, "tvl1_level_cluster": 128}
+THREAD_LIMITS: dict[str, int] = {"tvl1_solve": 128, "tvl1_solve_bands": 128, "tvl1_level_cluster": 128,
+                                  "tvl1_level_cluster16": 128}
+PORTABLE_CLUSTER = 8  # blocks per cluster a GPU launches without the non-portable attribute
 STATIC_SHARED_LIMIT = 48 * 1024  # static + dynamic shared memory of a block before set_attribute raises it
 SHARED_OPTIN = 227 * 1024  # a block's shared memory when raised (an H100's figure)
 _schedule = 0  # 0: threads resume in order, 1: reverse, other: shuffled with this seed
@@ -252,6 +254,7 @@ class device_attribute:  # pycuda's names
 
 class function_attribute:  # pycuda's name
     MAX_DYNAMIC_SHARED_SIZE_BYTES = "MAX_DYNAMIC_SHARED_SIZE_BYTES"
+    NON_PORTABLE_CLUSTER_SIZE_ALLOWED = "NON_PORTABLE_CLUSTER_SIZE_ALLOWED"  # not in pycuda 2026.1's enum
 
 
 ATTRIBUTES = {device_attribute.MULTIPROCESSOR_COUNT: 4,  # the grid solve: up to 4 blocks (each one a fiber set)
@@ -306,8 +309,8 @@ class Event:
 
 # -- compiling and launching ------------------------------------------------------------------
 
-# a kernel's name and parameters; a cluster kernel carries TVL1_CLUSTER_DIMS before its name
-_SIGNATURE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:TVL1_CLUSTER_DIMS\s+)?(\w+)\s*\(([^)]*)\)')
+# a kernel's name and parameters; a cluster kernel carries TVL1_CLUSTER_DIMS(blocks) before its name
+_SIGNATURE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:TVL1_CLUSTER_DIMS\((\w+)\)\s+)?(\w+)\s*\(([^)]*)\)')
 
 
 def _parameters(text: str) -> list[tuple[str, str]]:
@@ -364,9 +367,14 @@ class Function:
         # the module's static shared memory stands in for the kernel's own (pycuda's shared_size_bytes)
         self.shared_size_bytes = int(lib.emu_static_shared())
         self.max_dynamic_shared = STATIC_SHARED_LIMIT - self.shared_size_bytes
+        self.non_portable = False  # a cluster of more than PORTABLE_CLUSTER blocks needs it set
 
     def set_attribute(self, attribute: str, value: int) -> None:
-        """pycuda's ``Function.set_attribute``; only the dynamic shared memory limit is emulated."""
+        """pycuda's ``Function.set_attribute``: the dynamic shared memory limit and the non-portable
+        cluster size are emulated."""
+        if attribute == function_attribute.NON_PORTABLE_CLUSTER_SIZE_ALLOWED:
+            self.non_portable = bool(value)
+            return
         if attribute != function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES:
             raise Error(f"{self.name}: the emulator does not model the function attribute {attribute}")
         most = SHARED_OPTIN - self.shared_size_bytes
@@ -403,6 +411,9 @@ class Function:
         if not 0 <= shared <= self.max_dynamic_shared:
             raise LaunchError(f"{self.name}: too many resources requested for launch ({shared} bytes of dynamic "
                               f"shared memory, {self.max_dynamic_shared} allowed)")
+        if self.cluster > PORTABLE_CLUSTER and not self.non_portable:
+            raise LaunchError(f"{self.name}: cluster misconfiguration ({self.cluster} blocks per cluster without "
+                              "the non-portable cluster size attribute)")
         if self.cluster and g != (self.cluster, 1, 1):
             raise LaunchError(f"{self.name}: a cluster kernel launches as one cluster of {self.cluster} blocks "
                               f"here, not grid {g}")
@@ -425,10 +436,11 @@ class SourceModule:
         global _LIB
         if not no_extern_c and source.strip():
             raise CompileError("the emulator needs the entry points declared extern \"C\" (no_extern_c=True)")
-        self.kernels = {m.group(1): _parameters(m.group(2)) for m in _SIGNATURE.finditer(source)}
-        self.clustered = {m.group(1) for m in _SIGNATURE.finditer(source) if "TVL1_CLUSTER_DIMS" in m.group(0)}
-        size = re.search(r"#define\s+TVL1_CLUSTER\s+(\d+)", source)
-        self.cluster = int(size.group(1)) if size else 0
+        self.kernels = {m.group(2): _parameters(m.group(3)) for m in _SIGNATURE.finditer(source)}
+        # per cluster kernel: its blocks per cluster, a number or a #define of the source
+        defines = dict(re.findall(r"^#define\s+(\w+)\s+(\d+)\b", source, re.MULTILINE))
+        self.clusters = {m.group(2): int(defines.get(m.group(1)) or m.group(1))
+                         for m in _SIGNATURE.finditer(source) if m.group(1)}
         prelude = (resources.files("edge_mer.flow") / "kernels" / "emulate.h").read_text()
         text = source + "\n\n// ---- launch entry points (edge_mer.flow.emulate) ----\n" + _wrappers(self.kernels)
         self.lib = self._build(prelude, text)
@@ -473,4 +485,4 @@ class SourceModule:
     def get_function(self, name: str) -> Function:
         if name not in self.kernels:
             raise Error(f"named symbol not found: {name}")
-        return Function(self.lib, name, self.kernels[name], self.cluster if name in self.clustered else 0)
+        return Function(self.lib, name, self.kernels[name], self.clusters.get(name, 0))

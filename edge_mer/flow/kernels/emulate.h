@@ -418,7 +418,7 @@ inline void __nanosleep(unsigned) { ::emu::nanosleep_yield(); }
 // thread block clusters (compute capability 9.0): the launch is the cluster
 #define TVL1_CLUSTER_DEFINED 1
 #define TVL1_HAS_CLUSTERS 1
-#define TVL1_CLUSTER_DIMS
+#define TVL1_CLUSTER_DIMS(blocks)
 inline void cluster_sync() { ::emu::cluster_sync(); }
 inline float* cluster_map(float* p, unsigned rank) { return ::emu::cluster_map(p, rank); }
 inline float* dynamic_shared() { return reinterpret_cast<float*>(::emu::cur->block->dynamic); }

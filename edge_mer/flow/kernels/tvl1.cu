@@ -18,7 +18,7 @@
 //     tvl1_warp, tvl1_solve                    warps times (tvl1_solve resets p on the first;
 //                                              or tvl1_solve_bands, the same in another layout)
 //   or, with thread block clusters, the whole level (all of the above) in one launch:
-//     tvl1_level_cluster                       once
+//     tvl1_level_cluster or _cluster16         once
 //   tvl1_epilogue_f32 or tvl1_epilogue_f16     once
 // Images are planar float32, rows dense (pitch = width); several pairs run side by side
 // through blockIdx.z and the *_stride arguments (elements between consecutive planes of the
@@ -27,7 +27,7 @@
 // Build: nvcc -ptx -arch=compute_72 (Xavier, CUDA <= 12), compute_87 (Orin), ... or pycuda's
 // SourceModule(source, no_extern_c=True): the entry points are extern "C" already and
 // cuda_fp16.h must not be wrapped. Needs nothing newer than sm_72 (warp shuffles, half
-// conversion, __nanosleep from sm_70) and no host code, except tvl1_level_cluster, whose
+// conversion, __nanosleep from sm_70) and no host code, except tvl1_level_cluster(16), whose
 // body (thread block clusters) is compiled for sm_90 and newer only: below that it is an
 // empty kernel that the driver never launches.
 
@@ -592,10 +592,12 @@ extern "C" __global__ void tvl1_solve_bands(float* __restrict__ u1, float* __res
 // capability 9.0 and newer): reference.upsample_flow of the coarser level's flow (zero at the
 // coarsest), reference.centered_gradient of I1, then `warps` times reference.warp_bicubic +
 // data_term and reference.solve_warp, the dual p starting at zero (reference.solve_level). One
-// cluster of TVL1_CLUSTER blocks per pair, block `rank` owning the rows [rank * rows, rank * rows
-// + rows) (the last blocks may own fewer, or none). The flow, the dual and the warp's constants
-// live in the blocks' shared memory for the whole level; only the gradient (read at the warped
-// positions) goes through global memory, and the level's flow is written there at the end.
+// cluster of TVL1_CLUSTER blocks per pair (tvl1_level_cluster) or of TVL1_CLUSTER_LARGE
+// (tvl1_level_cluster16, where the GPU allows that non-portable size), block `rank` owning the
+// rows [rank * rows, rank * rows + rows) (the last blocks may own fewer, or none). The flow, the
+// dual and the warp's constants live in the blocks' shared memory for the whole level; only the
+// gradient (read at the warped positions) goes through global memory, and the level's flow is
+// written there at the end.
 // The loop is tvl1_solve_bands' with the cluster's hardware barrier in place of a grid barrier,
 // once per inner iteration: u and p alternate between two buffers (an iteration reads the
 // current ones, its own and its neighbours' boundary rows through distributed shared memory, and
@@ -608,8 +610,9 @@ extern "C" __global__ void tvl1_solve_bands(float* __restrict__ u1, float* __res
 // followed by a barrier.
 // Dynamic shared memory per block, in floats:
 //   TVL1_CLUSTER_PLANES * rows * w + TVL1_CLUSTER_ROWS * w + 2 * TVL1_MAX_WARPS.
-// grid (TVL1_CLUSTER), block (32..1024, a multiple of 32); one pair per launch.
+// grid (the cluster's blocks), block (32..TVL1_CLUSTER_THREADS, a multiple of 32); one pair per launch.
 #define TVL1_CLUSTER 8  // blocks per cluster: the portable maximum
+#define TVL1_CLUSTER_LARGE 16  // the most a Hopper GPU allows, with the function's non-portable attribute
 #define TVL1_CLUSTER_PLANES 16  // u1 u2 (two buffers), p11 p12 p21 p22 (two buffers), the 4 warp constants
 #define TVL1_CLUSTER_ROWS 6  // the next band's first row: its 4 warp constants and its new flow (2)
 #define TVL1_CLUSTER_THREADS 640  // most threads per block: ptxas (sm_90) then gives it 96 registers (16 B spilled)
@@ -617,7 +620,7 @@ extern "C" __global__ void tvl1_solve_bands(float* __restrict__ u1, float* __res
 #ifndef TVL1_CLUSTER_DEFINED
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 #define TVL1_HAS_CLUSTERS 1
-#define TVL1_CLUSTER_DIMS __cluster_dims__(TVL1_CLUSTER, 1, 1) __launch_bounds__(TVL1_CLUSTER_THREADS)
+#define TVL1_CLUSTER_DIMS(blocks) __cluster_dims__(blocks, 1, 1) __launch_bounds__(TVL1_CLUSTER_THREADS)
 // every thread of the cluster; release / acquire at cluster scope (shared and global memory).
 // Not the .aligned form: that one is undefined if the compiler ever splits a warp across copies.
 __device__ __forceinline__ void cluster_sync() {
@@ -635,7 +638,7 @@ __device__ __forceinline__ float* dynamic_shared() {
 }
 #else
 #define TVL1_HAS_CLUSTERS 0
-#define TVL1_CLUSTER_DIMS
+#define TVL1_CLUSTER_DIMS(blocks)
 #endif
 #endif
 
@@ -674,21 +677,25 @@ __device__ __forceinline__ float warp_total(float v) {
 }
 
 // The stopping sum of the cluster after a barrier: every block's sum, which each block has
-// written into every block's `sums` (TVL1_CLUSTER slots, in rank order) before the barrier, added
+// written into every block's `sums` (one slot per block, in rank order) before the barrier, added
 // in rank order by every thread, so that every thread of the cluster gets the same number.
+template <int BLOCKS>
 __device__ __forceinline__ float cluster_total(const float* sums) {
     float t = 0.0f;
 #pragma unroll
-    for (int k = 0; k < TVL1_CLUSTER; ++k) t += sums[k];
+    for (int k = 0; k < BLOCKS; ++k) t += sums[k];
     return t;
 }
 #endif
 
-extern "C" __global__ void TVL1_CLUSTER_DIMS tvl1_level_cluster(
+// The level's work for a cluster of BLOCKS blocks (the kernels below: 8 or 16)
+template <int BLOCKS>
+__device__ __forceinline__ void level_cluster(
         const float* __restrict__ i0, const float* __restrict__ i1, float* gx, float* gy,
         const float* __restrict__ cu1, const float* __restrict__ cu2, int cw, int ch, float inv_scale_step,
         float* __restrict__ u1, float* __restrict__ u2, int w, int h, float l_t, float theta, float taut,
         float stop, int warps, int outer_iterations, int inner_iterations, int median, int rows) {
+
 #if TVL1_HAS_CLUSTERS
     float* mine = dynamic_shared();
     const int rank = blockIdx.x, plane = rows * w;
@@ -701,7 +708,7 @@ extern "C" __global__ void TVL1_CLUSTER_DIMS tvl1_level_cluster(
     float* hc = mine + TVL1_CLUSTER_PLANES * plane;  // the halo row's warp constants (4 rows of w)
     float *hn1 = hc + 4 * w, *hn2 = hc + 5 * w;     // the halo row's new flow
     float* warp_sums = hc + TVL1_CLUSTER_ROWS * w;  // TVL1_MAX_WARPS: each warp's stopping sum
-    float* sums = warp_sums + TVL1_MAX_WARPS;        // 2 x TVL1_CLUSTER: every block's, by iteration parity
+    float* sums = warp_sums + TVL1_MAX_WARPS;        // 2 x BLOCKS (<= 32): every block's, by iteration parity
     const int nwarps = blockDim.x >> 5;
     const size_t g0 = (size_t)y0 * w;  // the band's first pixel in the global planes
 
@@ -777,8 +784,7 @@ extern "C" __global__ void TVL1_CLUSTER_DIMS tvl1_level_cluster(
                 __syncthreads();
                 if (threadIdx.x < 32) {  // the block's sum, into every block's shared memory (lane k: block k)
                     float block = warp_total(threadIdx.x < nwarps ? warp_sums[threadIdx.x] : 0.0f);
-                    if (threadIdx.x < TVL1_CLUSTER)
-                        cluster_map(sums + parity * TVL1_CLUSTER + rank, threadIdx.x)[0] = block;
+                    if (threadIdx.x < BLOCKS) cluster_map(sums + parity * BLOCKS + rank, threadIdx.x)[0] = block;
                 }
                 for (BandWalk t(w); t.i < own; t.next()) {
                     const int i = t.i, x = t.x;
@@ -788,7 +794,7 @@ extern "C" __global__ void TVL1_CLUSTER_DIMS tvl1_level_cluster(
                     dual_step(i, x, w, n1s, n2s, below1, below2, taut, s11, s12, s21, s22, d11, d12, d21, d22);
                 }
                 cluster_sync();
-                error = cluster_total(sums + parity * TVL1_CLUSTER);
+                error = cluster_total<BLOCKS>(sums + parity * BLOCKS);
                 parity ^= 1;
                 int t = u_cur; u_cur = u_next; u_next = t;
                 t = p_cur; p_cur = p_next; p_next = t;
@@ -801,6 +807,24 @@ extern "C" __global__ void TVL1_CLUSTER_DIMS tvl1_level_cluster(
     }
     cluster_sync();  // no block ends while another may still read its shared memory (the warp reads u below)
 #endif
+}
+
+extern "C" __global__ void TVL1_CLUSTER_DIMS(TVL1_CLUSTER) tvl1_level_cluster(
+        const float* __restrict__ i0, const float* __restrict__ i1, float* gx, float* gy,
+        const float* __restrict__ cu1, const float* __restrict__ cu2, int cw, int ch, float inv_scale_step,
+        float* __restrict__ u1, float* __restrict__ u2, int w, int h, float l_t, float theta, float taut,
+        float stop, int warps, int outer_iterations, int inner_iterations, int median, int rows) {
+    level_cluster<TVL1_CLUSTER>(i0, i1, gx, gy, cu1, cu2, cw, ch, inv_scale_step, u1, u2, w, h, l_t, theta, taut,
+                                stop, warps, outer_iterations, inner_iterations, median, rows);
+}
+
+extern "C" __global__ void TVL1_CLUSTER_DIMS(TVL1_CLUSTER_LARGE) tvl1_level_cluster16(
+        const float* __restrict__ i0, const float* __restrict__ i1, float* gx, float* gy,
+        const float* __restrict__ cu1, const float* __restrict__ cu2, int cw, int ch, float inv_scale_step,
+        float* __restrict__ u1, float* __restrict__ u2, int w, int h, float l_t, float theta, float taut,
+        float stop, int warps, int outer_iterations, int inner_iterations, int median, int rows) {
+    level_cluster<TVL1_CLUSTER_LARGE>(i0, i1, gx, gy, cu1, cu2, cw, ch, inv_scale_step, u1, u2, w, h, l_t, theta,
+                                      taut, stop, warps, outer_iterations, inner_iterations, median, rows);
 }
 
 // (f) reference.upsample_flow: bilinear resize of (u1, u2) to the finer level, times 1 / scale_step.
