@@ -207,7 +207,6 @@ class CudaStage(FlowStage):
             self.start, self.end = drv.Event(), drv.Event()
             self._buffers: dict[tuple[int, int], _Buffers] = {}
             self._frames: dict[str, tuple[Any, int, Any]] = {}  # onset/apex: (device buffer, bytes, host staging)
-            self._staged: dict[str, int] = {}  # onset/apex: bytes staged for the next copy
             # host copies of the model inputs for __call__
             self._motion = drv.pagelocked_empty((3, size, size), np.float32)
             self._texture = drv.pagelocked_empty((1, size, size), np.float32)
@@ -312,9 +311,10 @@ class CudaStage(FlowStage):
             self._buffers[shape] = found
         return found
 
-    def _stage_frame(self, key: str, frame: np.ndarray, window: tuple[int, int, int, int]) -> tuple[Any, int, int]:
-        """(device buffer, pitch, channels) for the window (x0, y0, x1, y1; end exclusive) of a camera frame,
-        which is copied into a page-locked host buffer here and queued for the device by ``_upload``."""
+    def _stage_frame(self, key: str, frame: np.ndarray,
+                     window: tuple[int, int, int, int]) -> tuple[Any, np.ndarray, int, int]:
+        """(device buffer, page-locked host copy, pitch, channels) of the window (x0, y0, x1, y1; end exclusive)
+        of a camera frame; the caller queues the copy from host to device."""
         f = np.asarray(frame)
         if f.dtype != np.uint8 or f.ndim not in (2, 3) or (f.ndim == 3 and f.shape[2] not in (1, 3, 4)):
             raise ValueError(f"expected a grey, BGR or BGRA uint8 frame, got {f.dtype} {f.shape}")
@@ -325,15 +325,10 @@ class CudaStage(FlowStage):
         if held is None or held[1] < nbytes:
             held = (self.drv.mem_alloc(nbytes), nbytes, self.drv.pagelocked_empty(nbytes, np.uint8))
             self._frames[key] = held
-        np.copyto(held[2][:nbytes].reshape(part.shape), part)  # the last copy from it has ended: callers settle
-        self._staged[key] = nbytes
+        staged = held[2][:nbytes]
+        np.copyto(staged.reshape(part.shape), part)  # the last copy from it has ended: callers settle
         channels = 1 if f.ndim == 2 else f.shape[2]
-        return held[0], (x1 - x0) * channels, channels
-
-    def _upload(self, key: str) -> None:
-        """Queue the copy of a staged window to the device (asynchronous: the host buffer is page-locked)."""
-        held, nbytes = self._frames[key], self._staged[key]
-        self.drv.memcpy_htod_async(held[0], held[2][:nbytes], self.stream)
+        return held[0], staged, (x1 - x0) * channels, channels
 
     # -- the launches ------------------------------------------------------------------------------
 
@@ -458,9 +453,9 @@ class CudaStage(FlowStage):
         b = self._buffers_for((self.size, self.size))
         # the stage's GPU time starts here: the host's copies into the page-locked buffers are done
         self.start.record(self.stream)
-        self._upload("onset")
-        self._upload("apex")
-        geometry = (np.int32(v) for v in (width, height, window[0], window[1], *first[1:]))
+        for device, host, *_ in (first, second):  # asynchronous: the host copies are page-locked
+            self.drv.memcpy_htod_async(device, host, self.stream)
+        geometry = (np.int32(v) for v in (width, height, window[0], window[1], *first[2:]))
         self.k["tvl1_pre"](first[0], second[0], *geometry, *(np.float32(v) for v in inv.astype(np.float32).ravel()),
                            np.int32(self.size), b.levels[0], block=(TILE, TILE, 1),
                            grid=_grid(self.size, self.size, 2), stream=self.stream)

@@ -615,7 +615,7 @@ extern "C" __global__ void tvl1_solve_bands(float* __restrict__ u1, float* __res
 #define TVL1_CLUSTER_LARGE 16  // the most a Hopper GPU allows, with the function's non-portable attribute
 #define TVL1_CLUSTER_PLANES 16  // u1 u2 (two buffers), p11 p12 p21 p22 (two buffers), the 4 warp constants
 #define TVL1_CLUSTER_ROWS 6  // the next band's first row: its 4 warp constants and its new flow (2)
-#define TVL1_CLUSTER_THREADS 640  // most threads per block: ptxas (sm_90) then gives it 96 registers (16 B spilled)
+#define TVL1_CLUSTER_THREADS 640  // most threads per block: ptxas (sm_90) then gives it 96 registers, no spills
 
 #ifndef TVL1_CLUSTER_DEFINED
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -713,8 +713,8 @@ __device__ __forceinline__ void level_cluster(
     const size_t g0 = (size_t)y0 * w;  // the band's first pixel in the global planes
 
     const float fx = cw > 0 ? (float)cw / (float)w : 0.0f, fy = cw > 0 ? (float)ch / (float)h : 0.0f;
-    for (int i = threadIdx.x; i < own; i += blockDim.x) {
-        int x = i % w, y = y0 + i / w;
+    for (BandWalk t(w); t.i < own; t.next()) {
+        const int i = t.i, x = t.x, y = y0 + t.ly;
         mine[u_cur + i] = cw > 0 ? resize_at(cu1, cw, ch, x, y, fx, fy) * inv_scale_step : 0.0f;
         mine[u_cur + plane + i] = cw > 0 ? resize_at(cu2, cw, ch, x, y, fx, fy) * inv_scale_step : 0.0f;
         mine[p_cur + i] = mine[p_cur + plane + i] = mine[p_cur + 2 * plane + i] = mine[p_cur + 3 * plane + i] = 0.0f;
@@ -724,16 +724,14 @@ __device__ __forceinline__ void level_cluster(
     int parity = 0;  // which slot of sums
     for (int warp = 0; warp < warps; ++warp) {
         const float* down_u = below ? cluster_map(mine + u_cur, rank + 1) : nullptr;
-        for (int i = threadIdx.x; i < own + halo; i += blockDim.x) {
-            if (i < own) {
-                int x = i % w, y = y0 + i / w;
+        for (BandWalk t(w); t.i < own + halo; t.next()) {
+            const int i = t.i, x = t.x, y = y0 + t.ly;  // past own: the next band's first row
+            if (i < own)
                 warp_at(i1, gx, gy, w, h, x, y, mine[u_cur + i], mine[u_cur + plane + i], i0[y * w + x],
                         c_wx[i], c_wy[i], c_g[i], c_rho[i]);
-            } else {
-                int x = i - own, y = y0 + own_rows;
+            else
                 warp_at(i1, gx, gy, w, h, x, y, down_u[x], down_u[plane + x], i0[y * w + x],
                         hc[x], hc[w + x], hc[2 * w + x], hc[3 * w + x]);
-            }
         }
         __syncthreads();
         float error = __int_as_float(0x7f800000);  // +inf; identical in every thread of the cluster
