@@ -73,8 +73,8 @@ def kernel_constant(name: str) -> int:
 CLUSTER_KERNELS = {"cluster": "tvl1_level_cluster", "cluster16": "tvl1_level_cluster16"}
 CLUSTER_BLOCKS = {"cluster": kernel_constant("TVL1_CLUSTER"), "cluster16": kernel_constant("TVL1_CLUSTER_LARGE")}
 NON_PORTABLE_CLUSTER_SIZE_ALLOWED = 14  # CUfunction_attribute's value, for a pycuda whose enum lacks the name
-CLUSTER_PLANES = kernel_constant("TVL1_CLUSTER_PLANES")  # its planes in each block's shared memory
-CLUSTER_ROWS = kernel_constant("TVL1_CLUSTER_ROWS")  # and its rows of the neighbour's first row
+CLUSTER_PLANES = kernel_constant("TVL1_CLUSTER_PLANES")  # its floats per pixel in each block's shared memory
+CLUSTER_ROWS = kernel_constant("TVL1_CLUSTER_ROWS")  # and per column, for the rows next to the band
 MAX_WARPS = kernel_constant("TVL1_MAX_WARPS")  # and twice this many per-warp sums
 
 
@@ -252,8 +252,9 @@ class CudaStage(FlowStage):
         return ""
 
     def _cluster_rows(self, h: int, w: int, blocks: int) -> int:
-        """Rows per block of a cluster of ``blocks`` at a level of h x w, or 0 when its state does not fit."""
-        rows = -(-h // blocks)
+        """Rows per block of a cluster of ``blocks`` at a level of h x w (at least two, which the median's copy
+        of the neighbours' rows needs; the last blocks may then own none), or 0 when its state does not fit."""
+        rows = max(2, -(-h // blocks))
         return rows if _cluster_bytes(rows, w) <= self.cluster_shared else 0
 
     @property

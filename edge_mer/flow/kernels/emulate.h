@@ -248,9 +248,10 @@ inline void cluster_sync() {
 }
 
 // distributed shared memory: the same offset in block `rank`'s dynamic shared memory
-inline float* cluster_map(float* p, unsigned rank) {
+template <class T>
+inline T* cluster_map(T* p, unsigned rank) {
     char* mine = cur->block->dynamic;
-    char* at = reinterpret_cast<char*>(p);
+    const char* at = reinterpret_cast<const char*>(p);
     if (mine == nullptr || at < mine || at >= mine + dynamic_bytes) {
         fail("cluster_map of an address outside this block's dynamic shared memory");
         return p;
@@ -259,7 +260,7 @@ inline float* cluster_map(float* p, unsigned rank) {
         fail("cluster_map to a block outside the cluster");
         return p;
     }
-    return reinterpret_cast<float*>((*blocks)[rank].dynamic + (at - mine));
+    return reinterpret_cast<T*>((*blocks)[rank].dynamic + (at - mine));
 }
 
 // a thread polling memory that another block will change (a grid barrier): let the others run
@@ -281,6 +282,7 @@ inline int launch(const unsigned* grid, const unsigned* block, size_t shared, un
     idle_spins = 0;
     cluster_arrived = 0;
     dynamic_bytes = shared;
+    const size_t aligned = (shared + 15) / 16 * 16;  // a GPU's dynamic shared memory starts 16-byte aligned
     grid_dim = {grid[0], grid[1], grid[2]};
     block_dim = {block[0], block[1], block[2]};
     threads_per_block = block[0] * block[1] * block[2];
@@ -299,7 +301,7 @@ inline int launch(const unsigned* grid, const unsigned* block, size_t shared, un
     ::emu::blocks = &bs;
     if (shared > 0) {
         for (Block& b : bs) {
-            b.dynamic = guarded_take(shared);
+            b.dynamic = guarded_take(aligned);
             if (b.dynamic == nullptr) {
                 fail("out of memory for dynamic shared memory");
                 break;
@@ -358,7 +360,7 @@ inline int launch(const unsigned* grid, const unsigned* block, size_t shared, un
     for (Fiber& f : fibers)  // threads left waiting when the launch failed
         if (f.stack) free_stacks.push_back(f.stack);
     for (Block& b : bs)
-        if (b.dynamic) guarded_release(b.dynamic, shared);
+        if (b.dynamic) guarded_release(b.dynamic, aligned);
     cur = nullptr;
     body = nullptr;
     resident = nullptr;
@@ -420,7 +422,8 @@ inline void __nanosleep(unsigned) { ::emu::nanosleep_yield(); }
 #define TVL1_HAS_CLUSTERS 1
 #define TVL1_CLUSTER_DIMS(blocks)
 inline void cluster_sync() { ::emu::cluster_sync(); }
-inline float* cluster_map(float* p, unsigned rank) { return ::emu::cluster_map(p, rank); }
+template <class T>
+inline T* cluster_map(T* p, unsigned rank) { return ::emu::cluster_map(p, rank); }
 inline float* dynamic_shared() { return reinterpret_cast<float*>(::emu::cur->block->dynamic); }
 
 // the kernels' clock (globaltimer on a GPU): 1 ms per reading, so a wait that times out
@@ -428,6 +431,19 @@ inline float* dynamic_shared() { return reinterpret_cast<float*>(::emu::cur->blo
 #define TVL1_NOW_NS_DEFINED 1
 inline unsigned long long emu_clock_ns = 0;
 inline unsigned long long tvl1_now_ns() { return emu_clock_ns += 1000000ull; }
+
+// CUDA's vector types, with their alignment (a float4 load or store is one 16-byte access)
+struct alignas(8) float2 {
+    float x, y;
+};
+
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
+
+inline float2 make_float2(float x, float y) { return float2{x, y}; }
+
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 
 inline float __int_as_float(int v) {
     float f;

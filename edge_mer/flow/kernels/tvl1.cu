@@ -141,30 +141,29 @@ __device__ __forceinline__ float window_median(float v[K * K]) {
     return median_of<13>(m);
 }
 
-// reference.median_filter at one pixel: K x K window, border replicated. at.row(yy) is the
-// plane's row yy (of a dense plane, or of rows spread over a cluster's blocks).
-template <int K, class Plane>
-__device__ float median_at(Plane at, int w, int h, int x, int y) {
-    float v[K * K];
+// The K x K window of pixel (x, y) of a w x h plane, border replicated: value(k, yy, xx) for each of
+// its pixels, k = its place in row-major order.
+template <int K, class Value>
+__device__ __forceinline__ void window_at(int w, int h, int x, int y, Value value) {
     const int r = K / 2;
     int xs[K];
 #pragma unroll
     for (int dx = 0; dx < K; ++dx) xs[dx] = clampi(x + dx - r, 0, w - 1);
 #pragma unroll
     for (int dy = 0; dy < K; ++dy) {
-        const float* row = at.row(clampi(y + dy - r, 0, h - 1));
+        const int yy = clampi(y + dy - r, 0, h - 1);
 #pragma unroll
-        for (int dx = 0; dx < K; ++dx) v[dy * K + dx] = row[xs[dx]];
+        for (int dx = 0; dx < K; ++dx) value(dy * K + dx, yy, xs[dx]);
     }
-    return window_median<K>(v);
 }
 
-// a dense plane of width w, for median_at
-struct DensePlane {
-    const float* plane;
-    int w;
-    __device__ __forceinline__ const float* row(int y) const { return plane + y * w; }
-};
+// reference.median_filter at pixel (x, y) of a dense w x h plane: K x K window, border replicated
+template <int K>
+__device__ float median_at(const float* plane, int w, int h, int x, int y) {
+    float v[K * K];
+    window_at<K>(w, h, x, y, [&](int k, int yy, int xx) { v[k] = plane[yy * w + xx]; });
+    return window_median<K>(v);
+}
 
 // ---------------------------------------------------------------------------------------
 // (a) reference.crop_gray (with reference.gray_u8), for the onset and the apex frame at once.
@@ -328,8 +327,7 @@ __device__ __forceinline__ void sync_pair(int parts, unsigned* barrier) {
 }
 
 // reference.median_filter of both flow components at one pixel (median = 3 or 5)
-template <class Plane>
-__device__ __forceinline__ void median_pair(int median, Plane u1, Plane u2, int w, int h, int x, int y,
+__device__ __forceinline__ void median_pair(int median, const float* u1, const float* u2, int w, int h, int x, int y,
                                             float& m1, float& m2) {
     if (median == 3) {
         m1 = median_at<3>(u1, w, h, x, y);
@@ -372,21 +370,27 @@ __device__ __forceinline__ void primal_at(int i, int x, int y, int w, float a, f
     n2 = v2 + theta * div2;
 }
 
-// phase 2 at pixel i: reference.project_dual from the forward differences of the new flow;
-// reads s*, writes d* (the same buffers in tvl1_solve, the other copy in tvl1_solve_bands)
-__device__ __forceinline__ void dual_at(int i, float u1x, float u1y, float u2x, float u2y, float taut,
-                                        const float* s11, const float* s12, const float* s21, const float* s22,
-                                        float* d11, float* d12, float* d21, float* d22) {
+// reference.project_dual at one pixel: the new dual from the old one, s = (p11, p21, p12, p22) and
+// the result in that order, and the forward differences of the new flow
+__device__ __forceinline__ float4 project_dual(float4 s, float u1x, float u1y, float u2x, float u2y, float taut) {
     float ng1 = 1.0f + taut * sqrtf(u1x * u1x + u1y * u1y);
     float ng2 = 1.0f + taut * sqrtf(u2x * u2x + u2y * u2y);
     // times the correctly rounded reciprocal: two divisions instead of four (at most an ulp apart)
     float r1 = __frcp_rn(ng1), r2 = __frcp_rn(ng2);
-    float q11 = (s11[i] + taut * u1x) * r1, q12 = (s12[i] + taut * u1y) * r1;
-    float q21 = (s21[i] + taut * u2x) * r2, q22 = (s22[i] + taut * u2y) * r2;
-    d11[i] = q11;
-    d12[i] = q12;
-    d21[i] = q21;
-    d22[i] = q22;
+    return make_float4((s.x + taut * u1x) * r1, (s.y + taut * u2x) * r2, (s.z + taut * u1y) * r1,
+                       (s.w + taut * u2y) * r2);
+}
+
+// phase 2 at pixel i of dense planes: project_dual; reads s*, writes d* (the same buffers in
+// tvl1_solve, the other copy in tvl1_solve_bands)
+__device__ __forceinline__ void dual_at(int i, float u1x, float u1y, float u2x, float u2y, float taut,
+                                        const float* s11, const float* s12, const float* s21, const float* s22,
+                                        float* d11, float* d12, float* d21, float* d22) {
+    float4 q = project_dual(make_float4(s11[i], s21[i], s12[i], s22[i]), u1x, u1y, u2x, u2y, taut);
+    d11[i] = q.x;
+    d21[i] = q.y;
+    d12[i] = q.z;
+    d22[i] = q.w;
 }
 
 // phase 2 at pixel i (column x) of the flow (u1, u2): reference.forward_gradient, then
@@ -457,7 +461,7 @@ extern "C" __global__ void tvl1_solve(float* __restrict__ u1, float* __restrict_
     for (int outer = 0; outer < outer_iterations && error > stop; ++outer) {
         if (median > 1) {
             for (int i = first; i < n; i += step)
-                median_pair(median, DensePlane{u1, w}, DensePlane{u2, w}, w, h, i % w, i / w, tmp1[i], tmp2[i]);
+                median_pair(median, u1, u2, w, h, i % w, i / w, tmp1[i], tmp2[i]);
             sync_pair(parts, barrier);
             for (int i = first; i < n; i += step) {
                 u1[i] = tmp1[i];
@@ -534,7 +538,7 @@ extern "C" __global__ void tvl1_solve_bands(float* __restrict__ u1, float* __res
     for (int outer = 0; outer < outer_iterations && error > stop; ++outer) {
         if (median > 1) {
             for (int i = own_begin + threadIdx.x; i < own_end; i += blockDim.x)
-                median_pair(median, DensePlane{c1, w}, DensePlane{c2, w}, w, h, i % w, i / w, n1s[i], n2s[i]);
+                median_pair(median, c1, c2, w, h, i % w, i / w, n1s[i], n2s[i]);
             float* t = c1; c1 = n1s; n1s = t;
             t = c2; c2 = n2s; n2s = t;
             sync_pair(parts, barrier);
@@ -606,16 +610,25 @@ extern "C" __global__ void tvl1_solve_bands(float* __restrict__ u1, float* __res
 // The stopping sum: each warp's sum in shared memory, added by the first warp after phase 1
 // into the block's sum, which it writes into every block's shared memory (two sets, by
 // iteration parity); after the barrier every thread adds the blocks' sums, all local, in rank
-// order, so every thread of the cluster leaves the loops at the same iteration. The median is
-// followed by a barrier.
-// Dynamic shared memory per block, in floats:
+// order, so every thread of the cluster leaves the loops at the same iteration. The median
+// first copies the neighbours' two rows above and below the band into this block's spare rows,
+// so that its windows read this block's memory only, and is followed by a barrier.
+// A pixel's values lie together, so that one instruction moves them (offsets in the same units):
+//   P[2]  float4 (p11, p21, p12, p22) per pixel: the dual, current and next (x, y: what the
+//         pixel to the right needs; z, w: what the pixel below needs);
+//   C     float4 (wx, wy, 1 / grad or 0 where grad <= FLT_EPSILON, rho_c): the warp's constants,
+//         with one row more, the next band's first row;
+//   U[2]  float2 (u1, u2): the flow, current and next, each with two spare rows above the band
+//         (the median's copies) and two below (the first: the next band's first row, which
+//         phase 1 writes into the next buffer and the median's copy overwrites; the second: a copy).
+// Dynamic shared memory per block, in floats (rows >= 2, the median's copy needs two):
 //   TVL1_CLUSTER_PLANES * rows * w + TVL1_CLUSTER_ROWS * w + 2 * TVL1_MAX_WARPS.
 // grid (the cluster's blocks), block (32..TVL1_CLUSTER_THREADS, a multiple of 32); one pair per launch.
 #define TVL1_CLUSTER 8  // blocks per cluster: the portable maximum
 #define TVL1_CLUSTER_LARGE 16  // the most a Hopper GPU allows, with the function's non-portable attribute
-#define TVL1_CLUSTER_PLANES 16  // u1 u2 (two buffers), p11 p12 p21 p22 (two buffers), the 4 warp constants
-#define TVL1_CLUSTER_ROWS 6  // the next band's first row: its 4 warp constants and its new flow (2)
-#define TVL1_CLUSTER_THREADS 640  // most threads per block: ptxas (sm_90) then gives it 96 registers, no spills
+#define TVL1_CLUSTER_PLANES 16  // per pixel: P (2 x 4), C (4), U (2 x 2)
+#define TVL1_CLUSTER_ROWS 20  // per column: C's extra row (4), U's four spare rows (2 x 4 x 2)
+#define TVL1_CLUSTER_THREADS 640  // most threads per block (ptxas, sm_90: at most 96 registers, no spills)
 
 #ifndef TVL1_CLUSTER_DEFINED
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -627,14 +640,15 @@ __device__ __forceinline__ void cluster_sync() {
     asm volatile("barrier.cluster.arrive.release;\n\tbarrier.cluster.wait.acquire;" ::: "memory");
 }
 // the address of the same shared-memory location in block `rank` of the cluster
-__device__ __forceinline__ float* cluster_map(float* p, unsigned rank) {
+template <class T>
+__device__ __forceinline__ T* cluster_map(T* p, unsigned rank) {
     unsigned long long out;
     asm("mapa.u64 %0, %1, %2;" : "=l"(out) : "l"(p), "r"(rank));  // pure: the compiler may share it
-    return reinterpret_cast<float*>(out);
+    return reinterpret_cast<T*>(out);
 }
 __device__ __forceinline__ float* dynamic_shared() {
-    extern __shared__ float tvl1_dynamic[];
-    return tvl1_dynamic;
+    extern __shared__ float4 tvl1_dynamic[];  // 16-byte aligned
+    return reinterpret_cast<float*>(tvl1_dynamic);
 }
 #else
 #define TVL1_HAS_CLUSTERS 0
@@ -643,18 +657,6 @@ __device__ __forceinline__ float* dynamic_shared() {
 #endif
 
 #if TVL1_HAS_CLUSTERS
-// one plane of the flow, its rows wherever in the cluster they live, for median_at
-struct ClusterPlane {
-    float* mine;  // this block's dynamic shared memory
-    int offset;   // the plane's first float in it
-    int rows, w;
-    __device__ __forceinline__ const float* row(int y) const {
-        int owner = y / rows;
-        float* base = owner == (int)blockIdx.x ? mine : cluster_map(mine, owner);
-        return base + offset + (y - owner * rows) * w;
-    }
-};
-
 // A thread's pixels i = threadIdx.x + k * blockDim.x of a band w wide, with their column x and
 // band row ly, stepped without a division per pixel.
 struct BandWalk {
@@ -686,6 +688,39 @@ __device__ __forceinline__ float cluster_total(const float* sums) {
     for (int k = 0; k < BLOCKS; ++k) t += sums[k];
     return t;
 }
+
+// warp_at's constants as C holds them: (wx, wy, 1 / grad where grad > FLT_EPSILON else 0, rho_c)
+__device__ __forceinline__ float4 warp_constants(const float* a, const float* b, const float* c, int w, int h,
+                                                 int x, int y, float2 f, float i0v) {
+    float wx, wy, grad, rho_c;
+    warp_at(a, b, c, w, h, x, y, f.x, f.y, i0v, wx, wy, grad, rho_c);
+    return make_float4(wx, wy, grad > TVL1_FLT_EPSILON ? __frcp_rn(grad) : 0.0f, rho_c);
+}
+
+// threshold_at from the constants of warp_constants: grad again as wx^2 + wy^2 for the bounds,
+// the division by it a product with its correctly rounded reciprocal (at most an ulp apart),
+// and selections instead of branches
+__device__ __forceinline__ float2 threshold_c(float4 c, float2 u, float l_t) {
+    float rho = c.w + c.x * u.x + c.y * u.y;
+    float bound = l_t * (c.x * c.x + c.y * c.y);
+    float k = -rho * c.z;
+    k = rho > bound ? -l_t : k;
+    k = rho < -bound ? l_t : k;
+    return make_float2(u.x + k * c.x, u.y + k * c.y);
+}
+
+// reference.median_filter of both flow components at pixel (x, y) of a band whose first row is
+// y0, from the band's rows with two more above and below (u: the first of those, row y0 - 2)
+template <int K>
+__device__ __forceinline__ float2 band_median(const float2* u, int w, int h, int x, int y, int y0) {
+    float a[K * K], b[K * K];
+    window_at<K>(w, h, x, y, [&](int k, int yy, int xx) {
+        const float2 v = u[(yy - y0 + 2) * w + xx];
+        a[k] = v.x;
+        b[k] = v.y;
+    });
+    return make_float2(window_median<K>(a), window_median<K>(b));
+}
 #endif
 
 // The level's work for a cluster of BLOCKS blocks (the kernels below: 8 or 16)
@@ -697,84 +732,86 @@ __device__ __forceinline__ void level_cluster(
         float stop, int warps, int outer_iterations, int inner_iterations, int median, int rows) {
 
 #if TVL1_HAS_CLUSTERS
-    float* mine = dynamic_shared();
     const int rank = blockIdx.x, plane = rows * w;
     const int y0 = rank * rows, own_rows = max(0, min(rows, h - y0)), own = own_rows * w;
     const bool above = rank > 0 && own_rows > 0, below = y0 + own_rows < h && own_rows > 0;
     const int halo = below ? w : 0;  // the next band's first row, which this block also computes
-    // offsets (the same in every block of the cluster) of the current and next buffers
-    int u_cur = 0, u_next = 2 * plane, p_cur = 4 * plane, p_next = 8 * plane;
-    float *c_wx = mine + 12 * plane, *c_wy = c_wx + plane, *c_g = c_wy + plane, *c_rho = c_g + plane;
-    float* hc = mine + TVL1_CLUSTER_PLANES * plane;  // the halo row's warp constants (4 rows of w)
-    float *hn1 = hc + 4 * w, *hn2 = hc + 5 * w;     // the halo row's new flow
-    float* warp_sums = hc + TVL1_CLUSTER_ROWS * w;  // TVL1_MAX_WARPS: each warp's stopping sum
-    float* sums = warp_sums + TVL1_MAX_WARPS;        // 2 x BLOCKS (<= 32): every block's, by iteration parity
+    float4* const P = reinterpret_cast<float4*>(dynamic_shared());  // P[0], then P[1] from P + plane
+    float4* const C = P + 2 * plane;
+    float2* const U = reinterpret_cast<float2*>(C + plane + w);  // U[0], then U[1] from U + u_plane
+    const int u_plane = plane + 4 * w, lead = 2 * w;  // a U buffer's size, and where its band begins
+    float* warp_sums = reinterpret_cast<float*>(U + 2 * u_plane);  // TVL1_MAX_WARPS: each warp's stopping sum
+    float* sums = warp_sums + TVL1_MAX_WARPS;  // 2 x BLOCKS (<= 32): every block's, by iteration parity
+    int cu = 0, cp = 0;  // the current buffer of U, of P
     const int nwarps = blockDim.x >> 5;
     const size_t g0 = (size_t)y0 * w;  // the band's first pixel in the global planes
 
     const float fx = cw > 0 ? (float)cw / (float)w : 0.0f, fy = cw > 0 ? (float)ch / (float)h : 0.0f;
     for (BandWalk t(w); t.i < own; t.next()) {
         const int i = t.i, x = t.x, y = y0 + t.ly;
-        mine[u_cur + i] = cw > 0 ? resize_at(cu1, cw, ch, x, y, fx, fy) * inv_scale_step : 0.0f;
-        mine[u_cur + plane + i] = cw > 0 ? resize_at(cu2, cw, ch, x, y, fx, fy) * inv_scale_step : 0.0f;
-        mine[p_cur + i] = mine[p_cur + plane + i] = mine[p_cur + 2 * plane + i] = mine[p_cur + 3 * plane + i] = 0.0f;
+        U[lead + i] = cw > 0 ? make_float2(resize_at(cu1, cw, ch, x, y, fx, fy) * inv_scale_step,
+                                           resize_at(cu2, cw, ch, x, y, fx, fy) * inv_scale_step)
+                             : make_float2(0.0f, 0.0f);
+        P[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         gradient_at(i1, w, h, x, y, gx[g0 + i], gy[g0 + i]);
     }
     cluster_sync();  // the gradient (global) and the flow visible to the whole cluster
     int parity = 0;  // which slot of sums
     for (int warp = 0; warp < warps; ++warp) {
-        const float* down_u = below ? cluster_map(mine + u_cur, rank + 1) : nullptr;
-        for (BandWalk t(w); t.i < own + halo; t.next()) {
-            const int i = t.i, x = t.x, y = y0 + t.ly;  // past own: the next band's first row
-            if (i < own)
-                warp_at(i1, gx, gy, w, h, x, y, mine[u_cur + i], mine[u_cur + plane + i], i0[y * w + x],
-                        c_wx[i], c_wy[i], c_g[i], c_rho[i]);
-            else
-                warp_at(i1, gx, gy, w, h, x, y, down_u[x], down_u[plane + x], i0[y * w + x],
-                        hc[x], hc[w + x], hc[2 * w + x], hc[3 * w + x]);
+        const float2* flow = U + cu * u_plane + lead;  // the current flow's band
+        const float2* down_u = below ? cluster_map(flow, rank + 1) : nullptr;
+        for (BandWalk t(w); t.i < own + halo; t.next()) {  // past own: the next band's first row
+            const int i = t.i, x = t.x, y = y0 + t.ly;
+            C[i] = warp_constants(i1, gx, gy, w, h, x, y, i < own ? flow[i] : down_u[x], i0[y * w + x]);
         }
         __syncthreads();
         float error = __int_as_float(0x7f800000);  // +inf; identical in every thread of the cluster
         for (int outer = 0; outer < outer_iterations && error > stop; ++outer) {
             if (median > 1) {
-                ClusterPlane r1{mine, u_cur, rows, w}, r2{mine, u_cur + plane, rows, w};
+                float2* u = U + cu * u_plane;  // the current flow from its spare rows above the band
+                float2* out = U + (cu ^ 1) * u_plane + lead;
+                for (int j = threadIdx.x; j < 4 * w; j += blockDim.x) {  // rows y0 - 2, y0 - 1, y0 + own_rows, + 1
+                    const int k = j / w, x = j - k * w, y = k < 2 ? y0 - 2 + k : y0 + own_rows + k - 2;
+                    if (own_rows > 0 && y >= 0 && y < h)  // the band above's last rows, the band below's first
+                        u[(k < 2 ? k : own_rows + k) * w + x] =
+                            cluster_map(u, k < 2 ? rank - 1 : rank + 1)[(k < 2 ? rows + k : k) * w + x];
+                }
+                __syncthreads();
                 for (BandWalk t(w); t.i < own; t.next())
-                    median_pair(median, r1, r2, w, h, t.x, y0 + t.ly, mine[u_next + t.i], mine[u_next + plane + t.i]);
-                int t = u_cur; u_cur = u_next; u_next = t;
+                    out[t.i] = median == 3 ? band_median<3>(u, w, h, t.x, y0 + t.ly, y0)
+                                           : band_median<5>(u, w, h, t.x, y0 + t.ly, y0);
+                cu ^= 1;
                 cluster_sync();
             }
             for (int inner = 0; inner < inner_iterations && error > stop; ++inner) {
-                const float *s1 = mine + u_cur, *s2 = s1 + plane;
-                float *n1s = mine + u_next, *n2s = n1s + plane;
-                float *s11 = mine + p_cur, *s12 = s11 + plane, *s21 = s12 + plane, *s22 = s21 + plane;
-                float *d11 = mine + p_next, *d12 = d11 + plane, *d21 = d12 + plane, *d22 = d21 + plane;
-                // the neighbours' current buffers: the last row of p above, the first rows of u and p below
-                const float* up = above ? cluster_map(s11, rank - 1) + (rows - 1) * w : nullptr;
-                const float* dn_u = below ? cluster_map(mine + u_cur, rank + 1) : nullptr;
-                const float* dn_p = below ? cluster_map(s11, rank + 1) : nullptr;
+                const float2* uc = U + cu * u_plane + lead;
+                float2* un = U + (cu ^ 1) * u_plane + lead;
+                const float4* pc = P + cp * plane;
+                float4* pn = P + (cp ^ 1) * plane;
+                const float2* halves = reinterpret_cast<const float2*>(pc);  // [2i]: (p11, p21), [2i + 1]: (p12, p22)
+                // the neighbours' current buffers: (p12, p22) of the last row above, u and p of the first row below
+                const float2* up = above ? cluster_map(halves, rank - 1) + 2 * (rows - 1) * w + 1 : nullptr;
+                const float2* dn_u = below ? cluster_map(uc, rank + 1) : nullptr;
+                const float4* dn_p = below ? cluster_map(pc, rank + 1) : nullptr;
                 float local = 0.0f;
                 for (BandWalk t(w); t.i < own + halo; t.next()) {
-                    const int i = t.i, x = t.x, ly = t.ly;  // past own: the next band's first row, x = i - own
+                    const int i = t.i, x = t.x;  // past own: the next band's first row, x = i - own
                     if (i < own) {  // primal_at's step, the divergence across bands
-                        float a = s1[i], b = s2[i], v1, v2;
-                        threshold_at(i, a, b, c_wx, c_wy, c_g, c_rho, l_t, v1, v2);
-                        float div1 = s11[i] + s12[i], div2 = s21[i] + s22[i];
-                        if (x > 0) { div1 -= s11[i - 1]; div2 -= s21[i - 1]; }
-                        if (ly > 0) { div1 -= s12[i - w]; div2 -= s22[i - w]; }
-                        else if (above) { div1 -= up[plane + x]; div2 -= up[3 * plane + x]; }
-                        float n1 = v1 + theta * div1, n2 = v2 + theta * div2;
-                        local += (n1 - a) * (n1 - a) + (n2 - b) * (n2 - b);
-                        n1s[i] = n1;
-                        n2s[i] = n2;
+                        float2 a = uc[i], v = threshold_c(C[i], a, l_t);
+                        float4 p = pc[i];
+                        float div1 = p.x + p.z, div2 = p.y + p.w;
+                        if (x > 0) { float2 l = halves[2 * i - 2]; div1 -= l.x; div2 -= l.y; }
+                        if (t.ly > 0) { float2 o = halves[2 * (i - w) + 1]; div1 -= o.x; div2 -= o.y; }
+                        else if (above) { float2 o = up[2 * x]; div1 -= o.x; div2 -= o.y; }
+                        float n1 = v.x + theta * div1, n2 = v.y + theta * div2;
+                        local += (n1 - a.x) * (n1 - a.x) + (n2 - a.y) * (n2 - a.y);
+                        un[i] = make_float2(n1, n2);
                     } else {  // the next band's first row, privately; the row above it is this block's last
-                        int last = (own_rows - 1) * w + x;
-                        float v1, v2;
-                        threshold_at(x, dn_u[x], dn_u[plane + x], hc, hc + w, hc + 2 * w, hc + 3 * w, l_t, v1, v2);
-                        float div1 = dn_p[x] + dn_p[plane + x] - s12[last];
-                        float div2 = dn_p[2 * plane + x] + dn_p[3 * plane + x] - s22[last];
-                        if (x > 0) { div1 -= dn_p[x - 1]; div2 -= dn_p[2 * plane + x - 1]; }
-                        hn1[x] = v1 + theta * div1;
-                        hn2[x] = v2 + theta * div2;
+                        float2 v = threshold_c(C[i], dn_u[x], l_t), o = halves[2 * (i - w) + 1];
+                        float4 p = dn_p[x];
+                        float div1 = p.x + p.z - o.x, div2 = p.y + p.w - o.y;
+                        if (x > 0) { float4 l = dn_p[x - 1]; div1 -= l.x; div2 -= l.y; }
+                        un[i] = make_float2(v.x + theta * div1, v.y + theta * div2);  // U's first spare row below
                     }
                 }
                 local = warp_total(local);
@@ -784,24 +821,26 @@ __device__ __forceinline__ void level_cluster(
                     float block = warp_total(threadIdx.x < nwarps ? warp_sums[threadIdx.x] : 0.0f);
                     if (threadIdx.x < BLOCKS) cluster_map(sums + parity * BLOCKS + rank, threadIdx.x)[0] = block;
                 }
-                for (BandWalk t(w); t.i < own; t.next()) {
-                    const int i = t.i, x = t.x;
-                    bool inside = t.ly < own_rows - 1;  // else the row below is the halo (or none)
-                    const float* below1 = inside ? n1s + i - x + w : below ? hn1 : nullptr;
-                    const float* below2 = inside ? n2s + i - x + w : below ? hn2 : nullptr;
-                    dual_step(i, x, w, n1s, n2s, below1, below2, taut, s11, s12, s21, s22, d11, d12, d21, d22);
+                for (BandWalk t(w); t.i < own; t.next()) {  // reference.forward_gradient, project_dual
+                    const int i = t.i;
+                    const float2 n = un[i];
+                    const float2 r = t.x < w - 1 ? un[i + 1] : n;  // the row below: this band's or the spare row
+                    const float2 d = t.ly < own_rows - 1 || below ? un[i + w] : n;
+                    pn[i] = project_dual(pc[i], r.x - n.x, d.x - n.x, r.y - n.y, d.y - n.y, taut);
                 }
                 cluster_sync();
                 error = cluster_total<BLOCKS>(sums + parity * BLOCKS);
                 parity ^= 1;
-                int t = u_cur; u_cur = u_next; u_next = t;
-                t = p_cur; p_cur = p_next; p_next = t;
+                cu ^= 1;
+                cp ^= 1;
             }
         }
     }
+    const float2* flow = U + cu * u_plane + lead;
     for (int i = threadIdx.x; i < own; i += blockDim.x) {
-        u1[g0 + i] = mine[u_cur + i];
-        u2[g0 + i] = mine[u_cur + plane + i];
+        const float2 f = flow[i];
+        u1[g0 + i] = f.x;
+        u2[g0 + i] = f.y;
     }
     cluster_sync();  // no block ends while another may still read its shared memory (the warp reads u below)
 #endif
