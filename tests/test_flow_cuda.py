@@ -23,7 +23,7 @@ import pytest
 
 from edge_mer.features.normalise import FLOW_UNIT, motion_tensor, texture_tensor
 from edge_mer.flow import emulate
-from edge_mer.flow.cuda import SMALLER_BLOCKS, SOLVERS, CudaStage, _crop_window
+from edge_mer.flow.cuda import SMALLER_BLOCKS, SOLVERS, CudaStage, _crop_window, kernel_source
 from edge_mer.flow.pairs import endpoint_error, in_frames, micro_pairs, shift_pairs
 from edge_mer.flow.reference import crop_gray, tvl1
 
@@ -186,3 +186,37 @@ def test_auto_keeps_the_fastest_layout(where, monkeypatch):
 
 def test_self_check_passes(stage):
     assert stage.self_check() is None
+
+
+# every k x k window of zeros and ones, one per loop step: the count whose median is wrong
+MEDIAN_CHECK = r"""
+extern "C" __global__ void median_zero_one(int k, unsigned* wrong) {
+    const unsigned n = k * k;
+    unsigned bad = 0;
+    for (unsigned bits = threadIdx.x; bits < (1u << n); bits += blockDim.x) {
+        float v[25];
+        unsigned ones = 0;
+        for (unsigned j = 0; j < n; ++j) {
+            v[j] = (float)((bits >> j) & 1u);
+            ones += (bits >> j) & 1u;
+        }
+        float m = k == 3 ? window_median<3>(v) : window_median<5>(v);
+        bad += (m == 1.0f) != (2 * ones > n);
+    }
+    atomicAdd(wrong, bad);
+}
+"""
+
+
+@needs_compiler
+@pytest.mark.parametrize("k", [3, 5])
+def test_the_median_networks_give_the_median_of_every_window(k):
+    # a comparator network that gives the median of every input of zeros and ones gives it of every
+    # input (the 0-1 principle): 2^25 windows for 5 x 5
+    module = emulate.SourceModule(kernel_source() + MEDIAN_CHECK, no_extern_c=True)
+    wrong = emulate.mem_alloc(4)
+    emulate.memset_d32(wrong, 0, 1)
+    module.get_function("median_zero_one")(np.int32(k), wrong, block=(32, 1, 1), grid=(1, 1))
+    out = np.empty(1, np.uint32)
+    emulate.memcpy_dtoh(out, wrong)
+    assert out[0] == 0
