@@ -117,7 +117,7 @@ class CudaStage(FlowStage):
     """TV-L1 on the GPU with the reference's parameters; ``__call__`` returns host arrays like every stage."""
 
     name = "cuda"
-    PLANES = ("gx", "gy", "i1wx", "i1wy", "grad", "rho_c", "u1", "u2", "v1", "v2",
+    PLANES = ("gx", "gy", "i1wx", "i1wy", "igrad", "rho_c", "u1", "u2", "v1", "v2",
               "p11", "p12", "p21", "p22", "tmp1", "tmp2", "q11", "q12", "q21", "q22")
 
     def __init__(self, size: int = 112, params: TVL1Params | None = None, device: int = 0,
@@ -381,11 +381,11 @@ class CudaStage(FlowStage):
                 parts = -(-h // rows)
             loops = (f32(p.epsilon ** 2 * n), i32(p.outer_iterations), i32(p.inner_iterations),
                      i32(p.median_filtering))
-            common = (q["i1wx"], q["i1wy"], q["grad"], q["rho_c"], i32(w), i32(h), stride, l_t, f32(p.theta), taut,
+            common = (q["i1wx"], q["i1wy"], q["igrad"], q["rho_c"], i32(w), i32(h), stride, l_t, f32(p.theta), taut,
                       *loops)
             for warp in range(p.warps):
                 k["tvl1_warp"](np.uintp(i0), np.uintp(i1), q["gx"], q["gy"], flow[0], flow[1], i32(w), i32(h),
-                               stride, q["i1wx"], q["i1wy"], q["grad"], q["rho_c"],
+                               stride, q["i1wx"], q["i1wy"], q["igrad"], q["rho_c"],
                                block=(TILE, TILE, 1), grid=grid, stream=s)
                 if layout == "bands":  # tmp1, tmp2: the flow's second buffers
                     k["tvl1_solve_bands"](flow[0], flow[1], q["tmp1"], q["tmp2"], q["p11"], q["p12"], q["p21"],

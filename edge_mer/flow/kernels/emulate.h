@@ -417,6 +417,11 @@ inline float __frcp_rn(float x) { return 1.0f / x; }  // IEEE division: the corr
 
 inline void __nanosleep(unsigned) { ::emu::nanosleep_yield(); }
 
+// the kernels' approximate square root and reciprocal (PTX sqrt.approx, rcp.approx on a GPU): exact here
+#define TVL1_APPROX_DEFINED 1
+inline float sqrt_approx(float x) { return std::sqrt(x); }
+inline float rcp_approx(float x) { return 1.0f / x; }
+
 // thread block clusters (compute capability 9.0): the launch is the cluster
 #define TVL1_CLUSTER_DEFINED 1
 #define TVL1_HAS_CLUSTERS 1

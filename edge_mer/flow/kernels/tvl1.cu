@@ -5,8 +5,9 @@
 // reference function it implements, and follows it step for step: the same pyramid sizes
 // and resampling positions, the same bicubic filter (Keys, a = -0.75) clamped at the
 // border, the same loop structure and stopping rule. Results differ from the reference
-// only by float32 rounding and summation order (the stopping test can then fire one
-// iteration earlier or later).
+// only by float32 rounding (divisions are products with reciprocals; the dual step's square
+// roots and reciprocals are the GPU's approximate ones) and summation order (the stopping
+// test can then fire one iteration earlier or later).
 //
 // Only device code: the host driver (pycuda) allocates the buffers, computes the pyramid
 // sizes with reference.level_shapes and launches, per pair:
@@ -222,10 +223,11 @@ extern "C" __global__ void tvl1_centered_gradient(const float* __restrict__ img,
 }
 
 // reference.warp_bicubic of (I1, dI1/dx, dI1/dy) at (x, y) + (f1, f2), then reference.data_term
-// with I0's value there: the solve's constants at that pixel (wx, wy, grad = wx^2 + wy^2, rho_c)
-__device__ __forceinline__ void warp_at(const float* a, const float* b, const float* c, int w, int h, int x, int y,
-                                        float f1, float f2, float i0v, float& wx_out, float& wy_out, float& grad,
-                                        float& rho_c) {
+// with I0's value there: the solve's constants at that pixel, (wx, wy, 1 / grad, rho_c) with
+// grad = wx^2 + wy^2, its reciprocal correctly rounded and 0 where grad <= FLT_EPSILON
+// (threshold_at's division by grad, made once per warp instead of once per iteration)
+__device__ __forceinline__ float4 warp_at(const float* a, const float* b, const float* c, int w, int h, int x, int y,
+                                          float f1, float f2, float i0v) {
     float sx = x + f1, sy = y + f2;
     float x0 = floorf(sx), y0 = floorf(sy);
     float wx[4], wy[4];
@@ -252,10 +254,8 @@ __device__ __forceinline__ void warp_at(const float* a, const float* b, const fl
         vx += rx * wy[j];
         vy += ry * wy[j];
     }
-    wx_out = vx;
-    wy_out = vy;
-    grad = vx * vx + vy * vy;
-    rho_c = vw - vx * f1 - vy * f2 - i0v;
+    float grad = vx * vx + vy * vy;
+    return make_float4(vx, vy, grad > TVL1_FLT_EPSILON ? __frcp_rn(grad) : 0.0f, vw - vx * f1 - vy * f2 - i0v);
 }
 
 // (c2) reference.warp_bicubic of (I1, dI1/dx, dI1/dy) at x + u, then reference.data_term.
@@ -264,14 +264,17 @@ extern "C" __global__ void tvl1_warp(const float* __restrict__ i0, const float* 
                                      const float* __restrict__ i1x, const float* __restrict__ i1y,
                                      const float* __restrict__ u1, const float* __restrict__ u2, int w, int h, int stride,
                                      float* __restrict__ i1wx, float* __restrict__ i1wy,
-                                     float* __restrict__ grad, float* __restrict__ rho_c) {
+                                     float* __restrict__ igrad, float* __restrict__ rho_c) {
     int x = blockIdx.x * blockDim.x + threadIdx.x;
     int y = blockIdx.y * blockDim.y + threadIdx.y;
     if (x >= w || y >= h) return;
-    size_t base = (size_t)blockIdx.z * stride;
-    int i = y * w + x;
-    warp_at(i1 + base, i1x + base, i1y + base, w, h, x, y, u1[base + i], u2[base + i], i0[base + i],
-            i1wx[base + i], i1wy[base + i], grad[base + i], rho_c[base + i]);
+    size_t i = (size_t)blockIdx.z * stride + y * w + x;
+    float4 c = warp_at(i1 + blockIdx.z * stride, i1x + blockIdx.z * stride, i1y + blockIdx.z * stride, w, h, x, y,
+                       u1[i], u2[i], i0[i]);
+    i1wx[i] = c.x;
+    i1wy[i] = c.y;
+    igrad[i] = c.z;
+    rho_c[i] = c.w;
 }
 
 // Barrier over every block of the launch, for the multi-block solve (the pattern of
@@ -339,45 +342,55 @@ __device__ __forceinline__ void median_pair(int median, const float* u1, const f
     }
 }
 
-// reference.threshold_step at pixel i of the flow (a, b): v in (v1, v2)
-__device__ __forceinline__ void threshold_at(int i, float a, float b, const float* __restrict__ i1wx,
-                                             const float* __restrict__ i1wy, const float* __restrict__ grad,
-                                             const float* __restrict__ rho_c, float l_t, float& v1, float& v2) {
-    float gx = i1wx[i], gy = i1wy[i], g = grad[i];
-    float rho = rho_c[i] + gx * a + gy * b;
-    float bound = l_t * g;
-    float c;
-    if (rho < -bound) c = l_t;
-    else if (rho > bound) c = -l_t;
-    else if (g > TVL1_FLT_EPSILON) c = -rho / g;
-    else c = 0.0f;
-    v1 = a + c * gx;
-    v2 = b + c * gy;
+// reference.threshold_step at one pixel: v from the flow u there and warp_at's constants c; grad
+// again as wx^2 + wy^2 for the bounds, the division by it a product with its reciprocal (at most
+// an ulp apart), selections instead of branches
+__device__ __forceinline__ float2 threshold_at(float4 c, float2 u, float l_t) {
+    float rho = c.w + c.x * u.x + c.y * u.y;
+    float bound = l_t * (c.x * c.x + c.y * c.y);
+    float k = -rho * c.z;
+    k = rho > bound ? -l_t : k;
+    k = rho < -bound ? l_t : k;
+    return make_float2(u.x + k * c.x, u.y + k * c.y);
 }
 
 // phase 1 at pixel i (x, y) of the flow (a, b) in dense planes of width w: threshold_at,
 // reference.divergence of the dual p and u = v + theta div p; the new flow in (n1, n2)
 __device__ __forceinline__ void primal_at(int i, int x, int y, int w, float a, float b,
                                           const float* __restrict__ i1wx, const float* __restrict__ i1wy,
-                                          const float* __restrict__ grad, const float* __restrict__ rho_c,
+                                          const float* __restrict__ igrad, const float* __restrict__ rho_c,
                                           const float* p11, const float* p12, const float* p21, const float* p22,
                                           float l_t, float theta, float& n1, float& n2) {
-    float v1, v2;
-    threshold_at(i, a, b, i1wx, i1wy, grad, rho_c, l_t, v1, v2);
+    float2 v = threshold_at(make_float4(i1wx[i], i1wy[i], igrad[i], rho_c[i]), make_float2(a, b), l_t);
     float div1 = p11[i] + p12[i], div2 = p21[i] + p22[i];
     if (x > 0) { div1 -= p11[i - 1]; div2 -= p21[i - 1]; }
     if (y > 0) { div1 -= p12[i - w]; div2 -= p22[i - w]; }
-    n1 = v1 + theta * div1;
-    n2 = v2 + theta * div2;
+    n1 = v.x + theta * div1;
+    n2 = v.y + theta * div2;
 }
 
+#ifndef TVL1_APPROX_DEFINED
+// The GPU's approximate square root and reciprocal: one instruction each instead of a correctly
+// rounded sequence of about ten with a branch; not correctly rounded, denormal inputs taken as 0.
+__device__ __forceinline__ float sqrt_approx(float x) {
+    float y;
+    asm("sqrt.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+__device__ __forceinline__ float rcp_approx(float x) {
+    float y;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+#endif
+
 // reference.project_dual at one pixel: the new dual from the old one, s = (p11, p21, p12, p22) and
-// the result in that order, and the forward differences of the new flow
+// the result in that order, and the forward differences of the new flow. The gradient norms and
+// the two reciprocals that replace the four divisions are the GPU's approximate ones (the dual's
+// rescaling by 1 / (1 + taut |grad u|), a number in (0, 1]).
 __device__ __forceinline__ float4 project_dual(float4 s, float u1x, float u1y, float u2x, float u2y, float taut) {
-    float ng1 = 1.0f + taut * sqrtf(u1x * u1x + u1y * u1y);
-    float ng2 = 1.0f + taut * sqrtf(u2x * u2x + u2y * u2y);
-    // times the correctly rounded reciprocal: two divisions instead of four (at most an ulp apart)
-    float r1 = __frcp_rn(ng1), r2 = __frcp_rn(ng2);
+    float r1 = rcp_approx(1.0f + taut * sqrt_approx(u1x * u1x + u1y * u1y));
+    float r2 = rcp_approx(1.0f + taut * sqrt_approx(u2x * u2x + u2y * u2y));
     return make_float4((s.x + taut * u1x) * r1, (s.y + taut * u2x) * r2, (s.z + taut * u1y) * r1,
                        (s.w + taut * u2y) * r2);
 }
@@ -442,7 +455,7 @@ extern "C" __global__ void tvl1_solve(float* __restrict__ u1, float* __restrict_
                                       float* __restrict__ p21, float* __restrict__ p22,
                                       float* __restrict__ tmp1, float* __restrict__ tmp2,
                                       const float* __restrict__ i1wx, const float* __restrict__ i1wy,
-                                      const float* __restrict__ grad, const float* __restrict__ rho_c,
+                                      const float* __restrict__ igrad, const float* __restrict__ rho_c,
                                       int w, int h, int stride, float l_t, float theta, float taut, float stop,
                                       int outer_iterations, int inner_iterations, int median, int reset_dual,
                                       int parts, unsigned* __restrict__ barrier, float* __restrict__ partials) {
@@ -452,7 +465,7 @@ extern "C" __global__ void tvl1_solve(float* __restrict__ u1, float* __restrict_
     const int first = part * blockDim.x + threadIdx.x, step = parts * blockDim.x;
     const size_t base = (size_t)pair * stride;
     u1 += base; u2 += base; p11 += base; p12 += base; p21 += base; p22 += base;
-    tmp1 += base; tmp2 += base; i1wx += base; i1wy += base; grad += base; rho_c += base;
+    tmp1 += base; tmp2 += base; i1wx += base; i1wy += base; igrad += base; rho_c += base;
 
     if (reset_dual) {
         for (int i = first; i < n; i += step) p11[i] = p12[i] = p21[i] = p22[i] = 0.0f;
@@ -474,7 +487,7 @@ extern "C" __global__ void tvl1_solve(float* __restrict__ u1, float* __restrict_
             float local = 0.0f;
             for (int i = first; i < n; i += step) {
                 float a = u1[i], b = u2[i], n1, n2;
-                primal_at(i, i % w, i / w, w, a, b, i1wx, i1wy, grad, rho_c, p11, p12, p21, p22, l_t, theta, n1, n2);
+                primal_at(i, i % w, i / w, w, a, b, i1wx, i1wy, igrad, rho_c, p11, p12, p21, p22, l_t, theta, n1, n2);
                 local += (n1 - a) * (n1 - a) + (n2 - b) * (n2 - b);
                 u1[i] = n1;
                 u2[i] = n2;
@@ -511,7 +524,7 @@ extern "C" __global__ void tvl1_solve_bands(float* __restrict__ u1, float* __res
                                             float* __restrict__ q21, float* __restrict__ q22,
                                             float* __restrict__ halo,
                                             const float* __restrict__ i1wx, const float* __restrict__ i1wy,
-                                            const float* __restrict__ grad, const float* __restrict__ rho_c,
+                                            const float* __restrict__ igrad, const float* __restrict__ rho_c,
                                             int w, int h, int stride, float l_t, float theta, float taut,
                                             float stop, int outer_iterations, int inner_iterations, int median,
                                             int reset_dual, int rows, unsigned* __restrict__ barrier,
@@ -528,7 +541,7 @@ extern "C" __global__ void tvl1_solve_bands(float* __restrict__ u1, float* __res
     float *d11 = q11 + base, *d12 = q12 + base, *d21 = q21 + base, *d22 = q22 + base;
     float* hx = halo + (size_t)blockIdx.x * 2 * w;
     float* hy = hx + w;
-    i1wx += base; i1wy += base; grad += base; rho_c += base;
+    i1wx += base; i1wy += base; igrad += base; rho_c += base;
     int parity = 0;  // which set of partials
 
     if (reset_dual) {
@@ -549,7 +562,7 @@ extern "C" __global__ void tvl1_solve_bands(float* __restrict__ u1, float* __res
             for (int i = own_begin + threadIdx.x; i < halo_end; i += blockDim.x) {
                 int x = i % w;
                 float a = c1[i], b = c2[i], n1, n2;
-                primal_at(i, x, i / w, w, a, b, i1wx, i1wy, grad, rho_c, s11, s12, s21, s22, l_t, theta, n1, n2);
+                primal_at(i, x, i / w, w, a, b, i1wx, i1wy, igrad, rho_c, s11, s12, s21, s22, l_t, theta, n1, n2);
                 if (i < own_end) {
                     local += (n1 - a) * (n1 - a) + (n2 - b) * (n2 - b);
                     n1s[i] = n1;
@@ -617,8 +630,7 @@ extern "C" __global__ void tvl1_solve_bands(float* __restrict__ u1, float* __res
 // A pixel's values lie together, so that one instruction moves them (offsets in the same units):
 //   P[2]  float4 (p11, p21, p12, p22) per pixel: the dual, current and next (x, y: what the
 //         pixel to the right needs; z, w: what the pixel below needs);
-//   C     float4 (wx, wy, 1 / grad or 0 where grad <= FLT_EPSILON, rho_c): the warp's constants,
-//         with one row more, the next band's first row;
+//   C     float4: warp_at's constants, with one row more, the next band's first row;
 //   U[2]  float2 (u1, u2): the flow, current and next, each with two spare rows above the band
 //         (the median's copies) and two below (the first: the next band's first row, which
 //         phase 1 writes into the next buffer and the median's copy overwrites; the second: a copy).
@@ -690,26 +702,6 @@ __device__ __forceinline__ float cluster_total(const float* sums) {
     return t;
 }
 
-// warp_at's constants as C holds them: (wx, wy, 1 / grad where grad > FLT_EPSILON else 0, rho_c)
-__device__ __forceinline__ float4 warp_constants(const float* a, const float* b, const float* c, int w, int h,
-                                                 int x, int y, float2 f, float i0v) {
-    float wx, wy, grad, rho_c;
-    warp_at(a, b, c, w, h, x, y, f.x, f.y, i0v, wx, wy, grad, rho_c);
-    return make_float4(wx, wy, grad > TVL1_FLT_EPSILON ? __frcp_rn(grad) : 0.0f, rho_c);
-}
-
-// threshold_at from the constants of warp_constants: grad again as wx^2 + wy^2 for the bounds,
-// the division by it a product with its correctly rounded reciprocal (at most an ulp apart),
-// and selections instead of branches
-__device__ __forceinline__ float2 threshold_c(float4 c, float2 u, float l_t) {
-    float rho = c.w + c.x * u.x + c.y * u.y;
-    float bound = l_t * (c.x * c.x + c.y * c.y);
-    float k = -rho * c.z;
-    k = rho > bound ? -l_t : k;
-    k = rho < -bound ? l_t : k;
-    return make_float2(u.x + k * c.x, u.y + k * c.y);
-}
-
 // reference.median_filter of both flow components at pixel (x, y) of a band whose first row is
 // y0, from the band's rows with two more above and below (u: the first of those, row y0 - 2)
 template <int K>
@@ -763,7 +755,8 @@ __device__ __forceinline__ void level_cluster(
         const float2* down_u = below ? cluster_map(flow, rank + 1) : nullptr;
         for (BandWalk t(w); t.i < own + halo; t.next()) {  // past own: the next band's first row
             const int i = t.i, x = t.x, y = y0 + t.ly;
-            C[i] = warp_constants(i1, gx, gy, w, h, x, y, i < own ? flow[i] : down_u[x], i0[y * w + x]);
+            const float2 f = i < own ? flow[i] : down_u[x];
+            C[i] = warp_at(i1, gx, gy, w, h, x, y, f.x, f.y, i0[y * w + x]);
         }
         __syncthreads();
         float error = __int_as_float(0x7f800000);  // +inf; identical in every thread of the cluster
@@ -798,7 +791,7 @@ __device__ __forceinline__ void level_cluster(
                 for (BandWalk t(w); t.i < own + halo; t.next()) {
                     const int i = t.i, x = t.x;  // past own: the next band's first row, x = i - own
                     if (i < own) {  // primal_at's step, the divergence across bands
-                        float2 a = uc[i], v = threshold_c(C[i], a, l_t);
+                        float2 a = uc[i], v = threshold_at(C[i], a, l_t);
                         float4 p = pc[i];
                         float div1 = p.x + p.z, div2 = p.y + p.w;
                         if (x > 0) { float2 l = halves[2 * i - 2]; div1 -= l.x; div2 -= l.y; }
@@ -808,7 +801,7 @@ __device__ __forceinline__ void level_cluster(
                         local += (n1 - a.x) * (n1 - a.x) + (n2 - a.y) * (n2 - a.y);
                         un[i] = make_float2(n1, n2);
                     } else {  // the next band's first row, privately; the row above it is this block's last
-                        float2 v = threshold_c(C[i], dn_u[x], l_t), o = halves[2 * (i - w) + 1];
+                        float2 v = threshold_at(C[i], dn_u[x], l_t), o = halves[2 * (i - w) + 1];
                         float4 p = dn_p[x];
                         float div1 = p.x + p.z - o.x, div2 = p.y + p.w - o.y;
                         if (x > 0) { float4 l = dn_p[x - 1]; div1 -= l.x; div2 -= l.y; }
