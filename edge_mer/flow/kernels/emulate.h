@@ -427,6 +427,7 @@ inline float rcp_approx(float x) { return 1.0f / x; }
 #define TVL1_HAS_CLUSTERS 1
 #define TVL1_CLUSTER_DIMS(blocks)
 inline void cluster_sync() { ::emu::cluster_sync(); }
+inline void cluster_sync_shared() { ::emu::cluster_sync(); }
 template <class T>
 inline T* cluster_map(T* p, unsigned rank) { return ::emu::cluster_map(p, rank); }
 inline float* dynamic_shared() { return reinterpret_cast<float*>(::emu::cur->block->dynamic); }

@@ -622,11 +622,15 @@ extern "C" __global__ void tvl1_solve_bands(float* __restrict__ u1, float* __res
 // writes the next ones), and phase 1 also computes the next band's first row privately (its
 // warp constants are computed once per warp), so that phase 2 needs only this block's threads.
 // The stopping sum: each warp's sum in shared memory, added by the first warp after phase 1
-// into the block's sum, which it writes into every block's shared memory (two sets, by
-// iteration parity); after the barrier every thread adds the blocks' sums, all local, in rank
-// order, so every thread of the cluster leaves the loops at the same iteration. The median
-// first copies the neighbours' two rows above and below the band into this block's spare rows,
-// so that its windows read this block's memory only, and is followed by a barrier.
+// into the block's sum, kept in this block's shared memory (two slots, by iteration parity);
+// after the barrier lane k of every warp reads block k's and the warp adds them (the same
+// butterfly everywhere), so every thread of the cluster leaves the loops at the same iteration.
+// The median first copies the neighbours' two rows above and below the band into this block's
+// spare rows, so that its windows read this block's memory only, and is followed by a barrier.
+// So every block writes only its own shared memory and reads its neighbours' only after a
+// barrier: the barriers inside the level (cluster_sync_shared) order shared memory alone, which
+// needs no GPU-wide memory fence; the first (after the gradient, in global memory) and the last
+// are full ones.
 // A pixel's values lie together, so that one instruction moves them (offsets in the same units):
 //   P[2]  float4 (p11, p21, p12, p22) per pixel: the dual, current and next (x, y: what the
 //         pixel to the right needs; z, w: what the pixel below needs);
@@ -634,7 +638,8 @@ extern "C" __global__ void tvl1_solve_bands(float* __restrict__ u1, float* __res
 //   U[2]  float2 (u1, u2): the flow, current and next, each with two spare rows above the band
 //         (the median's copies) and two below (the first: the next band's first row, which
 //         phase 1 writes into the next buffer and the median's copy overwrites; the second: a copy).
-// Dynamic shared memory per block, in floats (rows >= 2, the median's copy needs two):
+// Dynamic shared memory per block, in floats (rows >= 2, the median's copy needs two), with
+// TVL1_MAX_WARPS for the warps' sums and two for the block's:
 //   TVL1_CLUSTER_PLANES * rows * w + TVL1_CLUSTER_ROWS * w + 2 * TVL1_MAX_WARPS.
 // grid (the cluster's blocks), block (32..TVL1_CLUSTER_THREADS, a multiple of 32); one pair per launch.
 #define TVL1_CLUSTER 8  // blocks per cluster: the portable maximum
@@ -651,6 +656,19 @@ extern "C" __global__ void tvl1_solve_bands(float* __restrict__ u1, float* __res
 // Not the .aligned form: that one is undefined if the compiler ever splits a warp across copies.
 __device__ __forceinline__ void cluster_sync() {
     asm volatile("barrier.cluster.arrive.release;\n\tbarrier.cluster.wait.acquire;" ::: "memory");
+}
+// every thread of the cluster, ordering only shared memory: what this block wrote into its own
+// before the barrier is visible to the cluster's reads after it (PTX 8.6's restricted fences,
+// CUDA 12.8; an older toolkit gets the full barrier)
+__device__ __forceinline__ void cluster_sync_shared() {
+#if __CUDACC_VER_MAJOR__ > 12 || (__CUDACC_VER_MAJOR__ == 12 && __CUDACC_VER_MINOR__ >= 8)
+    asm volatile("fence.release.sync_restrict::shared::cta.cluster;\n\t"
+                 "barrier.cluster.arrive.relaxed;\n\t"
+                 "barrier.cluster.wait;\n\t"
+                 "fence.acquire.sync_restrict::shared::cluster.cluster;" ::: "memory");
+#else
+    cluster_sync();
+#endif
 }
 // the address of the same shared-memory location in block `rank` of the cluster
 template <class T>
@@ -691,15 +709,13 @@ __device__ __forceinline__ float warp_total(float v) {
     return v;
 }
 
-// The stopping sum of the cluster after a barrier: every block's sum, which each block has
-// written into every block's `sums` (one slot per block, in rank order) before the barrier, added
-// in rank order by every thread, so that every thread of the cluster gets the same number.
+// The stopping sum of the cluster after a barrier: lane k of the warp reads block k's sum (`sum`:
+// where each block keeps its own), and warp_total adds them, the same numbers in the same lanes in
+// every warp of every block, so that every thread of the cluster gets the same number.
 template <int BLOCKS>
-__device__ __forceinline__ float cluster_total(const float* sums) {
-    float t = 0.0f;
-#pragma unroll
-    for (int k = 0; k < BLOCKS; ++k) t += sums[k];
-    return t;
+__device__ __forceinline__ float cluster_total(const float* sum) {
+    const unsigned lane = threadIdx.x & 31;
+    return warp_total(lane < BLOCKS ? *cluster_map(sum, lane) : 0.0f);
 }
 
 // reference.median_filter of both flow components at pixel (x, y) of a band whose first row is
@@ -734,7 +750,7 @@ __device__ __forceinline__ void level_cluster(
     float2* const U = reinterpret_cast<float2*>(C + plane + w);  // U[0], then U[1] from U + u_plane
     const int u_plane = plane + 4 * w, lead = 2 * w;  // a U buffer's size, and where its band begins
     float* warp_sums = reinterpret_cast<float*>(U + 2 * u_plane);  // TVL1_MAX_WARPS: each warp's stopping sum
-    float* sums = warp_sums + TVL1_MAX_WARPS;  // 2 x BLOCKS (<= 32): every block's, by iteration parity
+    float* sums = warp_sums + TVL1_MAX_WARPS;  // 2: this block's sum, by iteration parity
     int cu = 0, cp = 0;  // the current buffer of U, of P
     const int nwarps = blockDim.x >> 5;
     const size_t g0 = (size_t)y0 * w;  // the band's first pixel in the global planes
@@ -775,7 +791,7 @@ __device__ __forceinline__ void level_cluster(
                     out[t.i] = median == 3 ? band_median<3>(u, w, h, t.x, y0 + t.ly, y0)
                                            : band_median<5>(u, w, h, t.x, y0 + t.ly, y0);
                 cu ^= 1;
-                cluster_sync();
+                cluster_sync_shared();
             }
             for (int inner = 0; inner < inner_iterations && error > stop; ++inner) {
                 const float2* uc = U + cu * u_plane + lead;
@@ -811,9 +827,9 @@ __device__ __forceinline__ void level_cluster(
                 local = warp_total(local);
                 if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = local;
                 __syncthreads();
-                if (threadIdx.x < 32) {  // the block's sum, into every block's shared memory (lane k: block k)
+                if (threadIdx.x < 32) {  // the block's sum
                     float block = warp_total(threadIdx.x < nwarps ? warp_sums[threadIdx.x] : 0.0f);
-                    if (threadIdx.x < BLOCKS) cluster_map(sums + parity * BLOCKS + rank, threadIdx.x)[0] = block;
+                    if (threadIdx.x == 0) sums[parity] = block;
                 }
                 for (BandWalk t(w); t.i < own; t.next()) {  // reference.forward_gradient, project_dual
                     const int i = t.i;
@@ -822,8 +838,8 @@ __device__ __forceinline__ void level_cluster(
                     const float2 d = t.ly < own_rows - 1 || below ? un[i + w] : n;
                     pn[i] = project_dual(pc[i], r.x - n.x, d.x - n.x, r.y - n.y, d.y - n.y, taut);
                 }
-                cluster_sync();
-                error = cluster_total<BLOCKS>(sums + parity * BLOCKS);
+                cluster_sync_shared();
+                error = cluster_total<BLOCKS>(sums + parity);
                 parity ^= 1;
                 cu ^= 1;
                 cp ^= 1;
