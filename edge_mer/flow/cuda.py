@@ -52,8 +52,8 @@ SOLVE_THREADS = 1024  # block of tvl1_solve: a multiple of 32, at most 32 warps 
 # capability 9.0+), also with 16 blocks per cluster where the GPU allows that non-portable size (cluster16)
 SOLVERS = ("block", "grid", "bands", "cluster", "cluster16")
 # the smaller blocks the auto pick also times, per layout (a cluster's work stays on its blocks)
-SMALLER_BLOCKS = {"block": (), "grid": (256, 128), "bands": (256, 128), "cluster": (512, 256),
-                  "cluster16": (512, 256)}
+SMALLER_BLOCKS = {"block": (), "grid": (256, 128), "bands": (256, 128), "cluster": (640, 512, 256),
+                  "cluster16": (640, 512, 256)}
 
 
 def kernel_source() -> str:

@@ -646,7 +646,10 @@ extern "C" __global__ void tvl1_solve_bands(float* __restrict__ u1, float* __res
 #define TVL1_CLUSTER_LARGE 16  // the most a Hopper GPU allows, with the function's non-portable attribute
 #define TVL1_CLUSTER_PLANES 16  // per pixel: P (2 x 4), C (4), U (2 x 2)
 #define TVL1_CLUSTER_ROWS 20  // per column: C's extra row (4), U's four spare rows (2 x 4 x 2)
-#define TVL1_CLUSTER_THREADS 640  // most threads per block (ptxas, sm_90: at most 96 registers, no spills)
+// most threads per block: at S = 112 a 16-block cluster's block then takes its 784 pixels and the next
+// band's first row in one pass (ptxas, sm_90: 64 registers, 28 bytes of loop counters spilled, none
+// in the pixel loops); the driver also times 640, 512 and 256 (cuda.SMALLER_BLOCKS)
+#define TVL1_CLUSTER_THREADS 1024
 
 #ifndef TVL1_CLUSTER_DEFINED
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
