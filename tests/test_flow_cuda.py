@@ -160,6 +160,15 @@ def test_a_graph_replay_equals_launching_kernel_by_kernel(stage):
         np.testing.assert_array_equal(replayed.flow(p.first, p.second), direct.flow(p.first, p.second))
     assert not replayed.graph_note and direct.graph_note == "graphs turned off"
     assert len(replayed._graphs) == 1 and None not in replayed._graphs.values()
+    # the whole stage: the second and third pairs replay the graph captured by the first, with their own
+    # face transform, frame windows and frame size (their parameters travel in the copy, not the graph)
+    shots = [in_frames(p, frame_size=size, scale=scale, corner=corner) for p, size, scale, corner in zip(
+        micro_pairs(64, peaks=(0.8, 1.6, 1.2)), ((640, 480), (640, 480), (320, 240)), (1.7, 1.3, 1.0),
+        ((150.0, 90.0), (20.0, 300.0), (100.0, 60.0)), strict=True)]
+    for onset, apex, matrix in shots:
+        for got, want in zip(replayed(onset, apex, matrix), direct(onset, apex, matrix), strict=True):
+            np.testing.assert_array_equal(got, want)
+    assert sum(key[0] == "stage" for key in replayed._graphs) == 1
 
 
 @pytest.mark.parametrize("where", [pytest.param(where, marks=mark) for where, mark in WHERE.items()])

@@ -15,8 +15,10 @@ between them (the kernel file lists the same sequence):
   backend's device buffers (``write``), so that path never copies to the host.
 
 So the launches grow with levels x warps (5 x 5 at the defaults), not with iterations,
-and everything between the crop and the epilogue is captured once per image shape as a
-CUDA graph and replayed with one launch. Device memory is allocated once per image shape
+and all of them, from the crop to the epilogue, are captured once as a CUDA graph and
+replayed with one launch per pair: the crop's parameters (the face transform, where the
+frames' windows lie) travel to the device in the same copy as the windows, so that the
+launches are the same for every pair. Device memory is allocated once per image shape
 and reused. The kernels run in the
 device's primary context, the one the TensorRT backend uses, so their buffers are
 valid in both.
@@ -30,6 +32,7 @@ CUDA events.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from types import ModuleType
@@ -76,6 +79,8 @@ NON_PORTABLE_CLUSTER_SIZE_ALLOWED = 14  # CUfunction_attribute's value, for a py
 CLUSTER_PLANES = kernel_constant("TVL1_CLUSTER_PLANES")  # its floats per pixel in each block's shared memory
 CLUSTER_ROWS = kernel_constant("TVL1_CLUSTER_ROWS")  # and per column, for the rows next to the band
 MAX_WARPS = kernel_constant("TVL1_MAX_WARPS")  # and twice this many per-warp sums
+PRE_HEADER = kernel_constant("TVL1_PRE_HEADER")  # bytes of tvl1_pre's parameters before the frames' windows
+STAGE_GRAPHS = 16  # whole-stage graphs kept: per layout tried and set of output buffers (the device loop: one)
 
 
 def _cluster_bytes(rows: int, w: int) -> int:
@@ -143,9 +148,11 @@ class CudaStage(FlowStage):
         ``solve_threads``: the solve's block size, at most what the compiled kernel allows
         (a multiple of 32); in the grid layouts smaller blocks mean more of them.
 
-        ``graphs``: capture each image shape's pyramid and solve as a CUDA graph once and
-        replay it (``edge_mer.flow.graphs``); where the driver cannot (for a layout), the
-        stage says why in ``graph_note`` and launches that layout kernel by kernel.
+        ``graphs``: capture the launches as a CUDA graph once and replay it
+        (``edge_mer.flow.graphs``): the whole stage, crop to epilogue, per set of output
+        buffers, and ``flow``'s pyramid and solve per image shape; where the driver cannot
+        (for a layout), the stage says why in ``graph_note`` and launches that layout kernel
+        by kernel.
         """
         super().__init__(size)
         if solver != "auto" and solver not in SOLVERS:
@@ -206,7 +213,8 @@ class CudaStage(FlowStage):
             self.stream = drv.Stream(1)  # CU_STREAM_NON_BLOCKING: no implicit order with the legacy default stream
             self.start, self.end = drv.Event(), drv.Event()
             self._buffers: dict[tuple[int, int], _Buffers] = {}
-            self._frames: dict[str, tuple[Any, int, Any]] = {}  # onset/apex: (device buffer, bytes, host staging)
+            # tvl1_pre's parameters and the frames' windows: (device buffer, bytes, page-locked host copy)
+            self._staging: tuple[Any, int, Any] | None = None
             # host copies of the model inputs for __call__
             self._motion = drv.pagelocked_empty((3, size, size), np.float32)
             self._texture = drv.pagelocked_empty((1, size, size), np.float32)
@@ -312,24 +320,38 @@ class CudaStage(FlowStage):
             self._buffers[shape] = found
         return found
 
-    def _stage_frame(self, key: str, frame: np.ndarray,
-                     window: tuple[int, int, int, int]) -> tuple[Any, np.ndarray, int, int]:
-        """(device buffer, page-locked host copy, pitch, channels) of the window (x0, y0, x1, y1; end exclusive)
-        of a camera frame; the caller queues the copy from host to device."""
-        f = np.asarray(frame)
-        if f.dtype != np.uint8 or f.ndim not in (2, 3) or (f.ndim == 3 and f.shape[2] not in (1, 3, 4)):
-            raise ValueError(f"expected a grey, BGR or BGRA uint8 frame, got {f.dtype} {f.shape}")
-        x0, y0, x1, y1 = window
-        part = f[y0:y1, x0:x1]
-        nbytes = part.size
-        held = self._frames.get(key)
-        if held is None or held[1] < nbytes:
-            held = (self.drv.mem_alloc(nbytes), nbytes, self.drv.pagelocked_empty(nbytes, np.uint8))
-            self._frames[key] = held
-        staged = held[2][:nbytes]
-        np.copyto(staged.reshape(part.shape), part)  # the last copy from it has ended: callers settle
+    def _stage_pair(self, onset: np.ndarray, apex: np.ndarray, matrix: np.ndarray) -> tuple[Any, np.ndarray]:
+        """tvl1_pre's parameters and the windows of both camera frames that the crop reads, in page-locked
+        memory: (the device buffer they go to, the host bytes to copy there); the caller queues the copy."""
+        m = np.asarray(matrix, np.float64)
+        if m.shape != (2, 3):
+            raise ValueError(f"the face transform must be a 2x3 matrix, got shape {m.shape}")
+        frames = [np.asarray(f) for f in (onset, apex)]
+        if frames[0].shape != frames[1].shape:
+            raise ValueError("the onset and apex frames differ in size or channels")
+        f = frames[0]
+        if f.dtype != np.uint8 or frames[1].dtype != np.uint8 or f.ndim not in (2, 3) or (
+                f.ndim == 3 and f.shape[2] not in (1, 3, 4)):
+            raise ValueError(f"expected grey, BGR or BGRA uint8 frames, got {f.dtype} {f.shape}")
+        inv = np.linalg.inv(np.vstack([m, [0.0, 0.0, 1.0]]))[:2]  # crop -> frame
+        height, width = f.shape[:2]
         channels = 1 if f.ndim == 2 else f.shape[2]
-        return held[0], staged, (x1 - x0) * channels, channels
+        x0, y0, x1, y1 = _crop_window(inv, self.size, width, height)
+        span = -(-(y1 - y0) * (x1 - x0) * channels // 16) * 16  # a window's bytes, rounded up to 16
+        nbytes = PRE_HEADER + 2 * span
+        if self._staging is None or self._staging[1] < nbytes:  # room for whole frames: rarely grows again
+            full = PRE_HEADER + 2 * -(-f.size // 16) * 16
+            self._staging = (self.drv.mem_alloc(full), full, self.drv.pagelocked_empty(full, np.uint8))
+            for key in [k for k in self._graphs if k[0] == "stage"]:  # they read the buffer given back
+                del self._graphs[key]
+        host = self._staging[2]  # the last copy from it has ended: callers settle first
+        host[:32].view(np.int32)[:] = (width, height, x0, y0, (x1 - x0) * channels, channels, PRE_HEADER,
+                                       PRE_HEADER + span)
+        host[32:56].view(np.float32)[:] = inv.astype(np.float32).ravel()
+        for start, frame in zip((PRE_HEADER, PRE_HEADER + span), frames, strict=True):
+            part = frame[y0:y1, x0:x1]
+            np.copyto(host[start:start + part.size].reshape(part.shape), part)
+        return self._staging[0], host[:nbytes]
 
     # -- the launches ------------------------------------------------------------------------------
 
@@ -398,20 +420,23 @@ class CudaStage(FlowStage):
                                     block=(threads, 1, 1), grid=(parts, 1, 1), stream=s)
         return flow
 
-    def _solve(self, b: _Buffers) -> tuple[Any, Any]:
-        """``_pyramid_and_solve``, replayed from this shape's graph when graphs are on."""
+    def _replay(self, key: tuple[Any, ...], launches: Callable[[], tuple[Any, Any]]) -> tuple[Any, Any]:
+        """Run ``launches`` (which returns where they leave the flow) from the graph captured for ``key`` the
+        first time, or directly when graphs are off or this layout cannot be captured."""
         if not self.use_graphs:
-            return self._pyramid_and_solve(b)
-        key = (self.solver, tuple(sorted(self._threads.items())), b.shapes[0])
+            return launches()
+        key = (*key, self.solver, tuple(sorted(self._threads.items())))
         if key not in self._graphs:
+            if key[0] == "stage" and sum(k[0] == "stage" for k in self._graphs) >= STAGE_GRAPHS:
+                del self._graphs[next(k for k in self._graphs if k[0] == "stage")]  # the oldest
             try:
-                self._graphs[key] = capture(self.drv, self.stream, lambda: self._pyramid_and_solve(b))
+                self._graphs[key] = capture(self.drv, self.stream, launches)
             except (GraphError, self.drv.Error) as exc:
                 self._graphs[key] = None
                 self._graph_notes[self.solver] = f"no CUDA graph ({_first_line(exc)}): one launch per kernel"
         held = self._graphs[key]
         if held is None:
-            return self._pyramid_and_solve(b)
+            return launches()
         graph, flow = held
         try:
             graph.launch(self.stream)
@@ -440,26 +465,17 @@ class CudaStage(FlowStage):
             raise UserError("the grid flow solve gave up waiting for one of its blocks (the GPU is shared?); "
                             "use the block solver")
 
-    def _crop_pair(self, onset: np.ndarray, apex: np.ndarray, matrix: np.ndarray) -> _Buffers:
-        m = np.asarray(matrix, np.float64)
-        if m.shape != (2, 3):
-            raise ValueError(f"the face transform must be a 2x3 matrix, got shape {m.shape}")
-        if np.shape(onset) != np.shape(apex):
-            raise ValueError("the onset and apex frames differ in size or channels")
-        inv = np.linalg.inv(np.vstack([m, [0.0, 0.0, 1.0]]))[:2]  # crop -> frame
-        height, width = np.shape(onset)[:2]
-        window = _crop_window(inv, self.size, width, height)
-        first = self._stage_frame("onset", onset, window)
-        second = self._stage_frame("apex", apex, window)
-        b = self._buffers_for((self.size, self.size))
-        # the stage's GPU time starts here: the host's copies into the page-locked buffers are done
-        self.start.record(self.stream)
-        for device, host, *_ in (first, second):  # asynchronous: the host copies are page-locked
-            self.drv.memcpy_htod_async(device, host, self.stream)
-        geometry = (np.int32(v) for v in (width, height, window[0], window[1], *first[2:]))
-        self.k["tvl1_pre"](first[0], second[0], *geometry, *(np.float32(v) for v in inv.astype(np.float32).ravel()),
-                           np.int32(self.size), b.levels[0], block=(TILE, TILE, 1),
+    def _pre(self, b: _Buffers, staged: Any) -> None:
+        """Both face crops into the finest level, from what _stage_pair put in ``staged``."""
+        self.k["tvl1_pre"](staged, np.int32(self.size), b.levels[0], block=(TILE, TILE, 1),
                            grid=_grid(self.size, self.size, 2), stream=self.stream)
+
+    def _crop_pair(self, onset: np.ndarray, apex: np.ndarray, matrix: np.ndarray) -> _Buffers:
+        """Both face crops on the device (the finest level of the buffers returned), nothing more."""
+        staged, host = self._stage_pair(onset, apex, matrix)
+        b = self._buffers_for((self.size, self.size))
+        self.drv.memcpy_htod_async(staged, host, self.stream)
+        self._pre(b, staged)
         return b
 
     def _epilogue(self, b: _Buffers, flow: tuple[Any, Any], motion: Any, texture: Any, dtype: str) -> None:
@@ -502,15 +518,26 @@ class CudaStage(FlowStage):
         self.ctx.push()
         try:
             self._settle()
-            b = self._crop_pair(onset, apex, matrix)  # records self.start
-            flow = self._solve(b)
-            self._epilogue(b, flow, np.uintp(motion_ptr), np.uintp(texture_ptr), dtype)
-            self._fetch_barrier_flag()
+            staged, host = self._stage_pair(onset, apex, matrix)
+            b = self._buffers_for((self.size, self.size))
+            motion, texture = np.uintp(motion_ptr), np.uintp(texture_ptr)
+
+            def launches() -> tuple[Any, Any]:
+                self._pre(b, staged)
+                flow = self._pyramid_and_solve(b)
+                self._epilogue(b, flow, motion, texture, dtype)
+                return flow
+
+            # the stage's GPU time starts here: the host's copies into the page-locked buffer are done
+            self.start.record(self.stream)
+            self.drv.memcpy_htod_async(staged, host, self.stream)  # asynchronous: the host side is page-locked
+            self._replay(("stage", int(staged), int(motion_ptr), int(texture_ptr), dtype), launches)
             self.end.record(self.stream)
+            self._fetch_barrier_flag()
             if not sync:
                 self._pending = True
                 return float("nan")
-            self.end.synchronize()
+            self.stream.synchronize()
             self._check_barrier()
             self.last_ms = self.end.time_since(self.start)
             return self.last_ms
@@ -546,7 +573,7 @@ class CudaStage(FlowStage):
             b = self._buffers_for((h, w))
             self.start.record(self.stream)
             self.drv.memcpy_htod_async(b.levels[0], pair, self.stream)
-            u1, u2 = self._solve(b)
+            u1, u2 = self._replay(("flow", b.shapes[0]), lambda: self._pyramid_and_solve(b))
             self._fetch_barrier_flag()
             self.end.record(self.stream)
             self.drv.memcpy_dtoh_async(out[0], u1, self.stream)

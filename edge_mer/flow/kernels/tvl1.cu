@@ -169,18 +169,24 @@ __device__ float median_at(const float* plane, int w, int h, int x, int y) {
 
 // ---------------------------------------------------------------------------------------
 // (a) reference.crop_gray (with reference.gray_u8), for the onset and the apex frame at once.
-// inv: the 2x3 crop -> frame matrix (the inverse of the aligner's frame -> crop matrix).
-// onset, apex: the window of the width x height frames that the crop reads (the driver copies
-// only that), from column ox and row oy, rows `pitch` bytes apart.
+// staged: what the driver copies to the device per pair, TVL1_PRE_HEADER bytes of parameters, then
+// the windows of the two width x height frames that the crop reads (the driver copies only those):
+//   int [0] width, [1] height, [2] ox, [3] oy (the windows' first column and row in the frame),
+//       [4] pitch (bytes between a window's rows), [5] channels, [6] [7] where the onset's and the
+//       apex's windows begin (bytes from staged); float [8..13] the 2x3 crop -> frame matrix (the
+//       inverse of the aligner's frame -> crop matrix).
+// Taking its parameters from device memory, the launch is the same for every pair: a CUDA graph holds it.
 // grid (ceil(S/16), ceil(S/16), 2), block (16, 16); out: (2, S, S), onset then apex.
-extern "C" __global__ void tvl1_pre(const unsigned char* __restrict__ onset, const unsigned char* __restrict__ apex,
-                                    int width, int height, int ox, int oy, int pitch, int channels,
-                                    float m00, float m01, float m02, float m10, float m11, float m12,
-                                    int size, float* __restrict__ out) {
+#define TVL1_PRE_HEADER 64
+extern "C" __global__ void tvl1_pre(const unsigned char* __restrict__ staged, int size, float* __restrict__ out) {
     int x = blockIdx.x * blockDim.x + threadIdx.x;
     int y = blockIdx.y * blockDim.y + threadIdx.y;
     if (x >= size || y >= size) return;
-    const unsigned char* frame = blockIdx.z == 0 ? onset : apex;
+    const int* info = reinterpret_cast<const int*>(staged);
+    const int width = info[0], height = info[1], ox = info[2], oy = info[3], pitch = info[4], channels = info[5];
+    const unsigned char* frame = staged + info[6 + blockIdx.z];
+    const float* inv = reinterpret_cast<const float*>(info + 8);
+    const float m00 = inv[0], m01 = inv[1], m02 = inv[2], m10 = inv[3], m11 = inv[4], m12 = inv[5];
     float sx = m00 * x + m01 * y + m02;
     float sy = m10 * x + m11 * y + m12;
     float fx0 = floorf(sx), fy0 = floorf(sy);
