@@ -273,7 +273,7 @@ def test_16_block_clusters_need_the_non_portable_attribute(monkeypatch):
     module = emulate.SourceModule(source, no_extern_c=True)
     large = module.get_function("tvl1_level_cluster16")
     assert large.cluster == 16 and module.get_function("tvl1_level_cluster").cluster == 8
-    args = [np.uintp(0)] * 4 + [np.uintp(0)] * 2 + [np.int32(0)] * 2 + [np.float32(1.25)] + [np.uintp(0)] * 2
+    args = [np.uintp(0)] * 5 + [np.int32(0)] * 2 + [np.float32(1.25)] + [np.uintp(0)] * 2
     with pytest.raises(emulate.LaunchError, match="cluster misconfiguration"):  # as a GPU refuses it
         large(*args, *[np.int32(1)] * 2, *[np.float32(0)] * 4, *[np.int32(1)] * 5, block=(32, 1, 1), grid=(16, 1, 1))
     stage = CudaStage(32, runtime=emulate, solver="cluster16")  # sets the attribute, so the layout runs

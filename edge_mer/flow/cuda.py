@@ -314,8 +314,9 @@ class CudaStage(FlowStage):
         if found is None:
             shapes = level_shapes(shape, self.params)
             h, w = shape
-            found = _Buffers(shapes, [self.drv.mem_alloc(2 * lh * lw * 4) for lh, lw in shapes],
-                             {n: self.drv.mem_alloc(h * w * 4) for n in self.PLANES},
+            planes = {n: self.drv.mem_alloc(h * w * 4) for n in self.PLANES}
+            planes["sampled"] = self.drv.mem_alloc(4 * h * w * 4)  # the cluster layouts' (I1, gx, gy, 0) per pixel
+            found = _Buffers(shapes, [self.drv.mem_alloc(2 * lh * lw * 4) for lh, lw in shapes], planes,
                              self.drv.mem_alloc(max(1, self.multiprocessors) * 2 * w * 4))
             self._buffers[shape] = found
         return found
@@ -376,7 +377,7 @@ class CudaStage(FlowStage):
             blocks = CLUSTER_BLOCKS.get(self.solver, 0)
             cluster_rows = self._cluster_rows(h, w, blocks) if blocks else 0
             if cluster_rows:  # the whole level in one launch, from the coarser level's flow
-                k[CLUSTER_KERNELS[self.solver]](np.uintp(i0), np.uintp(i1), q["gx"], q["gy"], flow[0], flow[1], i32(cw),
+                k[CLUSTER_KERNELS[self.solver]](np.uintp(i0), np.uintp(i1), q["sampled"], flow[0], flow[1], i32(cw),
                                         i32(ch), f32(1.0 / p.scale_step), spare[0], spare[1], i32(w), i32(h), l_t,
                                         f32(p.theta), taut, f32(p.epsilon ** 2 * n), i32(p.warps),
                                         i32(p.outer_iterations), i32(p.inner_iterations), i32(p.median_filtering),

@@ -231,9 +231,11 @@ extern "C" __global__ void tvl1_centered_gradient(const float* __restrict__ img,
 // reference.warp_bicubic of (I1, dI1/dx, dI1/dy) at (x, y) + (f1, f2), then reference.data_term
 // with I0's value there: the solve's constants at that pixel, (wx, wy, 1 / grad, rho_c) with
 // grad = wx^2 + wy^2, its reciprocal correctly rounded and 0 where grad <= FLT_EPSILON
-// (threshold_at's division by grad, made once per warp instead of once per iteration)
-__device__ __forceinline__ float4 warp_at(const float* a, const float* b, const float* c, int w, int h, int x, int y,
-                                          float f1, float f2, float i0v) {
+// (threshold_at's division by grad, made once per warp instead of once per iteration).
+// at(t): the three images' values at pixel t of the w x h planes, in x, y, z.
+template <class Sample>
+__device__ __forceinline__ float4 warp_sampled(Sample at, int w, int h, int x, int y, float f1, float f2,
+                                               float i0v) {
     float sx = x + f1, sy = y + f2;
     float x0 = floorf(sx), y0 = floorf(sy);
     float wx[4], wy[4];
@@ -251,10 +253,10 @@ __device__ __forceinline__ float4 warp_at(const float* a, const float* b, const 
         float rw = 0.0f, rx = 0.0f, ry = 0.0f;
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
-            int t = yi[j] * w + xi[k];
-            rw += a[t] * wx[k];
-            rx += b[t] * wx[k];
-            ry += c[t] * wx[k];
+            const float4 v = at(yi[j] * w + xi[k]);
+            rw += v.x * wx[k];
+            rx += v.y * wx[k];
+            ry += v.z * wx[k];
         }
         vw += rw * wy[j];
         vx += rx * wy[j];
@@ -262,6 +264,12 @@ __device__ __forceinline__ float4 warp_at(const float* a, const float* b, const 
     }
     float grad = vx * vx + vy * vy;
     return make_float4(vx, vy, grad > TVL1_FLT_EPSILON ? __frcp_rn(grad) : 0.0f, vw - vx * f1 - vy * f2 - i0v);
+}
+
+// warp_sampled from three planes (a: I1, b: dI1/dx, c: dI1/dy)
+__device__ __forceinline__ float4 warp_at(const float* a, const float* b, const float* c, int w, int h, int x, int y,
+                                          float f1, float f2, float i0v) {
+    return warp_sampled([&](int t) { return make_float4(a[t], b[t], c[t], 0.0f); }, w, h, x, y, f1, f2, i0v);
 }
 
 // (c2) reference.warp_bicubic of (I1, dI1/dx, dI1/dy) at x + u, then reference.data_term.
@@ -619,9 +627,9 @@ extern "C" __global__ void tvl1_solve_bands(float* __restrict__ u1, float* __res
 // cluster of TVL1_CLUSTER blocks per pair (tvl1_level_cluster) or of TVL1_CLUSTER_LARGE
 // (tvl1_level_cluster16, where the GPU allows that non-portable size), block `rank` owning the
 // rows [rank * rows, rank * rows + rows) (the last blocks may own fewer, or none). The flow, the
-// dual and the warp's constants live in the blocks' shared memory for the whole level; only the
-// gradient (read at the warped positions) goes through global memory, and the level's flow is
-// written there at the end.
+// dual and the warp's constants live in the blocks' shared memory for the whole level; only I1
+// and its gradient (read at the warped positions: one float4 per pixel, `sampled`) go through
+// global memory, and the level's flow is written there at the end.
 // The loop is tvl1_solve_bands' with the cluster's hardware barrier in place of a grid barrier,
 // once per inner iteration: u and p alternate between two buffers (an iteration reads the
 // current ones, its own and its neighbours' boundary rows through distributed shared memory, and
@@ -744,7 +752,7 @@ __device__ __forceinline__ float2 band_median(const float2* u, int w, int h, int
 // The level's work for a cluster of BLOCKS blocks (the kernels below: 8 or 16)
 template <int BLOCKS>
 __device__ __forceinline__ void level_cluster(
-        const float* __restrict__ i0, const float* __restrict__ i1, float* gx, float* gy,
+        const float* __restrict__ i0, const float* __restrict__ i1, float4* sampled,
         const float* __restrict__ cu1, const float* __restrict__ cu2, int cw, int ch, float inv_scale_step,
         float* __restrict__ u1, float* __restrict__ u2, int w, int h, float l_t, float theta, float taut,
         float stop, int warps, int outer_iterations, int inner_iterations, int median, int rows) {
@@ -771,7 +779,9 @@ __device__ __forceinline__ void level_cluster(
                                            resize_at(cu2, cw, ch, x, y, fx, fy) * inv_scale_step)
                              : make_float2(0.0f, 0.0f);
         P[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        gradient_at(i1, w, h, x, y, gx[g0 + i], gy[g0 + i]);
+        float gx, gy;
+        gradient_at(i1, w, h, x, y, gx, gy);
+        sampled[g0 + i] = make_float4(i1[g0 + i], gx, gy, 0.0f);  // what the warps sample, in one load
     }
     cluster_sync();  // the gradient (global) and the flow visible to the whole cluster
     int parity = 0;  // which slot of sums
@@ -781,7 +791,7 @@ __device__ __forceinline__ void level_cluster(
         for (BandWalk t(w); t.i < own + halo; t.next()) {  // past own: the next band's first row
             const int i = t.i, x = t.x, y = y0 + t.ly;
             const float2 f = i < own ? flow[i] : down_u[x];
-            C[i] = warp_at(i1, gx, gy, w, h, x, y, f.x, f.y, i0[y * w + x]);
+            C[i] = warp_sampled([&](int t) { return sampled[t]; }, w, h, x, y, f.x, f.y, i0[y * w + x]);
         }
         __syncthreads();
         float error = __int_as_float(0x7f800000);  // +inf; identical in every thread of the cluster
@@ -866,20 +876,20 @@ __device__ __forceinline__ void level_cluster(
 }
 
 extern "C" __global__ void TVL1_CLUSTER_DIMS(TVL1_CLUSTER) tvl1_level_cluster(
-        const float* __restrict__ i0, const float* __restrict__ i1, float* gx, float* gy,
+        const float* __restrict__ i0, const float* __restrict__ i1, float4* sampled,
         const float* __restrict__ cu1, const float* __restrict__ cu2, int cw, int ch, float inv_scale_step,
         float* __restrict__ u1, float* __restrict__ u2, int w, int h, float l_t, float theta, float taut,
         float stop, int warps, int outer_iterations, int inner_iterations, int median, int rows) {
-    level_cluster<TVL1_CLUSTER>(i0, i1, gx, gy, cu1, cu2, cw, ch, inv_scale_step, u1, u2, w, h, l_t, theta, taut,
+    level_cluster<TVL1_CLUSTER>(i0, i1, sampled, cu1, cu2, cw, ch, inv_scale_step, u1, u2, w, h, l_t, theta, taut,
                                 stop, warps, outer_iterations, inner_iterations, median, rows);
 }
 
 extern "C" __global__ void TVL1_CLUSTER_DIMS(TVL1_CLUSTER_LARGE) tvl1_level_cluster16(
-        const float* __restrict__ i0, const float* __restrict__ i1, float* gx, float* gy,
+        const float* __restrict__ i0, const float* __restrict__ i1, float4* sampled,
         const float* __restrict__ cu1, const float* __restrict__ cu2, int cw, int ch, float inv_scale_step,
         float* __restrict__ u1, float* __restrict__ u2, int w, int h, float l_t, float theta, float taut,
         float stop, int warps, int outer_iterations, int inner_iterations, int median, int rows) {
-    level_cluster<TVL1_CLUSTER_LARGE>(i0, i1, gx, gy, cu1, cu2, cw, ch, inv_scale_step, u1, u2, w, h, l_t, theta,
+    level_cluster<TVL1_CLUSTER_LARGE>(i0, i1, sampled, cu1, cu2, cw, ch, inv_scale_step, u1, u2, w, h, l_t, theta,
                                       taut, stop, warps, outer_iterations, inner_iterations, median, rows);
 }
 
