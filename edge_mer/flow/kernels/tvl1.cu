@@ -635,7 +635,7 @@ extern "C" __global__ void tvl1_solve_bands(float* __restrict__ u1, float* __res
 // current ones, its own and its neighbours' boundary rows through distributed shared memory, and
 // writes the next ones), and phase 1 also computes the next band's first row privately (its
 // warp constants are computed once per warp), so that phase 2 needs only this block's threads.
-// The stopping sum: each warp's sum in shared memory, added by the first warp after phase 1
+// The stopping sum: each warp's sum in shared memory, added by the last warp after phase 1
 // into the block's sum, kept in this block's shared memory (two slots, by iteration parity);
 // after the barrier lane k of every warp reads block k's and the warp adds them (the same
 // butterfly everywhere), so every thread of the cluster leaves the loops at the same iteration.
@@ -846,9 +846,10 @@ __device__ __forceinline__ void level_cluster(
                 local = warp_total(local);
                 if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = local;
                 __syncthreads();
-                if (threadIdx.x < 32) {  // the block's sum
-                    float block = warp_total(threadIdx.x < nwarps ? warp_sums[threadIdx.x] : 0.0f);
-                    if (threadIdx.x == 0) sums[parity] = block;
+                if ((int)(threadIdx.x >> 5) == nwarps - 1) {  // the block's sum, by the warp with the least
+                    const unsigned lane = threadIdx.x & 31;      // of phase 2 (it has the last pixels)
+                    float block = warp_total((int)lane < nwarps ? warp_sums[lane] : 0.0f);
+                    if (lane == 0) sums[parity] = block;
                 }
                 for (BandWalk t(w); t.i < own; t.next()) {  // reference.forward_gradient, project_dual
                     const int i = t.i;
