@@ -639,6 +639,8 @@ extern "C" __global__ void tvl1_solve_bands(float* __restrict__ u1, float* __res
 // into the block's sum, kept in this block's shared memory (two slots, by iteration parity);
 // after the barrier lane k of every warp reads block k's and the warp adds them (the same
 // butterfly everywhere), so every thread of the cluster leaves the loops at the same iteration.
+// While those reads travel, the next iteration's phase 1 runs (it needs no sum); when the sum
+// then says stop, its results are left unused in the next buffers.
 // The median first copies the neighbours' two rows above and below the band into this block's
 // spare rows, so that its windows read this block's memory only, and is followed by a barrier.
 // So every block writes only its own shared memory and reads its neighbours' only after a
@@ -726,13 +728,14 @@ __device__ __forceinline__ float warp_total(float v) {
     return v;
 }
 
-// The stopping sum of the cluster after a barrier: lane k of the warp reads block k's sum (`sum`:
-// where each block keeps its own), and warp_total adds them, the same numbers in the same lanes in
-// every warp of every block, so that every thread of the cluster gets the same number.
+// After a barrier, this lane's part of the cluster's stopping sum: block k's sum for lane k (`sum`:
+// where each block keeps its own), 0 for the lanes past the cluster. warp_total of the parts is the
+// cluster's sum, the same numbers in the same lanes in every warp of every block, so that every
+// thread of the cluster gets the same number.
 template <int BLOCKS>
-__device__ __forceinline__ float cluster_total(const float* sum) {
+__device__ __forceinline__ float cluster_part(const float* sum) {
     const unsigned lane = threadIdx.x & 31;
-    return warp_total(lane < BLOCKS ? *cluster_map(sum, lane) : 0.0f);
+    return lane < BLOCKS ? *cluster_map(sum, lane) : 0.0f;
 }
 
 // reference.median_filter of both flow components at pixel (x, y) of a band whose first row is
@@ -812,7 +815,9 @@ __device__ __forceinline__ void level_cluster(
                 cu ^= 1;
                 cluster_sync_shared();
             }
-            for (int inner = 0; inner < inner_iterations && error > stop; ++inner) {
+            float pulled = 0.0f;  // lane k: block k's sum of the last iteration, on its way (cluster_part)
+            bool owed = false;    // whether that iteration's sum is still to be added up
+            for (int inner = 0; inner < inner_iterations; ++inner) {
                 const float2* uc = U + cu * u_plane + lead;
                 float2* un = U + (cu ^ 1) * u_plane + lead;
                 const float4* pc = P + cp * plane;
@@ -843,6 +848,11 @@ __device__ __forceinline__ void level_cluster(
                         un[i] = make_float2(v.x + theta * div1, v.y + theta * div2);  // U's first spare row below
                     }
                 }
+                if (owed) {  // the last iteration's sum, which travelled while this phase 1 ran
+                    owed = false;
+                    error = warp_total(pulled);
+                    if (!(error > stop)) break;  // this phase 1 goes unused: it wrote only the next buffers
+                }
                 local = warp_total(local);
                 if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = local;
                 __syncthreads();
@@ -859,11 +869,13 @@ __device__ __forceinline__ void level_cluster(
                     pn[i] = project_dual(pc[i], r.x - n.x, d.x - n.x, r.y - n.y, d.y - n.y, taut);
                 }
                 cluster_sync_shared();
-                error = cluster_total<BLOCKS>(sums + parity);
+                pulled = cluster_part<BLOCKS>(sums + parity);  // added after the next phase 1 (or below)
+                owed = true;
                 parity ^= 1;
                 cu ^= 1;
                 cp ^= 1;
             }
+            if (owed) error = warp_total(pulled);
         }
     }
     const float2* flow = U + cu * u_plane + lead;
