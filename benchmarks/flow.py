@@ -4,11 +4,11 @@ For OpenCV's TV-L1 (contrib), OpenCV's DIS, the numpy TV-L1 reference and the
 CUDA kernels with each layout of the fused solve, ``cuda-block`` (one block per
 pair), ``cuda-grid`` (up to one block per multiprocessor, two grid barriers per
 iteration), ``cuda-bands`` (row bands, one grid barrier per iteration) and
-``cuda-cluster`` (a level per launch in one cluster of 8 blocks, the state in shared
-memory; compute capability 9.0 and newer), ``cuda-cluster16`` (the same with 16
+``cuda-cluster`` (the pyramid and its levels in one launch of a cluster of 8 blocks, the
+state in shared memory; compute capability 9.0 and newer), ``cuda-cluster16`` (the same with 16
 blocks) and ``cuda`` (the layout the stage times and picks when it starts), each
 replaying a CUDA graph per shape, and ``cuda-bands-direct`` (launched kernel by
-kernel, to show what the graph saves); ``-t128`` / ``-t256`` / ``-t640`` rows run the
+kernel, to show what the graph saves); ``-t128`` / ``-t256`` rows run the
 multi-block layouts with smaller blocks; a row saying why when they cannot run
 here, on the synthetic-warp
 pairs of ``edge_mer.flow.pairs`` (the same pairs the tests use): latency is the
@@ -48,7 +48,7 @@ from edge_mer.runtime.backends.onnxruntime import cpu_name
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("opencv-tvl1", "opencv-dis", "reference", "cuda", "cuda-block", "cuda-grid", "cuda-bands",
            "cuda-cluster", "cuda-grid-t128", "cuda-grid-t256", "cuda-bands-t128", "cuda-bands-t256",
-           "cuda-cluster-t256", "cuda-cluster16", "cuda-cluster16-t640", "cuda-bands-direct")
+           "cuda-cluster-t256", "cuda-cluster16", "cuda-bands-direct")
 
 
 def gpu_name() -> str:

@@ -231,7 +231,7 @@ print("read after the end went unnoticed", flush=True)
 def test_a_layout_that_cannot_be_captured_runs_kernel_by_kernel_and_one_that_cannot_launch_is_left_out(
         monkeypatch):
     call = emulate.Function.__call__
-    refuse = {"capture": "tvl1_level_cluster", "launch": ""}
+    refuse = {"capture": "tvl1_levels_cluster", "launch": ""}
 
     def picky(self, *args, **kwargs):
         if self.name == refuse["launch"]:
@@ -244,13 +244,13 @@ def test_a_layout_that_cannot_be_captured_runs_kernel_by_kernel_and_one_that_can
     stage = CudaStage(32, runtime=emulate, solver="cluster")
     p = micro_pairs(32, peaks=(1.0,))[0]
     assert float(np.linalg.norm(stage.flow(p.first, p.second) - tvl1(p.first, p.second), axis=2).mean()) < 1e-3
-    assert stage.graph_note.startswith("no CUDA graph (tvl1_level_cluster: operation not permitted")
+    assert stage.graph_note.startswith("no CUDA graph (tvl1_levels_cluster: operation not permitted")
     assert list(stage._graphs.values()) == [None]
     stage.solver = "bands"  # the other layouts keep their graphs
     stage.flow(p.first, p.second)
     assert stage.graph_note == "" and sum(v is not None for v in stage._graphs.values()) == 1
 
-    refuse["launch"] = "tvl1_level_cluster"
+    refuse["launch"] = "tvl1_levels_cluster"
     auto = CudaStage(32, runtime=emulate)
     assert not any(name.partition("/")[0] == "cluster" for name in auto.layout_ms)
     assert "cluster misconfiguration" in auto.layout_notes["cluster"] and auto.solver != "cluster"
@@ -271,11 +271,11 @@ def test_without_clusters_the_stage_leaves_that_layout_out(monkeypatch):
 def test_16_block_clusters_need_the_non_portable_attribute(monkeypatch):
     source = kernel_source()
     module = emulate.SourceModule(source, no_extern_c=True)
-    large = module.get_function("tvl1_level_cluster16")
-    assert large.cluster == 16 and module.get_function("tvl1_level_cluster").cluster == 8
-    args = [np.uintp(0)] * 5 + [np.int32(0)] * 2 + [np.float32(1.25)] + [np.uintp(0)] * 2
+    large = module.get_function("tvl1_levels_cluster16")
+    assert large.cluster == 16 and module.get_function("tvl1_levels_cluster").cluster == 8
+    args = [np.uintp(0), np.int32(1), np.int32(0)] + [np.uintp(0)] * 5 + [np.float32(1.25)] * 4 + [np.int32(1)] * 4
     with pytest.raises(emulate.LaunchError, match="cluster misconfiguration"):  # as a GPU refuses it
-        large(*args, *[np.int32(1)] * 2, *[np.float32(0)] * 4, *[np.int32(1)] * 5, block=(32, 1, 1), grid=(16, 1, 1))
+        large(*args, block=(32, 1, 1), grid=(16, 1, 1))
     stage = CudaStage(32, runtime=emulate, solver="cluster16")  # sets the attribute, so the layout runs
     p = micro_pairs(32, peaks=(1.0,))[0]
     assert float(np.linalg.norm(stage.flow(p.first, p.second) - tvl1(p.first, p.second), axis=2).mean()) < 1e-3
@@ -295,8 +295,8 @@ def test_16_block_clusters_need_the_non_portable_attribute(monkeypatch):
 
 
 def test_a_level_too_large_for_the_clusters_shared_memory_runs_in_bands(monkeypatch):
-    # S = 64: the finest level needs (16 planes x 8 rows x 64 + 6 x 64 + 64) x 4 bytes (34,560 B) per block,
-    # the next one (51 x 51, 7 rows) 24,328 B
+    # S = 64: the finest level needs (16 floats x 8 rows x 64 + 20 x 64 + 64) x 4 bytes (38,144 B) per block,
+    # the next one (51 x 51, 7 rows) 27,184 B
     monkeypatch.setattr(emulate, "SHARED_OPTIN", 30 * 1024)
     monkeypatch.setitem(emulate.ATTRIBUTES, emulate.device_attribute.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, 30 * 1024)
     launched: list[str] = []
@@ -314,7 +314,8 @@ def test_a_level_too_large_for_the_clusters_shared_memory_runs_in_bands(monkeypa
     warps = stage.params.warps
     assert launched.count("tvl1_solve_bands") == launched.count("tvl1_warp") == warps  # the finest level
     assert launched.count("tvl1_upsample_flow") == launched.count("tvl1_centered_gradient") == 1
-    assert launched.count("tvl1_level_cluster") == len(stage._buffers[(64, 64)].shapes) - 1  # one per level
+    assert launched.count("tvl1_levels_cluster") == 1  # the pyramid and the four coarser levels
+    assert launched.count("tvl1_downsample") == 0
 
 
 def test_warp_shuffles_sum_each_warp(broken):

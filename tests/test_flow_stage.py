@@ -29,7 +29,7 @@ from edge_mer.flow.stage import OpenCVStage, make_stage
 
 KERNELS = Path(__file__).resolve().parents[1] / "edge_mer" / "flow" / "kernels" / "tvl1.cu"
 ENTRY_POINTS = ("tvl1_pre", "tvl1_downsample", "tvl1_centered_gradient", "tvl1_warp", "tvl1_solve",
-                "tvl1_solve_bands", "tvl1_level_cluster", "tvl1_level_cluster16", "tvl1_upsample_flow",
+                "tvl1_solve_bands", "tvl1_levels_cluster", "tvl1_levels_cluster16", "tvl1_upsample_flow",
                 "tvl1_epilogue_f32", "tvl1_epilogue_f16")
 FRAME = (320, 240)
 METHODS = ["reference", pytest.param("opencv-tvl1", marks=pytest.mark.skipif(
@@ -167,7 +167,7 @@ def test_kernels_compile_to_ptx(arch, tmp_path):
     ptx = out.read_text()
     entries = set(re.findall(r"\.entry\s+(\w+)\(", ptx))
     assert entries == set(ENTRY_POINTS)
-    # thread block clusters from compute capability 9.0: below it tvl1_level_cluster(16) is an empty kernel
+    # thread block clusters from compute capability 9.0: below it tvl1_levels_cluster(16) is an empty kernel
     clusters = int(arch.removeprefix("compute_")) >= 90
     assert (".reqnctapercluster 8, 1, 1" in ptx and ".reqnctapercluster 16, 1, 1" in ptx) == clusters
     assert ("barrier.cluster.arrive" in ptx and "mapa" in ptx) == clusters

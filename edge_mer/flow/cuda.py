@@ -8,8 +8,9 @@ between them (the kernel file lists the same sequence):
 * per level, coarsest first: ``tvl1_upsample_flow`` unless it is the coarsest level,
   ``tvl1_centered_gradient``, then ``warps`` times ``tvl1_warp`` and ``tvl1_solve`` or
   ``tvl1_solve_bands`` (all outer x inner iterations of a warp in one launch, in one of three
-  layouts); or, in the cluster layouts (thread block clusters of 8 or 16 blocks), all of that
-  in one launch of ``tvl1_level_cluster`` or ``tvl1_level_cluster16`` (``SOLVERS``);
+  layouts); or, in the cluster layouts (thread block clusters of 8 or 16 blocks), the
+  pyramid and all of that for every level whose state fits in the cluster's shared memory in
+  one launch of ``tvl1_levels_cluster`` or ``tvl1_levels_cluster16`` (``SOLVERS``);
 * ``tvl1_epilogue_f32`` / ``_f16``: strain and the feature-cache normalisation, written
   NCHW into the model's input buffers: a host buffer for ONNX Runtime, or the TensorRT
   backend's device buffers (``write``), so that path never copies to the host.
@@ -51,12 +52,13 @@ SOLVE_THREADS = 1024  # block of tvl1_solve: a multiple of 32, at most 32 warps 
 # kernel's registers do not allow as many threads)
 # the fused solve's layouts: one block per pair (tvl1_solve); up to one block per multiprocessor,
 # two grid barriers per iteration (tvl1_solve); row bands, one grid barrier per iteration (tvl1_solve_bands);
-# one thread block cluster per pair and level, the state in shared memory (tvl1_level_cluster, compute
-# capability 9.0+), also with 16 blocks per cluster where the GPU allows that non-portable size (cluster16)
+# one thread block cluster per pair for the pyramid and its levels, the state in shared memory
+# (tvl1_levels_cluster, compute capability 9.0+), also with 16 blocks per cluster where the GPU allows
+# that non-portable size (cluster16)
 SOLVERS = ("block", "grid", "bands", "cluster", "cluster16")
 # the smaller blocks the auto pick also times, per layout (a cluster's work stays on its blocks)
-SMALLER_BLOCKS = {"block": (), "grid": (256, 128), "bands": (256, 128), "cluster": (640, 512, 256),
-                  "cluster16": (640, 512, 256)}
+SMALLER_BLOCKS = {"block": (), "grid": (256, 128), "bands": (256, 128), "cluster": (512, 256),
+                  "cluster16": (512, 256)}
 
 
 def kernel_source() -> str:
@@ -73,7 +75,7 @@ def kernel_constant(name: str) -> int:
 
 
 # the cluster layouts: their kernel and its blocks per cluster
-CLUSTER_KERNELS = {"cluster": "tvl1_level_cluster", "cluster16": "tvl1_level_cluster16"}
+CLUSTER_KERNELS = {"cluster": "tvl1_levels_cluster", "cluster16": "tvl1_levels_cluster16"}
 CLUSTER_BLOCKS = {"cluster": kernel_constant("TVL1_CLUSTER"), "cluster16": kernel_constant("TVL1_CLUSTER_LARGE")}
 NON_PORTABLE_CLUSTER_SIZE_ALLOWED = 14  # CUfunction_attribute's value, for a pycuda whose enum lacks the name
 CLUSTER_PLANES = kernel_constant("TVL1_CLUSTER_PLANES")  # its floats per pixel in each block's shared memory
@@ -84,7 +86,7 @@ STAGE_GRAPHS = 16  # whole-stage graphs kept: per layout tried and set of output
 
 
 def _cluster_bytes(rows: int, w: int) -> int:
-    """Dynamic shared memory of a tvl1_level_cluster block owning ``rows`` rows of width ``w``."""
+    """Dynamic shared memory of a tvl1_levels_cluster block owning ``rows`` rows of width ``w``."""
     return (CLUSTER_PLANES * rows * w + CLUSTER_ROWS * w + 2 * MAX_WARPS) * 4
 
 
@@ -116,6 +118,7 @@ class _Buffers:
     levels: list[Any]  # per level (2, h, w) float32: first image, then second
     planes: dict[str, Any]  # finest-size float32 planes, reused at every level
     halo: Any  # (multiprocessors, 2, finest width) float32: tvl1_solve_bands' private rows
+    table: Any  # the cluster layouts' per-level table (tvl1_levels_cluster): the levels' addresses, sizes, stops
 
 
 class CudaStage(FlowStage):
@@ -235,7 +238,7 @@ class CudaStage(FlowStage):
             self._pick_layout()
 
     def _enable_clusters(self, capability: tuple[int, ...], shared_optin: int) -> tuple[int, str]:
-        """(dynamic shared bytes a tvl1_level_cluster block may use, why the layout cannot run here or "")."""
+        """(dynamic shared bytes a tvl1_levels_cluster block may use, why the layout cannot run here or "")."""
         if capability < (9, 0):
             return 0, (f"needs compute capability 9.0 or newer (thread block clusters); this GPU has "
                        f"{capability[0]}.{capability[1]}")
@@ -248,7 +251,7 @@ class CudaStage(FlowStage):
         return limit, ""
 
     def _allow_large_clusters(self) -> str:
-        """Let tvl1_level_cluster16 launch its 16-block clusters (a non-portable size); "" or why not."""
+        """Let tvl1_levels_cluster16 launch its 16-block clusters (a non-portable size); "" or why not."""
         attributes = self.drv.function_attribute
         try:
             attribute = getattr(attributes, "NON_PORTABLE_CLUSTER_SIZE_ALLOWED", None)
@@ -316,8 +319,15 @@ class CudaStage(FlowStage):
             h, w = shape
             planes = {n: self.drv.mem_alloc(h * w * 4) for n in self.PLANES}
             planes["sampled"] = self.drv.mem_alloc(4 * h * w * 4)  # the cluster layouts' (I1, gx, gy, 0) per pixel
-            found = _Buffers(shapes, [self.drv.mem_alloc(2 * lh * lw * 4) for lh, lw in shapes], planes,
-                             self.drv.mem_alloc(max(1, self.multiprocessors) * 2 * w * 4))
+            levels = [self.drv.mem_alloc(2 * lh * lw * 4) for lh, lw in shapes]
+            stops = np.array([self.params.epsilon ** 2 * lh * lw for lh, lw in shapes], np.float32).view(np.int32)
+            table = (np.array([int(lv) for lv in levels], np.int64).tobytes() +
+                     np.array([(lw, lh, stop, 0) for (lh, lw), stop in zip(shapes, stops, strict=True)],
+                              np.int32).tobytes())
+            held = self.drv.mem_alloc(len(table))
+            self.drv.memcpy_htod(held, np.frombuffer(table, np.uint8))
+            found = _Buffers(shapes, levels, planes, self.drv.mem_alloc(max(1, self.multiprocessors) * 2 * w * 4),
+                             held)
             self._buffers[shape] = found
         return found
 
@@ -360,31 +370,36 @@ class CudaStage(FlowStage):
         """Levels 1.. from level 0 (already written), then the coarse-to-fine solve; the planes holding u1, u2."""
         k, s, p = self.k, self.stream, self.params
         i32, f32 = np.int32, np.float32
-        for (sh, sw), (dh, dw), src, dst in zip(b.shapes, b.shapes[1:], b.levels, b.levels[1:], strict=False):
-            k["tvl1_downsample"](src, i32(sw), i32(sh), i32(sh * sw), dst, i32(dw), i32(dh), i32(dh * dw),
-                                 f32(1.0 / p.scale_step), block=(TILE, TILE, 1), grid=_grid(dw, dh, 2), stream=s)
         q = b.planes
         flow, spare = (q["u1"], q["u2"]), (q["v1"], q["v2"])
         l_t, taut = f32(p.lambda_ * p.theta), f32(p.tau / p.theta)
         coarsest = len(b.shapes) - 1
-        for level in range(coarsest, -1, -1):
+        blocks = CLUSTER_BLOCKS.get(self.solver, 0)
+        fits = [level for level, (h, w) in enumerate(b.shapes) if blocks and self._cluster_rows(h, w, blocks)]
+        # the cluster layouts: the pyramid and every level from the coarsest down to the finest whose state
+        # fits in shared memory (the coarser ones are smaller) in one launch; the finer ones, if any, in bands
+        last = next((lv for lv in range(coarsest + 1) if all(v in fits for v in range(lv, coarsest + 1))), None)
+        if last is not None:
+            h, w = b.shapes[last]  # the largest level of the launch sizes its shared memory
+            shared = _cluster_bytes(self._cluster_rows(h, w, blocks), w)
+            k[CLUSTER_KERNELS[self.solver]](b.table, i32(len(b.shapes)), i32(last), q["sampled"], flow[0], flow[1],
+                                            spare[0], spare[1], f32(1.0 / p.scale_step), l_t, f32(p.theta), taut,
+                                            i32(p.warps), i32(p.outer_iterations), i32(p.inner_iterations),
+                                            i32(p.median_filtering), block=(self._threads[self.solver], 1, 1),
+                                            grid=(blocks, 1, 1), shared=shared, stream=s)
+            if (coarsest - last) % 2:  # the levels' flows alternate between the two pairs of planes
+                flow, spare = spare, flow
+        else:
+            for (sh, sw), (dh, dw), src, dst in zip(b.shapes, b.shapes[1:], b.levels, b.levels[1:], strict=False):
+                k["tvl1_downsample"](src, i32(sw), i32(sh), i32(sh * sw), dst, i32(dw), i32(dh), i32(dh * dw),
+                                     f32(1.0 / p.scale_step), block=(TILE, TILE, 1), grid=_grid(dw, dh, 2), stream=s)
+        for level in range(coarsest if last is None else last - 1, -1, -1):
             h, w = b.shapes[level]
             n = h * w
             i0 = int(b.levels[level])
             i1 = i0 + 4 * n
             stride = i32(2 * n)
             ch, cw = b.shapes[level + 1] if level < coarsest else (0, 0)  # the coarser level, if any
-            blocks = CLUSTER_BLOCKS.get(self.solver, 0)
-            cluster_rows = self._cluster_rows(h, w, blocks) if blocks else 0
-            if cluster_rows:  # the whole level in one launch, from the coarser level's flow
-                k[CLUSTER_KERNELS[self.solver]](np.uintp(i0), np.uintp(i1), q["sampled"], flow[0], flow[1], i32(cw),
-                                        i32(ch), f32(1.0 / p.scale_step), spare[0], spare[1], i32(w), i32(h), l_t,
-                                        f32(p.theta), taut, f32(p.epsilon ** 2 * n), i32(p.warps),
-                                        i32(p.outer_iterations), i32(p.inner_iterations), i32(p.median_filtering),
-                                        i32(cluster_rows), block=(self._threads[self.solver], 1, 1),
-                                        grid=(blocks, 1, 1), shared=_cluster_bytes(cluster_rows, w), stream=s)
-                flow, spare = spare, flow
-                continue
             if level == coarsest:
                 self.drv.memset_d32_async(flow[0], 0, n, s)
                 self.drv.memset_d32_async(flow[1], 0, n, s)

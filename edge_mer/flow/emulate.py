@@ -51,8 +51,8 @@ T = TypeVar("T")
 MAX_THREADS_PER_BLOCK = 1024  # what get_function reports, as on a GPU for a kernel with few registers
 # per kernel: what a kernel with many registers reports instead (on a GPU ptxas decides; here it
 # sets the block of the driver's one-block solve, and with it how long the emulation takes)
-THREAD_LIMITS: dict[str, int] = {"tvl1_solve": 128, "tvl1_solve_bands": 128, "tvl1_level_cluster": 128,
-                                  "tvl1_level_cluster16": 128}
+THREAD_LIMITS: dict[str, int] = {"tvl1_solve": 128, "tvl1_solve_bands": 128, "tvl1_levels_cluster": 128,
+                                  "tvl1_levels_cluster16": 128}
 PORTABLE_CLUSTER = 8  # blocks per cluster a GPU launches without the non-portable attribute
 STATIC_SHARED_LIMIT = 48 * 1024  # static + dynamic shared memory of a block before set_attribute raises it
 SHARED_OPTIN = 227 * 1024  # a block's shared memory when raised (an H100's figure)

@@ -18,8 +18,9 @@
 //     tvl1_centered_gradient                   once
 //     tvl1_warp, tvl1_solve                    warps times (tvl1_solve resets p on the first;
 //                                              or tvl1_solve_bands, the same in another layout)
-//   or, with thread block clusters, the whole level (all of the above) in one launch:
-//     tvl1_level_cluster or _cluster16         once
+//   or, with thread block clusters, the pyramid and every level whose state fits in the
+//   cluster's shared memory (all of the above) in one launch, the rest as above:
+//     tvl1_levels_cluster or _cluster16        once
 //   tvl1_epilogue_f32 or tvl1_epilogue_f16     once
 // Images are planar float32, rows dense (pitch = width); several pairs run side by side
 // through blockIdx.z and the *_stride arguments (elements between consecutive planes of the
@@ -28,7 +29,7 @@
 // Build: nvcc -ptx -arch=compute_72 (Xavier, CUDA <= 12), compute_87 (Orin), ... or pycuda's
 // SourceModule(source, no_extern_c=True): the entry points are extern "C" already and
 // cuda_fp16.h must not be wrapped. Needs nothing newer than sm_72 (warp shuffles, half
-// conversion, __nanosleep from sm_70) and no host code, except tvl1_level_cluster(16), whose
+// conversion, __nanosleep from sm_70) and no host code, except tvl1_levels_cluster(16), whose
 // body (thread block clusters) is compiled for sm_90 and newer only: below that it is an
 // empty kernel that the driver never launches.
 
@@ -620,13 +621,14 @@ extern "C" __global__ void tvl1_solve_bands(float* __restrict__ u1, float* __res
     }
 }
 
-// (c..f) a whole pyramid level in one launch, for GPUs with thread block clusters (compute
-// capability 9.0 and newer): reference.upsample_flow of the coarser level's flow (zero at the
-// coarsest), reference.centered_gradient of I1, then `warps` times reference.warp_bicubic +
-// data_term and reference.solve_warp, the dual p starting at zero (reference.solve_level). One
-// cluster of TVL1_CLUSTER blocks per pair (tvl1_level_cluster) or of TVL1_CLUSTER_LARGE
-// (tvl1_level_cluster16, where the GPU allows that non-portable size), block `rank` owning the
-// rows [rank * rows, rank * rows + rows) (the last blocks may own fewer, or none). The flow, the
+// (b..f) the pyramid and whole pyramid levels in one launch, for GPUs with thread block clusters
+// (compute capability 9.0 and newer). Per level (level_cluster): reference.upsample_flow of the
+// coarser level's flow (zero at the coarsest), reference.centered_gradient of I1, then `warps`
+// times reference.warp_bicubic + data_term and reference.solve_warp, the dual p starting at zero
+// (reference.solve_level). One cluster of TVL1_CLUSTER blocks per pair (tvl1_levels_cluster) or
+// of TVL1_CLUSTER_LARGE (tvl1_levels_cluster16, where the GPU allows that non-portable size),
+// block `rank` owning the rows [rank * rows, rank * rows + rows) of a level (the last blocks may
+// own fewer, or none). The flow, the
 // dual and the warp's constants live in the blocks' shared memory for the whole level; only I1
 // and its gradient (read at the warped positions: one float4 per pixel, `sampled`) go through
 // global memory, and the level's flow is written there at the end.
@@ -662,10 +664,10 @@ extern "C" __global__ void tvl1_solve_bands(float* __restrict__ u1, float* __res
 #define TVL1_CLUSTER_LARGE 16  // the most a Hopper GPU allows, with the function's non-portable attribute
 #define TVL1_CLUSTER_PLANES 16  // per pixel: P (2 x 4), C (4), U (2 x 2)
 #define TVL1_CLUSTER_ROWS 20  // per column: C's extra row (4), U's four spare rows (2 x 4 x 2)
-// most threads per block: at S = 112 a 16-block cluster's block then takes its 784 pixels and the next
-// band's first row in one pass (ptxas, sm_90: 64 registers, 28 bytes of loop counters spilled, none
-// in the pixel loops); the driver also times 640, 512 and 256 (cuda.SMALLER_BLOCKS)
-#define TVL1_CLUSTER_THREADS 1024
+// most threads per block: ptxas (sm_90) then allows 96 registers, and spills only around the levels
+// and warps, none inside an iteration (at 1024, 64 registers, it spills after each iteration's
+// barrier); the driver also times 512 and 256 (cuda.SMALLER_BLOCKS)
+#define TVL1_CLUSTER_THREADS 640
 
 #ifndef TVL1_CLUSTER_DEFINED
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -752,7 +754,7 @@ __device__ __forceinline__ float2 band_median(const float2* u, int w, int h, int
 }
 #endif
 
-// The level's work for a cluster of BLOCKS blocks (the kernels below: 8 or 16)
+// A level's work for a cluster of BLOCKS blocks (levels_cluster: 8 or 16)
 template <int BLOCKS>
 __device__ __forceinline__ void level_cluster(
         const float* __restrict__ i0, const float* __restrict__ i1, float4* sampled,
@@ -888,22 +890,57 @@ __device__ __forceinline__ void level_cluster(
 #endif
 }
 
-extern "C" __global__ void TVL1_CLUSTER_DIMS(TVL1_CLUSTER) tvl1_level_cluster(
-        const float* __restrict__ i0, const float* __restrict__ i1, float4* sampled,
-        const float* __restrict__ cu1, const float* __restrict__ cu2, int cw, int ch, float inv_scale_step,
-        float* __restrict__ u1, float* __restrict__ u2, int w, int h, float l_t, float theta, float taut,
-        float stop, int warps, int outer_iterations, int inner_iterations, int median, int rows) {
-    level_cluster<TVL1_CLUSTER>(i0, i1, sampled, cu1, cu2, cw, ch, inv_scale_step, u1, u2, w, h, l_t, theta, taut,
-                                stop, warps, outer_iterations, inner_iterations, median, rows);
+// The pyramid and the levels from the coarsest down to `last`, for a cluster of BLOCKS blocks (the
+// kernels below). table: per level (finest first) the address of its two images (I0 then I1, each
+// h x w), then per level the ints w, h, the stopping threshold (float bits) and 0. Levels 1.. are
+// made from level 0 first (reference.pyramid, both images, spread over the cluster's threads, a
+// barrier after each); then level_cluster per level, with rows = max(2, ceil(h / BLOCKS)), its flow
+// written to (a1, a2) for the coarsest, (b1, b2) for the next, and so on alternately, from the
+// coarser level's (zero at the coarsest).
+template <int BLOCKS>
+__device__ __forceinline__ void levels_cluster(
+        const long long* __restrict__ table, int levels, int last, float4* sampled, float* a1, float* a2,
+        float* b1, float* b2, float inv_scale_step, float l_t, float theta, float taut, int warps,
+        int outer_iterations, int inner_iterations, int median) {
+#if TVL1_HAS_CLUSTERS
+    const int* dims = reinterpret_cast<const int*>(table + levels);
+    for (int k = 1; k < levels; ++k) {
+        const float* src = reinterpret_cast<const float*>(table[k - 1]);
+        float* dst = reinterpret_cast<float*>(table[k]);
+        const int sw = dims[4 * (k - 1)], sh = dims[4 * (k - 1) + 1], dw = dims[4 * k], dh = dims[4 * k + 1];
+        for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < 2 * dw * dh; j += BLOCKS * blockDim.x) {
+            const int z = j / (dw * dh), r = j - z * dw * dh, y = r / dw;
+            dst[j] = resize_at(src + z * sw * sh, sw, sh, r - y * dw, y, inv_scale_step, inv_scale_step);
+        }
+        cluster_sync();  // the level (global memory) visible to the whole cluster
+    }
+    for (int k = levels - 1; k >= last; --k) {
+        const int w = dims[4 * k], h = dims[4 * k + 1];
+        const float* i0 = reinterpret_cast<const float*>(table[k]);
+        const bool into_a = ((levels - 1 - k) & 1) == 0;
+        const int cw = k + 1 < levels ? dims[4 * (k + 1)] : 0, ch = k + 1 < levels ? dims[4 * (k + 1) + 1] : 0;
+        level_cluster<BLOCKS>(i0, i0 + w * h, sampled, into_a ? b1 : a1, into_a ? b2 : a2, cw, ch, inv_scale_step,
+                              into_a ? a1 : b1, into_a ? a2 : b2, w, h, l_t, theta, taut,
+                              __int_as_float(dims[4 * k + 2]), warps, outer_iterations, inner_iterations, median,
+                              max(2, (h + BLOCKS - 1) / BLOCKS));
+    }
+#endif
 }
 
-extern "C" __global__ void TVL1_CLUSTER_DIMS(TVL1_CLUSTER_LARGE) tvl1_level_cluster16(
-        const float* __restrict__ i0, const float* __restrict__ i1, float4* sampled,
-        const float* __restrict__ cu1, const float* __restrict__ cu2, int cw, int ch, float inv_scale_step,
-        float* __restrict__ u1, float* __restrict__ u2, int w, int h, float l_t, float theta, float taut,
-        float stop, int warps, int outer_iterations, int inner_iterations, int median, int rows) {
-    level_cluster<TVL1_CLUSTER_LARGE>(i0, i1, sampled, cu1, cu2, cw, ch, inv_scale_step, u1, u2, w, h, l_t, theta,
-                                      taut, stop, warps, outer_iterations, inner_iterations, median, rows);
+extern "C" __global__ void TVL1_CLUSTER_DIMS(TVL1_CLUSTER) tvl1_levels_cluster(
+        const long long* __restrict__ table, int levels, int last, float4* sampled, float* a1, float* a2,
+        float* b1, float* b2, float inv_scale_step, float l_t, float theta, float taut, int warps,
+        int outer_iterations, int inner_iterations, int median) {
+    levels_cluster<TVL1_CLUSTER>(table, levels, last, sampled, a1, a2, b1, b2, inv_scale_step, l_t, theta, taut,
+                                 warps, outer_iterations, inner_iterations, median);
+}
+
+extern "C" __global__ void TVL1_CLUSTER_DIMS(TVL1_CLUSTER_LARGE) tvl1_levels_cluster16(
+        const long long* __restrict__ table, int levels, int last, float4* sampled, float* a1, float* a2,
+        float* b1, float* b2, float inv_scale_step, float l_t, float theta, float taut, int warps,
+        int outer_iterations, int inner_iterations, int median) {
+    levels_cluster<TVL1_CLUSTER_LARGE>(table, levels, last, sampled, a1, a2, b1, b2, inv_scale_step, l_t, theta,
+                                       taut, warps, outer_iterations, inner_iterations, median);
 }
 
 // (f) reference.upsample_flow: bilinear resize of (u1, u2) to the finer level, times 1 / scale_step.
