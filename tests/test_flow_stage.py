@@ -171,6 +171,28 @@ def test_kernels_compile_to_ptx(arch, tmp_path):
     clusters = int(arch.removeprefix("compute_")) >= 90
     assert (".reqnctapercluster 8, 1, 1" in ptx and ".reqnctapercluster 16, 1, 1" in ptx) == clusters
     assert ("barrier.cluster.arrive" in ptx and "mapa" in ptx) == clusters
+    assert ("sync_restrict" in ptx) == clusters  # the barriers inside a level order shared memory only
+    assert "sqrt.approx" in ptx
+
+
+def test_diagnostic_switches_change_what_the_kernels_do(tmp_path, monkeypatch):
+    """EDGE_MER_CUDA_DEFINES builds the kernels with exact square roots / full barriers; nothing else passes."""
+    from edge_mer.flow.cuda import kernel_defines
+
+    monkeypatch.setenv("EDGE_MER_CUDA_DEFINES", "TVL1_EXACT_DUAL TVL1_FULL_BARRIERS")
+    defines = kernel_defines()
+    assert defines == ["-DTVL1_EXACT_DUAL", "-DTVL1_FULL_BARRIERS"]
+    monkeypatch.setenv("EDGE_MER_CUDA_DEFINES", "TVL1_FAST")
+    with pytest.raises(UserError, match="unknown switch TVL1_FAST"):
+        kernel_defines()
+    if shutil.which("nvcc") is None or "compute_90" not in _listed_archs().split():
+        pytest.skip("nvcc for compute_90 is not on PATH")
+    out = tmp_path / "switched.ptx"
+    proc = subprocess.run(["nvcc", "-ptx", "-arch=compute_90", *defines, str(KERNELS), "-o", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    ptx = out.read_text()
+    assert "sync_restrict" not in ptx and "sqrt.approx" not in ptx and "barrier.cluster.arrive" in ptx
 
 
 # edge-mer flow

@@ -32,6 +32,7 @@ CUDA events.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -72,6 +73,18 @@ def kernel_constant(name: str) -> int:
     if found is None:
         raise RuntimeError(f"tvl1.cu defines no {name}")
     return int(found.group(1))
+
+
+def kernel_defines() -> list[str]:
+    """nvcc ``-D`` options from ``EDGE_MER_CUDA_DEFINES`` (names, space-separated): the kernels' diagnostic
+    switches, ``TVL1_EXACT_DUAL`` (correctly rounded square roots and reciprocals in the dual step) and
+    ``TVL1_FULL_BARRIERS`` (the cluster layouts' barriers order global memory too), to tell their effect."""
+    names = os.environ.get("EDGE_MER_CUDA_DEFINES", "").split()
+    unknown = sorted(set(names) - {"TVL1_EXACT_DUAL", "TVL1_FULL_BARRIERS"})
+    if unknown:
+        raise UserError(f"EDGE_MER_CUDA_DEFINES: unknown switch {', '.join(unknown)}; "
+                        "use TVL1_EXACT_DUAL and/or TVL1_FULL_BARRIERS")
+    return [f"-D{name}" for name in names]
 
 
 # the cluster layouts: their kernel and its blocks per cluster
@@ -191,7 +204,7 @@ class CudaStage(FlowStage):
         self.ctx.push()
         try:
             try:
-                module = SourceModule(kernel_source(), no_extern_c=True, options=["-O3"])
+                module = SourceModule(kernel_source(), no_extern_c=True, options=["-O3", *kernel_defines()])
             except drv.CompileError as exc:
                 raise UserError(f"the CUDA flow kernels do not compile here: {_first_line(exc)}") from None
             except OSError as exc:  # nvcc is not on PATH (a Jetson: /usr/local/cuda/bin)

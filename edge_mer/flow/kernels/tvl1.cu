@@ -384,7 +384,11 @@ __device__ __forceinline__ void primal_at(int i, int x, int y, int w, float a, f
     n2 = v.y + theta * div2;
 }
 
-#ifndef TVL1_APPROX_DEFINED
+#if !defined(TVL1_APPROX_DEFINED) && defined(TVL1_EXACT_DUAL)
+// built with -DTVL1_EXACT_DUAL (to tell their effect on a GPU): the correctly rounded ones
+__device__ __forceinline__ float sqrt_approx(float x) { return sqrtf(x); }
+__device__ __forceinline__ float rcp_approx(float x) { return __frcp_rn(x); }
+#elif !defined(TVL1_APPROX_DEFINED)
 // The GPU's approximate square root and reciprocal: one instruction each instead of a correctly
 // rounded sequence of about ten with a branch; not correctly rounded, denormal inputs taken as 0.
 __device__ __forceinline__ float sqrt_approx(float x) {
@@ -680,9 +684,10 @@ __device__ __forceinline__ void cluster_sync() {
 }
 // every thread of the cluster, ordering only shared memory: what this block wrote into its own
 // before the barrier is visible to the cluster's reads after it (PTX 8.6's restricted fences,
-// CUDA 12.8; an older toolkit gets the full barrier)
+// CUDA 12.8; an older toolkit, or a build with -DTVL1_FULL_BARRIERS, gets the full barrier)
 __device__ __forceinline__ void cluster_sync_shared() {
-#if __CUDACC_VER_MAJOR__ > 12 || (__CUDACC_VER_MAJOR__ == 12 && __CUDACC_VER_MINOR__ >= 8)
+#if !defined(TVL1_FULL_BARRIERS) && \
+    (__CUDACC_VER_MAJOR__ > 12 || (__CUDACC_VER_MAJOR__ == 12 && __CUDACC_VER_MINOR__ >= 8))
     asm volatile("fence.release.sync_restrict::shared::cta.cluster;\n\t"
                  "barrier.cluster.arrive.relaxed;\n\t"
                  "barrier.cluster.wait;\n\t"
