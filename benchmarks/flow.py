@@ -17,7 +17,7 @@ made; the stage's crop and normalisation are not included), EPE the mean
 endpoint error against the known flow over the interior (6-pixel border left
 out), per pair family. Writes ``benchmarks/results/flow.md`` and ``flow.json``.
 
-    python benchmarks/flow.py [--repeats 5] [--sizes 64 112 128 224] [--out DIR]
+    python benchmarks/flow.py [--repeats 5] [--sizes 64 112 128 224] [--out DIR] [--methods cuda ...]
 
 ``--cuda-emulator`` runs the cuda rows on the CPU emulator (``edge_mer.flow.emulate``)
 to check this script's GPU path on a machine without a GPU: its times are not GPU times.
@@ -96,7 +96,8 @@ def measure(name: str, pairs: list[FlowPair], repeats: int, emulator: bool = Fal
     out: dict[str, Any] = {"available": True, "latency_ms": round(1000 * float(np.median(times)), 3),
                            "epe": {k: round(float(np.mean(v)), 4) for k, v in errors.items()}}
     if gpu:
-        out["graphs"] = stage.graph_note or "one graph launch per pair for the pyramid and solve"
+        out["graphs"] = stage.graph_note or ("one graph launch per pair (the flow rows: pyramid and solve; "
+                                             "the whole stage: crop to epilogue)")
         if stage.layout_ms:
             out["auto"] = {"picked": f"{stage.solver}/{stage.solve_threads}", "layout_ms": stage.layout_ms,
                            "left_out": stage.layout_notes}
@@ -174,6 +175,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS, help="folder for flow.md and flow.json")
     ap.add_argument("--cuda-emulator", action="store_true",
                     help="cuda rows on the CPU emulator: checks this script without a GPU; not GPU times")
+    ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), metavar="METHOD",
+                    help=f"the rows to measure (default: all of {', '.join(METHODS)})")
     args = ap.parse_args()
     cv2.setNumThreads(args.cv_threads)
     rows: dict[int, dict[str, dict[str, Any]]] = {}
@@ -181,7 +184,7 @@ def main() -> None:
     for size in args.sizes:
         pairs = micro_pairs(size) + shift_pairs(size)
         rows[size] = {}
-        for name in METHODS:
+        for name in args.methods:
             rows[size][name] = measure(name, pairs, args.repeats, args.cuda_emulator)
             print(f"S = {size}: {name} {rows[size][name].get('latency_ms', 'n/a')} ms", flush=True)
         lines = write_results(args, rows)  # after every size: a run cut short keeps what it measured
@@ -192,6 +195,9 @@ def write_results(args: argparse.Namespace, rows: dict[int, dict[str, dict[str, 
     """flow.json and flow.md in ``args.out`` for the sizes measured so far (smallest first); the lines of flow.md."""
     rows = dict(sorted(rows.items()))
     cuda_reason = cuda_unavailable() or f"runs on {gpu_name()}"
+    switches = os.environ.get("EDGE_MER_CUDA_DEFINES", "").strip()
+    if switches:
+        cuda_reason += f", kernels built with the diagnostic switches {switches} (EDGE_MER_CUDA_DEFINES)"
     if args.cuda_emulator:
         cuda_reason = "the cuda rows ran on the CPU emulator (edge_mer.flow.emulate): their times are not GPU times"
     machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "gpu": gpu_name(), "opencv": cv2.__version__,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks of the CUDA flow stage in one run, for a machine with an NVIDIA GPU:
 # the CUDA-vs-reference tests (pytest -m gpu) and the flow benchmark with the card's
-# name. Results go to $OUT (default ./gpu-check): gpu.txt, tests.txt, flow.md, flow.json.
+# name, then the S = 112 cuda rows again with the kernels' diagnostic switches (switched/). Results go
+# to $OUT (default ./gpu-check): gpu.txt, tests.txt, flow.md, flow.json, switched/flow.md.
 #
 #   bash scripts/gpu/check_flow.sh [--sizes "112 64 128 224"] [--repeats 3] [--test-limit 200] [--bench-limit 300]
 #
@@ -15,6 +16,7 @@ sizes="112 64 128 224"  # S = 112 first: the issue's figure is measured before a
 repeats=3
 test_limit=200  # seconds for the GPU tests
 bench_limit=300  # seconds for the benchmark
+switch_limit=120  # seconds for the S = 112 rows with the diagnostic switches
 while [ $# -gt 0 ]; do
     case "$1" in
         --sizes) sizes="$2"; shift 2 ;;
@@ -59,4 +61,9 @@ fi
 # shellcheck disable=SC2086  # sizes is a list of numbers
 timeout "$bench_limit" python3 benchmarks/flow.py --repeats "$repeats" --sizes $sizes --out "$out" 2>&1 \
     | tee "$out/flow.txt" || status=1
+# what the kernels' two savings that only a GPU shows change (approximate square roots and reciprocals in
+# the dual step; cluster barriers that order shared memory only): S = 112 again with both turned off
+EDGE_MER_CUDA_DEFINES="TVL1_EXACT_DUAL TVL1_FULL_BARRIERS" timeout "$switch_limit" python3 benchmarks/flow.py \
+    --repeats "$repeats" --sizes 112 --methods cuda cuda-cluster16 --out "$out/switched" 2>&1 \
+    | tee "$out/switched.txt" || status=1
 exit "$status"
