@@ -333,7 +333,7 @@ class CudaStage(FlowStage):
             planes = {n: self.drv.mem_alloc(h * w * 4) for n in self.PLANES}
             planes["sampled"] = self.drv.mem_alloc(4 * h * w * 4)  # the cluster layouts' (I1, gx, gy, 0) per pixel
             levels = [self.drv.mem_alloc(2 * lh * lw * 4) for lh, lw in shapes]
-            stops = np.array([self.params.epsilon ** 2 * lh * lw for lh, lw in shapes], np.float32).view(np.int32)
+            stops = np.array([self._stop(lh * lw) for lh, lw in shapes], np.float32).view(np.int32)
             table = (np.array([int(lv) for lv in levels], np.int64).tobytes() +
                      np.array([(lw, lh, stop, 0) for (lh, lw), stop in zip(shapes, stops, strict=True)],
                               np.int32).tobytes())
@@ -379,6 +379,10 @@ class CudaStage(FlowStage):
 
     # -- the launches ------------------------------------------------------------------------------
 
+    def _stop(self, pixels: int) -> float:
+        """A level's stopping threshold on the summed squared update (epsilon^2 per pixel), as its launch takes it."""
+        return self.params.epsilon ** 2 * pixels
+
     def _pyramid_and_solve(self, b: _Buffers) -> tuple[Any, Any]:
         """Levels 1.. from level 0 (already written), then the coarse-to-fine solve; the planes holding u1, u2."""
         k, s, p = self.k, self.stream, self.params
@@ -388,10 +392,13 @@ class CudaStage(FlowStage):
         l_t, taut = f32(p.lambda_ * p.theta), f32(p.tau / p.theta)
         coarsest = len(b.shapes) - 1
         blocks = CLUSTER_BLOCKS.get(self.solver, 0)
-        fits = [level for level, (h, w) in enumerate(b.shapes) if blocks and self._cluster_rows(h, w, blocks)]
-        # the cluster layouts: the pyramid and every level from the coarsest down to the finest whose state
-        # fits in shared memory (the coarser ones are smaller) in one launch; the finer ones, if any, in bands
-        last = next((lv for lv in range(coarsest + 1) if all(v in fits for v in range(lv, coarsest + 1))), None)
+        # the cluster layouts: the pyramid and the levels from the coarsest down to the finest whose state
+        # fits in shared memory in one launch; the finer ones, if any, in bands
+        last = None
+        for level in range(coarsest, -1, -1) if blocks else ():
+            if not self._cluster_rows(*b.shapes[level], blocks):
+                break
+            last = level
         if last is not None:
             h, w = b.shapes[last]  # the largest level of the launch sizes its shared memory
             shared = _cluster_bytes(self._cluster_rows(h, w, blocks), w)
@@ -430,7 +437,7 @@ class CudaStage(FlowStage):
             rows = -(-h // parts)  # bands: rows per block
             if layout == "bands":
                 parts = -(-h // rows)
-            loops = (f32(p.epsilon ** 2 * n), i32(p.outer_iterations), i32(p.inner_iterations),
+            loops = (f32(self._stop(n)), i32(p.outer_iterations), i32(p.inner_iterations),
                      i32(p.median_filtering))
             common = (q["i1wx"], q["i1wy"], q["igrad"], q["rho_c"], i32(w), i32(h), stride, l_t, f32(p.theta), taut,
                       *loops)
@@ -603,8 +610,8 @@ class CudaStage(FlowStage):
             self.start.record(self.stream)
             self.drv.memcpy_htod_async(b.levels[0], pair, self.stream)
             u1, u2 = self._replay(("flow", b.shapes[0]), lambda: self._pyramid_and_solve(b))
-            self._fetch_barrier_flag()
             self.end.record(self.stream)
+            self._fetch_barrier_flag()
             self.drv.memcpy_dtoh_async(out[0], u1, self.stream)
             self.drv.memcpy_dtoh_async(out[1], u2, self.stream)
             self.stream.synchronize()
