@@ -643,10 +643,13 @@ extern "C" __global__ void tvl1_solve_bands(float* __restrict__ u1, float* __res
 // warp constants are computed once per warp), so that phase 2 needs only this block's threads.
 // The stopping sum: each warp's sum in shared memory, added by the last warp after phase 1
 // into the block's sum, kept in this block's shared memory (two slots, by iteration parity);
-// after the barrier lane k of every warp reads block k's and the warp adds them (the same
-// butterfly everywhere), so every thread of the cluster leaves the loops at the same iteration.
-// While those reads travel, the next iteration's phase 1 runs (it needs no sum); when the sum
-// then says stop, its results are left unused in the next buffers.
+// after the barrier lane k of the last warp reads block k's (16 remote loads per block, not one
+// per warp: those crowd the cluster's network); while they travel, the next iteration's phase 1
+// runs (it needs no sum); then that warp adds them (the same butterfly in every block) and
+// leaves the total in shared memory, which every thread reads after the barrier that follows
+// phase 1, so every thread of the cluster leaves the loops at the same iteration. When the sum
+// says stop, that phase 1's results are left unused in the next buffers. After an outer
+// iteration's last inner one, every warp reads the blocks' sums itself (once per outer iteration).
 // The median first copies the neighbours' two rows above and below the band into this block's
 // spare rows, so that its windows read this block's memory only, and is followed by a barrier.
 // So every block writes only its own shared memory and reads its neighbours' only after a
@@ -661,7 +664,7 @@ extern "C" __global__ void tvl1_solve_bands(float* __restrict__ u1, float* __res
 //         (the median's copies) and two below (the first: the next band's first row, which
 //         phase 1 writes into the next buffer and the median's copy overwrites; the second: a copy).
 // Dynamic shared memory per block, in floats (rows >= 2, the median's copy needs two), with
-// TVL1_MAX_WARPS for the warps' sums and two for the block's:
+// TVL1_MAX_WARPS for the warps' sums, two for the block's and two for the cluster's:
 //   TVL1_CLUSTER_PLANES * rows * w + TVL1_CLUSTER_ROWS * w + 2 * TVL1_MAX_WARPS.
 // grid (the cluster's blocks), block (32..TVL1_CLUSTER_THREADS, a multiple of 32); one pair per launch.
 #define TVL1_CLUSTER 8  // blocks per cluster: the portable maximum
@@ -778,8 +781,10 @@ __device__ __forceinline__ void level_cluster(
     const int u_plane = plane + 4 * w, lead = 2 * w;  // a U buffer's size, and where its band begins
     float* warp_sums = reinterpret_cast<float*>(U + 2 * u_plane);  // TVL1_MAX_WARPS: each warp's stopping sum
     float* sums = warp_sums + TVL1_MAX_WARPS;  // 2: this block's sum, by iteration parity
+    float* totals = sums + 2;  // 2: the cluster's sum, by iteration parity, for the whole block to read
     int cu = 0, cp = 0;  // the current buffer of U, of P
     const int nwarps = blockDim.x >> 5;
+    const bool last_warp = (int)(threadIdx.x >> 5) == nwarps - 1;  // adds up the block's and the cluster's sums
     const size_t g0 = (size_t)y0 * w;  // the band's first pixel in the global planes
 
     const float fx = cw > 0 ? (float)cw / (float)w : 0.0f, fy = cw > 0 ? (float)ch / (float)h : 0.0f;
@@ -822,7 +827,7 @@ __device__ __forceinline__ void level_cluster(
                 cu ^= 1;
                 cluster_sync_shared();
             }
-            float pulled = 0.0f;  // lane k: block k's sum of the last iteration, on its way (cluster_part)
+            float pulled = 0.0f;  // the last warp's lane k: block k's sum of the last iteration, on its way
             bool owed = false;    // whether that iteration's sum is still to be added up
             for (int inner = 0; inner < inner_iterations; ++inner) {
                 const float2* uc = U + cu * u_plane + lead;
@@ -855,16 +860,20 @@ __device__ __forceinline__ void level_cluster(
                         un[i] = make_float2(v.x + theta * div1, v.y + theta * div2);  // U's first spare row below
                     }
                 }
-                if (owed) {  // the last iteration's sum, which travelled while this phase 1 ran
-                    owed = false;
-                    error = warp_total(pulled);
-                    if (!(error > stop)) break;  // this phase 1 goes unused: it wrote only the next buffers
+                if (owed && last_warp) {  // the last iteration's sum, which travelled while this phase 1 ran
+                    const float total = warp_total(pulled);
+                    if ((threadIdx.x & 31) == 0) totals[parity] = total;
                 }
                 local = warp_total(local);
                 if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = local;
                 __syncthreads();
-                if ((int)(threadIdx.x >> 5) == nwarps - 1) {  // the block's sum, by the warp with the least
-                    const unsigned lane = threadIdx.x & 31;      // of phase 2 (it has the last pixels)
+                if (owed) {
+                    owed = false;
+                    error = totals[parity];
+                    if (!(error > stop)) break;  // this phase 1 goes unused: it wrote only the next buffers
+                }
+                if (last_warp) {  // the block's sum, by the warp with the least of phase 2 (it has the last pixels)
+                    const unsigned lane = threadIdx.x & 31;
                     float block = warp_total((int)lane < nwarps ? warp_sums[lane] : 0.0f);
                     if (lane == 0) sums[parity] = block;
                 }
@@ -876,13 +885,13 @@ __device__ __forceinline__ void level_cluster(
                     pn[i] = project_dual(pc[i], r.x - n.x, d.x - n.x, r.y - n.y, d.y - n.y, taut);
                 }
                 cluster_sync_shared();
-                pulled = cluster_part<BLOCKS>(sums + parity);  // added after the next phase 1 (or below)
+                if (last_warp) pulled = cluster_part<BLOCKS>(sums + parity);  // added after the next phase 1
                 owed = true;
                 parity ^= 1;
                 cu ^= 1;
                 cp ^= 1;
             }
-            if (owed) error = warp_total(pulled);
+            if (owed) error = warp_total(cluster_part<BLOCKS>(sums + (parity ^ 1)));  // every warp, once
         }
     }
     const float2* flow = U + cu * u_plane + lead;
