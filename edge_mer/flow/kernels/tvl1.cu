@@ -673,7 +673,9 @@ extern "C" __global__ void tvl1_solve_bands(float* __restrict__ u1, float* __res
 #define TVL1_CLUSTER_ROWS 20  // per column: C's extra row (4), U's four spare rows (2 x 4 x 2)
 // most threads per block: ptxas (sm_90) then allows 96 registers, and spills only around the levels
 // and warps, none inside an iteration (at 1024, 64 registers, it spills after each iteration's
-// barrier); the driver also times 512 and 256 (cuda.SMALLER_BLOCKS)
+// barrier; on an H200 at S = 112, 640 / 768 / 1024 threads took 0.84 / 0.93 / 1.17 ms per pair before the
+// sums' reads moved to the last warp); the driver also times 512 and 256 (cuda.SMALLER_BLOCKS), which
+// there take about what 640 does (0.54 / 0.54 / 0.57 ms; 128: 0.73)
 #define TVL1_CLUSTER_THREADS 640
 
 #ifndef TVL1_CLUSTER_DEFINED
