@@ -112,8 +112,6 @@ def test_the_solve_agrees_at_any_block_size_the_gpu_may_choose(monkeypatch, thre
 
 
 def test_a_grid_barrier_that_a_block_never_reaches_gives_up_instead_of_hanging():
-    from edge_mer.flow.cuda import kernel_source
-
     absent = r"""
     extern "C" __global__ void absent_block(unsigned* barrier, int absent, float* out) {
         if ((int)blockIdx.x == absent) return;  // this block never arrives

@@ -394,14 +394,14 @@ class CudaStage(FlowStage):
         blocks = CLUSTER_BLOCKS.get(self.solver, 0)
         # the cluster layouts: the pyramid and the levels from the coarsest down to the finest whose state
         # fits in shared memory in one launch; the finer ones, if any, in bands
-        last = None
+        last, rows = None, 0
         for level in range(coarsest, -1, -1) if blocks else ():
-            if not self._cluster_rows(*b.shapes[level], blocks):
+            fits = self._cluster_rows(*b.shapes[level], blocks)
+            if not fits:
                 break
-            last = level
-        if last is not None:
-            h, w = b.shapes[last]  # the largest level of the launch sizes its shared memory
-            shared = _cluster_bytes(self._cluster_rows(h, w, blocks), w)
+            last, rows = level, fits
+        if last is not None:  # the largest level of the launch sizes its shared memory
+            shared = _cluster_bytes(rows, b.shapes[last][1])
             k[CLUSTER_KERNELS[self.solver]](b.table, i32(len(b.shapes)), i32(last), q["sampled"], flow[0], flow[1],
                                             spare[0], spare[1], f32(1.0 / p.scale_step), l_t, f32(p.theta), taut,
                                             i32(p.warps), i32(p.outer_iterations), i32(p.inner_iterations),
