@@ -14,6 +14,9 @@ from typing import Any
 from edge_mer import __version__
 from edge_mer.errors import UserError
 
+# training, QAT, export and calibration (torch, onnx, modelopt) need this Python; the device runtime runs on 3.8
+HOST_PYTHON = (3, 10)
+
 
 def _size(text: str) -> tuple[int, int]:
     try:
@@ -39,7 +42,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         if args.json:
             print_json(result)
         else:
-            print(f"self-test {'passed' if result['ok'] else 'FAILED'}")
+            print(f"self-test {result['status'].upper() if not result['ok'] else 'passed'}")
             for line in selftest_lines(result):
                 print(f"  {line}")
         return 0 if result["ok"] else 1
@@ -341,7 +344,7 @@ def _train_parsers(sub: Any) -> None:
                                          "drawn from the checkpoint's training samples)")
     t.add_argument("--json", action="store_true")
     t.add_argument("--quiet", action="store_true", help="no per-epoch progress")
-    t.set_defaults(func=cmd_train)
+    t.set_defaults(func=cmd_train, host_only=True)
 
     from edge_mer.runtime.backends import BACKENDS
 
@@ -489,6 +492,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "host_only", False) and sys.version_info < HOST_PYTHON:
+            raise UserError(f"{parser.prog} {args.command} needs Python {'.'.join(map(str, HOST_PYTHON))} or newer "
+                            f"(this is {sys.version.split()[0]}): run it on the training host; the device runtime "
+                            "(run, spot, bench, flow, doctor, build-engine) runs on this Python")
         return int(args.func(args))
     except UserError as exc:
         print(f"edge-mer: error: {exc}", file=sys.stderr)

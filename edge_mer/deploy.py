@@ -10,17 +10,21 @@ Steps (each printed; ``--dry-run`` prints them and runs nothing):
 3. copy the bundle (scp) into ``PREFIX/bundle`` through a temporary folder that is
    renamed into place only when complete, so a failed copy leaves the last good
    bundle as it was;
-4. install: on a Jetson, ``setup.sh`` builds the venv beside JetPack's TensorRT
-   and OpenCV and the engine is built on the device; elsewhere (a test machine)
+4. install: on a Jetson, ``setup.sh`` builds the venv beside JetPack's TensorRT,
+   OpenCV and numpy, and the engine is built on the device into ``PREFIX/engines``
+   (once per deploy: an up-to-date engine is reused); elsewhere (a test machine)
    the wheel goes into ``PREFIX/lib`` for the given remote Python and the Jetson
    steps are shown as a dry run;
-5. ``--service``: a systemd unit running ``edge-mer run --camera 0 --events …``,
-   enabled and started (Jetson only; shown as a dry run elsewhere);
+5. ``--service``: a systemd unit running ``edge-mer run --camera 0`` on that
+   engine, as the SSH user, with absolute paths (``~`` in ``--prefix`` is the
+   device user's home) and JetPack's CUDA on its PATH, enabled and started
+   (Jetson only; shown as a dry run elsewhere);
 6. ``edge-mer doctor --json`` on the device must answer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shlex
@@ -35,12 +39,29 @@ from edge_mer import __version__
 from edge_mer.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
-UNIT = """[Unit]
+# JetPack's CUDA toolkit (nvcc for the flow kernels), which no login shell, venv or unit puts on PATH
+CUDA_BIN = "/usr/local/cuda/bin"
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def service_unit(prefix: str, user: str, model: str) -> str:
+    """The systemd unit that runs the camera loop on ``model`` (absolute paths: systemd expands no ``~``)."""
+    for name, path in (("prefix", prefix), ("model", model)):
+        if not path.startswith("/"):
+            raise UserError(f"the service needs an absolute {name}, got {path!r}")
+    exe, events = f"{prefix}/venv/bin/edge-mer", f"{prefix}/events.jsonl"
+    return f"""[Unit]
 Description=edge-mer micro-expression recognition
+Wants=network-online.target
 After=network-online.target
 
 [Service]
-ExecStart={exe} run --camera 0 --model {model} --events {events} --quiet
+Type=simple
+User={user}
+SupplementaryGroups=video
+WorkingDirectory={prefix}
+Environment=PATH={prefix}/venv/bin:{CUDA_BIN}:{SYSTEM_PATH}
+ExecStart={shlex.quote(exe)} run --camera 0 --model {shlex.quote(model)} --events {shlex.quote(events)} --quiet
 Restart=on-failure
 RestartSec=5
 
@@ -117,7 +138,7 @@ def build_bundle(model: Path, out: Path) -> dict[str, Any]:
                         "a clone (pip install -e .)")
     load_artifact(model)  # one clear error for a missing model, sidecar or a changed file
     out.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
                            str(out), str(ROOT)], capture_output=True, text=True, timeout=600)
     wheels = sorted(out.glob("edge_mer-*.whl"))
     if proc.returncode != 0 or not wheels:
@@ -133,64 +154,91 @@ def build_bundle(model: Path, out: Path) -> dict[str, Any]:
     return manifest
 
 
+def _device_state(d: Deployer, prefix: str) -> dict[str, Any]:
+    """The device's user, home, installed manifest and L4T release line (one ssh call)."""
+    where = f'"$HOME"{shlex.quote(prefix[1:])}' if prefix.startswith("~/") else shlex.quote(prefix)
+    remote = d.ssh(f"printf 'user=%s\\nhome=%s\\n' \"$(id -un)\" \"$HOME\"; "
+                   f"cat {where}/bundle/manifest.json 2>/dev/null; echo; "
+                   "head -1 /etc/nv_tegra_release 2>/dev/null", check=False)
+    if remote.returncode == 255:
+        raise UserError(_ssh_error(d.t, remote.stderr, "ssh"))
+    lines = remote.stdout.splitlines()
+    state: dict[str, Any] = {"user": "", "home": "", "manifest": {}, "release": ""}
+    body = []
+    for line in lines:
+        key, _, value = line.partition("=")
+        if key in ("user", "home") and not state[key]:
+            state[key] = value
+        elif line.startswith("# R"):
+            state["release"] = line[1:].split(",")[0].strip()
+        else:
+            body.append(line)
+    text = "\n".join(body).strip()
+    if text.startswith("{"):
+        with contextlib.suppress(ValueError):  # a half-written manifest: the device needs the update
+            state["manifest"] = json.loads(text)
+    return state
+
+
+def absolute_prefix(prefix: str, home: str) -> str:
+    """``prefix`` with a leading ``~`` made the device user's home (systemd and quoting expand none)."""
+    if prefix == "~" or prefix.startswith("~/"):
+        if not home.startswith("/"):
+            raise UserError(f"cannot tell the device user's home folder to place {prefix}: pass an absolute --prefix")
+        return home.rstrip("/") + prefix[1:]
+    if not prefix.startswith("/"):
+        raise UserError(f"--prefix must be absolute or start with ~/, got {prefix!r}")
+    return prefix
+
+
 def deploy(target: Target, model: Path, service: bool = False, dry_run: bool = False,
            log: Any = print) -> dict[str, Any]:
     d = Deployer(target, dry_run, log)
-    prefix = target.prefix
     q = shlex.quote
     with tempfile.TemporaryDirectory() as tmp:
         log("1. bundle")
         manifest = build_bundle(model, Path(tmp) / "bundle")
         log(f"  {manifest['wheel']}, {model.name}, config.json, setup.sh")
         log("2. device state")
-        remote = d.ssh(f"cat {prefix}/bundle/manifest.json 2>/dev/null; "
-                       f"cat /etc/nv_tegra_release 2>/dev/null | head -1", check=False)
-        if remote.returncode == 255:
-            raise UserError(_ssh_error(target, remote.stderr, "ssh"))
-        out = remote.stdout
-        jetson = "# R" in out
-        current: dict[str, Any] = {}
-        if out.lstrip().startswith("{"):
-            try:
-                current = json.loads(out[: out.rindex("}") + 1])
-            except ValueError:
-                current = {}
-        changed = current != manifest
-        log(f"  {'Jetson ' + out.split('#', 1)[1].split(',')[0].strip() if jetson else 'not a Jetson'}; "
-            f"{'update needed' if changed else 'up to date: nothing to copy or install'}")
+        state = _device_state(d, target.prefix)
+        prefix = absolute_prefix(target.prefix, state["home"])
+        jetson = bool(state["release"])
+        changed = state["manifest"] != manifest
+        log(f"  {'Jetson ' + state['release'] if jetson else 'not a Jetson'}; user {state['user'] or '?'}; "
+            f"{prefix}; {'update needed' if changed else 'up to date: nothing to copy or install'}")
+        bundle, venv = f"{prefix}/bundle", f"{prefix}/venv"
+        onnx = f"{bundle}/{model.name}"
         if changed:
             log("3. copy")
             stage = f"{prefix}/.bundle.new"
-            cmd = f"rm -rf {stage} && mkdir -p {stage}"
-            d.run("stage", cmd)
+            d.run("stage", f"rm -rf {q(stage)} && mkdir -p {q(stage)}")
             files = sorted(str(p) for p in (Path(tmp) / "bundle").iterdir())
             log(f"  scp {len(files)} files -> {target.host}:{stage}/")
             if not dry_run:
-                proc = subprocess.run(["scp", "-q", *target.scp_args(), *files, f"{target.host}:{stage}/"],
+                proc = subprocess.run(["scp", "-q", *target.scp_args(), *files, f"{target.host}:{q(stage)}/"],
                                       capture_output=True, text=True, timeout=600)
                 if proc.returncode != 0:
-                    d.ssh(f"rm -rf {stage}", check=False)
+                    d.ssh(f"rm -rf {q(stage)}", check=False)
                     raise UserError(_ssh_error(target, proc.stderr, "scp"))
             log("4. install")
-            wheel = f"{prefix}/bundle/{manifest['wheel']}"
-            install = (f"rm -rf {prefix}/bundle.old && (test ! -d {prefix}/bundle || mv {prefix}/bundle "
-                       f"{prefix}/bundle.old) && mv {stage} {prefix}/bundle && ")
+            wheel = f"{bundle}/{manifest['wheel']}"
+            install = (f"rm -rf {q(prefix + '/bundle.old')} && (test ! -d {q(bundle)} || mv {q(bundle)} "
+                       f"{q(prefix + '/bundle.old')}) && mv {q(stage)} {q(bundle)} && ")
             if jetson:
-                d.run("setup", install + f"bash {prefix}/bundle/setup.sh --from {wheel} --prefix {prefix}/venv")
-                d.run("engine", f"{prefix}/venv/bin/edge-mer build-engine --onnx {prefix}/bundle/{model.name} "
-                                f"--out {prefix}/engines")
+                d.run("setup", install + f"bash {q(bundle + '/setup.sh')} --from {q(wheel)} --prefix {q(venv)}")
             else:
                 d.run("install", install + f"{q(target.python)} -m pip install -q --no-deps --no-index --upgrade "
-                                 f"--target {prefix}/lib {wheel}")
+                                 f"--target {q(prefix + '/lib')} {q(wheel)}")
                 log(f"  (not a Jetson: setup.sh and the engine build are skipped; on a Jetson they would run: "
-                    f"bash {prefix}/bundle/setup.sh --from {wheel} --prefix {prefix}/venv; "
-                    f"edge-mer build-engine --onnx {prefix}/bundle/{model.name} --out {prefix}/engines)")
+                    f"bash {bundle}/setup.sh --from {wheel} --prefix {venv}; "
+                    f"edge-mer build-engine --onnx {onnx} --out {prefix}/engines)")
+        engine = _engine(d, venv, onnx, f"{prefix}/engines") if jetson else None
         if service:
-            unit = UNIT.format(exe=f"{prefix}/venv/bin/edge-mer", model=f"{prefix}/bundle/{model.name}",
-                               events=f"{prefix}/events.jsonl")
+            unit = service_unit(prefix, state["user"] or target.host.split("@")[0], engine or onnx)
             log("5. service edge-mer.service" + ("" if jetson and not dry_run else " (dry run)"))
             cmd = (f"printf %s {q(unit)} | sudo tee /etc/systemd/system/edge-mer.service >/dev/null && "
-                   "sudo systemctl daemon-reload && sudo systemctl enable --now edge-mer.service")
+                   "sudo systemctl daemon-reload && sudo systemctl enable edge-mer.service && "
+                   "sudo systemctl restart edge-mer.service")
             if jetson and not dry_run:
                 d.run("systemd", cmd)
             else:
@@ -198,8 +246,8 @@ def deploy(target: Target, model: Path, service: bool = False, dry_run: bool = F
         log("6. check")
         doctor: dict[str, Any] = {}
         if not dry_run:
-            env = "" if jetson else f"PYTHONPATH={prefix}/lib "
-            exe = f"{prefix}/venv/bin/python" if jetson else q(target.python)
+            env = "" if jetson else f"PYTHONPATH={q(prefix + '/lib')} "
+            exe = q(f"{venv}/bin/python") if jetson else q(target.python)
             proc = d.ssh(f"{env}{exe} -m edge_mer doctor --json --no-torch")
             try:
                 doctor = json.loads(proc.stdout)
@@ -207,4 +255,18 @@ def deploy(target: Target, model: Path, service: bool = False, dry_run: bool = F
                 raise UserError(f"the device's edge-mer doctor did not answer with JSON: {proc.stdout[:200]}") from None
             log(f"  doctor: Python {doctor.get('python', '?')} on {doctor.get('machine', '?')}, engines "
                 f"{sorted(k for k, v in doctor.get('engines', {}).items() if v)}")
-    return {"changed": changed, "jetson": jetson, "manifest": manifest, "doctor": doctor, "dry_run": dry_run}
+    return {"changed": changed, "jetson": jetson, "manifest": manifest, "doctor": doctor, "dry_run": dry_run,
+            "prefix": prefix, "engine": engine}
+
+
+def _engine(d: Deployer, venv: str, onnx: str, engines: str) -> str | None:
+    """Build the model's engine on the Jetson (reused when already built for this TensorRT and module): the
+    file the service runs. None on a dry run."""
+    q = shlex.quote
+    proc = d.run("engine", f"{q(venv + '/bin/edge-mer')} build-engine --onnx {q(onnx)} --out {q(engines)} --json")
+    if proc is None:
+        return None
+    try:
+        return str(json.loads(proc.stdout)["engine"])
+    except (ValueError, KeyError):
+        raise UserError(f"the device's build-engine did not name its engine: {proc.stdout[:200]}") from None

@@ -87,10 +87,11 @@ def _have_cuda() -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Hardware tests skip with the reason where the hardware is missing; slow tests run with -m slow."""
+    """Hardware tests skip with the reason where the hardware is missing; slow and jetpack tests run with -m."""
     import glob
 
     wants_slow = "slow" in (config.getoption("-m") or "")
+    wants_jetpack = "jetpack" in (config.getoption("-m") or "")
     checks = {"gpu": (_have_cuda, "no CUDA GPU on this machine"),
               "tensorrt": (_have_tensorrt, "TensorRT is not installed here (Jetson / NVIDIA GPU machines only)"),
               "camera": (lambda: bool(glob.glob("/dev/video*")), "no camera (/dev/video*) on this machine"),
@@ -99,6 +100,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords and not wants_slow:
             item.add_marker(pytest.mark.skip(reason="slow: run with -m slow"))
+        if "jetpack" in item.keywords and not wants_jetpack:
+            item.add_marker(pytest.mark.skip(reason="JetPack userland environments: run with -m jetpack"))
         for name, (check, reason) in checks.items():
             if name in item.keywords:
                 if name not in found:

@@ -95,8 +95,11 @@ def test_service_and_jetson_steps_are_shown_as_dry_run(sshd, tmp_path):
     proc = _deploy(sshd, tmp_path / "device", "--service", "--dry-run")
     assert proc.returncode == 0, proc.stderr
     assert "5. service edge-mer.service (dry run)" in proc.stdout
-    assert "systemctl enable --now edge-mer.service" in proc.stdout
+    assert "systemctl enable edge-mer.service" in proc.stdout
     assert "run --camera 0" in proc.stdout
+    # absolute paths, the SSH user, JetPack's CUDA on PATH
+    assert f"ExecStart={tmp_path / 'device'}/venv/bin/edge-mer run --camera 0" in proc.stdout
+    assert f"User={getpass.getuser()}" in proc.stdout and "/usr/local/cuda/bin:" in proc.stdout
     assert not (tmp_path / "device").exists()  # a dry run writes nothing on the device
 
 
@@ -111,3 +114,43 @@ def test_bad_inputs_are_one_line_and_leave_nothing(sshd, tmp_path):
     proc = _deploy(sshd, prefix, "--model", str(tmp_path / "missing.onnx"))
     assert proc.returncode == 2 and "model not found" in proc.stderr
     assert not prefix.exists()
+
+
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+
+
+@pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed (.ci/run installs systemd)")
+def test_service_unit_passes_systemd_analyze_verify(tmp_path):
+    from edge_mer.deploy import service_unit
+
+    prefix = tmp_path / "edge mer"  # a space, too: systemd must still see one executable and its arguments
+    exe = prefix / "venv" / "bin" / "edge-mer"
+    exe.parent.mkdir(parents=True)
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    engine = f"{prefix}/engines/demo.int8.0123456789ab.trt10.3.0.orin.sm87.8mp.7gib.int8.engine"
+    unit_text = service_unit(str(prefix), getpass.getuser(), engine)
+    unit = tmp_path / "edge-mer.service"
+    unit.write_text(unit_text)
+    proc = subprocess.run([SYSTEMD_ANALYZE, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = dict(line.split("=", 1) for line in unit_text.splitlines() if "=" in line)
+    assert lines["User"] == getpass.getuser()  # not root by default
+    assert "/usr/local/cuda/bin" in lines["Environment"].split("PATH=", 1)[1].split(":")  # nvcc for the flow kernels
+    assert f"--model '{engine}'" in lines["ExecStart"]  # the engine deploy built, not the ONNX file
+    # the unit the earlier deploy wrote (~ in ExecStart) is what systemd refuses
+    unit.write_text(unit_text.replace(f"ExecStart='{exe}'", "ExecStart=~/.local/share/edge-mer/venv/bin/edge-mer"))
+    proc = subprocess.run([SYSTEMD_ANALYZE, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "absolute path" in proc.stderr
+
+
+def test_service_unit_and_prefix_are_absolute():
+    from edge_mer.deploy import absolute_prefix, service_unit
+    from edge_mer.errors import UserError
+
+    assert absolute_prefix("~/.local/share/edge-mer", "/home/nvidia") == "/home/nvidia/.local/share/edge-mer"
+    assert absolute_prefix("/opt/edge-mer", "/home/nvidia") == "/opt/edge-mer"
+    with pytest.raises(UserError, match="absolute"):
+        absolute_prefix("edge-mer", "/home/nvidia")
+    with pytest.raises(UserError, match="absolute"):
+        service_unit("~/.local/share/edge-mer", "nvidia", "/x.engine")

@@ -107,7 +107,7 @@ def test_the_crop_reads_only_the_window_it_needs_and_equals_the_reference(stage,
         stage.drv.memcpy_dtoh(got, crops)
     finally:
         stage.ctx.pop()
-    for frame, crop in zip((onset, apex), got, strict=True):  # float32 positions on the GPU: one grey level
+    for frame, crop in zip((onset, apex), got):  # float32 positions on the GPU: one grey level
         assert np.abs(crop - crop_gray(frame, matrix, 112)).max() <= 1.0, where
 
 
@@ -164,9 +164,9 @@ def test_a_graph_replay_equals_launching_kernel_by_kernel(stage):
     # face transform, frame windows and frame size (their parameters travel in the copy, not the graph)
     shots = [in_frames(p, frame_size=size, scale=scale, corner=corner) for p, size, scale, corner in zip(
         micro_pairs(64, peaks=(0.8, 1.6, 1.2)), ((640, 480), (640, 480), (320, 240)), (1.7, 1.3, 1.0),
-        ((150.0, 90.0), (20.0, 300.0), (100.0, 60.0)), strict=True)]
+        ((150.0, 90.0), (20.0, 300.0), (100.0, 60.0)))]
     for onset, apex, matrix in shots:
-        for got, want in zip(replayed(onset, apex, matrix), direct(onset, apex, matrix), strict=True):
+        for got, want in zip(replayed(onset, apex, matrix), direct(onset, apex, matrix)):
             np.testing.assert_array_equal(got, want)
     assert sum(key[0] == "stage" for key in replayed._graphs) == 1
 

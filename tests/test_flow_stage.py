@@ -122,6 +122,35 @@ def test_cuda_stage_says_why_it_cannot_run_here():
         assert "pycuda is not installed" in message
 
 
+def _fake_nvcc(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\nexit 0\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_nvcc_is_found_where_jetpack_puts_it(tmp_path):
+    """JetPack installs the toolkit as /usr/local/cuda-X.Y with a /usr/local/cuda link and adds neither to PATH,
+    nor does a venv or a systemd unit: the stage looks there itself."""
+    from edge_mer.flow.cuda import find_nvcc
+
+    bare = {"PATH": str(tmp_path / "empty-bin")}
+    prefix = tmp_path / "usr-local"
+    assert find_nvcc(bare, (prefix,)) is None
+    older = _fake_nvcc(prefix / "cuda-11.4" / "bin" / "nvcc")
+    newer = _fake_nvcc(prefix / "cuda-12.10" / "bin" / "nvcc")
+    assert find_nvcc(bare, (prefix,)) == str(newer)  # 12.10 is newer than 12.6 or 11.4: numbers, not text
+    _fake_nvcc(prefix / "cuda-12.6" / "bin" / "nvcc")
+    assert find_nvcc(bare, (prefix,)) == str(newer)
+    link = _fake_nvcc(prefix / "cuda" / "bin" / "nvcc")
+    assert find_nvcc(bare, (prefix,)) == str(link)  # JetPack's link names the toolkit it chose
+    assert find_nvcc({**bare, "CUDA_HOME": str(prefix / "cuda-11.4")}, (prefix,)) == str(older)
+    on_path = _fake_nvcc(tmp_path / "bin" / "nvcc")
+    assert find_nvcc({"PATH": str(on_path.parent), "CUDA_HOME": str(prefix / "cuda-11.4")}, (prefix,)) == str(on_path)
+    link.chmod(0o644)  # not executable: passed over
+    assert find_nvcc(bare, (prefix,)) == str(newer)
+
+
 BLOCK_TORCH = """
 import sys
 sys.modules["torch"] = None
@@ -153,9 +182,10 @@ def _listed_archs() -> str:
     return subprocess.run([nvcc, "--list-gpu-arch"], capture_output=True, text=True, timeout=60).stdout
 
 
-@pytest.mark.parametrize("arch", ["compute_72", "compute_87", "compute_90"])
+@pytest.mark.parametrize("arch", ["compute_72", "compute_87", "compute_90", "compute_110"])
 def test_kernels_compile_to_ptx(arch, tmp_path):
-    """Xavier (72), Orin (87) and Hopper (90). CUDA 13 dropped compute_72: it is skipped there."""
+    """Xavier (72), Orin (87), Hopper (90) and Thor (110). CUDA 13 dropped compute_72: it is skipped there, as
+    compute_110 is by a toolkit older than 13."""
     if shutil.which("nvcc") is None:
         pytest.skip("nvcc is not on PATH")
     if arch not in _listed_archs().split():
@@ -168,7 +198,7 @@ def test_kernels_compile_to_ptx(arch, tmp_path):
     entries = set(re.findall(r"\.entry\s+(\w+)\(", ptx))
     assert entries == set(ENTRY_POINTS)
     # thread block clusters from compute capability 9.0: below it tvl1_levels_cluster(16) is an empty kernel
-    clusters = int(arch.removeprefix("compute_")) >= 90
+    clusters = int(arch.split("_")[1]) >= 90
     assert (".reqnctapercluster 8, 1, 1" in ptx and ".reqnctapercluster 16, 1, 1" in ptx) == clusters
     assert ("barrier.cluster.arrive" in ptx and "mapa" in ptx) == clusters
     assert ("sync_restrict" in ptx) == clusters  # the barriers inside a level order shared memory only

@@ -67,7 +67,8 @@ def test_fp32_export_matches_torch(chain, tmp_path):
     model = onnx.load(str(tmp_path / "m.onnx"))
     assert [i.name for i in model.graph.input] == ["motion", "texture"]
     assert [o.name for o in model.graph.output] == ["logits"]
-    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 16
+    # opset 13 by default: TensorRT 8.5 and the ONNX Runtime 1.10 of JetPack 5.1's numpy read it
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 13
     assert "QuantizeLinear" not in _ops(tmp_path / "m.onnx")
     side = json.loads((tmp_path / "m.onnx.json").read_text())
     import hashlib
@@ -98,17 +99,32 @@ def test_qat_graph_has_qdq_around_every_weighted_product(chain):
     assert side["precision"] == "int8" and side["quantization"]["method"] == "qat"
 
 
+def _ort_probabilities(path: Path, motion: np.ndarray, texture: np.ndarray, integer_kernels: bool) -> np.ndarray:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if not integer_kernels:  # keep the Q/DQ pairs as float arithmetic instead of fusing them into integer kernels
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    logits = session.run(None, {"motion": motion, "texture": texture})[0]
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
 def test_qat_onnx_runs_like_the_fake_quantized_torch_model(chain):
     from edge_mer.features.cache import FeatureSet
     from edge_mer.runtime.backends import open_backend
 
     fs = FeatureSet.load(chain["features"])
-    ort_p = open_backend("onnxruntime", chain["qat"], precision="file").infer(fs.motion, fs.texture)
     torch_p = open_backend("torch", chain["qat_checkpoint"]).infer(fs.motion, fs.texture)
+    # the Q/DQ graph computed as written is the fake-quantized model: only float rounding differs
+    float_diff = np.abs(_ort_probabilities(chain["qat"], fs.motion, fs.texture, False) - torch_p)
+    assert np.median(float_diff) < 1e-5 and float_diff.max() < 1e-2, (np.median(float_diff), float_diff.max())
+    # ONNX Runtime's own INT8 kernels round differently (on x86 without VNNI its u8s8 products saturate 16-bit
+    # pair sums): values move, but no decision changes beyond a near-tie
+    ort_p = open_backend("onnxruntime", chain["qat"], precision="file").infer(fs.motion, fs.texture)
     diff = np.abs(ort_p - torch_p)
-    # the same INT8 arithmetic: nearly all outputs equal to float rounding; a value that lands on a rounding
-    # boundary in one engine and not the other moves one INT8 step, never more
-    assert np.median(diff) < 1e-5 and diff.max() < 1e-2
+    assert diff.max() < 0.1, diff.max()
     flipped = ort_p.argmax(1) != torch_p.argmax(1)
     top2 = np.sort(torch_p, 1)[:, -2:]
     assert (top2[flipped, 1] - top2[flipped, 0] < 2 * diff.max()).all(), "a decision changed beyond a near-tie"
@@ -226,24 +242,29 @@ def test_bad_inputs_give_one_line(chain, tmp_path):
     assert proc.returncode == 2 and "already a QAT checkpoint" in proc.stderr
 
 
-def test_engine_from_another_tensorrt_is_refused(tmp_path):
+def test_engine_from_another_tensorrt_or_module_is_refused(tmp_path):
     from edge_mer.errors import UserError
-    from edge_mer.runtime.engine import api_generation, engine_name, mismatch, read_engine_info
+    from edge_mer.runtime.engine import GpuIdentity, api_generation, engine_name, mismatch, read_engine_info
 
-    assert [api_generation(v) for v in ("8.5.2.2", "8.6.1", "10.3.0", "10.13.2", "11.4.0")] == \
-        ["8.5", "10", "10", "10", "11"]
+    assert [api_generation(v) for v in ("8.5.2.2", "8.6.2", "10.3.0", "10.13.3", "11.4.0")] == \
+        ["8", "8", "10", "10", "11"]
     with pytest.raises(UserError, match="too old"):
         api_generation("8.4.1")
-    name = engine_name("ab" * 32, "10.3.0", "Orin (nvgpu)", "int8")
-    assert name == "model.abababababab.trt10.3.0.orin-nvgpu.int8.engine"
+    # every Orin module calls itself "Orin": the key tells an Orin Nano 8 GB from an AGX Orin 64 GB
+    nano = GpuIdentity("Orin", "8.7", 8, 7)
+    agx = GpuIdentity("Orin", "8.7", 16, 61)
+    assert nano.key == "orin.sm87.8mp.7gib" and nano.key != agx.key
+    name = engine_name("ab" * 32, "10.3.0", nano.key, "int8")
+    assert name == "model.abababababab.trt10.3.0.orin.sm87.8mp.7gib.int8.engine"
     engine = tmp_path / name
     engine.write_bytes(b"serialized")
     engine.with_name(name + ".json").write_text(json.dumps({"format": "edge-mer-engine/1", "tensorrt": "8.5.2.2",
-                                                            "gpu": "Orin (nvgpu)", "onnx": "model.onnx"}))
+                                                            "gpu": nano.key, "onnx": "model.onnx"}))
     info = read_engine_info(engine)
-    assert mismatch(info, "8.5.2.2", "Orin (nvgpu)") is None
-    assert "built with TensorRT 8.5.2.2; this machine has TensorRT 10.3.0" in mismatch(info, "10.3.0", "Orin (nvgpu)")
-    assert "built for Orin (nvgpu)" in mismatch(info, "8.5.2.2", "NVIDIA H100")
+    assert mismatch(info, "8.5.2.2", nano.key) is None
+    assert "built with TensorRT 8.5.2.2; this machine has TensorRT 10.3.0" in mismatch(info, "10.3.0", nano.key)
+    assert mismatch(info, "8.5.2.2", agx.key) == (f"engine {name} was built for orin.sm87.8mp.7gib; this machine "
+                                                  "has orin.sm87.16mp.61gib")
 
 
 BLOCK_TORCH = """

@@ -50,7 +50,7 @@ def test_casme2_layout_and_sheet(tmp_path):
     clips = _manifest(root)
     _assert_frames_on_disk(root, clips, lambda c, n: f"img{n}.jpg")
     # the sheet and the frames agree
-    for row, c in zip(sheet.itertuples(), clips, strict=True):
+    for row, c in zip(sheet.itertuples(), clips):
         assert (row.OnsetFrame, row.OffsetFrame) == (c["onset"], c["offset"])
         assert f"CASME2_RAW_selected/sub{row.Subject:02d}/{row.Filename}" == c["frames_dir"]
     frame = cv2.imread(str(root / clips[0]["frames_dir"] / f"img{clips[0]['onset']}.jpg"))

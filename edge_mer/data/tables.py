@@ -14,11 +14,11 @@ import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Tuple
 
 from edge_mer.errors import UserError
 
-Row = tuple[Any, ...]
+Row = Tuple[Any, ...]
 
 
 def norm(name: object) -> str:

@@ -16,13 +16,12 @@ has every class present.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence, Union
 
 import numpy as np
 
-Labels = Sequence[int] | np.ndarray
+Labels = Union[Sequence[int], np.ndarray]
 
 
 def confusion(truth: Labels, pred: Labels, classes: int) -> np.ndarray:

@@ -13,8 +13,7 @@ al.), from central differences of the flow::
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Callable
 
 import cv2
 import numpy as np

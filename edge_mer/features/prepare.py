@@ -156,15 +156,15 @@ def prepare(dataset: str, root: Path, out: Path, cfg: FeatureConfig, annotations
     skipped = reused = 0
     for s in index.samples:
         path = sample_file(out, s)
-        row = s.to_dict() | {"file": str(path.relative_to(out))}
+        row = {**s.to_dict(), "file": str(path.relative_to(out))}
         if not s.complete and s.apex_path != "":
-            row |= {"status": "skipped", "message": "frames missing on disk"}
+            row.update(status="skipped", message="frames missing on disk")
             skipped += 1
         elif not s.composite and dataset == "megc2019":
-            row |= {"status": "skipped", "message": "not in the composite classes"}
+            row.update(status="skipped", message="not in the composite classes")
             skipped += 1
         elif path.exists():
-            row |= {"status": "ok", "reused": True}
+            row.update(status="ok", reused=True)
             reused += 1
         else:
             todo.append((s, path))
@@ -172,8 +172,8 @@ def prepare(dataset: str, root: Path, out: Path, cfg: FeatureConfig, annotations
     failed = 0
     with tqdm(total=len(todo), desc=f"features {dataset}", unit="sample", disable=not progress) as bar:
         results = _run(todo, cfg, workers)
-        for (s, _path), res in zip(todo, results, strict=True):
-            rows[s.id] |= res
+        for (s, _path), res in zip(todo, results):
+            rows[s.id].update(res)
             failed += res["status"] == "failed"
             bar.update(1)
     _write_lines(out / "index.jsonl", [rows[s.id] for s in index.samples])
@@ -198,7 +198,7 @@ def _run(todo: list[tuple[Sample, Path]], cfg: FeatureConfig, workers: int) -> A
 
     def results() -> Any:
         with pool:
-            yield from pool.map(compute, *zip(*jobs, strict=True), chunksize=1)
+            yield from pool.map(compute, *zip(*jobs), chunksize=1)
     return results()
 
 

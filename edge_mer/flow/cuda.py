@@ -34,9 +34,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from importlib import resources
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -48,6 +49,7 @@ from edge_mer.flow.graphs import Graph, GraphError, capture
 from edge_mer.flow.reference import TVL1Params, crop_gray, level_shapes, to_float, tvl1
 from edge_mer.flow.stage import FlowStage, cuda_unavailable, to_gray
 
+KERNELS = Path(__file__).with_name("kernels")  # tvl1.cu, installed as package data
 TILE = 16  # block side of the per-pixel kernels
 SOLVE_THREADS = 1024  # block of tvl1_solve: a multiple of 32, at most 32 warps (less when the compiled
 # kernel's registers do not allow as many threads)
@@ -64,7 +66,7 @@ SMALLER_BLOCKS = {"block": (), "grid": (256, 128), "bands": (256, 128), "cluster
 
 def kernel_source() -> str:
     """The text of ``tvl1.cu`` as packaged."""
-    return (resources.files("edge_mer.flow") / "kernels" / "tvl1.cu").read_text()
+    return (KERNELS / "tvl1.cu").read_text()
 
 
 def kernel_constant(name: str) -> int:
@@ -73,6 +75,31 @@ def kernel_constant(name: str) -> int:
     if found is None:
         raise RuntimeError(f"tvl1.cu defines no {name}")
     return int(found.group(1))
+
+
+# where CUDA toolkits go when nvcc is not on PATH: JetPack installs /usr/local/cuda-X.Y and the
+# /usr/local/cuda link, and puts neither on PATH (nor do a venv or a systemd unit)
+CUDA_PREFIXES = (Path("/usr/local"),)
+CUDA_HOME_VARIABLES = ("CUDA_HOME", "CUDA_PATH", "CUDA_ROOT")
+
+
+def _toolkit_version(folder: Path) -> tuple[int, ...]:
+    """(12, 6) for cuda-12.6; () for a folder without a version (the cuda link)."""
+    return tuple(int(part) for part in re.findall(r"\d+", folder.name.split("-", 1)[-1])) if "-" in folder.name else ()
+
+
+def find_nvcc(environ: Mapping[str, str] = os.environ, prefixes: Sequence[Path] = CUDA_PREFIXES) -> str | None:
+    """The CUDA compiler pycuda builds the kernels with: nvcc on PATH, else under $CUDA_HOME (or CUDA_PATH,
+    CUDA_ROOT), else JetPack's /usr/local/cuda, else the newest /usr/local/cuda-X.Y; None when there is none."""
+    on_path = shutil.which("nvcc", path=environ.get("PATH", os.defpath))
+    if on_path:
+        return on_path
+    candidates = [Path(environ[v]) / "bin" / "nvcc" for v in CUDA_HOME_VARIABLES if environ.get(v)]
+    for prefix in prefixes:
+        candidates.append(prefix / "cuda" / "bin" / "nvcc")
+        toolkits = sorted(prefix.glob("cuda-*"), key=_toolkit_version, reverse=True)
+        candidates += [folder / "bin" / "nvcc" for folder in toolkits]
+    return next((str(c) for c in candidates if c.is_file() and os.access(c, os.X_OK)), None)
 
 
 def kernel_defines() -> list[str]:
@@ -113,6 +140,15 @@ def _crop_window(inv: np.ndarray, size: int, width: int, height: int) -> tuple[i
     x0, x1 = (int(np.clip(v, 0, width - 1)) for v in (lo[0], hi[0] - 1))
     y0, y1 = (int(np.clip(v, 0, height - 1)) for v in (lo[1], hi[1] - 1))
     return x0, y0, x1 + 1, y1 + 1
+
+
+def _nvcc() -> str:
+    found = find_nvcc()
+    if found is None:
+        raise UserError("the cuda flow stage needs the CUDA compiler nvcc to build its kernels and found none on "
+                        f"PATH, under ${', $'.join(CUDA_HOME_VARIABLES)} or in /usr/local/cuda*/bin: on a Jetson "
+                        "sudo apt install nvidia-jetpack (or its cuda-toolkit package)")
+    return found
 
 
 def _first_line(exc: BaseException) -> str:
@@ -201,15 +237,17 @@ class CudaStage(FlowStage):
             self.ctx = gpu.retain_primary_context()
         except drv.Error as exc:  # e.g. a GPU in exclusive-process mode held by another process
             raise UserError(f"the cuda flow stage cannot use GPU {device}: {_first_line(exc)}") from None
+        compiler = {} if runtime is not None else {"nvcc": _nvcc()}  # the emulator compiles with g++
         self.ctx.push()
         try:
             try:
-                module = SourceModule(kernel_source(), no_extern_c=True, options=["-O3", *kernel_defines()])
+                module = SourceModule(kernel_source(), no_extern_c=True, options=["-O3", *kernel_defines()],
+                                      **compiler)
             except drv.CompileError as exc:
                 raise UserError(f"the CUDA flow kernels do not compile here: {_first_line(exc)}") from None
-            except OSError as exc:  # nvcc is not on PATH (a Jetson: /usr/local/cuda/bin)
-                raise UserError(f"the cuda flow stage needs nvcc to build its kernels: {_first_line(exc)}; "
-                                "add /usr/local/cuda/bin to PATH") from None
+            except OSError as exc:  # the compiler found could not be started
+                raise UserError(f"the cuda flow stage cannot run nvcc to build its kernels: "
+                                f"{_first_line(exc)}") from None
             except drv.Error as exc:  # the module does not load: a toolkit newer than the driver
                 raise UserError(f"the CUDA flow kernels do not load on this GPU: {_first_line(exc)}") from None
             self.k = {name: module.get_function(name) for name in (
@@ -335,7 +373,7 @@ class CudaStage(FlowStage):
             levels = [self.drv.mem_alloc(2 * lh * lw * 4) for lh, lw in shapes]
             stops = np.array([self._stop(lh * lw) for lh, lw in shapes], np.float32).view(np.int32)
             table = (np.array([int(lv) for lv in levels], np.int64).tobytes() +
-                     np.array([(lw, lh, stop, 0) for (lh, lw), stop in zip(shapes, stops, strict=True)],
+                     np.array([(lw, lh, stop, 0) for (lh, lw), stop in zip(shapes, stops)],
                               np.int32).tobytes())
             held = self.drv.mem_alloc(len(table))
             self.drv.memcpy_htod(held, np.frombuffer(table, np.uint8))
@@ -372,7 +410,7 @@ class CudaStage(FlowStage):
         host[:32].view(np.int32)[:] = (width, height, x0, y0, (x1 - x0) * channels, channels, PRE_HEADER,
                                        PRE_HEADER + span)
         host[32:56].view(np.float32)[:] = inv.astype(np.float32).ravel()
-        for start, frame in zip((PRE_HEADER, PRE_HEADER + span), frames, strict=True):
+        for start, frame in zip((PRE_HEADER, PRE_HEADER + span), frames):
             part = frame[y0:y1, x0:x1]
             np.copyto(host[start:start + part.size].reshape(part.shape), part)
         return self._staging[0], host[:nbytes]
@@ -410,7 +448,7 @@ class CudaStage(FlowStage):
             if (coarsest - last) % 2:  # the levels' flows alternate between the two pairs of planes
                 flow, spare = spare, flow
         else:
-            for (sh, sw), (dh, dw), src, dst in zip(b.shapes, b.shapes[1:], b.levels, b.levels[1:], strict=False):
+            for (sh, sw), (dh, dw), src, dst in zip(b.shapes, b.shapes[1:], b.levels, b.levels[1:]):
                 k["tvl1_downsample"](src, i32(sw), i32(sh), i32(sh * sw), dst, i32(dw), i32(dh), i32(dh * dw),
                                      f32(1.0 / p.scale_step), block=(TILE, TILE, 1), grid=_grid(dw, dh, 2), stream=s)
         for level in range(coarsest if last is None else last - 1, -1, -1):

@@ -40,7 +40,6 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -386,12 +385,12 @@ class Function:
     def _argument(self, i: int, value: Any, kind: str) -> ctypes._SimpleCData:
         where = f"{self.name}: argument {i + 1} ({self.params[i][0]})"
         if kind == "pointer":
-            if not isinstance(value, DeviceAllocation | np.uintp | np.intp):
+            if not isinstance(value, (DeviceAllocation, np.uintp, np.intp)):
                 raise LaunchError(f"{where} must be a device allocation or numpy.uintp, got {type(value).__name__}")
             _check_range(int(value), 1, where)
             return ctypes.c_void_p(int(value))
         if kind == "int":
-            if not isinstance(value, np.int32 | np.uint32):
+            if not isinstance(value, (np.int32, np.uint32)):
                 raise LaunchError(f"{where} must be numpy.int32, got {type(value).__name__}")
             return ctypes.c_int32(int(value))
         if not isinstance(value, np.float32):
@@ -417,7 +416,7 @@ class Function:
         if self.cluster and g != (self.cluster, 1, 1):
             raise LaunchError(f"{self.name}: a cluster kernel launches as one cluster of {self.cluster} blocks "
                               f"here, not grid {g}")
-        values = [self._argument(i, a, kind) for i, (a, (_, kind)) in enumerate(zip(args, self.params, strict=True))]
+        values = [self._argument(i, a, kind) for i, (a, (_, kind)) in enumerate(zip(args, self.params))]
         pointers = (ctypes.c_void_p * len(values))(*(ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values))
         grid_dims, block_dims = (ctypes.c_uint * 3)(*g), (ctypes.c_uint * 3)(*b)
 
@@ -441,7 +440,7 @@ class SourceModule:
         defines = dict(re.findall(r"^#define\s+(\w+)\s+(\d+)\b", source, re.MULTILINE))
         self.clusters = {m.group(2): int(defines.get(m.group(1)) or m.group(1))
                          for m in _SIGNATURE.finditer(source) if m.group(1)}
-        prelude = (resources.files("edge_mer.flow") / "kernels" / "emulate.h").read_text()
+        prelude = (Path(__file__).with_name("kernels") / "emulate.h").read_text()
         text = source + "\n\n// ---- launch entry points (edge_mer.flow.emulate) ----\n" + _wrappers(self.kernels)
         self.lib = self._build(prelude, text)
         self.lib.emu_alloc.restype = ctypes.c_size_t

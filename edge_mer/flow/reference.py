@@ -247,8 +247,9 @@ def median_filter(flow: np.ndarray, ksize: int) -> np.ndarray:
     """(2, H, W) flow median-filtered per component in a ksize x ksize window, border replicated."""
     r = ksize // 2
     padded = np.pad(flow, ((0, 0), (r, r), (r, r)), mode="edge")
-    windows = np.lib.stride_tricks.sliding_window_view(padded, (ksize, ksize), axis=(1, 2))
-    flat = windows.reshape(*flow.shape, ksize * ksize)
+    h, w = flow.shape[1:]
+    # the ksize * ksize neighbours of every pixel, last axis (sliding_window_view needs numpy 1.20)
+    flat = np.stack([padded[:, dy:dy + h, dx:dx + w] for dy in range(ksize) for dx in range(ksize)], axis=-1)
     mid = ksize * ksize // 2
     return np.partition(flat, mid, axis=-1)[..., mid].astype(np.float32)
 

@@ -122,7 +122,7 @@ def make_stage(name: str, size: int = 112) -> FlowStage:
     if name == "opencv":
         return OpenCVStage(size, "auto")
     if name in ("opencv-tvl1", "opencv-dis"):
-        return OpenCVStage(size, name.removeprefix("opencv-"))
+        return OpenCVStage(size, name[len("opencv-"):])
     if name == "cuda":
         from edge_mer.flow.cuda import CudaStage
 

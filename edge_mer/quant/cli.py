@@ -17,7 +17,7 @@ from edge_mer.errors import UserError
 def cmd_export(args: argparse.Namespace) -> int:
     from edge_mer.quant.export import export
 
-    report = export(Path(args.checkpoint), Path(args.out), opset=args.opset)
+    report = export(Path(args.checkpoint), Path(args.out), **({} if args.opset is None else {"opset": args.opset}))
     if args.json:
         print_json(report)
         return 0
@@ -106,10 +106,10 @@ def add_parsers(sub: Any) -> None:
                                    "model.onnx")
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--out", required=True, help="ONNX file to write")
-    e.add_argument("--opset", type=int, default=16, help="ONNX opset (default 16: TensorRT 8.5 and newer; "
-                                                         "17 writes LayerNormalization, TensorRT >= 8.6)")
+    e.add_argument("--opset", type=int, help="ONNX opset (default 13: TensorRT 8.5 and ONNX Runtime 1.10 read it; "
+                                             "17 writes LayerNormalization, TensorRT >= 8.6)")
     e.add_argument("--json", action="store_true")
-    e.set_defaults(func=cmd_export)
+    e.set_defaults(func=cmd_export, host_only=True)
 
     c = sub.add_parser("calibrate", help="INT8 post-training quantization of an FP32 ONNX file; build-set makes "
                                          "the calibration set",
@@ -124,7 +124,7 @@ def add_parsers(sub: Any) -> None:
                    help="activation range: the largest magnitude seen (default, like modelopt's max calibration) "
                         "or its 99.99th percentile")
     c.add_argument("--json", action="store_true")
-    c.set_defaults(func=cmd_calibrate)
+    c.set_defaults(func=cmd_calibrate, host_only=True)
     cs = c.add_subparsers(dest="calibrate_command", metavar="{build-set}")
     b = cs.add_parser("build-set", help="draw a calibration set from a feature cache, stratified by class, "
                                         "subject and dataset",
@@ -137,7 +137,7 @@ def add_parsers(sub: Any) -> None:
                                         "on, so no held-out subject shapes the INT8 ranges")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--json", action="store_true")
-    b.set_defaults(func=cmd_build_set)
+    b.set_defaults(func=cmd_build_set, host_only=True)
 
     g = sub.add_parser("build-engine", help="compile an ONNX file to a TensorRT engine on this device",
                        description="Explicit quantization from the Q/DQ nodes (strongly typed where the "

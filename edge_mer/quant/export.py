@@ -1,9 +1,11 @@
 """Export a checkpoint to ONNX with its sidecar, and check the file in ONNX Runtime.
 
-Opset 16 by default: TensorRT 8.5 (JetPack 5.1) parses it, and LayerNorm is
-written as primitive operators, which TensorRT 8.5 has (its native
-LayerNormalization came in 8.6) and which TensorRT and ONNX Runtime fuse back.
-``--opset 17`` writes LayerNormalization for TensorRT >= 8.6.
+Opset 13 by default, the first with per-channel Q/DQ: every engine a device may
+hold reads it, TensorRT 8.5 (JetPack 5.1) and ONNX Runtime 1.10 (the newest
+wheel for JetPack 5's Python 3.8 that keeps its numpy 1.17; it reads opsets up
+to 15) included. LayerNorm is written as primitive operators, which TensorRT
+8.5 has (its native LayerNormalization came in 8.6) and which TensorRT and ONNX
+Runtime fuse back. ``--opset 17`` writes LayerNormalization for TensorRT >= 8.6.
 
 A QAT checkpoint exports as a Q/DQ graph (modelopt's quantizers become
 QuantizeLinear/DequantizeLinear pairs); its weight quantizers are then folded
@@ -27,7 +29,7 @@ from edge_mer.errors import UserError
 from edge_mer.features.normalise import CONSTANTS
 from edge_mer.runtime.artifact import INPUTS, OUTPUT, input_spec, sha256, write_sidecar
 
-DEFAULT_OPSET = 16
+DEFAULT_OPSET = 13
 
 
 def _onnx() -> Any:
@@ -199,22 +201,21 @@ def export(checkpoint: Path, out: Path, opset: int = DEFAULT_OPSET) -> dict[str,
         report["folded_weights"] = fold_weight_quantizers(out)
         report["qdq"] = {k: v if isinstance(v, int) else len(v) for k, v in count_qdq(out).items()}
     report["max_abs_diff"] = _max_diff(model, out, cfg.size)
-    meta = base | {"precision": "int8" if quant else "fp32"}
+    meta = {**base, "precision": "int8" if quant else "fp32"}
     if quant:
         meta["quantization"] = {"method": "qat", "tool": f"nvidia-modelopt {quant.get('modelopt')}",
                                 "calibration": quant.get("calibration")}
         from edge_mer.quant.qat import disable_quantizers
 
-        companion = out.with_name(out.name.removesuffix(".onnx") + ".fp32.onnx")
+        companion = out.with_name((out.stem if out.suffix == ".onnx" else out.name) + ".fp32.onnx")
         disable_quantizers(model)
         _write_onnx(model, cfg.size, companion, opset)
         report["companion"] = str(companion)
         report["companion_max_abs_diff"] = _max_diff(model, companion, cfg.size)
         meta["companion"] = {"file": companion.name, "sha256": sha256(companion), "precision": "fp32"}
-        write_sidecar(companion, base | {"precision": "fp32", "quantization": {"method": "qat weights, no "
-                                                                                         "quantizers"},
-                                         "companion": {"file": out.name, "sha256": sha256(out),
-                                                       "precision": "int8"}})
+        write_sidecar(companion, {**base, "precision": "fp32",
+                                  "quantization": {"method": "qat weights, no quantizers"},
+                                  "companion": {"file": out.name, "sha256": sha256(out), "precision": "int8"}})
     write_sidecar(out, meta)
     report["bytes"] = out.stat().st_size
     report["precision"] = meta["precision"]

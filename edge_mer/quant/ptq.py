@@ -79,7 +79,7 @@ def activation_ranges(model: Any, cs: Any, tensors: list[str], method: str, batc
     rng = np.random.default_rng(0)
     for s in range(0, len(cs), batch):
         outs = sess.run(tensors, {"motion": cs.motion[s:s + batch], "texture": cs.texture[s:s + batch]})
-        for t, v in zip(tensors, outs, strict=True):
+        for t, v in zip(tensors, outs):
             a = np.abs(np.asarray(v, np.float32)).ravel()
             amax[t] = max(amax[t], float(a.max()) if a.size else 0.0)
             if method == "percentile":
@@ -160,13 +160,14 @@ def calibrate(onnx_path: Path, set_path: Path, out: Path, method: str = "max") -
     finally:
         tmp.unlink(missing_ok=True)
     meta = {k: v for k, v in art.meta.items() if k not in ("format", "file", "sha256", "bytes", "companion")}
-    meta |= {"precision": "int8",
-             "quantization": {"method": "ptq", "tool": "edge-mer (symmetric INT8, per-channel weights, "
-                                                       "per-tensor activations)", "calibration": set_path.name,
-                              "calibration_sha256": sha256(set_path), "samples": len(cs), "range": method,
-                              "quantized_nodes": len(include), "fp32_attention_matmuls": len(attention)},
-             "companion": {"file": os.path.relpath(onnx_path, out.parent), "sha256": art.meta["sha256"],
-                           "precision": "fp32"}}
+    meta.update({
+        "precision": "int8",
+        "quantization": {"method": "ptq", "tool": "edge-mer (symmetric INT8, per-channel weights, "
+                                                  "per-tensor activations)", "calibration": set_path.name,
+                         "calibration_sha256": sha256(set_path), "samples": len(cs), "range": method,
+                         "quantized_nodes": len(include), "fp32_attention_matmuls": len(attention)},
+        "companion": {"file": os.path.relpath(onnx_path, out.parent), "sha256": art.meta["sha256"],
+                      "precision": "fp32"}})
     doc = write_sidecar(out, meta)
     link_companion(onnx_path, out)
     return doc

@@ -68,7 +68,7 @@ def open_stage(requested: str, flow: str, size: int) -> tuple[str, Any]:
 
 
 def _meta(backend: Any) -> dict[str, Any]:
-    art = getattr(backend, "artifact", None)
+    art = getattr(backend, "artifact", None) or getattr(backend, "info", None)  # an ONNX file's, an engine's
     if art is not None:
         return dict(art.meta)
     ck = getattr(backend, "checkpoint", None)

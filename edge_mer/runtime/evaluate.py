@@ -54,7 +54,7 @@ def evaluate(model: Path, features: Path, backend: str = "auto", threads: int | 
     labels, pred = fs.labels[keep], probs.argmax(1)
     names = be.class_names
     s = scores(labels, pred, names)
-    groups = [d for d, k in zip(fs.datasets, keep, strict=True) if k]
+    groups = [d for d, k in zip(fs.datasets, keep) if k]
     per_ds = {k: {"uf1": v.uf1, "uar": v.uar, "accuracy": v.accuracy, "samples": v.samples}
               for k, v in per_group(labels, pred, groups, names).items()}
     result = {"uf1": s.uf1, "uar": s.uar, "accuracy": s.accuracy, "samples": s.samples, "f1": s.f1,

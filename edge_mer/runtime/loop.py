@@ -171,7 +171,7 @@ def run_loop(source: Any, recognizer: Recognizer, writer: EventWriter, cfg: Loop
                 event = Event(onset_ts=round(onset.ts - start, 4), apex_ts=round(apex.ts - start, 4),
                               offset_ts=round(offset_ts - start, 4), onset=ids[0], apex=ids[1], offset=ids[2],
                               label=names[k],
-                              probs={n: round(float(p), 4) for n, p in zip(names, probs, strict=True)},
+                              probs={n: round(float(p), 4) for n, p in zip(names, probs)},
                               latency_ms=round(latency, 2), score=round(float(spot.score), 4))
                 if on_event is not None:
                     on_event(event)

@@ -31,9 +31,12 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from numpy.typing import DTypeLike
+
+if TYPE_CHECKING:  # numpy.typing came in numpy 1.20; JetPack 5 has 1.17
+    from numpy.typing import DTypeLike
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Tuple
 
-Interval = tuple[int, int]
+Interval = Tuple[int, int]
 
 
 def iou(a: Interval, b: Interval) -> float:

@@ -266,7 +266,7 @@ class MotionSignal:
             return None
         motion, self.head = self._parts.motion(self._crops[0], self._crops[-1])
         value, norm, self.blink = self._parts.value(motion)
-        self.regions = {name: float(v) for name, v in zip(self._parts.names, norm, strict=True)}
+        self.regions = {name: float(v) for name, v in zip(self._parts.names, norm)}
         return value
 
 

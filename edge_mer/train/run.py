@@ -163,7 +163,7 @@ def _report(cfg: RunConfig, fs: FeatureSet, folds: list[Fold], probs: np.ndarray
     pred = probs.argmax(1)
     t, p = fs.labels[tested], pred[tested]
     s = scores(t, p, names)
-    groups = [d for d, k in zip(fs.datasets, tested, strict=True) if k]
+    groups = [d for d, k in zip(fs.datasets, tested) if k]
     per_ds = {k: {"uf1": v.uf1, "uar": v.uar, "accuracy": v.accuracy, "samples": v.samples,
                   "absent_classes": v.absent} for k, v in per_group(t, p, groups, names).items()}
     return {"uf1": s.uf1, "uar": s.uar, "accuracy": s.accuracy, "samples": s.samples, "f1": s.f1,

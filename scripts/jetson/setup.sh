@@ -4,9 +4,10 @@
 #   scripts/jetson/setup.sh [--from WHEEL_OR_SOURCE] [--prefix DIR] [--with-onnxruntime]
 #                           [--power-mode N] [--clocks] [--root DIR] [--dry-run]
 #
-# TensorRT, its Python bindings and the GStreamer-enabled OpenCV come from JetPack (apt).
-# The venv sees them through --system-site-packages, and nothing here installs a pip wheel
-# that would shadow them (no opencv-python*, no tensorrt, no onnxruntime-gpu). See docs/jetson.md.
+# TensorRT, its Python bindings, numpy and the GStreamer-enabled OpenCV come from JetPack (apt).
+# The venv sees them through --system-site-packages; every pip install here is constrained to
+# JetPack's numpy, so none replaces it, and nothing installs a wheel that would shadow JetPack's
+# (no opencv-python*, no tensorrt, no onnxruntime-gpu). See docs/jetson.md.
 set -euo pipefail
 
 readonly PROG="setup.sh"
@@ -41,9 +42,12 @@ TensorRT and GStreamer OpenCV visible.
   -h, --help           this text
 
 Steps: detect L4T/JetPack and the TensorRT it ships; create the venv with
---system-site-packages; pip install --no-deps edge-mer, then numpy, tqdm and pycuda
-(built against CUDA_ROOT=/usr/local/cuda); remove any pip OpenCV wheel from the venv;
-check that cv2 has GStreamer; optional power mode and clocks; edge-mer doctor.
+--system-site-packages; pin JetPack's numpy in PREFIX/constraints.txt; pip install
+edge-mer (and tqdm) under that pin; build pycuda against JetPack's numpy and CUDA
+(nvcc from PATH, $CUDA_ROOT, /usr/local/cuda or the newest /usr/local/cuda-X.Y; skipped
+with a warning when there is none); remove any pip OpenCV wheel from the venv; check
+that numpy is unchanged and that cv2 has GStreamer; optional power mode and clocks;
+edge-mer doctor.
 EOF
 }
 
@@ -87,17 +91,17 @@ expected_tensorrt() {
             if ((minor < 2)); then
                 echo "JetPack 5.0.x: older than JetPack 5.1; edge-mer needs TensorRT 8.5 (JetPack 5.1, R35.2+)"
             else
-                echo "JetPack 5.1.x, TensorRT 8.5 (engine API generation 8.5)"
+                echo "JetPack 5.1.x, Python 3.8, TensorRT 8.5 (engine API generation 8: 8.5 and 8.6)"
             fi
             ;;
         36)
             if ((minor < 4)); then
-                echo "JetPack 6.0, TensorRT 8.6 (engine API generation 10: 8.6 to 10.x)"
+                echo "JetPack 6.0, Python 3.10, TensorRT 8.6 (engine API generation 8: 8.5 and 8.6)"
             else
-                echo "JetPack 6.1/6.2, TensorRT 10.3 (engine API generation 10: 8.6 to 10.x)"
+                echo "JetPack 6.1/6.2, Python 3.10, TensorRT 10.3 (engine API generation 10: 9.x and 10.x)"
             fi
             ;;
-        38 | 39) echo "JetPack 7.x, TensorRT 10.13 or newer (engine API generation 10)" ;;
+        38 | 39) echo "JetPack 7.x, Python 3.12, TensorRT 10.13 or newer (engine API generation 10)" ;;
         *) echo "unknown L4T release: expected TensorRT not known" ;;
     esac
 }
@@ -150,9 +154,42 @@ check_system_tensorrt() {
     fi
 }
 
+# The CUDA compiler, found as the flow stage finds it (edge_mer/flow/cuda.py: find_nvcc); empty when none.
+find_nvcc() {
+    local candidate name prefix="${CUDA_PREFIX%/}"
+    if candidate="$(command -v nvcc 2>/dev/null)"; then
+        printf '%s' "$candidate"
+        return 0
+    fi
+    local candidates=("$CUDA_ROOT/bin/nvcc" "$prefix/cuda/bin/nvcc")
+    while IFS= read -r name; do
+        candidates+=("$prefix/$name/bin/nvcc")
+    done < <(find "$prefix" -maxdepth 1 -name 'cuda-*' -printf '%f\n' 2>/dev/null | sort -V -r)
+    for candidate in "${candidates[@]}"; do
+        if [[ -x "$candidate" ]]; then
+            printf '%s' "$candidate"
+            return 0
+        fi
+    done
+}
+
+# The toolkit folder of an nvcc (its include/cuda.h is what pycuda builds against), else $CUDA_ROOT.
+toolkit_of() {
+    local root
+    root="$(cd "$(dirname "$1")/.." && pwd -P)"
+    if [[ -f "$root/include/cuda.h" ]]; then
+        printf '%s' "$root"
+    else
+        printf '%s' "$CUDA_ROOT"
+    fi
+}
+
 check_build_tools() {
-    if [[ ! -x "$CUDA_ROOT/bin/nvcc" ]]; then
-        warn "no $CUDA_ROOT/bin/nvcc: pycuda cannot build; sudo apt install nvidia-jetpack (or cuda-toolkit)"
+    NVCC="$(find_nvcc)"
+    if [[ -z "$NVCC" ]]; then
+        warn "no CUDA compiler (nvcc) on PATH, in $CUDA_ROOT/bin or ${CUDA_PREFIX%/}/cuda-*/bin: pycuda is skipped, so the TensorRT backend and the CUDA flow stage will not run; sudo apt install nvidia-jetpack (or its cuda-toolkit) and run setup.sh again"
+    else
+        echo "nvcc: $NVCC"
     fi
     local include
     include="$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])' 2>/dev/null || true)"
@@ -196,11 +233,46 @@ check_gstreamer() {
     fi
 }
 
+# The numpy the venv sees (JetPack's, through --system-site-packages): "VERSION PATH", or empty.
+visible_numpy() {
+    "$1" -c 'import numpy; print(numpy.__version__, numpy.__file__)' 2>/dev/null || true
+}
+
+# PREFIX/constraints.txt pins the numpy the system has, so no pip install replaces it; every install
+# below reads it (-c). Without a system numpy the file stays empty and pip installs one.
+write_constraints() {
+    local py="$1" file="$2" found
+    if ((DRY_RUN)); then
+        echo "+ $(quote "$py") -c 'import numpy; print(numpy.__version__)'  # written to $(quote "$file") as numpy==VERSION"
+        return 0
+    fi
+    found="$(visible_numpy "$py")"
+    if [[ -n "$found" ]]; then
+        printf 'numpy==%s\n' "${found%% *}" >"$file"
+        echo "numpy: ${found%% *} from the system, pinned in $file"
+    else
+        : >"$file"
+        warn "no numpy on this system (sudo apt install python3-numpy keeps JetPack's OpenCV working): pip installs one"
+    fi
+}
+
+# Stop when the installs changed the numpy the venv sees: JetPack's OpenCV is built against it.
+check_numpy_kept() {
+    local py="$1" before="$2" after
+    ((DRY_RUN)) && return 0
+    [[ -n "$before" ]] || return 0
+    after="$(visible_numpy "$py")"
+    [[ "$after" == "$before" ]] ||
+        die "numpy changed from ${before} to ${after:-nothing}: remove $PREFIX_DIR and report this" 1
+    echo "numpy: unchanged (${before%% *})"
+}
+
 main() {
     local from="" prefix="${HOME:-.}/.local/share/edge-mer/venv" with_ort=0 power_mode="" clocks=0 root="/"
     ROOT_GIVEN=0
     PYTHON="python3"
     CUDA_ROOT="${CUDA_ROOT:-$CUDA_ROOT_DEFAULT}"
+    CUDA_PREFIX="${CUDA_PREFIX:-/usr/local}"
     while (($#)); do
         case "$1" in
             --from) (($# >= 2)) || die "--from needs a wheel or a source folder" 2; from="$2"; shift 2 ;;
@@ -231,18 +303,26 @@ main() {
     check_system_tensorrt
     check_build_tools
 
-    local venv_py="$prefix/bin/python"
+    local venv_py="$prefix/bin/python" constraints="$prefix/constraints.txt" numpy_before=""
+    PREFIX_DIR="$prefix"
     run "$PYTHON" -m venv --system-site-packages "$prefix"
+    ((DRY_RUN)) || numpy_before="$(visible_numpy "$venv_py")"
+    write_constraints "$venv_py" "$constraints"
     run "$venv_py" -m pip install --upgrade pip
-    # --no-deps: the package itself only; its dependencies are named below, so no extra
-    # (desktop, pi) can bring an OpenCV wheel in.
-    run "$venv_py" -m pip install --no-deps "$from"
-    run "$venv_py" -m pip install "numpy>=1.23" "tqdm>=4.60"
-    run env "CUDA_ROOT=$CUDA_ROOT" "PATH=$CUDA_ROOT/bin:$PATH" "$venv_py" -m pip install "pycuda>=2022.1"
+    # no extra: the base requirements (numpy, held by the constraints, and tqdm) bring no OpenCV wheel
+    run "$venv_py" -m pip install -c "$constraints" "$from"
+    if [[ -n "$NVCC" ]]; then
+        # built here against JetPack's numpy (pycuda's own build would take numpy 2 and not import on 1.x)
+        run "$venv_py" -m pip install -c "$constraints" setuptools wheel
+        run env "CUDA_ROOT=$(toolkit_of "$NVCC")" "PATH=$(dirname "$NVCC"):$PATH" \
+            "$venv_py" -m pip install -c "$constraints" --no-build-isolation "pycuda>=2025.1.2"
+    fi
     if ((with_ort)); then
-        run "$venv_py" -m pip install "onnxruntime>=1.16"
+        # the newest CPU wheel that accepts JetPack's numpy (JetPack 5.1's numpy 1.17: ONNX Runtime 1.10)
+        run "$venv_py" -m pip install -c "$constraints" onnxruntime
     fi
     remove_opencv_wheels "$venv_py"
+    check_numpy_kept "$venv_py" "$numpy_before"
     check_gstreamer "$venv_py"
 
     if [[ -n "$power_mode" ]]; then

@@ -14,12 +14,13 @@ bumps (lips, chin, nose) have no side.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Dict
 
 import numpy as np
 
 from edge_mer.errors import UserError
 
-Points = dict[str, np.ndarray]
+Points = Dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)

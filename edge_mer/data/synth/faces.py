@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from functools import cache, lru_cache
-from importlib import resources
+from functools import lru_cache
+from pathlib import Path
+from typing import Dict
 
 import cv2
 import numpy as np
@@ -22,11 +23,14 @@ from edge_mer.errors import UserError
 #: Inter-ocular distance (eye centre to eye centre) of a subject's master image.
 MASTER_IOD = 80.0
 
+#: Where the photographs and faces.json are installed.
+FACES = Path(__file__).resolve().parents[2] / "assets" / "faces"
+
 #: Inter-ocular distance of the standard 112-pixel face crop; AU amplitudes are
 #: given in pixels of that crop.
 IOD_AT_112 = 40.0
 
-Points = dict[str, np.ndarray]
+Points = Dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -87,9 +91,9 @@ def _swap_side(name: str) -> str:
     return name
 
 
-@cache
+@lru_cache(maxsize=None)
 def _photo_table() -> dict[str, dict[str, object]]:
-    text = resources.files("edge_mer.assets.faces").joinpath("faces.json").read_text()
+    text = (FACES / "faces.json").read_text()
     table = json.loads(text)
     return {k: v for k, v in table.items() if not k.startswith("_")}
 
@@ -98,13 +102,13 @@ def photo_names() -> list[str]:
     return sorted(_photo_table())
 
 
-@cache
+@lru_cache(maxsize=None)
 def load_photo(name: str) -> FacePhoto:
     table = _photo_table()
     if name not in table:
         raise UserError(f"unknown face photo {name!r}; available: {', '.join(photo_names())}")
     meta = table[name]
-    data = resources.files("edge_mer.assets.faces").joinpath(str(meta["file"])).read_bytes()
+    data = (FACES / str(meta["file"])).read_bytes()
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise RuntimeError(f"packaged face photo {meta['file']} is unreadable: reinstall edge-mer")

@@ -13,10 +13,11 @@ import os
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Union
 
 FIXED_TIME = dt.datetime(2020, 1, 1, 0, 0, 0)
 
-Cell = str | int | float | None
+Cell = Union[str, int, float, None]
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

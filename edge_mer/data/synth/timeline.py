@@ -118,7 +118,7 @@ class HeadMotion:
         angle = drift(nz.head_rotation) + jitter(nz.head_rotation * 0.05)
         scale = 1 + drift(nz.head_drift * 0.1)
         self.poses = [Pose(float(a), float(b), float(c), float(d))
-                      for a, b, c, d in zip(tx, ty, angle, scale, strict=True)]
+                      for a, b, c, d in zip(tx, ty, angle, scale)]
 
 
 def flicker_gains(frames: int, fps: float, amount: float, rng: np.random.Generator) -> np.ndarray:

@@ -22,10 +22,10 @@ def _tensorrt_usable() -> bool:
     if importlib.util.find_spec("tensorrt") is None or importlib.util.find_spec("pycuda") is None:
         return False
     try:
-        from edge_mer.runtime.engine import gpu_name, import_tensorrt
+        from edge_mer.runtime.engine import gpu_identity, import_tensorrt
 
         import_tensorrt()
-        gpu_name()
+        gpu_identity()
     except Exception:  # no driver, no device, stubs only: not usable here
         return False
     return True

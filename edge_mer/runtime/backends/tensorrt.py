@@ -3,23 +3,27 @@
 Device and host buffers are allocated once for the engine's largest batch.
 ``device_inputs()`` exposes the input device pointers so a CUDA flow stage can
 write ``motion``/``texture`` straight into them and call ``infer_device`` (no
-trip through host memory). One method per TensorRT API generation runs the
-engine: ``_run_v85`` (bindings, ``execute_async_v2``), ``_run_v10`` (named I/O
-tensors, ``execute_async_v3``; 8.6 to 10.x) and ``_run_v11`` (the same named
-tensors; TensorRT 11 removed the binding API for good).
+trip through host memory). Every TensorRT generation runs the engine through
+named I/O tensors (``set_input_shape``, ``set_tensor_address``,
+``execute_async_v3``): 8.5.2 (JetPack 5.1) has them already, and the binding
+API went in 10.0. tests/test_tensorrt_api.py holds this file's use of TensorRT
+against each version's bindings, as it does engine.py's.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edge_mer.errors import UserError
 from edge_mer.runtime.artifact import INPUTS, OUTPUT
 from edge_mer.runtime.backends.base import Backend
-from edge_mer.runtime.engine import MAX_BATCH, api_generation, find_or_build, import_tensorrt, read_engine_info
+from edge_mer.runtime.engine import MAX_BATCH, find_or_build, import_tensorrt, read_engine_info
+
+if TYPE_CHECKING:
+    import tensorrt as trt
 
 
 class TensorRTBackend(Backend):
@@ -27,9 +31,9 @@ class TensorRTBackend(Backend):
 
     def __init__(self, path: Path, fp16: bool = False, device: int = 0) -> None:
         import_tensorrt()  # one clear error when TensorRT is missing or only its stubs are installed
-        import tensorrt
+        import tensorrt as trt
 
-        self.trt = tensorrt
+        self.version = str(trt.__version__)
         try:
             import pycuda.driver as cuda
         except ImportError:
@@ -42,18 +46,17 @@ class TensorRTBackend(Backend):
         self.class_names = list(info.meta["class_names"])
         self.precision = str(info.meta["precision"])
         self.max_batch = int(info.meta.get("max_batch", MAX_BATCH))
-        self.generation = api_generation(self.trt.__version__)
         cuda.init()
         self.ctx = cuda.Device(device).retain_primary_context()
         self.ctx.push()
         try:
-            self.runtime = tensorrt.Runtime(tensorrt.Logger(tensorrt.Logger.WARNING))
-            engine = self.runtime.deserialize_cuda_engine(engine_path.read_bytes())
+            self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+            engine: trt.ICudaEngine = self.runtime.deserialize_cuda_engine(engine_path.read_bytes())
             if engine is None:
                 raise UserError(f"TensorRT could not load {engine_path.name} (built by another version?); "
                                 "rebuild it with edge-mer build-engine")
-            self.engine = engine
-            self.context = engine.create_execution_context()
+            self.engine: trt.ICudaEngine = engine
+            self.context: trt.IExecutionContext = engine.create_execution_context()
             self.stream = cuda.Stream()
             shapes = {"motion": (3, self.size, self.size), "texture": (1, self.size, self.size),
                       OUTPUT: (len(self.class_names),)}
@@ -61,7 +64,6 @@ class TensorRTBackend(Backend):
             self.dev = {n: cuda.mem_alloc(self.host[n].nbytes) for n in shapes}
         finally:
             self.ctx.pop()
-        self._run = {"8.5": self._run_v85, "10": self._run_v10, "11": self._run_v11}[self.generation]
 
     def device_inputs(self) -> dict[str, tuple[int, tuple[int, ...], str]]:
         """name -> (device pointer, shape of one sample, dtype) of the input buffers."""
@@ -96,28 +98,8 @@ class TensorRTBackend(Backend):
             self.ctx.pop()
         return self.host[OUTPUT][:batch].copy()
 
-    def _run_v85(self, batch: int) -> None:
-        """TensorRT 8.5: binding indices, ``set_binding_shape``, ``execute_async_v2``."""
-        engine: Any = self.engine  # the 8.5 binding API is not in the 10.x type stubs
-        context: Any = self.context
-        bindings = [0] * engine.num_bindings
-        for n in (*INPUTS, OUTPUT):
-            i = engine.get_binding_index(n)
-            bindings[i] = int(self.dev[n])
-            if engine.binding_is_input(i):
-                context.set_binding_shape(i, (batch, *self.host[n].shape[1:]))
-        if not context.execute_async_v2(bindings, self.stream.handle):
-            raise UserError("TensorRT execution failed")
-
-    def _run_v10(self, batch: int) -> None:
-        """TensorRT 8.6 to 10.x: named I/O tensors, ``set_input_shape``, ``execute_async_v3``."""
-        self._named(batch)
-
-    def _run_v11(self, batch: int) -> None:
-        """TensorRT 11: named I/O tensors only (the binding API and weak typing are removed)."""
-        self._named(batch)
-
-    def _named(self, batch: int) -> None:
+    def _run(self, batch: int) -> None:
+        """Named I/O tensors: the batch's input shapes, every tensor's address, one asynchronous run."""
         for n in INPUTS:
             self.context.set_input_shape(n, (batch, *self.host[n].shape[1:]))
         for n in (*INPUTS, OUTPUT):
@@ -126,7 +108,7 @@ class TensorRTBackend(Backend):
             raise UserError("TensorRT execution failed")
 
     def describe(self) -> str:
-        return f"tensorrt {self.trt.__version__} ({self.precision}, {self.info.path.name})"
+        return f"tensorrt {self.version} ({self.precision}, {self.info.path.name})"
 
     def close(self) -> None:
         self.ctx.push()
