@@ -20,7 +20,7 @@ from pathlib import Path
 
 import cv2
 
-from edge_mer.data.synth.datasets import DatasetConfig, write_dataset
+from edge_mer.data.synthetic import DatasetConfig, write_dataset
 from edge_mer.features.prepare import FeatureConfig, prepare
 
 RESULTS = Path(__file__).resolve().parent / "results"

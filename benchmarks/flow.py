@@ -41,8 +41,9 @@ import cv2
 import numpy as np
 
 from edge_mer.errors import UserError
+from edge_mer.flow.base import FlowStage, cuda_unavailable
 from edge_mer.flow.pairs import FlowPair, endpoint_error, in_frames, micro_pairs, shift_pairs
-from edge_mer.flow.stage import FlowStage, cuda_unavailable, make_stage
+from edge_mer.flow.stage import make_stage
 from edge_mer.runtime.backends.onnxruntime import cpu_name
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edge_mer.eval.score import evaluate, predict
 from edge_mer.features.cache import FeatureSet
 from edge_mer.features.prepare import prepare_synthetic_composite
 from edge_mer.model.config import model_config
@@ -34,7 +35,6 @@ from edge_mer.quant.ptq import calibrate
 from edge_mer.quant.qat import finetune
 from edge_mer.runtime.backends import open_backend
 from edge_mer.runtime.backends.onnxruntime import cpu_name, make_session, time_session
-from edge_mer.runtime.evaluate import evaluate, predict
 from edge_mer.train.loop import TrainConfig, train_model
 from edge_mer.train.run import RunConfig, save_checkpoint
 

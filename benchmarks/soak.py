@@ -18,11 +18,12 @@ import os
 from pathlib import Path
 
 from edge_mer.flow.stage import make_stage
+from edge_mer.runtime.artifact import default_model
 from edge_mer.runtime.backends import open_backend
 from edge_mer.runtime.backends.onnxruntime import cpu_name
-from edge_mer.runtime.command import default_model, summarise
 from edge_mer.runtime.events import EventWriter
 from edge_mer.runtime.loop import LoopConfig, Recognizer, run_loop
+from edge_mer.runtime.session import summarise
 from edge_mer.runtime.sources import open_source
 
 RESULTS = Path(__file__).resolve().parent / "results"

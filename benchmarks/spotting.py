@@ -37,12 +37,12 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge_mer.data.synth.video import VideoConfig, write_video
 from edge_mer.runtime.backends.onnxruntime import cpu_name
 from edge_mer.spot.metrics import SpottingScore, evaluate_spots
 from edge_mer.spot.signal import DEFAULT_SIZE, FaceTrack, SignalConfig, face_crop, lag_frames
 from edge_mer.spot.spotter import FrameSpotter, SpotterConfig
 from edge_mer.spot.truth import micro_intervals, read_truth
+from edge_mer.synth.video import VideoConfig, write_video
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import cv2
 
-from edge_mer.data.synth.datasets import DatasetConfig, write_dataset
-from edge_mer.data.synth.video import VideoConfig, write_video
+from edge_mer.data.synthetic import DatasetConfig, write_dataset
+from edge_mer.synth.video import VideoConfig, write_video
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

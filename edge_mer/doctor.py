@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import importlib.metadata as md
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -18,8 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-CASCADE_DIRS = ("/usr/share/opencv4/haarcascades", "/usr/share/opencv/haarcascades",
-                "/usr/local/share/opencv4/haarcascades")
+from edge_mer.runtime.opencv_build import opencv_facts
 
 # (import name, distribution names to ask for a version, hint when missing)
 PACKAGES: tuple[tuple[str, tuple[str, ...], str], ...] = (
@@ -86,35 +84,6 @@ def jetson_release() -> str | None:
         return None
     first = path.read_text(errors="replace").splitlines()[:1]
     return first[0].strip("# ").strip() if first else "unknown L4T"
-
-
-def find_cascades(cv2: Any | None) -> str | None:
-    """The folder holding ``haarcascade_frontalface_default.xml``, or None."""
-    candidates = []
-    if cv2 is not None and hasattr(cv2, "data"):
-        candidates.append(str(getattr(cv2.data, "haarcascades", "")))
-    candidates += list(CASCADE_DIRS)
-    for c in candidates:
-        if c and Path(c, "haarcascade_frontalface_default.xml").is_file():
-            return str(Path(c))
-    return None
-
-
-def opencv_facts(cv2: Any | None) -> dict[str, Any]:
-    if cv2 is None:
-        return {}
-    info = cv2.getBuildInformation()
-    gst = re.search(r"GStreamer:\s*(\S+)", info)
-    ffmpeg = re.search(r"FFMPEG:\s*(\S+)", info)
-    cuda = re.search(r"NVIDIA CUDA:\s*(\S+)", info)
-    return {
-        "version": cv2.__version__,
-        "contrib": hasattr(cv2, "optflow") and hasattr(cv2.optflow, "DualTVL1OpticalFlow_create"),
-        "gstreamer": bool(gst and gst.group(1).upper().startswith("YES")),
-        "ffmpeg": bool(ffmpeg and ffmpeg.group(1).upper().startswith("YES")),
-        "cuda": bool(cuda and cuda.group(1).upper().startswith("YES")),
-        "cascades": find_cascades(cv2),
-    }
 
 
 def cuda_devices(pycuda_ok: bool) -> list[str]:

@@ -36,7 +36,7 @@ GENERATED_LAYOUTS = ("casme2", "samm", "smic", "casme3", "megc2019")
 @pytest.fixture(scope="session")
 def generated(tmp_path_factory) -> dict[str, Path]:
     """One small synthetic dataset per layout, written by the generator in the real layouts."""
-    from edge_mer.data.synth.datasets import DatasetConfig, write_dataset
+    from edge_mer.data.synthetic import DatasetConfig, write_dataset
 
     base = tmp_path_factory.mktemp("generated")
     roots = {}

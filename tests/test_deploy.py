@@ -80,7 +80,7 @@ def test_deploy_installs_checks_and_is_idempotent(sshd, tmp_path):
     assert first["doctor"]["python"]  # the device's own doctor answered
     bundle = prefix / "bundle"
     assert (bundle / "manifest.json").is_file() and (bundle / first["manifest"]["model"]).is_file()
-    assert list(bundle.glob("edge_mer-*.whl")) and (prefix / "lib" / "edge_mer" / "cli.py").is_file()
+    assert list(bundle.glob("edge_mer-*.whl")) and (prefix / "lib" / "edge_mer" / "cli" / "__init__.py").is_file()
     assert "setup.sh and the engine build are skipped" in proc.stderr
     before = {p: p.stat().st_mtime_ns for p in prefix.rglob("*") if p.is_file()}
     proc = _deploy(sshd, prefix, "--json")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_mer.data.synth.faces import make_subject
-from edge_mer.data.synth.render import FaceRenderer, Pose
 from edge_mer.errors import UserError
 from edge_mer.face import CANONICAL_EYE_Y, CANONICAL_IOD, FaceAligner, NoFaceError
+from edge_mer.synth.faces import make_subject
+from edge_mer.synth.render import FaceRenderer, Pose
 
 
 @pytest.fixture(scope="module")

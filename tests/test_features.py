@@ -12,9 +12,9 @@ from conftest import run_cli
 
 from edge_mer.errors import UserError
 from edge_mer.features.cache import FeatureSet
-from edge_mer.features.flow import make_flow, optical_strain
-from edge_mer.features.normalise import CLIP, motion_tensor, texture_tensor
 from edge_mer.features.prepare import FeatureConfig, prepare
+from edge_mer.flow.normalise import CLIP, motion_tensor, texture_tensor
+from edge_mer.flow.opencv import make_flow, optical_strain
 
 
 def test_strain_of_linear_fields():

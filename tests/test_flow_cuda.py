@@ -21,9 +21,9 @@ import shutil
 import numpy as np
 import pytest
 
-from edge_mer.features.normalise import FLOW_UNIT, motion_tensor, texture_tensor
 from edge_mer.flow import emulate
 from edge_mer.flow.cuda import SMALLER_BLOCKS, SOLVERS, CudaStage, _crop_window, kernel_source
+from edge_mer.flow.normalise import FLOW_UNIT, motion_tensor, texture_tensor
 from edge_mer.flow.pairs import endpoint_error, in_frames, micro_pairs, shift_pairs
 from edge_mer.flow.reference import crop_gray, tvl1
 

@@ -6,12 +6,12 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_mer.data.synth.aus import parse_aus
-from edge_mer.data.synth.faces import make_subject
-from edge_mer.data.synth.render import FaceRenderer, Pose
-from edge_mer.features.flow import has_tvl1
 from edge_mer.flow import reference as ref
+from edge_mer.flow.opencv import has_tvl1
 from edge_mer.flow.pairs import endpoint_error, face_crop, micro_pairs, shift_pairs
+from edge_mer.synth.aus import parse_aus
+from edge_mer.synth.faces import make_subject
+from edge_mer.synth.render import FaceRenderer, Pose
 
 # Mean endpoint error between the reference's and OpenCV's TV-L1 flow on generator renders:
 # measured 0.014-0.021 px (on flows of 0.2-0.3 px mean magnitude); most of it is the two

@@ -16,16 +16,16 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from edge_mer.data.synth.aus import parse_aus
-from edge_mer.data.synth.faces import make_subject
-from edge_mer.data.synth.render import FaceRenderer, Pose, default_face_iod
+from edge_mer.cli.flow import add_parser
 from edge_mer.errors import UserError
 from edge_mer.face import CANONICAL_EYE_Y, CANONICAL_IOD, FaceAlignment
-from edge_mer.features.flow import has_tvl1, make_flow
-from edge_mer.features.normalise import FLOW_UNIT, motion_tensor, texture_tensor
-from edge_mer.flow.command import add_parser
+from edge_mer.flow.normalise import FLOW_UNIT, motion_tensor, texture_tensor
+from edge_mer.flow.opencv import has_tvl1, make_flow
 from edge_mer.flow.reference import tvl1
 from edge_mer.flow.stage import OpenCVStage, make_stage
+from edge_mer.synth.aus import parse_aus
+from edge_mer.synth.faces import make_subject
+from edge_mer.synth.render import FaceRenderer, Pose, default_face_iod
 
 KERNELS = Path(__file__).resolve().parents[1] / "edge_mer" / "flow" / "kernels" / "tvl1.cu"
 ENTRY_POINTS = ("tvl1_pre", "tvl1_downsample", "tvl1_centered_gradient", "tvl1_warp", "tvl1_solve",
@@ -108,7 +108,7 @@ def test_stage_names():
 
 
 def test_cuda_stage_says_why_it_cannot_run_here():
-    from edge_mer.flow.stage import cuda_unavailable
+    from edge_mer.flow.base import cuda_unavailable
 
     if cuda_unavailable() is None:
         pytest.skip("a CUDA device is here (tests/test_flow_cuda.py tests the stage)")
@@ -158,7 +158,7 @@ import numpy as np
 from edge_mer.flow.stage import make_stage
 from edge_mer.flow.reference import tvl1
 from edge_mer.flow.pairs import shift_pairs
-import edge_mer.flow.command
+import edge_mer.cli.flow
 p = shift_pairs(64, ((0.5, 0.0),))[0]
 flow = tvl1(p.first, p.second)
 m = np.float32([[0.5, 0, 0], [0, 0.5, 0]])
@@ -271,8 +271,8 @@ def test_flow_command_library_path(images, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def flow_cli() -> None:
-    if run_cli("flow", "--help").returncode != 0:
-        pytest.skip("'flow' is not an edge-mer subcommand yet (edge_mer/cli.py does not register it)")
+    proc = run_cli("flow", "--help")
+    assert proc.returncode == 0, f"edge-mer flow --help fails: {proc.stderr[-500:]}"
 
 
 @pytest.mark.usefixtures("flow_cli")

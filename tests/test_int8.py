@@ -46,7 +46,7 @@ def chain(composite_features, tmp_path_factory) -> dict[str, Path]:
 
 def _inference_layers(checkpoint: Path) -> int:
     """Linear and Conv2d layers that the exported graph runs (the contrastive projections are training-only)."""
-    from edge_mer.train.run import load_checkpoint
+    from edge_mer.model.checkpoint import load_checkpoint
 
     model, _ = load_checkpoint(checkpoint)
     return sum(isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)) for n, m in model.named_modules()
@@ -170,8 +170,8 @@ def test_eval_scores_every_kind_of_artefact_on_unseen_subjects(chain):
 
 def test_calibration_set_is_stratified_and_held_out(chain):
     from edge_mer.features.cache import FeatureSet
+    from edge_mer.model.checkpoint import load_checkpoint
     from edge_mer.quant.calibset import load_set
-    from edge_mer.train.run import load_checkpoint
 
     cs = load_set(chain["calib"], size=112)
     _, ck = load_checkpoint(chain["checkpoint"])
@@ -271,7 +271,7 @@ BLOCK_TORCH = """
 import sys
 sys.modules["torch"] = None
 from pathlib import Path
-from edge_mer.runtime.evaluate import evaluate
+from edge_mer.eval.score import evaluate
 from edge_mer.quant.ptq import calibrate
 r = evaluate(Path(sys.argv[1]), Path(sys.argv[2]), backend="auto")
 calibrate(Path(sys.argv[3]), Path(sys.argv[4]), Path(sys.argv[5]))

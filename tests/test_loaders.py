@@ -12,10 +12,10 @@ import pytest
 from conftest import GENERATED_LAYOUTS, run_cli
 from openpyxl import Workbook
 
-from edge_mer.data.frames import frame_number, list_frames
 from edge_mer.data.loaders import load
-from edge_mer.data.synth.datasets import MANIFEST
+from edge_mer.data.synthetic import MANIFEST
 from edge_mer.errors import UserError
+from edge_mer.runtime.frames import frame_number, list_frames
 
 
 def _manifest(root: Path) -> list[dict]:

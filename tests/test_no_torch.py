@@ -11,10 +11,10 @@ import sys
 sys.modules["torch"] = None  # any "import torch" now raises ImportError
 import edge_mer.cli, edge_mer.doctor
 import edge_mer.face, edge_mer.features.prepare, edge_mer.features.cache, edge_mer.eval.metrics, edge_mer.data.loaders
-from edge_mer.data.synth.video import VideoConfig, plan_events
-from edge_mer.data.synth.faces import make_subject
-from edge_mer.data.synth.render import FaceRenderer
-from edge_mer.data.synth.timeline import activations
+from edge_mer.synth.video import VideoConfig, plan_events
+from edge_mer.synth.faces import make_subject
+from edge_mer.synth.render import FaceRenderer
+from edge_mer.synth.timeline import activations
 events = plan_events(VideoConfig(seconds=5))
 r = FaceRenderer(make_subject(0, 0), (64, 64), 23.0)
 frame = r.render(*activations(events, events[0].apex))

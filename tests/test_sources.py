@@ -20,9 +20,9 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_mer.doctor import opencv_facts
 from edge_mer.errors import UserError
 from edge_mer.runtime.capture import CaptureThread
+from edge_mer.runtime.opencv_build import opencv_facts
 from edge_mer.runtime.ring import FrameRing
 from edge_mer.runtime.sources import FLIP_METHODS, DemoSource, Source, csi_pipeline, open_source, orient
 
@@ -179,7 +179,7 @@ def test_bad_options_and_unknown_schemes_are_one_line() -> None:
 
 @functools.lru_cache(maxsize=1)
 def _written_demo(folder: str) -> tuple[list[dict[str, str]], list[Path]]:
-    from edge_mer.data.synth.video import VideoConfig, write_video
+    from edge_mer.synth.video import VideoConfig, write_video
 
     cfg = VideoConfig(seconds=12, fps=30, size=(96, 72), seed=3, subject=1)
     out = Path(folder) / "frames"

@@ -7,17 +7,17 @@ import numpy as np
 import pytest
 
 from edge_mer.data.labels import COMPOSITE_CLASS
-from edge_mer.data.synth.aus import (
+from edge_mer.errors import UserError
+from edge_mer.synth.aus import (
     ACTION_UNITS,
     EMOTION_PATTERNS,
     AUCode,
     au_field,
     parse_aus,
 )
-from edge_mer.data.synth.faces import make_subject
-from edge_mer.data.synth.render import FaceRenderer, Pose, default_face_iod
-from edge_mer.data.synth.timeline import MICRO_MAX_S, MICRO_ONSET_MAX_S, Ranges, micro_event
-from edge_mer.errors import UserError
+from edge_mer.synth.faces import make_subject
+from edge_mer.synth.render import FaceRenderer, Pose, default_face_iod
+from edge_mer.synth.timeline import MICRO_MAX_S, MICRO_ONSET_MAX_S, Ranges, micro_event
 
 REQUIRED = {1, 2, 4, 5, 6, 7, 9, 10, 12, 14, 15, 17, 25, 26, 43}
 SIZE = (112, 112)

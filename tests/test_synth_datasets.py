@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from conftest import run_cli, tree_digest
 
-from edge_mer.data.synth.datasets import COMPOSITE_CSV, MANIFEST, DatasetConfig, write_dataset
+from edge_mer.data.synthetic import COMPOSITE_CSV, MANIFEST, DatasetConfig, write_dataset
 
 SMALL = ("--size", "128x96", "--fps", "40", "--quiet")
 

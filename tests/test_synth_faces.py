@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_mer.data.synth.faces import load_photo, make_subject, photo_names
-from edge_mer.data.synth.render import FaceRenderer, default_face_iod
-from edge_mer.doctor import find_cascades
+from edge_mer.runtime.opencv_build import cascade_folder
+from edge_mer.synth.faces import load_photo, make_subject, photo_names
+from edge_mer.synth.render import FaceRenderer, default_face_iod
 
 
 def test_photos_are_public_domain_and_annotated():
@@ -56,7 +56,7 @@ def test_mirrored_subject_keeps_sides_right():
 
 @pytest.mark.parametrize("index", [0, 1, 2, 3, 10, 11])
 def test_rendered_frames_are_found_by_a_face_detector(index):
-    folder = find_cascades(cv2)
+    folder = cascade_folder(cv2)
     if folder is None:
         pytest.skip("no OpenCV face cascades on this machine (apt install opencv-data)")
     cascade = cv2.CascadeClassifier(f"{folder}/haarcascade_frontalface_default.xml")

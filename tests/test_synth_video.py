@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from conftest import run_cli, tree_digest
 
-from edge_mer.data.synth.faces import make_subject
-from edge_mer.data.synth.render import FaceRenderer, default_face_iod
-from edge_mer.data.synth.timeline import MICRO_MAX_S
+from edge_mer.synth.faces import make_subject
+from edge_mer.synth.render import FaceRenderer, default_face_iod
+from edge_mer.synth.timeline import MICRO_MAX_S
 
 FAST = ("--size", "160x120", "--quiet")
 
@@ -105,7 +105,7 @@ def test_gray_video_and_render_speed_report(tmp_path):
 
 
 def test_renderer_head_pose_moves_the_face():
-    from edge_mer.data.synth.render import Pose
+    from edge_mer.synth.render import Pose
 
     r = FaceRenderer(make_subject(0, 0), (160, 120), default_face_iod((160, 120)))
     moved = r.region_points(Pose(tx=3.0, ty=-2.0))

@@ -18,11 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_mer.data.frames import list_frames
 from edge_mer.data.labels import COMPOSITE_LABELS, COMPOSITE_NAMES, composite_class
 from edge_mer.data.records import DatasetIndex, Problem, Sample
-from edge_mer.data.tables import Table, any_file, cell_text, find_table, folder_levels, get, read_rows
 from edge_mer.errors import UserError
+from edge_mer.runtime.frames import list_frames
+from edge_mer.spot.tables import Table, any_file, cell_text, find_table, folder_levels, get, read_rows
 
 DATASETS = ("casme2", "samm", "smic", "casme3", "megc2019")
 APEX_POLICIES = ("middle", "motion")

@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from edge_mer.errors import UserError
+from edge_mer.runtime.opencv_build import cascade_folder
 
 CANONICAL_IOD = 40.0 / 112.0  # inter-ocular distance as a fraction of the crop size
 CANONICAL_EYE_Y = 0.34  # eye midpoint height as a fraction of the crop size
@@ -37,9 +38,7 @@ class NoFaceError(UserError):
 
 def find_cascades() -> Path | None:
     """The folder holding OpenCV's Haar cascades, or None."""
-    from edge_mer.doctor import find_cascades as _find
-
-    found = _find(cv2)
+    found = cascade_folder(cv2)
     return Path(found) if found else None
 
 

@@ -27,12 +27,13 @@ import cv2
 import numpy as np
 
 from edge_mer import __version__
+from edge_mer.atomic import replacing, write_text
 from edge_mer.data.loaders import load
 from edge_mer.data.records import Sample
 from edge_mer.errors import UserError
 from edge_mer.face import FaceAligner
-from edge_mer.features.flow import make_flow
-from edge_mer.features.normalise import CONSTANTS, motion_tensor, texture_tensor
+from edge_mer.flow.normalise import CONSTANTS, motion_tensor, texture_tensor
+from edge_mer.flow.opencv import make_flow
 
 CACHE_VERSION = 1
 
@@ -88,7 +89,7 @@ def _apex_by_motion(s: Sample, onset_crop: np.ndarray, align: Any) -> tuple[int,
     percentile of what remains, so the local facial movement decides, not the
     head or the sensor noise.
     """
-    from edge_mer.data.frames import list_frames
+    from edge_mer.runtime.frames import list_frames
 
     frames = list_frames(Path(s.frames_dir))
     dis = _STATE["dis"]
@@ -119,12 +120,9 @@ def compute(record: dict[str, Any], out_path: str) -> dict[str, Any]:
         texture = texture_tensor(apex_crop)
     except UserError as exc:
         return {"status": "failed", "message": str(exc)}
-    target = Path(out_path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".part.npz")
-    np.savez(tmp, motion=motion, texture=texture, alignment=json.dumps(align.to_dict()),
-             apex=np.int64(apex_n), apex_path=apex_path)
-    os.replace(tmp, target)
+    with replacing(Path(out_path), ".npz") as tmp:
+        np.savez(tmp, motion=motion, texture=texture, alignment=json.dumps(align.to_dict()),
+                 apex=np.int64(apex_n), apex_path=apex_path)
     return {"status": "ok", "apex": apex_n, "alignment": align.method}
 
 
@@ -203,9 +201,7 @@ def _run(todo: list[tuple[Sample, Path]], cfg: FeatureConfig, workers: int) -> A
 
 
 def _write_lines(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-    os.replace(tmp, path)
+    write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
 
 def prepare_synthetic_composite(data: Path, out: Path, subjects: int, clips_per_subject: int, seed: int,
@@ -215,7 +211,7 @@ def prepare_synthetic_composite(data: Path, out: Path, subjects: int, clips_per_
     What the demo model, the ablation and the INT8 benchmarks train on: one call, so they
     all see the same data for the same arguments.
     """
-    from edge_mer.data.synth.datasets import MANIFEST, DatasetConfig, write_dataset
+    from edge_mer.data.synthetic import MANIFEST, DatasetConfig, write_dataset
 
     if not (data / MANIFEST).exists():
         write_dataset(DatasetConfig(layout="megc2019", subjects=subjects, clips_per_subject=clips_per_subject,

@@ -44,10 +44,10 @@ from typing import Any
 import numpy as np
 
 from edge_mer.errors import UserError
-from edge_mer.features.normalise import CLIP, FLOW_UNIT, STRAIN_UNIT, TEXTURE_MEAN, TEXTURE_STD
+from edge_mer.flow.base import FlowStage, cuda_unavailable, to_gray
 from edge_mer.flow.graphs import Graph, GraphError, capture
+from edge_mer.flow.normalise import CLIP, FLOW_UNIT, STRAIN_UNIT, TEXTURE_MEAN, TEXTURE_STD
 from edge_mer.flow.reference import TVL1Params, crop_gray, level_shapes, to_float, tvl1
-from edge_mer.flow.stage import FlowStage, cuda_unavailable, to_gray
 
 KERNELS = Path(__file__).with_name("kernels")  # tvl1.cu, installed as package data
 TILE = 16  # block side of the per-pixel kernels

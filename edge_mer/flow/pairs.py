@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from edge_mer.data.synth.faces import load_photo
 from edge_mer.face import CANONICAL_EYE_Y, CANONICAL_IOD
+from edge_mer.synth.faces import load_photo
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,5 @@
-"""The flow stage: onset and apex camera frames plus the face transform in, model inputs out.
-
-Every implementation crops both frames with the face aligner's warp
-(``FaceAlignment.crop``: bilinear, border replicated), computes the flow onset ->
-apex on the S x S crops and normalises exactly as the feature cache does
-(``motion_tensor``, ``texture_tensor``), so a model trained on cached features
-sees the same numbers on a device.
+"""The flow stages by name: onset and apex camera frames plus the face transform in, model inputs out
+(the interface: ``edge_mer.flow.base.FlowStage``).
 
 * ``reference``: the numpy TV-L1 of ``edge_mer.flow.reference`` (the specification);
 * ``opencv``: OpenCV contrib's TV-L1 when present, DIS otherwise;
@@ -16,58 +11,14 @@ sees the same numbers on a device.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-
-import cv2
 import numpy as np
 
 from edge_mer.errors import UserError
-from edge_mer.face.align import FaceAlignment
-from edge_mer.features.flow import has_tvl1, make_flow
-from edge_mer.features.normalise import motion_tensor, texture_tensor
+from edge_mer.flow import STAGES
+from edge_mer.flow.base import FlowStage
+from edge_mer.flow.cuda import CudaStage
+from edge_mer.flow.opencv import has_tvl1, make_flow
 from edge_mer.flow.reference import TVL1Params, tvl1
-
-STAGES = ("reference", "opencv", "opencv-tvl1", "opencv-dis", "cuda")
-
-
-def to_gray(frame: np.ndarray) -> np.ndarray:
-    """(H, W) uint8 grey of a grey, BGR or BGRA uint8 camera frame."""
-    if frame.ndim == 2:
-        return frame
-    if frame.ndim == 3 and frame.shape[2] == 1:
-        return frame[..., 0]
-    if frame.ndim == 3 and frame.shape[2] in (3, 4):
-        code = cv2.COLOR_BGR2GRAY if frame.shape[2] == 3 else cv2.COLOR_BGRA2GRAY
-        return cv2.cvtColor(frame, code)
-    raise ValueError(f"expected a grey, BGR or BGRA frame, got shape {frame.shape}")
-
-
-class FlowStage(ABC):
-    """(onset frame, apex frame, 2x3 frame -> crop matrix) -> (motion (3,S,S), texture (1,S,S)) float32."""
-
-    name: str = ""
-
-    def __init__(self, size: int = 112) -> None:
-        self.size = size
-
-    @abstractmethod
-    def flow(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
-        """(H, W, 2) float32 flow first -> second, in pixels, between two grey uint8 images of one size."""
-
-    def crop(self, frame: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-        """(S, S) uint8 grey crop, identical to the feature cache's."""
-        m = np.asarray(matrix, np.float64)
-        if m.shape != (2, 3):
-            raise ValueError(f"the face transform must be a 2x3 matrix, got shape {m.shape}")
-        return FaceAlignment(m, self.size, "matrix", (0, 0, 0, 0)).crop(to_gray(frame))
-
-    def __call__(self, onset: np.ndarray, apex: np.ndarray, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        first = self.crop(onset, matrix)
-        second = self.crop(apex, matrix)
-        return motion_tensor(self.flow(first, second)), texture_tensor(second)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, size={self.size})"
 
 
 class ReferenceStage(FlowStage):
@@ -101,20 +52,6 @@ class OpenCVStage(FlowStage):
         return self._flow(first, second)
 
 
-def cuda_unavailable() -> str | None:
-    """Why the CUDA stage cannot run here, or None when pycuda sees a CUDA device."""
-    try:
-        import pycuda.driver as drv
-    except (ImportError, OSError):
-        return "pycuda is not installed (pip install 'edge-mer[jetson]' on a machine with the CUDA toolkit)"
-    try:
-        drv.init()
-        count = drv.Device.count()
-    except drv.Error as exc:
-        return f"the CUDA driver found no usable device ({str(exc).strip()})"
-    return None if count > 0 else "no CUDA device found"
-
-
 def make_stage(name: str, size: int = 112) -> FlowStage:
     """The flow stage called ``name`` (one of ``STAGES``) for S = ``size`` crops."""
     if name == "reference":
@@ -124,7 +61,5 @@ def make_stage(name: str, size: int = 112) -> FlowStage:
     if name in ("opencv-tvl1", "opencv-dis"):
         return OpenCVStage(size, name[len("opencv-"):])
     if name == "cuda":
-        from edge_mer.flow.cuda import CudaStage
-
         return CudaStage(size)  # says in one line why it cannot run here
     raise UserError(f"unknown flow stage {name!r}; choose from {', '.join(STAGES)}")

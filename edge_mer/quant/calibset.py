@@ -12,7 +12,6 @@ The file is an ``.npz`` with the arrays, the sample ids and a JSON header
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from edge_mer.atomic import replacing
 from edge_mer.data.labels import COMPOSITE_NAMES
 from edge_mer.errors import UserError
 from edge_mer.features.cache import FeatureSet
-from edge_mer.features.normalise import CONSTANTS
+from edge_mer.flow.normalise import CONSTANTS
 
 CALIBRATION_FORMAT = "edge-mer-calibration/1"
 
@@ -102,11 +102,9 @@ def build_set(fs: FeatureSet, n: int, seed: int = 0, only_ids: set[str] | None =
 
 
 def save_set(cs: CalibrationSet, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez_compressed(tmp, motion=cs.motion, texture=cs.texture, labels=cs.labels, ids=np.array(cs.ids),
-                        meta=np.array(json.dumps(cs.meta, sort_keys=True)))
-    os.replace(tmp, path)
+    with replacing(path, ".npz") as tmp:
+        np.savez_compressed(tmp, motion=cs.motion, texture=cs.texture, labels=cs.labels, ids=np.array(cs.ids),
+                            meta=np.array(json.dumps(cs.meta, sort_keys=True)))
 
 
 def load_set(path: Path, size: int | None = None) -> CalibrationSet:

@@ -17,7 +17,6 @@ as ``NAME.fp32.onnx``, the companion a CPU may find faster.
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,9 @@ from typing import Any
 import numpy as np
 
 from edge_mer import __version__
+from edge_mer.atomic import replacing
 from edge_mer.errors import UserError
-from edge_mer.features.normalise import CONSTANTS
+from edge_mer.flow.normalise import CONSTANTS
 from edge_mer.runtime.artifact import INPUTS, OUTPUT, input_spec, sha256, write_sidecar
 
 DEFAULT_OPSET = 13
@@ -46,15 +46,10 @@ def _write_onnx(model: Any, size: int, path: Path, opset: int) -> None:
     s = size
     dummy = (torch.zeros(1, 3, s, s), torch.zeros(1, 1, s, s))
     axes = {INPUTS[0]: {0: "batch"}, INPUTS[1]: {0: "batch"}, OUTPUT: {0: "batch"}}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer notes on shape arithmetic and modelopt's constant amax
-            torch.onnx.export(model, dummy, str(tmp), input_names=list(INPUTS), output_names=[OUTPUT],
-                              dynamic_axes=axes, opset_version=opset, dynamo=False, do_constant_folding=True)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with replacing(path) as tmp, torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer notes on shape arithmetic and modelopt's constant amax
+        torch.onnx.export(model, dummy, str(tmp), input_names=list(INPUTS), output_names=[OUTPUT],
+                          dynamic_axes=axes, opset_version=opset, dynamo=False, do_constant_folding=True)
 
 
 def _constants(graph: Any) -> dict[str, np.ndarray]:
@@ -107,9 +102,8 @@ def fold_weight_quantizers(path: Path) -> int:
     for init in [i for i in g.initializer if i.name not in used]:
         g.initializer.remove(init)
     onnx.checker.check_model(model)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    onnx.save(model, str(tmp))
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        onnx.save(model, str(tmp))
     return folded
 
 
@@ -180,7 +174,7 @@ def _max_diff(model: Any, path: Path, size: int, n: int = 8) -> float:
 
 def export(checkpoint: Path, out: Path, opset: int = DEFAULT_OPSET) -> dict[str, Any]:
     """Write ``out`` (+ sidecar; for QAT also the FP32 companion) and return a report."""
-    from edge_mer.train.run import load_checkpoint
+    from edge_mer.model.checkpoint import load_checkpoint
 
     _onnx()
     if not 13 <= opset <= 17:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_mer.atomic import replacing
 from edge_mer.errors import UserError
 from edge_mer.quant.calibset import load_set
 from edge_mer.runtime.artifact import load_artifact, sha256, write_sidecar
@@ -152,13 +153,8 @@ def calibrate(onnx_path: Path, set_path: Path, out: Path, method: str = "max") -
     include, attention = weighted_nodes(model)
     ranges = activation_ranges(model, cs, sorted({n.input[0] for n in include}), method)
     quantize_graph(model, ranges)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
+    with replacing(out) as tmp:
         onnx.save(model, str(tmp))
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     meta = {k: v for k, v in art.meta.items() if k not in ("format", "file", "sha256", "bytes", "companion")}
     meta.update({
         "precision": "int8",

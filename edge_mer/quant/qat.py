@@ -11,16 +11,13 @@ FP32 checkpoint was trained on, for a fixed number of epochs.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata as md
-import io
-import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from edge_mer.errors import UserError
+from edge_mer.model.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, modelopt, quiet
 
 QUANT_CFG: dict[str, Any] = {
     "quant_cfg": [
@@ -32,26 +29,6 @@ QUANT_CFG: dict[str, Any] = {
     ],
     "algorithm": "max",
 }
-
-
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """modelopt prints to stdout and warns about optional packages; keep stdout for results."""
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
-
-
-def modelopt() -> tuple[Any, Any]:
-    """(modelopt.torch.quantization, modelopt.torch.opt), or one clear error."""
-    try:
-        with quiet():
-            import modelopt.torch.opt as mto
-            import modelopt.torch.quantization as mtq
-    except ImportError as exc:
-        raise UserError(f"QAT needs NVIDIA's TensorRT Model Optimizer: pip install 'edge-mer[train]' "
-                        f"(import failed: {exc})") from None
-    return mtq, mto
 
 
 def quantize(model: Any, motion: np.ndarray, texture: np.ndarray, batch: int = 32) -> Any:
@@ -74,13 +51,6 @@ def quant_state(model: Any, calibration: dict[str, Any]) -> dict[str, Any]:
     _, mto = modelopt()
     return {"method": "modelopt-int8", "modelopt": md.version("nvidia-modelopt"),
             "modelopt_state": mto.modelopt_state(model), "calibration": calibration}
-
-
-def restore(model: Any, quant: dict[str, Any]) -> Any:
-    """Rebuild the quantized structure of a QAT checkpoint on a fresh model (before loading its weights)."""
-    _, mto = modelopt()
-    with quiet():
-        return mto.restore_from_modelopt_state(model, quant["modelopt_state"])
 
 
 def count_quantizers(model: Any) -> dict[str, int]:
@@ -115,7 +85,7 @@ def finetune(checkpoint: Any, features: Any, out: Any, calibration: Any = None, 
     from edge_mer.quant.calibset import build_set, load_set
     from edge_mer.runtime.artifact import sha256
     from edge_mer.train.loop import TrainConfig, train_model
-    from edge_mer.train.run import check_features, load_checkpoint
+    from edge_mer.train.run import check_features
 
     start = time.perf_counter()
     checkpoint, out = Path(checkpoint), Path(out)
@@ -152,7 +122,7 @@ def finetune(checkpoint: Any, features: Any, out: Any, calibration: Any = None, 
     quantizers = count_quantizers(model)
     qat = {"from": checkpoint.name, "from_sha256": sha256(checkpoint), "epochs": epochs, "lr": lr, "seed": seed,
            "samples": len(idx), "quantizers": quantizers}
-    torch.save({"format": "edge-mer-checkpoint/1", "model": ck.get("model"), "config": model.cfg.to_dict(),
+    torch.save({"format": CHECKPOINT_FORMAT, "model": ck.get("model"), "config": model.cfg.to_dict(),
                 "state_dict": model.state_dict(), "train": asdict(tcfg), "features": ck.get("features"),
                 "trained_on": ck.get("trained_on", []), "quant": quant_state(model, calib), "qat": qat,
                 "edge_mer": __version__}, out / "checkpoint.pt")

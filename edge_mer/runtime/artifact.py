@@ -12,16 +12,25 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge_mer.atomic import write_text
 from edge_mer.errors import UserError
 
 SIDECAR_FORMAT = "edge-mer-onnx/1"
 INPUTS = ("motion", "texture")
 OUTPUT = "logits"
+# the packaged demo model (synthetic data only): the default of run, bench and the self-test
+DEMO_MODEL = Path(__file__).resolve().parent.parent / "assets" / "models" / "demo.int8.onnx"
+
+
+def default_model() -> Path:
+    """The packaged demo model, or one clear error when the installation lacks it."""
+    if not DEMO_MODEL.is_file():
+        raise UserError(f"the packaged demo model is missing ({DEMO_MODEL}); pass --model MODEL.onnx")
+    return DEMO_MODEL
 
 
 def sha256(path: Path) -> str:
@@ -80,14 +89,8 @@ def write_sidecar(onnx_path: Path, meta: dict[str, Any]) -> dict[str, Any]:
     """Write ``onnx_path``.json with the file's sha256 (atomically)."""
     doc = {"format": SIDECAR_FORMAT, **meta, "file": onnx_path.name, "sha256": sha256(onnx_path),
            "bytes": onnx_path.stat().st_size}
-    _atomic_write(sidecar_path(onnx_path), json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    write_text(sidecar_path(onnx_path), json.dumps(doc, indent=2, sort_keys=True) + "\n")
     return doc
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def load_artifact(onnx_path: Path, check_hash: bool = True) -> Artifact:

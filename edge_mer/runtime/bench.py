@@ -7,17 +7,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edge_mer.errors import UserError
 from edge_mer.runtime.backends import available, open_backend
 from edge_mer.runtime.backends.base import sample_inputs
-from edge_mer.runtime.timing import call_times_ms
-
-
-def _percentiles(ms: np.ndarray) -> dict[str, float]:
-    return {"p50": round(float(np.percentile(ms, 50)), 3), "p95": round(float(np.percentile(ms, 95)), 3),
-            "p99": round(float(np.percentile(ms, 99)), 3)}
+from edge_mer.runtime.timing import call_times_ms, percentiles
 
 
 def _targets(model: Path, backends: list[str] | None, checkpoint: Path | None) -> list[tuple[str, Path, str]]:
@@ -54,7 +47,7 @@ def bench_models(model: Path, backends: list[str] | None = None, runs: int = 200
         m, t = sample_inputs(1, be.size)
         ms = call_times_ms(partial(be.infer, m, t), runs, warmup=10)
         rows.append({"backend": be.describe(), "file": path.name, "precision": be.precision,
-                     "bytes": path.stat().st_size, **_percentiles(ms), "throughput_per_s": round(1e3 / ms.mean(), 1)})
+                     "bytes": path.stat().st_size, **percentiles(ms), "throughput_per_s": round(1e3 / ms.mean(), 1)})
         be.close()
     return rows
 
@@ -62,8 +55,9 @@ def bench_models(model: Path, backends: list[str] | None = None, runs: int = 200
 def bench_loop(model: Path, backends: list[str] | None = None, flows: list[str] | None = None, frames: int = 600,
                threads: int | None = 2) -> list[dict[str, Any]]:
     """The loop, headless, on the demo source (as fast as it goes), for every backend x flow pair."""
-    from edge_mer.features.flow import has_tvl1
-    from edge_mer.flow.stage import cuda_unavailable, make_stage
+    from edge_mer.flow.base import cuda_unavailable
+    from edge_mer.flow.opencv import has_tvl1
+    from edge_mer.flow.stage import make_stage
     from edge_mer.runtime.events import EventWriter
     from edge_mer.runtime.loop import LoopConfig, Recognizer, run_loop
     from edge_mer.runtime.sources import open_source

@@ -29,13 +29,13 @@ file it came from is at hand.
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from edge_mer.atomic import write_bytes, write_text
 from edge_mer.errors import UserError
 from edge_mer.runtime.artifact import INPUTS, load_artifact, sha256
 
@@ -157,9 +157,7 @@ def build_engine(onnx_path: Path, out_dir: Path, fp16: bool = False, max_batch: 
     gen = api_generation(version)
     start = time.perf_counter()
     blob = BUILDERS[gen](onnx_path, fp16, art.size, max_batch, workspace_mb << 20)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(blob)
-    os.replace(tmp, path)
+    write_bytes(path, blob)
     # the ONNX file's path, to rebuild from when the engine moves; its features, so the loop picks the flow
     # the model was trained with from the engine alone
     meta = {"format": ENGINE_FORMAT, "onnx": onnx_path.name, "onnx_path": str(onnx_path.resolve()),
@@ -168,7 +166,7 @@ def build_engine(onnx_path: Path, out_dir: Path, fp16: bool = False, max_batch: 
             "max_batch": max_batch, "size": art.size, "class_names": art.class_names,
             "built": time.strftime("%Y-%m-%dT%H:%M:%S"), "build_seconds": round(time.perf_counter() - start, 1),
             "engine_sha256": sha256(path)}
-    path.with_name(path.name + ".json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    write_text(path.with_name(path.name + ".json"), json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return path
 
 

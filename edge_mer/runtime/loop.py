@@ -15,13 +15,25 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
+import cv2
 import numpy as np
 
 from edge_mer.errors import UserError
+from edge_mer.face.align import FaceAlignment
+from edge_mer.flow.base import FlowStage
+from edge_mer.runtime.backends.base import Backend
+from edge_mer.runtime.capture import CaptureThread
 from edge_mer.runtime.events import Event, EventWriter
+from edge_mer.runtime.ring import Frame, FrameRing
+from edge_mer.runtime.sources import Source
 from edge_mer.runtime.timing import StageTimer, rss_mb
+from edge_mer.spot.spotter import FrameSpotter, Spot
+
+if TYPE_CHECKING:
+    from edge_mer.flow.cuda import CudaStage
+    from edge_mer.runtime.backends.tensorrt import TensorRTBackend
 
 SIGNAL_SIZE = 128  # the crop of the spotting signal (measured best in benchmarks/results/spotting.md)
 
@@ -60,7 +72,7 @@ class Recognizer:
     stage to the engine without a trip through host memory.
     """
 
-    def __init__(self, backend: Any, stage: Any) -> None:
+    def __init__(self, backend: Backend, stage: FlowStage) -> None:
         if backend.size != stage.size:
             raise UserError(f"the model takes {backend.size}x{backend.size} inputs; the flow stage makes "
                             f"{stage.size}x{stage.size}")
@@ -70,153 +82,221 @@ class Recognizer:
 
     def __call__(self, onset: np.ndarray, apex: np.ndarray, matrix: np.ndarray,
                  timer: StageTimer) -> np.ndarray:
-        if self.fused:
-            inputs = self.backend.device_inputs()
+        if self.fused:  # a stage that writes GPU buffers (CudaStage), a backend that reads them (TensorRT)
+            backend, stage = cast("TensorRTBackend", self.backend), cast("CudaStage", self.stage)
+            inputs = backend.device_inputs()
             with timer.time("flow"):
-                self.stage.write(onset, apex, matrix, inputs["motion"][0], inputs["texture"][0],
-                                 inputs["motion"][2])
+                stage.write(onset, apex, matrix, inputs["motion"][0], inputs["texture"][0], inputs["motion"][2])
             with timer.time("inference"):
-                return np.asarray(self.backend.infer_device(1)[0])
+                return np.asarray(backend.infer_device(1)[0])
         with timer.time("flow"):
             motion, texture = self.stage(onset, apex, matrix)
         with timer.time("inference"):
             return np.asarray(self.backend.infer(motion, texture)[0])
 
 
-def run_loop(source: Any, recognizer: Recognizer, writer: EventWriter, cfg: LoopConfig,
+class SpotFrames:
+    """Which ring frame each frame given to the spotter was, so that a spot's onset, apex and offset (spotter
+    indices) are found in the ring when the spot is reported (``None`` for one that has already left it)."""
+
+    def __init__(self, ring: FrameRing, capacity: int) -> None:
+        self.ring = ring
+        self._numbers: deque[int] = deque(maxlen=capacity)
+
+    def add(self, number: int) -> None:
+        self._numbers.append(number)
+
+    def numbers(self, last_index: int, indices: tuple[int, ...]) -> list[int]:
+        """Ring numbers of spotter ``indices`` (-1 when no longer known); ``last_index``: the spotter's newest."""
+        first_index = last_index - len(self._numbers) + 1
+        return [self._numbers[i - first_index] if i >= first_index else -1 for i in indices]
+
+    def frames(self, numbers: list[int]) -> list[Frame | None]:
+        return [self.ring.get(n) if n >= 0 else None for n in numbers]
+
+
+class VideoOutput:
+    """The overlay (face box, counters) in a window and/or a recording, like a camera's video output."""
+
+    def __init__(self, display: bool, record: Path | None, fps: float) -> None:
+        self.display = display
+        self.record = record
+        self.fps = fps
+        self._writer: Any = None
+
+    def render(self, image: np.ndarray, matrix: np.ndarray, size: int, stats: LoopStats) -> None:
+        view = image.copy() if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+        inv = cv2.invertAffineTransform(matrix)
+        corners = np.array([[0, 0, 1], [size, 0, 1], [size, size, 1], [0, size, 1]], np.float64)
+        pts = (corners @ inv.T).astype(np.int32)
+        cv2.polylines(view, [pts], True, (0, 255, 0), 2)
+        cv2.putText(view, f"frames {stats.frames} spots {stats.spots} events {stats.events}", (10, 24),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 255, 255), 2)
+        if self.record is not None:
+            if self._writer is None:
+                h, w = view.shape[:2]
+                self._writer = cv2.VideoWriter(str(self.record), cv2.VideoWriter.fourcc(*"mp4v"), self.fps, (w, h))
+            self._writer.write(view)
+        if self.display:
+            cv2.imshow("edge-mer", view)
+            cv2.waitKey(1)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+        if self.display:
+            cv2.destroyAllWindows()
+
+
+class DeviceLoop:
+    """One run of the loop: the ring and its capture thread, the spotter, and per spot one classification."""
+
+    def __init__(self, source: Source, recognizer: Recognizer, writer: EventWriter, cfg: LoopConfig,
+                 on_event: Callable[[Event], None] | None = None, timer: StageTimer | None = None) -> None:
+        self.source = source
+        self.recognizer = recognizer
+        self.writer = writer
+        self.cfg = cfg
+        self.on_event = on_event
+        self.timer = timer or StageTimer()
+        self.stats = LoopStats()
+        self.fps = float(source.fps)
+        ok, first = source.read()
+        if not ok or first is None:
+            raise UserError(f"{source.describe()} gave no frame")
+        # the ring holds the frames of a spot until its report: at least the longest micro-expression plus the
+        # spotter's report delay behind the onset, and a few seconds of slack for a busy consumer
+        capacity = max(int(round(self.fps * cfg.ring_seconds)), int(round(self.fps * 1.5)) + 8)
+        self.ring = FrameRing(capacity, first.shape, first.dtype)
+        self.ring.push(first, time.monotonic())
+        self.capture = CaptureThread(source, self.ring)
+        self.spotter = FrameSpotter(self.fps, SIGNAL_SIZE)
+        self.spot_frames = SpotFrames(self.ring, capacity * 2)
+        self.output = VideoOutput(cfg.display, cfg.record, self.fps) if cfg.display or cfg.record else None
+        self.start = time.monotonic()
+        self._next_memory = self.start
+        self._last_number = -1
+        self._last_face = self.start
+
+    def run(self, stop: Callable[[], bool] | None = None) -> tuple[LoopStats, StageTimer]:
+        """Until the source ends, ``max_frames``/``duration`` is reached or ``stop()`` says so."""
+        self.capture.start()
+        try:
+            while not self._done(stop):
+                frame = self._next_frame()
+                if frame is None:
+                    if self.capture.finished or self.ring.closed:
+                        break
+                    continue
+                self._process(frame)
+        finally:
+            self._finish()
+        return self.stats, self.timer
+
+    def _done(self, stop: Callable[[], bool] | None) -> bool:
+        cfg = self.cfg
+        return bool((stop is not None and stop())
+                    or (cfg.max_frames is not None and self.stats.frames >= cfg.max_frames)
+                    or (cfg.duration is not None and time.monotonic() - self.start >= cfg.duration))
+
+    def _next_frame(self) -> Frame | None:
+        """The next frame in order (counting those that left the ring unread), or None after a short wait."""
+        t_wait = time.perf_counter()
+        frame = self.ring.wait_newer(self._last_number, timeout=0.5)
+        if frame is None:
+            if self.capture.exception is not None:
+                raise UserError(f"capture stopped: {self.capture.exception}")
+            return None
+        self.timer.add("capture", time.perf_counter() - t_wait)
+        if frame.number > self._last_number + 1:
+            self.stats.skipped += frame.number - self._last_number - 1
+        self._last_number = frame.number
+        return frame
+
+    def _process(self, frame: Frame) -> None:
+        t0 = time.perf_counter()
+        spots = self._spot(frame)
+        alignment = self.spotter.track.alignment
+        self._note_face(frame, alignment is not None)
+        for spot in spots:
+            self.stats.spots += 1
+            event = self._classify(spot, alignment, frame) if alignment is not None else None
+            if event is None:
+                self.stats.missed_spots += 1
+            else:
+                self._emit(event)
+        self.timer.add("total", time.perf_counter() - t0)
+        self.stats.frames += 1
+        if self.output is not None and alignment is not None:
+            self.output.render(frame.image, alignment.matrix, SIGNAL_SIZE, self.stats)
+        self._sample_memory()
+
+    def _spot(self, frame: Frame) -> list[Spot]:
+        """Feed the spotter one frame; the motion signal's time and the rest (face tracking) timed apart."""
+        image = frame.image
+        gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        signal_before = self.spotter.signal_seconds
+        t_spot = time.perf_counter()
+        self.spot_frames.add(frame.number)
+        spots = self.spotter.push(gray, frame.ts)
+        spent = time.perf_counter() - t_spot
+        in_signal = self.spotter.signal_seconds - signal_before
+        self.timer.add("signal", in_signal)
+        self.timer.add("face", max(0.0, spent - in_signal))  # face detection and the spotter's bookkeeping
+        return spots
+
+    def _note_face(self, frame: Frame, found: bool) -> None:
+        if found:
+            self._last_face = frame.ts
+            return
+        self.stats.no_face_frames += 1
+        if frame.ts - self._last_face > self.cfg.lost_warn_s:
+            self.stats.messages.append(f"no face for {frame.ts - self._last_face:.0f} s (frame {frame.number}); "
+                                       "still looking")
+            self._last_face = frame.ts
+
+    def _classify(self, spot: Spot, alignment: FaceAlignment, frame: Frame) -> Event | None:
+        """The spot's event from its onset and apex frames in the ring, or None when they have left it."""
+        ids = self.spot_frames.numbers(self.spotter.index, (spot.onset, spot.apex, spot.offset))
+        onset, apex, offset = self.spot_frames.frames(ids)
+        if onset is None or apex is None:
+            return None
+        matrix = alignment.matrix * (self.recognizer.stage.size / SIGNAL_SIZE)  # same face, the model's crop
+        probs = self.recognizer(onset.image, apex.image, matrix, self.timer)
+        offset_ts = offset.ts if offset is not None else frame.ts
+        names = self.recognizer.backend.class_names
+        k = int(np.argmax(probs))
+        start = self.start
+        return Event(onset_ts=round(onset.ts - start, 4), apex_ts=round(apex.ts - start, 4),
+                     offset_ts=round(offset_ts - start, 4), onset=ids[0], apex=ids[1], offset=ids[2],
+                     label=names[k], probs={n: round(float(p), 4) for n, p in zip(names, probs)},
+                     latency_ms=round((time.monotonic() - offset_ts) * 1e3, 2), score=round(float(spot.score), 4))
+
+    def _emit(self, event: Event) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
+        self.writer.write(event)
+        self.stats.events += 1
+        self.stats.latencies_ms.append(event.latency_ms)
+
+    def _sample_memory(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_memory:
+            self.stats.memory_mb.append((round(now - self.start, 1), round(rss_mb(), 1)))
+            self._next_memory = now + self.cfg.memory_every_s
+
+    def _finish(self) -> None:
+        self.capture.stop()
+        self.stats.face_detections = self.spotter.alignments
+        self.stats.messages.extend(m for m in [self.capture.error] if m)
+        self.stats.memory_mb.append((round(time.monotonic() - self.start, 1), round(rss_mb(), 1)))
+        self.stats.ring = dict(vars(self.ring.stats()))
+        if self.output is not None:
+            self.output.close()
+
+
+def run_loop(source: Source, recognizer: Recognizer, writer: EventWriter, cfg: LoopConfig,
              on_event: Callable[[Event], None] | None = None, timer: StageTimer | None = None,
              stop: Callable[[], bool] | None = None) -> tuple[LoopStats, StageTimer]:
     """Run until the source ends, ``max_frames``/``duration`` is reached or ``stop()`` says so."""
-    import cv2
-
-    from edge_mer.runtime.capture import CaptureThread
-    from edge_mer.runtime.ring import FrameRing
-    from edge_mer.spot.spotter import FrameSpotter
-
-    timer = timer or StageTimer()
-    stats = LoopStats()
-    fps = float(source.fps)
-    ok, first = source.read()
-    if not ok or first is None:
-        raise UserError(f"{source.describe()} gave no frame")
-    # the ring holds the frames of a spot until its report: at least the longest micro-expression plus the
-    # spotter's report delay behind the onset, and a few seconds of slack for a busy consumer
-    capacity = max(int(round(fps * cfg.ring_seconds)), int(round(fps * 1.5)) + 8)
-    ring = FrameRing(capacity, first.shape, first.dtype)
-    ring.push(first, time.monotonic())
-    capture = CaptureThread(source, ring)
-    capture.start()
-    spotter = FrameSpotter(fps, SIGNAL_SIZE)
-    numbers: deque[int] = deque(maxlen=capacity * 2)  # ring frame number of each frame given to the spotter
-    names = recognizer.backend.class_names
-    recorder = None
-    start = time.monotonic()
-    next_memory = start
-    last_number = -1
-    last_face = start
-    try:
-        while True:
-            if stop is not None and stop():
-                break
-            if cfg.max_frames is not None and stats.frames >= cfg.max_frames:
-                break
-            if cfg.duration is not None and time.monotonic() - start >= cfg.duration:
-                break
-            t_wait = time.perf_counter()
-            frame = ring.wait_newer(last_number, timeout=0.5)
-            if frame is None:
-                if capture.exception is not None:
-                    raise UserError(f"capture stopped: {capture.exception}")
-                if capture.finished or ring.closed:
-                    break
-                continue
-            timer.add("capture", time.perf_counter() - t_wait)
-            if frame.number > last_number + 1:
-                stats.skipped += frame.number - last_number - 1
-            last_number = frame.number
-            t0 = time.perf_counter()
-            image = frame.image
-            gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-            signal_before = spotter.signal_seconds
-            t_spot = time.perf_counter()
-            numbers.append(frame.number)
-            spots = spotter.push(gray, frame.ts)
-            spent = time.perf_counter() - t_spot
-            in_signal = spotter.signal_seconds - signal_before
-            timer.add("signal", in_signal)
-            timer.add("face", max(0.0, spent - in_signal))  # face detection and the spotter's bookkeeping
-            alignment = spotter.track.alignment
-            if alignment is None:
-                stats.no_face_frames += 1
-                if frame.ts - last_face > cfg.lost_warn_s:
-                    stats.messages.append(f"no face for {frame.ts - last_face:.0f} s (frame {frame.number}); "
-                                          "still looking")
-                    last_face = frame.ts
-            else:
-                last_face = frame.ts
-            for spot in spots:
-                stats.spots += 1
-                first_index = spotter.index - len(numbers) + 1
-                ids = [numbers[i - first_index] if i >= first_index else -1
-                       for i in (spot.onset, spot.apex, spot.offset)]
-                onset, apex, offset = (ring.get(n) if n >= 0 else None for n in ids)
-                if onset is None or apex is None or alignment is None:
-                    stats.missed_spots += 1
-                    continue
-                matrix = alignment.matrix * (recognizer.stage.size / SIGNAL_SIZE)  # same face, model's crop
-                probs = recognizer(onset.image, apex.image, matrix, timer)
-                offset_ts = offset.ts if offset is not None else frame.ts
-                latency = (time.monotonic() - offset_ts) * 1e3
-                k = int(np.argmax(probs))
-                event = Event(onset_ts=round(onset.ts - start, 4), apex_ts=round(apex.ts - start, 4),
-                              offset_ts=round(offset_ts - start, 4), onset=ids[0], apex=ids[1], offset=ids[2],
-                              label=names[k],
-                              probs={n: round(float(p), 4) for n, p in zip(names, probs)},
-                              latency_ms=round(latency, 2), score=round(float(spot.score), 4))
-                if on_event is not None:
-                    on_event(event)
-                writer.write(event)
-                stats.events += 1
-                stats.latencies_ms.append(latency)
-            timer.add("total", time.perf_counter() - t0)
-            stats.frames += 1
-            if (cfg.display or cfg.record) and alignment is not None:
-                recorder = _show(image, alignment.matrix, SIGNAL_SIZE, stats, cfg, recorder, fps)
-            now = time.monotonic()
-            if now >= next_memory:
-                stats.memory_mb.append((round(now - start, 1), round(rss_mb(), 1)))
-                next_memory = now + cfg.memory_every_s
-    finally:
-        capture.stop()
-        stats.face_detections = spotter.alignments
-        stats.messages.extend(m for m in [capture.error] if m)
-        stats.memory_mb.append((round(time.monotonic() - start, 1), round(rss_mb(), 1)))
-        stats.ring = dict(vars(ring.stats()))
-        if recorder is not None:
-            recorder.release()
-        if cfg.display:
-            cv2.destroyAllWindows()
-    return stats, timer
-
-
-def _show(image: np.ndarray, matrix: np.ndarray, size: int, stats: LoopStats, cfg: LoopConfig, recorder: Any,
-          fps: float) -> Any:
-    """Overlay (face box, counters) in a window and/or a recording."""
-    import cv2
-
-    view = image.copy() if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    inv = cv2.invertAffineTransform(matrix)
-    corners = np.array([[0, 0, 1], [size, 0, 1], [size, size, 1], [0, size, 1]], np.float64)
-    pts = (corners @ inv.T).astype(np.int32)
-    cv2.polylines(view, [pts], True, (0, 255, 0), 2)
-    cv2.putText(view, f"frames {stats.frames} spots {stats.spots} events {stats.events}", (10, 24),
-                cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 255, 255), 2)
-    if cfg.record is not None:
-        if recorder is None:
-            h, w = view.shape[:2]
-            recorder = cv2.VideoWriter(str(cfg.record), cv2.VideoWriter.fourcc(*"mp4v"), fps, (w, h))
-        recorder.write(view)
-    if cfg.display:
-        cv2.imshow("edge-mer", view)
-        cv2.waitKey(1)
-    return recorder
+    return DeviceLoop(source, recognizer, writer, cfg, on_event, timer).run(stop)

@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 
 from edge_mer.errors import UserError
+from edge_mer.runtime.artifact import DEMO_MODEL
 from edge_mer.runtime.backends.base import sample_inputs
 from edge_mer.runtime.timing import call_times_ms
 
-PACKAGED = Path(__file__).resolve().parent.parent / "assets" / "models" / "demo.int8.onnx"
 # TensorRT passes when its top class agrees with ONNX Runtime's on this share of the random samples and no
 # probability differs by this much or more (INT8 kernels differ between the two, not the model)
 TOP1_AGREEMENT = 0.9
@@ -37,8 +37,8 @@ MAX_PROB_DIFF = 0.1
 
 def flow_selftest(size: int = 112, runtime: ModuleType | None = None) -> dict[str, Any]:
     """The CUDA flow stage on this GPU (``runtime``: pycuda, or the CPU emulator in tests)."""
+    from edge_mer.flow.base import cuda_unavailable
     from edge_mer.flow.cuda import CudaStage
-    from edge_mer.flow.stage import cuda_unavailable
 
     reason = cuda_unavailable() if runtime is None else None
     if reason:
@@ -76,7 +76,7 @@ def selftest(model: Path | None = None, samples: int = 16, flow_runtime: ModuleT
 def _tensorrt_selftest(model: Path | None, samples: int) -> dict[str, Any]:
     from edge_mer.runtime.backends.tensorrt import TensorRTBackend
 
-    path = model or PACKAGED
+    path = model or DEMO_MODEL
     if not path.is_file():
         raise UserError(f"no model to test: {path} does not exist (pass --model MODEL.onnx)")
     start = time.perf_counter()

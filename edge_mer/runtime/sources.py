@@ -39,9 +39,10 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 
 from edge_mer.errors import UserError
+from edge_mer.runtime.opencv_build import opencv_facts
 
 if TYPE_CHECKING:
-    from edge_mer.data.synth.video import VideoConfig
+    from edge_mer.synth.video import VideoConfig
 
 #: nvvidconv flip-method: 0 none, 1 rotate 90° counter-clockwise, 2 rotate 180°, 3 rotate 90° clockwise,
 #: 4 horizontal flip, 5 flip across the upper-right diagonal, 6 vertical flip, 7 flip across the upper-left diagonal
@@ -276,7 +277,7 @@ class FolderSource(Source):
     kind = "folder"
 
     def __init__(self, uri: str, options: OpenOptions, folder: Path) -> None:
-        from edge_mer.data.frames import list_frames
+        from edge_mer.runtime.frames import list_frames
 
         super().__init__(uri, options, live=False, fps=options.fps or 30.0)
         self._paths = list(list_frames(folder).values())
@@ -324,7 +325,7 @@ def demo_config(uri: str, options: OpenOptions) -> VideoConfig:
     The query wins over ``width``/``height``/``fps`` given to :func:`open_source`;
     without either, 60 s of 640x480 at 30 fps.
     """
-    from edge_mer.data.synth.video import VideoConfig
+    from edge_mer.synth.video import VideoConfig
 
     query = urlsplit(uri).query
     try:
@@ -366,7 +367,7 @@ class DemoSource(Source):
     kind = "demo"
 
     def __init__(self, uri: str, options: OpenOptions) -> None:
-        from edge_mer.data.synth.video import plan_events, truth_rows, video_frames
+        from edge_mer.synth.video import plan_events, truth_rows, video_frames
 
         self.config = demo_config(uri, options)
         super().__init__(uri, options, live=False, fps=self.config.fps)
@@ -472,8 +473,6 @@ def _open_v4l2(uri: str, device: str, options: OpenOptions) -> Source:
 def _open_csi(uri: str, sensor: int, options: OpenOptions) -> Source:
     import cv2
 
-    from edge_mer.doctor import opencv_facts
-
     if not opencv_facts(cv2)["gstreamer"]:
         raise UserError(f"csi:// needs OpenCV built with GStreamer (JetPack's), and this OpenCV {cv2.__version__} "
                         f"has none: pip's opencv wheels lack it; pip uninstall {OPENCV_WHEELS}, then use "
@@ -489,8 +488,6 @@ def _open_csi(uri: str, sensor: int, options: OpenOptions) -> Source:
 
 def _open_stream(uri: str, options: OpenOptions) -> Source:
     import cv2
-
-    from edge_mer.doctor import opencv_facts
 
     if not opencv_facts(cv2)["ffmpeg"]:
         raise UserError(f"{redact(uri)}: network streams need OpenCV built with FFmpeg, and this OpenCV "

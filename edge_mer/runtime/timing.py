@@ -11,7 +11,11 @@ from typing import Any
 
 import numpy as np
 
-STAGES = ("capture", "face", "signal", "flow", "inference", "total")
+
+def percentiles(values: Any, qs: tuple[int, ...] = (50, 95, 99), digits: int = 3) -> dict[str, float]:
+    """{"p50": ..., "p95": ..., "p99": ...} of ``values``, rounded: the one way timings are summarised."""
+    a = np.asarray(values, dtype=np.float64)
+    return {f"p{q}": round(float(np.percentile(a, q)), digits) for q in qs}
 
 
 class StageTimer:
@@ -45,10 +49,7 @@ class StageTimer:
                                "peak_rss_mb": round(peak_rss_mb(), 1)}
         for stage, vals in self.samples.items():
             a = np.asarray(vals) * 1e3
-            out["stages_ms"][stage] = {"n": len(vals), "p50": round(float(np.percentile(a, 50)), 3),
-                                       "p95": round(float(np.percentile(a, 95)), 3),
-                                       "p99": round(float(np.percentile(a, 99)), 3),
-                                       "mean": round(float(a.mean()), 3)}
+            out["stages_ms"][stage] = {"n": len(vals), **percentiles(a), "mean": round(float(a.mean()), 3)}
         return out
 
 

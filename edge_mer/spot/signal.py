@@ -57,7 +57,7 @@ import cv2
 import numpy as np
 
 from edge_mer.face.align import CANONICAL_EYE_Y, CANONICAL_IOD, FaceAligner, FaceAlignment, NoFaceError
-from edge_mer.flow.stage import to_gray
+from edge_mer.flow.base import to_gray
 
 LAG_S = 0.5
 NORM_S = 10.0

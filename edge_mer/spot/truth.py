@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_mer.data.tables import Row, cell_text, norm, read_rows
 from edge_mer.errors import UserError
+from edge_mer.spot.tables import Row, cell_text, norm, read_rows
 
 KINDS = ("micro", "macro", "blink")
 _SAMM_COLUMNS = {"filename", "inducementcode", "duration"}

@@ -32,6 +32,7 @@ from edge_mer.errors import UserError
 from edge_mer.eval.metrics import per_group, plot_confusion, scores
 from edge_mer.eval.protocol import Fold, loso_folds, megc_log
 from edge_mer.features.cache import FeatureSet
+from edge_mer.model.checkpoint import CHECKPOINT_FORMAT
 from edge_mer.model.config import MMTConfig, model_config
 from edge_mer.train.loop import TrainConfig, predict, train_model
 
@@ -199,29 +200,6 @@ def save_checkpoint(path: Path, model: Any, mcfg: MMTConfig, cfg: RunConfig, fs:
                     trained_on: list[str]) -> None:
     import torch
 
-    torch.save({"format": "edge-mer-checkpoint/1", "model": cfg.model, "config": mcfg.to_dict(),
+    torch.save({"format": CHECKPOINT_FORMAT, "model": cfg.model, "config": mcfg.to_dict(),
                 "state_dict": model.state_dict(), "train": asdict(cfg.train), "features": fs.config,
                 "trained_on": trained_on, "edge_mer": __version__}, path)
-
-
-def load_checkpoint(path: Path) -> tuple[Any, dict[str, Any]]:
-    import torch
-
-    from edge_mer.model.mmt import MMT
-
-    if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # a truncated or foreign file
-        raise UserError(f"cannot read checkpoint {path}: {type(exc).__name__}") from None
-    if not isinstance(ck, dict) or ck.get("format") != "edge-mer-checkpoint/1":
-        raise UserError(f"{path} is not an edge-mer checkpoint")
-    model = MMT(MMTConfig.from_dict(ck["config"]))
-    if ck.get("quant"):
-        from edge_mer.quant.qat import restore
-
-        model = restore(model, ck["quant"])
-    model.load_state_dict(ck["state_dict"])
-    model.eval()
-    return model, ck

@@ -974,7 +974,7 @@ extern "C" __global__ void tvl1_upsample_flow(const float* __restrict__ su1, con
     du2[db + y * dw + x] = resize_at(su2 + sb, sw, sh, x, y, fx, fy) * inv_scale_step;
 }
 
-// (g) features.normalise.motion_tensor (strain as features.flow.optical_strain: numpy.gradient,
+// (g) flow.normalise.motion_tensor (strain as flow.opencv.optical_strain: numpy.gradient,
 // central inside, one-sided at the border) and texture_tensor, written NCHW into the engine's
 // input buffers: motion (pairs, 3, S, S), texture (pairs, 1, S, S).
 // flow_scale = 112 / S / FLOW_UNIT, strain_scale = 1 / STRAIN_UNIT.

@@ -11,6 +11,7 @@ that file of the pair.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_mer.atomic import write_text
 from edge_mer.errors import UserError
 from edge_mer.runtime.artifact import INPUTS, OUTPUT, Artifact, load_artifact
 from edge_mer.runtime.backends.base import Backend, sample_inputs
@@ -121,13 +123,8 @@ class OnnxRuntimeBackend(Backend):
             ms = {p: time_session(self._timed[a.path], a.size) for p, a in pair.items()}
             known[key] = {"choice": min(ms, key=lambda p: ms[p]), "ms": ms, "cpu": cpu_name(),
                           "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
-            try:
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cache.with_name(f".precision.{os.getpid()}.tmp")
-                tmp.write_text(json.dumps(known, indent=2, sort_keys=True) + "\n")
-                os.replace(tmp, cache)
-            except OSError:
-                pass  # a read-only home still runs; it measures again next time
+            with contextlib.suppress(OSError):  # a read-only home still runs; it measures again next time
+                write_text(cache, json.dumps(known, indent=2, sort_keys=True) + "\n")
         self.choice = known[key]
         return pair[known[key]["choice"]]
 

@@ -22,7 +22,7 @@ class TorchBackend(Backend):
             import torch
         except ImportError:
             raise UserError("the torch backend needs torch: pip install 'edge-mer[train]'") from None
-        from edge_mer.train.run import load_checkpoint
+        from edge_mer.model.checkpoint import load_checkpoint
 
         if threads:
             torch.set_num_threads(threads)

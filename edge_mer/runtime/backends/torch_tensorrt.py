@@ -28,7 +28,7 @@ class TorchTensorRTBackend(Backend):
                             "(pip install torch-tensorrt where NVIDIA publishes wheels)") from None
         if not torch.cuda.is_available():
             raise UserError("the torch-tensorrt backend needs a CUDA GPU")
-        from edge_mer.train.run import load_checkpoint
+        from edge_mer.model.checkpoint import load_checkpoint
 
         model, ck = load_checkpoint(path)
         self.torch = torch

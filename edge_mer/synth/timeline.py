@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge_mer.data.synth.aus import EMOTION_PATTERNS, AUCode, parse_aus
-from edge_mer.data.synth.render import FaceRenderer, Nuisances, Pose
+from edge_mer.synth.aus import EMOTION_PATTERNS, AUCode, parse_aus
+from edge_mer.synth.render import FaceRenderer, Nuisances, Pose
 
 #: Micro-expression bounds: total 1/25 s to 1/2 s, onset to apex at most 0.26 s.
 MICRO_MAX_S = 0.5

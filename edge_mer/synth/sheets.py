@@ -9,22 +9,16 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
-import os
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Union
 
+from edge_mer.atomic import write_bytes
+
 FIXED_TIME = dt.datetime(2020, 1, 1, 0, 0, 0)
 
 Cell = Union[str, int, float, None]
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def write_xlsx(path: Path, rows: Sequence[Sequence[Cell]], sheet: str = "Sheet1") -> None:
@@ -44,7 +38,7 @@ def write_xlsx(path: Path, rows: Sequence[Sequence[Cell]], sheet: str = "Sheet1"
     wb.properties.modified = FIXED_TIME
     raw = io.BytesIO()
     wb.save(raw)
-    _atomic_write(path, _pin_zip(raw.getvalue()))
+    write_bytes(path, _pin_zip(raw.getvalue()))
 
 
 def _pin_zip(data: bytes) -> bytes:
@@ -75,4 +69,4 @@ def write_csv(path: Path, rows: Sequence[Sequence[Cell]], header: Sequence[str] 
     if header is not None:
         writer.writerow(header)
     writer.writerows(rows)
-    _atomic_write(path, buf.getvalue().encode())
+    write_bytes(path, buf.getvalue().encode())

@@ -40,12 +40,12 @@ import cv2
 import numpy as np
 
 from edge_mer.data.labels import COMPOSITE_LABELS, composite_class
-from edge_mer.data.synth.aus import EMOTION_PATTERNS, format_aus, parse_aus
-from edge_mer.data.synth.faces import make_subject
-from edge_mer.data.synth.render import FaceRenderer, Nuisances
-from edge_mer.data.synth.sheets import Cell, write_csv, write_xlsx
-from edge_mer.data.synth.timeline import Event, Ranges, blink_event, micro_event, render_sequence
 from edge_mer.errors import UserError
+from edge_mer.synth.aus import EMOTION_PATTERNS, format_aus, parse_aus
+from edge_mer.synth.faces import make_subject
+from edge_mer.synth.render import FaceRenderer, Nuisances
+from edge_mer.synth.sheets import Cell, write_csv, write_xlsx
+from edge_mer.synth.timeline import Event, Ranges, blink_event, micro_event, render_sequence
 
 LAYOUTS = ("casme2", "samm", "smic", "casme3", "megc2019")
 COMPOSITE_CSV = "MEGC2019_composite_3class_gt.csv"

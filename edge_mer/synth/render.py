@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from edge_mer.data.synth.aus import AUCode, au_field
-from edge_mer.data.synth.faces import IOD_AT_112, MASTER_IOD, Subject
+from edge_mer.synth.aus import AUCode, au_field
+from edge_mer.synth.faces import IOD_AT_112, MASTER_IOD, Subject
 
 
 @dataclass(frozen=True)

@@ -24,11 +24,12 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge_mer.data.synth.aus import EMOTION_PATTERNS, format_aus, parse_aus
-from edge_mer.data.synth.faces import make_subject
-from edge_mer.data.synth.render import FaceRenderer, Nuisances, default_face_iod
-from edge_mer.data.synth.sheets import write_csv, write_xlsx
-from edge_mer.data.synth.timeline import (
+from edge_mer.errors import UserError
+from edge_mer.synth.aus import EMOTION_PATTERNS, format_aus, parse_aus
+from edge_mer.synth.faces import make_subject
+from edge_mer.synth.render import FaceRenderer, Nuisances, default_face_iod
+from edge_mer.synth.sheets import write_csv, write_xlsx
+from edge_mer.synth.timeline import (
     Event,
     Ranges,
     blink_event,
@@ -36,7 +37,6 @@ from edge_mer.data.synth.timeline import (
     micro_event,
     render_sequence,
 )
-from edge_mer.errors import UserError
 
 TRUTH_HEADER = ["onset", "apex", "offset", "type", "label", "aus", "amplitude"]
 TRUTH_STYLES = ("casme2lv", "sammlv")

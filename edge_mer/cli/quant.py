@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from edge_mer.cli import print_json  # edge_mer.cli imports this module only inside build_parser
+from edge_mer.cli.output import print_json
 from edge_mer.errors import UserError
 
 
@@ -61,7 +61,7 @@ def _trained_on(path: Path) -> set[str]:
         from edge_mer.runtime.artifact import load_artifact
 
         return set(load_artifact(path).meta.get("trained_on", []))
-    from edge_mer.train.run import load_checkpoint
+    from edge_mer.model.checkpoint import load_checkpoint
 
     return set(load_checkpoint(path)[1].get("trained_on", []))
 

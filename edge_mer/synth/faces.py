@@ -24,7 +24,7 @@ from edge_mer.errors import UserError
 MASTER_IOD = 80.0
 
 #: Where the photographs and faces.json are installed.
-FACES = Path(__file__).resolve().parents[2] / "assets" / "faces"
+FACES = Path(__file__).resolve().parent.parent / "assets" / "faces"
 
 #: Inter-ocular distance of the standard 112-pixel face crop; AU amplitudes are
 #: given in pixels of that crop.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -12,6 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from edge_mer import __version__
+from edge_mer.cli.flow import add_parser as add_flow_parser
+from edge_mer.cli.output import print_json
+from edge_mer.cli.quant import add_parsers as add_quant_parsers
+from edge_mer.cli.run import add_parsers as add_run_parsers
+from edge_mer.cli.spot import add_parser as add_spot_parser
 from edge_mer.errors import UserError
 
 # training, QAT, export and calibration (torch, onnx, modelopt) need this Python; the device runtime runs on 3.8
@@ -26,10 +30,6 @@ def _size(text: str) -> tuple[int, int]:
     if w < 32 or h < 32:
         raise argparse.ArgumentTypeError("frames must be at least 32x32")
     return w, h
-
-
-def print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -72,8 +72,8 @@ def _nuisances(args: argparse.Namespace, base: Any) -> Any:
 
 
 def cmd_synth_dataset(args: argparse.Namespace) -> int:
-    from edge_mer.data.synth.datasets import DatasetConfig, write_dataset
-    from edge_mer.data.synth.render import Nuisances
+    from edge_mer.data.synthetic import DatasetConfig, write_dataset
+    from edge_mer.synth.render import Nuisances
 
     cfg = DatasetConfig(layout=args.layout, subjects=args.subjects, clips_per_subject=args.clips_per_subject,
                         seed=args.seed, size=args.size, fps=args.fps, quirks=not args.no_quirks,
@@ -89,8 +89,8 @@ def cmd_synth_dataset(args: argparse.Namespace) -> int:
 
 
 def cmd_synth_video(args: argparse.Namespace) -> int:
-    from edge_mer.data.synth.render import Nuisances
-    from edge_mer.data.synth.video import VideoConfig, write_video
+    from edge_mer.synth.render import Nuisances
+    from edge_mer.synth.video import VideoConfig, write_video
 
     out = Path(args.out)
     truth = Path(args.truth) if args.truth else out.with_suffix(".csv") if out.suffix else out / "truth.csv"
@@ -113,7 +113,7 @@ def cmd_synth_video(args: argparse.Namespace) -> int:
 def cmd_synth_faces(args: argparse.Namespace) -> int:
     import cv2
 
-    from edge_mer.data.synth.faces import contact_sheet, load_photo, make_subject, photo_names
+    from edge_mer.synth.faces import contact_sheet, load_photo, make_subject, photo_names
 
     subjects = [make_subject(i, args.seed) for i in range(args.subjects)]
     out = Path(args.out)
@@ -283,7 +283,7 @@ def _cmd_qat(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from edge_mer.runtime.evaluate import evaluate
+    from edge_mer.eval.score import evaluate
 
     result = evaluate(Path(args.checkpoint), Path(args.features), backend=args.backend, threads=args.threads,
                       precision=args.precision, unseen=args.unseen)
@@ -299,7 +299,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     from edge_mer.deploy import Target, deploy
-    from edge_mer.runtime.command import default_model
+    from edge_mer.runtime.artifact import default_model
 
     extra = [x for opt in args.ssh_option for x in ("-o", opt)]
     target = Target(args.host, args.port, Path(args.identity) if args.identity else None, args.prefix,
@@ -455,18 +455,10 @@ def build_parser() -> argparse.ArgumentParser:
     _data_parser(sub)
     _synth_parser(sub)
     _train_parsers(sub)
-    from edge_mer.quant.cli import add_parsers
-
-    add_parsers(sub)
-    from edge_mer.flow.command import add_parser as add_flow_parser
-
+    add_quant_parsers(sub)
     add_flow_parser(sub)
-    from edge_mer.spot.command import add_parser as add_spot_parser
-
     add_spot_parser(sub)
-    from edge_mer.runtime.command import add_parsers as add_runtime_parsers
-
-    add_runtime_parsers(sub)
+    add_run_parsers(sub)
     dep = sub.add_parser("deploy", help="deploy to a device over SSH: wheel + model bundle, setup, engine, service",
                          description="Build a wheel and a bundle (model ONNX, sidecar, config), copy it over SSH, set "
                                      "the device up (setup.sh on a Jetson), build the engine there, optionally "

@@ -1,4 +1,4 @@
-"""``edge-mer flow``: the raw dense flow between two images, saved as ``.npy``.
+"""The raw dense flow between two image files, saved as ``.npy`` (``edge-mer flow``).
 
     edge-mer flow --first A.png --second B.png --method reference --out flow.npy [--json]
 
@@ -9,15 +9,12 @@ temporary file and renamed, so a failed run leaves an existing ``--out`` as it w
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from edge_mer.atomic import replacing
 from edge_mer.errors import UserError
 
 if TYPE_CHECKING:
@@ -53,20 +50,13 @@ def read_gray(path: Path) -> np.ndarray:
 
 
 def save_npy(array: np.ndarray, out: Path) -> None:
-    """Write ``array`` to ``out`` through a temporary file in the same folder, then rename."""
+    """Write ``array`` to ``out`` atomically (an existing ``out`` stays as it was when this fails)."""
     import numpy as np
 
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part")
+        with replacing(out, ".npy") as tmp:
+            np.save(tmp, array)
     except OSError as exc:
-        raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array)
-        os.replace(tmp, out)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
         raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
 
 
@@ -96,31 +86,3 @@ def compute_flow(first: Path, second: Path, method: str, out: Path) -> FlowSumma
         summary.gpu_ms = round(float(stage.last_ms), 4)
         summary.layout = f"{stage.solver}/{stage.solve_threads}"
     return summary
-
-
-def cmd_flow(args: argparse.Namespace) -> int:
-    s = compute_flow(Path(args.first), Path(args.second), args.method, Path(args.out))
-    if args.json:
-        print(json.dumps({k: v for k, v in asdict(s).items() if v is not None}, indent=2, sort_keys=True))
-    else:
-        h, w = s.shape[:2]
-        gpu = f" ({s.gpu_ms:.3f} ms on the GPU, layout {s.layout})" if s.gpu_ms is not None else ""
-        print(f"flow {w}x{h} by {s.method} in {s.seconds:.3f} s{gpu}, mean magnitude {s.mean_magnitude:.4f} px: "
-              f"{s.out}")
-    return 0
-
-
-def add_parser(subparsers: Any) -> None:
-    """Add ``flow`` to the ``edge-mer`` subcommands."""
-    p = subparsers.add_parser(
-        "flow", help="dense optical flow between two images, saved as .npy",
-        description="Dense optical flow from --first to --second (grey; any size, both the same), "
-                    "saved as an (H, W, 2) float32 .npy of u, v in pixels. No face crop.")
-    p.add_argument("--first", required=True, help="first image (the flow starts here)")
-    p.add_argument("--second", required=True, help="second image")
-    p.add_argument("--method", required=True, choices=METHODS,
-                   help="reference: the kit's numpy TV-L1; opencv-tvl1: OpenCV contrib's TV-L1; "
-                        "opencv-dis: OpenCV's DIS; cuda: the fused CUDA kernels")
-    p.add_argument("--out", required=True, help="output .npy (written atomically)")
-    p.add_argument("--json", action="store_true", help="print a JSON summary")
-    p.set_defaults(func=cmd_flow)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge_mer.features.flow import optical_strain
+from edge_mer.flow.opencv import optical_strain
 
 FLOW_UNIT = 2.0
 STRAIN_UNIT = 0.1

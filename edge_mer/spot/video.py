@@ -1,4 +1,4 @@
-"""``edge-mer spot``: micro-expression intervals of a video file or a frame folder.
+"""Micro-expression intervals of a video file or a frame folder (``edge-mer spot``).
 
     edge-mer spot --video FILE|FOLDER [--fps N] [--truth FILE] [--json] [--plot FILE.png] [--size S]
 
@@ -11,8 +11,6 @@ own, so ``--fps`` is required there (for a video file it overrides the file's ra
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import time
 from collections.abc import Iterator
@@ -66,7 +64,7 @@ def open_frames(path: Path, fps: float | None = None) -> FrameSource:
     """The frames of ``path`` (a video file or a folder of numbered images)."""
     import cv2
 
-    from edge_mer.data.frames import list_frames
+    from edge_mer.runtime.frames import list_frames
 
     if fps is not None and not (math.isfinite(fps) and fps > 0):
         raise UserError(f"--fps must be a positive number, got {fps}")
@@ -186,41 +184,3 @@ def format_report(r: SpotReport) -> str:
     lines.append(f"{r.elapsed_s:.1f} s ({r.frames / max(r.elapsed_s, 1e-9):.0f} frames/s; motion signal "
                  f"{r.signal_ms:.2f} ms/frame); face aligned {r.alignments} time{'s' if r.alignments != 1 else ''}")
     return "\n".join(lines)
-
-
-def cmd_spot(args: argparse.Namespace) -> int:
-    report = spot_video(Path(args.video), args.fps, args.size, Path(args.truth) if args.truth else None,
-                        progress=False if args.quiet else None)
-    if args.plot:
-        from edge_mer.spot.plot import plot_spots
-
-        plot_spots(report.result, Path(args.plot), report.truth, title=Path(args.video).name)
-    if args.json:
-        out = report.to_dict()
-        out["plot"] = args.plot
-        print(json.dumps(out, indent=2, sort_keys=True))
-    else:
-        print(format_report(report))
-        if args.plot:
-            print(f"plot: {args.plot}")
-    return 0
-
-
-def add_parser(subparsers: Any) -> None:
-    """Add ``spot`` to the ``edge-mer`` subcommands."""
-    p = subparsers.add_parser(
-        "spot", help="find micro-expressions (onset, apex, offset) in a video or frame folder",
-        description="Run the streaming spotter over a video file or a folder of numbered frames: face "
-                    "alignment, a per-frame motion signal over facial regions (head motion removed, blinks "
-                    "suppressed), an adaptive threshold, a return-to-rest check and micro-expression length "
-                    "bounds. With --truth the spots are scored as MEGC does (IoU >= 0.5). Example: edge-mer spot "
-                    "--video clip.mp4 --truth clip.csv --plot spots.png")
-    p.add_argument("--video", required=True, help="video file, or a folder of numbered frames (needs --fps)")
-    p.add_argument("--fps", type=float, help="frame rate (required for a frame folder; overrides a file's)")
-    p.add_argument("--truth", help="truth: the generator's CSV, or a CAS(ME)^2 / SAMM long-video sheet "
-                                   "(frames numbered from 1 there)")
-    p.add_argument("--size", type=int, help="face crop size S in pixels (default 128)")
-    p.add_argument("--plot", metavar="FILE.png", help="write the signal, threshold, spots and truth as a PNG")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_spot)

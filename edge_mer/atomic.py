@@ -1,0 +1,62 @@
+"""The one way edge-mer writes a file: into a temporary file beside it, flushed to disk, then renamed over it.
+
+A reader, a crash or a kill sees the old file or the whole new one, never a part; a failed write leaves
+the old file as it was and no temporary file behind. Every writer of results, caches, models and
+sidecars goes through here.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def replacing(path: Path, suffix: str = "") -> Iterator[Path]:
+    """A temporary path beside ``path`` for a writer that wants a file name (``np.savez``, ``onnx.save``); when
+    the block ends without an error the file is synced and renamed to ``path``, otherwise it is removed.
+    ``suffix``: an ending the writer insists on (``np.savez`` adds ``.npz`` to a name without it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part{suffix}")
+    try:
+        yield tmp
+        _sync(tmp)
+        os.replace(tmp, path)
+        _sync_folder(path.parent)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    with replacing(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(path: Path, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def _sync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync_folder(folder: Path) -> None:
+    """The rename itself reaches the disk with the folder's entry (POSIX); elsewhere this is a no-op."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot sync a folder; the rename is still atomic
+    finally:
+        os.close(fd)

@@ -1,0 +1,119 @@
+"""``edge-mer run`` and ``edge-mer bench``: the device loop from the command line (no torch needed)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from edge_mer.errors import UserError
+from edge_mer.flow import STAGES
+from edge_mer.runtime.artifact import default_model
+from edge_mer.runtime.backends import BACKENDS
+from edge_mer.runtime.bench import bench_loop, bench_models, format_table
+
+FLOWS = ("auto", *STAGES)
+
+
+def source_uri(args: argparse.Namespace) -> str:
+    chosen = [x for x in (args.camera is not None, bool(args.source), args.demo) if x]
+    if len(chosen) > 1:
+        raise UserError("choose one of --camera, --source and --demo")
+    if args.camera is not None:
+        return str(args.camera)
+    if args.source:
+        return str(args.source)
+    if args.demo:
+        return f"demo://?seconds={args.demo_seconds:g}&fps=30&size=640x480&seed={args.seed}"
+    raise UserError("no source: give --camera N, --source URI or --demo")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    # OpenCV is an optional dependency: the loop's modules are imported by the command that runs it
+    from edge_mer.runtime.loop import LoopConfig
+    from edge_mer.runtime.session import RunSettings, format_summary, run
+
+    settings = RunSettings(
+        source=source_uri(args), model=Path(args.model) if args.model else None, backend=args.backend,
+        flow=args.flow, threads=args.threads, events=Path(args.events) if args.events else None,
+        stdout=not args.quiet, realtime=False if args.no_realtime else None,
+        loop=LoopConfig(max_frames=args.max_frames, duration=args.duration, display=args.display,
+                        record=Path(args.record) if args.record else None))
+    stopping = {"flag": False}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stopping["flag"] = True
+
+    old = signal.signal(signal.SIGINT, on_signal)
+    try:
+        result = run(settings, stop=lambda: stopping["flag"])
+    finally:
+        signal.signal(signal.SIGINT, old)
+    if args.json_summary:
+        Path(args.json_summary).write_text(json.dumps(result.summary, indent=2, sort_keys=True) + "\n")
+    print(format_summary(result.summary, interrupted=result.interrupted), file=sys.stderr)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    model = Path(args.model) if args.model else default_model()
+    if args.model_only:
+        rows = bench_models(model, backends=args.backend, runs=args.runs, threads=args.threads,
+                            checkpoint=Path(args.checkpoint) if args.checkpoint else None)
+    else:
+        rows = bench_loop(model, backends=args.backend, flows=args.flow, frames=args.frames, threads=args.threads)
+    doc = {"model": str(model), "date": time.strftime("%Y-%m-%d"), "rows": rows}
+    if args.json:
+        Path(args.json).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    print(format_table(rows, model_only=args.model_only))
+    return 0
+
+
+def add_parsers(sub: Any) -> None:
+    r = sub.add_parser("run", help="the camera loop: spot micro-expressions and classify them, events as JSON lines",
+                       description="Read a camera, stream, video or the synthetic demo into a ring buffer, spot "
+                                   "micro-expressions, classify each from its onset and apex frames and print one "
+                                   "JSON event per line (flushed at once). Ctrl-C stops and prints a summary. "
+                                   "Example: edge-mer run --demo")
+    r.add_argument("--camera", type=int, metavar="N", help="V4L2 camera index")
+    r.add_argument("--source", help="v4l2:///dev/videoN, csi://N, picam://N, rtsp://..., a video file, a frame "
+                                    "folder or demo://")
+    r.add_argument("--demo", action="store_true", help="play a synthetic clip with known micro-expressions")
+    r.add_argument("--demo-seconds", type=float, default=60.0)
+    r.add_argument("--seed", type=int, default=0, help="demo clip seed")
+    r.add_argument("--backend", choices=BACKENDS, default="auto")
+    r.add_argument("--model", help="ONNX model, engine or checkpoint (default: the packaged demo model)")
+    r.add_argument("--flow", choices=FLOWS, default="auto")
+    r.add_argument("--threads", type=int, help="CPU threads of the backend")
+    r.add_argument("--events", help="also append the events to this JSON-lines file")
+    r.add_argument("--json-summary", help="write the end-of-run summary as JSON here")
+    r.add_argument("--display", action="store_true", help="show an overlay window")
+    r.add_argument("--record", help="record the overlay to this video file")
+    r.add_argument("--no-realtime", action="store_true", help="files and demo: as fast as possible instead of at "
+                                                                 "their frame rate")
+    r.add_argument("--max-frames", type=int)
+    r.add_argument("--duration", type=float, help="seconds")
+    r.add_argument("--quiet", action="store_true", help="no events on stdout (use --events)")
+    r.set_defaults(func=cmd_run)
+
+    b = sub.add_parser("bench", help="per-stage timings of the loop (or of the backends) for every backend x flow "
+                                     "available here",
+                       description="Run the loop headless on the synthetic demo source and report capture, face, "
+                                   "spot signal, flow, inference and total p50/p95/p99, throughput, CPU share and "
+                                   "peak memory, as a table and JSON.")
+    b.add_argument("--backend", nargs="*", choices=[x for x in BACKENDS if x != "auto"],
+                   help="backends to time (default: all available)")
+    b.add_argument("--flow", nargs="*", choices=[x for x in FLOWS if x != "auto"],
+                   help="flow stages to time (default: cuda where available, opencv-dis, opencv-tvl1)")
+    b.add_argument("--frames", type=int, default=600)
+    b.add_argument("--runs", type=int, default=200, help="--model-only: timed runs per backend")
+    b.add_argument("--model", help="ONNX model (default: the packaged demo model)")
+    b.add_argument("--checkpoint", help="--model-only: also time this torch checkpoint (torch, torch-tensorrt)")
+    b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--model-only", action="store_true", help="time the backends alone (batch 1)")
+    b.add_argument("--json", help="write the results as JSON here")
+    b.set_defaults(func=cmd_bench)

@@ -1,0 +1,73 @@
+"""What every flow stage shares: the interface, grey conversion of camera frames, and whether CUDA can run.
+
+A stage takes the onset and apex camera frames and the face transform, and returns
+the model inputs: it crops both frames with the face aligner's warp
+(``FaceAlignment.crop``: bilinear, border replicated), computes the flow onset ->
+apex on the S x S crops and normalises exactly as the feature cache does
+(``motion_tensor``, ``texture_tensor``), so a model trained on cached features
+sees the same numbers on a device. ``edge_mer.flow.stage`` makes them by name.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import cv2
+import numpy as np
+
+from edge_mer.face.align import FaceAlignment
+from edge_mer.flow.normalise import motion_tensor, texture_tensor
+
+
+def to_gray(frame: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 grey of a grey, BGR or BGRA uint8 camera frame."""
+    if frame.ndim == 2:
+        return frame
+    if frame.ndim == 3 and frame.shape[2] == 1:
+        return frame[..., 0]
+    if frame.ndim == 3 and frame.shape[2] in (3, 4):
+        code = cv2.COLOR_BGR2GRAY if frame.shape[2] == 3 else cv2.COLOR_BGRA2GRAY
+        return cv2.cvtColor(frame, code)
+    raise ValueError(f"expected a grey, BGR or BGRA frame, got shape {frame.shape}")
+
+
+class FlowStage(ABC):
+    """(onset frame, apex frame, 2x3 frame -> crop matrix) -> (motion (3,S,S), texture (1,S,S)) float32."""
+
+    name: str = ""
+
+    def __init__(self, size: int = 112) -> None:
+        self.size = size
+
+    @abstractmethod
+    def flow(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        """(H, W, 2) float32 flow first -> second, in pixels, between two grey uint8 images of one size."""
+
+    def crop(self, frame: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+        """(S, S) uint8 grey crop, identical to the feature cache's."""
+        m = np.asarray(matrix, np.float64)
+        if m.shape != (2, 3):
+            raise ValueError(f"the face transform must be a 2x3 matrix, got shape {m.shape}")
+        return FaceAlignment(m, self.size, "matrix", (0, 0, 0, 0)).crop(to_gray(frame))
+
+    def __call__(self, onset: np.ndarray, apex: np.ndarray, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        first = self.crop(onset, matrix)
+        second = self.crop(apex, matrix)
+        return motion_tensor(self.flow(first, second)), texture_tensor(second)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, size={self.size})"
+
+
+def cuda_unavailable() -> str | None:
+    """Why the CUDA stage cannot run here, or None when pycuda sees a CUDA device."""
+    try:
+        import pycuda.driver as drv
+    except (ImportError, OSError):
+        return "pycuda is not installed (pip install 'edge-mer[jetson]' on a machine with the CUDA toolkit)"
+    try:
+        drv.init()
+        count = drv.Device.count()
+    except drv.Error as exc:
+        return f"the CUDA driver found no usable device ({str(exc).strip()})"
+    return None if count > 0 else "no CUDA device found"

@@ -1,0 +1,184 @@
+"""One run of the device loop from its settings: source, backend and flow stage opened, the loop run, the
+summary made. The policies live here: which flow stage a model gets (the one it was trained with; TV-L1 on
+the GPU where the CUDA stage runs and passes its self-check, else OpenCV), and how a run is summarised and
+matched against the demo's truth. ``edge-mer run`` parses its flags into ``RunSettings`` and calls ``run``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_mer.errors import UserError
+from edge_mer.flow.base import FlowStage, cuda_unavailable
+from edge_mer.flow.cuda import CudaStage
+from edge_mer.flow.opencv import has_tvl1
+from edge_mer.flow.stage import make_stage
+from edge_mer.runtime.artifact import default_model
+from edge_mer.runtime.backends import open_backend
+from edge_mer.runtime.events import EventWriter
+from edge_mer.runtime.loop import LoopConfig, LoopStats, Recognizer, run_loop
+from edge_mer.runtime.sources import open_source
+from edge_mer.runtime.timing import StageTimer, percentiles
+from edge_mer.spot.metrics import evaluate_spots
+
+
+@dataclass
+class RunSettings:
+    source: str  # a source URI (open_source)
+    model: Path | None = None  # None: the packaged demo model
+    backend: str = "auto"
+    flow: str = "auto"
+    threads: int | None = None
+    events: Path | None = None  # also append the events here
+    stdout: bool = True  # print every event on stdout
+    realtime: bool | None = None  # files and demo: None = the source's own pace
+    loop: LoopConfig | None = None
+
+
+@dataclass
+class RunResult:
+    summary: dict[str, Any]
+    flow: str
+    interrupted: bool
+
+
+def pick_flow(name: str, model_meta: dict[str, Any]) -> str:
+    """``auto``: the flow the model was trained with; TV-L1 on the GPU (``cuda``) where it runs, else OpenCV's."""
+    if name != "auto":
+        return name
+    features = model_meta.get("features") or {}
+    trained = (features.get("feature") or {}).get("flow") or "tvl1"
+    if trained == "tvl1" and cuda_unavailable() is None:
+        return "cuda"
+    return _opencv_flow(trained)
+
+
+def _opencv_flow(trained: str) -> str:
+    """OpenCV's stage for a model trained on ``trained`` flow: TV-L1 when contrib has it, else DIS."""
+    return "opencv-tvl1" if trained == "tvl1" and has_tvl1() else "opencv-dis"
+
+
+def open_stage(requested: str, flow: str, size: int) -> tuple[str, FlowStage]:
+    """The flow stage ``flow`` (as ``pick_flow`` chose it for ``requested``). Under ``auto`` the CUDA stage must
+    pass its self-check against the numpy reference; when it cannot start or fails, OpenCV takes over with a
+    note."""
+    if requested != "auto" or flow != "cuda":
+        return flow, make_stage(flow, size)
+    try:
+        cuda = CudaStage(size)
+        reason = cuda.self_check()
+    except UserError as exc:
+        reason = str(exc)
+    if reason is None:
+        return flow, cuda
+    print(f"note: {reason}; using OpenCV", file=sys.stderr)
+    fallback = _opencv_flow("tvl1")  # auto picks cuda only for TV-L1 models
+    return fallback, make_stage(fallback, size)
+
+
+def model_meta(backend: Any) -> dict[str, Any]:
+    """What the loaded model says of itself: its sidecar (ONNX file, engine) or its checkpoint's features."""
+    art = getattr(backend, "artifact", None) or getattr(backend, "info", None)  # an ONNX file's, an engine's
+    if art is not None:
+        return dict(art.meta)
+    ck = getattr(backend, "checkpoint", None)
+    return {"features": ck.get("features")} if ck else {}
+
+
+def check_display() -> None:
+    """``--display`` needs OpenCV built with a GUI and a desktop session: one clear line when either is missing."""
+    import cv2
+
+    gui = re.search(r"^\s*GUI:\s*(\S+)", cv2.getBuildInformation(), re.MULTILINE)
+    if gui is None or gui.group(1).upper() == "NONE":
+        raise UserError("--display needs OpenCV with a GUI, and this one is headless (install opencv-contrib-python "
+                        "instead of the -headless wheel, or use JetPack's OpenCV); --record FILE writes the overlay "
+                        "to a video instead")
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        raise UserError("--display needs a desktop session (DISPLAY is not set); --record FILE writes the overlay "
+                        "to a video instead")
+
+
+def run(settings: RunSettings, stop: Callable[[], bool] = lambda: False) -> RunResult:
+    """Open everything ``settings`` names (a bad source fails first), run the loop until the source ends, a limit
+    is reached or ``stop()`` says so, close everything and summarise."""
+    cfg = settings.loop or LoopConfig()
+    if cfg.display:
+        check_display()
+    model = settings.model or default_model()
+    source = open_source(settings.source, realtime=settings.realtime)
+    try:
+        backend = open_backend(settings.backend, model, threads=settings.threads)
+    except BaseException:
+        source.close()
+        raise
+    meta = model_meta(backend)
+    if meta.get("demo"):
+        print("note: the packaged DEMO model was trained on synthetic data only", file=sys.stderr)
+    try:
+        flow, stage = open_stage(settings.flow, pick_flow(settings.flow, meta), backend.size)
+        writer = EventWriter(settings.events, stdout=settings.stdout)
+    except BaseException:
+        source.close()
+        backend.close()
+        raise
+    print(f"edge-mer run: {source.describe()} -> {flow} -> {backend.describe()}", file=sys.stderr)
+    seen: list[tuple[int, int]] = []
+    try:
+        stats, timer = run_loop(source, Recognizer(backend, stage), writer, cfg, stop=stop,
+                                on_event=lambda e: seen.append((e.onset, e.offset)))
+    finally:
+        writer.close()
+        source.close()
+        backend.close()
+    summary = summarise(stats, timer)
+    truth = getattr(source, "truth", None)
+    if truth is not None:
+        summary["truth"] = match_truth(seen, truth, stats.frames)
+    return RunResult(summary, flow, stop())
+
+
+def summarise(stats: LoopStats, timer: StageTimer) -> dict[str, Any]:
+    t = timer.summary()
+    lat = np.asarray(stats.latencies_ms) if stats.latencies_ms else None
+    return {"frames": stats.frames, "spots": stats.spots, "events": stats.events, "skipped_frames": stats.skipped,
+            "missed_spots": stats.missed_spots, "no_face_frames": stats.no_face_frames, "ring": stats.ring,
+            "fps": round(stats.frames / max(t["wall_s"], 1e-9), 2), "timing": t,
+            "event_latency_ms": None if lat is None else
+            {**percentiles(lat, (50, 95), digits=2), "max": round(float(lat.max()), 2)},
+            "memory_mb": stats.memory_mb, "messages": stats.messages}
+
+
+def match_truth(pred: list[tuple[int, int]], truth: Any, frames: int) -> dict[str, Any]:
+    """MEGC spotting match (IoU >= 0.5) of the events' intervals against the demo source's micro-expressions."""
+    micro = [(e.onset, e.offset) for e in truth if e.type == "micro" and e.offset < frames]
+    m = evaluate_spots(pred, micro)
+    return {k: getattr(m, k) for k in ("tp", "fp", "fn", "precision", "recall", "f1")}
+
+
+def format_summary(s: dict[str, Any], interrupted: bool = False) -> str:
+    lines = [("stopped by Ctrl-C: " if interrupted else "") +
+             f"{s['frames']} frames at {s['fps']:.1f} fps, {s['spots']} spots, {s['events']} events; "
+             f"{s['skipped_frames']} frames skipped, ring drops {s['ring'].get('dropped', 0)}"]
+    if s["event_latency_ms"]:
+        lat = s["event_latency_ms"]
+        lines.append(f"event latency after offset: p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms")
+    st = s["timing"]["stages_ms"]
+    lines.append("stage p50/p95 ms: " + ", ".join(f"{k} {v['p50']:.2f}/{v['p95']:.2f}" for k, v in st.items()))
+    lines.append(f"peak memory {s['timing']['peak_rss_mb']:.0f} MB, CPU share {s['timing']['cpu_share']:.0%}")
+    if "truth" in s:
+        t = s["truth"]
+        lines.append(f"against the demo's truth (IoU >= 0.5): TP {t['tp']}, FP {t['fp']}, FN {t['fn']}, "
+                     f"precision {t['precision']:.2f}, recall {t['recall']:.2f}, F1 {t['f1']:.2f}")
+    lines.extend(s["messages"])
+    return "\n".join(lines)
+
+
