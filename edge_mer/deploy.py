@@ -25,6 +25,7 @@ Steps (each printed; ``--dry-run`` prints them and runs nothing):
 from __future__ import annotations
 
 import contextlib
+import getpass
 import hashlib
 import json
 import shlex
@@ -95,7 +96,7 @@ class Deployer:
         self.log = log
 
     def ssh(self, command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        argv = ["ssh", *self.t.ssh_args(), self.t.host, command]
+        argv = ["ssh", *self.t.ssh_args(), "--", self.t.host, command]
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
         if check and proc.returncode != 0:
             raise UserError(_ssh_error(self.t, proc.stderr, command))
@@ -180,6 +181,13 @@ def _device_state(d: Deployer, prefix: str) -> dict[str, Any]:
     return state
 
 
+def _assumed_state(target: Target) -> dict[str, Any]:
+    """What a dry run, which contacts nothing, plans for: a Jetson that needs the update, as the --host user."""
+    user = target.host.split("@", 1)[0] if "@" in target.host else getpass.getuser()
+    return {"user": user, "home": "/root" if user == "root" else f"/home/{user}", "manifest": {},
+            "release": "R? (assumed)"}
+
+
 def absolute_prefix(prefix: str, home: str) -> str:
     """``prefix`` with a leading ``~`` made the device user's home (systemd and quoting expand none)."""
     if prefix == "~" or prefix.startswith("~/"):
@@ -193,6 +201,8 @@ def absolute_prefix(prefix: str, home: str) -> str:
 
 def deploy(target: Target, model: Path, service: bool = False, dry_run: bool = False,
            log: Any = print) -> dict[str, Any]:
+    if target.host.startswith("-"):
+        raise UserError(f"--host {target.host!r} starts with '-', which ssh would take as an option")
     d = Deployer(target, dry_run, log)
     q = shlex.quote
     with tempfile.TemporaryDirectory() as tmp:
@@ -200,12 +210,16 @@ def deploy(target: Target, model: Path, service: bool = False, dry_run: bool = F
         manifest = build_bundle(model, Path(tmp) / "bundle")
         log(f"  {manifest['wheel']}, {model.name}, config.json, setup.sh")
         log("2. device state")
-        state = _device_state(d, target.prefix)
+        state = _assumed_state(target) if dry_run else _device_state(d, target.prefix)
         prefix = absolute_prefix(target.prefix, state["home"])
         jetson = bool(state["release"])
         changed = state["manifest"] != manifest
-        log(f"  {'Jetson ' + state['release'] if jetson else 'not a Jetson'}; user {state['user'] or '?'}; "
-            f"{prefix}; {'update needed' if changed else 'up to date: nothing to copy or install'}")
+        if dry_run:
+            log(f"  dry run: {target.host} is not contacted; the plan for a Jetson that needs the update, "
+                f"user {state['user']}, home {state['home']} (assumed)")
+        else:
+            log(f"  {'Jetson ' + state['release'] if jetson else 'not a Jetson'}; user {state['user'] or '?'}; "
+                f"{prefix}; {'update needed' if changed else 'up to date: nothing to copy or install'}")
         bundle, venv = f"{prefix}/bundle", f"{prefix}/venv"
         onnx = f"{bundle}/{model.name}"
         if changed:
@@ -215,7 +229,7 @@ def deploy(target: Target, model: Path, service: bool = False, dry_run: bool = F
             files = sorted(str(p) for p in (Path(tmp) / "bundle").iterdir())
             log(f"  scp {len(files)} files -> {target.host}:{stage}/")
             if not dry_run:
-                proc = subprocess.run(["scp", "-q", *target.scp_args(), *files, f"{target.host}:{q(stage)}/"],
+                proc = subprocess.run(["scp", "-q", *target.scp_args(), "--", *files, f"{target.host}:{q(stage)}/"],
                                       capture_output=True, text=True, timeout=600)
                 if proc.returncode != 0:
                     d.ssh(f"rm -rf {q(stage)}", check=False)
@@ -234,7 +248,9 @@ def deploy(target: Target, model: Path, service: bool = False, dry_run: bool = F
                     f"edge-mer build-engine --onnx {onnx} --out {prefix}/engines)")
         engine = _engine(d, venv, onnx, f"{prefix}/engines") if jetson else None
         if service:
-            unit = service_unit(prefix, state["user"] or target.host.split("@")[0], engine or onnx)
+            # a dry run builds no engine: its name (cache key and all) is the device's to tell
+            planned = f"{prefix}/engines/{Path(model.name).stem}.KEY.engine" if dry_run and jetson else onnx
+            unit = service_unit(prefix, state["user"] or target.host.split("@")[0], engine or planned)
             log("5. service edge-mer.service" + ("" if jetson and not dry_run else " (dry run)"))
             cmd = (f"printf %s {q(unit)} | sudo tee /etc/systemd/system/edge-mer.service >/dev/null && "
                    "sudo systemctl daemon-reload && sudo systemctl enable edge-mer.service && "

@@ -6,6 +6,7 @@ import glob
 import json
 import shutil
 import subprocess
+import sys
 
 import pytest
 from conftest import run_cli
@@ -78,3 +79,53 @@ def test_too_few_subjects_for_the_composite(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["edge-mer: error: the megc2019 layout needs at least 3 subjects "
                                                 "(one per dataset)"]
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (("train", "--features", "f", "--out", "r", "--epochs", "0"), "argument --epochs: must be at least 1, got 0"),
+    (("train", "--features", "f", "--out", "r", "--batch-size", "0"), "argument --batch-size: must be at least 1"),
+    (("data", "prepare", "--dataset", "casme2", "--root", "r", "--out", "o", "--size", "8"),
+     "argument --size: must be at least 32, got 8"),
+    (("bench", "--model-only", "--runs", "0"), "argument --runs: must be at least 1, got 0"),
+    (("run", "--demo", "--duration", "-5"), "argument --duration: must be a positive number, got -5"),
+    (("spot", "--video", "v.mp4", "--fps", "nan"), "argument --fps: must be a positive number, got nan"),
+    (("deploy", "--host", "h", "--port", "70000"), "argument --port: must be from 1 to 65535, got 70000"),
+    (("nosuch",), "invalid choice: 'nosuch'"),
+])
+def test_impossible_values_are_refused_in_one_line_before_any_work(args, says):
+    proc = run_cli(*args)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("edge-mer: error: ") and says in proc.stderr
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    """`edge-mer doctor --json | true`: the reader is gone before doctor (a second of probing) writes."""
+    proc = subprocess.Popen([sys.executable, "-m", "edge_mer", "doctor", "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and b"Traceback" not in err and b"BrokenPipe" not in err
+
+
+WITHOUT = """
+import sys
+for name in sys.argv[1].split(","):
+    sys.modules[name] = None  # as if not installed
+from edge_mer.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize(("missing", "args", "says"), [
+    ("cv2", ("run", "--demo", "--max-frames", "5"), "edge-mer run needs OpenCV: pip install 'edge-mer[desktop]'"),
+    ("cv2", ("spot", "--video", "clip.mp4"), "edge-mer spot needs OpenCV"),
+    ("onnxruntime,tensorrt", ("run", "--demo", "--max-frames", "5", "--backend", "onnxruntime"),
+     "ONNX Runtime is not installed: pip install onnxruntime"),
+])
+def test_a_missing_optional_dependency_is_one_line_naming_the_extra(missing, args, says):
+    """`pip install edge-mer` alone, then a command that needs more: what to install, not a traceback."""
+    proc = subprocess.run([sys.executable, "-c", WITHOUT, missing, *args], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("edge-mer: error: ") and says in proc.stderr

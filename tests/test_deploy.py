@@ -103,6 +103,22 @@ def test_service_and_jetson_steps_are_shown_as_dry_run(sshd, tmp_path):
     assert not (tmp_path / "device").exists()  # a dry run writes nothing on the device
 
 
+def test_a_dry_run_contacts_nothing(tmp_path):
+    """No server listens on the port: a dry run still prints the whole plan, with what it assumed."""
+    proc = run_cli("deploy", "--host", "nvidia@127.0.0.1", "--port", str(_free_port()), "--prefix",
+                   "~/.local/share/edge-mer", "--service", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "is not contacted" in out and "home /home/nvidia (assumed)" in out
+    assert "bash /home/nvidia/.local/share/edge-mer/bundle/setup.sh" in out
+    assert "User=nvidia" in out and "--model /home/nvidia/.local/share/edge-mer/engines/" in out
+
+
+def test_a_host_that_looks_like_an_option_is_refused(tmp_path):
+    proc = run_cli("deploy", "--host", "-oProxyCommand=touch x", "--prefix", str(tmp_path / "d"), "--dry-run")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "starts with '-'" in proc.stderr
+
+
 def test_bad_inputs_are_one_line_and_leave_nothing(sshd, tmp_path):
     prefix = tmp_path / "device"
     proc = _deploy(sshd, prefix, key="stranger")

@@ -96,10 +96,10 @@ def test_display_without_a_gui_says_what_to_do_instead(tmp_path):
     assert not (tmp_path / "events.jsonl").exists()
 
 
-def _start_demo(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
+def _start_demo(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, Path]:
     events = tmp_path / "events.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "edge_mer", "run", "--demo", "--demo-seconds", "60", "--events",
-                             str(events)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             str(events), *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache")))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -120,12 +120,18 @@ def test_killed_process_loses_no_reported_event(tmp_path):
     assert set(printed) <= set(lines)
 
 
-def test_ctrl_c_stops_cleanly_with_a_summary(tmp_path):
-    proc, _ = _start_demo(tmp_path)
-    proc.send_signal(signal.SIGINT)
+@pytest.mark.parametrize(("signum", "said"), [(signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM"),
+                                             (signal.SIGHUP, "SIGHUP")])
+def test_a_stop_signal_ends_the_run_cleanly_with_a_summary(tmp_path, signum, said):
+    """Ctrl-C at a terminal, SIGTERM from systemd stopping the service, SIGHUP from a closed terminal."""
+    summary = tmp_path / "summary.json"
+    proc, events = _start_demo(tmp_path, "--json-summary", str(summary))
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    assert "stopped by Ctrl-C" in err and "frames at" in err
+    assert f"stopped by {said}: " in err and "frames at" in err
+    done = json.loads(summary.read_text())
+    assert done["stopped_by"] == said and done["events"] == len(events.read_text().splitlines()) >= 1
 
 
 def test_bench_model_only_and_loop(tmp_path):
@@ -176,3 +182,13 @@ def test_auto_flow_follows_the_model_and_falls_back_from_cuda(capsys):
         assert "note: the cuda flow stage is not available" in capsys.readouterr().err
         with pytest.raises(UserError, match="cuda flow stage"):
             open_stage("cuda", "cuda", 112)  # asked for by name: an error, not a fallback
+
+
+@pytest.mark.parametrize(("record", "says"), [("overlay.txt", "cannot record to a .txt file"),
+                                              ("missing/overlay.mp4", "does not exist or is not writable")])
+def test_a_recording_that_cannot_be_written_is_refused_before_the_run(tmp_path, record, says):
+    proc = run_cli("run", "--demo", "--max-frames", "30", "--record", str(tmp_path / record), "--quiet")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith("edge-mer: error: --record ")
+    assert says in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / record).exists()

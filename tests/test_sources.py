@@ -285,8 +285,11 @@ def test_picam_without_picamera2_says_what_to_install() -> None:
     assert "sudo apt install python3-picamera2" in message
 
 
-def test_rtsp_to_a_closed_port_fails_fast_without_leaking_the_password() -> None:
-    uri = f"rtsp://admin:secret@127.0.0.1:{closed_port()}/stream"
+@pytest.mark.parametrize("secret_part", ["admin:secret@{host}/stream", "{host}/stream?user=admin&password=secret",
+                                         "{host}/stream?channel=1&token=secret"])
+def test_rtsp_to_a_closed_port_fails_fast_without_leaking_the_password(secret_part: str) -> None:
+    """Credentials in the address, or in the query string as many cameras take them."""
+    uri = "rtsp://" + secret_part.format(host=f"127.0.0.1:{closed_port()}")
     start = time.monotonic()
     message = one_line_error(lambda: open_source(uri))
     assert time.monotonic() - start < 10

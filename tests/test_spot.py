@@ -421,3 +421,11 @@ def test_lag_follows_the_frame_rate():
         assert s.max_frames < round(0.6 * fps) + 1  # the shortest synthetic macro-expression
     with pytest.raises(ValueError):
         lag_frames(0)
+
+
+@pytest.mark.parametrize(("plot", "says"), [("spots.txt", "the plot is a PNG"),
+                                            ("missing/spots.png", "does not exist or is not writable")])
+def test_a_plot_that_cannot_be_written_is_refused_before_the_video_is_read(tmp_path, plot, says):
+    proc = run_cli("spot", "--video", str(tmp_path / "no-such-video.mp4"), "--plot", str(tmp_path / plot))
+    # the plot is checked first: the missing video is not even looked at
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and says in proc.stderr

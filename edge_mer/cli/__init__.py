@@ -16,10 +16,23 @@ from edge_mer.cli.output import print_json
 from edge_mer.cli.quant import add_parsers as add_quant_parsers
 from edge_mer.cli.run import add_parsers as add_run_parsers
 from edge_mer.cli.spot import add_parser as add_spot_parser
+from edge_mer.cli.types import Parser, at_least, positive
 from edge_mer.errors import UserError
 
 # training, QAT, export and calibration (torch, onnx, modelopt) need this Python; the device runtime runs on 3.8
 HOST_PYTHON = (3, 10)
+# optional dependencies: what to install when a command finds one missing
+EXTRAS = {
+    "cv2": "OpenCV: pip install 'edge-mer[desktop]' (on a Jetson JetPack's python3-opencv, on a Raspberry Pi "
+           "'edge-mer[pi]')",
+    "onnxruntime": "ONNX Runtime: pip install 'edge-mer[desktop]' (on a Jetson scripts/jetson/setup.sh "
+                   "--with-onnxruntime)",
+    "openpyxl": "openpyxl, to read and write the datasets' spreadsheets: pip install 'edge-mer[desktop]'",
+    "torch": "PyTorch: pip install 'edge-mer[train]' (its CPU build first on a machine without CUDA)",
+    "onnx": "onnx: pip install 'edge-mer[train]'",
+    "modelopt": "NVIDIA's TensorRT Model Optimizer: pip install 'edge-mer[train]'",
+    "matplotlib": "matplotlib, for the plots: pip install 'edge-mer[train]' (or pip install matplotlib)",
+}
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -209,9 +222,9 @@ def _data_parser(sub: Any) -> None:
                                   "--out features/casme2")
     common(p)
     p.add_argument("--out", required=True, help="feature cache folder (rerun to resume)")
-    p.add_argument("--size", type=int, default=112, help="crop size S (default 112)")
+    p.add_argument("--size", type=at_least(32), default=112, help="crop size S (default 112)")
     p.add_argument("--flow", choices=("tvl1", "dis"), default="tvl1", help="optical flow (default tvl1)")
-    p.add_argument("--workers", type=int, help="processes (default: all cores)")
+    p.add_argument("--workers", type=at_least(1), help="processes (default: all cores)")
     p.add_argument("--landmarks", help="68-point landmark model (.yaml OpenCV LBF or .dat dlib) for alignment")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_data_prepare)
@@ -328,11 +341,11 @@ def _train_parsers(sub: Any) -> None:
     t.add_argument("--out", required=True, help="run folder")
     t.add_argument("--model", choices=sorted(MODELS), default="mmt_small")
     t.add_argument("--ablation", choices=sorted(ABLATIONS), default="full")
-    t.add_argument("--epochs", type=int, help="epochs (default 60; 10 with --qat)")
-    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--epochs", type=at_least(1), help="epochs (default 60; 10 with --qat)")
+    t.add_argument("--batch-size", type=at_least(1), default=32)
     t.add_argument("--lr", type=float, help="peak learning rate (default 1e-3; 1e-5 with --qat)")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--threads", type=int, help="torch CPU threads")
+    t.add_argument("--threads", type=at_least(1), help="torch CPU threads")
     t.add_argument("--ddp", action="store_true", help="under torchrun: DistributedDataParallel per model "
                                                       "instead of spreading the folds")
     t.add_argument("--no-final-model", action="store_true", help="skip the model trained on all samples")
@@ -358,7 +371,7 @@ def _train_parsers(sub: Any) -> None:
     e.add_argument("--precision", choices=("auto", "file", "fp32", "int8"), default="file",
                    help="ONNX Runtime: run the file as given (default), its companion of that precision, or "
                         "whichever is faster here (auto)")
-    e.add_argument("--threads", type=int, help="CPU threads of the backend")
+    e.add_argument("--threads", type=at_least(1), help="CPU threads of the backend")
     e.add_argument("--unseen", action="store_true", help="score only samples the model was not trained on")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval)
@@ -390,10 +403,10 @@ def _synth_parser(sub: Any) -> None:
                                   "Example: edge-mer synth dataset --layout casme2 --subjects 10 --out DIR")
     d.add_argument("--layout", choices=("casme2", "samm", "smic", "casme3", "megc2019"), default="casme2")
     d.add_argument("--out", required=True, help="dataset root folder to create")
-    d.add_argument("--subjects", type=int, default=10, help="number of subjects (default 10)")
-    d.add_argument("--clips-per-subject", type=int, default=5, help="clips per subject (default 5)")
+    d.add_argument("--subjects", type=at_least(1), default=10, help="number of subjects (default 10)")
+    d.add_argument("--clips-per-subject", type=at_least(1), default=5, help="clips per subject (default 5)")
     d.add_argument("--size", type=_size, help="frame size WxH (default: the dataset's own, e.g. 640x480)")
-    d.add_argument("--fps", type=float, help="frame rate (default: the dataset's own, 200 or 100)")
+    d.add_argument("--fps", type=positive, help="frame rate (default: the dataset's own, 200 or 100)")
     d.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
     d.add_argument("--no-quirks", action="store_true", help="no '/' apex cells, no s1/s01 mix")
     _add_nuisance_flags(d, macro=False)
@@ -411,8 +424,8 @@ def _synth_parser(sub: Any) -> None:
     v.add_argument("--truth-sheet", help="also write the truth as an annotation sheet (.xlsx)")
     v.add_argument("--truth-style", choices=("casme2lv", "sammlv"), default="casme2lv",
                    help="style of --truth-sheet: CAS(ME)^2 or SAMM long videos")
-    v.add_argument("--seconds", type=float, default=60.0)
-    v.add_argument("--fps", type=float, default=30.0)
+    v.add_argument("--seconds", type=positive, default=60.0)
+    v.add_argument("--fps", type=positive, default=30.0)
     v.add_argument("--size", type=_size, default=(640, 480), help="frame size WxH (default 640x480)")
     v.add_argument("--subject", type=int, default=0, help="synthetic subject index (default 0)")
     v.add_argument("--seed", type=int, default=0)
@@ -427,14 +440,14 @@ def _synth_parser(sub: Any) -> None:
 
     f = ss.add_parser("faces", help="a contact sheet of the synthetic subjects and the photos' licences")
     f.add_argument("--out", default="edge-mer-demo/subjects.png")
-    f.add_argument("--subjects", type=int, default=24)
+    f.add_argument("--subjects", type=at_least(1), default=24)
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--json", action="store_true")
     f.set_defaults(func=cmd_synth_faces)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="edge-mer",
         description="On-device facial micro-expression recognition: synthetic data, datasets, training, "
                     "INT8 export and a camera loop for Jetson, Raspberry Pi and any CPU.")
@@ -466,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "device with its own edge-mer doctor. A second deploy with the same inputs "
                                      "changes nothing. Example: edge-mer deploy --host nvidia@orin.local --service")
     dep.add_argument("--host", required=True, help="user@host")
-    dep.add_argument("--port", type=int, default=22)
+    dep.add_argument("--port", type=at_least(1, 65535), default=22)
     dep.add_argument("--identity", help="SSH private key")
     dep.add_argument("--model", help="ONNX model (default: the packaged demo model)")
     dep.add_argument("--prefix", default="~/.local/share/edge-mer", help="install folder on the device")
@@ -495,3 +508,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edge-mer: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").split(".")[0]
+        if missing not in EXTRAS:
+            raise  # not an optional dependency: a fault of the code, which stays loud
+        print(f"edge-mer: error: {parser.prog} {args.command} needs {EXTRAS[missing]}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `edge-mer doctor | head -1`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # and Python's final flush finds no pipe
+        return 0

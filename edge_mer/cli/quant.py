@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_mer.cli.output import print_json
+from edge_mer.cli.types import at_least
 from edge_mer.errors import UserError
 
 
@@ -131,7 +132,7 @@ def add_parsers(sub: Any) -> None:
                       description="Example: edge-mer calibrate build-set --features features/megc2019 --n 512 "
                                   "--out calibration/megc2019.npz")
     b.add_argument("--features", required=True)
-    b.add_argument("--n", type=int, default=512, help="samples (default 512)")
+    b.add_argument("--n", type=at_least(1), default=512, help="samples (default 512)")
     b.add_argument("--out", required=True, help=".npz to write")
     b.add_argument("--checkpoint", help="draw only from the samples this checkpoint (or ONNX export) was trained "
                                         "on, so no held-out subject shapes the INT8 ranges")
@@ -147,6 +148,6 @@ def add_parsers(sub: Any) -> None:
     g.add_argument("--onnx", required=True)
     g.add_argument("--out", required=True, help="folder for the engine and its sidecar")
     g.add_argument("--fp16", action="store_true", help="let the layers outside Q/DQ run in FP16")
-    g.add_argument("--max-batch", type=int, default=32)
+    g.add_argument("--max-batch", type=at_least(1), default=32)
     g.add_argument("--json", action="store_true")
     g.set_defaults(func=cmd_build_engine)

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edge_mer.atomic import write_text
+from edge_mer.cli.types import at_least, positive
 from edge_mer.errors import UserError
 from edge_mer.flow import STAGES
 from edge_mer.runtime.artifact import default_model
@@ -17,6 +19,7 @@ from edge_mer.runtime.backends import BACKENDS
 from edge_mer.runtime.bench import bench_loop, bench_models, format_table
 
 FLOWS = ("auto", *STAGES)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def source_uri(args: argparse.Namespace) -> str:
@@ -43,19 +46,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         stdout=not args.quiet, realtime=False if args.no_realtime else None,
         loop=LoopConfig(max_frames=args.max_frames, duration=args.duration, display=args.display,
                         record=Path(args.record) if args.record else None))
-    stopping = {"flag": False}
+    stopped: list[str] = []  # the name of the signal that asked the loop to stop
 
     def on_signal(signum: int, frame: Any) -> None:
-        stopping["flag"] = True
+        stopped.append("Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name)
 
-    old = signal.signal(signal.SIGINT, on_signal)
+    # SIGTERM is how systemd stops the service, SIGHUP a closed terminal: each ends the run like Ctrl-C
+    old = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
     try:
-        result = run(settings, stop=lambda: stopping["flag"])
+        result = run(settings, stop=lambda: bool(stopped))
     finally:
-        signal.signal(signal.SIGINT, old)
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    result.summary["stopped_by"] = stopped[0] if stopped else None
+    print(format_summary(result.summary, stopped_by=result.summary["stopped_by"]), file=sys.stderr)
     if args.json_summary:
-        Path(args.json_summary).write_text(json.dumps(result.summary, indent=2, sort_keys=True) + "\n")
-    print(format_summary(result.summary, interrupted=result.interrupted), file=sys.stderr)
+        try:
+            write_text(Path(args.json_summary), json.dumps(result.summary, indent=2, sort_keys=True) + "\n")
+        except OSError as exc:
+            raise UserError(f"cannot write the summary to {args.json_summary}: {exc.strerror or exc}") from None
     return 0
 
 
@@ -77,26 +86,26 @@ def add_parsers(sub: Any) -> None:
     r = sub.add_parser("run", help="the camera loop: spot micro-expressions and classify them, events as JSON lines",
                        description="Read a camera, stream, video or the synthetic demo into a ring buffer, spot "
                                    "micro-expressions, classify each from its onset and apex frames and print one "
-                                   "JSON event per line (flushed at once). Ctrl-C stops and prints a summary. "
-                                   "Example: edge-mer run --demo")
+                                   "JSON event per line (flushed at once). Ctrl-C, SIGTERM or SIGHUP stops it "
+                                   "with a summary. Example: edge-mer run --demo")
     r.add_argument("--camera", type=int, metavar="N", help="V4L2 camera index")
     r.add_argument("--source", help="v4l2:///dev/videoN, csi://N, picam://N, rtsp://..., a video file, a frame "
                                     "folder or demo://")
     r.add_argument("--demo", action="store_true", help="play a synthetic clip with known micro-expressions")
-    r.add_argument("--demo-seconds", type=float, default=60.0)
+    r.add_argument("--demo-seconds", type=positive, default=60.0)
     r.add_argument("--seed", type=int, default=0, help="demo clip seed")
     r.add_argument("--backend", choices=BACKENDS, default="auto")
     r.add_argument("--model", help="ONNX model, engine or checkpoint (default: the packaged demo model)")
     r.add_argument("--flow", choices=FLOWS, default="auto")
-    r.add_argument("--threads", type=int, help="CPU threads of the backend")
+    r.add_argument("--threads", type=at_least(1), help="CPU threads of the backend")
     r.add_argument("--events", help="also append the events to this JSON-lines file")
     r.add_argument("--json-summary", help="write the end-of-run summary as JSON here")
     r.add_argument("--display", action="store_true", help="show an overlay window")
     r.add_argument("--record", help="record the overlay to this video file")
     r.add_argument("--no-realtime", action="store_true", help="files and demo: as fast as possible instead of at "
                                                                  "their frame rate")
-    r.add_argument("--max-frames", type=int)
-    r.add_argument("--duration", type=float, help="seconds")
+    r.add_argument("--max-frames", type=at_least(1))
+    r.add_argument("--duration", type=positive, help="seconds")
     r.add_argument("--quiet", action="store_true", help="no events on stdout (use --events)")
     r.set_defaults(func=cmd_run)
 
@@ -109,11 +118,11 @@ def add_parsers(sub: Any) -> None:
                    help="backends to time (default: all available)")
     b.add_argument("--flow", nargs="*", choices=[x for x in FLOWS if x != "auto"],
                    help="flow stages to time (default: cuda where available, opencv-dis, opencv-tvl1)")
-    b.add_argument("--frames", type=int, default=600)
-    b.add_argument("--runs", type=int, default=200, help="--model-only: timed runs per backend")
+    b.add_argument("--frames", type=at_least(1), default=600)
+    b.add_argument("--runs", type=at_least(1), default=200, help="--model-only: timed runs per backend")
     b.add_argument("--model", help="ONNX model (default: the packaged demo model)")
     b.add_argument("--checkpoint", help="--model-only: also time this torch checkpoint (torch, torch-tensorrt)")
-    b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--threads", type=at_least(1), default=2)
     b.add_argument("--model-only", action="store_true", help="time the backends alone (batch 1)")
     b.add_argument("--json", help="write the results as JSON here")
     b.set_defaults(func=cmd_bench)

@@ -8,11 +8,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from edge_mer.spot.plot import plot_spots
+from edge_mer.cli.types import at_least, positive
+from edge_mer.spot.plot import check_plot, plot_spots
 from edge_mer.spot.video import format_report, spot_video
 
 
 def cmd_spot(args: argparse.Namespace) -> int:
+    if args.plot:
+        check_plot(Path(args.plot))
     report = spot_video(Path(args.video), args.fps, args.size, Path(args.truth) if args.truth else None,
                         progress=False if args.quiet else None)
     if args.plot:
@@ -38,10 +41,10 @@ def add_parser(subparsers: Any) -> None:
                     "bounds. With --truth the spots are scored as MEGC does (IoU >= 0.5). Example: edge-mer spot "
                     "--video clip.mp4 --truth clip.csv --plot spots.png")
     p.add_argument("--video", required=True, help="video file, or a folder of numbered frames (needs --fps)")
-    p.add_argument("--fps", type=float, help="frame rate (required for a frame folder; overrides a file's)")
+    p.add_argument("--fps", type=positive, help="frame rate (required for a frame folder; overrides a file's)")
     p.add_argument("--truth", help="truth: the generator's CSV, or a CAS(ME)^2 / SAMM long-video sheet "
                                    "(frames numbered from 1 there)")
-    p.add_argument("--size", type=int, help="face crop size S in pixels (default 128)")
+    p.add_argument("--size", type=at_least(32), help="face crop size S in pixels (default 128)")
     p.add_argument("--plot", metavar="FILE.png", help="write the signal, threshold, spots and truth as a PNG")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

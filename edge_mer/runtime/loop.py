@@ -10,6 +10,7 @@ writes an event at once. Stage timers cover every step.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -118,11 +119,25 @@ class SpotFrames:
 class VideoOutput:
     """The overlay (face box, counters) in a window and/or a recording, like a camera's video output."""
 
+    RECORD_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")  # what OpenCV's MPEG-4 writer fills
+
     def __init__(self, display: bool, record: Path | None, fps: float) -> None:
         self.display = display
         self.record = record
         self.fps = fps
         self._writer: Any = None
+        if record is not None:
+            self.check_record(record)
+
+    @classmethod
+    def check_record(cls, record: Path) -> None:
+        """Refuse a recording that cannot be written before the run, instead of finding it missing after."""
+        if record.suffix.lower() not in cls.RECORD_SUFFIXES:
+            raise UserError(f"--record {record}: cannot record to a {record.suffix or 'suffix-less'} file; use "
+                            f"{', '.join(cls.RECORD_SUFFIXES)}")
+        folder = record.parent if str(record.parent) else Path(".")
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise UserError(f"--record {record}: the folder {folder} does not exist or is not writable")
 
     def render(self, image: np.ndarray, matrix: np.ndarray, size: int, stats: LoopStats) -> None:
         view = image.copy() if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
@@ -136,6 +151,8 @@ class VideoOutput:
             if self._writer is None:
                 h, w = view.shape[:2]
                 self._writer = cv2.VideoWriter(str(self.record), cv2.VideoWriter.fourcc(*"mp4v"), self.fps, (w, h))
+                if not self._writer.isOpened():
+                    raise UserError(f"--record {self.record}: OpenCV cannot write this video here")
             self._writer.write(view)
         if self.display:
             cv2.imshow("edge-mer", view)

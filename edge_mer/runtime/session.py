@@ -24,7 +24,7 @@ from edge_mer.flow.stage import make_stage
 from edge_mer.runtime.artifact import default_model
 from edge_mer.runtime.backends import open_backend
 from edge_mer.runtime.events import EventWriter
-from edge_mer.runtime.loop import LoopConfig, LoopStats, Recognizer, run_loop
+from edge_mer.runtime.loop import LoopConfig, LoopStats, Recognizer, VideoOutput, run_loop
 from edge_mer.runtime.sources import open_source
 from edge_mer.runtime.timing import StageTimer, percentiles
 from edge_mer.spot.metrics import evaluate_spots
@@ -113,6 +113,8 @@ def run(settings: RunSettings, stop: Callable[[], bool] = lambda: False) -> RunR
     cfg = settings.loop or LoopConfig()
     if cfg.display:
         check_display()
+    if cfg.record is not None:
+        VideoOutput.check_record(cfg.record)
     model = settings.model or default_model()
     source = open_source(settings.source, realtime=settings.realtime)
     try:
@@ -164,8 +166,9 @@ def match_truth(pred: list[tuple[int, int]], truth: Any, frames: int) -> dict[st
     return {k: getattr(m, k) for k in ("tp", "fp", "fn", "precision", "recall", "f1")}
 
 
-def format_summary(s: dict[str, Any], interrupted: bool = False) -> str:
-    lines = [("stopped by Ctrl-C: " if interrupted else "") +
+def format_summary(s: dict[str, Any], stopped_by: str | None = None) -> str:
+    """The summary in words; ``stopped_by``: what ended the run early (``Ctrl-C``, ``SIGTERM``), if anything."""
+    lines = [(f"stopped by {stopped_by}: " if stopped_by else "") +
              f"{s['frames']} frames at {s['fps']:.1f} fps, {s['spots']} spots, {s['events']} events; "
              f"{s['skipped_frames']} frames skipped, ring drops {s['ring'].get('dropped', 0)}"]
     if s["event_latency_ms"]:

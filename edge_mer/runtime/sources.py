@@ -76,12 +76,15 @@ def cameras_line() -> str:
     return f"cameras here: {', '.join(cams)}" if cams else "no cameras found (use a video file or demo://)"
 
 
+# the credentials of rtsp://user:password@host, and the values of query parameters that carry a secret in
+# the URLs cameras accept (rtsp://host/stream?user=admin&password=...)
+_CREDENTIALS = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#@]*@")
+_SECRET_VALUES = re.compile(r"(?i)([?&](?:password|passwd|pass|pwd|secret|token|key|auth|signature|sig)=)[^&#]*")
+
+
 def redact(uri: str) -> str:
-    """``uri`` without the password of ``rtsp://user:password@host``, for messages and logs."""
-    parts = urlsplit(uri)
-    if "@" not in parts.netloc:
-        return uri
-    return parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]).geturl()
+    """``uri`` without its secrets, for messages and logs."""
+    return _SECRET_VALUES.sub(r"\1***", _CREDENTIALS.sub(r"\1***@", uri))
 
 
 def orient(frame: np.ndarray, flip: int) -> np.ndarray:

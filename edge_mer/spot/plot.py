@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edge_mer.atomic import replacing
 from edge_mer.errors import UserError
 
 if TYPE_CHECKING:
@@ -16,8 +18,7 @@ if TYPE_CHECKING:
 TRUTH_COLOURS = {"micro": "tab:red", "macro": "tab:green", "blink": "0.6", "other": "tab:purple"}
 
 
-def plot_spots(result: SpotResult, out: Path, truth: list[TruthInterval] | None = None, title: str = "") -> Path:
-    """Write ``out``: the signal's value with the threshold, spots above and truth below the curves."""
+def _pyplot() -> Any:
     try:
         import matplotlib
 
@@ -25,6 +26,22 @@ def plot_spots(result: SpotResult, out: Path, truth: list[TruthInterval] | None 
         import matplotlib.pyplot as plt
     except ImportError:
         raise UserError("--plot needs matplotlib: pip install matplotlib") from None
+    return plt
+
+
+def check_plot(out: Path) -> None:
+    """Refuse a plot that could not be written before the video is processed, not after."""
+    if out.suffix.lower() != ".png":
+        raise UserError(f"--plot {out}: the plot is a PNG; name it FILE.png")
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise UserError(f"--plot {out}: the folder {folder} does not exist or is not writable")
+    _pyplot()
+
+
+def plot_spots(result: SpotResult, out: Path, truth: list[TruthInterval] | None = None, title: str = "") -> Path:
+    """Write ``out``: the signal's value with the threshold, spots above and truth below the curves."""
+    plt = _pyplot()
     t = np.arange(len(result.values)) / result.fps
     seconds = max(float(t[-1]) if len(t) else 0.0, 1.0)
     fig, ax = plt.subplots(figsize=(min(40.0, max(10.0, seconds / 4)) + 2.5, 4.0))
@@ -49,8 +66,8 @@ def plot_spots(result: SpotResult, out: Path, truth: list[TruthInterval] | None 
         ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=7, borderaxespad=0.0)
         fig.tight_layout()
         try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(out, dpi=100)
+            with replacing(out, ".png") as tmp:
+                fig.savefig(tmp, dpi=100)
         except OSError as exc:
             raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
     finally:

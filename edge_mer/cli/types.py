@@ -1,0 +1,43 @@
+"""Argument types that refuse impossible values when the command line is read, before any work starts, and
+the parser that says so in one line."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from typing import Callable, NoReturn
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a bad command line ending in one ``edge-mer: error:`` line (and exit 2) like every other
+    error a user can cause, instead of the usage text and a second line."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"edge-mer: error: {message} (see: {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def at_least(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An integer type for argparse: ``low`` <= value (<= ``high``)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+        return value
+    return parse
+
+
+def positive(text: str) -> float:
+    """A finite number above zero (seconds, frame rates)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
