@@ -38,6 +38,7 @@ import cv2
 import numpy as np
 
 from edge_mer.runtime.backends.onnxruntime import cpu_name
+from edge_mer.runtime.timing import percentiles
 from edge_mer.spot.metrics import SpottingScore, evaluate_spots
 from edge_mer.spot.signal import DEFAULT_SIZE, FaceTrack, SignalConfig, face_crop, lag_frames
 from edge_mer.spot.spotter import FrameSpotter, SpotterConfig
@@ -192,9 +193,7 @@ def write_results(args: argparse.Namespace, totals: dict[str, SpottingScore], si
     date = dt.date.today().isoformat()
     variants = {v.name: {"why": v.why, **totals[v.name].to_dict(),
                          "signal_ms_per_frame": round(float(np.mean(signal_ms[v.name])), 3)} for v in VARIANTS}
-    pipe = {"p50": round(1000 * float(np.percentile(pipeline, 50)), 3),
-            "p95": round(1000 * float(np.percentile(pipeline, 95)), 3),
-            "mean": round(1000 * float(np.mean(pipeline)), 3)}
+    pipe = {**percentiles(1000 * np.asarray(pipeline), (50, 95)), "mean": round(1000 * float(np.mean(pipeline)), 3)}
     delay = {"p50": float(np.percentile(delays, 50)), "p95": float(np.percentile(delays, 95)),
              "max": int(max(delays)), "spots": len(delays)} if delays else None
     RESULTS.mkdir(exist_ok=True)

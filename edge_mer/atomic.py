@@ -31,6 +31,12 @@ def replacing(path: Path, suffix: str = "") -> Iterator[Path]:
             tmp.unlink()
 
 
+def writable_folder(path: Path) -> bool:
+    """Whether a file can be written at ``path``: its folder exists and this process may write there (checked
+    before long work, so that its result is not lost at the end)."""
+    return path.parent.is_dir() and os.access(path.parent, os.W_OK)
+
+
 def write_bytes(path: Path, data: bytes) -> None:
     with replacing(path) as tmp:
         tmp.write_bytes(data)

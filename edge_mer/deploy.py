@@ -157,7 +157,7 @@ def build_bundle(model: Path, out: Path) -> dict[str, Any]:
 
 def _device_state(d: Deployer, prefix: str) -> dict[str, Any]:
     """The device's user, home, installed manifest and L4T release line (one ssh call)."""
-    where = f'"$HOME"{shlex.quote(prefix[1:])}' if prefix.startswith("~/") else shlex.quote(prefix)
+    where = f'"$HOME"{shlex.quote(prefix[1:])}' if _in_home(prefix) else shlex.quote(prefix)
     remote = d.ssh(f"printf 'user=%s\\nhome=%s\\n' \"$(id -un)\" \"$HOME\"; "
                    f"cat {where}/bundle/manifest.json 2>/dev/null; echo; "
                    "head -1 /etc/nv_tegra_release 2>/dev/null", check=False)
@@ -188,9 +188,14 @@ def _assumed_state(target: Target) -> dict[str, Any]:
             "release": "R? (assumed)"}
 
 
+def _in_home(prefix: str) -> bool:
+    """``~`` or ``~/…``: a folder in the device user's home, which only the device's shell can place."""
+    return prefix == "~" or prefix.startswith("~/")
+
+
 def absolute_prefix(prefix: str, home: str) -> str:
     """``prefix`` with a leading ``~`` made the device user's home (systemd and quoting expand none)."""
-    if prefix == "~" or prefix.startswith("~/"):
+    if _in_home(prefix):
         if not home.startswith("/"):
             raise UserError(f"cannot tell the device user's home folder to place {prefix}: pass an absolute --prefix")
         return home.rstrip("/") + prefix[1:]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,26 @@ def run_cli(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]
     if check and proc.returncode != 0:
         raise AssertionError(f"edge-mer {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
     return proc
+
+
+def fake_nvcc(path: Path) -> Path:
+    """An executable named nvcc at ``path`` that does nothing: where a CUDA compiler is looked for, not run."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\nexit 0\n")
+    path.chmod(0o755)
+    return path
+
+
+def env_without_nvcc(prefix: Path, toolkits: tuple[str, ...] = ()) -> dict[str, str]:
+    """This environment with no nvcc on PATH and CUDA_PREFIX at ``prefix`` holding fake toolkits (cuda-X.Y with
+    bin/nvcc and include/cuda.h), laid out as JetPack lays them out in /usr/local."""
+    prefix.mkdir(parents=True, exist_ok=True)
+    for name in toolkits:
+        fake_nvcc(prefix / name / "bin" / "nvcc")
+        (prefix / name / "include").mkdir()
+        (prefix / name / "include" / "cuda.h").write_text("")
+    path = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d and not (Path(d) / "nvcc").exists()]
+    return {**os.environ, "PATH": os.pathsep.join(path), "CUDA_PREFIX": str(prefix), "CUDA_ROOT": str(prefix / "cuda")}
 
 
 def tree_digest(root: Path) -> dict[str, str]:

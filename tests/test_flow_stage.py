@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import fake_nvcc, run_cli
 
 from edge_mer.cli.flow import add_parser
 from edge_mer.errors import UserError
@@ -122,13 +122,6 @@ def test_cuda_stage_says_why_it_cannot_run_here():
         assert "pycuda is not installed" in message
 
 
-def _fake_nvcc(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("#!/bin/sh\nexit 0\n")
-    path.chmod(0o755)
-    return path
-
-
 def test_nvcc_is_found_where_jetpack_puts_it(tmp_path):
     """JetPack installs the toolkit as /usr/local/cuda-X.Y with a /usr/local/cuda link and adds neither to PATH,
     nor does a venv or a systemd unit: the stage looks there itself."""
@@ -137,15 +130,15 @@ def test_nvcc_is_found_where_jetpack_puts_it(tmp_path):
     bare = {"PATH": str(tmp_path / "empty-bin")}
     prefix = tmp_path / "usr-local"
     assert find_nvcc(bare, (prefix,)) is None
-    older = _fake_nvcc(prefix / "cuda-11.4" / "bin" / "nvcc")
-    newer = _fake_nvcc(prefix / "cuda-12.10" / "bin" / "nvcc")
+    older = fake_nvcc(prefix / "cuda-11.4" / "bin" / "nvcc")
+    newer = fake_nvcc(prefix / "cuda-12.10" / "bin" / "nvcc")
     assert find_nvcc(bare, (prefix,)) == str(newer)  # 12.10 is newer than 12.6 or 11.4: numbers, not text
-    _fake_nvcc(prefix / "cuda-12.6" / "bin" / "nvcc")
+    fake_nvcc(prefix / "cuda-12.6" / "bin" / "nvcc")
     assert find_nvcc(bare, (prefix,)) == str(newer)
-    link = _fake_nvcc(prefix / "cuda" / "bin" / "nvcc")
+    link = fake_nvcc(prefix / "cuda" / "bin" / "nvcc")
     assert find_nvcc(bare, (prefix,)) == str(link)  # JetPack's link names the toolkit it chose
     assert find_nvcc({**bare, "CUDA_HOME": str(prefix / "cuda-11.4")}, (prefix,)) == str(older)
-    on_path = _fake_nvcc(tmp_path / "bin" / "nvcc")
+    on_path = fake_nvcc(tmp_path / "bin" / "nvcc")
     assert find_nvcc({"PATH": str(on_path.parent), "CUDA_HOME": str(prefix / "cuda-11.4")}, (prefix,)) == str(on_path)
     link.chmod(0o644)  # not executable: passed over
     assert find_nvcc(bare, (prefix,)) == str(newer)

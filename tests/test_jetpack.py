@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import env_without_nvcc
 
 REPO = Path(__file__).resolve().parent.parent
 SETUP = REPO / "scripts" / "jetson" / "setup.sh"
@@ -128,10 +129,7 @@ def _system_python(jp: JetPack, work: Path) -> Path:
 
 def _without_cuda(work: Path) -> dict[str, str]:
     """No CUDA toolkit in sight: this machine's is not JetPack's, and pycuda cannot be tested without a GPU."""
-    path = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d and not (Path(d) / "nvcc").exists()]
-    (work / "no-cuda").mkdir(exist_ok=True)
-    env = {**os.environ, "PATH": os.pathsep.join(path), "CUDA_PREFIX": str(work / "no-cuda"),
-           "CUDA_ROOT": str(work / "no-cuda" / "cuda")}
+    env = env_without_nvcc(work / "no-cuda")
     for name in ("PYTHONPATH", "VIRTUAL_ENV", "PIP_REQUIRE_VIRTUALENV"):
         env.pop(name, None)
     return env

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import env_without_nvcc
 
 REPO = Path(__file__).resolve().parent.parent
 SETUP = REPO / "scripts" / "jetson" / "setup.sh"
@@ -30,23 +31,6 @@ def _fake_root(tmp_path: Path, line: str) -> Path:
     return root
 
 
-def _without_nvcc(tmp_path: Path, toolkits: tuple[str, ...] = ()) -> dict[str, str]:
-    """An environment whose PATH has no nvcc, with fake CUDA toolkits (cuda-X.Y/bin/nvcc + include/cuda.h)
-    under CUDA_PREFIX, as JetPack lays them out in /usr/local."""
-    path = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d and not (Path(d) / "nvcc").exists()]
-    prefix = tmp_path / "usr-local"
-    prefix.mkdir(exist_ok=True)
-    for name in toolkits:
-        nvcc = prefix / name / "bin" / "nvcc"
-        nvcc.parent.mkdir(parents=True)
-        nvcc.write_text("#!/bin/sh\nexit 0\n")
-        nvcc.chmod(0o755)
-        (prefix / name / "include").mkdir()
-        (prefix / name / "include" / "cuda.h").write_text("")
-    return {**os.environ, "PATH": os.pathsep.join(path), "CUDA_PREFIX": str(prefix),
-            "CUDA_ROOT": str(prefix / "cuda")}
-
-
 def _commands(out: str) -> list[str]:
     return [line[2:] for line in out.splitlines() if line.startswith("+ ")]
 
@@ -65,7 +49,7 @@ def test_setup_dry_run_reports_release_and_prints_the_install(tmp_path: Path, re
                                                               expected: str) -> None:
     root = _fake_root(tmp_path, release_line)
     prefix = tmp_path / "venv"
-    env = _without_nvcc(tmp_path, ("cuda-11.4", "cuda-12.6"))
+    env = env_without_nvcc(tmp_path / "usr-local", ("cuda-11.4", "cuda-12.6"))
     res = _run(SETUP, "--dry-run", "--root", str(root), "--prefix", str(prefix), env=env)
     assert res.returncode == 0, res.stderr
     out = res.stdout
@@ -88,7 +72,8 @@ def test_setup_dry_run_reports_release_and_prints_the_install(tmp_path: Path, re
 
 def test_setup_without_a_cuda_compiler_skips_pycuda_and_says_so(tmp_path: Path) -> None:
     root = _fake_root(tmp_path, "# R36 (release), REVISION: 4.3, GCID: 1, BOARD: generic, EABI: aarch64")
-    res = _run(SETUP, "--dry-run", "--root", str(root), "--prefix", str(tmp_path / "v"), env=_without_nvcc(tmp_path))
+    res = _run(SETUP, "--dry-run", "--root", str(root), "--prefix", str(tmp_path / "v"),
+               env=env_without_nvcc(tmp_path / "usr-local"))
     assert res.returncode == 0, res.stderr
     assert not any("pycuda" in c for c in _commands(res.stdout))
     assert "no CUDA compiler (nvcc)" in res.stderr and "pycuda is skipped" in res.stderr

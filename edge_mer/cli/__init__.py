@@ -16,7 +16,7 @@ from edge_mer.cli.output import print_json
 from edge_mer.cli.quant import add_parsers as add_quant_parsers
 from edge_mer.cli.run import add_parsers as add_run_parsers
 from edge_mer.cli.spot import add_parser as add_spot_parser
-from edge_mer.cli.types import Parser, at_least, positive
+from edge_mer.cli.types import Parser, at_least, frame_size, positive
 from edge_mer.errors import UserError
 
 # training, QAT, export and calibration (torch, onnx, modelopt) need this Python; the device runtime runs on 3.8
@@ -33,16 +33,6 @@ EXTRAS = {
     "modelopt": "NVIDIA's TensorRT Model Optimizer: pip install 'edge-mer[train]'",
     "matplotlib": "matplotlib, for the plots: pip install 'edge-mer[train]' (or pip install matplotlib)",
 }
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 640x480, got {text!r}") from None
-    if w < 32 or h < 32:
-        raise argparse.ArgumentTypeError("frames must be at least 32x32")
-    return w, h
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -405,7 +395,7 @@ def _synth_parser(sub: Any) -> None:
     d.add_argument("--out", required=True, help="dataset root folder to create")
     d.add_argument("--subjects", type=at_least(1), default=10, help="number of subjects (default 10)")
     d.add_argument("--clips-per-subject", type=at_least(1), default=5, help="clips per subject (default 5)")
-    d.add_argument("--size", type=_size, help="frame size WxH (default: the dataset's own, e.g. 640x480)")
+    d.add_argument("--size", type=frame_size, help="frame size WxH (default: the dataset's own, e.g. 640x480)")
     d.add_argument("--fps", type=positive, help="frame rate (default: the dataset's own, 200 or 100)")
     d.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
     d.add_argument("--no-quirks", action="store_true", help="no '/' apex cells, no s1/s01 mix")
@@ -426,7 +416,7 @@ def _synth_parser(sub: Any) -> None:
                    help="style of --truth-sheet: CAS(ME)^2 or SAMM long videos")
     v.add_argument("--seconds", type=positive, default=60.0)
     v.add_argument("--fps", type=positive, default=30.0)
-    v.add_argument("--size", type=_size, default=(640, 480), help="frame size WxH (default 640x480)")
+    v.add_argument("--size", type=frame_size, default=(640, 480), help="frame size WxH (default 640x480)")
     v.add_argument("--subject", type=int, default=0, help="synthetic subject index (default 0)")
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--micro-per-minute", type=float, default=8.0)

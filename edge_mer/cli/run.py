@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from edge_mer.atomic import write_text
+from edge_mer.cli.output import write_json
 from edge_mer.cli.types import at_least, positive
 from edge_mer.errors import UserError
 from edge_mer.flow import STAGES
@@ -54,17 +53,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     # SIGTERM is how systemd stops the service, SIGHUP a closed terminal: each ends the run like Ctrl-C
     old = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
     try:
-        result = run(settings, stop=lambda: bool(stopped))
+        summary = run(settings, stop=lambda: bool(stopped))
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
-    result.summary["stopped_by"] = stopped[0] if stopped else None
-    print(format_summary(result.summary, stopped_by=result.summary["stopped_by"]), file=sys.stderr)
+    summary["stopped_by"] = stopped[0] if stopped else None
+    print(format_summary(summary, stopped_by=summary["stopped_by"]), file=sys.stderr)
     if args.json_summary:
-        try:
-            write_text(Path(args.json_summary), json.dumps(result.summary, indent=2, sort_keys=True) + "\n")
-        except OSError as exc:
-            raise UserError(f"cannot write the summary to {args.json_summary}: {exc.strerror or exc}") from None
+        write_json(Path(args.json_summary), summary, "summary")
     return 0
 
 
@@ -77,7 +73,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         rows = bench_loop(model, backends=args.backend, flows=args.flow, frames=args.frames, threads=args.threads)
     doc = {"model": str(model), "date": time.strftime("%Y-%m-%d"), "rows": rows}
     if args.json:
-        Path(args.json).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        write_json(Path(args.json), doc, "results")
     print(format_table(rows, model_only=args.model_only))
     return 0
 

@@ -41,3 +41,14 @@ def positive(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
+
+
+def frame_size(text: str) -> tuple[int, int]:
+    """WIDTHxHEIGHT, each at least 32 pixels."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 640x480, got {text!r}") from None
+    if w < 32 or h < 32:
+        raise argparse.ArgumentTypeError("frames must be at least 32x32")
+    return w, h

@@ -27,7 +27,7 @@ from edge_mer import __version__
 from edge_mer.atomic import replacing
 from edge_mer.errors import UserError
 from edge_mer.flow.normalise import CONSTANTS
-from edge_mer.runtime.artifact import INPUTS, OUTPUT, input_spec, sha256, write_sidecar
+from edge_mer.runtime.artifact import INPUTS, OUTPUT, input_spec, model_stem, sha256, write_sidecar
 
 DEFAULT_OPSET = 13
 
@@ -201,7 +201,7 @@ def export(checkpoint: Path, out: Path, opset: int = DEFAULT_OPSET) -> dict[str,
                                 "calibration": quant.get("calibration")}
         from edge_mer.quant.qat import disable_quantizers
 
-        companion = out.with_name((out.stem if out.suffix == ".onnx" else out.name) + ".fp32.onnx")
+        companion = out.with_name(model_stem(out) + ".fp32.onnx")
         disable_quantizers(model)
         _write_onnx(model, cfg.size, companion, opset)
         report["companion"] = str(companion)

@@ -41,6 +41,11 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def model_stem(onnx_path: Path) -> str:
+    """The file's name without ``.onnx`` (``model.int8.onnx`` -> ``model.int8``), the base of names made from it."""
+    return onnx_path.stem if onnx_path.suffix == ".onnx" else onnx_path.name
+
+
 def sidecar_path(onnx_path: Path) -> Path:
     return onnx_path.with_name(onnx_path.name + ".json")
 

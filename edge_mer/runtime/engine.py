@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from edge_mer.atomic import write_bytes, write_text
 from edge_mer.errors import UserError
-from edge_mer.runtime.artifact import INPUTS, load_artifact, sha256
+from edge_mer.runtime.artifact import INPUTS, load_artifact, model_stem, sha256
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -150,8 +150,7 @@ def build_engine(onnx_path: Path, out_dir: Path, fp16: bool = False, max_batch: 
     gpu = gpu or gpu_identity()
     precision = ("int8" if art.precision == "int8" else "fp32") + ("+fp16" if fp16 else "")
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = onnx_path.stem if onnx_path.suffix == ".onnx" else onnx_path.name
-    path = out_dir / engine_name(art.meta["sha256"], version, gpu.key, precision, stem)
+    path = out_dir / engine_name(art.meta["sha256"], version, gpu.key, precision, model_stem(onnx_path))
     if path.is_file() and path.with_name(path.name + ".json").is_file():
         return path
     gen = api_generation(version)

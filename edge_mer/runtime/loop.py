@@ -10,7 +10,6 @@ writes an event at once. Stage timers cover every step.
 
 from __future__ import annotations
 
-import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any, cast
 import cv2
 import numpy as np
 
+from edge_mer.atomic import writable_folder
 from edge_mer.errors import UserError
 from edge_mer.face.align import FaceAlignment
 from edge_mer.flow.base import FlowStage
@@ -126,8 +126,6 @@ class VideoOutput:
         self.record = record
         self.fps = fps
         self._writer: Any = None
-        if record is not None:
-            self.check_record(record)
 
     @classmethod
     def check_record(cls, record: Path) -> None:
@@ -135,9 +133,8 @@ class VideoOutput:
         if record.suffix.lower() not in cls.RECORD_SUFFIXES:
             raise UserError(f"--record {record}: cannot record to a {record.suffix or 'suffix-less'} file; use "
                             f"{', '.join(cls.RECORD_SUFFIXES)}")
-        folder = record.parent if str(record.parent) else Path(".")
-        if not folder.is_dir() or not os.access(folder, os.W_OK):
-            raise UserError(f"--record {record}: the folder {folder} does not exist or is not writable")
+        if not writable_folder(record):
+            raise UserError(f"--record {record}: the folder {record.parent} does not exist or is not writable")
 
     def render(self, image: np.ndarray, matrix: np.ndarray, size: int, stats: LoopStats) -> None:
         view = image.copy() if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)

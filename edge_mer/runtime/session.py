@@ -10,6 +10,7 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,13 +42,6 @@ class RunSettings:
     stdout: bool = True  # print every event on stdout
     realtime: bool | None = None  # files and demo: None = the source's own pace
     loop: LoopConfig | None = None
-
-
-@dataclass
-class RunResult:
-    summary: dict[str, Any]
-    flow: str
-    interrupted: bool
 
 
 def pick_flow(name: str, model_meta: dict[str, Any]) -> str:
@@ -107,45 +101,35 @@ def check_display() -> None:
                         "to a video instead")
 
 
-def run(settings: RunSettings, stop: Callable[[], bool] = lambda: False) -> RunResult:
+def run(settings: RunSettings, stop: Callable[[], bool] = lambda: False) -> dict[str, Any]:
     """Open everything ``settings`` names (a bad source fails first), run the loop until the source ends, a limit
-    is reached or ``stop()`` says so, close everything and summarise."""
+    is reached or ``stop()`` says so, close everything and return the summary."""
     cfg = settings.loop or LoopConfig()
     if cfg.display:
         check_display()
     if cfg.record is not None:
         VideoOutput.check_record(cfg.record)
     model = settings.model or default_model()
-    source = open_source(settings.source, realtime=settings.realtime)
-    try:
+    seen: list[tuple[int, int]] = []
+    with ExitStack() as opened:  # whatever was opened is closed, also when a later step fails
+        source = open_source(settings.source, realtime=settings.realtime)
+        opened.callback(source.close)
         backend = open_backend(settings.backend, model, threads=settings.threads)
-    except BaseException:
-        source.close()
-        raise
-    meta = model_meta(backend)
-    if meta.get("demo"):
-        print("note: the packaged DEMO model was trained on synthetic data only", file=sys.stderr)
-    try:
+        opened.callback(backend.close)
+        meta = model_meta(backend)
+        if meta.get("demo"):
+            print("note: the packaged DEMO model was trained on synthetic data only", file=sys.stderr)
         flow, stage = open_stage(settings.flow, pick_flow(settings.flow, meta), backend.size)
         writer = EventWriter(settings.events, stdout=settings.stdout)
-    except BaseException:
-        source.close()
-        backend.close()
-        raise
-    print(f"edge-mer run: {source.describe()} -> {flow} -> {backend.describe()}", file=sys.stderr)
-    seen: list[tuple[int, int]] = []
-    try:
+        opened.callback(writer.close)
+        print(f"edge-mer run: {source.describe()} -> {flow} -> {backend.describe()}", file=sys.stderr)
         stats, timer = run_loop(source, Recognizer(backend, stage), writer, cfg, stop=stop,
                                 on_event=lambda e: seen.append((e.onset, e.offset)))
-    finally:
-        writer.close()
-        source.close()
-        backend.close()
     summary = summarise(stats, timer)
     truth = getattr(source, "truth", None)
     if truth is not None:
         summary["truth"] = match_truth(seen, truth, stats.frames)
-    return RunResult(summary, flow, stop())
+    return summary
 
 
 def summarise(stats: LoopStats, timer: StageTimer) -> dict[str, Any]:

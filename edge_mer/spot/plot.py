@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edge_mer.atomic import replacing
+from edge_mer.atomic import replacing, writable_folder
 from edge_mer.errors import UserError
 
 if TYPE_CHECKING:
@@ -33,9 +32,8 @@ def check_plot(out: Path) -> None:
     """Refuse a plot that could not be written before the video is processed, not after."""
     if out.suffix.lower() != ".png":
         raise UserError(f"--plot {out}: the plot is a PNG; name it FILE.png")
-    folder = out.parent if str(out.parent) else Path(".")
-    if not folder.is_dir() or not os.access(folder, os.W_OK):
-        raise UserError(f"--plot {out}: the folder {folder} does not exist or is not writable")
+    if not writable_folder(out):
+        raise UserError(f"--plot {out}: the folder {out.parent} does not exist or is not writable")
     _pyplot()
 
 

@@ -240,13 +240,13 @@ visible_numpy() {
 
 # PREFIX/constraints.txt pins the numpy the system has, so no pip install replaces it; every install
 # below reads it (-c). Without a system numpy the file stays empty and pip installs one.
+# $3: what visible_numpy said of the venv's python $1.
 write_constraints() {
-    local py="$1" file="$2" found
+    local py="$1" file="$2" found="$3"
     if ((DRY_RUN)); then
         echo "+ $(quote "$py") -c 'import numpy; print(numpy.__version__)'  # written to $(quote "$file") as numpy==VERSION"
         return 0
     fi
-    found="$(visible_numpy "$py")"
     if [[ -n "$found" ]]; then
         printf 'numpy==%s\n' "${found%% *}" >"$file"
         echo "numpy: ${found%% *} from the system, pinned in $file"
@@ -307,7 +307,7 @@ main() {
     PREFIX_DIR="$prefix"
     run "$PYTHON" -m venv --system-site-packages "$prefix"
     ((DRY_RUN)) || numpy_before="$(visible_numpy "$venv_py")"
-    write_constraints "$venv_py" "$constraints"
+    write_constraints "$venv_py" "$constraints" "$numpy_before"
     run "$venv_py" -m pip install --upgrade pip
     # no extra: the base requirements (numpy, held by the constraints, and tqdm) bring no OpenCV wheel
     run "$venv_py" -m pip install -c "$constraints" "$from"
