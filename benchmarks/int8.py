@@ -72,13 +72,13 @@ def main() -> None:
     cs = build_set(fs, args.calibration, args.seed)
     save_set(cs, models / "calibration.npz")
     fp32 = models / "model.onnx"
-    exp_fp32 = export(ck, fp32)
+    exp_fp32 = export(ck, fp32, force=True)
     t = time.perf_counter()
-    calibrate(fp32, models / "calibration.npz", models / "model.int8.onnx")
+    calibrate(fp32, models / "calibration.npz", models / "model.int8.onnx", force=True)
     ptq_s = time.perf_counter() - t
     qat = finetune(ck, feats, work / "qat", calibration=models / "calibration.npz", epochs=args.qat_epochs,
                    seed=args.seed, progress=False)
-    exp_qat = export(work / "qat" / "checkpoint.pt", models / "model.qat.onnx")
+    exp_qat = export(work / "qat" / "checkpoint.pt", models / "model.qat.onnx", force=True)
 
     artefacts = {"torch FP32 (checkpoint)": ck, "ONNX Runtime FP32": fp32,
                  "ONNX Runtime INT8, PTQ (calibrated Q/DQ)": models / "model.int8.onnx",

@@ -7,9 +7,10 @@ Steps (each printed; ``--dry-run`` prints them and runs nothing):
    sha256 of every input;
 2. read the device's manifest: when it equals ours the device is up to date
    and nothing is copied or installed (a second deploy changes nothing);
-3. copy the bundle (scp) into ``PREFIX/bundle`` through a temporary folder that is
-   renamed into place only when complete, so a failed copy leaves the last good
-   bundle as it was;
+3. copy the bundle (one tar stream through ssh: the remote folder is quoted by the
+   device's shell like every other remote argument, which scp's SFTP mode would not
+   do) into ``PREFIX/bundle`` through a temporary folder that is renamed into place
+   only when complete, so a failed copy leaves the last good bundle as it was;
 4. install: on a Jetson, ``setup.sh`` builds the venv beside JetPack's TensorRT,
    OpenCV and numpy, and the engine is built on the device into ``PREFIX/engines``
    (once per deploy: an up-to-date engine is reused); elsewhere (a test machine)
@@ -27,10 +28,12 @@ from __future__ import annotations
 import contextlib
 import getpass
 import hashlib
+import io
 import json
 import shlex
 import subprocess
 import sys
+import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,10 +87,6 @@ class Target:
         args = ["-p", str(self.port), "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", *self.extra]
         return args + (["-i", str(self.identity)] if self.identity else [])
 
-    def scp_args(self) -> list[str]:
-        args = ["-P", str(self.port), "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", *self.extra]
-        return args + (["-i", str(self.identity)] if self.identity else [])
-
 
 class Deployer:
     def __init__(self, target: Target, dry_run: bool = False, log: Any = print) -> None:
@@ -105,6 +104,23 @@ class Deployer:
     def run(self, what: str, command: str) -> subprocess.CompletedProcess[str] | None:
         self.log(f"  {what}: ssh {self.t.host} {command}")
         return None if self.dry_run else self.ssh(command)
+
+    def send(self, files: list[Path], folder: str) -> None:
+        """``files`` into a new ``folder`` on the device, as one tar stream into ssh."""
+        q = shlex.quote
+        command = f"rm -rf {q(folder)} && mkdir -p {q(folder)} && tar -xf - -C {q(folder)}"
+        self.log(f"  copy {len(files)} files: tar | ssh {self.t.host} {command}")
+        if self.dry_run:
+            return
+        stream = io.BytesIO()
+        with tarfile.open(fileobj=stream, mode="w") as tar:
+            for f in files:
+                tar.add(str(f), arcname=f.name)
+        argv = ["ssh", *self.t.ssh_args(), "--", self.t.host, command]
+        proc = subprocess.run(argv, input=stream.getvalue(), capture_output=True, timeout=600)
+        if proc.returncode != 0:
+            self.ssh(f"rm -rf {q(folder)}", check=False)
+            raise UserError(_ssh_error(self.t, proc.stderr.decode(errors="replace"), "copy"))
 
 
 def _ssh_error(t: Target, stderr: str, command: str) -> str:
@@ -230,15 +246,7 @@ def deploy(target: Target, model: Path, service: bool = False, dry_run: bool = F
         if changed:
             log("3. copy")
             stage = f"{prefix}/.bundle.new"
-            d.run("stage", f"rm -rf {q(stage)} && mkdir -p {q(stage)}")
-            files = sorted(str(p) for p in (Path(tmp) / "bundle").iterdir())
-            log(f"  scp {len(files)} files -> {target.host}:{stage}/")
-            if not dry_run:
-                proc = subprocess.run(["scp", "-q", *target.scp_args(), "--", *files, f"{target.host}:{q(stage)}/"],
-                                      capture_output=True, text=True, timeout=600)
-                if proc.returncode != 0:
-                    d.ssh(f"rm -rf {q(stage)}", check=False)
-                    raise UserError(_ssh_error(target, proc.stderr, "scp"))
+            d.send(sorted((Path(tmp) / "bundle").iterdir()), stage)
             log("4. install")
             wheel = f"{bundle}/{manifest['wheel']}"
             install = (f"rm -rf {q(prefix + '/bundle.old')} && (test ! -d {q(bundle)} || mv {q(bundle)} "

@@ -55,7 +55,7 @@ def main() -> None:
     qat = finetune(ck, feats, work / "qat", epochs=args.qat_epochs, seed=args.seed)
     print(f"QAT: {qat['quantizers']} ({qat['seconds']:.0f} s)")
     OUT.mkdir(parents=True, exist_ok=True)
-    report = export(work / "qat" / "checkpoint.pt", OUT / "demo.int8.onnx")
+    report = export(work / "qat" / "checkpoint.pt", OUT / "demo.int8.onnx", force=True)
     for path in (OUT / "demo.int8.onnx", OUT / "demo.int8.fp32.onnx"):
         art = load_artifact(path)
         meta = {k: v for k, v in art.meta.items() if k not in ("format", "file", "sha256", "bytes")}

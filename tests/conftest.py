@@ -4,6 +4,7 @@ import hashlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,32 @@ def tree_digest(root: Path) -> dict[str, str]:
     """Relative path -> sha256 of every file under ``root``."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _tmpfs(folder: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted at ``folder`` for the test; skips where this machine cannot mount one (not root, or no
+    CAP_SYS_ADMIN in a container)."""
+    folder.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs ({options}) here: {proc.stderr.strip() or proc.returncode}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+@pytest.fixture
+def full_disk(tmp_path) -> Iterator[Path]:
+    """A folder on an 8 KiB tmpfs (two pages), for what a full disk does to a writer."""
+    yield from _tmpfs(tmp_path / "small-disk", "size=8k")
+
+
+@pytest.fixture
+def read_only_disk(tmp_path) -> Iterator[Path]:
+    """A folder on a read-only tmpfs: not writable, for root too."""
+    yield from _tmpfs(tmp_path / "read-only", "ro,size=4k")
 
 
 @pytest.fixture(scope="session")

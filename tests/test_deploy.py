@@ -91,6 +91,22 @@ def test_deploy_installs_checks_and_is_idempotent(sshd, tmp_path):
     assert before == after  # nothing on the device was touched
 
 
+def test_a_hostile_prefix_and_an_awkward_model_name_stay_names(sshd, tmp_path):
+    """Every remote argument is quoted: a prefix holding $(...) and a model named 'model (1).onnx' are installed
+    as they are named, and nothing in them runs on the device."""
+    from edge_mer.runtime.artifact import DEMO_MODEL, sidecar_path
+
+    model = tmp_path / "model (1).onnx"
+    shutil.copy(DEMO_MODEL, model)
+    shutil.copy(sidecar_path(DEMO_MODEL), sidecar_path(model))
+    canary = tmp_path / "ran"
+    prefix = tmp_path / f"dev $(touch {canary}) `touch {canary}`"
+    proc = _deploy(sshd, prefix, "--model", str(model), "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not canary.exists()
+    assert (prefix / "bundle" / "model (1).onnx").is_file() and (prefix / "lib" / "edge_mer").is_dir()
+
+
 def test_service_and_jetson_steps_are_shown_as_dry_run(sshd, tmp_path):
     proc = _deploy(sshd, tmp_path / "device", "--service", "--dry-run")
     assert proc.returncode == 0, proc.stderr

@@ -71,6 +71,27 @@ def test_run_on_a_video_file(tmp_path):
     assert green.sum() > 100
 
 
+def test_a_file_played_as_fast_as_possible_keeps_its_spots_and_a_cut_one_says_so(tmp_path):
+    """As fast as possible, capture waits for the loop and leaves it the frames a spot looks back into: every
+    spot becomes an event. A cut file ends with a warning and the frames it gave in the summary."""
+    clip = tmp_path / "clip.avi"  # 3 micro-expressions
+    run_cli("synth", "video", "--seconds", "12", "--out", str(clip), "--quiet", check=True)
+    proc = run_cli("run", "--source", str(clip), "--no-realtime", "--quiet", "--json-summary", str(tmp_path / "s.json"))
+    assert proc.returncode == 0, proc.stderr
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["spots"] >= 1 and s["events"] == s["spots"] and s["missed_spots"] == 0, s
+    assert s["source"] == {"frames": 360, "announced": 360, "ended_early": None}
+    data = clip.read_bytes()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[: len(data) // 2])
+    proc = run_cli("run", "--source", str(cut), "--no-realtime", "--quiet", "--json-summary", str(tmp_path / "c.json"))
+    assert proc.returncode == 0, proc.stderr
+    c = json.loads((tmp_path / "c.json").read_text())
+    assert c["frames"] == c["source"]["frames"] < 360 and c["source"]["announced"] == 360
+    assert f"ended after {c['frames']} frames of the 360" in c["source"]["ended_early"]
+    assert "warning: " in proc.stderr and "the results cover the frames read" in proc.stderr
+
+
 def test_bad_sources_are_one_line(tmp_path):
     for args, needle in ((["--source", str(tmp_path / "missing.mp4")], "missing.mp4"),
                          (["--camera", "7"], "/dev/video7"),
@@ -83,6 +104,23 @@ def test_bad_sources_are_one_line(tmp_path):
     broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
     proc = run_cli("run", "--source", str(broken))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+
+
+def test_a_sidecar_of_another_export_is_refused_before_the_first_frame(tmp_path):
+    """An ONNX file whose sidecar promises another crop size: one line when the model is opened, not a crash at
+    the first spot."""
+    from edge_mer.runtime.artifact import DEMO_MODEL, sidecar_path
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(DEMO_MODEL.read_bytes())
+    meta = json.loads(sidecar_path(DEMO_MODEL).read_text())
+    meta["config"]["size"] = 64
+    meta.pop("companion", None)
+    sidecar_path(model).write_text(json.dumps(meta))
+    proc = run_cli("run", "--demo", "--model", str(model), "--events", str(tmp_path / "e.jsonl"))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("edge-mer: error:") and "Traceback" not in proc.stderr
+    assert "its sidecar says [batch, 3, 64, 64]" in proc.stderr and not (tmp_path / "e.jsonl").exists()
 
 
 def test_display_without_a_gui_says_what_to_do_instead(tmp_path):
@@ -132,6 +170,45 @@ def test_a_stop_signal_ends_the_run_cleanly_with_a_summary(tmp_path, signum, sai
     assert f"stopped by {said}: " in err and "frames at" in err
     done = json.loads(summary.read_text())
     assert done["stopped_by"] == said and done["events"] == len(events.read_text().splitlines()) >= 1
+
+
+def test_a_full_disk_loses_no_event_already_written(tmp_path, full_disk):
+    """--events on a disk that fills up mid-run: the earlier lines stay byte for byte, the file holds only whole
+    events, every event still reaches stdout, and the summary counts the ones the file missed."""
+    events = full_disk / "events.jsonl"
+    earlier = json.dumps({"apex": 35, "label": "positive", "note": "an earlier run"}) + "\n"
+    events.write_text(earlier * ((4096 - 300) // len(earlier)))  # one page, nearly full
+    before = events.read_bytes()
+    (full_disk / "filler").write_bytes(bytes(4096))  # the other page
+    proc = subprocess.run([sys.executable, "-m", "edge_mer", "run", "--demo", "--demo-seconds", "24", "--no-realtime",
+                           "--events", str(events), "--json-summary", str(tmp_path / "s.json")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    s = json.loads((tmp_path / "s.json").read_text())
+    printed = proc.stdout.splitlines()
+    data = events.read_bytes()
+    assert data.startswith(before) and data.endswith(b"\n")
+    added = [json.loads(x) for x in data[len(before):].decode().splitlines()]
+    assert len(printed) == s["events"] >= 2  # stdout got every event
+    assert [json.loads(x) for x in printed[: len(added)]] == added  # the file got the first ones, whole
+    f = s["events_file"]
+    assert f["lost"] >= 1 and f["written"] == len(added) and f["written"] + f["lost"] == s["events"]
+    assert "No space left on device" in f["failure"] and "did not reach" in proc.stderr
+
+
+def test_events_after_a_cut_line_start_a_line_of_their_own(tmp_path):
+    """A line cut by a kill or a full disk in an earlier run is dropped when the file is opened again; the whole
+    lines before it stay."""
+    from edge_mer.runtime.events import Event, EventWriter
+
+    path = tmp_path / "events.jsonl"
+    whole = '{"label": "positive", "onset": 3}\n'
+    path.write_text(whole + '{"label": "nega')
+    writer = EventWriter(path, stdout=False)
+    writer.write(Event(1.0, 1.1, 1.2, 30, 33, 36, "surprise", {"surprise": 1.0}, 5.0))
+    writer.close()
+    lines = path.read_text().splitlines()
+    assert lines[0] == whole.strip() and [json.loads(x)["label"] for x in lines] == ["positive", "surprise"]
 
 
 def test_bench_model_only_and_loop(tmp_path):

@@ -131,6 +131,29 @@ def test_frame_folder_plays_in_numeric_order(tmp_path: Path) -> None:
         assert src.fps == 12.5
 
 
+def test_a_file_or_folder_that_ends_early_says_so(tmp_path: Path) -> None:
+    """A cut video and a folder with an unreadable image stop where they break, and say how far they got."""
+    whole = write_clip(tmp_path / "whole.avi", 40)
+    with open_source(str(whole)) as src:
+        assert len(read_all(src)) == 40 and src.early_end() is None  # a complete file is not flagged
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[: len(data) * 6 // 10])
+    with open_source(str(cut)) as src:
+        frames = read_all(src)
+        warning = src.early_end()
+    assert 0 < len(frames) < 40 and src.length == 40
+    assert warning is not None and f"after {len(frames)} frames of the 40" in warning, warning
+    folder = write_folder(tmp_path / "frames", 12)
+    (folder / "img7.png").write_bytes(b"not a png")
+    with open_source(str(folder)) as src:
+        assert src.early_end() is None  # nothing read yet
+        frames = read_all(src)
+        warning = src.early_end()
+    assert len(frames) == 6
+    assert warning is not None and "after 6 frames of the 12" in warning and "img7.png" in warning, warning
+
+
 def test_flip_rotates_like_nvvidconv(tmp_path: Path) -> None:
     folder = write_folder(tmp_path / "frames", 2, size=(64, 48))
     with open_source(str(folder)) as plain, open_source(str(folder), flip=1) as rotated:
@@ -161,7 +184,7 @@ def test_corrupt_video_is_one_line(tmp_path: Path) -> None:
 
 def test_empty_or_broken_frame_folder_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    assert "no numbered image frames" in one_line_error(lambda: open_source(str(tmp_path / "empty")))
+    assert "no frames in" in one_line_error(lambda: open_source(str(tmp_path / "empty")))
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "frame_000000.jpg").write_bytes(b"not a jpeg")

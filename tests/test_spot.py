@@ -345,6 +345,28 @@ def test_spot_command_frame_folder_and_human_output(cli_has_spot, short_video):
     assert proc.returncode == 0 and "300 frames at 30 fps" in proc.stdout, proc.stderr
 
 
+def test_a_folder_with_an_unreadable_frame_is_scored_on_what_was_read_and_says_so(cli_has_spot, short_video,
+                                                                                   tmp_path):
+    import shutil
+
+    frames = tmp_path / "frames"
+    shutil.copytree(short_video["frames"], frames)
+    names = sorted(frames.iterdir())
+    names[150].write_bytes(b"\xff\xd8 not a whole JPEG")  # a bad file half way through
+    proc = _cli(cli_has_spot, "spot", "--video", str(frames), "--fps", "30", "--truth", str(short_video["csv"]),
+                "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    micro = micro_intervals(read_truth(short_video["csv"]))
+    after = sum(onset >= 150 for onset, _ in micro)
+    assert out["frames"] == 150 and out["frames_announced"] == 300
+    assert "ended after 150 frames of the 300" in out["ended_early"] and names[150].name in out["ended_early"]
+    assert out["truth_after_end"] == after and out["tp"] + out["fn"] == len(micro)  # the missed tail is counted
+    proc = run_cli("spot", "--video", str(frames), "--fps", "30", "--truth", str(short_video["csv"]))
+    assert proc.returncode == 0 and "warning: " in proc.stdout
+    assert f"{after} of the truth's micro-expressions begin after it" in proc.stdout
+
+
 @pytest.fixture(scope="module")
 def bad_inputs(tmp_path_factory, short_video) -> list[tuple[dict, tuple[str, ...]]]:
     """Inputs a user can get wrong, with the words their one-line error must contain."""
@@ -365,7 +387,7 @@ def bad_inputs(tmp_path_factory, short_video) -> list[tuple[dict, tuple[str, ...
     video = short_video["video"]
     return [
         ({"video": d / "nope.mp4"}, ("no such video",)),
-        ({"video": corrupt}, ("cannot open video", str(corrupt))),
+        ({"video": corrupt}, ("cannot open", str(corrupt))),
         ({"video": empty, "fps": 30.0}, ("no frames",)),
         ({"video": short_video["frames"]}, ("--fps",)),
         ({"video": video, "truth": bad_truth}, ("onset and offset",)),

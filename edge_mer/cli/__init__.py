@@ -18,6 +18,7 @@ from edge_mer.cli.run import add_parsers as add_run_parsers
 from edge_mer.cli.spot import add_parser as add_spot_parser
 from edge_mer.cli.types import Parser, at_least, frame_size, positive
 from edge_mer.errors import UserError
+from edge_mer.outputs import check_folder
 
 # training, QAT, export and calibration (torch, onnx, modelopt) need this Python; the device runtime runs on 3.8
 HOST_PYTHON = (3, 10)
@@ -31,7 +32,7 @@ EXTRAS = {
     "torch": "PyTorch: pip install 'edge-mer[train]' (its CPU build first on a machine without CUDA)",
     "onnx": "onnx: pip install 'edge-mer[train]'",
     "modelopt": "NVIDIA's TensorRT Model Optimizer: pip install 'edge-mer[train]'",
-    "matplotlib": "matplotlib, for the plots: pip install 'edge-mer[train]' (or pip install matplotlib)",
+    "matplotlib": "matplotlib, for the plots: pip install 'edge-mer[desktop]' (or pip install matplotlib)",
 }
 
 
@@ -81,6 +82,7 @@ def cmd_synth_dataset(args: argparse.Namespace) -> int:
     cfg = DatasetConfig(layout=args.layout, subjects=args.subjects, clips_per_subject=args.clips_per_subject,
                         seed=args.seed, size=args.size, fps=args.fps, quirks=not args.no_quirks,
                         nuisances=_nuisances(args, Nuisances.lab()))
+    check_folder(Path(args.out), force=args.force)
     summary = write_dataset(cfg, Path(args.out), progress=not args.quiet)
     if args.json:
         print_json(asdict(summary))
@@ -168,15 +170,18 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
     cfg = FeatureConfig(size=args.size, flow=args.flow, apex_policy=args.apex, landmarks=args.landmarks)
     workers = args.workers or os.cpu_count() or 1
+    # a cache is resumed in place (no --force), but never written over the dataset it is made from
+    check_folder(Path(args.out), inputs=[args.root, args.annotations], force=True)
     summary = prepare(args.dataset, Path(args.root), Path(args.out), cfg,
                       Path(args.annotations) if args.annotations else None, workers, progress=not args.quiet)
     if args.json:
         print_json(asdict(summary))
     else:
-        print(f"features of {summary.samples} samples in {summary.out}: {summary.written} written, "
+        stale = f" ({summary.stale} recomputed: their file was outdated or unreadable)" if summary.stale else ""
+        print(f"features of {summary.samples} samples in {summary.out}: {summary.written} written{stale}, "
               f"{summary.reused} already there, {summary.failed} failed, {summary.skipped} skipped "
               f"({summary.seconds:.1f} s, {summary.samples_per_second:.2f} samples/s)")
-        if summary.failed or summary.skipped:
+        if summary.failed or summary.skipped or summary.stale:
             print(f"see {Path(summary.out) / 'index.jsonl'} and problems.json for why")
     return 0
 
@@ -240,6 +245,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     _require_torch()
     import torch
 
+    # the run folder may hold neither the features nor the checkpoint QAT starts from: it is replaced whole
+    check_folder(Path(args.out), inputs=[args.features, args.qat, args.calibration], force=args.force)
     if args.qat:
         return _cmd_qat(args)
     if args.calibration:
@@ -328,7 +335,8 @@ def _train_parsers(sub: Any) -> None:
                                    "samples). Under torchrun the folds are spread over the processes.")
     t.add_argument("--features", required=True, help="feature cache from edge-mer data prepare")
     t.add_argument("--protocol", choices=("loso", "megc2019", "split"), default="loso")
-    t.add_argument("--out", required=True, help="run folder")
+    t.add_argument("--out", required=True, help="run folder (written whole at the end)")
+    t.add_argument("--force", action="store_true", help="replace an existing run folder --out")
     t.add_argument("--model", choices=sorted(MODELS), default="mmt_small")
     t.add_argument("--ablation", choices=sorted(ABLATIONS), default="full")
     t.add_argument("--epochs", type=at_least(1), help="epochs (default 60; 10 with --qat)")
@@ -393,6 +401,7 @@ def _synth_parser(sub: Any) -> None:
                                   "Example: edge-mer synth dataset --layout casme2 --subjects 10 --out DIR")
     d.add_argument("--layout", choices=("casme2", "samm", "smic", "casme3", "megc2019"), default="casme2")
     d.add_argument("--out", required=True, help="dataset root folder to create")
+    d.add_argument("--force", action="store_true", help="replace a non-empty --out")
     d.add_argument("--subjects", type=at_least(1), default=10, help="number of subjects (default 10)")
     d.add_argument("--clips-per-subject", type=at_least(1), default=5, help="clips per subject (default 5)")
     d.add_argument("--size", type=frame_size, help="frame size WxH (default: the dataset's own, e.g. 640x480)")

@@ -7,6 +7,7 @@ needs them.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +15,36 @@ from edge_mer.cli.output import print_json
 from edge_mer.cli.types import at_least
 from edge_mer.errors import UserError
 
+# The exit status of export and calibrate when the INT8 file they wrote failed its quality gate: not 0, so a
+# script stops before it ships the file; not 2 (a bad command line or input: nothing was written) nor 1 (a
+# fault): the file and its figures are there to inspect, marked unusable.
+GATE_FAILED = 3
+
+
+def _gate(quality: dict[str, Any] | None, out: str, fp32: str, line: bool = True) -> int:
+    """The gate's line on stdout (``line``), a warning line on stderr when the file failed, and the exit
+    status."""
+    from edge_mer.quant.ptq import summary
+
+    if quality is None:
+        return 0
+    if line:
+        print(f"  {summary(quality)}")
+    if quality["usable"]:
+        return 0
+    print(f"edge-mer: warning: {out} failed the INT8 quality gate; it is written, marked \"usable\": false in "
+          f"its sidecar and not made {fp32}'s companion, so --precision auto keeps to FP32", file=sys.stderr)
+    return GATE_FAILED
+
 
 def cmd_export(args: argparse.Namespace) -> int:
     from edge_mer.quant.export import export
 
-    report = export(Path(args.checkpoint), Path(args.out), **({} if args.opset is None else {"opset": args.opset}))
+    report = export(Path(args.checkpoint), Path(args.out), force=args.force,
+                    **({} if args.opset is None else {"opset": args.opset}))
     if args.json:
         print_json(report)
-        return 0
+        return _gate(report.get("quality"), report["onnx"], Path(report.get("companion", "")).name, line=False)
     print(f"wrote {report['onnx']} ({report['precision']}, {report['bytes'] / 1e6:.2f} MB) and its sidecar")
     if "qdq" in report:
         q = report["qdq"]
@@ -32,19 +55,26 @@ def cmd_export(args: argparse.Namespace) -> int:
     if "companion" in report:
         print(f"  FP32 companion {report['companion']} (largest difference "
               f"{report['companion_max_abs_diff']:.2e})")
-    return 0
+    return _gate(report.get("quality"), report["onnx"], Path(report.get("companion", "")).name)
 
 
 def cmd_build_set(args: argparse.Namespace) -> int:
     from edge_mer.features.cache import FeatureSet
-    from edge_mer.quant.calibset import build_set, save_set
+    from edge_mer.outputs import check_file
+    from edge_mer.quant.calibset import MIN_CALIBRATION_SAMPLES, build_set, save_set, too_few
 
+    out = Path(args.out)
+    if args.n < MIN_CALIBRATION_SAMPLES:
+        raise too_few(f"--n {args.n} asks for {args.n} samples")
+    check_file(out, inputs=[args.features, args.checkpoint], force=args.force)
     fs = FeatureSet.load(Path(args.features))
     only = None
     if args.checkpoint:
         only = _trained_on(Path(args.checkpoint))
     cs = build_set(fs, args.n, args.seed, only)
-    out = Path(args.out)
+    if len(cs) < MIN_CALIBRATION_SAMPLES:
+        among = f" that {Path(args.checkpoint).name} was trained on" if args.checkpoint else ""
+        raise too_few(f"only {len(cs)} samples{among} are in {args.features}, so no set was written")
     save_set(cs, out)
     if args.json:
         print_json({"out": str(out), **cs.meta})
@@ -73,16 +103,16 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from edge_mer.quant.export import count_qdq
     from edge_mer.quant.ptq import calibrate
 
-    doc = calibrate(Path(args.onnx), Path(args.set), Path(args.out), method=args.method)
+    doc = calibrate(Path(args.onnx), Path(args.set), Path(args.out), method=args.method, force=args.force)
     q = count_qdq(Path(args.out))
     if args.json:
-        print_json({"out": args.out, "sidecar": doc, "qdq": {k: v if isinstance(v, int) else len(v)
-                                                                for k, v in q.items()}})
-    else:
-        print(f"wrote {args.out} (INT8 Q/DQ, {doc['bytes'] / 1e6:.2f} MB) from {args.onnx} calibrated on "
-              f"{doc['quantization']['samples']} samples ({args.method}); {len(q['int8_products'])} INT8 matrix "
-              f"products/convolutions, {len(q['fp32_products'])} in FP32 (attention)")
-    return 0
+        print_json({"out": args.out, "sidecar": doc, "quality": doc["quality"],
+                    "qdq": {k: v if isinstance(v, int) else len(v) for k, v in q.items()}})
+        return _gate(doc["quality"], args.out, Path(args.onnx).name, line=False)
+    print(f"wrote {args.out} (INT8 Q/DQ, {doc['bytes'] / 1e6:.2f} MB) from {args.onnx} calibrated on "
+          f"{doc['quantization']['samples']} samples ({args.method}); {len(q['int8_products'])} INT8 matrix "
+          f"products/convolutions, {len(q['fp32_products'])} in FP32 (attention)")
+    return _gate(doc["quality"], args.out, Path(args.onnx).name)
 
 
 def cmd_build_engine(args: argparse.Namespace) -> int:
@@ -103,27 +133,34 @@ def add_parsers(sub: Any) -> None:
                        description="Write MODEL.onnx (inputs motion and texture, output logits, dynamic batch) "
                                    "and MODEL.onnx.json (config, class names, normalisation, input spec, sha256), "
                                    "then run the file in ONNX Runtime and print its largest difference from "
-                                   "torch. Example: edge-mer export --checkpoint run/checkpoint.pt --out "
-                                   "model.onnx")
+                                   "torch. A QAT checkpoint's INT8 file is also run beside its FP32 companion "
+                                   "(the INT8 quality gate); one that fails is written, marked unusable, and "
+                                   "the command exits 3. Example: edge-mer export --checkpoint "
+                                   "run/checkpoint.pt --out model.onnx")
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--out", required=True, help="ONNX file to write")
     e.add_argument("--opset", type=int, help="ONNX opset (default 13: TensorRT 8.5 and ONNX Runtime 1.10 read it; "
                                              "17 writes LayerNormalization, TensorRT >= 8.6)")
+    e.add_argument("--force", action="store_true", help="replace an existing OUT")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_export, host_only=True)
 
     c = sub.add_parser("calibrate", help="INT8 post-training quantization of an FP32 ONNX file; build-set makes "
                                          "the calibration set",
                        description="Quantize an FP32 ONNX export to a Q/DQ INT8 file with ranges from a "
-                                   "calibration set (runs in ONNX Runtime and TensorRT). Example: edge-mer "
-                                   "calibrate --onnx model.onnx --set calibration/synthetic.npz --out "
-                                   "model.int8.onnx")
+                                   "calibration set (runs in ONNX Runtime and TensorRT), then run it beside the "
+                                   "FP32 file on the calibration samples (the INT8 quality gate: top-1 agreement, "
+                                   "logit difference, logits that still vary); one that fails is written, marked "
+                                   "unusable, not made the FP32 file's companion, and the command exits 3. "
+                                   "Example: edge-mer calibrate --onnx model.onnx --set calibration/synthetic.npz "
+                                   "--out model.int8.onnx")
     c.add_argument("--onnx", help="FP32 ONNX file from edge-mer export")
     c.add_argument("--set", help="calibration set (.npz) from edge-mer calibrate build-set")
     c.add_argument("--out", help="INT8 ONNX file to write")
     c.add_argument("--method", choices=("max", "percentile"), default="max",
                    help="activation range: the largest magnitude seen (default, like modelopt's max calibration) "
                         "or its 99.99th percentile")
+    c.add_argument("--force", action="store_true", help="replace an existing OUT")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_calibrate, host_only=True)
     cs = c.add_subparsers(dest="calibrate_command", metavar="{build-set}")
@@ -132,11 +169,12 @@ def add_parsers(sub: Any) -> None:
                       description="Example: edge-mer calibrate build-set --features features/megc2019 --n 512 "
                                   "--out calibration/megc2019.npz")
     b.add_argument("--features", required=True)
-    b.add_argument("--n", type=at_least(1), default=512, help="samples (default 512)")
+    b.add_argument("--n", type=at_least(1), default=512, help="samples (default 512, at least 32)")
     b.add_argument("--out", required=True, help=".npz to write")
     b.add_argument("--checkpoint", help="draw only from the samples this checkpoint (or ONNX export) was trained "
                                         "on, so no held-out subject shapes the INT8 ranges")
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--force", action="store_true", help="replace an existing OUT")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_build_set, host_only=True)
 

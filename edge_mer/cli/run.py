@@ -13,6 +13,7 @@ from edge_mer.cli.output import write_json
 from edge_mer.cli.types import at_least, positive
 from edge_mer.errors import UserError
 from edge_mer.flow import STAGES
+from edge_mer.outputs import check_file
 from edge_mer.runtime.artifact import default_model
 from edge_mer.runtime.backends import BACKENDS
 from edge_mer.runtime.bench import bench_loop, bench_models, format_table
@@ -39,6 +40,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edge_mer.runtime.loop import LoopConfig
     from edge_mer.runtime.session import RunSettings, format_summary, run
 
+    if args.json_summary:  # refused now, not after an hour of video
+        check_file(Path(args.json_summary), force=True, flag="--json-summary")
     settings = RunSettings(
         source=source_uri(args), model=Path(args.model) if args.model else None, backend=args.backend,
         flow=args.flow, threads=args.threads, events=Path(args.events) if args.events else None,
@@ -66,6 +69,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     model = Path(args.model) if args.model else default_model()
+    if args.json:
+        check_file(Path(args.json), force=True, flag="--json")
     if args.model_only:
         rows = bench_models(model, backends=args.backend, runs=args.runs, threads=args.threads,
                             checkpoint=Path(args.checkpoint) if args.checkpoint else None)

@@ -41,7 +41,7 @@ class Sample:
         return bool(self.onset_path and self.apex_path and self.offset_path)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"id": self.id}
+        return {**asdict(self), "id": self.id}
 
 
 @dataclass

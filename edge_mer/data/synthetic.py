@@ -39,8 +39,10 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edge_mer.atomic import write_text
 from edge_mer.data.labels import COMPOSITE_LABELS, composite_class
 from edge_mer.errors import UserError
+from edge_mer.outputs import staged_folder
 from edge_mer.synth.aus import EMOTION_PATTERNS, format_aus, parse_aus
 from edge_mer.synth.faces import make_subject
 from edge_mer.synth.render import FaceRenderer, Nuisances
@@ -256,15 +258,23 @@ def _split_subjects(total: int) -> dict[str, int]:
 
 
 def write_dataset(cfg: DatasetConfig, out: Path, progress: bool = True) -> Summary:
-    """Generate a dataset in ``cfg.layout``'s real layout under ``out``."""
+    """Generate a dataset in ``cfg.layout``'s real layout under ``out``: built beside it and swapped in whole, so
+    an interrupted run leaves ``out`` as it was (a dataset already there is replaced only by a complete one)."""
     if cfg.layout not in LAYOUTS:
         raise UserError(f"unknown layout {cfg.layout!r}; choose from {', '.join(LAYOUTS)}")
     if cfg.subjects < 1 or cfg.clips_per_subject < 1:
         raise UserError("--subjects and --clips-per-subject must be at least 1")
+    start = time.perf_counter()
+    with staged_folder(out) as staging:
+        summary = _write_dataset(cfg, staging, progress)
+    summary.root = str(out)
+    summary.seconds = round(time.perf_counter() - start, 3)
+    return summary
+
+
+def _write_dataset(cfg: DatasetConfig, out: Path, progress: bool) -> Summary:
     from tqdm import tqdm
 
-    start = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
     composite = cfg.layout == "megc2019"
     plan = _split_subjects(cfg.subjects) if composite else {cfg.layout: cfg.subjects}
     folders = {"casme2": "CASME2", "samm": "SAMM", "smic": "SMIC"}
@@ -291,7 +301,6 @@ def write_dataset(cfg: DatasetConfig, out: Path, progress: bool = True) -> Summa
         if c.composite:
             summary.composite[c.composite] = summary.composite.get(c.composite, 0) + 1
     _write_manifest(out, cfg, clips)
-    summary.seconds = round(time.perf_counter() - start, 3)
     return summary
 
 
@@ -299,4 +308,4 @@ def _write_manifest(out: Path, cfg: DatasetConfig, clips: list[Clip]) -> None:
     config = asdict(cfg)
     doc = {"generator": "edge-mer synth dataset", "synthetic": True, "config": config,
            "clips": [asdict(c) for c in clips]}
-    (out / MANIFEST).write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    write_text(out / MANIFEST, json.dumps(doc, indent=1, sort_keys=True) + "\n")

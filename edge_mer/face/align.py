@@ -145,6 +145,9 @@ class FaceAligner:
         return pts[36:42].mean(0), pts[42:48].mean(0)
 
 
+LANDMARK_MODELS = "an OpenCV LBF model (.yaml, e.g. lbfmodel.yaml) or a dlib shape predictor (.dat), 68 points"
+
+
 def _load_landmarks(path: Path) -> Any:
     """A callable (gray, box) -> (68, 2) points from an LBF (.yaml) or dlib (.dat) model."""
     if not path.is_file():
@@ -154,7 +157,12 @@ def _load_landmarks(path: Path) -> Any:
             import dlib  # type: ignore[import-not-found,unused-ignore]
         except ImportError:
             raise UserError(f"{path.name} is a dlib model: pip install dlib") from None
-        predictor = dlib.shape_predictor(str(path))
+        try:
+            predictor = dlib.shape_predictor(str(path))
+        except RuntimeError:  # dlib's "Error deserializing object": not a shape predictor
+            raise UserError(f"{path} is not a landmark model: expected {LANDMARK_MODELS}") from None
+        if getattr(predictor, "num_parts", 68) != 68:
+            raise UserError(f"{path} has {predictor.num_parts} landmarks: expected {LANDMARK_MODELS}")
 
         def fit_dlib(gray: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
             x, y, w, h = box
@@ -164,7 +172,16 @@ def _load_landmarks(path: Path) -> Any:
     if not hasattr(cv2, "face"):
         raise UserError(f"{path.name} is an OpenCV LBF model: pip install opencv-contrib-python-headless")
     facemark = cv2.face.createFacemarkLBF()
-    facemark.loadModel(str(path))
+    try:
+        facemark.loadModel(str(path))
+        # a YAML file that is not an LBF model loads without complaint and fails only on the first fit:
+        # one fit on a blank frame finds that out here, not in the middle of a run
+        ok, points = facemark.fit(np.zeros((64, 64), np.uint8), np.array([[8, 8, 48, 48]], np.int32))
+    except cv2.error:
+        raise UserError(f"{path} is not a landmark model: expected {LANDMARK_MODELS}") from None
+    found = len(points[0][0]) if ok and len(points) else 0
+    if found != 68:
+        raise UserError(f"{path} gives {found} landmarks: expected {LANDMARK_MODELS}")
 
     def fit_lbf(gray: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
         ok, points = facemark.fit(gray, np.array([box], np.int32))

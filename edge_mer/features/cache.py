@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,51 @@ import numpy as np
 
 from edge_mer.data.labels import COMPOSITE_LABELS
 from edge_mer.errors import UserError
+
+RERUN = "rerun edge-mer data prepare with the same arguments"
+
+
+class SampleFileError(Exception):
+    """A sample's ``.npz`` cannot be used; the message says why, in a few words."""
+
+
+@dataclass
+class SampleFile:
+    """What one sample's ``.npz`` holds."""
+
+    motion: np.ndarray  # (3, S, S)
+    texture: np.ndarray  # (1, S, S)
+    key: str | None  # of what the file was made from; None in a version 1 cache
+    apex: int | None
+    alignment: str | None  # the alignment method
+
+
+def read_sample(path: Path, size: int | None = None) -> SampleFile:
+    """Read one sample's file whole (so a truncated or corrupt one fails here); raises SampleFileError."""
+    if not path.is_file():
+        raise SampleFileError("missing")
+    if path.stat().st_size == 0:
+        raise SampleFileError("empty")
+    try:
+        with path.open("rb") as f:
+            if f.read(4) != b"PK\x03\x04":  # np.load would take anything else for a pickle and say so
+                raise SampleFileError("truncated or corrupt (not an .npz archive)")
+        with np.load(path) as z:
+            motion, texture = z["motion"], z["texture"]
+            key = str(z["key"]) if "key" in z.files else None
+            apex = int(z["apex"]) if "apex" in z.files else None
+            alignment = json.loads(str(z["alignment"])).get("method") if "alignment" in z.files else None
+    except KeyError as exc:
+        raise SampleFileError(f"no {exc} array in it") from None
+    except (OSError, EOFError, ValueError, AttributeError, zipfile.BadZipFile) as exc:
+        # np.load and zipfile raise these on a truncated or overwritten file
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SampleFileError(f"truncated or corrupt ({why})") from None
+    side = motion.shape[-1] if size is None else size
+    if motion.shape != (3, side, side) or texture.shape != (1, side, side):
+        raise SampleFileError(f"arrays of shapes {motion.shape} and {texture.shape} (expected (3, {side}, {side}) "
+                              f"and (1, {side}, {side}))")
+    return SampleFile(motion, texture, key, apex, alignment)
 
 
 @dataclass
@@ -31,16 +77,32 @@ class FeatureSet:
         index = path / "index.jsonl"
         if not index.is_file():
             raise UserError(f"{path} is not a feature cache (no index.jsonl): run edge-mer data prepare")
-        rows = [json.loads(line) for line in index.read_text().splitlines() if line.strip()]
+        try:
+            rows = [json.loads(line) for line in index.read_text().splitlines() if line.strip()]
+            config = json.loads((path / "config.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{path} is not a readable feature cache ({exc}): {RERUN}") from None
+        pending = [r for r in rows if r.get("status") == "pending"]
+        if pending:
+            raise UserError(f"{path}: {len(pending)} samples not computed yet, e.g. {pending[0].get('id')} (the "
+                            f"edge-mer data prepare run that wrote it was stopped): {RERUN}")
         rows = [r for r in rows if r.get("status") == "ok" and r.get("composite")]
         if not rows:
             raise UserError(f"{path} holds no usable samples")
+        size = (config.get("feature") or {}).get("size")
         motion, texture = [], []
         for r in rows:
-            with np.load(path / r["file"]) as z:
-                motion.append(z["motion"])
-                texture.append(z["texture"])
-        config = json.loads((path / "config.json").read_text())
+            file = path / r["file"]
+            try:
+                sample = read_sample(file, size)
+            except SampleFileError as exc:
+                raise UserError(f"feature file {file}: {exc}; {RERUN} to recompute it") from None
+            if r.get("key") and sample.key != r["key"]:
+                # the file was rewritten by a later run whose index.jsonl never got written (killed)
+                raise UserError(f"feature file {file} was made from other inputs than {index} says "
+                                f"(the cache is inconsistent): {RERUN}")
+            motion.append(sample.motion)
+            texture.append(sample.texture)
         return cls(np.stack(motion), np.stack(texture),
                    np.array([COMPOSITE_LABELS[r["composite"]] for r in rows], np.int64),
                    [f"{r['dataset']}/{r['subject']}" for r in rows], [r["dataset"] for r in rows],

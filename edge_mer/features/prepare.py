@@ -3,22 +3,33 @@
 Layout of ``FEATURES/``::
 
     config.json          the FeatureConfig, the dataset, its root and the normalisation constants
-    samples/<dataset>/<subject>/<clip>.npz   motion (3,S,S), texture (1,S,S), alignment, frames used
-    index.jsonl          one line per annotated sample: its record, status and file
+    samples/<dataset>/<subject>/<clip>.npz   motion (3,S,S), texture (1,S,S), alignment, frames used, key
+    index.jsonl          one line per annotated sample: its record, status, key and file
     problems.json        what the loader and the feature stage reported
 
-A sample's ``.npz`` is written to a temporary name and renamed, so an
-interrupted run leaves only finished samples; the next run with the same
-config skips them.
+Each sample's ``.npz`` records a key: the sha256 of its annotation record, the
+path, size and modification time of the frame files it reads, and the
+FeatureConfig. A rerun reuses a file only when it reads back whole and its key
+is the one computed afresh; anything else (an apex corrected in the sheet, a
+frame replaced, a truncated file) is recomputed. Files are written to a
+temporary name and renamed, so a killed run leaves only finished samples, and
+``index.jsonl`` marks what it had not done yet as ``pending``.
 """
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
 import json
 import multiprocessing
 import os
+import signal
+import sys
+import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,13 +40,18 @@ import numpy as np
 from edge_mer import __version__
 from edge_mer.atomic import replacing, write_text
 from edge_mer.data.loaders import load
-from edge_mer.data.records import Sample
+from edge_mer.data.records import DatasetIndex, Sample
 from edge_mer.errors import UserError
 from edge_mer.face import FaceAligner
+from edge_mer.features.cache import SampleFile, SampleFileError, read_sample
 from edge_mer.flow.normalise import CONSTANTS, motion_tensor, texture_tensor
 from edge_mer.flow.opencv import make_flow
+from edge_mer.runtime.frames import list_frames
 
-CACHE_VERSION = 1
+# 2: each sample's file and index row carry the key of what it was made from (version 1 files are recomputed)
+CACHE_VERSION = 2
+PENDING = "not computed yet: the run stopped before it; rerun edge-mer data prepare with the same arguments"
+_PATH_FIELDS = ("frames_dir", "onset_path", "apex_path", "offset_path")
 
 
 @dataclass(frozen=True)
@@ -53,6 +69,7 @@ class PrepareSummary:
     samples: int
     written: int
     reused: int
+    stale: int  # of those written: their file was there but unreadable or made from other inputs
     failed: int
     skipped: int  # incomplete frames or excluded from the composite classes
     seconds: float
@@ -62,6 +79,45 @@ class PrepareSummary:
 def sample_file(out: Path, s: Sample) -> Path:
     safe = s.clip.replace("/", "_")
     return out / "samples" / s.dataset / s.subject / f"{safe}.npz"
+
+
+def _identity(path: str) -> list[Any]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return [os.path.abspath(path), None, None]
+    return [os.path.abspath(path), st.st_size, st.st_mtime_ns]
+
+
+def sample_key(s: Sample, cfg: FeatureConfig) -> str:
+    """sha256 of what a sample's features are made from: its record, the frame files it reads, the config."""
+    # the sheet row number is left out: a row moved in the sheet changes nothing in the features
+    record = {k: v for k, v in s.to_dict().items() if k not in ("row", "id")}
+    for k in _PATH_FIELDS:  # one folder spelled relative or absolute is the same input
+        if record[k]:
+            record[k] = os.path.abspath(record[k])
+    if s.apex_path == "":  # apex by motion: any frame from onset to offset may become the apex
+        files = [str(p) for n, p in list_frames(Path(s.frames_dir)).items() if s.onset <= n <= s.offset]
+    else:
+        files = [p for p in (s.onset_path, s.apex_path) if p]
+    if cfg.landmarks:
+        files.append(cfg.landmarks)
+    payload = {"version": CACHE_VERSION, "config": asdict(cfg), "sample": record,
+               "files": [_identity(f) for f in files]}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _reusable(path: Path, key: str, size: int) -> tuple[SampleFile | None, str]:
+    """The sample's file when it can be reused, else None and why not ("missing" when there is none)."""
+    try:
+        stored = read_sample(path, size)
+    except SampleFileError as exc:
+        return None, str(exc)
+    if stored.key is None:
+        return None, "made by an older edge-mer (no key)"
+    if stored.key != key:
+        return None, "made from other inputs (the annotation, the frame files or the config changed)"
+    return stored, ""
 
 
 def _read_gray(path: str) -> np.ndarray:
@@ -74,12 +130,45 @@ def _read_gray(path: str) -> np.ndarray:
 _STATE: dict[str, Any] = {}
 
 
-def _init_worker(cfg: FeatureConfig) -> None:
+def _init_worker(cfg: FeatureConfig, parent: int | None = None) -> None:
+    if parent is not None:
+        _die_with_parent(parent)
     cv2.setNumThreads(1)
     _STATE["aligner"] = FaceAligner(cfg.size, cfg.landmarks)
     _STATE["flow"] = make_flow(cfg.flow)
     _STATE["dis"] = make_flow("dis")
     _STATE["cfg"] = cfg
+
+
+def _exit_now(*_: Any) -> None:
+    """End this worker at once, leaving no temporary file of a sample half written."""
+    writing = _STATE.get("writing")
+    if writing is not None:
+        with suppress(OSError):
+            os.unlink(writing)
+    os._exit(128 + signal.SIGTERM)
+
+
+def _die_with_parent(parent: int) -> None:
+    """A worker ends when the run that started it ends, however it ends: else it computes on for nobody."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the parent decides
+    signal.signal(signal.SIGTERM, _exit_now)
+    if sys.platform.startswith("linux"):
+        try:
+            libc: ctypes.CDLL | None = ctypes.CDLL(None)
+        except OSError:
+            libc = None
+        if libc is not None and hasattr(libc, "prctl"):
+            libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG: the kernel signals us when it dies
+    if os.getppid() != parent:  # it died before prctl took effect
+        _exit_now()
+
+    # the portable way, and a backstop: PR_SET_PDEATHSIG fires when the parent's *thread* that started us ends
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        _exit_now()
+    threading.Thread(target=watch, name="edge-mer-parent-watch", daemon=True).start()
 
 
 def _apex_by_motion(s: Sample, onset_crop: np.ndarray, align: Any) -> tuple[int, str]:
@@ -89,8 +178,6 @@ def _apex_by_motion(s: Sample, onset_crop: np.ndarray, align: Any) -> tuple[int,
     percentile of what remains, so the local facial movement decides, not the
     head or the sensor noise.
     """
-    from edge_mer.runtime.frames import list_frames
-
     frames = list_frames(Path(s.frames_dir))
     dis = _STATE["dis"]
     best, best_path, best_mag = s.onset, s.onset_path or "", -1.0
@@ -103,8 +190,8 @@ def _apex_by_motion(s: Sample, onset_crop: np.ndarray, align: Any) -> tuple[int,
     return best, best_path
 
 
-def compute(record: dict[str, Any], out_path: str) -> dict[str, Any]:
-    """Features of one sample, written to ``out_path``; returns what the index records."""
+def compute(record: dict[str, Any], out_path: str, key: str = "") -> dict[str, Any]:
+    """Features of one sample, written to ``out_path`` with ``key``; returns what the index records."""
     aligner: FaceAligner = _STATE["aligner"]
     flow = _STATE["flow"]
     s = Sample(**{k: v for k, v in record.items() if k != "id"})
@@ -120,22 +207,33 @@ def compute(record: dict[str, Any], out_path: str) -> dict[str, Any]:
         texture = texture_tensor(apex_crop)
     except UserError as exc:
         return {"status": "failed", "message": str(exc)}
-    with replacing(Path(out_path), ".npz") as tmp:
-        np.savez(tmp, motion=motion, texture=texture, alignment=json.dumps(align.to_dict()),
-                 apex=np.int64(apex_n), apex_path=apex_path)
+    try:
+        with replacing(Path(out_path), ".npz") as tmp:
+            _STATE["writing"] = str(tmp)  # for _exit_now: a worker told to end removes it
+            np.savez(tmp, motion=motion, texture=texture, alignment=json.dumps(align.to_dict()),
+                     apex=np.int64(apex_n), apex_path=apex_path, key=key)
+    finally:
+        _STATE.pop("writing", None)
     return {"status": "ok", "apex": apex_n, "alignment": align.method}
+
+
+def _comparable(config: dict[str, Any]) -> tuple[Any, ...]:
+    feature = dict(config.get("feature") or {})
+    feature.pop("version", None)  # an older cache version is recomputed sample by sample, not refused
+    return feature, config.get("dataset"), config.get("root"), config.get("annotations")
 
 
 def _check_config(out: Path, config: dict[str, Any]) -> None:
     path = out / "config.json"
-    if path.exists():
-        old = json.loads(path.read_text())
-        keys = ("feature", "dataset", "root", "annotations")
-        if any(old.get(k) != config.get(k) for k in keys):
-            raise UserError(f"{out} holds features made with another config ({path}); "
-                            "use another --out, or delete it to start again")
+    try:
+        old = json.loads(path.read_text()) if path.exists() else None
+    except (OSError, ValueError):
+        old = None  # torn by an edge-mer that wrote it in place: the samples' keys still decide what is reused
+    if isinstance(old, dict) and _comparable(old) != _comparable(config):
+        raise UserError(f"{out} holds features made with another config ({path}); "
+                        "use another --out, or delete it to start again")
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    write_text(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def prepare(dataset: str, root: Path, out: Path, cfg: FeatureConfig, annotations: Path | None = None,
@@ -150,58 +248,104 @@ def prepare(dataset: str, root: Path, out: Path, cfg: FeatureConfig, annotations
               "annotations": index.annotations, "normalisation": CONSTANTS, "edge_mer": __version__}
     _check_config(out, config)
     rows: dict[str, dict[str, Any]] = {}
-    todo: list[tuple[Sample, Path]] = []
-    skipped = reused = 0
+    todo: list[tuple[Sample, Path, str]] = []
+    skipped = reused = stale = 0
     for s in index.samples:
         path = sample_file(out, s)
         row = {**s.to_dict(), "file": str(path.relative_to(out))}
+        rows[s.id] = row
         if not s.complete and s.apex_path != "":
             row.update(status="skipped", message="frames missing on disk")
             skipped += 1
-        elif not s.composite and dataset == "megc2019":
+            continue
+        if not s.composite and dataset == "megc2019":
             row.update(status="skipped", message="not in the composite classes")
             skipped += 1
-        elif path.exists():
-            row.update(status="ok", reused=True)
+            continue
+        key = row["key"] = sample_key(s, cfg)
+        stored, why = _reusable(path, key, cfg.size)
+        if stored is not None:
+            row.update(status="ok", reused=True, apex=stored.apex, alignment=stored.alignment)
             reused += 1
-        else:
-            todo.append((s, path))
-        rows[s.id] = row
+            continue
+        if why != "missing":
+            row["recomputed"] = why
+            stale += 1
+        row.update(status="pending", message=PENDING)
+        todo.append((s, path, key))
     failed = 0
-    with tqdm(total=len(todo), desc=f"features {dataset}", unit="sample", disable=not progress) as bar:
-        results = _run(todo, cfg, workers)
-        for (s, _path), res in zip(todo, results):
-            rows[s.id].update(res)
-            failed += res["status"] == "failed"
-            bar.update(1)
-    _write_lines(out / "index.jsonl", [rows[s.id] for s in index.samples])
+    if todo:  # a run killed from here on leaves an index that says which samples it had not done
+        _write_index(out, index, rows)
+    try:
+        with tqdm(total=len(todo), desc=f"features {dataset}", unit="sample", disable=not progress) as bar, \
+                _sigterm_interrupts(), _computing(todo, cfg, workers) as results:
+            for i, res in results:
+                row = rows[todo[i][0].id]
+                row.pop("message", None)
+                row.update(res)
+                failed += res["status"] == "failed"
+                bar.update(1)
+    finally:
+        _write_index(out, index, rows)
+    elapsed = time.perf_counter() - start
+    written = len(todo) - failed
+    return PrepareSummary(str(out), len(index.samples), written, reused, stale, failed, skipped,
+                          round(elapsed, 2), round(written / elapsed, 2) if elapsed > 0 else 0.0)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is: the run stops, ends its workers and writes what it has done."""
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread can take signals
+        return
+
+    def stop(*_: Any) -> None:
+        raise Terminated()
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+@contextmanager
+def _computing(todo: list[tuple[Sample, Path, str]], cfg: FeatureConfig,
+               workers: int) -> Iterator[Iterator[tuple[int, dict[str, Any]]]]:
+    """(position in ``todo``, result) as each sample finishes; on an error or an interrupt the workers end at
+    once, and what they were computing is not written."""
+    jobs = [(s.to_dict(), str(p), key) for s, p, key in todo]
+    if workers <= 1 or len(jobs) <= 1:
+        _init_worker(cfg)
+        yield ((i, compute(*job)) for i, job in enumerate(jobs))
+        return
+    # "spawn": a forked child can inherit OpenCV's thread pool mid-use from the parent and hang
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_worker, initargs=(cfg, os.getpid()))
+    futures: dict[Future[dict[str, Any]], int] = {}
+    try:
+        futures.update((pool.submit(compute, *job), i) for i, job in enumerate(jobs))
+        yield ((futures[f], f.result()) for f in as_completed(futures))
+    except BaseException:
+        # the executor has no public way to end busy workers (3.14's terminate_workers aside); it then fails
+        # the futures left with BrokenProcessPool (cancelling them first makes 3.11's manager thread raise)
+        for process in list(getattr(pool, "_processes", {}).values()):
+            with suppress(Exception):
+                process.terminate()
+        pool.shutdown(wait=False)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _write_index(out: Path, index: DatasetIndex, rows: dict[str, dict[str, Any]]) -> None:
+    write_text(out / "index.jsonl", "".join(json.dumps(rows[s.id], sort_keys=True) + "\n" for s in index.samples))
     problems = [asdict(p) for p in index.problems]
     problems += [{"kind": "feature-failed", "message": r["message"], "sample": r["id"]}
                  for r in rows.values() if r.get("status") == "failed"]
-    (out / "problems.json").write_text(json.dumps({"problems": problems, "notes": index.notes}, indent=1) + "\n")
-    elapsed = time.perf_counter() - start
-    written = len(todo) - failed
-    return PrepareSummary(str(out), len(index.samples), written, reused, failed, skipped, round(elapsed, 2),
-                          round(written / elapsed, 2) if elapsed > 0 else 0.0)
-
-
-def _run(todo: list[tuple[Sample, Path]], cfg: FeatureConfig, workers: int) -> Any:
-    jobs = [(s.to_dict(), str(p)) for s, p in todo]
-    if workers <= 1 or len(jobs) <= 1:
-        _init_worker(cfg)
-        return (compute(*j) for j in jobs)
-    # "spawn": a forked child can inherit OpenCV's thread pool mid-use from the parent and hang
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_init_worker, initargs=(cfg,))
-
-    def results() -> Any:
-        with pool:
-            yield from pool.map(compute, *zip(*jobs), chunksize=1)
-    return results()
-
-
-def _write_lines(path: Path, rows: list[dict[str, Any]]) -> None:
-    write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    write_text(out / "problems.json", json.dumps({"problems": problems, "notes": index.notes}, indent=1) + "\n")
 
 
 def prepare_synthetic_composite(data: Path, out: Path, subjects: int, clips_per_subject: int, seed: int,

@@ -6,12 +6,15 @@ device will see: every dataset, every class and as many subjects as possible.
 their size (at least one sample each), and inside a group takes one sample per
 subject in turn (subjects in random order) before any subject gives a second.
 The file is an ``.npz`` with the arrays, the sample ids and a JSON header
-(crop size, normalisation constants, the features' config, the counts).
+(crop size, normalisation constants, the features' config, the counts). A set
+below :data:`MIN_CALIBRATION_SAMPLES` is neither written nor read.
 """
 
 from __future__ import annotations
 
 import json
+import zipfile
+import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +29,14 @@ from edge_mer.features.cache import FeatureSet
 from edge_mer.flow.normalise import CONSTANTS
 
 CALIBRATION_FORMAT = "edge-mer-calibration/1"
+# The fewest samples INT8 ranges are taken from (PTQ, QAT, build-set). A max range is the largest of N samples'
+# peaks, so an unseen sample exceeds it with probability about 1/(N + 1): 3 % at 32, where clipping just past the
+# range costs little; below that single samples decide the ranges, and the quality gate's agreement over the set
+# (one sample is 3 % of 32) says little. 256-512 are recommended.
+MIN_CALIBRATION_SAMPLES = 32
+_KEYS = ("motion", "texture", "labels", "ids", "meta")
+# what numpy, zipfile and zlib raise for a truncated or damaged .npz (a lone .npy is no context manager)
+_UNREADABLE = (OSError, ValueError, KeyError, EOFError, TypeError, AttributeError, zipfile.BadZipFile, zlib.error)
 
 
 @dataclass
@@ -107,22 +118,44 @@ def save_set(cs: CalibrationSet, path: Path) -> None:
                             meta=np.array(json.dumps(cs.meta, sort_keys=True)))
 
 
-def load_set(path: Path, size: int | None = None) -> CalibrationSet:
-    """Read a calibration set; ``size`` checks it against a model's crop size."""
+def too_few(what: str) -> UserError:
+    """The one-line refusal of a calibration set below :data:`MIN_CALIBRATION_SAMPLES`; ``what`` says how many
+    there are."""
+    return UserError(f"{what}; INT8 calibration needs at least {MIN_CALIBRATION_SAMPLES} samples "
+                     "(256-512 recommended)")
+
+
+def load_set(path: Path, size: int | None = None, minimum: int = MIN_CALIBRATION_SAMPLES) -> CalibrationSet:
+    """Read a calibration set; ``size`` checks it against a model's crop size, ``minimum`` its sample count."""
     if not path.is_file():
         raise UserError(f"calibration set not found: {path}")
+    rebuild = "build it again with edge-mer calibrate build-set"
+    if path.stat().st_size == 0:
+        raise UserError(f"{path} is an empty file, not a calibration set: {rebuild}")
     try:
         with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in _KEYS if k not in getattr(z, "files", ())]
+            if missing:
+                raise UserError(f"{path} is not a calibration set (no {', '.join(missing)}): {rebuild}")
             meta = json.loads(str(z["meta"]))
             cs = CalibrationSet(z["motion"], z["texture"], z["labels"], [str(s) for s in z["ids"]], meta)
-    except (OSError, ValueError, KeyError) as exc:
-        raise UserError(f"{path} is not a calibration set ({type(exc).__name__}): build one with "
-                        "edge-mer calibrate build-set") from None
-    if meta.get("format") != CALIBRATION_FORMAT:
+    except _UNREADABLE as exc:
+        raise UserError(f"{path} cannot be read as a calibration set (damaged or truncated: "
+                        f"{type(exc).__name__}): {rebuild}") from None
+    if not isinstance(meta, dict) or meta.get("format") != CALIBRATION_FORMAT:
         raise UserError(f"{path} is not an edge-mer calibration set")
     if meta.get("normalisation") != CONSTANTS:
         raise UserError(f"{path} was normalised with other constants ({meta.get('normalisation')}); rebuild it")
+    n = len(cs.ids)
+    if (cs.motion.ndim != 4 or cs.motion.shape[:2] != (n, 3) or cs.texture.shape != (n, 1, *cs.motion.shape[2:])
+            or cs.motion.shape[2] != cs.motion.shape[3] or len(cs.labels) != n):
+        raise UserError(f"{path} holds arrays of inconsistent shapes (motion {cs.motion.shape}, texture "
+                        f"{cs.texture.shape}, {n} ids): {rebuild}")
+    if cs.motion.dtype != np.float32 or cs.texture.dtype != np.float32:
+        raise UserError(f"{path} holds {cs.motion.dtype}/{cs.texture.dtype} samples, not float32: {rebuild}")
     if size is not None and cs.size != size:
         raise UserError(f"calibration set {path.name} holds {cs.size}x{cs.size} samples; the model takes "
                         f"{size}x{size}")
+    if n < minimum:
+        raise too_few(f"calibration set {path} holds {n} samples")
     return cs

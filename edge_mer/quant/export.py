@@ -12,12 +12,17 @@ QuantizeLinear/DequantizeLinear pairs); its weight quantizers are then folded
 into INT8 initializers (DequantizeLinear of an INT8 constant, the layout
 TensorRT and ONNX Runtime expect of explicit quantization), which makes the file
 about four times smaller. Beside it goes the same model without its quantizers
-as ``NAME.fp32.onnx``, the companion a CPU may find faster.
+as ``NAME.fp32.onnx``, the companion a CPU may find faster. The INT8 file then
+passes the quality gate of :mod:`edge_mer.quant.ptq` against that companion, on
+random inputs of the normalised range (the calibration samples are not kept in
+a checkpoint): this catches a degenerate or badly broken file, not a small loss
+of accuracy, which ``edge-mer eval`` measures.
 """
 
 from __future__ import annotations
 
 import warnings
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +32,8 @@ from edge_mer import __version__
 from edge_mer.atomic import replacing
 from edge_mer.errors import UserError
 from edge_mer.flow.normalise import CONSTANTS
-from edge_mer.runtime.artifact import INPUTS, OUTPUT, input_spec, model_stem, sha256, write_sidecar
+from edge_mer.outputs import check_file
+from edge_mer.runtime.artifact import INPUTS, OUTPUT, input_spec, model_stem, sha256, sidecar_path, write_sidecar
 
 DEFAULT_OPSET = 13
 
@@ -172,44 +178,64 @@ def _max_diff(model: Any, path: Path, size: int, n: int = 8) -> float:
     return float(np.abs(got - ref).max())
 
 
-def export(checkpoint: Path, out: Path, opset: int = DEFAULT_OPSET) -> dict[str, Any]:
-    """Write ``out`` (+ sidecar; for QAT also the FP32 companion) and return a report."""
+def export(checkpoint: Path, out: Path, opset: int = DEFAULT_OPSET, force: bool = False) -> dict[str, Any]:
+    """Write ``out`` (+ sidecar; for QAT also the FP32 companion and the quality gate's verdict) and return a
+    report. ``force`` replaces existing outputs; an output that is the checkpoint is refused regardless."""
     from edge_mer.model.checkpoint import load_checkpoint
+    from edge_mer.runtime.backends.base import sample_inputs
 
     _onnx()
     if not 13 <= opset <= 17:
         raise UserError(f"opset {opset} is outside 13..17 (Q/DQ per channel needs 13; TensorRT 8.5 reads up to 17)")
+    check_file(out, inputs=[checkpoint], force=force)
+    check_file(sidecar_path(out), inputs=[checkpoint], force=force, flag="--out's sidecar")
     model, ck = load_checkpoint(checkpoint)
     cfg = model.cfg
-    out.parent.mkdir(parents=True, exist_ok=True)
     quant = ck.get("quant")
+    companion = out.with_name(model_stem(out) + ".fp32.onnx")
+    if quant:  # known only once the checkpoint is read, still before anything is written
+        check_file(companion, inputs=[checkpoint], force=force, flag="the FP32 companion")
+        check_file(sidecar_path(companion), inputs=[checkpoint], force=force, flag="the FP32 companion's sidecar")
+    out.parent.mkdir(parents=True, exist_ok=True)
     base = {"config": cfg.to_dict(), "class_names": list(cfg.class_names), "normalisation": CONSTANTS,
             "inputs": input_spec(cfg.size), "outputs": {OUTPUT: {"shape": ["batch", cfg.num_classes],
                                                                  "dtype": "float32"}},
             "opset": opset, "model": ck.get("model"), "features": ck.get("features"),
             "trained_on": ck.get("trained_on", []), "checkpoint": checkpoint.name,
             "checkpoint_sha256": sha256(checkpoint), "edge_mer": __version__}
-    _write_onnx(model, cfg.size, out, opset)
     report: dict[str, Any] = {"onnx": str(out)}
-    if quant:
-        report["folded_weights"] = fold_weight_quantizers(out)
-        report["qdq"] = {k: v if isinstance(v, int) else len(v) for k, v in count_qdq(out).items()}
-    report["max_abs_diff"] = _max_diff(model, out, cfg.size)
     meta = {**base, "precision": "int8" if quant else "fp32"}
-    if quant:
-        meta["quantization"] = {"method": "qat", "tool": f"nvidia-modelopt {quant.get('modelopt')}",
-                                "calibration": quant.get("calibration")}
-        from edge_mer.quant.qat import disable_quantizers
+    # every file is made and checked under a temporary name and lands at the end, its sidecar right after:
+    # a kill leaves the earlier result (or none), not a model without its sidecar
+    with ExitStack() as files:
+        tmp = files.enter_context(replacing(out))
+        _write_onnx(model, cfg.size, tmp, opset)
+        if quant:
+            report["folded_weights"] = fold_weight_quantizers(tmp)
+            report["qdq"] = {k: v if isinstance(v, int) else len(v) for k, v in count_qdq(tmp).items()}
+        report["max_abs_diff"] = _max_diff(model, tmp, cfg.size)
+        if quant:
+            from edge_mer.quant.ptq import PROBE_SAMPLES, quality_gate
+            from edge_mer.quant.qat import disable_quantizers
 
-        companion = out.with_name(model_stem(out) + ".fp32.onnx")
-        disable_quantizers(model)
-        _write_onnx(model, cfg.size, companion, opset)
-        report["companion"] = str(companion)
-        report["companion_max_abs_diff"] = _max_diff(model, companion, cfg.size)
+            meta["quantization"] = {"method": "qat", "tool": f"nvidia-modelopt {quant.get('modelopt')}",
+                                    "calibration": quant.get("calibration")}
+            tmp_fp32 = files.enter_context(replacing(companion))
+            disable_quantizers(model)
+            _write_onnx(model, cfg.size, tmp_fp32, opset)
+            report["companion"] = str(companion)
+            report["companion_max_abs_diff"] = _max_diff(model, tmp_fp32, cfg.size)
+            motion, texture = sample_inputs(PROBE_SAMPLES, cfg.size, seed=0)
+            meta["quality"] = report["quality"] = quality_gate(
+                tmp_fp32, tmp, motion, texture, "random inputs of the normalised range (seed 0; a checkpoint "
+                                                "keeps no calibration samples)")
+            meta["quality"]["compared_with"] = f"{companion.name} (fp32)"
+    if quant:
         meta["companion"] = {"file": companion.name, "sha256": sha256(companion), "precision": "fp32"}
-        write_sidecar(companion, {**base, "precision": "fp32",
-                                  "quantization": {"method": "qat weights, no quantizers"},
-                                  "companion": {"file": out.name, "sha256": sha256(out), "precision": "int8"}})
+        side = {**base, "precision": "fp32", "quantization": {"method": "qat weights, no quantizers"}}
+        if meta["quality"]["usable"]:  # a file that failed its gate is never an FP32 file's companion
+            side["companion"] = {"file": out.name, "sha256": sha256(out), "precision": "int8"}
+        write_sidecar(companion, side)
     write_sidecar(out, meta)
     report["bytes"] = out.stat().st_size
     report["precision"] = meta["precision"]

@@ -12,6 +12,12 @@ matrix products) run:
   calibration) or its 99.99th percentile (``percentile``);
 * the attention products (two activations), LayerNorm, softmax, residual
   additions and biases stay FP32: no Q/DQ sits in their way.
+
+Every INT8 file then passes a quality gate (:func:`quality_gate`, also run by
+the export of a QAT checkpoint): run in ONNX Runtime beside its FP32 model, its
+top-1 decisions, its logits and their variation across samples are compared; a
+file that fails is still written, marked ``"usable": false`` in its sidecar, and
+never named as the FP32 file's companion.
 """
 
 from __future__ import annotations
@@ -24,11 +30,25 @@ import numpy as np
 
 from edge_mer.atomic import replacing
 from edge_mer.errors import UserError
+from edge_mer.outputs import check_file
 from edge_mer.quant.calibset import load_set
-from edge_mer.runtime.artifact import load_artifact, sha256, write_sidecar
+from edge_mer.runtime.artifact import OUTPUT, load_artifact, sha256, sidecar_path, write_sidecar
 
 METHODS = ("max", "percentile")
 QUANT_OPS = ("MatMul", "Gemm", "Conv")
+
+# The INT8 quality gate, the one place its thresholds live. An INT8 file passes when, on the same inputs as
+# its FP32 model, in ONNX Runtime:
+MAX_MEAN_DIFF = 0.5  # the mean |INT8 - FP32| logit is at most half the standard deviation of the FP32 logits
+MIN_AGREEMENT = 0.90  # at least 90 % of FP32's clear top-1 decisions are INT8's too
+# a clear decision: FP32's top-2 margin is at least the mean error the gate accepts (0.5 std). Near-ties may flip
+# either way under acceptable quantization noise (a weakly trained model is mostly near-ties); a flipped clear
+# decision is damage
+DECIDED_MARGIN = 0.5
+MIN_SPREAD_RATIO = 0.25  # its logits vary across samples at least a quarter as much as FP32's: not degenerate
+MIN_SPREAD = 1e-6  # logits that vary less than this across samples are constant (FP32's too: samples all alike)
+# The largest logit difference is recorded, not gated: one sample's outlier should not condemn a file.
+PROBE_SAMPLES = 64  # random inputs of the normalised range (seed 0) where no real samples are at hand (export)
 
 
 def _onnx() -> Any:
@@ -140,11 +160,84 @@ def quantize_graph(model: Any, ranges: dict[str, float]) -> int:
     return len(targets)
 
 
-def calibrate(onnx_path: Path, set_path: Path, out: Path, method: str = "max") -> dict[str, Any]:
-    """Write ``out`` (Q/DQ INT8) and its sidecar; returns the sidecar."""
+def _logits(path: Path, motion: np.ndarray, texture: np.ndarray, batch: int = 32) -> np.ndarray:
+    from edge_mer.runtime.backends.onnxruntime import make_session
+
+    sess = make_session(path)  # every optimisation on: the INT8 kernels a CPU runs
+    out = [sess.run([OUTPUT], {"motion": motion[s:s + batch], "texture": texture[s:s + batch]})[0]
+           for s in range(0, len(motion), batch)]
+    return np.concatenate(out).astype(np.float64)
+
+
+def judge(fp32: np.ndarray, int8: np.ndarray) -> dict[str, Any]:
+    """The gate's figures and verdict for the logits of the same samples (samples x classes)."""
+    diff = np.abs(int8 - fp32)
+    scale = float(fp32.std())
+    same = fp32.argmax(1) == int8.argmax(1)
+    top2 = np.sort(fp32, axis=1)[:, -2:]
+    decided = top2[:, 1] - top2[:, 0] >= DECIDED_MARGIN * scale
+    agreement = float(np.mean(same[decided])) if decided.any() else None
+    spread = {"fp32": float(fp32.std(axis=0).mean()), "int8": float(int8.std(axis=0).mean())}
+    ratio = spread["int8"] / spread["fp32"] if spread["fp32"] > MIN_SPREAD else 0.0
+    failed = []
+    if spread["fp32"] <= MIN_SPREAD:
+        failed.append("the FP32 logits are the same for every sample (are the samples all alike?), so they "
+                      "cannot show that INT8 works")
+    if spread["int8"] <= MIN_SPREAD:
+        failed.append("the INT8 logits are the same for every sample: a degenerate model")
+    elif spread["fp32"] > MIN_SPREAD and ratio < MIN_SPREAD_RATIO:
+        failed.append(f"the INT8 logits barely vary across samples ({ratio:.2f}x FP32's spread, "
+                      f"{MIN_SPREAD_RATIO:g} needed): a degenerate model")
+    if agreement is not None and agreement < MIN_AGREEMENT:
+        failed.append(f"top-1 agreement with FP32's clear decisions {agreement:.3f} < {MIN_AGREEMENT:.2f}")
+    if float(diff.mean()) > MAX_MEAN_DIFF * scale:
+        failed.append(f"mean logit difference {diff.mean():.3g} > {MAX_MEAN_DIFF:g}x the FP32 logits' "
+                      f"standard deviation ({scale:.3g})")
+    return {"usable": not failed, "failed": failed, "samples": len(fp32),
+            "top1_agreement": None if agreement is None else round(agreement, 4),
+            "decided_samples": int(decided.sum()), "top1_agreement_all": round(float(np.mean(same)), 4),
+            "logit_diff_mean": round(float(diff.mean()), 6), "logit_diff_max": round(float(diff.max()), 6),
+            "fp32_logit_std": round(scale, 6), "logit_spread": {k: round(v, 6) for k, v in spread.items()},
+            "spread_ratio": round(ratio, 4),
+            "thresholds": {"min_top1_agreement": MIN_AGREEMENT, "decided_margin_x_fp32_std": DECIDED_MARGIN,
+                           "max_mean_diff_x_fp32_std": MAX_MEAN_DIFF, "min_spread_ratio": MIN_SPREAD_RATIO,
+                           "min_spread": MIN_SPREAD}}
+
+
+def quality_gate(fp32_path: Path, int8_path: Path, motion: np.ndarray, texture: np.ndarray,
+                 inputs: str) -> dict[str, Any]:
+    """Run both files in ONNX Runtime on the samples and judge the INT8 one; ``inputs`` says what they are."""
+    import onnxruntime as ort
+
+    doc = judge(_logits(fp32_path, motion, texture), _logits(int8_path, motion, texture))
+    return {**doc, "inputs": inputs, "compared_with": f"{fp32_path.name} (fp32)",
+            "runtime": f"onnxruntime {ort.__version__} CPU"}
+
+
+def summary(q: dict[str, Any]) -> str:
+    """The gate in one line, for the commands' output."""
+    verdict = "usable" if q["usable"] else "NOT usable: " + "; ".join(q["failed"])
+    spread = (f"spread {q['spread_ratio']:.2f}x FP32's (>= {MIN_SPREAD_RATIO:g})"
+              if q["logit_spread"]["fp32"] > MIN_SPREAD else "FP32 logits constant")
+    agreement = ("n/a (no clear FP32 decision)" if q["top1_agreement"] is None else
+                 f"{q['top1_agreement']:.3f} of {q['decided_samples']} clear decisions (>= {MIN_AGREEMENT:.2f})")
+    return (f"INT8 vs FP32 on {q['samples']} {q['inputs']}: top-1 agreement {agreement}, "
+            f"{q['top1_agreement_all']:.3f} of all, logit difference mean {q['logit_diff_mean']:.3g} (<= "
+            f"{MAX_MEAN_DIFF * q['fp32_logit_std']:.3g}, {MAX_MEAN_DIFF:g}x the FP32 logits' std) max "
+            f"{q['logit_diff_max']:.3g}, {spread}: {verdict}")
+
+
+def calibrate(onnx_path: Path, set_path: Path, out: Path, method: str = "max",
+              force: bool = False) -> dict[str, Any]:
+    """Write ``out`` (Q/DQ INT8) and its sidecar, with the quality gate's verdict on the calibration samples in
+    its ``quality``; returns the sidecar. Only a file that passes becomes the FP32 file's companion. ``force``
+    replaces an existing ``out``; an ``out`` that is one of the inputs is refused regardless."""
     onnx = _onnx()
     if method not in METHODS:
         raise UserError(f"calibration method must be one of {', '.join(METHODS)}")
+    inputs = [onnx_path, sidecar_path(onnx_path), set_path]
+    check_file(out, inputs=inputs, force=force)
+    check_file(sidecar_path(out), inputs=inputs, force=force, flag="--out's sidecar")
     art = load_artifact(onnx_path)
     if art.precision != "fp32":
         raise UserError(f"{onnx_path} is already {art.precision}; calibrate the FP32 export")
@@ -153,19 +246,26 @@ def calibrate(onnx_path: Path, set_path: Path, out: Path, method: str = "max") -
     include, attention = weighted_nodes(model)
     ranges = activation_ranges(model, cs, sorted({n.input[0] for n in include}), method)
     quantize_graph(model, ranges)
-    with replacing(out) as tmp:
+    with replacing(out) as tmp:  # judged before it lands, so that its sidecar follows within milliseconds
         onnx.save(model, str(tmp))
-    meta = {k: v for k, v in art.meta.items() if k not in ("format", "file", "sha256", "bytes", "companion")}
+        quality = quality_gate(onnx_path, tmp, cs.motion, cs.texture, f"calibration samples ({set_path.name})")
+    meta = {k: v for k, v in art.meta.items()
+            if k not in ("format", "file", "sha256", "bytes", "companion", "quality")}
     meta.update({
         "precision": "int8",
         "quantization": {"method": "ptq", "tool": "edge-mer (symmetric INT8, per-channel weights, "
                                                   "per-tensor activations)", "calibration": set_path.name,
                          "calibration_sha256": sha256(set_path), "samples": len(cs), "range": method,
                          "quantized_nodes": len(include), "fp32_attention_matmuls": len(attention)},
+        "quality": quality,
+        # the INT8 file names its FP32 source either way: --precision auto on it then falls back to FP32
         "companion": {"file": os.path.relpath(onnx_path, out.parent), "sha256": art.meta["sha256"],
                       "precision": "fp32"}})
     doc = write_sidecar(out, meta)
-    link_companion(onnx_path, out)
+    if quality["usable"]:
+        link_companion(onnx_path, out)
+    else:
+        unlink_companion(onnx_path, out)
     return doc
 
 
@@ -176,3 +276,14 @@ def link_companion(fp32_path: Path, int8_path: Path) -> None:
     meta["companion"] = {"file": os.path.relpath(int8_path, fp32_path.parent), "sha256": sha256(int8_path),
                          "precision": "int8"}
     write_sidecar(fp32_path, meta)
+
+
+def unlink_companion(fp32_path: Path, int8_path: Path) -> None:
+    """Drop the FP32 sidecar's companion entry when it names ``int8_path`` (an earlier file there, now
+    replaced by one that failed the gate); any other entry stays."""
+    art = load_artifact(fp32_path)
+    c = art.meta.get("companion")
+    if not c or (fp32_path.parent / c["file"]).resolve() != int8_path.resolve():
+        return
+    write_sidecar(fp32_path, {k: v for k, v in art.meta.items()
+                              if k not in ("format", "file", "sha256", "bytes", "companion")})

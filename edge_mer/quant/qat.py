@@ -81,8 +81,9 @@ def finetune(checkpoint: Any, features: Any, out: Any, calibration: Any = None, 
     import torch
 
     from edge_mer import __version__
+    from edge_mer.atomic import replacing, write_text
     from edge_mer.features.cache import FeatureSet
-    from edge_mer.quant.calibset import build_set, load_set
+    from edge_mer.quant.calibset import MIN_CALIBRATION_SAMPLES, build_set, load_set, too_few
     from edge_mer.runtime.artifact import sha256
     from edge_mer.train.loop import TrainConfig, train_model
     from edge_mer.train.run import check_features
@@ -104,6 +105,9 @@ def finetune(checkpoint: Any, features: Any, out: Any, calibration: Any = None, 
         calib = {"file": Path(calibration).name, "sha256": sha256(Path(calibration)), "samples": len(cs)}
     else:
         cs = build_set(fs, n_calib, seed, only_ids=trained)
+        if len(cs) < MIN_CALIBRATION_SAMPLES:
+            raise too_few(f"only {len(cs)} of the samples {checkpoint.name} was trained on are in {features} to "
+                          "calibrate on (or pass --calibration SET)")
         calib = {"file": None, "drawn_from": str(features), "samples": len(cs), "counts": cs.meta["counts"]}
     model = quantize(model, cs.motion, cs.texture)
     known = {f.name for f in fields(TrainConfig)}
@@ -122,11 +126,12 @@ def finetune(checkpoint: Any, features: Any, out: Any, calibration: Any = None, 
     quantizers = count_quantizers(model)
     qat = {"from": checkpoint.name, "from_sha256": sha256(checkpoint), "epochs": epochs, "lr": lr, "seed": seed,
            "samples": len(idx), "quantizers": quantizers}
-    torch.save({"format": CHECKPOINT_FORMAT, "model": ck.get("model"), "config": model.cfg.to_dict(),
-                "state_dict": model.state_dict(), "train": asdict(tcfg), "features": ck.get("features"),
-                "trained_on": ck.get("trained_on", []), "quant": quant_state(model, calib), "qat": qat,
-                "edge_mer": __version__}, out / "checkpoint.pt")
+    with replacing(out / "checkpoint.pt") as tmp:
+        torch.save({"format": CHECKPOINT_FORMAT, "model": ck.get("model"), "config": model.cfg.to_dict(),
+                    "state_dict": model.state_dict(), "train": asdict(tcfg), "features": ck.get("features"),
+                    "trained_on": ck.get("trained_on", []), "quant": quant_state(model, calib), "qat": qat,
+                    "edge_mer": __version__}, tmp)
     report = {**qat, "calibration": calib, "seconds": round(time.perf_counter() - start, 1),
               "checkpoint": str(out / "checkpoint.pt")}
-    (out / "qat.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    write_text(out / "qat.json", json.dumps(report, indent=2, sort_keys=True) + "\n")
     return report

@@ -4,8 +4,9 @@
 the normalisation constants of the inputs, the input/output spec, the
 precision (``fp32`` or ``int8``), the sha256 of the ONNX file, and where one
 exists the file of the other precision (``companion``), so a CPU backend can
-choose the faster one. Every reader checks the sha256 and refuses a sidecar
-that belongs to another file.
+choose the faster one; an INT8 file also carries its quality gate's figures and
+verdict (``quality``), and one that failed is never chosen for its companion.
+Every reader checks the sha256 and refuses a sidecar that belongs to another file.
 """
 
 from __future__ import annotations
@@ -74,6 +75,13 @@ class Artifact:
     @property
     def precision(self) -> str:
         return str(self.meta.get("precision", "fp32"))
+
+    @property
+    def usable(self) -> bool:
+        """False when the file failed its INT8 quality gate (``quality.usable`` in the sidecar, written by
+        calibrate and export); a file without a gate's verdict (FP32, older exports) is usable."""
+        q = self.meta.get("quality")
+        return not (isinstance(q, dict) and q.get("usable") is False)
 
     def companion(self) -> Artifact | None:
         """The file of the other precision named by the sidecar, when it is present and matches."""

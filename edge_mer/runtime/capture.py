@@ -43,7 +43,7 @@ class CaptureThread:
     """
 
     def __init__(self, source: Source | Callable[[], Source], ring: FrameRing, reconnect: bool = True, *,
-                 backoff: tuple[float, float] = BACKOFF) -> None:
+                 backoff: tuple[float, float] = BACKOFF, keep: int = 0) -> None:
         if isinstance(source, Source):
             self.source: Source | None = source
             self._open: Callable[[], Source] = source.reopen
@@ -53,6 +53,7 @@ class CaptureThread:
         self.ring = ring
         self.reconnect = reconnect
         self.backoff = backoff
+        self.keep = keep  # a file played as fast as possible leaves the consumer this many frames of history
         self.frames = 0
         self.failures = 0
         self.reconnects = 0
@@ -134,7 +135,7 @@ class CaptureThread:
                     lost = False
             if not source.live and not source.realtime:
                 # a file played as fast as possible: wait for the consumer rather than lose frames
-                while not self.ring.wait_for_room(0.2):
+                while not self.ring.wait_for_room(0.2, keep=self.keep):
                     if self._stop.is_set():
                         return
             frame, why = self._read(source)

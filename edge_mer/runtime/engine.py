@@ -144,9 +144,13 @@ def build_engine(onnx_path: Path, out_dir: Path, fp16: bool = False, max_batch: 
                  workspace_mb: int = 1024, gpu: GpuIdentity | None = None) -> Path:
     """Build (or reuse) the engine of ``onnx_path`` for this machine (``gpu``: its identity when already known);
     returns its path."""
+    art = load_artifact(onnx_path)
+    if not art.usable:
+        why = "; ".join((art.meta.get("quality") or {}).get("failed") or []) or "see its sidecar"
+        raise UserError(f"{onnx_path} failed its INT8 quality gate ({why}): an engine of it would not be trusted; "
+                        "calibrate again on a larger, representative set, or build its FP32 export")
     trt_module = import_tensorrt()
     version = str(trt_module.__version__)
-    art = load_artifact(onnx_path)
     gpu = gpu or gpu_identity()
     precision = ("int8" if art.precision == "int8" else "fp32") + ("+fp16" if fp16 else "")
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,17 +1,18 @@
 """Recognition events: one JSON object per line, written and flushed one by one.
 
-Every event reaches the disk (flush + fsync) before the loop goes on, so a
+Every event reaches the disk (write + fsync) before the loop goes on, so a
 killed process loses nothing it has reported; stdout gets the same line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from edge_mer.errors import UserError
 
@@ -38,32 +39,71 @@ class Event:
 
 
 class EventWriter:
-    """JSON lines to a file (appended, fsynced per event) and/or stdout."""
+    """JSON lines to a file (appended, fsynced per event) and/or stdout.
+
+    A line that cannot be written whole (a full disk, a removed USB stick) is cut off again, so the file holds
+    only whole events; the loop goes on, the event still reaches stdout, and ``lost`` counts the events the
+    file missed (``failure`` says why, once on stderr). The next event tries the file again: a disk that
+    frees up gets the events that follow."""
 
     def __init__(self, path: Path | None = None, stdout: bool = True) -> None:
         self.path = path
         self.stdout = stdout
         self.count = 0
-        self._f: IO[str] | None = None
+        self.lost = 0
+        self.failure: str | None = None
+        self._fd: int | None = None
         if path is not None:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                self._f = open(path, "a", encoding="utf-8")  # noqa: SIM115 - held open for the whole run
+                self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+                self._end = self._whole_lines(self._fd)
             except OSError as exc:
                 raise UserError(f"cannot write events to {path}: {exc.strerror}") from None
 
+    @staticmethod
+    def _whole_lines(fd: int) -> int:
+        """The file's length after cutting a partial last line (left by a kill or a full disk in an earlier
+        run), so that the next event starts a line of its own."""
+        end = os.lseek(fd, 0, os.SEEK_END)
+        if end == 0:
+            return 0
+        with open(os.dup(fd), "rb", closefd=True) as f:
+            f.seek(max(0, end - 65536))
+            tail = f.read()
+        if tail.endswith(b"\n"):
+            return end
+        keep = end - len(tail) + tail.rfind(b"\n") + 1 if b"\n" in tail else 0
+        os.ftruncate(fd, keep)
+        return keep
+
     def write(self, event: Event) -> None:
-        line = event.to_json()
-        if self._f is not None:
-            self._f.write(line + "\n")
-            self._f.flush()
-            os.fsync(self._f.fileno())
+        line = event.to_json() + "\n"
+        if self._fd is not None:
+            self._append(line.encode("utf-8"))
         if self.stdout:
-            sys.stdout.write(line + "\n")
+            sys.stdout.write(line)
             sys.stdout.flush()
         self.count += 1
 
+    def _append(self, data: bytes) -> None:
+        assert self._fd is not None
+        try:
+            written = os.write(self._fd, data)
+            if written != len(data):
+                raise OSError(28, os.strerror(28))  # a short write: the disk filled up mid-line
+            os.fsync(self._fd)
+            self._end += written
+        except OSError as exc:
+            self.lost += 1
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._end)  # only whole events stay in the file
+            if self.failure is None:
+                self.failure = f"cannot write events to {self.path}: {exc.strerror or exc}"
+                print(f"warning: {self.failure}; they still go to stdout, and the file gets them again "
+                      "once it can be written", file=sys.stderr)
+
     def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

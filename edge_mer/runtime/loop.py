@@ -63,6 +63,9 @@ class LoopStats:
     memory_mb: list[tuple[float, float]] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
     ring: dict[str, Any] = field(default_factory=dict)
+    source_frames: int = 0  # frames the source gave
+    source_announced: int | None = None  # frames a file or folder announced
+    ended_early: str | None = None  # the file or folder ended before the frames it announced: why, in one line
 
 
 class Recognizer:
@@ -180,10 +183,11 @@ class DeviceLoop:
             raise UserError(f"{source.describe()} gave no frame")
         # the ring holds the frames of a spot until its report: at least the longest micro-expression plus the
         # spotter's report delay behind the onset, and a few seconds of slack for a busy consumer
-        capacity = max(int(round(self.fps * cfg.ring_seconds)), int(round(self.fps * 1.5)) + 8)
+        history = int(round(self.fps * 1.5)) + 8
+        capacity = max(int(round(self.fps * cfg.ring_seconds)), history)
         self.ring = FrameRing(capacity, first.shape, first.dtype)
         self.ring.push(first, time.monotonic())
-        self.capture = CaptureThread(source, self.ring)
+        self.capture = CaptureThread(source, self.ring, keep=history)
         self.spotter = FrameSpotter(self.fps, SIGNAL_SIZE)
         self.spot_frames = SpotFrames(self.ring, capacity * 2)
         self.output = VideoOutput(cfg.display, cfg.record, self.fps) if cfg.display or cfg.record else None
@@ -302,7 +306,13 @@ class DeviceLoop:
     def _finish(self) -> None:
         self.capture.stop()
         self.stats.face_detections = self.spotter.alignments
-        self.stats.messages.extend(m for m in [self.capture.error] if m)
+        self.stats.source_frames = self.source.frames_read
+        self.stats.source_announced = self.source.length
+        self.stats.ended_early = self.source.early_end()  # it names the capture's error, if there was one
+        if self.stats.ended_early is not None:
+            self.stats.messages.append(f"warning: {self.stats.ended_early}: the results cover the frames read")
+        elif self.capture.error:
+            self.stats.messages.append(self.capture.error)
         self.stats.memory_mb.append((round(time.monotonic() - self.start, 1), round(rss_mb(), 1)))
         self.stats.ring = dict(vars(self.ring.stats()))
         if self.output is not None:

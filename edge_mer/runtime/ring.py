@@ -162,15 +162,18 @@ class FrameRing:
                 return None
             return self._take(max(number + 1, self._oldest()))
 
-    def wait_for_room(self, timeout: float | None = None) -> bool:
-        """Block until the next push would not overwrite an unread frame (False on timeout).
+    def wait_for_room(self, timeout: float | None = None, keep: int = 0) -> bool:
+        """Block until the next push would overwrite neither an unread frame nor one of the ``keep`` frames read
+        last (False on timeout).
 
         For sources that must not lose frames (a file played as fast as possible): the
-        producer waits for the consumer instead of dropping. Live sources never call it.
+        producer waits for the consumer instead of dropping, and leaves it the history it
+        looks back into (a spot's onset and apex). Live sources never call it.
         """
+        room = max(1, self.capacity - 1 - keep)
         with self._cond:
             return self._cond.wait_for(
-                lambda: self._closed or self._next - self._newest_read - 1 < self.capacity - 1, timeout)
+                lambda: self._closed or self._next - self._newest_read - 1 < room, timeout)
 
     def stats(self) -> RingStats:
         with self._cond:

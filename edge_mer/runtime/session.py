@@ -126,6 +126,12 @@ def run(settings: RunSettings, stop: Callable[[], bool] = lambda: False) -> dict
         stats, timer = run_loop(source, Recognizer(backend, stage), writer, cfg, stop=stop,
                                 on_event=lambda e: seen.append((e.onset, e.offset)))
     summary = summarise(stats, timer)
+    if settings.events is not None:
+        summary["events_file"] = {"path": str(settings.events), "written": writer.count - writer.lost,
+                                  "lost": writer.lost, "failure": writer.failure}
+        if writer.failure is not None:
+            summary["messages"].append(f"warning: {writer.lost} of {writer.count} events did not reach "
+                                       f"{settings.events} ({writer.failure})")
     truth = getattr(source, "truth", None)
     if truth is not None:
         summary["truth"] = match_truth(seen, truth, stats.frames)
@@ -140,7 +146,9 @@ def summarise(stats: LoopStats, timer: StageTimer) -> dict[str, Any]:
             "fps": round(stats.frames / max(t["wall_s"], 1e-9), 2), "timing": t,
             "event_latency_ms": None if lat is None else
             {**percentiles(lat, (50, 95), digits=2), "max": round(float(lat.max()), 2)},
-            "memory_mb": stats.memory_mb, "messages": stats.messages}
+            "memory_mb": stats.memory_mb, "messages": stats.messages,
+            "source": {"frames": stats.source_frames, "announced": stats.source_announced,
+                       "ended_early": stats.ended_early}}
 
 
 def match_truth(pred: list[tuple[int, int]], truth: Any, frames: int) -> dict[str, Any]:

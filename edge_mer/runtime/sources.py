@@ -147,8 +147,10 @@ class Source:
     """A stream of BGR uint8 (H, W, 3) frames.
 
     ``size`` is (width, height) after ``flip``; ``length`` the frame count of a
-    file, folder or demo (None for live sources and streams of unknown length);
-    ``error`` why the last ``read()`` failed when that was not a plain end of stream.
+    file, folder or demo as announced (None for live sources and streams of unknown length);
+    ``frames_read`` the frames ``read()`` has returned; ``error`` why the last ``read()``
+    failed when that was not a plain end of stream; ``early_end()`` says when a file or
+    folder ended before the frames it announced.
     """
 
     kind = "source"
@@ -162,6 +164,9 @@ class Source:
         self.size: tuple[int, int] = (0, 0)
         self.length: int | None = None
         self.error: str | None = None
+        self.frames_read = 0
+        self.rate_known = True  # False: ``fps`` is a guess (a folder or a file that does not say its rate)
+        self.ended = False  # read() reached the end of a file or folder (or failed there)
         self._flip = options.flip  # CSI sources flip in hardware and set this to 0
         self._pending: np.ndarray | None = None
         self._clock: float | None = None
@@ -194,11 +199,25 @@ class Source:
         if frame is None:
             raw = self._grab()
             if raw is None:
+                self.ended = not self.live
                 return False, None
             frame = orient(as_bgr(raw), self._flip)
         if self.realtime and not self.live:
             self._pace()
+        self.frames_read += 1
         return True, frame
+
+    def early_end(self) -> str | None:
+        """One line when this file or folder ended before its announced frames (a truncated or corrupt file, an
+        unreadable image), else None."""
+        if not self.ended:
+            return None
+        short = self.length is not None and self.frames_read < self.length
+        if not short and self.error is None:
+            return None
+        announced = f" of the {self.length} it announces" if self.length is not None else ""
+        why = f": {self.error}" if self.error else " (truncated or corrupt)"
+        return f"{redact(self.uri)} ended after {self.frames_read} frames{announced}{why}"
 
     def _pace(self) -> None:
         """Sleep until this frame is due; after falling more than a frame behind, restart the clock, not burst."""
@@ -253,8 +272,10 @@ class CaptureSource(Source):
         import cv2
 
         self.kind = kind
-        reported = _sane_fps(cap.get(cv2.CAP_PROP_FPS), options.fps or 30.0)
+        raw_fps = cap.get(cv2.CAP_PROP_FPS)
+        reported = _sane_fps(raw_fps, options.fps or 30.0)
         super().__init__(uri, options, live=live, fps=fps or reported)
+        self.rate_known = bool(fps) or _sane_fps(raw_fps, 0.0) > 0
         if hardware_flip:
             self._flip = 0
         self._cap = cap
@@ -283,9 +304,10 @@ class FolderSource(Source):
         from edge_mer.runtime.frames import list_frames
 
         super().__init__(uri, options, live=False, fps=options.fps or 30.0)
+        self.rate_known = options.fps is not None  # a folder has no rate of its own
         self._paths = list(list_frames(folder).values())
         if not self._paths:
-            raise UserError(f"no numbered image frames in {folder} (expected files such as frame_000000.jpg)")
+            raise UserError(f"no frames in {folder}: expected numbered images such as frame_000000.jpg")
         self.length = len(self._paths)
         self._next = 0
         first = self._grab()
@@ -568,3 +590,11 @@ def open_source(uri: str, *, width: int | None = None, height: int | None = None
         raise UserError(f"unknown source {redact(text)}: use a camera number, v4l2://, csi://, picam://, "
                         "rtsp://, http(s)://, demo:// or a path")
     return _open_path(text, Path(text).expanduser(), options)
+
+
+def open_path(path: Path, *, fps: float | None = None, realtime: bool = False) -> Source:
+    """A video file or a frame folder by its path (``edge-mer spot``), whatever its name looks like: never a
+    camera number or a URI."""
+    options = OpenOptions(fps=fps, realtime=realtime)
+    _check(options)
+    return _open_path(str(path), path, options)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_mer.errors import UserError
-from edge_mer.native import native_stderr
+from edge_mer.runtime.sources import Source, open_path
 
 if TYPE_CHECKING:
     import numpy as np
@@ -29,68 +29,28 @@ if TYPE_CHECKING:
     from edge_mer.spot.truth import TruthInterval
 
 
-@dataclass
-class FrameSource:
-    """Frames of a video file or a frame folder, in order, with the frame rate and (when known) the count."""
-
-    path: Path
-    fps: float
-    count: int | None
-    frames: Iterator[np.ndarray]
-
-
-def _video_frames(cap: Any) -> Iterator[np.ndarray]:
-    try:
-        while True:
-            ok, frame = cap.read()
-            if not ok:
-                return
-            yield frame
-    finally:
-        cap.release()
-
-
-def _folder_frames(paths: list[Path]) -> Iterator[np.ndarray]:
-    import cv2
-
-    for p in paths:
-        frame = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
-        if frame is None:
-            raise UserError(f"cannot read frame {p} (corrupt or not an image)")
-        yield frame
-
-
-def open_frames(path: Path, fps: float | None = None) -> FrameSource:
-    """The frames of ``path`` (a video file or a folder of numbered images)."""
-    import cv2
-
-    from edge_mer.runtime.frames import list_frames
-
+def open_frames(path: Path, fps: float | None = None) -> Source:
+    """``path`` (a video file or a folder of numbered images) opened as the device loop opens it, read as fast
+    as possible; a folder, which has no frame rate, needs ``fps``, and so does a file that does not say its
+    rate."""
     if fps is not None and not (math.isfinite(fps) and fps > 0):
         raise UserError(f"--fps must be a positive number, got {fps}")
-    if not path.exists():
-        raise UserError(f"no such video or frame folder: {path}")
-    if path.is_dir():
-        frames = list(list_frames(path).values())
-        if not frames:
-            raise UserError(f"no frames in {path}: expected numbered images (.jpg, .png, .bmp, .tif)")
-        if fps is None:
-            raise UserError(f"{path} is a frame folder, which has no frame rate: give --fps")
-        return FrameSource(path, fps, len(frames), _folder_frames(frames))
-    with native_stderr() as said:
-        cap = cv2.VideoCapture(str(path))
-        opened = cap.isOpened()
-    if not opened:
-        why = said[-1].split("] ", 1)[-1] if said else "corrupt, or a format this OpenCV cannot read"
-        raise UserError(f"cannot open video {path}: {why}")
-    file_fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-    count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) or None
-    if fps is None:
-        if not (math.isfinite(file_fps) and 0 < file_fps <= 1000):
-            cap.release()
-            raise UserError(f"{path} does not say its frame rate: give --fps")
-        fps = file_fps
-    return FrameSource(path, fps, count, _video_frames(cap))
+    if path.is_dir() and fps is None:
+        raise UserError(f"{path} is a frame folder, which has no frame rate: give --fps")
+    source = open_path(path, fps=fps)
+    if not source.rate_known:
+        source.close()
+        raise UserError(f"{path} does not say its frame rate: give --fps")
+    return source
+
+
+def _frames(source: Source) -> Iterator[np.ndarray]:
+    with source:
+        while True:
+            ok, frame = source.read()
+            if not ok or frame is None:
+                return
+            yield frame
 
 
 @dataclass
@@ -106,6 +66,13 @@ class SpotReport:
     truth_path: str | None = None
     truth: list[TruthInterval] = field(default_factory=list)
     score: SpottingScore | None = None
+    early_end: str | None = None  # the video ended before the frames it announced: why, in one line
+    announced: int | None = None  # the frames the file or folder announced
+
+    @property
+    def truth_after_end(self) -> int:
+        """Micro-expressions of the truth that begin after the last frame read (scored as missed)."""
+        return sum(t.kind == "micro" and t.onset >= self.frames for t in self.truth)
 
     @property
     def seconds(self) -> float:
@@ -121,7 +88,9 @@ class SpotReport:
                 "precision": round(s.precision, 4) if s else None, "recall": round(s.recall, 4) if s else None,
                 "f1": round(s.f1, 4) if s else None, "iou_threshold": 0.5,
                 "face_alignments": self.alignments, "elapsed_s": round(self.elapsed_s, 3),
-                "signal_ms_per_frame": round(self.signal_ms, 3)}
+                "signal_ms_per_frame": round(self.signal_ms, 3), "frames_announced": self.announced,
+                "ended_early": self.early_end,
+                "truth_after_end": self.truth_after_end if self.early_end and self.truth_path else None}
 
 
 def spot_video(path: Path, fps: float | None = None, size: int | None = None, truth: Path | None = None,
@@ -149,7 +118,7 @@ def spot_video(path: Path, fps: float | None = None, size: int | None = None, tr
     threshold: list[float] = []
     spots: list[Spot] = []
     start = time.perf_counter()
-    with tqdm(source.frames, total=source.count, desc=f"spot {path.name}", unit="frame",
+    with tqdm(_frames(source), total=source.length, desc=f"spot {path.name}", unit="frame",
               disable=not progress if progress is not None else None, leave=False) as bar:
         for frame in bar:
             spots += runner.push(frame)
@@ -164,7 +133,8 @@ def spot_video(path: Path, fps: float | None = None, size: int | None = None, tr
         raise NoFaceError(f"no face found in any of the {n} frames of {path}")
     result = SpotResult(source.fps, np.array(values), np.array(threshold), spots)
     report = SpotReport(str(path), n, source.fps, size, result, runner.alignments, elapsed,
-                        1000 * runner.signal_seconds / max(1, n))
+                        1000 * runner.signal_seconds / max(1, n), early_end=source.early_end(),
+                        announced=source.length)
     if truth is not None:
         report.truth_path, report.truth = str(truth), intervals
         report.score = evaluate_spots(result.intervals(), micro_intervals(intervals))
@@ -181,6 +151,10 @@ def format_report(r: SpotReport) -> str:
         sc = r.score
         lines.append(f"truth {r.truth_path}: {sc.tp + sc.fn} micro-expressions; TP {sc.tp}, FP {sc.fp}, FN {sc.fn}; "
                      f"precision {sc.precision:.3f}, recall {sc.recall:.3f}, F1 {sc.f1:.3f} (IoU >= 0.5)")
+    if r.early_end is not None:
+        after = f"; {r.truth_after_end} of the truth's micro-expressions begin after it and count as missed" \
+            if r.truth_path else ""
+        lines.append(f"warning: {r.early_end}: the results cover the frames read{after}")
     lines.append(f"{r.elapsed_s:.1f} s ({r.frames / max(r.elapsed_s, 1e-9):.0f} frames/s; motion signal "
                  f"{r.signal_ms:.2f} ms/frame); face aligned {r.alignments} time{'s' if r.alignments != 1 else ''}")
     return "\n".join(lines)

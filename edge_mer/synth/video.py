@@ -24,7 +24,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edge_mer.atomic import replacing
 from edge_mer.errors import UserError
+from edge_mer.outputs import staged_folder
 from edge_mer.synth.aus import EMOTION_PATTERNS, format_aus, parse_aus
 from edge_mer.synth.faces import make_subject
 from edge_mer.synth.render import FaceRenderer, Nuisances, default_face_iod
@@ -102,24 +104,32 @@ def plan_events(cfg: VideoConfig) -> list[Event]:
     return events
 
 
-class FrameSink:
-    """A video file or a frame folder, chosen by the path's suffix."""
+FOURCC = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
 
-    def __init__(self, path: Path, fps: float, size: tuple[int, int], gray: bool) -> None:
+
+def check_video_path(path: Path) -> None:
+    """A video file name OpenCV can write, or a folder (a path without a suffix)."""
+    if path.suffix and path.suffix.lower() not in FOURCC:
+        raise UserError(f"cannot write {path.name}: use .mp4, .avi or a folder path without a suffix")
+
+
+class FrameSink:
+    """A video file (its codec from the path's suffix) or, with ``folder``, a frame folder."""
+
+    def __init__(self, path: Path, fps: float, size: tuple[int, int], gray: bool, folder: bool) -> None:
         self.path = path
-        self.folder = path.suffix == ""
+        self.folder = folder
         self.count = 0
         path.parent.mkdir(parents=True, exist_ok=True)
         self.writer: Any = None
         if self.folder:
             path.mkdir(parents=True, exist_ok=True)
             return
-        fourcc = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}.get(path.suffix.lower())
-        if fourcc is None:
-            raise UserError(f"cannot write {path.name}: use .mp4, .avi or a folder path without a suffix")
+        check_video_path(path)
+        fourcc = FOURCC[path.suffix.lower()]
         self.writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*fourcc), fps, size, not gray)
         if not self.writer.isOpened():
-            raise UserError(f"OpenCV cannot open a {path.suffix} writer for {path} (no FFmpeg support?); "
+            raise UserError(f"OpenCV cannot open a {path.suffix} writer here (no FFmpeg support?); "
                             "write a frame folder instead (a path without a suffix)")
 
     def write(self, frame: np.ndarray) -> None:
@@ -180,13 +190,17 @@ def write_video(cfg: VideoConfig, out: Path, truth: Path | None = None, sheet: P
     start = time.perf_counter()
     events = plan_events(cfg)
     frames = int(round(cfg.seconds * cfg.fps))
-    sink = FrameSink(out, cfg.fps, cfg.size, cfg.gray)
-    try:
-        for frame in tqdm(video_frames(cfg, events), total=frames, desc="synth video", unit="frame",
-                          disable=not progress):
-            sink.write(frame)
-    finally:
-        sink.close()
+    # written beside ``out`` and renamed when complete: a kill leaves the earlier video, never a cut one
+    check_video_path(out)
+    folder = out.suffix == ""
+    with (staged_folder(out) if folder else replacing(out, suffix=out.suffix)) as target:
+        sink = FrameSink(target, cfg.fps, cfg.size, cfg.gray, folder)
+        try:
+            for frame in tqdm(video_frames(cfg, events), total=frames, desc="synth video", unit="frame",
+                              disable=not progress):
+                sink.write(frame)
+        finally:
+            sink.close()
     if truth is not None:
         write_csv(truth, truth_rows(events), TRUTH_HEADER)
     if sheet is not None:

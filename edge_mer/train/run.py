@@ -28,12 +28,14 @@ from typing import Any
 import numpy as np
 
 from edge_mer import __version__
+from edge_mer.atomic import replacing, write_text
 from edge_mer.errors import UserError
 from edge_mer.eval.metrics import per_group, plot_confusion, scores
 from edge_mer.eval.protocol import Fold, loso_folds, megc_log
 from edge_mer.features.cache import FeatureSet
 from edge_mer.model.checkpoint import CHECKPOINT_FORMAT
 from edge_mer.model.config import MMTConfig, model_config
+from edge_mer.outputs import staged_folder
 from edge_mer.train.loop import TrainConfig, predict, train_model
 
 PROTOCOLS = ("loso", "megc2019", "split")
@@ -177,29 +179,31 @@ def _report(cfg: RunConfig, fs: FeatureSet, folds: list[Fold], probs: np.ndarray
 
 def _write(out: Path, cfg: RunConfig, fs: FeatureSet, folds: list[Fold], probs: np.ndarray, tested: np.ndarray,
            result: dict[str, Any], mcfg: MMTConfig, final: Any, trained_on: list[str]) -> None:
-
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-    pred = probs.argmax(1)
-    (out / "megc_log.txt").write_text(megc_log(folds, fs.ids, pred, fs.labels))
-    lines = ["id,subject,truth,prediction," + ",".join(f"p_{n}" for n in mcfg.class_names)]
-    for i in np.flatnonzero(tested):
-        lines.append(f"{fs.ids[i]},{fs.subjects[i]},{fs.labels[i]},{pred[i]},"
-                     + ",".join(f"{v:.5f}" for v in probs[i]))
-    (out / "predictions.csv").write_text("\n".join(lines) + "\n")
-    title = f"{cfg.model} {cfg.protocol}: UF1 {result['uf1']:.3f}, UAR {result['uar']:.3f}"
-    plot_confusion(result["confusion"], mcfg.class_names, str(out / "confusion.png"), title)
-    (out / "run.json").write_text(json.dumps({"run": asdict(cfg), "model": mcfg.to_dict(),
-                                              "features": fs.config, "edge_mer": __version__},
-                                             indent=2, sort_keys=True) + "\n")
-    if final is not None:
-        save_checkpoint(out / "checkpoint.pt", final, mcfg, cfg, fs, trained_on)
+    """The run folder, built beside ``out`` and swapped in whole: a kill or a full disk while writing leaves the
+    earlier run (or nothing), never a folder that mixes two runs or holds a truncated checkpoint."""
+    with staged_folder(out) as folder:
+        write_text(folder / "metrics.json", json.dumps(result, indent=2, sort_keys=True) + "\n")
+        pred = probs.argmax(1)
+        write_text(folder / "megc_log.txt", megc_log(folds, fs.ids, pred, fs.labels))
+        lines = ["id,subject,truth,prediction," + ",".join(f"p_{n}" for n in mcfg.class_names)]
+        for i in np.flatnonzero(tested):
+            lines.append(f"{fs.ids[i]},{fs.subjects[i]},{fs.labels[i]},{pred[i]},"
+                         + ",".join(f"{v:.5f}" for v in probs[i]))
+        write_text(folder / "predictions.csv", "\n".join(lines) + "\n")
+        title = f"{cfg.model} {cfg.protocol}: UF1 {result['uf1']:.3f}, UAR {result['uar']:.3f}"
+        plot_confusion(result["confusion"], mcfg.class_names, str(folder / "confusion.png"), title)
+        write_text(folder / "run.json", json.dumps({"run": asdict(cfg), "model": mcfg.to_dict(),
+                                                     "features": fs.config, "edge_mer": __version__},
+                                                    indent=2, sort_keys=True) + "\n")
+        if final is not None:
+            save_checkpoint(folder / "checkpoint.pt", final, mcfg, cfg, fs, trained_on)
 
 
 def save_checkpoint(path: Path, model: Any, mcfg: MMTConfig, cfg: RunConfig, fs: FeatureSet,
                     trained_on: list[str]) -> None:
     import torch
 
-    torch.save({"format": CHECKPOINT_FORMAT, "model": cfg.model, "config": mcfg.to_dict(),
-                "state_dict": model.state_dict(), "train": asdict(cfg.train), "features": fs.config,
-                "trained_on": trained_on, "edge_mer": __version__}, path)
+    with replacing(path) as tmp:
+        torch.save({"format": CHECKPOINT_FORMAT, "model": cfg.model, "config": mcfg.to_dict(),
+                    "state_dict": model.state_dict(), "train": asdict(cfg.train), "features": fs.config,
+                    "trained_on": trained_on, "edge_mer": __version__}, tmp)

@@ -6,7 +6,9 @@ this machine (batch 1, the configured threads) and the faster one is used; the
 result is cached per machine, ONNX Runtime version, thread count and file pair
 in ``$XDG_CACHE_HOME/edge-mer/precision.json``, so INT8 never makes a CPU slower
 by default. ``"file"`` runs the given file as it is; ``"fp32"``/``"int8"`` pick
-that file of the pair.
+that file of the pair. An INT8 file whose sidecar records a failed quality gate
+(``"usable": false``) is never picked: ``auto`` keeps to its FP32 file, and
+``int8`` asking for it is refused with the gate's reason.
 """
 
 from __future__ import annotations
@@ -53,8 +55,9 @@ def _ort() -> Any:
     return onnxruntime
 
 
-def make_session(path: Path, threads: int | None = None) -> Any:
-    """An ONNX Runtime CPU session with all graph optimisations on."""
+def make_session(path: Path, threads: int | None = None, size: int | None = None) -> Any:
+    """An ONNX Runtime CPU session with all graph optimisations on; ``size``: the crop size the sidecar
+    promises, held against the file's own input shapes now rather than at the first spot of a run."""
     ort = _ort()
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -71,6 +74,13 @@ def make_session(path: Path, threads: int | None = None) -> Any:
     if sorted(names) != sorted(INPUTS) or OUTPUT not in outs:
         raise UserError(f"{path} has inputs {names} and outputs {outs}; an edge-mer model has inputs "
                         f"{list(INPUTS)} and output '{OUTPUT}'")
+    if size is not None:
+        for i in sess.get_inputs():
+            want = [3 if i.name == "motion" else 1, size, size]
+            got = list(i.shape[1:])
+            if len(got) != 3 or any(isinstance(g, int) and g != w for g, w in zip(got, want)):
+                raise UserError(f"{path} takes {i.name} of shape {i.shape}, but its sidecar says "
+                                f"[batch, {want[0]}, {size}, {size}]: the sidecar belongs to another export")
     return sess
 
 
@@ -79,6 +89,11 @@ def time_session(sess: Any, size: int, runs: int = 30) -> float:
     motion, texture = sample_inputs(1, size)
     feed = {"motion": motion, "texture": texture}
     return float(np.median(call_times_ms(lambda: sess.run(None, feed), runs)))
+
+
+def _failure(art: Artifact) -> str:
+    q = art.meta.get("quality") or {}
+    return "; ".join(q.get("failed") or []) or "recorded in its sidecar"
 
 
 class OnnxRuntimeBackend(Backend):
@@ -96,20 +111,31 @@ class OnnxRuntimeBackend(Backend):
         self.class_names = art.class_names
         self.precision = art.precision
         self.threads = threads
-        self.session = self._timed.pop(art.path, None) or make_session(art.path, threads)
+        self.session = self._timed.pop(art.path, None) or make_session(art.path, threads, art.size)
         self._timed.clear()
 
     def _pick(self, art: Artifact, threads: int | None, precision: str) -> Artifact:
-        if precision == "file" or precision == art.precision:
+        if precision == "file":
             return art
-        other = art.companion()
+        other = None if precision == art.precision else art.companion()
         if precision in ("fp32", "int8"):
-            if other is None or other.precision != precision:
+            if precision == art.precision:
+                other = art
+            elif other is None or other.precision != precision:
                 raise UserError(f"{art.path} is {art.precision} and its sidecar names no {precision} companion "
                                 "that is present and unchanged")
+            if not other.usable:
+                raise UserError(f"{other.path} failed its INT8 quality gate ({_failure(other)}); run the FP32 "
+                                "file, or calibrate again")
             return other
-        if other is None:
-            return art
+        usable = [a for a in (art, other) if a is not None and a.usable]
+        if not usable:
+            raise UserError(f"{art.path} failed its INT8 quality gate ({_failure(art)}) and names no FP32 "
+                            "companion to run instead; calibrate again, or run the FP32 model")
+        if len(usable) == 1 or other is None:
+            if usable[0] is not art:
+                self.choice = {"choice": usable[0].precision, "why": f"{art.path.name} failed its INT8 quality gate"}
+            return usable[0]
         pair = {art.precision: art, other.precision: other}
         key = ":".join([pair["fp32"].meta["sha256"][:16], pair["int8"].meta["sha256"][:16], cpu_name(),
                         _ort().__version__, str(threads or 0)])
@@ -119,7 +145,7 @@ class OnnxRuntimeBackend(Backend):
         except (OSError, json.JSONDecodeError):
             known = {}
         if key not in known:
-            self._timed = {a.path: make_session(a.path, threads) for a in pair.values()}
+            self._timed = {a.path: make_session(a.path, threads, a.size) for a in pair.values()}
             ms = {p: time_session(self._timed[a.path], a.size) for p, a in pair.items()}
             known[key] = {"choice": min(ms, key=lambda p: ms[p]), "ms": ms, "cpu": cpu_name(),
                           "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -134,7 +160,9 @@ class OnnxRuntimeBackend(Backend):
 
     def describe(self) -> str:
         why = ""
-        if self.choice:
+        if "why" in self.choice:
+            why = f", {self.choice['why']}"
+        elif self.choice:
             ms = ", ".join(f"{p} {v:.2f} ms" for p, v in sorted(self.choice["ms"].items()))
             why = f", the faster here: {ms}"
         return f"onnxruntime {_ort().__version__} ({self.precision}, {self.artifact.path.name}{why})"
