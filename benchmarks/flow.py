@@ -19,7 +19,7 @@ out), per pair family. Writes ``benchmarks/results/flow.md`` and ``flow.json``.
 
     python benchmarks/flow.py [--repeats 5] [--sizes 64 112 128 224] [--out DIR] [--methods cuda ...]
 
-``--cuda-emulator`` runs the cuda rows on the CPU emulator (``edge_mer.flow.emulate``)
+``--cuda-emulator`` runs the cuda rows on the tests' CPU emulator (``tests/cuda_emulator``)
 to check this script's GPU path on a machine without a GPU: its times are not GPU times.
 """
 
@@ -41,10 +41,11 @@ import cv2
 import numpy as np
 
 from edge_mer.errors import UserError
-from edge_mer.flow.base import FlowStage, cuda_unavailable
+from edge_mer.flow.base import FlowStage
 from edge_mer.flow.pairs import FlowPair, endpoint_error, in_frames, micro_pairs, shift_pairs
 from edge_mer.flow.stage import make_stage
 from edge_mer.runtime.backends.onnxruntime import cpu_name
+from edge_mer.runtime.gpu import cuda_unavailable
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("opencv-tvl1", "opencv-dis", "reference", "cuda", "cuda-block", "cuda-grid", "cuda-bands",
@@ -62,14 +63,17 @@ def gpu_name() -> str:
 
 def make(name: str, size: int, emulator: bool) -> FlowStage:
     if name.startswith("cuda"):
-        from edge_mer.flow import emulate
         from edge_mer.flow.cuda import SOLVE_THREADS, CudaStage
 
+        runtime = None
+        if emulator:
+            sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the tests' tooling
+            import cuda_emulator as runtime
         if name == "cuda":  # the stage as the device loop makes it: the layout timed and picked at start
-            return CudaStage(size, runtime=emulate if emulator else None)
+            return CudaStage(size, runtime=runtime)
         solver, *options = name.removeprefix("cuda-").split("-")  # options: tN (threads), direct (no graph)
         threads = [int(o[1:]) for o in options if o.startswith("t")]
-        return CudaStage(size, solver=solver, runtime=emulate if emulator else None, graphs="direct" not in options,
+        return CudaStage(size, solver=solver, runtime=runtime, graphs="direct" not in options,
                          solve_threads=threads[0] if threads else SOLVE_THREADS)
     return make_stage(name, size)
 
@@ -200,7 +204,7 @@ def write_results(args: argparse.Namespace, rows: dict[int, dict[str, dict[str, 
     if switches:
         cuda_reason += f", kernels built with the diagnostic switches {switches} (EDGE_MER_CUDA_DEFINES)"
     if args.cuda_emulator:
-        cuda_reason = "the cuda rows ran on the CPU emulator (edge_mer.flow.emulate): their times are not GPU times"
+        cuda_reason = "the cuda rows ran on the CPU emulator (tests/cuda_emulator): their times are not GPU times"
     machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "gpu": gpu_name(), "opencv": cv2.__version__,
                "opencv_threads": cv2.getNumThreads(), "numpy": np.__version__, "python": platform.python_version()}
     command = "python benchmarks/flow.py " + " ".join(sys.argv[1:])

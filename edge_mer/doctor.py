@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_mer.runtime.gpu import cuda_devices as probe_cuda
 from edge_mer.runtime.opencv_build import opencv_facts
 
 # (import name, distribution names to ask for a version, hint when missing)
@@ -87,14 +88,11 @@ def jetson_release() -> str | None:
 
 
 def cuda_devices(pycuda_ok: bool) -> list[str]:
+    """The GPUs: pycuda's (the probe the runtime uses), else what nvidia-smi or a Jetson's release file says."""
     if pycuda_ok:
-        try:
-            drv = importlib.import_module("pycuda.driver")
-            drv.init()
-            return [f"{drv.Device(i).name()} (sm_{''.join(map(str, drv.Device(i).compute_capability()))})"
-                    for i in range(drv.Device.count())]
-        except Exception:  # no driver, no device: fall through to the other probes
-            pass
+        found, _ = probe_cuda()
+        if found:
+            return list(found)
     smi = shutil.which("nvidia-smi")
     if smi:
         try:

@@ -8,16 +8,18 @@ pointer and a write past the end of a buffer, each with a clear message.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
+import cuda_emulator as emulate
 import numpy as np
 import pytest
 
 from edge_mer.errors import UserError
-from edge_mer.flow import emulate
 from edge_mer.flow.cuda import SOLVERS, CudaStage, kernel_source
 from edge_mer.flow.pairs import in_frames, micro_pairs
 from edge_mer.flow.reference import tvl1
@@ -25,8 +27,9 @@ from edge_mer.flow.reference import tvl1
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
                                 reason="the CUDA emulator needs a C++ compiler (g++)")
 
-# kernels that break CUDA's rules on purpose, one module for all of them
+# kernels that break CUDA's rules on purpose, one module for all of them (clusters from tvl1_gpu.h, as tvl1.cu)
 BROKEN = r"""
+#include "tvl1_gpu.h"
 extern "C" __global__ void racy(float* x, int n) {
     // reads a neighbour that another thread writes in the same phase: no barrier between
     int i = threadIdx.x;
@@ -72,7 +75,9 @@ extern "C" __global__ void warp_sum(float* x) {
 def _faults_after(code: str, marker: str) -> None:
     """``code`` (a Python program) prints ``marker`` after its legal accesses, then dies of SIGSEGV at the
     stray one before it can print that it went unnoticed."""
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    tests = str(Path(__file__).resolve().parent)  # where cuda_emulator lives
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert marker in proc.stdout, proc.stderr
     assert "unnoticed" not in proc.stdout
     assert proc.returncode == -signal.SIGSEGV
@@ -208,7 +213,7 @@ def test_a_cluster_kernel_launches_as_one_cluster_within_its_shared_memory(broke
 def test_shared_memory_of_a_block_that_ended_or_before_its_start_is_not_there():
     code = f"""
 import numpy as np
-from edge_mer.flow import emulate
+import cuda_emulator as emulate
 early_exit = emulate.SourceModule({BROKEN!r}, no_extern_c=True).get_function("early_exit")
 out = emulate.mem_alloc(32 * 4)
 with emulate.schedule(1):  # reverse: block 1 reads while block 0 still waits to end
@@ -353,7 +358,7 @@ def test_a_write_past_the_end_of_a_buffer_faults():
     code = f"""
 import numpy as np
 from edge_mer.errors import UserError
-from edge_mer.flow import emulate
+import cuda_emulator as emulate
 fill = emulate.SourceModule({BROKEN!r}, no_extern_c=True).get_function("fill")
 x = emulate.mem_alloc(100 * 4)
 fill(x, np.int32(99), np.float32(2), block=(100, 1, 1), grid=(1, 1))  # i <= 99: inside

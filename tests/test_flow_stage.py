@@ -30,7 +30,7 @@ from edge_mer.synth.render import FaceRenderer, Pose, default_face_iod
 KERNELS = Path(__file__).resolve().parents[1] / "edge_mer" / "flow" / "kernels" / "tvl1.cu"
 ENTRY_POINTS = ("tvl1_pre", "tvl1_downsample", "tvl1_centered_gradient", "tvl1_warp", "tvl1_solve",
                 "tvl1_solve_bands", "tvl1_levels_cluster", "tvl1_levels_cluster16", "tvl1_upsample_flow",
-                "tvl1_epilogue_f32", "tvl1_epilogue_f16")
+                "tvl1_epilogue")
 FRAME = (320, 240)
 METHODS = ["reference", pytest.param("opencv-tvl1", marks=pytest.mark.skipif(
     not has_tvl1(), reason="OpenCV contrib's TV-L1 is not installed")), "opencv-dis"]
@@ -108,7 +108,7 @@ def test_stage_names():
 
 
 def test_cuda_stage_says_why_it_cannot_run_here():
-    from edge_mer.flow.base import cuda_unavailable
+    from edge_mer.runtime.gpu import cuda_unavailable
 
     if cuda_unavailable() is None:
         pytest.skip("a CUDA device is here (tests/test_flow_cuda.py tests the stage)")
@@ -196,6 +196,23 @@ def test_kernels_compile_to_ptx(arch, tmp_path):
     assert ("barrier.cluster.arrive" in ptx and "mapa" in ptx) == clusters
     assert ("sync_restrict" in ptx) == clusters  # the barriers inside a level order shared memory only
     assert "sqrt.approx" in ptx
+
+
+def test_the_kernel_text_builds_as_pycuda_builds_it(tmp_path):
+    """pycuda compiles the source text in a folder of its own: the GPU instructions' header comes from the
+    package's kernels folder (include_dirs), and only from there."""
+    from edge_mer.flow.cuda import KERNELS as FOLDER
+    from edge_mer.flow.cuda import kernel_source
+
+    if shutil.which("nvcc") is None or "compute_87" not in _listed_archs().split():
+        pytest.skip("nvcc for compute_87 is not on PATH")
+    (tmp_path / "kernel.cu").write_text(kernel_source())
+    argv = ["nvcc", "-ptx", "-arch=compute_87", "kernel.cu", "-o", "kernel.ptx"]
+    alone = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert alone.returncode != 0 and "tvl1_gpu.h" in alone.stderr
+    built = subprocess.run([*argv, "-I", str(FOLDER)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert built.returncode == 0, built.stderr
+    assert set(re.findall(r"\.entry\s+(\w+)\(", (tmp_path / "kernel.ptx").read_text())) == set(ENTRY_POINTS)
 
 
 def test_diagnostic_switches_change_what_the_kernels_do(tmp_path, monkeypatch):

@@ -243,8 +243,8 @@ def test_run_needs_no_torch(tmp_path):
 
 
 def test_auto_flow_follows_the_model_and_falls_back_from_cuda(capsys):
-    from edge_mer.flow.base import cuda_unavailable
     from edge_mer.flow.opencv import has_tvl1
+    from edge_mer.runtime.gpu import cuda_unavailable
     from edge_mer.runtime.session import open_stage, pick_flow
 
     dis_model = {"features": {"feature": {"flow": "dis"}}}

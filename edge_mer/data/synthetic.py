@@ -47,7 +47,7 @@ from edge_mer.synth.aus import EMOTION_PATTERNS, format_aus, parse_aus
 from edge_mer.synth.faces import make_subject
 from edge_mer.synth.render import FaceRenderer, Nuisances
 from edge_mer.synth.sheets import Cell, write_csv, write_xlsx
-from edge_mer.synth.timeline import Event, Ranges, blink_event, micro_event, render_sequence
+from edge_mer.synth.timeline import PlannedExpression, Ranges, blink_event, micro_event, render_sequence
 
 LAYOUTS = ("casme2", "samm", "smic", "casme3", "megc2019")
 COMPOSITE_CSV = "MEGC2019_composite_3class_gt.csv"
@@ -187,7 +187,7 @@ class _Writer:
             emotion = _emotion(rng, self.dataset, self.composite_mode)
             aus = parse_aus(str(rng.choice(EMOTION_PATTERNS[self.dataset][emotion])))
             ev = micro_event(rng, self.fps, 0, aus, emotion, cfg.ranges)
-            events: list[Event] = [ev]
+            events: list[PlannedExpression] = [ev]
             if cfg.nuisances.blinks and rng.random() < cfg.blink_probability:
                 events.append(blink_event(rng, self.fps, int(rng.integers(0, ev.offset)), cfg.ranges))
             subject_dir, clip, rel = self.names(n, k, emotion, rng)

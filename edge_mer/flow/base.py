@@ -58,16 +58,3 @@ class FlowStage(ABC):
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, size={self.size})"
 
-
-def cuda_unavailable() -> str | None:
-    """Why the CUDA stage cannot run here, or None when pycuda sees a CUDA device."""
-    try:
-        import pycuda.driver as drv
-    except (ImportError, OSError):
-        return "pycuda is not installed (pip install 'edge-mer[jetson]' on a machine with the CUDA toolkit)"
-    try:
-        drv.init()
-        count = drv.Device.count()
-    except drv.Error as exc:
-        return f"the CUDA driver found no usable device ({str(exc).strip()})"
-    return None if count > 0 else "no CUDA device found"

@@ -11,7 +11,7 @@ between them (the kernel file lists the same sequence):
   layouts); or, in the cluster layouts (thread block clusters of 8 or 16 blocks), the
   pyramid and all of that for every level whose state fits in the cluster's shared memory in
   one launch of ``tvl1_levels_cluster`` or ``tvl1_levels_cluster16`` (``SOLVERS``);
-* ``tvl1_epilogue_f32`` / ``_f16``: strain and the feature-cache normalisation, written
+* ``tvl1_epilogue``: strain and the feature-cache normalisation, written
   NCHW into the model's input buffers: a host buffer for ONNX Runtime, or the TensorRT
   backend's device buffers (``write``), so that path never copies to the host.
 
@@ -26,8 +26,8 @@ valid in both.
 
 The numpy reference (``edge_mer.flow.reference``) is the specification;
 ``tests/test_flow_cuda.py`` holds this stage against it on a GPU (marked ``gpu``) and on
-the CPU emulator (``edge_mer.flow.emulate``), and ``benchmarks/flow.py`` times it with
-CUDA events.
+the tests' CPU emulator (``tests/cuda_emulator``, passed as ``runtime``), and
+``benchmarks/flow.py`` times it with CUDA events.
 """
 
 from __future__ import annotations
@@ -44,12 +44,13 @@ from typing import Any
 import numpy as np
 
 from edge_mer.errors import UserError
-from edge_mer.flow.base import FlowStage, cuda_unavailable, to_gray
+from edge_mer.flow.base import FlowStage, to_gray
 from edge_mer.flow.graphs import Graph, GraphError, capture
 from edge_mer.flow.normalise import CLIP, FLOW_UNIT, STRAIN_UNIT, TEXTURE_MEAN, TEXTURE_STD
 from edge_mer.flow.reference import TVL1Params, crop_gray, level_shapes, to_float, tvl1
+from edge_mer.runtime.gpu import cuda_unavailable
 
-KERNELS = Path(__file__).with_name("kernels")  # tvl1.cu, installed as package data
+KERNELS = Path(__file__).with_name("kernels")  # tvl1.cu and tvl1_gpu.h, installed as package data
 TILE = 16  # block side of the per-pixel kernels
 SOLVE_THREADS = 1024  # block of tvl1_solve: a multiple of 32, at most 32 warps (less when the compiled
 # kernel's registers do not allow as many threads)
@@ -180,7 +181,7 @@ class CudaStage(FlowStage):
     def __init__(self, size: int = 112, params: TVL1Params | None = None, device: int = 0,
                  runtime: ModuleType | None = None, solver: str = "auto", graphs: bool = True,
                  solve_threads: int = SOLVE_THREADS) -> None:
-        """``runtime``: pycuda when None; ``edge_mer.flow.emulate`` runs the same kernels on the CPU.
+        """``runtime``: pycuda when None; the tests' ``cuda_emulator`` runs the same kernels on the CPU.
 
         ``solver``: ``block`` runs each warp's iterations in one thread block (``__syncthreads``
         between phases); ``grid`` spreads a level's pixels over up to one block per
@@ -237,7 +238,8 @@ class CudaStage(FlowStage):
             self.ctx = gpu.retain_primary_context()
         except drv.Error as exc:  # e.g. a GPU in exclusive-process mode held by another process
             raise UserError(f"the cuda flow stage cannot use GPU {device}: {_first_line(exc)}") from None
-        compiler = {} if runtime is not None else {"nvcc": _nvcc()}  # the emulator compiles with g++
+        # the emulator compiles with g++ and its own tvl1_gpu.h
+        compiler = {} if runtime is not None else {"nvcc": _nvcc(), "include_dirs": [str(KERNELS)]}
         self.ctx.push()
         try:
             try:
@@ -252,7 +254,7 @@ class CudaStage(FlowStage):
                 raise UserError(f"the CUDA flow kernels do not load on this GPU: {_first_line(exc)}") from None
             self.k = {name: module.get_function(name) for name in (
                 "tvl1_pre", "tvl1_downsample", "tvl1_centered_gradient", "tvl1_warp", "tvl1_solve",
-                "tvl1_upsample_flow", "tvl1_epilogue_f32", "tvl1_epilogue_f16", "tvl1_solve_bands",
+                "tvl1_upsample_flow", "tvl1_epilogue", "tvl1_solve_bands",
                 *CLUSTER_KERNELS.values())}
             kernels = {"block": "tvl1_solve", "grid": "tvl1_solve", "bands": "tvl1_solve_bands", **CLUSTER_KERNELS}
             self._threads = {layout: max(32, min(solve_threads, int(self.k[kernel].max_threads_per_block)) // 32 * 32)
@@ -544,19 +546,10 @@ class CudaStage(FlowStage):
         self.k["tvl1_pre"](staged, np.int32(self.size), b.levels[0], block=(TILE, TILE, 1),
                            grid=_grid(self.size, self.size, 2), stream=self.stream)
 
-    def _crop_pair(self, onset: np.ndarray, apex: np.ndarray, matrix: np.ndarray) -> _Buffers:
-        """Both face crops on the device (the finest level of the buffers returned), nothing more."""
-        staged, host = self._stage_pair(onset, apex, matrix)
-        b = self._buffers_for((self.size, self.size))
-        self.drv.memcpy_htod_async(staged, host, self.stream)
-        self._pre(b, staged)
-        return b
-
-    def _epilogue(self, b: _Buffers, flow: tuple[Any, Any], motion: Any, texture: Any, dtype: str) -> None:
+    def _epilogue(self, b: _Buffers, flow: tuple[Any, Any], motion: Any, texture: Any) -> None:
         size = self.size
-        kernel = self.k["tvl1_epilogue_f16" if dtype == "float16" else "tvl1_epilogue_f32"]
         apex = np.uintp(int(b.levels[0]) + 4 * size * size)
-        kernel(flow[0], flow[1], apex, np.int32(size), np.int32(2 * size * size),
+        self.k["tvl1_epilogue"](flow[0], flow[1], apex, np.int32(size), np.int32(2 * size * size),
                np.float32(112.0 / size / FLOW_UNIT), np.float32(1.0 / STRAIN_UNIT), np.float32(CLIP),
                np.float32(TEXTURE_MEAN), np.float32(TEXTURE_STD), motion, texture,
                block=(TILE, TILE, 1), grid=_grid(size, size), stream=self.stream)
@@ -581,14 +574,12 @@ class CudaStage(FlowStage):
         return None
 
     def write(self, onset: np.ndarray, apex: np.ndarray, matrix: np.ndarray, motion_ptr: int, texture_ptr: int,
-              dtype: str = "float32", sync: bool = True) -> float:
+              sync: bool = True) -> float:
         """Crop, flow and normalise straight into device buffers (a TensorRT backend's ``device_inputs()``):
-        motion (3, S, S) and texture (1, S, S) of ``dtype`` (float32 or float16). GPU milliseconds when
+        motion (3, S, S) and texture (1, S, S), float32 (the engines' inputs, as exported). GPU milliseconds when
         ``sync`` (CUDA events from the copy of the frames' face windows, once the host has put them in
         page-locked memory, to the end of the epilogue), else NaN (the caller orders later work on
         ``self.stream``; the next call of the stage checks that this one's grid barriers did not give up)."""
-        if dtype not in ("float32", "float16"):
-            raise ValueError(f"the flow stage writes float32 or float16 inputs, not {dtype}")
         self.ctx.push()
         try:
             self._settle()
@@ -599,13 +590,13 @@ class CudaStage(FlowStage):
             def launches() -> tuple[Any, Any]:
                 self._pre(b, staged)
                 flow = self._pyramid_and_solve(b)
-                self._epilogue(b, flow, motion, texture, dtype)
+                self._epilogue(b, flow, motion, texture)
                 return flow
 
             # the stage's GPU time starts here: the host's copies into the page-locked buffer are done
             self.start.record(self.stream)
             self.drv.memcpy_htod_async(staged, host, self.stream)  # asynchronous: the host side is page-locked
-            self._replay(("stage", int(staged), int(motion_ptr), int(texture_ptr), dtype), launches)
+            self._replay(("stage", int(staged), int(motion_ptr), int(texture_ptr)), launches)
             self.end.record(self.stream)
             self._fetch_barrier_flag()
             if not sync:

@@ -10,6 +10,7 @@ from typing import Any
 from edge_mer.errors import UserError
 from edge_mer.runtime.backends import available, open_backend
 from edge_mer.runtime.backends.base import sample_inputs
+from edge_mer.runtime.gpu import cuda_unavailable
 from edge_mer.runtime.timing import call_times_ms, percentiles
 
 
@@ -55,7 +56,6 @@ def bench_models(model: Path, backends: list[str] | None = None, runs: int = 200
 def bench_loop(model: Path, backends: list[str] | None = None, flows: list[str] | None = None, frames: int = 600,
                threads: int | None = 2) -> list[dict[str, Any]]:
     """The loop, headless, on the demo source (as fast as it goes), for every backend x flow pair."""
-    from edge_mer.flow.base import cuda_unavailable
     from edge_mer.flow.opencv import has_tvl1
     from edge_mer.flow.stage import make_stage
     from edge_mer.runtime.events import EventWriter

@@ -90,7 +90,7 @@ class Recognizer:
             backend, stage = cast("TensorRTBackend", self.backend), cast("CudaStage", self.stage)
             inputs = backend.device_inputs()
             with timer.time("flow"):
-                stage.write(onset, apex, matrix, inputs["motion"][0], inputs["texture"][0], inputs["motion"][2])
+                stage.write(onset, apex, matrix, inputs["motion"][0], inputs["texture"][0])
             with timer.time("inference"):
                 return np.asarray(backend.infer_device(1)[0])
         with timer.time("flow"):

@@ -27,6 +27,7 @@ import numpy as np
 from edge_mer.errors import UserError
 from edge_mer.runtime.artifact import DEMO_MODEL
 from edge_mer.runtime.backends.base import sample_inputs
+from edge_mer.runtime.gpu import cuda_unavailable
 from edge_mer.runtime.timing import call_times_ms
 
 # TensorRT passes when its top class agrees with ONNX Runtime's on this share of the random samples and no
@@ -37,7 +38,6 @@ MAX_PROB_DIFF = 0.1
 
 def flow_selftest(size: int = 112, runtime: ModuleType | None = None) -> dict[str, Any]:
     """The CUDA flow stage on this GPU (``runtime``: pycuda, or the CPU emulator in tests)."""
-    from edge_mer.flow.base import cuda_unavailable
     from edge_mer.flow.cuda import CudaStage
 
     reason = cuda_unavailable() if runtime is None else None

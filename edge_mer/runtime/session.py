@@ -18,17 +18,19 @@ from typing import Any
 import numpy as np
 
 from edge_mer.errors import UserError
-from edge_mer.flow.base import FlowStage, cuda_unavailable
+from edge_mer.flow.base import FlowStage
 from edge_mer.flow.cuda import CudaStage
 from edge_mer.flow.opencv import has_tvl1
 from edge_mer.flow.stage import make_stage
 from edge_mer.runtime.artifact import default_model
 from edge_mer.runtime.backends import open_backend
 from edge_mer.runtime.events import EventWriter
+from edge_mer.runtime.gpu import cuda_unavailable
 from edge_mer.runtime.loop import LoopConfig, LoopStats, Recognizer, VideoOutput, run_loop
 from edge_mer.runtime.sources import open_source
 from edge_mer.runtime.timing import StageTimer, percentiles
 from edge_mer.spot.metrics import evaluate_spots
+from edge_mer.spot.truth import TruthInterval, micro_intervals
 
 
 @dataclass
@@ -151,9 +153,9 @@ def summarise(stats: LoopStats, timer: StageTimer) -> dict[str, Any]:
                        "ended_early": stats.ended_early}}
 
 
-def match_truth(pred: list[tuple[int, int]], truth: Any, frames: int) -> dict[str, Any]:
+def match_truth(pred: list[tuple[int, int]], truth: list[TruthInterval], frames: int) -> dict[str, Any]:
     """MEGC spotting match (IoU >= 0.5) of the events' intervals against the demo source's micro-expressions."""
-    micro = [(e.onset, e.offset) for e in truth if e.type == "micro" and e.offset < frames]
+    micro = [(onset, offset) for onset, offset in micro_intervals(truth) if offset < frames]
     m = evaluate_spots(pred, micro)
     return {k: getattr(m, k) for k in ("tp", "fp", "fn", "precision", "recall", "f1")}
 

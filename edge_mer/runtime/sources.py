@@ -39,7 +39,9 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 
 from edge_mer.errors import UserError
+from edge_mer.runtime.native_stderr import native_stderr
 from edge_mer.runtime.opencv_build import opencv_facts
+from edge_mer.spot.truth import TruthInterval
 
 if TYPE_CHECKING:
     from edge_mer.synth.video import VideoConfig
@@ -331,19 +333,6 @@ class FolderSource(Source):
         self._paths = []
 
 
-@dataclass(frozen=True)
-class TruthEvent:
-    """One planned event of ``demo://``: a row of the generator's truth CSV, same fields, same meaning."""
-
-    onset: int  # 0-based frame index
-    apex: int
-    offset: int  # inclusive
-    type: str  # micro, macro or blink
-    label: str  # MEGC composite class; "" for a blink
-    aus: str  # e.g. "4+7"
-    amplitude: float
-
-
 def demo_config(uri: str, options: OpenOptions) -> VideoConfig:
     """The generator's video config from ``demo://?seconds=&fps=&size=WxH&seed=&subject=``.
 
@@ -380,8 +369,8 @@ def demo_config(uri: str, options: OpenOptions) -> VideoConfig:
 class DemoSource(Source):
     """The synthetic long video rendered while it plays, with its truth.
 
-    ``truth`` holds the planned events as the generator's truth CSV does, one
-    :class:`TruthEvent` per row (``dataclasses.asdict`` gives the CSV row).
+    ``truth`` holds the planned events (``TruthInterval``: onset, apex, offset, kind and
+    label, as the generator's truth CSV has them).
 
     Frames are rendered on the fly: about 11 ms of CPU per 640x480 frame
     (three quarters of it the sensor noise), a third of one core at 30 fps. It
@@ -392,12 +381,13 @@ class DemoSource(Source):
     kind = "demo"
 
     def __init__(self, uri: str, options: OpenOptions) -> None:
-        from edge_mer.synth.video import plan_events, truth_rows, video_frames
+        from edge_mer.synth.video import plan_events, video_frames
 
         self.config = demo_config(uri, options)
         super().__init__(uri, options, live=False, fps=self.config.fps)
         events = plan_events(self.config)
-        self.truth = [TruthEvent(*row) for row in truth_rows(events)]  # type: ignore[arg-type]
+        self.truth = [TruthInterval(e.onset, e.offset, e.kind, e.apex, "demo", "" if e.kind == "blink" else e.emotion)
+                      for e in events]
         self.length = int(round(self.config.seconds * self.config.fps))
         self._frames: Iterator[np.ndarray] | None = video_frames(self.config, events)
         self.size = self.config.size
@@ -538,8 +528,6 @@ def _open_path(uri: str, path: Path, options: OpenOptions) -> Source:
         return FolderSource(uri, options, path)
     if not path.is_file():
         raise UserError(f"no such video file or frame folder: {path}")
-    from edge_mer.native import native_stderr
-
     with native_stderr() as said:
         cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():

@@ -170,16 +170,6 @@ class Spotter:
         """Whether a candidate is open (between its rise and its report or rejection)."""
         return self._open is not None
 
-    def active_since(self) -> int | None:
-        """First frame of the open candidate (its estimated onset, or its rise), None when idle.
-
-        A live loop keeps the face transform and the frames from here on while this is not None.
-        """
-        c = self._open
-        if c is None:
-            return None
-        return c.decided[0] if c.decided is not None else c.rise
-
     # -- input -----------------------------------------------------------------------------------------
 
     def update(self, frame_index: int, ts: float, value: float | None) -> list[Spot]:

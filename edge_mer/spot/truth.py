@@ -33,11 +33,14 @@ _SAMM_COLUMNS = {"filename", "inducementcode", "duration"}
 
 @dataclass(frozen=True)
 class TruthInterval:
+    """One annotated expression: of a truth file or sheet (``read_truth``), or planned by the demo source."""
+
     onset: int  # 0-based
     offset: int  # 0-based, inclusive
     kind: str  # "micro", "macro", "blink" or "other"
     apex: int | None = None
     video: str = ""
+    label: str = ""  # the MEGC composite class where the truth gives one (the demo's does)
 
 
 @dataclass

@@ -22,7 +22,9 @@ MICRO_ONSET_MAX_S = 0.26
 
 
 @dataclass(frozen=True)
-class Event:
+class PlannedExpression:
+    """A micro- or macro-expression or a blink the generator renders (its truth row), with its AUs."""
+
     kind: str  # "micro", "macro" or "blink"
     onset: int
     apex: int
@@ -53,7 +55,7 @@ class Ranges:
 
 
 def micro_event(rng: np.random.Generator, fps: float, start: int, aus: list[AUCode], emotion: str,
-                ranges: Ranges = Ranges()) -> Event:
+                ranges: Ranges = Ranges()) -> PlannedExpression:
     """A micro-expression starting at frame ``start``, drawn within ``ranges``."""
     lo = max(ranges.micro_seconds[0], MICRO_MIN_S, 2.0 / fps)
     hi = min(max(ranges.micro_seconds[1], lo), MICRO_MAX_S)
@@ -61,27 +63,27 @@ def micro_event(rng: np.random.Generator, fps: float, start: int, aus: list[AUCo
     rise = min(rng.uniform(0.3, 0.6) * frames, MICRO_ONSET_MAX_S * fps)
     apex = start + max(1, int(round(rise)))
     amp = float(rng.uniform(*ranges.micro_amplitude))
-    return Event("micro", start, min(apex, start + frames - 1), start + frames, tuple(aus), amp, emotion)
+    return PlannedExpression("micro", start, min(apex, start + frames - 1), start + frames, tuple(aus), amp, emotion)
 
 
-def macro_event(rng: np.random.Generator, fps: float, start: int, ranges: Ranges = Ranges()) -> Event:
+def macro_event(rng: np.random.Generator, fps: float, start: int, ranges: Ranges = Ranges()) -> PlannedExpression:
     layout = EMOTION_PATTERNS["composite"]
     emotion = str(rng.choice(sorted(layout)))
     aus = parse_aus(str(rng.choice(layout[emotion])))
     frames = max(3, int(round(rng.uniform(*ranges.macro_seconds) * fps)))
     apex = start + max(1, int(round(rng.uniform(0.2, 0.45) * frames)))
     amp = float(rng.uniform(*ranges.macro_amplitude))
-    return Event("macro", start, apex, start + frames, tuple(aus), amp, emotion)
+    return PlannedExpression("macro", start, apex, start + frames, tuple(aus), amp, emotion)
 
 
-def blink_event(rng: np.random.Generator, fps: float, start: int, ranges: Ranges = Ranges()) -> Event:
+def blink_event(rng: np.random.Generator, fps: float, start: int, ranges: Ranges = Ranges()) -> PlannedExpression:
     frames = max(2, int(round(rng.uniform(*ranges.blink_seconds) * fps)))
     apex = start + max(1, frames // 3)
-    return Event("blink", start, apex, start + frames, (AUCode(43),), 1.0, "blink")
+    return PlannedExpression("blink", start, apex, start + frames, (AUCode(43),), 1.0, "blink")
 
 
 @dataclass
-class HeadMotion:
+class HeadPath:
     """Smooth head trajectories: slow drift plus low-pass jitter, precomputed per frame."""
 
     frames: int
@@ -127,7 +129,7 @@ def flicker_gains(frames: int, fps: float, amount: float, rng: np.random.Generat
     return 1 + amount * (slow + 0.3 * rng.standard_normal(frames))
 
 
-def activations(events: list[Event], t: float) -> tuple[dict[AUCode, float], float]:
+def activations(events: list[PlannedExpression], t: float) -> tuple[dict[AUCode, float], float]:
     """AU amplitudes (pixels at 112) and blink closure at frame ``t``."""
     acts: dict[AUCode, float] = {}
     blink = 0.0
@@ -144,10 +146,10 @@ def activations(events: list[Event], t: float) -> tuple[dict[AUCode, float], flo
     return acts, blink
 
 
-def render_sequence(renderer: FaceRenderer, events: list[Event], frames: int, fps: float,
+def render_sequence(renderer: FaceRenderer, events: list[PlannedExpression], frames: int, fps: float,
                     nuisances: Nuisances, rng: np.random.Generator) -> Iterator[np.ndarray]:
     """Yield ``frames`` rendered frames of ``events`` under ``nuisances``."""
-    head = HeadMotion(frames, fps, renderer.face_iod, nuisances, rng)
+    head = HeadPath(frames, fps, renderer.face_iod, nuisances, rng)
     gains = flicker_gains(frames, fps, nuisances.flicker, rng)
     noise_rng = np.random.default_rng(rng.integers(0, 2**63))
     for i in range(frames):

@@ -32,7 +32,7 @@ from edge_mer.synth.faces import make_subject
 from edge_mer.synth.render import FaceRenderer, Nuisances, default_face_iod
 from edge_mer.synth.sheets import write_csv, write_xlsx
 from edge_mer.synth.timeline import (
-    Event,
+    PlannedExpression,
     Ranges,
     blink_event,
     macro_event,
@@ -71,7 +71,7 @@ class VideoSummary:
     render_fps: float = 0.0
 
 
-def plan_events(cfg: VideoConfig) -> list[Event]:
+def plan_events(cfg: VideoConfig) -> list[PlannedExpression]:
     """Non-overlapping events with at least 0.4 s of rest between them."""
     rng = np.random.default_rng([cfg.seed, 31337, cfg.subject])
     n = int(round(cfg.seconds * cfg.fps))
@@ -85,7 +85,7 @@ def plan_events(cfg: VideoConfig) -> list[Event]:
     p = np.array([rates[k] for k in kinds]) / total
     mean_gap = max(0.4, 60.0 / total - 0.5)
     composite = EMOTION_PATTERNS["composite"]
-    events: list[Event] = []
+    events: list[PlannedExpression] = []
     t = int(round(rng.uniform(0.5, 1.5) * cfg.fps))
     while True:
         kind = str(rng.choice(kinds, p=p))
@@ -144,12 +144,12 @@ class FrameSink:
             self.writer.release()
 
 
-def truth_rows(events: list[Event]) -> list[list[str | int | float | None]]:
+def truth_rows(events: list[PlannedExpression]) -> list[list[str | int | float | None]]:
     return [[e.onset, e.apex, e.offset, e.kind, "" if e.kind == "blink" else e.emotion,
              format_aus(list(e.aus)), round(e.amplitude, 4)] for e in events]
 
 
-def write_truth_sheet(path: Path, events: list[Event], style: str, subject: int, video: str) -> None:
+def write_truth_sheet(path: Path, events: list[PlannedExpression], style: str, subject: int, video: str) -> None:
     expressions = [e for e in events if e.kind != "blink"]
     if style == "casme2lv":
         rows: list[list[str | int | float | None]] = [
@@ -169,7 +169,7 @@ def write_truth_sheet(path: Path, events: list[Event], style: str, subject: int,
         raise UserError(f"unknown truth style {style!r}; choose from {', '.join(TRUTH_STYLES)}")
 
 
-def video_frames(cfg: VideoConfig, events: list[Event]) -> Iterator[np.ndarray]:
+def video_frames(cfg: VideoConfig, events: list[PlannedExpression]) -> Iterator[np.ndarray]:
     """The frames of ``cfg``'s video with the planned ``events``, rendered one at a time (what ``write_video``
     writes and ``demo://`` plays)."""
     renderer = FaceRenderer(make_subject(cfg.subject, cfg.seed), cfg.size, default_face_iod(cfg.size),

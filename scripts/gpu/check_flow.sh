@@ -12,7 +12,7 @@
 # adds pytest's, for a machine without a package index).
 set -euo pipefail
 
-sizes="112 64 128 224"  # S = 112 first: the figure is measured before a later size can run out of time
+sizes="112 64 128 224"  # S = 112 first: the model's size is measured before a later size can run out of time
 repeats=3
 test_limit=200  # seconds for the GPU tests
 bench_limit=300  # seconds for the benchmark

@@ -21,19 +21,19 @@
 //   or, with thread block clusters, the pyramid and every level whose state fits in the
 //   cluster's shared memory (all of the above) in one launch, the rest as above:
 //     tvl1_levels_cluster or _cluster16        once
-//   tvl1_epilogue_f32 or tvl1_epilogue_f16     once
+//   tvl1_epilogue                              once
 // Images are planar float32, rows dense (pitch = width); several pairs run side by side
 // through blockIdx.z and the *_stride arguments (elements between consecutive planes of the
 // same kind), except in the solve's grid layouts, whose barrier holds one pair per launch.
 //
 // Build: nvcc -ptx -arch=compute_72 (Xavier, CUDA <= 12), compute_87 (Orin), ... or pycuda's
-// SourceModule(source, no_extern_c=True): the entry points are extern "C" already and
-// cuda_fp16.h must not be wrapped. Needs nothing newer than sm_72 (warp shuffles, half
-// conversion, __nanosleep from sm_70) and no host code, except tvl1_levels_cluster(16), whose
+// SourceModule(source, no_extern_c=True, include_dirs=[this folder]): the entry points are
+// extern "C" already, and tvl1_gpu.h comes from this folder. Needs nothing newer than sm_72
+// (warp shuffles, __nanosleep from sm_70) and no host code, except tvl1_levels_cluster(16), whose
 // body (thread block clusters) is compiled for sm_90 and newer only: below that it is an
 // empty kernel that the driver never launches.
 
-#include <cuda_fp16.h>
+#include "tvl1_gpu.h"  // the GPU's own instructions (timer, approximate maths, clusters)
 
 #define TVL1_FLT_EPSILON 1.192092896e-07f
 #define TVL1_CUBIC_A (-0.75f)
@@ -303,14 +303,6 @@ extern "C" __global__ void tvl1_warp(const float* __restrict__ i0, const float* 
 // reports an error and resets the three words, instead of the GPU hanging.
 #define TVL1_BARRIER_TIMEOUT_NS 1000000000ull
 
-#ifndef TVL1_NOW_NS_DEFINED
-// the GPU's global nanosecond timer
-__device__ __forceinline__ unsigned long long tvl1_now_ns() {
-    unsigned long long t;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-    return t;
-}
-#endif
 
 __device__ void grid_sync(unsigned* barrier) {
     __syncthreads();
@@ -384,24 +376,6 @@ __device__ __forceinline__ void primal_at(int i, int x, int y, int w, float a, f
     n2 = v.y + theta * div2;
 }
 
-#if !defined(TVL1_APPROX_DEFINED) && defined(TVL1_EXACT_DUAL)
-// built with -DTVL1_EXACT_DUAL (to tell their effect on a GPU): the correctly rounded ones
-__device__ __forceinline__ float sqrt_approx(float x) { return sqrtf(x); }
-__device__ __forceinline__ float rcp_approx(float x) { return __frcp_rn(x); }
-#elif !defined(TVL1_APPROX_DEFINED)
-// The GPU's approximate square root and reciprocal: one instruction each instead of a correctly
-// rounded sequence of about ten with a branch; not correctly rounded, denormal inputs taken as 0.
-__device__ __forceinline__ float sqrt_approx(float x) {
-    float y;
-    asm("sqrt.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
-__device__ __forceinline__ float rcp_approx(float x) {
-    float y;
-    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
-#endif
 
 // reference.project_dual at one pixel: the new dual from the old one, s = (p11, p21, p12, p22) and
 // the result in that order, and the forward differences of the new flow. The gradient norms and
@@ -673,50 +647,11 @@ extern "C" __global__ void tvl1_solve_bands(float* __restrict__ u1, float* __res
 #define TVL1_CLUSTER_ROWS 20  // per column: C's extra row (4), U's four spare rows (2 x 4 x 2)
 // most threads per block: ptxas (sm_90) then allows 96 registers, and spills only around the levels
 // and warps, none inside an iteration (at 1024, 64 registers, it spills after each iteration's
-// barrier; on an H200 at S = 112, 640 / 768 / 1024 threads took 0.84 / 0.93 / 1.17 ms per pair before the
-// sums' reads moved to the last warp); the driver also times 512 and 256 (cuda.SMALLER_BLOCKS), which
-// there take about what 640 does (0.54 / 0.54 / 0.57 ms; 128: 0.73)
+// barrier, and 1024 threads are the slowest on an H200); the driver also times 512 and 256
+// (cuda.SMALLER_BLOCKS), which there take about what 640 does (0.54 / 0.54 / 0.57 ms per pair at
+// S = 112; 128: 0.73)
 #define TVL1_CLUSTER_THREADS 640
 
-#ifndef TVL1_CLUSTER_DEFINED
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-#define TVL1_HAS_CLUSTERS 1
-#define TVL1_CLUSTER_DIMS(blocks) __cluster_dims__(blocks, 1, 1) __launch_bounds__(TVL1_CLUSTER_THREADS)
-// every thread of the cluster; release / acquire at cluster scope (shared and global memory).
-// Not the .aligned form: that one is undefined if the compiler ever splits a warp across copies.
-__device__ __forceinline__ void cluster_sync() {
-    asm volatile("barrier.cluster.arrive.release;\n\tbarrier.cluster.wait.acquire;" ::: "memory");
-}
-// every thread of the cluster, ordering only shared memory: what this block wrote into its own
-// before the barrier is visible to the cluster's reads after it (PTX 8.6's restricted fences,
-// CUDA 12.8; an older toolkit, or a build with -DTVL1_FULL_BARRIERS, gets the full barrier)
-__device__ __forceinline__ void cluster_sync_shared() {
-#if !defined(TVL1_FULL_BARRIERS) && \
-    (__CUDACC_VER_MAJOR__ > 12 || (__CUDACC_VER_MAJOR__ == 12 && __CUDACC_VER_MINOR__ >= 8))
-    asm volatile("fence.release.sync_restrict::shared::cta.cluster;\n\t"
-                 "barrier.cluster.arrive.relaxed;\n\t"
-                 "barrier.cluster.wait;\n\t"
-                 "fence.acquire.sync_restrict::shared::cluster.cluster;" ::: "memory");
-#else
-    cluster_sync();
-#endif
-}
-// the address of the same shared-memory location in block `rank` of the cluster
-template <class T>
-__device__ __forceinline__ T* cluster_map(T* p, unsigned rank) {
-    unsigned long long out;
-    asm("mapa.u64 %0, %1, %2;" : "=l"(out) : "l"(p), "r"(rank));  // pure: the compiler may share it
-    return reinterpret_cast<T*>(out);
-}
-__device__ __forceinline__ float* dynamic_shared() {
-    extern __shared__ float4 tvl1_dynamic[];  // 16-byte aligned
-    return reinterpret_cast<float*>(tvl1_dynamic);
-}
-#else
-#define TVL1_HAS_CLUSTERS 0
-#define TVL1_CLUSTER_DIMS(blocks)
-#endif
-#endif
 
 #if TVL1_HAS_CLUSTERS
 // A thread's pixels i = threadIdx.x + k * blockDim.x of a band w wide, with their column x and
@@ -979,25 +914,17 @@ extern "C" __global__ void tvl1_upsample_flow(const float* __restrict__ su1, con
 // input buffers: motion (pairs, 3, S, S), texture (pairs, 1, S, S).
 // flow_scale = 112 / S / FLOW_UNIT, strain_scale = 1 / STRAIN_UNIT.
 // grid (ceil(S/16), ceil(S/16), pairs).
-template <typename T>
-__device__ __forceinline__ T to_out(float v);
-
-template <>
-__device__ __forceinline__ float to_out<float>(float v) { return v; }
-
-template <>
-__device__ __forceinline__ __half to_out<__half>(float v) { return __float2half_rn(v); }
-
 __device__ __forceinline__ float np_gradient(const float* __restrict__ f, int i, int pos, int len, int step) {
     if (pos == 0) return f[i + step] - f[i];
     if (pos == len - 1) return f[i] - f[i - step];
     return 0.5f * (f[i + step] - f[i - step]);
 }
 
-template <typename T>
-__device__ void epilogue(const float* __restrict__ u1, const float* __restrict__ u2, const float* __restrict__ apex,
-                         int size, int stride, float flow_scale, float strain_scale, float clip,
-                         float texture_mean, float texture_std, T* __restrict__ motion, T* __restrict__ texture) {
+extern "C" __global__ void tvl1_epilogue(const float* __restrict__ u1, const float* __restrict__ u2,
+                                         const float* __restrict__ apex, int size, int stride,
+                                         float flow_scale, float strain_scale, float clip,
+                                         float texture_mean, float texture_std,
+                                         float* __restrict__ motion, float* __restrict__ texture) {
     int x = blockIdx.x * blockDim.x + threadIdx.x;
     int y = blockIdx.y * blockDim.y + threadIdx.y;
     if (x >= size || y >= size) return;
@@ -1010,28 +937,10 @@ __device__ void epilogue(const float* __restrict__ u1, const float* __restrict__
     float dv_dx = np_gradient(b, i, x, size, 1), dv_dy = np_gradient(b, i, y, size, size);
     float shear = 0.5f * (du_dy + dv_dx);
     float strain = sqrtf(du_dx * du_dx + dv_dy * dv_dy + 2.0f * shear * shear);
-    T* m = motion + (size_t)blockIdx.z * 3 * plane;
-    m[i] = to_out<T>(clampf(a[i] * flow_scale, -clip, clip));
-    m[plane + i] = to_out<T>(clampf(b[i] * flow_scale, -clip, clip));
-    m[2 * plane + i] = to_out<T>(clampf(strain * strain_scale, 0.0f, clip));
+    float* m = motion + (size_t)blockIdx.z * 3 * plane;
+    m[i] = clampf(a[i] * flow_scale, -clip, clip);
+    m[plane + i] = clampf(b[i] * flow_scale, -clip, clip);
+    m[2 * plane + i] = clampf(strain * strain_scale, 0.0f, clip);
     float g = apex[(size_t)blockIdx.z * stride + i];
-    texture[(size_t)blockIdx.z * plane + i] = to_out<T>((g / 255.0f - texture_mean) / texture_std);
-}
-
-extern "C" __global__ void tvl1_epilogue_f32(const float* __restrict__ u1, const float* __restrict__ u2,
-                                             const float* __restrict__ apex, int size, int stride,
-                                             float flow_scale, float strain_scale, float clip,
-                                             float texture_mean, float texture_std,
-                                             float* __restrict__ motion, float* __restrict__ texture) {
-    epilogue<float>(u1, u2, apex, size, stride, flow_scale, strain_scale, clip, texture_mean, texture_std,
-                    motion, texture);
-}
-
-extern "C" __global__ void tvl1_epilogue_f16(const float* __restrict__ u1, const float* __restrict__ u2,
-                                             const float* __restrict__ apex, int size, int stride,
-                                             float flow_scale, float strain_scale, float clip,
-                                             float texture_mean, float texture_std,
-                                             __half* __restrict__ motion, __half* __restrict__ texture) {
-    epilogue<__half>(u1, u2, apex, size, stride, flow_scale, strain_scale, clip, texture_mean, texture_std,
-                     motion, texture);
+    texture[(size_t)blockIdx.z * plane + i] = (g / 255.0f - texture_mean) / texture_std;
 }

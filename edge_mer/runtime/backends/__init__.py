@@ -12,6 +12,7 @@ from pathlib import Path
 
 from edge_mer.errors import UserError
 from edge_mer.runtime.backends.base import Backend, TensorSpec
+from edge_mer.runtime.gpu import cuda_unavailable
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch", "torch-tensorrt")
 
@@ -19,7 +20,7 @@ __all__ = ["BACKENDS", "Backend", "TensorSpec", "available", "open_backend"]
 
 
 def _tensorrt_usable() -> bool:
-    if importlib.util.find_spec("tensorrt") is None or importlib.util.find_spec("pycuda") is None:
+    if importlib.util.find_spec("tensorrt") is None or cuda_unavailable() is not None:
         return False
     try:
         from edge_mer.runtime.engine import gpu_identity, import_tensorrt

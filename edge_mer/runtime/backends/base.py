@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge_mer.errors import UserError
-from edge_mer.runtime.artifact import INPUTS, OUTPUT
+from edge_mer.runtime.artifact import INPUTS
 
 
 @dataclass(frozen=True)
@@ -66,9 +66,6 @@ class Backend(ABC):
         s = self.size
         return [TensorSpec(INPUTS[0], ("batch", 3, s, s), "float32"),
                 TensorSpec(INPUTS[1], ("batch", 1, s, s), "float32")]
-
-    def output_spec(self) -> list[TensorSpec]:
-        return [TensorSpec(OUTPUT, ("batch", len(self.class_names)), "float32")]
 
     def describe(self) -> str:
         return f"{self.name} ({self.precision})"

@@ -65,9 +65,9 @@ class TensorRTBackend(Backend):
         finally:
             self.ctx.pop()
 
-    def device_inputs(self) -> dict[str, tuple[int, tuple[int, ...], str]]:
-        """name -> (device pointer, shape of one sample, dtype) of the input buffers."""
-        return {n: (int(self.dev[n]), tuple(self.host[n].shape[1:]), "float32") for n in INPUTS}
+    def device_inputs(self) -> dict[str, tuple[int, tuple[int, ...]]]:
+        """name -> (device pointer, shape of one sample) of the input buffers (float32, as exported)."""
+        return {n: (int(self.dev[n]), tuple(self.host[n].shape[1:])) for n in INPUTS}
 
     def logits(self, motion: np.ndarray, texture: np.ndarray) -> np.ndarray:
         outs = []

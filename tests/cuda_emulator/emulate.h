@@ -417,27 +417,6 @@ inline float __frcp_rn(float x) { return 1.0f / x; }  // IEEE division: the corr
 
 inline void __nanosleep(unsigned) { ::emu::nanosleep_yield(); }
 
-// the kernels' approximate square root and reciprocal (PTX sqrt.approx, rcp.approx on a GPU): exact here
-#define TVL1_APPROX_DEFINED 1
-inline float sqrt_approx(float x) { return std::sqrt(x); }
-inline float rcp_approx(float x) { return 1.0f / x; }
-
-// thread block clusters (compute capability 9.0): the launch is the cluster
-#define TVL1_CLUSTER_DEFINED 1
-#define TVL1_HAS_CLUSTERS 1
-#define TVL1_CLUSTER_DIMS(blocks)
-inline void cluster_sync() { ::emu::cluster_sync(); }
-inline void cluster_sync_shared() { ::emu::cluster_sync(); }
-template <class T>
-inline T* cluster_map(T* p, unsigned rank) { return ::emu::cluster_map(p, rank); }
-inline float* dynamic_shared() { return reinterpret_cast<float*>(::emu::cur->block->dynamic); }
-
-// the kernels' clock (globaltimer on a GPU): 1 ms per reading, so a wait that times out
-// after a second on a GPU gives up after about a thousand polls here
-#define TVL1_NOW_NS_DEFINED 1
-inline unsigned long long emu_clock_ns = 0;
-inline unsigned long long tvl1_now_ns() { return emu_clock_ns += 1000000ull; }
-
 // CUDA's vector types, with their alignment (a float4 load or store is one 16-byte access)
 struct alignas(8) float2 {
     float x, y;
@@ -457,18 +436,7 @@ inline float __int_as_float(int v) {
     return f;
 }
 
-struct __half {
-    uint16_t bits;
-};
-
-inline __half __float2half_rn(float v) {
-    _Float16 h = static_cast<_Float16>(v);  // IEEE binary16, round to nearest even
-    __half out;
-    std::memcpy(&out.bits, &h, sizeof out.bits);
-    return out;
-}
-
-// ---- what the host side (edge_mer/flow/emulate.py) calls --------------------------------
+// ---- what the host side (tests/cuda_emulator/__init__.py) calls --------------------------------
 
 // Device memory, guarded as emu::guarded_take says (a stray access faults, fresh memory is
 // NaN), in whole 4-byte words. 0 when out of memory.

@@ -1,4 +1,5 @@
-"""Native libraries (FFmpeg inside OpenCV) that write to file descriptor 2 behind Python's back."""
+"""What native libraries (FFmpeg inside OpenCV) write to file descriptor 2 behind Python's back, caught so that a
+command can turn it into its own one-line error."""
 
 from __future__ import annotations
 

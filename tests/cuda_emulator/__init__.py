@@ -1,12 +1,14 @@
 """A CPU stand-in for the part of ``pycuda.driver`` the CUDA flow stage uses.
 
-``CudaStage(size, runtime=edge_mer.flow.emulate)`` then compiles ``kernels/tvl1.cu``
-itself with the host C++ compiler (``g++``, with ``kernels/emulate.h`` supplying
+The tests' tooling, not part of the package: ``CudaStage(size, runtime=cuda_emulator)``
+(``tests/`` on ``sys.path``, as pytest puts it) then compiles ``edge_mer/flow/kernels/tvl1.cu``
+itself with the host C++ compiler (``g++``, with ``emulate.h`` here supplying
 threads, blocks, per-block shared memory, ``__syncthreads``, warp shuffles, atomics and
 ``__nanosleep`` as fibers on one OS thread, every block of a launch resident at once, so
 the kernels' own grid barrier runs as written; a launch of a cluster kernel is one
 thread block cluster, with the cluster barrier and each block's dynamic shared memory
-mapped into the others', as on compute capability 9.0) and runs every launch of the host driver
+mapped into the others', as on compute capability 9.0, and this folder's ``tvl1_gpu.h``
+standing in for the kernels' GPU instructions) and runs every launch of the host driver
 on the CPU; a stream being captured records its launches into a graph that ``launch``
 replays. That checks, without a GPU, what a GPU check would find first: that the kernels
 implement the numpy reference, that the driver's launches (grids, strides, offsets,
@@ -276,7 +278,7 @@ class Device:
         return 1
 
     def name(self) -> str:
-        return "CPU emulator (edge_mer.flow.emulate)"
+        return "CPU emulator (tests/cuda_emulator)"
 
     def retain_primary_context(self) -> Context:
         return Context()
@@ -440,9 +442,11 @@ class SourceModule:
         defines = dict(re.findall(r"^#define\s+(\w+)\s+(\d+)\b", source, re.MULTILINE))
         self.clusters = {m.group(2): int(defines.get(m.group(1)) or m.group(1))
                          for m in _SIGNATURE.finditer(source) if m.group(1)}
-        prelude = (Path(__file__).with_name("kernels") / "emulate.h").read_text()
-        text = source + "\n\n// ---- launch entry points (edge_mer.flow.emulate) ----\n" + _wrappers(self.kernels)
-        self.lib = self._build(prelude, text)
+        here = Path(__file__).parent
+        prelude = (here / "emulate.h").read_text()
+        primitives = (here / "tvl1_gpu.h").read_text()
+        text = source + "\n\n// ---- launch entry points (tests/cuda_emulator) ----\n" + _wrappers(self.kernels)
+        self.lib = self._build(prelude, primitives, text)
         self.lib.emu_alloc.restype = ctypes.c_size_t
         self.lib.emu_alloc.argtypes = [ctypes.c_size_t]
         self.lib.emu_free.restype = None
@@ -456,11 +460,11 @@ class SourceModule:
              "-Wno-unused-function")
 
     @classmethod
-    def _build(cls, prelude: str, text: str) -> ctypes.CDLL:
+    def _build(cls, prelude: str, primitives: str, text: str) -> ctypes.CDLL:
         compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
         if compiler is None:
             raise CompileError("the CUDA emulator needs a C++ compiler (g++) on PATH")
-        key = hashlib.sha256("\0".join((compiler, *cls.FLAGS, prelude, text)).encode()).hexdigest()[:20]
+        key = hashlib.sha256("\0".join((compiler, *cls.FLAGS, prelude, primitives, text)).encode()).hexdigest()[:20]
         cache = _cache_dir()
         target = cache / f"{key}.so"
         if not target.exists():
@@ -468,7 +472,7 @@ class SourceModule:
             with tempfile.TemporaryDirectory() as tmp:
                 work = Path(tmp)
                 (work / "emulate.h").write_text(prelude)
-                (work / "cuda_fp16.h").write_text("// __half comes from emulate.h\n")
+                (work / "tvl1_gpu.h").write_text(primitives)  # found before the GPU's by #include "tvl1_gpu.h"
                 (work / "kernels.cpp").write_text(text)
                 built = work / "kernels.so"
                 proc = subprocess.run([compiler, *cls.FLAGS, "-I", str(work), "-include", str(work / "emulate.h"),
