@@ -1,15 +1,15 @@
 """Flow stage speed and accuracy: per-pair latency and endpoint error at S in {64, 112, 128, 224}.
 
 For OpenCV's TV-L1 (contrib), OpenCV's DIS, the numpy TV-L1 reference and the
-CUDA kernels with each layout of the fused solve, ``cuda-block`` (one block per
-pair), ``cuda-grid`` (up to one block per multiprocessor, two grid barriers per
-iteration), ``cuda-bands`` (row bands, one grid barrier per iteration) and
-``cuda-cluster`` (the pyramid and its levels in one launch of a cluster of 8 blocks, the
-state in shared memory; compute capability 9.0 and newer), ``cuda-cluster16`` (the same with 16
-blocks) and ``cuda`` (the layout the stage times and picks when it starts), each
-replaying a CUDA graph per shape, and ``cuda-bands-direct`` (launched kernel by
-kernel, to show what the graph saves); ``-t128`` / ``-t256`` rows run the
-multi-block layouts with smaller blocks; a row saying why when they cannot run
+CUDA kernels with each layout of the fused solve (``edge_mer.flow.cuda.SOLVERS``),
+``cuda-block`` (one block per pair), ``cuda-bands`` (row bands, one grid barrier per
+iteration) and ``cuda-cluster`` (the pyramid and its levels in one launch of a thread block
+cluster, 16 blocks where the GPU allows them, the state in shared memory; compute capability
+9.0 and newer), ``cuda-cluster8`` (the portable 8 blocks) and ``cuda`` (the layout the stage
+picks when it starts: timed the first time on this GPU, then kept), each replaying a CUDA
+graph per shape, and ``cuda-bands-direct`` (launched kernel by kernel, to show what the graph
+saves); ``-t128`` / ``-t256`` rows run the multi-block layouts with smaller blocks; a row
+saying why when they cannot run
 here, on the synthetic-warp
 pairs of ``edge_mer.flow.pairs`` (the same pairs the tests use): latency is the
 median over ``--repeats`` passes of the time of one pair's flow (crops already
@@ -48,9 +48,8 @@ from edge_mer.runtime.backends.onnxruntime import cpu_name
 from edge_mer.runtime.gpu import cuda_unavailable
 
 RESULTS = Path(__file__).resolve().parent / "results"
-METHODS = ("opencv-tvl1", "opencv-dis", "reference", "cuda", "cuda-block", "cuda-grid", "cuda-bands",
-           "cuda-cluster", "cuda-grid-t128", "cuda-grid-t256", "cuda-bands-t128", "cuda-bands-t256",
-           "cuda-cluster-t256", "cuda-cluster16", "cuda-bands-direct")
+METHODS = ("opencv-tvl1", "opencv-dis", "reference", "cuda", "cuda-block", "cuda-bands", "cuda-cluster",
+           "cuda-cluster8", "cuda-bands-t128", "cuda-bands-t256", "cuda-cluster-t256", "cuda-bands-direct")
 
 
 def gpu_name() -> str:
@@ -69,11 +68,13 @@ def make(name: str, size: int, emulator: bool) -> FlowStage:
         if emulator:
             sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the tests' tooling
             import cuda_emulator as runtime
-        if name == "cuda":  # the stage as the device loop makes it: the layout timed and picked at start
+        if name == "cuda":  # the stage as the device loop makes it: the layout picked at start (timed or kept)
             return CudaStage(size, runtime=runtime)
         solver, *options = name.removeprefix("cuda-").split("-")  # options: tN (threads), direct (no graph)
         threads = [int(o[1:]) for o in options if o.startswith("t")]
-        return CudaStage(size, solver=solver, runtime=runtime, graphs="direct" not in options,
+        blocks = 8 if solver == "cluster8" else None
+        return CudaStage(size, solver=solver.rstrip("8"), runtime=runtime, graphs="direct" not in options,
+                         cluster_blocks=blocks,
                          solve_threads=threads[0] if threads else SOLVE_THREADS)
     return make_stage(name, size)
 
@@ -105,6 +106,7 @@ def measure(name: str, pairs: list[FlowPair], repeats: int, emulator: bool = Fal
                                              "the whole stage: crop to epilogue)")
         if stage.layout_ms:
             out["auto"] = {"picked": f"{stage.solver}/{stage.solve_threads}", "layout_ms": stage.layout_ms,
+                           "from": stage.layout_from,
                            "left_out": stage.layout_notes}
         out["gpu_ms"] = round(float(np.median(gpu)), 3)
         out["stage_gpu_ms"], out["stage_wall_ms"] = fused_stage_ms(stage, pairs, repeats)

@@ -36,11 +36,30 @@ needs_compiler = pytest.mark.skipif(shutil.which("g++") is None and shutil.which
 WHERE = {"gpu": pytest.mark.gpu, "emulated": needs_compiler}
 
 
-@pytest.fixture(scope="module", params=[pytest.param((where, solver), marks=mark, id=f"{where}-{solver}")
-                                        for where, mark in WHERE.items() for solver in SOLVERS])
+# every layout; the cluster layout as the GPU runs it (16 blocks where allowed) and with its portable 8
+VARIANTS = [(layout, None) for layout in SOLVERS] + [("cluster", 8)]
+
+
+@pytest.fixture(scope="module", params=[pytest.param((where, solver, blocks), marks=mark,
+                                                     id=f"{where}-{solver}{blocks or ''}")
+                                        for where, mark in WHERE.items() for solver, blocks in VARIANTS])
 def stage(request):
-    where, solver = request.param
-    return CudaStage(112, solver=solver, runtime=emulate if where == "emulated" else None)
+    where, solver, blocks = request.param
+    if where == "gpu" and solver == "cluster":
+        from edge_mer.runtime.gpu import cuda_devices
+
+        names, _ = cuda_devices()
+        if names and int(names[0].rsplit("sm_", 1)[1].rstrip(")")) < 90:
+            pytest.skip(f"{names[0]} has no thread block clusters (compute capability 9.0 and newer)")
+    return CudaStage(112, solver=solver, runtime=emulate if where == "emulated" else None, cluster_blocks=blocks)
+
+
+@pytest.fixture(autouse=True)
+def fresh_choices(monkeypatch, tmp_path):
+    """Each test's auto stages time the layouts themselves, not read an earlier test's choice."""
+    from edge_mer.runtime import choices
+
+    monkeypatch.setattr(choices, "cache_dir", lambda: tmp_path / "choices")
 
 
 @pytest.mark.parametrize("size", [64, 112])
@@ -175,16 +194,16 @@ def test_a_graph_replay_equals_launching_kernel_by_kernel(stage):
 
 
 @pytest.mark.parametrize("where", [pytest.param(where, marks=mark) for where, mark in WHERE.items()])
-def test_auto_keeps_the_fastest_layout(where, monkeypatch):
+def test_auto_keeps_the_fastest_layout_and_remembers_it_for_this_gpu(where, monkeypatch):
     size = 112 if where == "gpu" else 32  # the emulator's times say nothing; it checks the choosing
     for kernel in list(emulate.THREAD_LIMITS):  # as on a GPU: room for the smaller-block candidates
         monkeypatch.setitem(emulate.THREAD_LIMITS, kernel, 512)
-    stage = CudaStage(size, runtime=emulate if where == "emulated" else None)
-    print(f"layouts on {stage.drv.Device(0).name()} at S={size}: {stage.layout_ms} ms -> {stage.solver}; "
+    runtime = emulate if where == "emulated" else None
+    stage = CudaStage(size, runtime=runtime)
+    print(f"layouts on {stage.gpu_name} at S={size}: {stage.layout_ms} ms -> {stage.solver}; "
           f"left out: {stage.layout_notes or 'none'}")
-    # a GPU older than compute capability 9.0 (no clusters), or one without 16-block clusters
-    without = {layout for layout, why in (("cluster", stage.cluster_note), ("cluster16", stage.large_cluster_note))
-               if why}
+    without = {"cluster"} if stage.cluster_note else set()  # a GPU older than compute capability 9.0
+    assert stage.layout_from == "timed"
     assert {name.partition("/")[0] for name in stage.layout_ms} == set(SOLVERS) - without
     if where == "emulated":
         smaller = {f"{layout}/{t}" for layout, sizes in SMALLER_BLOCKS.items() for t in sizes if t < 512}
@@ -194,6 +213,10 @@ def test_auto_keeps_the_fastest_layout(where, monkeypatch):
     assert stage.solve_threads == int(best.partition("/")[2] or stage.solve_threads)
     p = micro_pairs(size, peaks=(1.0,))[0]
     assert float(np.linalg.norm(stage.flow(p.first, p.second) - tvl1(p.first, p.second), axis=2).mean()) < 1e-3
+    # the next start on this GPU reads the choice instead of timing again; another size times again
+    again = CudaStage(size, runtime=runtime)
+    assert again.layout_from == "cache" and (again.solver, again.solve_threads) == (stage.solver, stage.solve_threads)
+    assert CudaStage(size + 16, runtime=runtime).layout_from == "timed"
 
 
 def test_self_check_passes(stage):

@@ -88,9 +88,22 @@ def broken():
     return emulate.SourceModule(BROKEN, no_extern_c=True)
 
 
-@pytest.mark.parametrize("solver", SOLVERS)
-def test_stage_results_do_not_depend_on_thread_order(solver):
-    stage = CudaStage(64, runtime=emulate, solver=solver)
+# every layout, and the cluster layout with both of its kernels (8 blocks: where 16 are not allowed)
+VARIANTS = [pytest.param(layout, None, id=layout) for layout in SOLVERS if layout != "cluster"] + \
+    [pytest.param("cluster", blocks, id=f"cluster{blocks}") for blocks in (8, 16)]
+
+
+@pytest.fixture(autouse=True)
+def fresh_choices(monkeypatch, tmp_path):
+    """Each test's auto stages time the layouts themselves, not read an earlier test's choice."""
+    from edge_mer.runtime import choices
+
+    monkeypatch.setattr(choices, "cache_dir", lambda: tmp_path / "choices")
+
+
+@pytest.mark.parametrize(("solver", "blocks"), VARIANTS)
+def test_stage_results_do_not_depend_on_thread_order(solver, blocks):
+    stage = CudaStage(64, runtime=emulate, solver=solver, cluster_blocks=blocks)
     onset, apex, matrix = in_frames(micro_pairs(64, peaks=(1.2,))[0])
     runs = []
     for order in (0, 1, 12345):  # forward, reverse, shuffled on every barrier round
@@ -102,14 +115,14 @@ def test_stage_results_do_not_depend_on_thread_order(solver):
     assert float(np.abs(runs[0][0][:2]).max()) > 0.05  # the flow is there, not all zeros
 
 
-@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize(("solver", "blocks"), VARIANTS)
 @pytest.mark.parametrize("threads", [32, 512])
-def test_the_solve_agrees_at_any_block_size_the_gpu_may_choose(monkeypatch, threads, solver):
+def test_the_solve_agrees_at_any_block_size_the_gpu_may_choose(monkeypatch, threads, solver, blocks):
     # the driver takes the kernel's max_threads_per_block: 127 registers give 512 on Hopper;
     # one warp is the other extreme of the block-wide reduction
     for kernel in list(emulate.THREAD_LIMITS):
         monkeypatch.setitem(emulate.THREAD_LIMITS, kernel, threads)
-    stage = CudaStage(48, runtime=emulate, solver=solver)
+    stage = CudaStage(48, runtime=emulate, solver=solver, cluster_blocks=blocks)
     assert stage.solve_threads == threads
     p = micro_pairs(48, peaks=(1.5,))[0]
     diff = np.linalg.norm(stage.flow(p.first, p.second) - tvl1(p.first, p.second), axis=2)
@@ -235,7 +248,7 @@ print("read after the end went unnoticed", flush=True)
 def test_a_layout_that_cannot_be_captured_runs_kernel_by_kernel_and_one_that_cannot_launch_is_left_out(
         monkeypatch):
     call = emulate.Function.__call__
-    refuse = {"capture": "tvl1_levels_cluster", "launch": ""}
+    refuse = {"capture": "tvl1_levels_cluster16", "launch": ""}
 
     def picky(self, *args, **kwargs):
         if self.name == refuse["launch"]:
@@ -248,13 +261,13 @@ def test_a_layout_that_cannot_be_captured_runs_kernel_by_kernel_and_one_that_can
     stage = CudaStage(32, runtime=emulate, solver="cluster")
     p = micro_pairs(32, peaks=(1.0,))[0]
     assert float(np.linalg.norm(stage.flow(p.first, p.second) - tvl1(p.first, p.second), axis=2).mean()) < 1e-3
-    assert stage.graph_note.startswith("no CUDA graph (tvl1_levels_cluster: operation not permitted")
+    assert stage.graph_note.startswith("no CUDA graph (tvl1_levels_cluster16: operation not permitted")
     assert list(stage._graphs.values()) == [None]
     stage.solver = "bands"  # the other layouts keep their graphs
     stage.flow(p.first, p.second)
     assert stage.graph_note == "" and sum(v is not None for v in stage._graphs.values()) == 1
 
-    refuse["launch"] = "tvl1_levels_cluster"
+    refuse["launch"] = "tvl1_levels_cluster16"
     auto = CudaStage(32, runtime=emulate)
     assert not any(name.partition("/")[0] == "cluster" for name in auto.layout_ms)
     assert "cluster misconfiguration" in auto.layout_notes["cluster"] and auto.solver != "cluster"
@@ -265,14 +278,13 @@ def test_without_clusters_the_stage_leaves_that_layout_out(monkeypatch):
     monkeypatch.setitem(emulate.ATTRIBUTES, emulate.device_attribute.COMPUTE_CAPABILITY_MAJOR, 8)
     monkeypatch.setitem(emulate.ATTRIBUTES, emulate.device_attribute.COMPUTE_CAPABILITY_MINOR, 7)  # Orin
     stage = CudaStage(32, runtime=emulate)
-    assert not {"cluster", "cluster16"} & {name.partition("/")[0] for name in stage.layout_ms}
-    for layout in ("cluster", "cluster16"):
-        assert "compute capability 9.0 or newer" in stage.layout_notes[layout] and "8.7" in stage.layout_notes[layout]
+    assert {name.partition("/")[0] for name in stage.layout_ms} == {"block", "bands"}
+    assert "compute capability 9.0 or newer" in stage.layout_notes["cluster"] and "8.7" in stage.layout_notes["cluster"]
     with pytest.raises(UserError, match="cluster layout of the CUDA flow solve is not available here"):
         CudaStage(32, runtime=emulate, solver="cluster")
 
 
-def test_16_block_clusters_need_the_non_portable_attribute(monkeypatch):
+def test_clusters_of_16_where_allowed_else_of_8(monkeypatch):
     source = kernel_source()
     module = emulate.SourceModule(source, no_extern_c=True)
     large = module.get_function("tvl1_levels_cluster16")
@@ -280,7 +292,8 @@ def test_16_block_clusters_need_the_non_portable_attribute(monkeypatch):
     args = [np.uintp(0), np.int32(1), np.int32(0)] + [np.uintp(0)] * 5 + [np.float32(1.25)] * 4 + [np.int32(1)] * 4
     with pytest.raises(emulate.LaunchError, match="cluster misconfiguration"):  # as a GPU refuses it
         large(*args, block=(32, 1, 1), grid=(16, 1, 1))
-    stage = CudaStage(32, runtime=emulate, solver="cluster16")  # sets the attribute, so the layout runs
+    stage = CudaStage(32, runtime=emulate, solver="cluster")  # sets the attribute, so 16 blocks run
+    assert stage.cluster_blocks == 16 and stage.large_cluster_note == ""
     p = micro_pairs(32, peaks=(1.0,))[0]
     assert float(np.linalg.norm(stage.flow(p.first, p.second) - tvl1(p.first, p.second), axis=2).mean()) < 1e-3
 
@@ -291,11 +304,11 @@ def test_16_block_clusters_need_the_non_portable_attribute(monkeypatch):
 
     allow = emulate.Function.set_attribute
     monkeypatch.setattr(emulate.Function, "set_attribute", refuse)
-    auto = CudaStage(32, runtime=emulate)
-    assert "cluster16" not in {name.partition("/")[0] for name in auto.layout_ms} and "cluster" in auto.layout_ms
-    assert auto.layout_notes["cluster16"].startswith("16-block clusters cannot be allowed here")
-    with pytest.raises(UserError, match="cluster16 layout of the CUDA flow solve is not available here"):
-        CudaStage(32, runtime=emulate, solver="cluster16")
+    portable = CudaStage(32, runtime=emulate, solver="cluster")  # a GPU that refuses 16: the portable 8
+    assert portable.cluster_blocks == 8 and portable.large_cluster_note.startswith("16-block clusters cannot")
+    assert float(np.linalg.norm(portable.flow(p.first, p.second) - tvl1(p.first, p.second), axis=2).mean()) < 1e-3
+    with pytest.raises(UserError, match="16-block clusters are not available here"):
+        CudaStage(32, runtime=emulate, solver="cluster", cluster_blocks=16)
 
 
 def test_a_level_too_large_for_the_clusters_shared_memory_runs_in_bands(monkeypatch):
@@ -311,7 +324,7 @@ def test_a_level_too_large_for_the_clusters_shared_memory_runs_in_bands(monkeypa
         return call(self, *args, **kwargs)
 
     monkeypatch.setattr(emulate.Function, "__call__", counting)
-    stage = CudaStage(64, runtime=emulate, solver="cluster", graphs=False)
+    stage = CudaStage(64, runtime=emulate, solver="cluster", graphs=False, cluster_blocks=8)  # the sizes above
     p = micro_pairs(64, peaks=(1.4,))[0]
     diff = np.linalg.norm(stage.flow(p.first, p.second) - tvl1(p.first, p.second), axis=2)
     assert float(diff.mean()) < 1e-3

@@ -10,7 +10,7 @@ between them (the kernel file lists the same sequence):
   ``tvl1_solve_bands`` (all outer x inner iterations of a warp in one launch, in one of three
   layouts); or, in the cluster layouts (thread block clusters of 8 or 16 blocks), the
   pyramid and all of that for every level whose state fits in the cluster's shared memory in
-  one launch of ``tvl1_levels_cluster`` or ``tvl1_levels_cluster16`` (``SOLVERS``);
+  one launch of ``tvl1_levels_cluster16`` (or ``tvl1_levels_cluster``, 8 blocks, where 16 are not allowed);
 * ``tvl1_epilogue``: strain and the feature-cache normalisation, written
   NCHW into the model's input buffers: a host buffer for ONNX Runtime, or the TensorRT
   backend's device buffers (``write``), so that path never copies to the host.
@@ -32,9 +32,11 @@ the tests' CPU emulator (``tests/cuda_emulator``, passed as ``runtime``), and
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,21 +50,27 @@ from edge_mer.flow.base import FlowStage, to_gray
 from edge_mer.flow.graphs import Graph, GraphError, capture
 from edge_mer.flow.normalise import CLIP, FLOW_UNIT, STRAIN_UNIT, TEXTURE_MEAN, TEXTURE_STD
 from edge_mer.flow.reference import TVL1Params, crop_gray, level_shapes, to_float, tvl1
+from edge_mer.runtime.choices import keep, recall
 from edge_mer.runtime.gpu import cuda_unavailable
 
 KERNELS = Path(__file__).with_name("kernels")  # tvl1.cu and tvl1_gpu.h, installed as package data
 TILE = 16  # block side of the per-pixel kernels
 SOLVE_THREADS = 1024  # block of tvl1_solve: a multiple of 32, at most 32 warps (less when the compiled
 # kernel's registers do not allow as many threads)
-# the fused solve's layouts: one block per pair (tvl1_solve); up to one block per multiprocessor,
-# two grid barriers per iteration (tvl1_solve); row bands, one grid barrier per iteration (tvl1_solve_bands);
-# one thread block cluster per pair for the pyramid and its levels, the state in shared memory
-# (tvl1_levels_cluster, compute capability 9.0+), also with 16 blocks per cluster where the GPU allows
-# that non-portable size (cluster16)
-SOLVERS = ("block", "grid", "bands", "cluster", "cluster16")
+# The fused solve's layouts, each kept for the GPUs it serves and wins on (benchmarks/results/flow_gpu.md):
+#   block    one thread block per pair, no barrier between blocks: any GPU, also one shared with other work
+#            (the fallback when a multi-block barrier gives up);
+#   bands    up to one block per multiprocessor, each a band of rows, one grid barrier per iteration: the
+#            GPUs without thread block clusters, Xavier (sm_72) and Orin (sm_87);
+#   cluster  the pyramid and the levels in one launch of a thread block cluster, the state in shared memory:
+#            compute capability 9.0 and newer (Hopper, Jetson Thor); 16 blocks where the GPU allows that
+#            non-portable size (an H200 runs 16 faster than 8 at every size), else the portable 8.
+# (A layout spreading a level over a grid with two barriers per iteration never beat bands on an H200, at any
+# size; it is gone.)
+SOLVERS = ("block", "bands", "cluster")
 # the smaller blocks the auto pick also times, per layout (a cluster's work stays on its blocks)
-SMALLER_BLOCKS = {"block": (), "grid": (256, 128), "bands": (256, 128), "cluster": (512, 256),
-                  "cluster16": (512, 256)}
+SMALLER_BLOCKS = {"block": (), "bands": (256, 128), "cluster": (512, 256)}
+LAYOUT_CACHE = "flow_layouts.json"  # in the cache folder: the layout picked per GPU, kernel build and size
 
 
 def kernel_source() -> str:
@@ -115,9 +123,9 @@ def kernel_defines() -> list[str]:
     return [f"-D{name}" for name in names]
 
 
-# the cluster layouts: their kernel and its blocks per cluster
-CLUSTER_KERNELS = {"cluster": "tvl1_levels_cluster", "cluster16": "tvl1_levels_cluster16"}
-CLUSTER_BLOCKS = {"cluster": kernel_constant("TVL1_CLUSTER"), "cluster16": kernel_constant("TVL1_CLUSTER_LARGE")}
+# the cluster layout's kernels by their blocks per cluster: the portable size, and the most a Hopper GPU allows
+CLUSTER_KERNELS = {kernel_constant("TVL1_CLUSTER"): "tvl1_levels_cluster",
+                   kernel_constant("TVL1_CLUSTER_LARGE"): "tvl1_levels_cluster16"}
 NON_PORTABLE_CLUSTER_SIZE_ALLOWED = 14  # CUfunction_attribute's value, for a pycuda whose enum lacks the name
 CLUSTER_PLANES = kernel_constant("TVL1_CLUSTER_PLANES")  # its floats per pixel in each block's shared memory
 CLUSTER_ROWS = kernel_constant("TVL1_CLUSTER_ROWS")  # and per column, for the rows next to the band
@@ -180,26 +188,21 @@ class CudaStage(FlowStage):
 
     def __init__(self, size: int = 112, params: TVL1Params | None = None, device: int = 0,
                  runtime: ModuleType | None = None, solver: str = "auto", graphs: bool = True,
-                 solve_threads: int = SOLVE_THREADS) -> None:
+                 solve_threads: int = SOLVE_THREADS, cluster_blocks: int | None = None) -> None:
         """``runtime``: pycuda when None; the tests' ``cuda_emulator`` runs the same kernels on the CPU.
 
-        ``solver``: ``block`` runs each warp's iterations in one thread block (``__syncthreads``
-        between phases); ``grid`` spreads a level's pixels over up to one block per
-        multiprocessor (a grid-wide barrier between phases; levels small enough for one
-        block still use one); ``bands`` gives each of those blocks a band of rows, keeps two
-        copies of the state and recomputes one row of its neighbour, so that one grid barrier
-        per iteration is enough. ``cluster`` (compute capability 9.0 and newer) runs each level
-        of a pair in one launch of a cluster of 8 blocks, the state in their shared memory and
-        the cluster's hardware barrier between iterations; ``cluster16`` the same with 16
-        blocks, where the GPU allows that non-portable size; a level whose rows do not fit in
-        shared memory runs ``bands`` instead. ``auto`` (the default) times the layouts on this GPU when the
-        stage starts (a face pair, a few runs each, the grid layouts also with smaller blocks;
-        well under a second) and keeps the fastest (``layout_ms`` holds the times, keyed
-        ``layout`` or ``layout/threads``, ``layout_notes`` why one was left out);
-        ``benchmarks/flow.py`` times them on the benchmark pairs.
+        ``solver``: one of ``SOLVERS`` (see there for the GPUs each serves), or ``auto`` (the default):
+        the layout this GPU runs fastest, timed on a face pair the first time a stage of this size starts
+        on this GPU with this kernel build (well under a second; the grid layouts also with smaller
+        blocks) and kept in the cache folder's ``flow_layouts.json``, like TensorRT's timing cache; later
+        starts read it (``layout_ms`` holds the times, keyed ``layout`` or ``layout/threads``;
+        ``layout_notes`` why a layout was left out; ``layout_from`` says ``timed`` or ``cache``).
+        A level whose rows do not fit in the cluster's shared memory runs ``bands``.
+        ``benchmarks/flow.py`` times every layout on the benchmark pairs.
 
-        ``solve_threads``: the solve's block size, at most what the compiled kernel allows
-        (a multiple of 32); in the grid layouts smaller blocks mean more of them.
+        ``solve_threads``: the solve's block size, at most what the compiled kernel allows (a multiple
+        of 32); in the bands layout smaller blocks mean more of them. ``cluster_blocks``: 8 or 16 blocks
+        per cluster (default: 16 where the GPU allows that non-portable size, else 8).
 
         ``graphs``: capture the launches as a CUDA graph once and replay it
         (``edge_mer.flow.graphs``): the whole stage, crop to epilogue, per set of output
@@ -210,79 +213,31 @@ class CudaStage(FlowStage):
         super().__init__(size)
         if solver != "auto" and solver not in SOLVERS:
             raise ValueError(f"solver must be auto or one of {SOLVERS}, not {solver!r}")
+        if cluster_blocks is not None and cluster_blocks not in CLUSTER_KERNELS:
+            raise ValueError(f"cluster_blocks must be one of {sorted(CLUSTER_KERNELS)}, not {cluster_blocks}")
         self.solver = "block" if solver == "auto" else solver
         self.layout_ms: dict[str, float] = {}
         self.layout_notes: dict[str, str] = {}
+        self.layout_from = "asked"
         self.use_graphs = graphs
         # per (layout, every layout's threads, shape): the graph and where it leaves the flow, or None
         # when it could not be captured (that layout then launches kernel by kernel; why: _graph_notes)
         self._graphs: dict[tuple[Any, ...], tuple[Graph, tuple[Any, Any]] | None] = {}
         self._graph_notes: dict[str, str] = {}
-        if runtime is None:
-            reason = cuda_unavailable()
-            if reason:
-                raise UserError(f"the cuda flow stage is not available: {reason}; use reference or opencv")
-            import pycuda.driver as drv
-            from pycuda.compiler import SourceModule
-        else:
-            drv, SourceModule = runtime, runtime.SourceModule
-
-        self.drv = drv
         self.params = params or TVL1Params()
-        try:
-            gpu = drv.Device(device)
-            self.multiprocessors = int(gpu.get_attribute(drv.device_attribute.MULTIPROCESSOR_COUNT))
-            capability = tuple(int(gpu.get_attribute(getattr(drv.device_attribute, f"COMPUTE_CAPABILITY_{part}")))
-                               for part in ("MAJOR", "MINOR"))
-            shared_optin = int(gpu.get_attribute(drv.device_attribute.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN))
-            self.ctx = gpu.retain_primary_context()
-        except drv.Error as exc:  # e.g. a GPU in exclusive-process mode held by another process
-            raise UserError(f"the cuda flow stage cannot use GPU {device}: {_first_line(exc)}") from None
-        # the emulator compiles with g++ and its own tvl1_gpu.h
-        compiler = {} if runtime is not None else {"nvcc": _nvcc(), "include_dirs": [str(KERNELS)]}
+        self.drv, source_module = self._driver(runtime)
+        capability, shared_optin = self._open_device(device)
         self.ctx.push()
         try:
-            try:
-                module = SourceModule(kernel_source(), no_extern_c=True, options=["-O3", *kernel_defines()],
-                                      **compiler)
-            except drv.CompileError as exc:
-                raise UserError(f"the CUDA flow kernels do not compile here: {_first_line(exc)}") from None
-            except OSError as exc:  # the compiler found could not be started
-                raise UserError(f"the cuda flow stage cannot run nvcc to build its kernels: "
-                                f"{_first_line(exc)}") from None
-            except drv.Error as exc:  # the module does not load: a toolkit newer than the driver
-                raise UserError(f"the CUDA flow kernels do not load on this GPU: {_first_line(exc)}") from None
-            self.k = {name: module.get_function(name) for name in (
-                "tvl1_pre", "tvl1_downsample", "tvl1_centered_gradient", "tvl1_warp", "tvl1_solve",
-                "tvl1_upsample_flow", "tvl1_epilogue", "tvl1_solve_bands",
-                *CLUSTER_KERNELS.values())}
-            kernels = {"block": "tvl1_solve", "grid": "tvl1_solve", "bands": "tvl1_solve_bands", **CLUSTER_KERNELS}
+            self._build(source_module, runtime)
+            kernels = {"block": "tvl1_solve", "bands": "tvl1_solve_bands", "cluster": CLUSTER_KERNELS[8]}
             self._threads = {layout: max(32, min(solve_threads, int(self.k[kernel].max_threads_per_block)) // 32 * 32)
                              for layout, kernel in kernels.items()}
-            self.cluster_shared, self.cluster_note = self._enable_clusters(capability, shared_optin)
-            # why the 16-block clusters cannot run here ("" when they can)
-            self.large_cluster_note = self.cluster_note or self._allow_large_clusters()
-            why = {"cluster": self.cluster_note, "cluster16": self.large_cluster_note}.get(solver, "")
-            if why:
-                raise UserError(f"the {solver} layout of the CUDA flow solve is not available here: "
-                                f"{why}; use auto, block, grid or bands")
-            self.stream = drv.Stream(1)  # CU_STREAM_NON_BLOCKING: no implicit order with the legacy default stream
-            self.start, self.end = drv.Event(), drv.Event()
-            self._buffers: dict[tuple[int, int], _Buffers] = {}
-            # tvl1_pre's parameters and the frames' windows: (device buffer, bytes, page-locked host copy)
-            self._staging: tuple[Any, int, Any] | None = None
-            # host copies of the model inputs for __call__
-            self._motion = drv.pagelocked_empty((3, size, size), np.float32)
-            self._texture = drv.pagelocked_empty((1, size, size), np.float32)
-            self._dmotion = drv.mem_alloc(self._motion.nbytes)
-            self._dtexture = drv.mem_alloc(self._texture.nbytes)
-            # the grid solve's barrier (arrivals, generation, gave-up flag) and per-block stopping sums
-            self._barrier = drv.mem_alloc(3 * 4)
-            drv.memset_d32(self._barrier, 0, 3)
-            self._gave_up = drv.pagelocked_empty(1, np.uint32)
-            self._gave_up[0] = 0
-            self._partials = drv.mem_alloc(4 * 2 * max(1, self.multiprocessors))
-            self._buffers_for((size, size))
+            self._set_up_clusters(capability, shared_optin, cluster_blocks)
+            if solver == "cluster" and self.cluster_note:
+                raise UserError(f"the cluster layout of the CUDA flow solve is not available here: "
+                                f"{self.cluster_note}; use auto, block or bands")
+            self._allocate()
         finally:
             self.ctx.pop()
         self.last_ms = float("nan")  # GPU time of the last call (pre + flow + epilogue), CUDA events
@@ -290,8 +245,69 @@ class CudaStage(FlowStage):
         if solver == "auto":
             self._pick_layout()
 
+    # -- set-up ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _driver(runtime: ModuleType | None) -> tuple[Any, Any]:
+        """(the driver module, its SourceModule): pycuda, or the runtime given."""
+        if runtime is not None:
+            return runtime, runtime.SourceModule
+        reason = cuda_unavailable()
+        if reason:
+            raise UserError(f"the cuda flow stage is not available: {reason}; use reference or opencv")
+        import pycuda.driver as drv
+        from pycuda.compiler import SourceModule
+
+        return drv, SourceModule
+
+    def _open_device(self, device: int) -> tuple[tuple[int, int], int]:
+        """Retain the device's primary context (the one TensorRT uses); (compute capability, shared memory per
+        block with opt-in)."""
+        drv = self.drv
+        try:
+            gpu = drv.Device(device)
+            self.multiprocessors = int(gpu.get_attribute(drv.device_attribute.MULTIPROCESSOR_COUNT))
+            major, minor = (int(gpu.get_attribute(getattr(drv.device_attribute, f"COMPUTE_CAPABILITY_{part}")))
+                            for part in ("MAJOR", "MINOR"))
+            shared_optin = int(gpu.get_attribute(drv.device_attribute.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN))
+            self.gpu_name = str(gpu.name())
+            self.ctx = gpu.retain_primary_context()
+        except drv.Error as exc:  # e.g. a GPU in exclusive-process mode held by another process
+            raise UserError(f"the cuda flow stage cannot use GPU {device}: {_first_line(exc)}") from None
+        self.capability = (major, minor)
+        return self.capability, shared_optin
+
+    def _build(self, source_module: Any, runtime: ModuleType | None) -> None:
+        """Compile tvl1.cu (nvcc through pycuda; the emulator compiles with g++ and its own tvl1_gpu.h)."""
+        drv = self.drv
+        compiler = {} if runtime is not None else {"nvcc": _nvcc(), "include_dirs": [str(KERNELS)]}
+        try:
+            module = source_module(kernel_source(), no_extern_c=True, options=["-O3", *kernel_defines()], **compiler)
+        except drv.CompileError as exc:
+            raise UserError(f"the CUDA flow kernels do not compile here: {_first_line(exc)}") from None
+        except OSError as exc:  # the compiler found could not be started
+            raise UserError(f"the cuda flow stage cannot run nvcc to build its kernels: {_first_line(exc)}") from None
+        except drv.Error as exc:  # the module does not load: a toolkit newer than the driver
+            raise UserError(f"the CUDA flow kernels do not load on this GPU: {_first_line(exc)}") from None
+        self.k = {name: module.get_function(name) for name in (
+            "tvl1_pre", "tvl1_downsample", "tvl1_centered_gradient", "tvl1_warp", "tvl1_solve",
+            "tvl1_upsample_flow", "tvl1_epilogue", "tvl1_solve_bands", *CLUSTER_KERNELS.values())}
+
+    def _set_up_clusters(self, capability: tuple[int, int], shared_optin: int, wanted: int | None) -> None:
+        """How the cluster layout runs here: ``cluster_blocks`` (16 where allowed, else 8; 0: not at all, why in
+        ``cluster_note``), ``cluster_shared`` (its blocks' dynamic shared memory), ``large_cluster_note``
+        (why 16-block clusters cannot run here, "" when they can)."""
+        self.cluster_shared, self.cluster_note = self._enable_clusters(capability, shared_optin)
+        self.large_cluster_note = self.cluster_note or (self._allow_large_clusters() if wanted != 8 else "")
+        if self.cluster_note:
+            self.cluster_blocks = 0
+        elif wanted == 16 and self.large_cluster_note:
+            raise UserError(f"16-block clusters are not available here: {self.large_cluster_note}")
+        else:
+            self.cluster_blocks = wanted or (8 if self.large_cluster_note else 16)
+
     def _enable_clusters(self, capability: tuple[int, ...], shared_optin: int) -> tuple[int, str]:
-        """(dynamic shared bytes a tvl1_levels_cluster block may use, why the layout cannot run here or "")."""
+        """(dynamic shared bytes a cluster block may use, why the layout cannot run here or "")."""
         if capability < (9, 0):
             return 0, (f"needs compute capability 9.0 or newer (thread block clusters); this GPU has "
                        f"{capability[0]}.{capability[1]}")
@@ -310,10 +326,32 @@ class CudaStage(FlowStage):
             attribute = getattr(attributes, "NON_PORTABLE_CLUSTER_SIZE_ALLOWED", None)
             if attribute is None:  # pycuda's enum lacks the name; its type takes the driver's number
                 attribute = attributes(NON_PORTABLE_CLUSTER_SIZE_ALLOWED)
-            self.k[CLUSTER_KERNELS["cluster16"]].set_attribute(attribute, 1)
+            self.k[CLUSTER_KERNELS[16]].set_attribute(attribute, 1)
         except (self.drv.Error, TypeError, ValueError) as exc:
             return f"16-block clusters cannot be allowed here: {_first_line(exc)}"
         return ""
+
+    def _allocate(self) -> None:
+        """What every pair reuses: the stream and events, the model inputs' buffers, the barrier words, the
+        buffers of the stage's own size."""
+        drv, size = self.drv, self.size
+        self.stream = drv.Stream(1)  # CU_STREAM_NON_BLOCKING: no implicit order with the legacy default stream
+        self.start, self.end = drv.Event(), drv.Event()
+        self._buffers: dict[tuple[int, int], _Buffers] = {}
+        # tvl1_pre's parameters and the frames' windows: (device buffer, bytes, page-locked host copy)
+        self._staging: tuple[Any, int, Any] | None = None
+        # host copies of the model inputs for __call__
+        self._motion = drv.pagelocked_empty((3, size, size), np.float32)
+        self._texture = drv.pagelocked_empty((1, size, size), np.float32)
+        self._dmotion = drv.mem_alloc(self._motion.nbytes)
+        self._dtexture = drv.mem_alloc(self._texture.nbytes)
+        # the multi-block solves' barrier (arrivals, generation, gave-up flag) and per-block stopping sums
+        self._barrier = drv.mem_alloc(3 * 4)
+        drv.memset_d32(self._barrier, 0, 3)
+        self._gave_up = drv.pagelocked_empty(1, np.uint32)
+        self._gave_up[0] = 0
+        self._partials = drv.mem_alloc(4 * 2 * max(1, self.multiprocessors))
+        self._buffers_for((size, size))
 
     def _cluster_rows(self, h: int, w: int, blocks: int) -> int:
         """Rows per block of a cluster of ``blocks`` at a level of h x w (at least two, which the median's copy
@@ -331,20 +369,32 @@ class CudaStage(FlowStage):
         """The block size of the current layout's solve."""
         return self._threads[self.solver]
 
+    def layout_key(self) -> str:
+        """What the layout choice depends on: the GPU, the kernel build, the stage's size and parameters."""
+        build = hashlib.sha256("\0".join([kernel_source(), *kernel_defines(), str(sorted(self._threads.items())),
+                                           str(self.cluster_blocks), repr(self.params)]).encode()).hexdigest()[:16]
+        major, minor = self.capability
+        return f"{self.gpu_name}|sm_{major}{minor}|{self.multiprocessors}mp|S={self.size}|{build}"
+
     def _pick_layout(self, runs: int = 4) -> None:
-        """Time every layout on a face pair, also with the smaller blocks of SMALLER_BLOCKS (in the grid
-        layouts: more of them); the first run captures the graph and is not counted. Keep the fastest."""
+        """The layout kept for this GPU, build and size (``LAYOUT_CACHE``), else: time every layout on a face
+        pair, also with the smaller blocks of SMALLER_BLOCKS (in bands: more of them; the first run captures the
+        graph and is not counted), keep the fastest and remember it."""
+        most = dict(self._threads)
+        if self.cluster_note:
+            self.layout_notes["cluster"] = self.cluster_note
+        key = self.layout_key()
+        kept = recall(LAYOUT_CACHE, key)
+        if kept and kept.get("layout") in SOLVERS and not (kept["layout"] == "cluster" and self.cluster_note):
+            self.solver, self.layout_from = kept["layout"], "cache"
+            self.layout_ms = dict(kept.get("ms") or {})
+            self._threads[self.solver] = min(int(kept.get("threads") or most[self.solver]), most[self.solver])
+            return
         from edge_mer.flow.pairs import in_frames, micro_pairs  # face photos: loaded only here
 
         onset, apex, matrix = in_frames(micro_pairs(self.size, peaks=(1.0,))[0])
-        most = dict(self._threads)
-        candidates = [(layout, t) for layout in SOLVERS
-                      for t in sorted({most[layout]} | set(SMALLER_BLOCKS[layout]), reverse=True)
-                      if t <= most[layout]]
-        for layout, why in (("cluster", self.cluster_note), ("cluster16", self.large_cluster_note)):
-            if why:
-                self.layout_notes[layout] = why
-                candidates = [c for c in candidates if c[0] != layout]
+        candidates = [(layout, t) for layout in SOLVERS if not (layout == "cluster" and self.cluster_note)
+                      for t in sorted({most[layout]} | set(SMALLER_BLOCKS[layout]), reverse=True) if t <= most[layout]]
         for layout, threads in candidates:
             self._threads = dict(most)  # a level that cluster leaves to bands runs bands' own block
             self.solver, self._threads[layout] = layout, threads
@@ -362,6 +412,9 @@ class CudaStage(FlowStage):
         self.solver, _, count = best.partition("/")
         self._threads = dict(most)
         self._threads[self.solver] = int(count) if count else most[self.solver]
+        self.layout_from = "timed"
+        keep(LAYOUT_CACHE, key, {"layout": self.solver, "threads": self._threads[self.solver], "ms": self.layout_ms,
+                                 "gpu": self.gpu_name, "measured": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
     # -- memory ------------------------------------------------------------------------------------
 
@@ -424,77 +477,110 @@ class CudaStage(FlowStage):
         return self.params.epsilon ** 2 * pixels
 
     def _pyramid_and_solve(self, b: _Buffers) -> tuple[Any, Any]:
-        """Levels 1.. from level 0 (already written), then the coarse-to-fine solve; the planes holding u1, u2."""
-        k, s, p = self.k, self.stream, self.params
-        i32, f32 = np.int32, np.float32
-        q = b.planes
-        flow, spare = (q["u1"], q["u2"]), (q["v1"], q["v2"])
-        l_t, taut = f32(p.lambda_ * p.theta), f32(p.tau / p.theta)
+        """Levels 1.. from level 0 (already written), then the coarse-to-fine solve; the planes holding u1, u2.
+        The cluster layout runs the pyramid and every level whose state fits in one launch; the finer levels,
+        and every level of the other layouts, run level by level."""
+        flow, spare = (b.planes["u1"], b.planes["u2"]), (b.planes["v1"], b.planes["v2"])
         coarsest = len(b.shapes) - 1
-        blocks = CLUSTER_BLOCKS.get(self.solver, 0)
-        # the cluster layouts: the pyramid and the levels from the coarsest down to the finest whose state
-        # fits in shared memory in one launch; the finer ones, if any, in bands
+        done = self._launch_clusters(b, flow, spare) if self.solver == "cluster" else None
+        if done is None:
+            self._launch_pyramid(b)
+            below, layout = coarsest, "bands" if self.solver == "cluster" else self.solver
+        else:
+            last, flow, spare = done
+            below, layout = last - 1, "bands"  # a level too large for the cluster's shared memory
+        for level in range(below, -1, -1):
+            flow, spare = self._launch_level(b, level, flow, spare, layout)
+        return flow
+
+    def _launch_clusters(self, b: _Buffers, flow: tuple[Any, Any],
+                         spare: tuple[Any, Any]) -> tuple[int, tuple[Any, Any], tuple[Any, Any]] | None:
+        """The cluster layout: the pyramid and the levels from the coarsest down to the finest whose state fits
+        in the cluster's shared memory, in one launch; (that finest level, the planes of its flow, the spare
+        ones), or None when not even the coarsest fits."""
+        p, i32, f32 = self.params, np.int32, np.float32
+        blocks = self.cluster_blocks
         last, rows = None, 0
-        for level in range(coarsest, -1, -1) if blocks else ():
+        for level in range(len(b.shapes) - 1, -1, -1):
             fits = self._cluster_rows(*b.shapes[level], blocks)
             if not fits:
                 break
             last, rows = level, fits
-        if last is not None:  # the largest level of the launch sizes its shared memory
-            shared = _cluster_bytes(rows, b.shapes[last][1])
-            k[CLUSTER_KERNELS[self.solver]](b.table, i32(len(b.shapes)), i32(last), q["sampled"], flow[0], flow[1],
-                                            spare[0], spare[1], f32(1.0 / p.scale_step), l_t, f32(p.theta), taut,
-                                            i32(p.warps), i32(p.outer_iterations), i32(p.inner_iterations),
-                                            i32(p.median_filtering), block=(self._threads[self.solver], 1, 1),
-                                            grid=(blocks, 1, 1), shared=shared, stream=s)
-            if (coarsest - last) % 2:  # the levels' flows alternate between the two pairs of planes
-                flow, spare = spare, flow
+        if last is None:
+            return None
+        q = b.planes
+        shared = _cluster_bytes(rows, b.shapes[last][1])  # the largest level of the launch sizes it
+        self.k[CLUSTER_KERNELS[blocks]](
+            b.table, i32(len(b.shapes)), i32(last), q["sampled"], flow[0], flow[1], spare[0], spare[1],
+            f32(1.0 / p.scale_step), f32(p.lambda_ * p.theta), f32(p.theta), f32(p.tau / p.theta), i32(p.warps),
+            i32(p.outer_iterations), i32(p.inner_iterations), i32(p.median_filtering),
+            block=(self._threads["cluster"], 1, 1), grid=(blocks, 1, 1), shared=shared, stream=self.stream)
+        if (len(b.shapes) - 1 - last) % 2:  # the levels' flows alternate between the two pairs of planes
+            flow, spare = spare, flow
+        return last, flow, spare
+
+    def _launch_pyramid(self, b: _Buffers) -> None:
+        """Levels 1.. of both images from level 0, one launch per level."""
+        i32, f32 = np.int32, np.float32
+        for (sh, sw), (dh, dw), src, dst in zip(b.shapes, b.shapes[1:], b.levels, b.levels[1:]):
+            self.k["tvl1_downsample"](src, i32(sw), i32(sh), i32(sh * sw), dst, i32(dw), i32(dh), i32(dh * dw),
+                                      f32(1.0 / self.params.scale_step), block=(TILE, TILE, 1),
+                                      grid=_grid(dw, dh, 2), stream=self.stream)
+
+    def _launch_level(self, b: _Buffers, level: int, flow: tuple[Any, Any], spare: tuple[Any, Any],
+                      layout: str) -> tuple[tuple[Any, Any], tuple[Any, Any]]:
+        """One level: the coarser level's flow upsampled (or zeros at the coarsest), the second image's
+        gradient, then ``warps`` times the warp and the solve in ``layout``; (the flow's planes, the spare)."""
+        k, s, p, q = self.k, self.stream, self.params, b.planes
+        i32, f32 = np.int32, np.float32
+        h, w = b.shapes[level]
+        n = h * w
+        i0 = int(b.levels[level])
+        i1 = i0 + 4 * n
+        stride = i32(2 * n)
+        if level == len(b.shapes) - 1:
+            self.drv.memset_d32_async(flow[0], 0, n, s)
+            self.drv.memset_d32_async(flow[1], 0, n, s)
         else:
-            for (sh, sw), (dh, dw), src, dst in zip(b.shapes, b.shapes[1:], b.levels, b.levels[1:]):
-                k["tvl1_downsample"](src, i32(sw), i32(sh), i32(sh * sw), dst, i32(dw), i32(dh), i32(dh * dw),
-                                     f32(1.0 / p.scale_step), block=(TILE, TILE, 1), grid=_grid(dw, dh, 2), stream=s)
-        for level in range(coarsest if last is None else last - 1, -1, -1):
-            h, w = b.shapes[level]
-            n = h * w
-            i0 = int(b.levels[level])
-            i1 = i0 + 4 * n
-            stride = i32(2 * n)
-            ch, cw = b.shapes[level + 1] if level < coarsest else (0, 0)  # the coarser level, if any
-            if level == coarsest:
-                self.drv.memset_d32_async(flow[0], 0, n, s)
-                self.drv.memset_d32_async(flow[1], 0, n, s)
-            else:
-                k["tvl1_upsample_flow"](flow[0], flow[1], i32(cw), i32(ch), i32(2 * ch * cw), spare[0], spare[1],
-                                        i32(w), i32(h), stride, f32(1.0 / p.scale_step),
-                                        block=(TILE, TILE, 1), grid=_grid(w, h), stream=s)
-                flow, spare = spare, flow
-            grid = _grid(w, h)
-            k["tvl1_centered_gradient"](np.uintp(i1), i32(w), i32(h), stride, q["gx"], q["gy"],
-                                        block=(TILE, TILE, 1), grid=grid, stream=s)
-            layout = "bands" if blocks else self.solver  # a level too large for the cluster's shared memory
-            threads = self._threads[layout]
-            parts = 1 if layout == "block" else max(1, min(self.multiprocessors, -(-n // threads)))
-            rows = -(-h // parts)  # bands: rows per block
-            if layout == "bands":
-                parts = -(-h // rows)
-            loops = (f32(self._stop(n)), i32(p.outer_iterations), i32(p.inner_iterations),
-                     i32(p.median_filtering))
-            common = (q["i1wx"], q["i1wy"], q["igrad"], q["rho_c"], i32(w), i32(h), stride, l_t, f32(p.theta), taut,
-                      *loops)
-            for warp in range(p.warps):
-                k["tvl1_warp"](np.uintp(i0), np.uintp(i1), q["gx"], q["gy"], flow[0], flow[1], i32(w), i32(h),
-                               stride, q["i1wx"], q["i1wy"], q["igrad"], q["rho_c"],
-                               block=(TILE, TILE, 1), grid=grid, stream=s)
-                if layout == "bands":  # tmp1, tmp2: the flow's second buffers
-                    k["tvl1_solve_bands"](flow[0], flow[1], q["tmp1"], q["tmp2"], q["p11"], q["p12"], q["p21"],
-                                          q["p22"], q["q11"], q["q12"], q["q21"], q["q22"], b.halo, *common,
-                                          i32(warp == 0), i32(rows), self._barrier, self._partials,
-                                          block=(threads, 1, 1), grid=(parts, 1, 1), stream=s)
-                else:
-                    k["tvl1_solve"](flow[0], flow[1], q["p11"], q["p12"], q["p21"], q["p22"], q["tmp1"], q["tmp2"],
-                                    *common, i32(warp == 0), i32(parts), self._barrier, self._partials,
-                                    block=(threads, 1, 1), grid=(parts, 1, 1), stream=s)
-        return flow
+            ch, cw = b.shapes[level + 1]
+            k["tvl1_upsample_flow"](flow[0], flow[1], i32(cw), i32(ch), i32(2 * ch * cw), spare[0], spare[1],
+                                    i32(w), i32(h), stride, f32(1.0 / p.scale_step),
+                                    block=(TILE, TILE, 1), grid=_grid(w, h), stream=s)
+            flow, spare = spare, flow
+        grid = _grid(w, h)
+        k["tvl1_centered_gradient"](np.uintp(i1), i32(w), i32(h), stride, q["gx"], q["gy"],
+                                    block=(TILE, TILE, 1), grid=grid, stream=s)
+        solve = self._solve_bands if layout == "bands" else self._solve_block
+        common = (q["i1wx"], q["i1wy"], q["igrad"], q["rho_c"], i32(w), i32(h), stride, f32(p.lambda_ * p.theta),
+                  f32(p.theta), f32(p.tau / p.theta), f32(self._stop(n)), i32(p.outer_iterations),
+                  i32(p.inner_iterations), i32(p.median_filtering))
+        for warp in range(p.warps):
+            k["tvl1_warp"](np.uintp(i0), np.uintp(i1), q["gx"], q["gy"], flow[0], flow[1], i32(w), i32(h),
+                           stride, q["i1wx"], q["i1wy"], q["igrad"], q["rho_c"],
+                           block=(TILE, TILE, 1), grid=grid, stream=s)
+            solve(b, flow, common, h, warp == 0)
+        return flow, spare
+
+    def _solve_block(self, b: _Buffers, flow: tuple[Any, Any], common: tuple[Any, ...], h: int, first: bool) -> None:
+        """One warp's iterations in one thread block (``__syncthreads`` between phases)."""
+        q = b.planes
+        self.k["tvl1_solve"](flow[0], flow[1], q["p11"], q["p12"], q["p21"], q["p22"], q["tmp1"], q["tmp2"], *common,
+                             np.int32(first), np.int32(1), self._barrier, self._partials,
+                             block=(self._threads["block"], 1, 1), grid=(1, 1, 1), stream=self.stream)
+
+    def _solve_bands(self, b: _Buffers, flow: tuple[Any, Any], common: tuple[Any, ...], h: int, first: bool) -> None:
+        """One warp's iterations over up to one block per multiprocessor, each a band of rows, one grid barrier
+        per iteration (tmp1, tmp2: the flow's second buffers)."""
+        q = b.planes
+        threads = self._threads["bands"]
+        n = int(common[4]) * h
+        parts = max(1, min(self.multiprocessors, -(-n // threads)))
+        rows = -(-h // parts)
+        parts = -(-h // rows)
+        self.k["tvl1_solve_bands"](flow[0], flow[1], q["tmp1"], q["tmp2"], q["p11"], q["p12"], q["p21"], q["p22"],
+                                   q["q11"], q["q12"], q["q21"], q["q22"], b.halo, *common, np.int32(first),
+                                   np.int32(rows), self._barrier, self._partials, block=(threads, 1, 1),
+                                   grid=(parts, 1, 1), stream=self.stream)
 
     def _replay(self, key: tuple[Any, ...], launches: Callable[[], tuple[Any, Any]]) -> tuple[Any, Any]:
         """Run ``launches`` (which returns where they leave the flow) from the graph captured for ``key`` the
@@ -573,6 +659,27 @@ class CudaStage(FlowStage):
             return f"the CUDA flow differs from the reference by {diff:.3f} px on average (tolerance {tolerance_px})"
         return None
 
+    def _launch(self, key: tuple[Any, ...], dst: Any, host: np.ndarray, launches: Callable[[], tuple[Any, Any]],
+                after: Callable[[tuple[Any, Any]], None] | None = None, sync: bool = True) -> float:
+        """The one sequence of every call (context pushed, an earlier call settled): copy ``host`` into ``dst``,
+        run ``launches`` (from their graph), queue ``after(flow)`` (copies back), then synchronise and check
+        the barriers, or leave that to the next call when not ``sync``. GPU milliseconds from the copy to the
+        end of the launches (CUDA events), or NaN."""
+        self.start.record(self.stream)  # the host's copies into page-locked memory are done by now
+        self.drv.memcpy_htod_async(dst, host, self.stream)  # asynchronous: the host side is page-locked
+        flow = self._replay(key, launches)
+        self.end.record(self.stream)
+        self._fetch_barrier_flag()
+        if after is not None:
+            after(flow)
+        if not sync:
+            self._pending = True
+            return float("nan")
+        self.stream.synchronize()
+        self._check_barrier()
+        self.last_ms = self.end.time_since(self.start)
+        return self.last_ms
+
     def write(self, onset: np.ndarray, apex: np.ndarray, matrix: np.ndarray, motion_ptr: int, texture_ptr: int,
               sync: bool = True) -> float:
         """Crop, flow and normalise straight into device buffers (a TensorRT backend's ``device_inputs()``):
@@ -582,7 +689,7 @@ class CudaStage(FlowStage):
         ``self.stream``; the next call of the stage checks that this one's grid barriers did not give up)."""
         self.ctx.push()
         try:
-            self._settle()
+            self._settle()  # before the staging buffer is filled again
             staged, host = self._stage_pair(onset, apex, matrix)
             b = self._buffers_for((self.size, self.size))
             motion, texture = np.uintp(motion_ptr), np.uintp(texture_ptr)
@@ -593,19 +700,8 @@ class CudaStage(FlowStage):
                 self._epilogue(b, flow, motion, texture)
                 return flow
 
-            # the stage's GPU time starts here: the host's copies into the page-locked buffer are done
-            self.start.record(self.stream)
-            self.drv.memcpy_htod_async(staged, host, self.stream)  # asynchronous: the host side is page-locked
-            self._replay(("stage", int(staged), int(motion_ptr), int(texture_ptr)), launches)
-            self.end.record(self.stream)
-            self._fetch_barrier_flag()
-            if not sync:
-                self._pending = True
-                return float("nan")
-            self.stream.synchronize()
-            self._check_barrier()
-            self.last_ms = self.end.time_since(self.start)
-            return self.last_ms
+            return self._launch(("stage", int(staged), int(motion_ptr), int(texture_ptr)), staged, host, launches,
+                                sync=sync)
         finally:
             self.ctx.pop()
 
@@ -632,20 +728,15 @@ class CudaStage(FlowStage):
         h, w = first.shape
         pair = np.ascontiguousarray(np.stack([to_float(first), to_float(second)]))
         out = np.empty((2, h, w), np.float32)
+        def copy_back(flow: tuple[Any, Any]) -> None:
+            self.drv.memcpy_dtoh_async(out[0], flow[0], self.stream)
+            self.drv.memcpy_dtoh_async(out[1], flow[1], self.stream)
+
         self.ctx.push()
         try:
             self._settle()
             b = self._buffers_for((h, w))
-            self.start.record(self.stream)
-            self.drv.memcpy_htod_async(b.levels[0], pair, self.stream)
-            u1, u2 = self._replay(("flow", b.shapes[0]), lambda: self._pyramid_and_solve(b))
-            self.end.record(self.stream)
-            self._fetch_barrier_flag()
-            self.drv.memcpy_dtoh_async(out[0], u1, self.stream)
-            self.drv.memcpy_dtoh_async(out[1], u2, self.stream)
-            self.stream.synchronize()
-            self._check_barrier()
-            self.last_ms = self.end.time_since(self.start)
+            self._launch(("flow", b.shapes[0]), b.levels[0], pair, lambda: self._pyramid_and_solve(b), copy_back)
         finally:
             self.ctx.pop()
         return np.ascontiguousarray(out.transpose(1, 2, 0))

@@ -64,6 +64,6 @@ timeout "$bench_limit" python3 benchmarks/flow.py --repeats "$repeats" --sizes $
 # what the kernels' two savings that only a GPU shows change (approximate square roots and reciprocals in
 # the dual step; cluster barriers that order shared memory only): S = 112 again with both turned off
 EDGE_MER_CUDA_DEFINES="TVL1_EXACT_DUAL TVL1_FULL_BARRIERS" timeout "$switch_limit" python3 benchmarks/flow.py \
-    --repeats "$repeats" --sizes 112 --methods cuda cuda-cluster16 --out "$out/switched" 2>&1 \
+    --repeats "$repeats" --sizes 112 --methods cuda cuda-cluster --out "$out/switched" 2>&1 \
     | tee "$out/switched.txt" || status=1
 exit "$status"

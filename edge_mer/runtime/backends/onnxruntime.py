@@ -13,9 +13,6 @@ that file of the pair. An INT8 file whose sidecar records a failed quality gate
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import platform
 import time
 from pathlib import Path
@@ -23,17 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from edge_mer.atomic import write_text
 from edge_mer.errors import UserError
 from edge_mer.runtime.artifact import INPUTS, OUTPUT, Artifact, load_artifact
 from edge_mer.runtime.backends.base import Backend, sample_inputs
+from edge_mer.runtime.choices import keep, recall
 from edge_mer.runtime.timing import call_times_ms
 
 PRECISIONS = ("auto", "file", "fp32", "int8")
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edge-mer"
+PRECISION_CACHE = "precision.json"  # in the cache folder: the faster precision per model pair and CPU
 
 
 def cpu_name() -> str:
@@ -139,20 +133,15 @@ class OnnxRuntimeBackend(Backend):
         pair = {art.precision: art, other.precision: other}
         key = ":".join([pair["fp32"].meta["sha256"][:16], pair["int8"].meta["sha256"][:16], cpu_name(),
                         _ort().__version__, str(threads or 0)])
-        cache = cache_dir() / "precision.json"
-        try:
-            known = json.loads(cache.read_text()) if cache.is_file() else {}
-        except (OSError, json.JSONDecodeError):
-            known = {}
-        if key not in known:
+        choice = recall(PRECISION_CACHE, key)
+        if choice is None or choice.get("choice") not in pair:
             self._timed = {a.path: make_session(a.path, threads, a.size) for a in pair.values()}
             ms = {p: time_session(self._timed[a.path], a.size) for p, a in pair.items()}
-            known[key] = {"choice": min(ms, key=lambda p: ms[p]), "ms": ms, "cpu": cpu_name(),
-                          "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
-            with contextlib.suppress(OSError):  # a read-only home still runs; it measures again next time
-                write_text(cache, json.dumps(known, indent=2, sort_keys=True) + "\n")
-        self.choice = known[key]
-        return pair[known[key]["choice"]]
+            choice = {"choice": min(ms, key=lambda p: ms[p]), "ms": ms, "cpu": cpu_name(),
+                      "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            keep(PRECISION_CACHE, key, choice)
+        self.choice = choice
+        return pair[choice["choice"]]
 
     def logits(self, motion: np.ndarray, texture: np.ndarray) -> np.ndarray:
         out = self.session.run([OUTPUT], {"motion": motion, "texture": texture})[0]
