@@ -70,6 +70,8 @@ def check_folder(out: Path, *, inputs: Iterable[Path | str | None] = (), force: 
     """Before the work: ``out`` holds none of the inputs, is empty or absent (without ``force``), and can be
     made."""
     out = Path(out)
+    if _inside(Path.cwd(), out):  # replaced whole: never the folder this command runs in, nor one above it
+        raise UserError(f"{flag} {out} is the working folder or holds it; give the result a folder of its own")
     if out.exists() and not out.is_dir():
         raise UserError(f"{flag} {out} is a file; give a folder")
     for item in inputs:
@@ -78,7 +80,9 @@ def check_folder(out: Path, *, inputs: Iterable[Path | str | None] = (), force: 
     if out.is_dir() and any(out.iterdir()) and not force:
         raise UserError(f"{flag} {out} is not empty (an earlier result?); pass --force to replace it, "
                         "or choose another folder")
-    _creatable(out / "x", flag)
+    _creatable(out, flag)  # the folder is made beside it and renamed into its place
+    if out.is_dir():
+        _creatable(out / "x", flag)
 
 
 @contextmanager
@@ -86,7 +90,7 @@ def staged_folder(out: Path) -> Iterator[Path]:
     """A new folder beside ``out`` to write the whole result into; when the block ends without an error it
     replaces ``out`` (an earlier one is removed only once the new one is in place), otherwise it is removed.
     A kill while the block runs leaves ``out`` as it was and a hidden ``.NAME.*.part`` folder."""
-    out = Path(out)
+    out = Path(out).resolve()  # '.' or 'run/..' have no name to put beside them
     out.parent.mkdir(parents=True, exist_ok=True)
     tag = f"{os.getpid()}.{secrets.token_hex(4)}"
     tmp = out.with_name(f".{out.name}.{tag}.part")

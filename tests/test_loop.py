@@ -211,6 +211,21 @@ def test_events_after_a_cut_line_start_a_line_of_their_own(tmp_path):
     assert lines[0] == whole.strip() and [json.loads(x)["label"] for x in lines] == ["positive", "surprise"]
 
 
+def test_events_never_cut_a_file_that_is_not_theirs(tmp_path):
+    """--events onto the video being read, or onto any file that does not end in events: one line, the file
+    untouched."""
+    clip = tmp_path / "clip.avi"
+    clip.write_bytes(bytes(range(256)) * 40)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("a first line\nand a last line without its end")
+    before = clip.read_bytes(), notes.read_bytes()
+    proc = run_cli("run", "--source", str(clip), "--events", str(clip))
+    assert proc.returncode == 2 and "also this command's input" in proc.stderr and proc.stderr.count("\n") == 1
+    proc = run_cli("run", "--demo", "--max-frames", "5", "--events", str(notes))
+    assert proc.returncode == 2 and "does not end in events" in proc.stderr, proc.stderr
+    assert (clip.read_bytes(), notes.read_bytes()) == before
+
+
 def test_bench_model_only_and_loop(tmp_path):
     out = tmp_path / "models.json"
     proc = run_cli("bench", "--model-only", "--runs", "20", "--json", str(out))

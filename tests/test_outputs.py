@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from conftest import run_cli
 
@@ -92,3 +94,26 @@ def test_train_refuses_to_replace_its_own_inputs_or_an_earlier_run(tmp_path):
     _one_line(run_cli("train", "--features", str(features), "--out", str(features), "--force"),
               "holds this command's input")
     assert (run / "checkpoint.pt").read_bytes() == b"the FP32 checkpoint"
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(full_disk):
+    """The synthetic dataset and video on a disk too small for them: one line, exit 1, and no dataset, video or
+    staging folder left behind (OpenCV's writers say nothing of a full disk; the kit checks what they wrote)."""
+    for args in (("synth", "dataset", "--layout", "casme2", "--subjects", "1", "--clips-per-subject", "1",
+                  "--out", str(full_disk / "data"), "--quiet"),
+                 ("synth", "video", "--seconds", "2", "--size", "160x120", "--out", str(full_disk / "clip.avi"),
+                  "--quiet")):
+        proc = run_cli(*args)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode in (1, 2) and len(lines) == 1 and lines[0].startswith("edge-mer: error:"), proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert list(full_disk.iterdir()) == [], [p.name for p in full_disk.iterdir()]
+
+
+def test_a_folder_output_is_never_the_working_folder(tmp_path, monkeypatch):
+    """A folder output is replaced whole: '.' (or a folder above it) would take the working folder away."""
+    monkeypatch.chdir(tmp_path)
+    for out in (Path("."), tmp_path, tmp_path.parent):
+        with pytest.raises(UserError, match="is the working folder or holds it"):
+            check_folder(out, force=True)
+    _one_line(run_cli("synth", "dataset", "--out", ".", "--force"), "working folder")  # run_cli runs here too

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from collections.abc import Sequence
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_mer import __version__
+from edge_mer.atomic import write_bytes
 from edge_mer.cli.flow import add_parser as add_flow_parser
 from edge_mer.cli.output import print_json
 from edge_mer.cli.quant import add_parsers as add_quant_parsers
@@ -18,7 +20,7 @@ from edge_mer.cli.run import add_parsers as add_run_parsers
 from edge_mer.cli.spot import add_parser as add_spot_parser
 from edge_mer.cli.types import Parser, at_least, frame_size, positive
 from edge_mer.errors import UserError
-from edge_mer.outputs import check_folder
+from edge_mer.outputs import check_file, check_folder
 
 # training, QAT, export and calibration (torch, onnx, modelopt) need this Python; the device runtime runs on 3.8
 HOST_PYTHON = (3, 10)
@@ -104,6 +106,9 @@ def cmd_synth_video(args: argparse.Namespace) -> int:
                       blinks_per_minute=args.blinks_per_minute, gray=args.gray,
                       nuisances=_nuisances(args, Nuisances()))
     sheet = Path(args.truth_sheet) if args.truth_sheet else None
+    for path, flag in ((out, "--out"), (truth, "--truth"), (sheet, "--truth-sheet")):
+        if path is not None and path.suffix:  # a video, the truth and its sheet are replaced: same seed, same bytes
+            check_file(path, force=True, flag=flag)
     summary = write_video(cfg, out, truth, sheet, args.truth_style, progress=not args.quiet)
     if args.json:
         print_json(asdict(summary))
@@ -116,15 +121,15 @@ def cmd_synth_video(args: argparse.Namespace) -> int:
 
 
 def cmd_synth_faces(args: argparse.Namespace) -> int:
-    import cv2
-
     from edge_mer.synth.faces import contact_sheet, load_photo, make_subject, photo_names
+    from edge_mer.synth.images import encode_image
 
     subjects = [make_subject(i, args.seed) for i in range(args.subjects)]
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out), contact_sheet(subjects)):
-        raise UserError(f"cannot write {out}: use a .png or .jpg path in a writable folder")
+    if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise UserError(f"--out {out}: the contact sheet is a .png or .jpg")
+    check_file(out, force=True)
+    write_bytes(out, encode_image(contact_sheet(subjects), out.suffix))
     photos = [load_photo(n) for n in photo_names()]
     if args.json:
         print_json({"sheet": str(out), "subjects": len(subjects),
@@ -492,6 +497,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# a full disk or quota, a read-only file system, no permission: what the machine, not the code, refuses
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -507,12 +516,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edge-mer: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `edge-mer doctor | head -1`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # and Python's final flush finds no pipe
+        return 0
+    except OSError as exc:
+        if exc.errno not in DISK_ERRORS:
+            raise  # not the machine's disk: a fault of the code, which stays loud
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+        print(f"edge-mer: error: {exc.filename or 'a file'}: {exc.strerror}" +
+              ("; results are written whole or not at all, so nothing half written was left" if full else ""),
+              file=sys.stderr)
+        return 1
     except ModuleNotFoundError as exc:
         missing = (exc.name or "").split(".")[0]
         if missing not in EXTRAS:
             raise  # not an optional dependency: a fault of the code, which stays loud
         print(f"edge-mer: error: {parser.prog} {args.command} needs {EXTRAS[missing]}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # `edge-mer doctor | head -1`: the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # and Python's final flush finds no pipe
-        return 0

@@ -40,8 +40,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edge_mer.runtime.loop import LoopConfig
     from edge_mer.runtime.session import RunSettings, format_summary, run
 
-    if args.json_summary:  # refused now, not after an hour of video
-        check_file(Path(args.json_summary), force=True, flag="--json-summary")
+    # outputs refused now, not after an hour of video; none of them may be the video or the model it reads
+    inputs = [p for p in (args.source, args.model, args.model and args.model + ".json") if p and Path(p).exists()]
+    for value, flag in ((args.json_summary, "--json-summary"), (args.events, "--events"), (args.record, "--record")):
+        if value:
+            check_file(Path(value), inputs=inputs, force=True, flag=flag)
     settings = RunSettings(
         source=source_uri(args), model=Path(args.model) if args.model else None, backend=args.backend,
         flow=args.flow, threads=args.threads, events=Path(args.events) if args.events else None,

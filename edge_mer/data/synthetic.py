@@ -36,7 +36,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from edge_mer.atomic import write_text
@@ -45,6 +44,7 @@ from edge_mer.errors import UserError
 from edge_mer.outputs import staged_folder
 from edge_mer.synth.aus import EMOTION_PATTERNS, format_aus, parse_aus
 from edge_mer.synth.faces import make_subject
+from edge_mer.synth.images import write_image
 from edge_mer.synth.render import FaceRenderer, Nuisances
 from edge_mer.synth.sheets import Cell, write_csv, write_xlsx
 from edge_mer.synth.timeline import PlannedExpression, Ranges, blink_event, micro_event, render_sequence
@@ -196,7 +196,7 @@ class _Writer:
             out.mkdir(parents=True, exist_ok=True)
             count = ev.offset + 1
             for i, frame in enumerate(render_sequence(renderer, events, count, self.fps, cfg.nuisances, rng)):
-                cv2.imwrite(str(out / self.frame_name(subject_dir, first + i)), frame)
+                write_image(out / self.frame_name(subject_dir, first + i), frame)
             hide = cfg.quirks and self.dataset == "casme2" and rng.random() < cfg.missing_apex_rate
             apex_written = "/" if hide else ""
             self.clips.append(Clip(

@@ -36,6 +36,7 @@ import hashlib
 import os
 import re
 import shutil
+import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -160,6 +161,15 @@ def _nvcc() -> str:
     return found
 
 
+def _nvcc_version(nvcc: str) -> str:
+    """nvcc's release line, which decides the cluster barriers the kernels get (part of the layout's cache key)."""
+    try:
+        out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return nvcc
+    return next((line for line in out.splitlines() if "release" in line), out.strip()[-80:] or nvcc)
+
+
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
@@ -280,7 +290,9 @@ class CudaStage(FlowStage):
     def _build(self, source_module: Any, runtime: ModuleType | None) -> None:
         """Compile tvl1.cu (nvcc through pycuda; the emulator compiles with g++ and its own tvl1_gpu.h)."""
         drv = self.drv
-        compiler = {} if runtime is not None else {"nvcc": _nvcc(), "include_dirs": [str(KERNELS)]}
+        nvcc = None if runtime is not None else _nvcc()
+        compiler = {} if nvcc is None else {"nvcc": nvcc, "include_dirs": [str(KERNELS)]}
+        self._compiler = "g++ (the emulator)" if nvcc is None else _nvcc_version(nvcc)
         try:
             module = source_module(kernel_source(), no_extern_c=True, options=["-O3", *kernel_defines()], **compiler)
         except drv.CompileError as exc:
@@ -370,9 +382,16 @@ class CudaStage(FlowStage):
         return self._threads[self.solver]
 
     def layout_key(self) -> str:
-        """What the layout choice depends on: the GPU, the kernel build, the stage's size and parameters."""
-        build = hashlib.sha256("\0".join([kernel_source(), *kernel_defines(), str(sorted(self._threads.items())),
-                                           str(self.cluster_blocks), repr(self.params)]).encode()).hexdigest()[:16]
+        """What the layout choice depends on: the GPU and its driver, the kernels and what built them (nvcc's
+        version picks the cluster barriers), the stage's size, parameters, block sizes and graphs."""
+        try:
+            driver = str(self.drv.get_driver_version())
+        except (AttributeError, self.drv.Error):
+            driver = "?"
+        parts = [kernel_source(), (KERNELS / "tvl1_gpu.h").read_text(), *kernel_defines(), self._compiler,
+                 driver, str(sorted(self._threads.items())), str(self.cluster_blocks), repr(self.params),
+                 str(self.use_graphs)]
+        build = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
         major, minor = self.capability
         return f"{self.gpu_name}|sm_{major}{minor}|{self.multiprocessors}mp|S={self.size}|{build}"
 
@@ -384,11 +403,13 @@ class CudaStage(FlowStage):
         if self.cluster_note:
             self.layout_notes["cluster"] = self.cluster_note
         key = self.layout_key()
-        kept = recall(LAYOUT_CACHE, key)
-        if kept and kept.get("layout") in SOLVERS and not (kept["layout"] == "cluster" and self.cluster_note):
-            self.solver, self.layout_from = kept["layout"], "cache"
-            self.layout_ms = dict(kept.get("ms") or {})
-            self._threads[self.solver] = min(int(kept.get("threads") or most[self.solver]), most[self.solver])
+        kept = recall(LAYOUT_CACHE, key) or {}
+        layout, threads = kept.get("layout"), kept.get("threads")
+        if layout in SOLVERS and isinstance(threads, int) and 32 <= threads <= most[layout] and \
+                not (layout == "cluster" and self.cluster_note):  # anything else: measured again
+            self.solver, self.layout_from = layout, "cache"
+            self.layout_ms = {k: v for k, v in (kept.get("ms") or {}).items() if isinstance(v, (int, float))}
+            self._threads[layout] = threads
             return
         from edge_mer.flow.pairs import in_frames, micro_pairs  # face photos: loaded only here
 

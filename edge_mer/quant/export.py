@@ -205,8 +205,9 @@ def export(checkpoint: Path, out: Path, opset: int = DEFAULT_OPSET, force: bool 
             "checkpoint_sha256": sha256(checkpoint), "edge_mer": __version__}
     report: dict[str, Any] = {"onnx": str(out)}
     meta = {**base, "precision": "int8" if quant else "fp32"}
-    # every file is made and checked under a temporary name and lands at the end, its sidecar right after:
-    # a kill leaves the earlier result (or none), not a model without its sidecar
+    # every file is made and checked under a temporary name and lands at the end, its sidecar right after: a kill
+    # before then leaves the earlier result (or none); one in the instant between a model and its sidecar leaves
+    # a model its old sidecar does not match, which is refused when opened (sha256), never run
     with ExitStack() as files:
         tmp = files.enter_context(replacing(out))
         _write_onnx(model, cfg.size, tmp, opset)

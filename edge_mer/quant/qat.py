@@ -12,12 +12,23 @@ FP32 checkpoint was trained on, for a fixed number of epochs.
 from __future__ import annotations
 
 import importlib.metadata as md
+import json
+import sys
+import time
+from dataclasses import asdict, fields, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edge_mer import __version__
+from edge_mer.atomic import replacing, write_text
 from edge_mer.errors import UserError
+from edge_mer.features.cache import FeatureSet
 from edge_mer.model.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, modelopt, quiet
+from edge_mer.outputs import staged_folder
+from edge_mer.quant.calibset import MIN_CALIBRATION_SAMPLES, build_set, load_set, too_few
+from edge_mer.runtime.artifact import sha256
 
 QUANT_CFG: dict[str, Any] = {
     "quant_cfg": [
@@ -72,19 +83,8 @@ def disable_quantizers(model: Any) -> None:
 def finetune(checkpoint: Any, features: Any, out: Any, calibration: Any = None, n_calib: int = 256,
              epochs: int = 10, lr: float = 1e-5, seed: int = 0, progress: bool = True) -> dict[str, Any]:
     """QAT of an FP32 checkpoint: calibrate, fine-tune on its own training samples, save ``out``/checkpoint.pt."""
-    import json
-    import sys
-    import time
-    from dataclasses import asdict, fields, replace
-    from pathlib import Path
+    import torch  # torch and the training loop (which imports it): only the command that trains needs them
 
-    import torch
-
-    from edge_mer import __version__
-    from edge_mer.atomic import replacing, write_text
-    from edge_mer.features.cache import FeatureSet
-    from edge_mer.quant.calibset import MIN_CALIBRATION_SAMPLES, build_set, load_set, too_few
-    from edge_mer.runtime.artifact import sha256
     from edge_mer.train.loop import TrainConfig, train_model
     from edge_mer.train.run import check_features
 
@@ -122,16 +122,17 @@ def finetune(checkpoint: Any, features: Any, out: Any, calibration: Any = None, 
 
     model = train_model(model.cfg, tcfg, fs.motion[idx], fs.texture[idx], fs.labels[idx], seed, on_epoch=log,
                         init=model)
-    out.mkdir(parents=True, exist_ok=True)
     quantizers = count_quantizers(model)
     qat = {"from": checkpoint.name, "from_sha256": sha256(checkpoint), "epochs": epochs, "lr": lr, "seed": seed,
            "samples": len(idx), "quantizers": quantizers}
-    with replacing(out / "checkpoint.pt") as tmp:
-        torch.save({"format": CHECKPOINT_FORMAT, "model": ck.get("model"), "config": model.cfg.to_dict(),
-                    "state_dict": model.state_dict(), "train": asdict(tcfg), "features": ck.get("features"),
-                    "trained_on": ck.get("trained_on", []), "quant": quant_state(model, calib), "qat": qat,
-                    "edge_mer": __version__}, tmp)
-    report = {**qat, "calibration": calib, "seconds": round(time.perf_counter() - start, 1),
-              "checkpoint": str(out / "checkpoint.pt")}
-    write_text(out / "qat.json", json.dumps(report, indent=2, sort_keys=True) + "\n")
+    report = {**qat, "calibration": calib, "checkpoint": str(out / "checkpoint.pt")}
+    # the run folder is built beside ``out`` and swapped in whole, like a training run's
+    with staged_folder(out) as folder:
+        with replacing(folder / "checkpoint.pt") as tmp:
+            torch.save({"format": CHECKPOINT_FORMAT, "model": ck.get("model"), "config": model.cfg.to_dict(),
+                        "state_dict": model.state_dict(), "train": asdict(tcfg), "features": ck.get("features"),
+                        "trained_on": ck.get("trained_on", []), "quant": quant_state(model, calib), "qat": qat,
+                        "edge_mer": __version__}, tmp)
+        report["seconds"] = round(time.perf_counter() - start, 1)
+        write_text(folder / "qat.json", json.dumps(report, indent=2, sort_keys=True) + "\n")
     return report

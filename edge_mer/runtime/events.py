@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -53,29 +54,37 @@ class EventWriter:
         self.lost = 0
         self.failure: str | None = None
         self._fd: int | None = None
+        self._regular = False  # a plain file (not a FIFO or a terminal): whole lines can be kept there
         if path is not None:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-                self._end = self._whole_lines(self._fd)
+                self._regular = stat.S_ISREG(os.fstat(self._fd).st_mode)
+                if self._regular:
+                    self._drop_cut_event(self._fd, path)
             except OSError as exc:
+                if self._fd is not None:
+                    os.close(self._fd)
                 raise UserError(f"cannot write events to {path}: {exc.strerror}") from None
 
     @staticmethod
-    def _whole_lines(fd: int) -> int:
-        """The file's length after cutting a partial last line (left by a kill or a full disk in an earlier
-        run), so that the next event starts a line of its own."""
-        end = os.lseek(fd, 0, os.SEEK_END)
+    def _drop_cut_event(fd: int, path: Path) -> None:
+        """Cut an event left half written by a kill or a full disk in an earlier run (a last line that starts
+        like an event and has no end), so that the next one starts a line of its own. A file whose end is not
+        such a line is not an events file: refused, never cut."""
+        end = os.fstat(fd).st_size
         if end == 0:
-            return 0
+            return
         with open(os.dup(fd), "rb", closefd=True) as f:
             f.seek(max(0, end - 65536))
             tail = f.read()
         if tail.endswith(b"\n"):
-            return end
-        keep = end - len(tail) + tail.rfind(b"\n") + 1 if b"\n" in tail else 0
-        os.ftruncate(fd, keep)
-        return keep
+            return
+        start = tail.rfind(b"\n") + 1
+        if (start == 0 and end > len(tail)) or not tail[start:].startswith(b"{"):
+            raise UserError(f"{path} does not end in events (JSON lines): is --events another file? Give the "
+                            "events a file of their own")
+        os.ftruncate(fd, end - len(tail) + start)
 
     def write(self, event: Event) -> None:
         line = event.to_json() + "\n"
@@ -88,16 +97,18 @@ class EventWriter:
 
     def _append(self, data: bytes) -> None:
         assert self._fd is not None
+        before = os.fstat(self._fd).st_size if self._regular else 0
         try:
             written = os.write(self._fd, data)
             if written != len(data):
                 raise OSError(28, os.strerror(28))  # a short write: the disk filled up mid-line
-            os.fsync(self._fd)
-            self._end += written
+            if self._regular:
+                os.fsync(self._fd)
         except OSError as exc:
             self.lost += 1
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, self._end)  # only whole events stay in the file
+            if self._regular:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, before)  # only whole events stay in the file
             if self.failure is None:
                 self.failure = f"cannot write events to {self.path}: {exc.strerror or exc}"
                 print(f"warning: {self.failure}; they still go to stdout, and the file gets them again "

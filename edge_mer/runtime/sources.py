@@ -214,7 +214,8 @@ class Source:
         unreadable image), else None."""
         if not self.ended:
             return None
-        short = self.length is not None and self.frames_read < self.length
+        # some containers announce an estimate (duration x rate): a shortfall of a few frames is not a cut
+        short = self.length is not None and self.length - self.frames_read > max(2, round(0.02 * self.length))
         if not short and self.error is None:
             return None
         announced = f" of the {self.length} it announces" if self.length is not None else ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import re
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,8 +58,6 @@ def _pin_zip(data: bytes) -> bytes:
 
 
 def _pin_core(body: bytes) -> bytes:
-    import re
-
     stamp = FIXED_TIME.strftime("%Y-%m-%dT%H:%M:%SZ").encode()
     return re.sub(rb"(<dcterms:(?:created|modified)[^>]*>)[^<]*(<)", rb"\g<1>" + stamp + rb"\g<2>", body)
 

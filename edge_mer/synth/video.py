@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from edge_mer.errors import UserError
 from edge_mer.outputs import staged_folder
 from edge_mer.synth.aus import EMOTION_PATTERNS, format_aus, parse_aus
 from edge_mer.synth.faces import make_subject
+from edge_mer.synth.images import write_image
 from edge_mer.synth.render import FaceRenderer, Nuisances, default_face_iod
 from edge_mer.synth.sheets import write_csv, write_xlsx
 from edge_mer.synth.timeline import (
@@ -134,7 +136,7 @@ class FrameSink:
 
     def write(self, frame: np.ndarray) -> None:
         if self.folder:
-            cv2.imwrite(str(self.path / f"frame_{self.count:06d}.jpg"), frame, [cv2.IMWRITE_JPEG_QUALITY, 95])
+            write_image(self.path / f"frame_{self.count:06d}.jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 95])
         else:
             self.writer.write(frame)
         self.count += 1
@@ -142,6 +144,17 @@ class FrameSink:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.release()
+
+
+def _check_video(written: Path, out: Path, frames: int) -> None:
+    """OpenCV's writer reports nothing when the disk fills up: the file is read back before it replaces
+    ``out``."""
+    cap = cv2.VideoCapture(str(written))
+    count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
+    cap.release()
+    if count != frames:
+        raise UserError(f"{out}: the video came out with {max(count, 0)} of its {frames} frames (disk full, or the "
+                        "folder not writable?); nothing was replaced")
 
 
 def truth_rows(events: list[PlannedExpression]) -> list[list[str | int | float | None]]:
@@ -190,10 +203,12 @@ def write_video(cfg: VideoConfig, out: Path, truth: Path | None = None, sheet: P
     start = time.perf_counter()
     events = plan_events(cfg)
     frames = int(round(cfg.seconds * cfg.fps))
-    # written beside ``out`` and renamed when complete: a kill leaves the earlier video, never a cut one
+    # the video, its truth and its sheet are written beside where they go and renamed together when all are
+    # complete: a kill or a full disk leaves the earlier ones, never a cut video or a video without its truth
     check_video_path(out)
     folder = out.suffix == ""
-    with (staged_folder(out) if folder else replacing(out, suffix=out.suffix)) as target:
+    with ExitStack() as files:
+        target = files.enter_context(staged_folder(out) if folder else replacing(out, suffix=out.suffix))
         sink = FrameSink(target, cfg.fps, cfg.size, cfg.gray, folder)
         try:
             for frame in tqdm(video_frames(cfg, events), total=frames, desc="synth video", unit="frame",
@@ -201,10 +216,19 @@ def write_video(cfg: VideoConfig, out: Path, truth: Path | None = None, sheet: P
                 sink.write(frame)
         finally:
             sink.close()
-    if truth is not None:
-        write_csv(truth, truth_rows(events), TRUTH_HEADER)
-    if sheet is not None:
-        write_truth_sheet(sheet, events, style, cfg.subject, out.stem)
+        if not folder:
+            _check_video(target, out, frames)
+
+        def beside(path: Path) -> Path:
+            """Where ``path`` is written until the end: in the staged frame folder when it lies in it."""
+            if folder and path.parent.resolve() == out.resolve():
+                return target / path.name
+            return files.enter_context(replacing(path, suffix=path.suffix))
+
+        if truth is not None:
+            write_csv(beside(truth), truth_rows(events), TRUTH_HEADER)
+        if sheet is not None:
+            write_truth_sheet(beside(sheet), events, style, cfg.subject, out.stem)
     elapsed = time.perf_counter() - start
     counts: dict[str, int] = {}
     for e in events:
