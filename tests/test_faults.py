@@ -132,8 +132,27 @@ VIDEO = Writer(lambda out: ["synth", "video", "--seconds", "8", "--size", "320x2
                             str(out.with_suffix(".csv")), "--quiet"], _video_complete, force=False)
 
 
-def test_synth_dataset_and_video_survive_a_kill(tmp_path):
-    for name, writer in (("data", DATASET), ("clip.avi", VIDEO)):
+def _sheet_complete(out: Path) -> None:
+    import cv2
+
+    image = cv2.imread(str(out))
+    assert image is not None and image.shape[0] > 100
+
+
+FACES = Writer(lambda out: ["synth", "faces", "--subjects", "6", "--out", str(out)], _sheet_complete, force=False)
+
+
+def _summary_complete(out: Path) -> None:
+    summary = json.loads(out.read_text())
+    assert summary["frames"] == 150 and summary["stopped_by"] is None
+
+
+RUN = Writer(lambda out: ["run", "--demo", "--demo-seconds", "5", "--no-realtime", "--quiet", "--json-summary",
+                          str(out)], _summary_complete, force=False)
+
+
+def test_synth_and_run_outputs_survive_a_kill(tmp_path):
+    for name, writer in (("data", DATASET), ("clip.avi", VIDEO), ("sheet.png", FACES), ("summary.json", RUN)):
         (tmp_path / name).mkdir()
         print(name, inject(tmp_path / name, writer, name))
 
@@ -179,6 +198,14 @@ def _run_complete(out: Path) -> None:
     load_checkpoint(out / "checkpoint.pt")
 
 
+def _qat_complete(out: Path) -> None:
+    from edge_mer.model.checkpoint import load_checkpoint
+
+    report = json.loads((out / "qat.json").read_text())
+    assert Path(report["checkpoint"]).name == "checkpoint.pt" and report["quantizers"]
+    assert load_checkpoint(out / "checkpoint.pt")[1]["quant"]
+
+
 def _artifact_complete(out: Path) -> None:
     from edge_mer.runtime.artifact import load_artifact
     from edge_mer.runtime.backends.onnxruntime import make_session
@@ -222,6 +249,9 @@ def test_train_export_and_calibration_survive_a_kill(features, tmp_path):
                             _set_complete),
         "model.int8.onnx": Writer(lambda out: ["calibrate", "--onnx", str(tmp_path / "base.onnx"), "--set",
                                                str(tmp_path / "base.npz"), "--out", str(out)], _artifact_complete),
+        "qat": Writer(lambda out: ["train", "--features", f, "--qat", str(ck), "--calibration",
+                                   str(tmp_path / "base.npz"), "--epochs", "1", "--threads", "1", "--quiet", "--out",
+                                   str(out)], _qat_complete),
     }
     for name, writer in writers.items():
         d = tmp_path / name.replace(".", "_")
