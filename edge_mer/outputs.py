@@ -60,8 +60,6 @@ def check_file(out: Path, *, inputs: Iterable[Path | str | None] = (), force: bo
         raise UserError(f"{flag} {out} is a folder; give a file name")
     if out.exists() and not force:
         raise UserError(f"{flag} {out} exists; pass --force to replace it, or choose another name")
-    if out.exists() and not os.access(out.parent, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {out}: {out.parent} is not writable")
     _creatable(out, flag)
 
 

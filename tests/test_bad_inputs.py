@@ -162,7 +162,7 @@ CASES: list[tuple[str, Callable[[dict[str, Path], Path], list[str]], tuple[str, 
 
 
 # commands that need the host-side extras first: without them, their one line names the extra to install
-NEEDS = {"train": ("torch",), "export": ("torch", "onnx"), "calibrate": ("onnx",), "eval": ()}
+NEEDS = {"train": ("torch",), "export": ("torch", "onnx"), "calibrate": ("onnx",)}
 
 
 def _missing(argv: list[str]) -> list[str]:

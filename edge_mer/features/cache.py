@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,10 @@ RERUN = "rerun edge-mer data prepare with the same arguments"
 
 class SampleFileError(Exception):
     """A sample's ``.npz`` cannot be used; the message says why, in a few words."""
+
+
+# what numpy, zipfile and zlib raise for a truncated, overwritten or damaged .npz (a lone .npy is no context manager)
+NPZ_DAMAGED = (OSError, EOFError, ValueError, TypeError, AttributeError, zipfile.BadZipFile, zlib.error)
 
 
 @dataclass
@@ -48,8 +53,7 @@ def read_sample(path: Path, size: int | None = None) -> SampleFile:
             alignment = json.loads(str(z["alignment"])).get("method") if "alignment" in z.files else None
     except KeyError as exc:
         raise SampleFileError(f"no {exc} array in it") from None
-    except (OSError, EOFError, ValueError, AttributeError, zipfile.BadZipFile) as exc:
-        # np.load and zipfile raise these on a truncated or overwritten file
+    except NPZ_DAMAGED as exc:
         why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SampleFileError(f"truncated or corrupt ({why})") from None
     side = motion.shape[-1] if size is None else size

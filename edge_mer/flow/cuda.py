@@ -292,7 +292,7 @@ class CudaStage(FlowStage):
         drv = self.drv
         nvcc = None if runtime is not None else _nvcc()
         compiler = {} if nvcc is None else {"nvcc": nvcc, "include_dirs": [str(KERNELS)]}
-        self._compiler = "g++ (the emulator)" if nvcc is None else _nvcc_version(nvcc)
+        self._nvcc = nvcc  # None: the emulator's g++
         try:
             module = source_module(kernel_source(), no_extern_c=True, options=["-O3", *kernel_defines()], **compiler)
         except drv.CompileError as exc:
@@ -388,7 +388,8 @@ class CudaStage(FlowStage):
             driver = str(self.drv.get_driver_version())
         except (AttributeError, self.drv.Error):
             driver = "?"
-        parts = [kernel_source(), (KERNELS / "tvl1_gpu.h").read_text(), *kernel_defines(), self._compiler,
+        compiler = "g++ (the emulator)" if self._nvcc is None else _nvcc_version(self._nvcc)
+        parts = [kernel_source(), (KERNELS / "tvl1_gpu.h").read_text(), *kernel_defines(), compiler,
                  driver, str(sorted(self._threads.items())), str(self.cluster_blocks), repr(self.params),
                  str(self.use_graphs)]
         build = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
@@ -579,23 +580,24 @@ class CudaStage(FlowStage):
             k["tvl1_warp"](np.uintp(i0), np.uintp(i1), q["gx"], q["gy"], flow[0], flow[1], i32(w), i32(h),
                            stride, q["i1wx"], q["i1wy"], q["igrad"], q["rho_c"],
                            block=(TILE, TILE, 1), grid=grid, stream=s)
-            solve(b, flow, common, h, warp == 0)
+            solve(b, flow, common, w, h, warp == 0)
         return flow, spare
 
-    def _solve_block(self, b: _Buffers, flow: tuple[Any, Any], common: tuple[Any, ...], h: int, first: bool) -> None:
+    def _solve_block(self, b: _Buffers, flow: tuple[Any, Any], common: tuple[Any, ...], w: int, h: int,
+                     first: bool) -> None:
         """One warp's iterations in one thread block (``__syncthreads`` between phases)."""
         q = b.planes
         self.k["tvl1_solve"](flow[0], flow[1], q["p11"], q["p12"], q["p21"], q["p22"], q["tmp1"], q["tmp2"], *common,
                              np.int32(first), np.int32(1), self._barrier, self._partials,
                              block=(self._threads["block"], 1, 1), grid=(1, 1, 1), stream=self.stream)
 
-    def _solve_bands(self, b: _Buffers, flow: tuple[Any, Any], common: tuple[Any, ...], h: int, first: bool) -> None:
+    def _solve_bands(self, b: _Buffers, flow: tuple[Any, Any], common: tuple[Any, ...], w: int, h: int,
+                     first: bool) -> None:
         """One warp's iterations over up to one block per multiprocessor, each a band of rows, one grid barrier
         per iteration (tmp1, tmp2: the flow's second buffers)."""
         q = b.planes
         threads = self._threads["bands"]
-        n = int(common[4]) * h
-        parts = max(1, min(self.multiprocessors, -(-n // threads)))
+        parts = max(1, min(self.multiprocessors, -(-(w * h) // threads)))
         rows = -(-h // parts)
         parts = -(-h // rows)
         self.k["tvl1_solve_bands"](flow[0], flow[1], q["tmp1"], q["tmp2"], q["p11"], q["p12"], q["p21"], q["p22"],

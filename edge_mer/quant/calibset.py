@@ -13,8 +13,6 @@ below :data:`MIN_CALIBRATION_SAMPLES` is neither written nor read.
 from __future__ import annotations
 
 import json
-import zipfile
-import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +23,7 @@ import numpy as np
 from edge_mer.atomic import replacing
 from edge_mer.data.labels import COMPOSITE_NAMES
 from edge_mer.errors import UserError
-from edge_mer.features.cache import FeatureSet
+from edge_mer.features.cache import NPZ_DAMAGED, FeatureSet
 from edge_mer.flow.normalise import CONSTANTS
 
 CALIBRATION_FORMAT = "edge-mer-calibration/1"
@@ -35,8 +33,6 @@ CALIBRATION_FORMAT = "edge-mer-calibration/1"
 # (one sample is 3 % of 32) says little. 256-512 are recommended.
 MIN_CALIBRATION_SAMPLES = 32
 _KEYS = ("motion", "texture", "labels", "ids", "meta")
-# what numpy, zipfile and zlib raise for a truncated or damaged .npz (a lone .npy is no context manager)
-_UNREADABLE = (OSError, ValueError, KeyError, EOFError, TypeError, AttributeError, zipfile.BadZipFile, zlib.error)
 
 
 @dataclass
@@ -139,7 +135,7 @@ def load_set(path: Path, size: int | None = None, minimum: int = MIN_CALIBRATION
                 raise UserError(f"{path} is not a calibration set (no {', '.join(missing)}): {rebuild}")
             meta = json.loads(str(z["meta"]))
             cs = CalibrationSet(z["motion"], z["texture"], z["labels"], [str(s) for s in z["ids"]], meta)
-    except _UNREADABLE as exc:
+    except (*NPZ_DAMAGED, KeyError) as exc:
         raise UserError(f"{path} cannot be read as a calibration set (damaged or truncated: "
                         f"{type(exc).__name__}): {rebuild}") from None
     if not isinstance(meta, dict) or meta.get("format") != CALIBRATION_FORMAT:

@@ -25,6 +25,7 @@ cv2 is imported inside the functions that use it and picamera2 only for
 from __future__ import annotations
 
 import glob
+import math
 import re
 import sys
 import time
@@ -450,7 +451,7 @@ class PicamSource(Source):
 def _check(options: OpenOptions) -> None:
     for name in ("width", "height", "fps"):
         value = getattr(options, name)
-        if value is not None and value <= 0:
+        if value is not None and not (math.isfinite(value) and value > 0):
             raise UserError(f"--{name} must be positive, got {value}")
     if not 0 <= options.flip < len(FLIP_METHODS):
         raise UserError(f"--flip must be 0..7 (nvvidconv flip-method: {', '.join(FLIP_METHODS)}), got {options.flip}")

@@ -33,8 +33,6 @@ def open_frames(path: Path, fps: float | None = None) -> Source:
     """``path`` (a video file or a folder of numbered images) opened as the device loop opens it, read as fast
     as possible; a folder, which has no frame rate, needs ``fps``, and so does a file that does not say its
     rate."""
-    if fps is not None and not (math.isfinite(fps) and fps > 0):
-        raise UserError(f"--fps must be a positive number, got {fps}")
     if path.is_dir() and fps is None:
         raise UserError(f"{path} is a frame folder, which has no frame rate: give --fps")
     source = open_path(path, fps=fps)
