@@ -31,6 +31,29 @@ def replacing(path: Path, suffix: str = "") -> Iterator[Path]:
             tmp.unlink()
 
 
+@contextmanager
+def replacing_together(*paths: Path) -> Iterator[list[Path]]:
+    """``replacing`` for files that belong together (a model and its sidecar): a temporary path beside each; when
+    the block ends without an error all are synced first and then renamed one right after the other, so a kill
+    finds the earlier set or the new one, save for the microseconds between two renames."""
+    tmps = []
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmps.append(path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part{path.suffix}"))
+    try:
+        yield tmps
+        for tmp in tmps:
+            _sync(tmp)
+        for tmp, path in zip(tmps, paths):
+            os.replace(tmp, path)
+        for folder in {path.parent for path in paths}:
+            _sync_folder(folder)
+    finally:
+        for tmp in tmps:
+            if tmp.exists():
+                tmp.unlink()
+
+
 def writable_folder(path: Path) -> bool:
     """Whether a file can be written at ``path``: its folder exists and this process may write there (checked
     before long work, so that its result is not lost at the end)."""

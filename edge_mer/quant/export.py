@@ -22,14 +22,13 @@ of accuracy, which ``edge-mer eval`` measures.
 from __future__ import annotations
 
 import warnings
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edge_mer import __version__
-from edge_mer.atomic import replacing
+from edge_mer.atomic import replacing, replacing_together
 from edge_mer.errors import UserError
 from edge_mer.flow.normalise import CONSTANTS
 from edge_mer.outputs import check_file
@@ -205,11 +204,11 @@ def export(checkpoint: Path, out: Path, opset: int = DEFAULT_OPSET, force: bool 
             "checkpoint_sha256": sha256(checkpoint), "edge_mer": __version__}
     report: dict[str, Any] = {"onnx": str(out)}
     meta = {**base, "precision": "int8" if quant else "fp32"}
-    # every file is made and checked under a temporary name and lands at the end, its sidecar right after: a kill
-    # before then leaves the earlier result (or none); one in the instant between a model and its sidecar leaves
-    # a model its old sidecar does not match, which is refused when opened (sha256), never run
-    with ExitStack() as files:
-        tmp = files.enter_context(replacing(out))
+    # every file is made, checked and described under a temporary name; the models and their sidecars land
+    # together at the end, so a kill leaves the earlier files (or none), never a model without its sidecar
+    files = [out, sidecar_path(out)] + ([companion, sidecar_path(companion)] if quant else [])
+    with replacing_together(*files) as staged:
+        tmp, tmp_side = staged[0], staged[1]
         _write_onnx(model, cfg.size, tmp, opset)
         if quant:
             report["folded_weights"] = fold_weight_quantizers(tmp)
@@ -219,9 +218,9 @@ def export(checkpoint: Path, out: Path, opset: int = DEFAULT_OPSET, force: bool 
             from edge_mer.quant.ptq import PROBE_SAMPLES, quality_gate
             from edge_mer.quant.qat import disable_quantizers
 
+            tmp_fp32, tmp_fp32_side = staged[2], staged[3]
             meta["quantization"] = {"method": "qat", "tool": f"nvidia-modelopt {quant.get('modelopt')}",
                                     "calibration": quant.get("calibration")}
-            tmp_fp32 = files.enter_context(replacing(companion))
             disable_quantizers(model)
             _write_onnx(model, cfg.size, tmp_fp32, opset)
             report["companion"] = str(companion)
@@ -231,13 +230,12 @@ def export(checkpoint: Path, out: Path, opset: int = DEFAULT_OPSET, force: bool 
                 tmp_fp32, tmp, motion, texture, "random inputs of the normalised range (seed 0; a checkpoint "
                                                 "keeps no calibration samples)")
             meta["quality"]["compared_with"] = f"{companion.name} (fp32)"
-    if quant:
-        meta["companion"] = {"file": companion.name, "sha256": sha256(companion), "precision": "fp32"}
-        side = {**base, "precision": "fp32", "quantization": {"method": "qat weights, no quantizers"}}
-        if meta["quality"]["usable"]:  # a file that failed its gate is never an FP32 file's companion
-            side["companion"] = {"file": out.name, "sha256": sha256(out), "precision": "int8"}
-        write_sidecar(companion, side)
-    write_sidecar(out, meta)
+            meta["companion"] = {"file": companion.name, "sha256": sha256(tmp_fp32), "precision": "fp32"}
+            side = {**base, "precision": "fp32", "quantization": {"method": "qat weights, no quantizers"}}
+            if meta["quality"]["usable"]:  # a file that failed its gate is never an FP32 file's companion
+                side["companion"] = {"file": out.name, "sha256": sha256(tmp), "precision": "int8"}
+            write_sidecar(companion, side, staged=(tmp_fp32, tmp_fp32_side))
+        write_sidecar(out, meta, staged=(tmp, tmp_side))
     report["bytes"] = out.stat().st_size
     report["precision"] = meta["precision"]
     return report

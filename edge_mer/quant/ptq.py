@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_mer.atomic import replacing
+from edge_mer.atomic import replacing_together
 from edge_mer.errors import UserError
 from edge_mer.outputs import check_file
 from edge_mer.quant.calibset import load_set
@@ -246,22 +246,23 @@ def calibrate(onnx_path: Path, set_path: Path, out: Path, method: str = "max",
     include, attention = weighted_nodes(model)
     ranges = activation_ranges(model, cs, sorted({n.input[0] for n in include}), method)
     quantize_graph(model, ranges)
-    with replacing(out) as tmp:  # judged before it lands, so that its sidecar follows within milliseconds
+    # the file is judged and described before it lands, and lands together with its sidecar
+    with replacing_together(out, sidecar_path(out)) as (tmp, tmp_side):
         onnx.save(model, str(tmp))
         quality = quality_gate(onnx_path, tmp, cs.motion, cs.texture, f"calibration samples ({set_path.name})")
-    meta = {k: v for k, v in art.meta.items()
-            if k not in ("format", "file", "sha256", "bytes", "companion", "quality")}
-    meta.update({
-        "precision": "int8",
-        "quantization": {"method": "ptq", "tool": "edge-mer (symmetric INT8, per-channel weights, "
-                                                  "per-tensor activations)", "calibration": set_path.name,
-                         "calibration_sha256": sha256(set_path), "samples": len(cs), "range": method,
-                         "quantized_nodes": len(include), "fp32_attention_matmuls": len(attention)},
-        "quality": quality,
-        # the INT8 file names its FP32 source either way: --precision auto on it then falls back to FP32
-        "companion": {"file": os.path.relpath(onnx_path, out.parent), "sha256": art.meta["sha256"],
-                      "precision": "fp32"}})
-    doc = write_sidecar(out, meta)
+        meta = {k: v for k, v in art.meta.items()
+                if k not in ("format", "file", "sha256", "bytes", "companion", "quality")}
+        meta.update({
+            "precision": "int8",
+            "quantization": {"method": "ptq", "tool": "edge-mer (symmetric INT8, per-channel weights, "
+                                                      "per-tensor activations)", "calibration": set_path.name,
+                             "calibration_sha256": sha256(set_path), "samples": len(cs), "range": method,
+                             "quantized_nodes": len(include), "fp32_attention_matmuls": len(attention)},
+            "quality": quality,
+            # the INT8 file names its FP32 source either way: --precision auto on it then falls back to FP32
+            "companion": {"file": os.path.relpath(onnx_path, out.parent), "sha256": art.meta["sha256"],
+                          "precision": "fp32"}})
+        doc = write_sidecar(out, meta, staged=(tmp, tmp_side))
     if quality["usable"]:
         link_companion(onnx_path, out)
     else:

@@ -98,11 +98,13 @@ class Artifact:
         return art if art.meta["sha256"] == c["sha256"] else None
 
 
-def write_sidecar(onnx_path: Path, meta: dict[str, Any]) -> dict[str, Any]:
-    """Write ``onnx_path``.json with the file's sha256 (atomically)."""
-    doc = {"format": SIDECAR_FORMAT, **meta, "file": onnx_path.name, "sha256": sha256(onnx_path),
-           "bytes": onnx_path.stat().st_size}
-    write_text(sidecar_path(onnx_path), json.dumps(doc, indent=2, sort_keys=True) + "\n")
+def write_sidecar(onnx_path: Path, meta: dict[str, Any], staged: tuple[Path, Path] | None = None) -> dict[str, Any]:
+    """Write ``onnx_path``.json with the file's sha256 (atomically). ``staged``: (where the file's bytes are now,
+    where its sidecar goes now), both temporary names that land together with the file (``replacing_together``)."""
+    data, side = staged or (onnx_path, sidecar_path(onnx_path))
+    doc = {"format": SIDECAR_FORMAT, **meta, "file": onnx_path.name, "sha256": sha256(data),
+           "bytes": data.stat().st_size}
+    write_text(side, json.dumps(doc, indent=2, sort_keys=True) + "\n")
     return doc
 
 
