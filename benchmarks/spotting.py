@@ -1,6 +1,7 @@
 """Micro-expression spotting on synthetic long videos: precision, recall, F1 and the cost per frame.
 
-Renders ``--videos`` videos with the generator's defaults (60 s, 30 fps, 640x480; 8
+Renders ``--videos`` videos (12; with six, variants a few events apart could not be told
+apart) with the generator's defaults (60 s, 30 fps, 640x480; 8
 micro- and 2 macro-expressions and 12 blinks a minute, head drift, jitter and roll,
 sensor noise, flicker, MPEG-4 compression), each with its own seed and subject, and runs
 the streaming pipeline of ``edge-mer spot`` (``FrameSpotter``: face track, motion signal,
@@ -10,21 +11,25 @@ does (IoU >= 0.5, TP/FP/FN pooled over the videos).
 Besides the defaults, the same frames go through variants that show why the defaults
 are what they are: the crop size S, shorter and longer lags (the onset-to-apex time,
 0.13 s; 0.4 s, shorter than the longest micro-expression; 0.6 s), the threshold, no
-blink suppression, and the other DIS presets. Report delay: frames between a spot's
+blink suppression, the other DIS presets, regions fixed on the average face instead of
+following the landmarks, and the Haar face detector in place of the shipped BlazeFace +
+FaceMesh. Report delay: frames between a spot's
 offset and the frame whose update reported it. Costs: the motion signal (crop and flow)
 per frame, mean over all frames, and the whole pipeline per frame (face re-detection and
 spotter included, median and 95th percentile), on one OpenCV thread; and the latency of
 one flow of each method at S = 128.
 
-    python benchmarks/spotting.py [--videos 6] [--seconds 60] [--keep DIR]
+    python benchmarks/spotting.py [--videos 12] [--seconds 60] [--jobs 2] [--keep DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import math
+import multiprocessing
 import os
 import platform
 import sys
@@ -37,6 +42,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edge_mer.face import FaceAligner
 from edge_mer.runtime.backends.onnxruntime import cpu_name
 from edge_mer.runtime.timing import percentiles
 from edge_mer.spot.metrics import SpottingScore, evaluate_spots
@@ -55,6 +61,7 @@ class Variant:
     size: int = DEFAULT_SIZE
     signal: SignalConfig = SignalConfig()
     spotter: SpotterConfig = SpotterConfig()
+    detector: str = "mesh"
 
 
 VARIANTS = (
@@ -71,6 +78,9 @@ VARIANTS = (
     Variant("no blink gate", "brows count during blinks", signal=SignalConfig(blink_gate=math.inf)),
     Variant("DIS ultrafast", "cheaper flow", signal=SignalConfig(preset="ultrafast")),
     Variant("DIS medium", "dearer flow", signal=SignalConfig(preset="medium")),
+    Variant("fixed regions", "the regions stay where they lie on an average face",
+            signal=SignalConfig(regions="fixed")),
+    Variant("Haar detector", "face and eyes by OpenCV's cascades (the fallback without DNN)", detector="haar"),
 )
 
 
@@ -86,7 +96,8 @@ def spot_one(video: Path, variants: tuple[Variant, ...]) -> tuple[list[Run], int
     """All variants over one decoding of ``video``."""
     cap = cv2.VideoCapture(str(video))
     fps = float(cap.get(cv2.CAP_PROP_FPS))
-    runs = [Run(v, FrameSpotter(fps, v.size, replace(v.signal), replace(v.spotter), FaceTrack(v.size, fps)))
+    runs = [Run(v, FrameSpotter(fps, v.size, replace(v.signal), replace(v.spotter),
+                                FaceTrack(v.size, fps, FaceAligner(v.size, detector=v.detector))))
             for v in variants]
     frames = 0
     while True:
@@ -143,10 +154,36 @@ def flow_latency(video: Path, repeats: int = 200) -> dict[str, float]:
     return out
 
 
+def one_video(i: int, seconds: float, folder: Path) -> dict[str, Any]:
+    """Render video ``i`` and spot it with every variant: its scores, signal costs, pipeline times and delays."""
+    cv2.setNumThreads(1)
+    cfg = VideoConfig(seconds=seconds, fps=30.0, size=(640, 480), subject=i, seed=100 + i)
+    video = folder / f"spot_{i}.mp4"
+    write_video(cfg, video, video.with_suffix(".csv"), progress=False)
+    truth = micro_intervals(read_truth(video.with_suffix(".csv")))
+    runs, frames = spot_one(video, VARIANTS)
+    out: dict[str, Any] = {"scores": {}, "signal_ms": {}, "pipeline": [], "delays": []}
+    row: dict[str, Any] = {"video": video.name, "seed": cfg.seed, "subject": cfg.subject, "frames": frames,
+                           "micro": len(truth)}
+    for run in runs:
+        score = evaluate_spots([(s.onset, s.offset) for s in run.spots], truth)
+        out["scores"][run.variant.name] = score
+        out["signal_ms"][run.variant.name] = 1000 * run.runner.signal_seconds / frames
+        if run.variant.name == "default":
+            row.update(score.to_dict())
+            row["face_alignments"] = run.runner.alignments
+            out["pipeline"] = run.push_s
+            out["delays"] = [sp.emitted_at - sp.offset for sp in run.spots]
+    out["row"] = row
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--videos", type=int, default=6)
+    ap.add_argument("--videos", type=int, default=12)
     ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="videos spotted at once, one process and one OpenCV thread each (at most the cores)")
     ap.add_argument("--keep", help="write the videos here (default: a temporary folder)")
     args = ap.parse_args()
     cv2.setNumThreads(1)
@@ -154,40 +191,46 @@ def main() -> None:
     folder = Path(args.keep) if args.keep else Path(tmp.name if tmp else ".")
     folder.mkdir(parents=True, exist_ok=True)
     totals = {v.name: SpottingScore(0, 0, 0) for v in VARIANTS}
-    signal_ms = {v.name: [] for v in VARIANTS}
+    signal_ms: dict[str, list[float]] = {v.name: [] for v in VARIANTS}
     pipeline: list[float] = []
     delays: list[int] = []  # frames from a spot's offset to its report
     per_video = []
-    for i in range(args.videos):
-        cfg = VideoConfig(seconds=args.seconds, fps=30.0, size=(640, 480), subject=i, seed=100 + i)
-        video = folder / f"spot_{i}.mp4"
-        write_video(cfg, video, video.with_suffix(".csv"), progress=False)
-        truth = micro_intervals(read_truth(video.with_suffix(".csv")))
-        runs, frames = spot_one(video, VARIANTS)
-        row: dict[str, Any] = {"video": video.name, "seed": cfg.seed, "subject": cfg.subject, "frames": frames,
-                               "micro": len(truth)}
-        for run in runs:
-            score = evaluate_spots([(s.onset, s.offset) for s in run.spots], truth)
-            totals[run.variant.name] += score
-            signal_ms[run.variant.name].append(1000 * run.runner.signal_seconds / frames)
-            if run.variant.name == "default":
-                row.update(score.to_dict())
-                row["face_alignments"] = run.runner.alignments
-                pipeline += run.push_s
-                delays += [sp.emitted_at - sp.offset for sp in run.spots]
-        per_video.append(row)
-        print(f"{video.name}: {len(truth)} micro-expressions, default F1 {row['f1']:.3f} "
-              f"(TP {row['tp']}, FP {row['fp']}, FN {row['fn']})", flush=True)
+    jobs = max(1, min(args.jobs, os.cpu_count() or 1))
+    with multiprocessing.get_context("spawn").Pool(jobs) if jobs > 1 else _InProcess() as pool:
+        for done in pool.imap(functools.partial(one_video, seconds=args.seconds, folder=folder), range(args.videos)):
+            for name, score in done["scores"].items():
+                totals[name] += score
+                signal_ms[name].append(done["signal_ms"][name])
+            pipeline += done["pipeline"]
+            delays += done["delays"]
+            row = done["row"]
+            per_video.append(row)
+            print(f"{row['video']}: {row['micro']} micro-expressions, default F1 {row['f1']:.3f} "
+                  f"(TP {row['tp']}, FP {row['fp']}, FN {row['fn']})", flush=True)
     latency = flow_latency(folder / "spot_0.mp4")
     if tmp is not None:
         tmp.cleanup()
     write_results(args, totals, signal_ms, pipeline, delays, per_video, latency)
 
 
+class _InProcess:
+    """``Pool.imap`` in this process (``--jobs 1``)."""
+
+    def __enter__(self) -> _InProcess:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def imap(self, fn: Any, items: Any) -> Any:
+        return map(fn, items)
+
+
 def write_results(args: argparse.Namespace, totals: dict[str, SpottingScore], signal_ms: dict[str, list[float]],
                   pipeline: list[float], delays: list[int], per_video: list[dict[str, Any]],
                   latency: dict[str, float]) -> None:
     machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "opencv": cv2.__version__, "opencv_threads": 1,
+               "processes": max(1, min(args.jobs, os.cpu_count() or 1)),
                "numpy": np.__version__, "python": platform.python_version()}
     command = " ".join(["python benchmarks/spotting.py", *sys.argv[1:]])
     date = dt.date.today().isoformat()
@@ -203,7 +246,8 @@ def write_results(args: argparse.Namespace, totals: dict[str, SpottingScore], si
         indent=2) + "\n")
     d = variants["default"]
     lines = [f"# Micro-expression spotting on synthetic long videos ({date})", "",
-             f"Machine: {machine['cpu']}, {machine['cores']} cores, one OpenCV thread; OpenCV {machine['opencv']}, "
+             f"Machine: {machine['cpu']}, {machine['cores']} cores, one OpenCV thread per process, "
+             f"{machine['processes']} video(s) at a time; OpenCV {machine['opencv']}, "
              f"numpy {machine['numpy']}, Python {machine['python']}.", "",
              f"Command: `{command}`", "",
              f"{len(per_video)} videos of {args.seconds:g} s at 30 fps, 640x480, the generator's defaults (8 micro- "

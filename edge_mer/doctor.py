@@ -57,6 +57,7 @@ class Report:
     engines: dict[str, bool] = field(default_factory=dict)
     cuda_devices: list[str] = field(default_factory=list)
     cameras: list[str] = field(default_factory=list)
+    face: dict[str, Any] = field(default_factory=dict)
     checks: list[Check] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -133,6 +134,13 @@ def collect(import_heavy: bool = True) -> Report:
         rep.checks.append(Check("face cascades", facts["cascades"] is not None, str(facts["cascades"]),
                                 "" if facts["cascades"] else
                                 "apt install opencv-data, or an opencv wheel that ships cv2/data"))
+        from edge_mer.face.mesh import detector_facts  # imports OpenCV, which is optional here
+
+        rep.face = detector_facts()
+        mesh = rep.face["detector"] == "mesh"
+        rep.checks.append(Check("face detector", mesh, f"BlazeFace + FaceMesh through {rep.face['engine']}" if mesh
+                                else f"Haar cascades ({rep.face['why']})",
+                                "" if mesh else "pip install onnxruntime, or an OpenCV with its dnn module"))
     rep.engines = {"tensorrt": modules["tensorrt"] is not None,
                    "onnxruntime": modules["onnxruntime"] is not None,
                    "torch": modules["torch"] is not None}

@@ -16,7 +16,7 @@ from conftest import run_cli
 
 from edge_mer.errors import UserError
 from edge_mer.spot.metrics import evaluate_spots, iou
-from edge_mer.spot.signal import MotionSignal, lag_frames
+from edge_mer.spot.signal import MEAN_LANDMARKS, REGIONS, MotionSignal, SignalConfig, lag_frames, landmark_regions
 from edge_mer.spot.spotter import Spotter, spot_series
 from edge_mer.spot.truth import micro_intervals, read_truth
 from edge_mer.spot.video import spot_video
@@ -217,6 +217,47 @@ def test_face_track_follows_a_jump_without_a_gap_in_the_signal(short_video):
     moved = eyes_in_frame(after.matrix) - eyes_in_frame(before.matrix)
     assert abs(moved[0] + 24) < 6 and abs(moved[1] - 6) < 6, moved
     assert all(v is not None for v in values[runner.signal.lag:])  # re-cropped history: no gap in the values
+
+
+def _close(a, b) -> bool:
+    return a.keys() == b.keys() and all(np.allclose(a[k], b[k], atol=1e-9) for k in a)
+
+
+def test_regions_follow_the_landmarks_and_stay_in_the_crop():
+    size = 128
+    average = {k: (x * size, y * size) for k, (x, y) in MEAN_LANDMARKS.items()}
+    assert _close(landmark_regions(average, size), REGIONS)  # the average face: the boxes as drawn
+    assert landmark_regions(None, size) == REGIONS  # no landmarks (Haar): the boxes as drawn
+    lower = dict(average, mouth_corner_r=(average["mouth_corner_r"][0], average["mouth_corner_r"][1] + 6.4))
+    moved = landmark_regions(lower, size)
+    assert moved["mouth_r"][1] == pytest.approx(REGIONS["mouth_r"][1] + 0.05)  # a lower mouth: its box goes too
+    others = [k for k in REGIONS if k != "mouth_r"]
+    assert _close({k: moved[k] for k in others}, {k: REGIONS[k] for k in others})
+    far = dict(average, chin=(average["chin"][0], average["chin"][1] + 0.6 * size))
+    chin = landmark_regions(far, size)["chin"]  # a landmark that wandered off moves its box a little, inside
+    assert chin[3] <= 1.0 and chin[1] - REGIONS["chin"][1] <= 0.12 + 1e-9
+
+
+def test_the_spotter_measures_the_regions_of_the_face_it_sees(short_video):
+    """With the mesh, the mouth boxes sit on the face's own mouth corners in the crop."""
+    from edge_mer.spot.spotter import FrameSpotter
+
+    cap = cv2.VideoCapture(str(short_video["video"]))
+    runner = FrameSpotter(SHORT.fps)
+    for _ in range(30):
+        ok, frame = cap.read()
+        assert ok
+        runner.push(frame)
+    cap.release()
+    points = runner.track.alignment.crop_points()
+    boxes = runner.signal.region_boxes
+    size = runner.signal.size
+    for side in ("r", "l"):
+        x0, y0, x1, y1 = (v * size for v in boxes[f"mouth_{side}"])
+        cx, cy = points[f"mouth_corner_{side}"]
+        assert x0 < cx < x1 and y0 < cy < y1
+    fixed = FrameSpotter(SHORT.fps, signal=SignalConfig(regions="fixed"))
+    assert fixed.signal.region_boxes == REGIONS
 
 
 # -- truth --------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from typing import Any
 
 from edge_mer import __version__
 from edge_mer.atomic import write_bytes
+from edge_mer.cli.face import add_parser as add_face_parser
 from edge_mer.cli.flow import add_parser as add_flow_parser
 from edge_mer.cli.output import print_json
 from edge_mer.cli.quant import add_parsers as add_quant_parsers
@@ -173,7 +174,8 @@ def cmd_data_index(args: argparse.Namespace) -> int:
 def cmd_data_prepare(args: argparse.Namespace) -> int:
     from edge_mer.features.prepare import FeatureConfig, prepare
 
-    cfg = FeatureConfig(size=args.size, flow=args.flow, apex_policy=args.apex, landmarks=args.landmarks)
+    cfg = FeatureConfig(size=args.size, flow=args.flow, apex_policy=args.apex, landmarks=args.landmarks,
+                        detector=args.detector)
     workers = args.workers or os.cpu_count() or 1
     # a cache is resumed in place (no --force), but never written over the dataset it is made from
     check_folder(Path(args.out), inputs=[args.root, args.annotations], force=True)
@@ -226,6 +228,9 @@ def _data_parser(sub: Any) -> None:
     p.add_argument("--flow", choices=("tvl1", "dis"), default="tvl1", help="optical flow (default tvl1)")
     p.add_argument("--workers", type=at_least(1), help="processes (default: all cores)")
     p.add_argument("--landmarks", help="68-point landmark model (.yaml OpenCV LBF or .dat dlib) for alignment")
+    p.add_argument("--detector", choices=("mesh", "haar"), default="mesh",
+                   help="face detector of the onset frame: the shipped BlazeFace + FaceMesh (default) or OpenCV's "
+                        "Haar cascades")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_data_prepare)
 
@@ -475,6 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_quant_parsers(sub)
     add_flow_parser(sub)
     add_spot_parser(sub)
+    add_face_parser(sub)
     add_run_parsers(sub)
     dep = sub.add_parser("deploy", help="deploy to a device over SSH: wheel + model bundle, setup, engine, service",
                          description="Build a wheel and a bundle (model ONNX, sidecar, config), copy it over SSH, set "

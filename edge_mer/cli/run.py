@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_mer.cli.output import write_json
-from edge_mer.cli.types import at_least, positive
+from edge_mer.cli.types import FACE_HELP, at_least, face_choice, positive
 from edge_mer.errors import UserError
 from edge_mer.flow import STAGES
 from edge_mer.outputs import check_file
@@ -50,7 +50,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         flow=args.flow, threads=args.threads, events=Path(args.events) if args.events else None,
         stdout=not args.quiet, realtime=False if args.no_realtime else None,
         loop=LoopConfig(max_frames=args.max_frames, duration=args.duration, display=args.display,
-                        record=Path(args.record) if args.record else None))
+                        record=Path(args.record) if args.record else None, face=args.face))
     stopped: list[str] = []  # the name of the signal that asked the loop to stop
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -108,6 +108,7 @@ def add_parsers(sub: Any) -> None:
     r.add_argument("--record", help="record the overlay to this video file")
     r.add_argument("--no-realtime", action="store_true", help="files and demo: as fast as possible instead of at "
                                                                  "their frame rate")
+    r.add_argument("--face", type=face_choice, default="largest", help=FACE_HELP)
     r.add_argument("--max-frames", type=at_least(1))
     r.add_argument("--duration", type=positive, help="seconds")
     r.add_argument("--quiet", action="store_true", help="no events on stdout (use --events)")

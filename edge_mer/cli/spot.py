@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from edge_mer.cli.types import at_least, positive
+from edge_mer.cli.types import FACE_HELP, at_least, face_choice, positive
 from edge_mer.spot.plot import check_plot, plot_spots
 from edge_mer.spot.video import format_report, spot_video
 
@@ -17,7 +17,7 @@ def cmd_spot(args: argparse.Namespace) -> int:
     if args.plot:
         check_plot(Path(args.plot))
     report = spot_video(Path(args.video), args.fps, args.size, Path(args.truth) if args.truth else None,
-                        progress=False if args.quiet else None)
+                        progress=False if args.quiet else None, face=args.face)
     if args.plot:
         plot_spots(report.result, Path(args.plot), report.truth, title=Path(args.video).name)
     if args.json:
@@ -46,6 +46,7 @@ def add_parser(subparsers: Any) -> None:
                                    "(frames numbered from 1 there)")
     p.add_argument("--size", type=at_least(32), help="face crop size S in pixels (default 128)")
     p.add_argument("--plot", metavar="FILE.png", help="write the signal, threshold, spots and truth as a PNG")
+    p.add_argument("--face", type=face_choice, default="largest", help=FACE_HELP)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_spot)

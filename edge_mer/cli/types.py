@@ -43,6 +43,25 @@ def positive(text: str) -> float:
     return value
 
 
+def face_choice(text: str) -> str:
+    """``--face``: largest, central, left, right or X,Y (checked here, used by ``edge_mer.face.mesh.picker``)."""
+    from edge_mer.errors import UserError
+
+    try:
+        from edge_mer.face.mesh import picker
+    except ImportError:  # no OpenCV: the command says so in its one line, before the choice is needed
+        return text.strip().lower()
+    try:
+        picker(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("--face ", "", 1)) from None
+    return text.strip().lower()
+
+
+FACE_HELP = ("which face to follow when there are several: largest (default; ties: the most central), central, "
+             "left, right, or X,Y (the one nearest that pixel); once followed it stays the same person")
+
+
 def frame_size(text: str) -> tuple[int, int]:
     """WIDTHxHEIGHT, each at least 32 pixels."""
     try:

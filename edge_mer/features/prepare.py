@@ -60,6 +60,7 @@ class FeatureConfig:
     flow: str = "tvl1"
     apex_policy: str = "middle"
     landmarks: str | None = None
+    detector: str = "mesh"  # the face detector of the onset frame's alignment: "mesh" or "haar"
     version: int = CACHE_VERSION
 
 
@@ -134,7 +135,7 @@ def _init_worker(cfg: FeatureConfig, parent: int | None = None) -> None:
     if parent is not None:
         _die_with_parent(parent)
     cv2.setNumThreads(1)
-    _STATE["aligner"] = FaceAligner(cfg.size, cfg.landmarks)
+    _STATE["aligner"] = FaceAligner(cfg.size, cfg.landmarks, detector=cfg.detector)
     _STATE["flow"] = make_flow(cfg.flow)
     _STATE["dis"] = make_flow("dis")
     _STATE["cfg"] = cfg
@@ -242,7 +243,7 @@ def prepare(dataset: str, root: Path, out: Path, cfg: FeatureConfig, annotations
 
     start = time.perf_counter()
     make_flow(cfg.flow)  # fail early when the method is unavailable
-    FaceAligner(cfg.size, cfg.landmarks)
+    FaceAligner(cfg.size, cfg.landmarks, detector=cfg.detector)
     index = load(dataset, root, annotations, cfg.apex_policy)
     config = {"feature": asdict(cfg), "dataset": dataset, "root": str(root.resolve()),
               "annotations": index.annotations, "normalisation": CONSTANTS, "edge_mer": __version__}

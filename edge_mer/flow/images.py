@@ -35,18 +35,23 @@ class FlowSummary:
     layout: str | None = None  # cuda: the solve's layout/threads the stage kept on this GPU
 
 
-def read_gray(path: Path) -> np.ndarray:
-    """(H, W) uint8 grey image, or a UserError saying what is wrong with ``path``."""
+def read_image(path: Path, grey: bool = False) -> np.ndarray:
+    """(H, W, 3) uint8 BGR image, (H, W) with ``grey``, or a UserError saying what is wrong with ``path``."""
     import cv2
 
     if not path.exists():
         raise UserError(f"no such image: {path}")
     if not path.is_file():
         raise UserError(f"not a file: {path}")
-    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE if grey else cv2.IMREAD_COLOR)
     if image is None:
         raise UserError(f"cannot read image {path} (corrupt or not an image)")
     return image
+
+
+def read_gray(path: Path) -> np.ndarray:
+    """(H, W) uint8 grey image, or a UserError saying what is wrong with ``path``."""
+    return read_image(path, grey=True)
 
 
 def save_npy(array: np.ndarray, out: Path) -> None:

@@ -31,11 +31,13 @@ class Event:
     latency_ms: float  # from the arrival of the offset frame to this event
     score: float = 0.0
     truth: str | None = None  # demo: the matched truth event, when there is one
+    face: dict[str, Any] | None = None  # the face it was measured on: box (frame pixels) and alignment method
 
     def to_json(self) -> str:
         d: dict[str, Any] = asdict(self)
-        if d["truth"] is None:
-            del d["truth"]
+        for optional in ("truth", "face"):
+            if d[optional] is None:
+                del d[optional]
         return json.dumps(d, sort_keys=True)
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from edge_mer.atomic import writable_folder
 from edge_mer.errors import UserError
-from edge_mer.face.align import FaceAlignment
+from edge_mer.face.align import FaceAligner, FaceAlignment
 from edge_mer.flow.base import FlowStage
 from edge_mer.runtime.backends.base import Backend
 from edge_mer.runtime.capture import CaptureThread
@@ -30,6 +30,7 @@ from edge_mer.runtime.events import Event, EventWriter
 from edge_mer.runtime.ring import Frame, FrameRing
 from edge_mer.runtime.sources import Source
 from edge_mer.runtime.timing import StageTimer, rss_mb
+from edge_mer.spot.signal import FaceTrack
 from edge_mer.spot.spotter import FrameSpotter, Spot
 
 if TYPE_CHECKING:
@@ -48,6 +49,7 @@ class LoopConfig:
     display: bool = False
     record: Path | None = None
     memory_every_s: float = 10.0
+    face: str = "largest"  # which face to follow when there are several (--face)
 
 
 @dataclass
@@ -59,6 +61,7 @@ class LoopStats:
     missed_spots: int = 0  # spots whose onset or apex frame had already left the ring
     no_face_frames: int = 0
     face_detections: int = 0
+    face: dict[str, Any] = field(default_factory=dict)  # detector, alignments, misses, the last method and box
     latencies_ms: list[float] = field(default_factory=list)
     memory_mb: list[tuple[float, float]] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
@@ -188,7 +191,8 @@ class DeviceLoop:
         self.ring = FrameRing(capacity, first.shape, first.dtype)
         self.ring.push(first, time.monotonic())
         self.capture = CaptureThread(source, self.ring, keep=history)
-        self.spotter = FrameSpotter(self.fps, SIGNAL_SIZE)
+        self.spotter = FrameSpotter(self.fps, SIGNAL_SIZE,
+                                    track=FaceTrack(SIGNAL_SIZE, self.fps, FaceAligner(SIGNAL_SIZE, face=cfg.face)))
         self.spot_frames = SpotFrames(self.ring, capacity * 2)
         self.output = VideoOutput(cfg.display, cfg.record, self.fps) if cfg.display or cfg.record else None
         self.start = time.monotonic()
@@ -288,7 +292,8 @@ class DeviceLoop:
         return Event(onset_ts=round(onset.ts - start, 4), apex_ts=round(apex.ts - start, 4),
                      offset_ts=round(offset_ts - start, 4), onset=ids[0], apex=ids[1], offset=ids[2],
                      label=names[k], probs={n: round(float(p), 4) for n, p in zip(names, probs)},
-                     latency_ms=round((time.monotonic() - offset_ts) * 1e3, 2), score=round(float(spot.score), 4))
+                     latency_ms=round((time.monotonic() - offset_ts) * 1e3, 2), score=round(float(spot.score), 4),
+                     face={"box": list(alignment.box), "method": alignment.method})
 
     def _emit(self, event: Event) -> None:
         if self.on_event is not None:
@@ -306,6 +311,10 @@ class DeviceLoop:
     def _finish(self) -> None:
         self.capture.stop()
         self.stats.face_detections = self.spotter.alignments
+        track = self.spotter.track
+        self.stats.face = {"detector": track.aligner.detector, "alignments": track.alignments,
+                           "misses": track.misses, "method": track.alignment.method if track.alignment else None,
+                           "box": list(track.alignment.box) if track.alignment else None}
         self.stats.source_frames = self.source.frames_read
         self.stats.source_announced = self.source.length
         self.stats.ended_early = self.source.early_end()  # it names the capture's error, if there was one

@@ -144,7 +144,8 @@ def summarise(stats: LoopStats, timer: StageTimer) -> dict[str, Any]:
     t = timer.summary()
     lat = np.asarray(stats.latencies_ms) if stats.latencies_ms else None
     return {"frames": stats.frames, "spots": stats.spots, "events": stats.events, "skipped_frames": stats.skipped,
-            "missed_spots": stats.missed_spots, "no_face_frames": stats.no_face_frames, "ring": stats.ring,
+            "missed_spots": stats.missed_spots, "no_face_frames": stats.no_face_frames, "face": stats.face,
+            "ring": stats.ring,
             "fps": round(stats.frames / max(t["wall_s"], 1e-9), 2), "timing": t,
             "event_latency_ms": None if lat is None else
             {**percentiles(lat, (50, 95), digits=2), "max": round(float(lat.max()), 2)},

@@ -12,8 +12,11 @@ For frame t the signal compares the S x S crop at t with the crop at t - k, wher
    (least squares reweighted three times with weights 1 / max(1, r / 2 sigma)^2, so that
    the local motion of an expression counts little) is subtracted; the fit follows the
    head, the residual is the face's own motion;
-3. facial regions (fixed boxes of the canonical crop, ``REGIONS``: brows, eyes, nose and
-   upper lip, cheeks, mouth corners, chin), each cut into quarters (``part_boxes``; the
+3. facial regions (brows, eyes, nose and upper lip, cheeks, mouth corners, chin): boxes of
+   the canonical crop (``REGIONS``) that follow each face's own landmarks where the aligner
+   has them (``landmark_regions``: each box keeps its size and moves with its landmarks, so
+   a longer face or a wider mouth measures the same anatomy), each cut into quarters
+   (``part_boxes``; the
    eyes stay whole): the length of each part's mean residual flow vector is how far that
    part moved. Averaging vectors before taking the length lets pixel noise cancel, while
    an action unit moves a patch of skin coherently; quarters keep a small patch from
@@ -76,10 +79,61 @@ REGIONS: dict[str, tuple[float, float, float, float]] = {
     "mouth_r": (0.26, 0.57, 0.45, 0.76), "mouth_l": (0.55, 0.57, 0.74, 0.76),
     "chin": (0.38, 0.70, 0.62, 0.87),
 }
+#: The landmarks (``edge_mer.face.mesh.POINTS``) each region follows: the box moves by how far their mean lies
+#: from ``MEAN_ANCHORS``, where it lies on an average face.
+REGION_ANCHORS: dict[str, tuple[str, ...]] = {
+    "brow_r": ("brow_outer_r", "brow_inner_r"), "brow_l": ("brow_outer_l", "brow_inner_l"),
+    "eye_r": ("eye_r",), "eye_l": ("eye_l",), "nose": ("nose_tip", "upper_lip"),
+    "cheek_r": ("cheek_r",), "cheek_l": ("cheek_l",), "mouth_r": ("mouth_corner_r",),
+    "mouth_l": ("mouth_corner_l",), "chin": ("lower_lip", "chin"),
+}
+#: Where the landmarks lie in the canonical crop, as fractions of S: their mean over the twelve first synthetic
+#: subjects (the shipped photographs under identity changes), FaceMesh at S = 128. ``REGIONS`` are the boxes
+#: of this average face.
+MEAN_LANDMARKS: dict[str, tuple[float, float]] = {
+    "eye_r": (0.321, 0.340), "eye_l": (0.679, 0.340),
+    "brow_outer_r": (0.192, 0.271), "brow_inner_r": (0.422, 0.253),
+    "brow_outer_l": (0.806, 0.271), "brow_inner_l": (0.577, 0.254),
+    "nose_tip": (0.502, 0.561), "upper_lip": (0.503, 0.659), "lower_lip": (0.505, 0.766), "chin": (0.506, 0.918),
+    "cheek_r": (0.270, 0.549), "cheek_l": (0.734, 0.547),
+    "mouth_corner_r": (0.334, 0.677), "mouth_corner_l": (0.674, 0.675),
+}
+EYE_GAP = 0.08  # fraction of S a moved box keeps between itself and the eye line (the cheeks' gap on REGIONS)
 EYES: tuple[str, ...] = ("eye_r", "eye_l")
 BROWS: tuple[str, ...] = ("brow_r", "brow_l")
 PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
            "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
+
+
+def _anchor(points: dict[str, tuple[float, float]], names: tuple[str, ...]) -> np.ndarray:
+    return np.mean([points[n] for n in names], axis=0)
+
+
+def landmark_regions(points: dict[str, tuple[float, float]] | None, size: int,
+                     max_shift: float = 0.12) -> dict[str, tuple[float, float, float, float]]:
+    """``REGIONS`` moved onto this face: each box keeps its size and moves with its landmarks (``points``: the
+    named landmarks in crop pixels, ``FaceAlignment.crop_points``), by at most ``max_shift`` * S (a landmark
+    fit that wandered off moves nothing far), and stays inside the crop. Without landmarks: ``REGIONS``."""
+    if not points or any(n not in points for names in REGION_ANCHORS.values() for n in names):
+        return dict(REGIONS)
+    scaled = {k: (v[0] / size, v[1] / size) for k, v in points.items()}
+    out = {}
+    for name, (x0, y0, x1, y1) in REGIONS.items():
+        names = REGION_ANCHORS[name]
+        dx, dy = np.clip(_anchor(scaled, names) - _anchor(MEAN_LANDMARKS, names), -max_shift, max_shift)
+        # a box above or below the eyes keeps EYE_GAP * S from the eye line (a blinking lid would enter it;
+        # the eyes sit on that line in every crop), and the chin box stays as far above the chin's landmark as
+        # on the average face (below it the background does not move with the head)
+        if y1 <= CANONICAL_EYE_Y:
+            dy = min(dy, CANONICAL_EYE_Y - EYE_GAP - y1)
+        elif y0 >= CANONICAL_EYE_Y:
+            dy = max(dy, CANONICAL_EYE_Y + EYE_GAP - y0)
+        if name == "chin":
+            dy = min(dy, scaled["chin"][1] - MEAN_LANDMARKS["chin"][1])
+        dx = float(np.clip(dx, -x0, 1.0 - x1))
+        dy = float(np.clip(dy, -y0, 1.0 - y1))
+        out[name] = (x0 + dx, y0 + dy, x1 + dx, y1 + dy)
+    return out
 
 
 def lag_frames(fps: float, lag_s: float = LAG_S) -> int:
@@ -128,6 +182,7 @@ class SignalConfig:
     norm_s: float = NORM_S  # window of each part's running median
     blink_gate: float = 6.0  # eye motion (times usual) above which the brows are left out too
     top: int = 2  # the value is the mean of this many largest part motions
+    regions: str = "landmarks"  # "landmarks": the regions follow the face's landmarks; "fixed": REGIONS as they are
 
 
 class HeadMotion:
@@ -159,13 +214,8 @@ class _Parts:
     """Motion of the face's parts between two crops: flow, head motion removed, normalised, blink-gated."""
 
     def __init__(self, size: int, fps: float, config: SignalConfig) -> None:
-        self.names, boxes = part_boxes(size)
-        self.boxes = boxes
-        self.centres = np.array([[(x0 + x1 - 1) / 2 / size, (y0 + y1 - 1) / 2 / size, 1.0]
-                                 for x0, y0, x1, y1 in boxes])  # (P, 3): an affine motion's mean over a box
-        b = np.array(boxes)  # (P, 4) x0, y0, x1, y1
-        self._corners = (b[:, 1], b[:, 0], b[:, 3], b[:, 2])
-        self._areas = ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))[:, None].astype(np.float64)
+        self.size = size
+        self.set_regions(REGIONS)
         self.eyes = np.array([n.split(".")[0] in EYES for n in self.names])
         self.upper = np.array([n.split(".")[0] in EYES + BROWS for n in self.names])
         self.head = HeadMotion(size)
@@ -175,6 +225,18 @@ class _Parts:
         self.norm_len = max(3, int(round(config.norm_s * fps)))
         self.refresh = max(1, int(round(0.1 * fps)))
         self.reset()
+
+    def set_regions(self, regions: dict[str, tuple[float, float, float, float]]) -> None:
+        """Measure these regions (the same names as ``REGIONS``) from now on."""
+        size = self.size
+        self.regions = dict(regions)
+        self.names, boxes = part_boxes(size, regions)
+        self.boxes = boxes
+        self.centres = np.array([[(x0 + x1 - 1) / 2 / size, (y0 + y1 - 1) / 2 / size, 1.0]
+                                 for x0, y0, x1, y1 in boxes])  # (P, 3): an affine motion's mean over a box
+        b = np.array(boxes)  # (P, 4) x0, y0, x1, y1
+        self._corners = (b[:, 1], b[:, 0], b[:, 3], b[:, 2])
+        self._areas = ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))[:, None].astype(np.float64)
 
     def reset(self) -> None:
         self.history = np.zeros((self.norm_len, len(self.names)), np.float64)
@@ -205,7 +267,8 @@ class _Parts:
         return float(counted[-min(self.config.top, len(counted)):].mean()), norm, blink
 
 
-def part_boxes(size: int) -> tuple[list[str], list[tuple[int, int, int, int]]]:
+def part_boxes(size: int, regions: dict[str, tuple[float, float, float, float]] | None = None
+               ) -> tuple[list[str], list[tuple[int, int, int, int]]]:
     """Names and pixel boxes (x0, y0, x1, y1) of the parts: each region's quarters, the eyes whole.
 
     An action unit moves a patch of skin often smaller than its region; a quarter that
@@ -214,7 +277,7 @@ def part_boxes(size: int) -> tuple[list[str], list[tuple[int, int, int, int]]]:
     """
     names: list[str] = []
     boxes: list[tuple[int, int, int, int]] = []
-    for name, (x0, y0, x1, y1) in REGIONS.items():
+    for name, (x0, y0, x1, y1) in (REGIONS if regions is None else regions).items():
         xs = [x0, (x0 + x1) / 2, x1] if name not in EYES else [x0, x1]
         ys = [y0, (y0 + y1) / 2, y1] if name not in EYES else [y0, y1]
         for i in range(len(ys) - 1):
@@ -238,6 +301,8 @@ class MotionSignal:
         if size < 32:
             raise ValueError(f"the face crop must be at least 32 x 32, got {size}")
         self.config = config or SignalConfig()
+        if self.config.regions not in ("landmarks", "fixed"):
+            raise ValueError(f"regions must be 'landmarks' or 'fixed', got {self.config.regions!r}")
         if self.config.preset not in PRESETS:
             raise ValueError(f"unknown DIS preset {self.config.preset!r}; choose from {', '.join(PRESETS)}")
         self.fps = float(fps)
@@ -255,6 +320,17 @@ class MotionSignal:
         self.regions: dict[str, float] = {}
         self.blink = False
         self.head = np.zeros((3, 2))
+
+    def set_regions(self, points: dict[str, tuple[float, float]] | None) -> None:
+        """Follow the face's landmarks (crop pixels; None: the fixed ``REGIONS``) from the next value on, when
+        the config says so."""
+        if self.config.regions == "landmarks":
+            self._parts.set_regions(landmark_regions(points, self.size))
+
+    @property
+    def region_boxes(self) -> dict[str, tuple[float, float, float, float]]:
+        """The regions measured now, as fractions of S."""
+        return dict(self._parts.regions)
 
     def push(self, crop: np.ndarray) -> float | None:
         """Add the next frame's S x S crop (grey or BGR); its value, or None while fewer than k crops came before."""
@@ -298,6 +374,9 @@ class FaceTrack:
         self.tolerance = tolerance
         self.alignment: FaceAlignment | None = None
         self.alignments = 0  # how many times a transform was adopted
+        self.misses = 0  # looks for the face, after it was found, that did not find it (looked away, left)
+        self.searches = 0  # frames the detector looked at
+        self.searched = ""  # what the last look covered (sizes, windows), for the message that none was found
         self.changed = False
         self._due = 0  # frame index of the next detection
         s = float(size)
@@ -321,9 +400,19 @@ class FaceTrack:
         return True
 
     def _detect(self, gray: np.ndarray, index: int) -> FaceAlignment | None:
+        """The face followed so far (by its landmarks where the aligner has them, else by the detector's face
+        nearest it), or the largest and most central face before one was found."""
+        if self.alignment is not None:
+            followed = self.aligner.follow(gray, self.alignment)
+            if followed is not None:
+                return followed
+        self.searches += 1
+        self.searched = self.aligner.searched(gray)
         try:
-            return self.aligner.align(gray, f"frame {index}")
+            return self.aligner.align(gray, f"frame {index}", near=self.alignment)
         except NoFaceError:
+            if self.alignment is not None:
+                self.misses += 1
             return None
 
     def _differs(self, new: FaceAlignment) -> bool:

@@ -349,6 +349,8 @@ class FrameSpotter:
             start = time.perf_counter()
             if self.track.changed:  # re-crop the buffered frames under the new transform
                 self.signal.reset(keep_usual=self.index > 0)
+                alignment = self.track.alignment
+                self.signal.set_regions(alignment.crop_points() if alignment is not None else None)
                 for earlier in list(self._frames)[:-1]:
                     self.signal.push(self.track.crop(earlier))
             self.value = self.signal.push(self.track.crop(gray))

@@ -66,6 +66,8 @@ class SpotReport:
     score: SpottingScore | None = None
     early_end: str | None = None  # the video ended before the frames it announced: why, in one line
     announced: int | None = None  # the frames the file or folder announced
+    face: dict[str, Any] | None = None  # detector, method, box and eyes of the last face alignment
+    face_misses: int = 0  # later looks for the face that did not find it
 
     @property
     def truth_after_end(self) -> int:
@@ -85,14 +87,15 @@ class SpotReport:
                 "tp": s.tp if s else None, "fp": s.fp if s else None, "fn": s.fn if s else None,
                 "precision": round(s.precision, 4) if s else None, "recall": round(s.recall, 4) if s else None,
                 "f1": round(s.f1, 4) if s else None, "iou_threshold": 0.5,
-                "face_alignments": self.alignments, "elapsed_s": round(self.elapsed_s, 3),
+                "face_alignments": self.alignments, "face": self.face, "face_misses": self.face_misses,
+                "elapsed_s": round(self.elapsed_s, 3),
                 "signal_ms_per_frame": round(self.signal_ms, 3), "frames_announced": self.announced,
                 "ended_early": self.early_end,
                 "truth_after_end": self.truth_after_end if self.early_end and self.truth_path else None}
 
 
 def spot_video(path: Path, fps: float | None = None, size: int | None = None, truth: Path | None = None,
-               progress: bool | None = None) -> SpotReport:
+               progress: bool | None = None, face: str = "largest") -> SpotReport:
     """Spot micro-expressions in ``path`` and score them against ``truth`` when given.
 
     ``progress``: a tqdm bar on stderr (None: only when stderr is a terminal).
@@ -100,9 +103,9 @@ def spot_video(path: Path, fps: float | None = None, size: int | None = None, tr
     import numpy as np
     from tqdm import tqdm
 
-    from edge_mer.face.align import NoFaceError
+    from edge_mer.face.align import FaceAligner, NoFaceError
     from edge_mer.spot.metrics import evaluate_spots
-    from edge_mer.spot.signal import DEFAULT_SIZE
+    from edge_mer.spot.signal import DEFAULT_SIZE, FaceTrack
     from edge_mer.spot.spotter import FrameSpotter, SpotResult
     from edge_mer.spot.truth import micro_intervals, read_truth
 
@@ -111,7 +114,7 @@ def spot_video(path: Path, fps: float | None = None, size: int | None = None, tr
         raise UserError(f"--size must be at least 32, got {size}")
     intervals = read_truth(truth, video=path.stem) if truth is not None else []  # a bad truth file fails early
     source = open_frames(path, fps)
-    runner = FrameSpotter(source.fps, size)
+    runner = FrameSpotter(source.fps, size, track=FaceTrack(size, source.fps, FaceAligner(size, face=face)))
     values: list[float] = []
     threshold: list[float] = []
     spots: list[Spot] = []
@@ -128,15 +131,26 @@ def spot_video(path: Path, fps: float | None = None, size: int | None = None, tr
     if n == 0:
         raise UserError(f"no frames could be read from {path} (empty or corrupt)")
     if runner.alignments == 0:
-        raise NoFaceError(f"no face found in any of the {n} frames of {path}")
+        raise NoFaceError(f"no face found in any of the {n} frames of {path} (looked on {runner.track.searches} of "
+                          f"them: {runner.track.searched})")
     result = SpotResult(source.fps, np.array(values), np.array(threshold), spots)
     report = SpotReport(str(path), n, source.fps, size, result, runner.alignments, elapsed,
                         1000 * runner.signal_seconds / max(1, n), early_end=source.early_end(),
                         announced=source.length)
+    report.face, report.face_misses = _face_summary(runner.track), runner.track.misses
     if truth is not None:
         report.truth_path, report.truth = str(truth), intervals
         report.score = evaluate_spots(result.intervals(), micro_intervals(intervals))
     return report
+
+
+def _face_summary(track: Any) -> dict[str, Any] | None:
+    """The face the spots were measured on: detector, alignment method and box of the last alignment adopted."""
+    a = track.alignment
+    if a is None:
+        return None
+    return {"detector": track.aligner.detector, "method": a.method, "box": list(a.box),
+            "eyes": [[round(v, 2) for v in e] for e in a.eyes] if a.eyes else None}
 
 
 def format_report(r: SpotReport) -> str:
@@ -154,5 +168,8 @@ def format_report(r: SpotReport) -> str:
             if r.truth_path else ""
         lines.append(f"warning: {r.early_end}: the results cover the frames read{after}")
     lines.append(f"{r.elapsed_s:.1f} s ({r.frames / max(r.elapsed_s, 1e-9):.0f} frames/s; motion signal "
-                 f"{r.signal_ms:.2f} ms/frame); face aligned {r.alignments} time{'s' if r.alignments != 1 else ''}")
+                 f"{r.signal_ms:.2f} ms/frame); face aligned {r.alignments} time{'s' if r.alignments != 1 else ''}"
+                 + (f" ({r.face['detector']}, {r.face['method']})" if r.face else "")
+                 + (f"; face not found on {r.face_misses} later look{'s' if r.face_misses != 1 else ''}"
+                    if r.face_misses else ""))
     return "\n".join(lines)

@@ -236,3 +236,42 @@ def contact_sheet(subjects: list[Subject], tile: int = 128, columns: int = 8) ->
         cv2.putText(sheet, str(s.index), (col * tile + 4, r * tile + 16), cv2.FONT_HERSHEY_SIMPLEX,
                     0.5, (0, 255, 255), 1, cv2.LINE_AA)
     return sheet
+
+
+OCCLUSIONS = ("none", "dark glasses", "hand over mouth")
+
+
+def place_photo(photo: FacePhoto, frame_size: tuple[int, int], face_px: float, angle: float, at: tuple[float, float],
+                brightness: float = 1.0, occlusion: str = "none", seed: int = 7) -> tuple[np.ndarray, Points]:
+    """The photograph in a ``frame_size`` (w, h) frame, as a test or benchmark of a face detector wants it: scaled
+    to a face about ``face_px`` wide (2.3 eye distances), turned by ``angle`` degrees about its centre, put at
+    ``at`` on a blurred random background, dimmed by ``brightness`` and partly hidden (``OCCLUSIONS``).
+    Returns the frame and where the annotated points went."""
+    if occlusion not in OCCLUSIONS:
+        raise ValueError(f"unknown occlusion {occlusion!r}; choose from {', '.join(OCCLUSIONS)}")
+    pts = photo.points
+    iod = float(np.linalg.norm(pts["eye_l"] - pts["eye_r"]))
+    image = photo.image.copy()
+    if occlusion == "dark glasses":  # two dark lenses and a bridge over the eyes
+        for eye in ("eye_r", "eye_l"):
+            centre = tuple(int(round(v)) for v in pts[eye])
+            cv2.ellipse(image, centre, (int(0.36 * iod), int(0.24 * iod)), 0, 0, 360, (25, 25, 25), -1)
+        cv2.line(image, tuple(int(round(v)) for v in pts["eye_r"]), tuple(int(round(v)) for v in pts["eye_l"]),
+                 (25, 25, 25), max(2, int(0.06 * iod)))
+    elif occlusion == "hand over mouth":  # a skin-coloured patch from the cheeks down over the mouth and chin
+        cheek = image[int(pts["cheek_r"][1]), int(pts["cheek_r"][0])].tolist()
+        mouth = (pts["mouth_corner_r"] + pts["mouth_corner_l"]) / 2 + (0, 0.15 * iod)
+        cv2.ellipse(image, tuple(int(round(v)) for v in mouth), (int(0.85 * iod), int(0.45 * iod)), -10, 0, 360,
+                    cheek, -1)
+    k = face_px / (2.3 * iod)
+    h, w = image.shape[:2]
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, k)
+    m[:, 2] += np.array(at, np.float64) - np.array([w / 2, h / 2])
+    rng = np.random.default_rng(seed)
+    frame = cv2.GaussianBlur(rng.integers(40, 200, (frame_size[1], frame_size[0], 3), dtype=np.uint8), (0, 0), 3)
+    mask = cv2.warpAffine(np.full((h, w), 255, np.uint8), m, frame_size)
+    warped = cv2.warpAffine(image, m, frame_size, flags=cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR)
+    frame[mask > 0] = warped[mask > 0]
+    if brightness != 1.0:
+        frame = np.clip(frame.astype(np.float32) * brightness, 0, 255).astype(np.uint8)
+    return frame, {name: m[:, :2] @ p + m[:, 2] for name, p in pts.items()}
