@@ -191,8 +191,8 @@ def test_a_full_disk_loses_no_event_already_written(tmp_path, full_disk):
     added = [json.loads(x) for x in data[len(before):].decode().splitlines()]
     assert len(printed) == s["events"] >= 2  # stdout got every event
     assert [json.loads(x) for x in printed[: len(added)]] == added  # the file got the first ones, whole
-    f = s["events_file"]
-    assert f["lost"] >= 1 and f["written"] == len(added) and f["written"] + f["lost"] == s["events"]
+    f = s["sinks"][0]
+    assert f["lost"] >= 1 and f["delivered"] == len(added) and f["delivered"] + f["lost"] == s["events"]
     assert "No space left on device" in f["failure"] and "did not reach" in proc.stderr
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -10,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from edge_mer.cli.output import write_json
-from edge_mer.cli.types import FACE_HELP, at_least, face_choice, positive
+from edge_mer.cli.types import FACE_HELP, at_least, face_choice, positive, serve_address, sink_uri
 from edge_mer.errors import UserError
 from edge_mer.flow import STAGES
 from edge_mer.outputs import check_file
 from edge_mer.runtime.artifact import default_model
 from edge_mer.runtime.backends import BACKENDS
 from edge_mer.runtime.bench import bench_loop, bench_models, format_table
+from edge_mer.runtime.sinks import SINK_HELP
 
 FLOWS = ("auto", *STAGES)
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -42,12 +44,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     # outputs refused now, not after an hour of video; none of them may be the video or the model it reads
     inputs = [p for p in (args.source, args.model, args.model and args.model + ".json") if p and Path(p).exists()]
-    for value, flag in ((args.json_summary, "--json-summary"), (args.events, "--events"), (args.record, "--record")):
+    files = [(s.uri, "--events") for s in args.events if s.kind == "file"]
+    for value, flag in ((args.json_summary, "--json-summary"), *files, (args.record, "--record")):
         if value:
             check_file(Path(value), inputs=inputs, force=True, flag=flag)
+    if len({s.uri for s in args.events}) < len(args.events):
+        raise UserError("--events: the same sink is named twice")
     settings = RunSettings(
         source=source_uri(args), model=Path(args.model) if args.model else None, backend=args.backend,
-        flow=args.flow, threads=args.threads, events=Path(args.events) if args.events else None,
+        flow=args.flow, threads=args.threads, events=args.events,
+        spool=Path(args.spool) if args.spool else None, serve=args.serve,
+        serve_token=args.serve_token or os.environ.get("EDGE_MER_SERVE_TOKEN") or None, serve_fps=args.serve_fps,
         stdout=not args.quiet, realtime=False if args.no_realtime else None,
         loop=LoopConfig(max_frames=args.max_frames, duration=args.duration, display=args.display,
                         record=Path(args.record) if args.record else None, face=args.face))
@@ -78,7 +85,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         rows = bench_models(model, backends=args.backend, runs=args.runs, threads=args.threads,
                             checkpoint=Path(args.checkpoint) if args.checkpoint else None)
     else:
-        rows = bench_loop(model, backends=args.backend, flows=args.flow, frames=args.frames, threads=args.threads)
+        rows = bench_loop(model, backends=args.backend, flows=args.flow, frames=args.frames, threads=args.threads,
+                          serve=args.serve, sinks=args.events, spool=Path(args.spool) if args.spool else None)
     doc = {"model": str(model), "date": time.strftime("%Y-%m-%d"), "rows": rows}
     if args.json:
         write_json(Path(args.json), doc, "results")
@@ -102,7 +110,15 @@ def add_parsers(sub: Any) -> None:
     r.add_argument("--model", help="ONNX model, engine or checkpoint (default: the packaged demo model)")
     r.add_argument("--flow", choices=FLOWS, default="auto")
     r.add_argument("--threads", type=at_least(1), help="CPU threads of the backend")
-    r.add_argument("--events", help="also append the events to this JSON-lines file")
+    r.add_argument("--events", type=sink_uri, action="append", default=[], metavar="SINK", help=SINK_HELP)
+    r.add_argument("--spool", metavar="DIR", help="where MQTT and HTTP sinks keep the events they could not deliver "
+                                                  "yet (default: ~/.local/state/edge-mer/spool)")
+    r.add_argument("--serve", type=serve_address, metavar="[HOST:]PORT",
+                   help="a live view in the browser (/), MJPEG (/stream.mjpg), Server-Sent Events (/events), "
+                        "Prometheus metrics (/metrics) and /healthz; on 127.0.0.1 unless HOST is given")
+    r.add_argument("--serve-token", metavar="TOKEN", help="--serve wants this token (?token= or Authorization: "
+                                                          "Bearer) everywhere but /healthz; or EDGE_MER_SERVE_TOKEN")
+    r.add_argument("--serve-fps", type=positive, default=10.0, help="the stream's frame rate, at most (default 10)")
     r.add_argument("--json-summary", help="write the end-of-run summary as JSON here")
     r.add_argument("--display", action="store_true", help="show an overlay window")
     r.add_argument("--record", help="record the overlay to this video file")
@@ -129,5 +145,10 @@ def add_parsers(sub: Any) -> None:
     b.add_argument("--checkpoint", help="--model-only: also time this torch checkpoint (torch, torch-tensorrt)")
     b.add_argument("--threads", type=at_least(1), default=2)
     b.add_argument("--model-only", action="store_true", help="time the backends alone (batch 1)")
+    b.add_argument("--serve", action="store_true", help="with the live view on a loopback port and one client "
+                                                         "reading its stream (what serving costs)")
+    b.add_argument("--events", type=sink_uri, action="append", default=[], metavar="SINK",
+                   help="events also to this sink, repeatable (what the sinks cost the loop)")
+    b.add_argument("--spool", metavar="DIR", help="the remote sinks' spool (as run --spool)")
     b.add_argument("--json", help="write the results as JSON here")
     b.set_defaults(func=cmd_bench)

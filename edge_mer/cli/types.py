@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from typing import Callable, NoReturn
+from typing import Any, Callable, NoReturn
 
 
 class Parser(argparse.ArgumentParser):
@@ -71,3 +71,22 @@ def frame_size(text: str) -> tuple[int, int]:
     if w < 32 or h < 32:
         raise argparse.ArgumentTypeError("frames must be at least 32x32")
     return w, h
+
+
+def sink_uri(text: str) -> Any:
+    """``--events``: a file, mqtt[s]:// or http(s):// sink (``edge_mer.runtime.sinks.parse_sink``)."""
+    from edge_mer.errors import UserError
+    from edge_mer.runtime.sinks import parse_sink
+
+    try:
+        return parse_sink(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("--events ", "", 1)) from None
+
+
+def serve_address(text: str) -> tuple[str, int]:
+    """``--serve``: ``PORT`` or ``HOST:PORT`` (``[v6]:PORT``) -> (host, port); 127.0.0.1 unless a host is given."""
+    host, _, port = text.rpartition(":")
+    if not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"expected PORT or HOST:PORT (e.g. 8080 or 0.0.0.0:8080), got {text!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)

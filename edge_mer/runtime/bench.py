@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import threading
+import urllib.request
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -11,6 +14,7 @@ from edge_mer.errors import UserError
 from edge_mer.runtime.backends import available, open_backend
 from edge_mer.runtime.backends.base import sample_inputs
 from edge_mer.runtime.gpu import cuda_unavailable
+from edge_mer.runtime.sinks import EventSinks, SinkURI
 from edge_mer.runtime.timing import call_times_ms, percentiles
 
 
@@ -54,12 +58,14 @@ def bench_models(model: Path, backends: list[str] | None = None, runs: int = 200
 
 
 def bench_loop(model: Path, backends: list[str] | None = None, flows: list[str] | None = None, frames: int = 600,
-               threads: int | None = 2) -> list[dict[str, Any]]:
-    """The loop, headless, on the demo source (as fast as it goes), for every backend x flow pair."""
+               threads: int | None = 2, serve: bool = False, sinks: list[SinkURI] | None = None,
+               spool: Path | None = None) -> list[dict[str, Any]]:
+    """The loop, headless, on the demo source (as fast as it goes), for every backend x flow pair. ``serve``: with
+    the live view on a loopback port and one client reading its stream; ``sinks``: events also to these."""
     from edge_mer.flow.opencv import has_tvl1
     from edge_mer.flow.stage import make_stage
-    from edge_mer.runtime.events import EventWriter
     from edge_mer.runtime.loop import LoopConfig, Recognizer, run_loop
+    from edge_mer.runtime.serve import LiveView
     from edge_mer.runtime.sources import open_source
 
     if flows is None:
@@ -75,16 +81,42 @@ def bench_loop(model: Path, backends: list[str] | None = None, flows: list[str] 
                 continue
             be = open_backend(name, path, threads=threads, precision="file")
             source = open_source(f"demo://?seconds={frames / 30 + 1:g}&fps=30&size=640x480&seed=0", realtime=False)
-            writer = EventWriter(None, stdout=False)
-            stats, timer = run_loop(source, Recognizer(be, stage), writer, LoopConfig(max_frames=frames))
-            source.close()
+            writer = EventSinks(sinks or [], spool=spool, stdout=False)
+            view = LiveView(("127.0.0.1", 0), fps=10.0, sinks=writer) if serve else None
+            watcher = _watch(view) if view is not None else None
+            try:
+                stats, timer = run_loop(source, Recognizer(be, stage), writer, LoopConfig(max_frames=frames),
+                                        view=view)
+            finally:
+                if view is not None:
+                    view.close()
+                writer.close()
+                source.close()
             s = timer.summary()
-            rows.append({"backend": be.describe(), "precision": be.precision, "file": path.name, "flow": flow,
-                         "frames": stats.frames, "events": stats.events,
-                         "fps": round(stats.frames / max(s["wall_s"], 1e-9), 1), "stages_ms": s["stages_ms"],
-                         "cpu_share": s["cpu_share"], "peak_rss_mb": s["peak_rss_mb"]})
+            row = {"backend": be.describe(), "precision": be.precision, "file": path.name, "flow": flow,
+                   "frames": stats.frames, "events": stats.events,
+                   "fps": round(stats.frames / max(s["wall_s"], 1e-9), 1), "stages_ms": s["stages_ms"],
+                   "cpu_share": s["cpu_share"], "peak_rss_mb": s["peak_rss_mb"]}
+            if view is not None:
+                assert watcher is not None
+                watcher.join(5.0)
+                row["serve"] = view.report()
+            if sinks:
+                row["sinks"] = writer.report()[0]
+            rows.append(row)
             be.close()
     return rows
+
+
+def _watch(view: Any) -> threading.Thread:
+    """A client that reads the view's MJPEG stream until the view closes (what a browser costs the device)."""
+    def read() -> None:
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"{view.url}stream.mjpg", timeout=30) as stream:
+            while stream.read(65536):
+                pass
+    thread = threading.Thread(target=read, name="bench-stream-client", daemon=True)
+    thread.start()
+    return thread
 
 
 def format_table(rows: list[dict[str, Any]], model_only: bool = False) -> str:
@@ -94,7 +126,8 @@ def format_table(rows: list[dict[str, Any]], model_only: bool = False) -> str:
             lines.append(f"| {r['backend']} | {r['file']} | {r['bytes'] / 1e6:.2f} | {r['p50']:.3f} | {r['p95']:.3f} "
                          f"| {r['p99']:.3f} | {r['throughput_per_s']:.0f} |")
         return "\n".join(lines)
-    stages = ("capture", "face", "signal", "flow", "inference", "total")
+    stages = ("capture", "face", "signal", "flow", "inference", "total",
+              *(x for x in ("serve", "sinks") if any(x in r["stages_ms"] for r in rows)))
     lines = ["| backend | flow | fps | " + " | ".join(f"{s} p50/p95/p99 ms" for s in stages) +
              " | CPU | peak MB | events |", "|---|---|---:|" + "---:|" * len(stages) + "---:|---:|---:|"]
     for r in rows:

@@ -13,7 +13,7 @@ import stat
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from edge_mer.errors import UserError
 
@@ -39,6 +39,12 @@ class Event:
             if d[optional] is None:
                 del d[optional]
         return json.dumps(d, sort_keys=True)
+
+
+class EventOut(Protocol):
+    """What the loop hands its events to (``EventWriter``, ``sinks.EventSinks``)."""
+
+    def write(self, event: Event) -> None: ...
 
 
 class EventWriter:

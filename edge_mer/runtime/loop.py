@@ -26,7 +26,7 @@ from edge_mer.face.align import FaceAligner, FaceAlignment
 from edge_mer.flow.base import FlowStage
 from edge_mer.runtime.backends.base import Backend
 from edge_mer.runtime.capture import CaptureThread
-from edge_mer.runtime.events import Event, EventWriter
+from edge_mer.runtime.events import Event, EventOut
 from edge_mer.runtime.ring import Frame, FrameRing
 from edge_mer.runtime.sources import Source
 from edge_mer.runtime.timing import StageTimer, rss_mb
@@ -36,6 +36,7 @@ from edge_mer.spot.spotter import FrameSpotter, Spot
 if TYPE_CHECKING:
     from edge_mer.flow.cuda import CudaStage
     from edge_mer.runtime.backends.tensorrt import TensorRTBackend
+    from edge_mer.runtime.serve import LiveView
 
 SIGNAL_SIZE = 128  # the crop of the spotting signal (measured best in benchmarks/results/spotting.md)
 
@@ -171,8 +172,9 @@ class VideoOutput:
 class DeviceLoop:
     """One run of the loop: the ring and its capture thread, the spotter, and per spot one classification."""
 
-    def __init__(self, source: Source, recognizer: Recognizer, writer: EventWriter, cfg: LoopConfig,
-                 on_event: Callable[[Event], None] | None = None, timer: StageTimer | None = None) -> None:
+    def __init__(self, source: Source, recognizer: Recognizer, writer: EventOut, cfg: LoopConfig,
+                 on_event: Callable[[Event], None] | None = None, timer: StageTimer | None = None,
+                 view: LiveView | None = None) -> None:
         self.source = source
         self.recognizer = recognizer
         self.writer = writer
@@ -199,6 +201,9 @@ class DeviceLoop:
         self._next_memory = self.start
         self._last_number = -1
         self._last_face = self.start
+        self.view = view
+        if view is not None:
+            view.loop = self
 
     def run(self, stop: Callable[[], bool] | None = None) -> tuple[LoopStats, StageTimer]:
         """Until the source ends, ``max_frames``/``duration`` is reached or ``stop()`` says so."""
@@ -251,6 +256,10 @@ class DeviceLoop:
         self.stats.frames += 1
         if self.output is not None and alignment is not None:
             self.output.render(frame.image, alignment.matrix, SIGNAL_SIZE, self.stats)
+        if self.view is not None:
+            t_view = time.perf_counter()
+            self.view.frame(frame.image, frame.number, alignment, self.spotter.last, self.fps)
+            self.timer.add("serve", time.perf_counter() - t_view)
         self._sample_memory()
 
     def _spot(self, frame: Frame) -> list[Spot]:
@@ -298,7 +307,10 @@ class DeviceLoop:
     def _emit(self, event: Event) -> None:
         if self.on_event is not None:
             self.on_event(event)
-        self.writer.write(event)
+        with self.timer.time("sinks"):  # the loop's part: files written, remote sinks handed the event
+            self.writer.write(event)
+        if self.view is not None:
+            self.view.event(event)
         self.stats.events += 1
         self.stats.latencies_ms.append(event.latency_ms)
 
@@ -328,8 +340,8 @@ class DeviceLoop:
             self.output.close()
 
 
-def run_loop(source: Source, recognizer: Recognizer, writer: EventWriter, cfg: LoopConfig,
+def run_loop(source: Source, recognizer: Recognizer, writer: EventOut, cfg: LoopConfig,
              on_event: Callable[[Event], None] | None = None, timer: StageTimer | None = None,
-             stop: Callable[[], bool] | None = None) -> tuple[LoopStats, StageTimer]:
+             stop: Callable[[], bool] | None = None, view: LiveView | None = None) -> tuple[LoopStats, StageTimer]:
     """Run until the source ends, ``max_frames``/``duration`` is reached or ``stop()`` says so."""
-    return DeviceLoop(source, recognizer, writer, cfg, on_event, timer).run(stop)
+    return DeviceLoop(source, recognizer, writer, cfg, on_event, timer, view).run(stop)

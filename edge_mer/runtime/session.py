@@ -11,7 +11,7 @@ import re
 import sys
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,10 @@ from edge_mer.flow.opencv import has_tvl1
 from edge_mer.flow.stage import make_stage
 from edge_mer.runtime.artifact import default_model
 from edge_mer.runtime.backends import open_backend
-from edge_mer.runtime.events import EventWriter
 from edge_mer.runtime.gpu import cuda_unavailable
 from edge_mer.runtime.loop import LoopConfig, LoopStats, Recognizer, VideoOutput, run_loop
+from edge_mer.runtime.serve import LiveView
+from edge_mer.runtime.sinks import EventSinks, SinkURI
 from edge_mer.runtime.sources import open_source
 from edge_mer.runtime.timing import StageTimer, percentiles
 from edge_mer.spot.metrics import evaluate_spots
@@ -40,7 +41,11 @@ class RunSettings:
     backend: str = "auto"
     flow: str = "auto"
     threads: int | None = None
-    events: Path | None = None  # also append the events here
+    events: list[SinkURI] = field(default_factory=list)  # where the events go besides stdout (--events)
+    spool: Path | None = None  # where remote sinks keep undelivered events (None: sinks.default_spool())
+    serve: tuple[str, int] | None = None  # the live view and metrics: (host, port)
+    serve_token: str | None = None
+    serve_fps: float = 10.0  # the stream's frame rate, at most
     stdout: bool = True  # print every event on stdout
     realtime: bool | None = None  # files and demo: None = the source's own pace
     loop: LoopConfig | None = None
@@ -113,7 +118,11 @@ def run(settings: RunSettings, stop: Callable[[], bool] = lambda: False) -> dict
         VideoOutput.check_record(cfg.record)
     model = settings.model or default_model()
     seen: list[tuple[int, int]] = []
+    view = None
     with ExitStack() as opened:  # whatever was opened is closed, also when a later step fails
+        if settings.serve is not None:  # a port in use is found before anything else opens
+            view = LiveView(settings.serve, token=settings.serve_token, fps=settings.serve_fps)
+            opened.callback(view.close)
         source = open_source(settings.source, realtime=settings.realtime)
         opened.callback(source.close)
         backend = open_backend(settings.backend, model, threads=settings.threads)
@@ -122,18 +131,19 @@ def run(settings: RunSettings, stop: Callable[[], bool] = lambda: False) -> dict
         if meta.get("demo"):
             print("note: the packaged DEMO model was trained on synthetic data only", file=sys.stderr)
         flow, stage = open_stage(settings.flow, pick_flow(settings.flow, meta), backend.size)
-        writer = EventWriter(settings.events, stdout=settings.stdout)
+        writer = EventSinks(settings.events, spool=settings.spool, stdout=settings.stdout)
         opened.callback(writer.close)
+        if view is not None:
+            view.sinks = writer
+            print(f"live view: {view.url}" + (" (with the token)" if settings.serve_token else ""), file=sys.stderr)
         print(f"edge-mer run: {source.describe()} -> {flow} -> {backend.describe()}", file=sys.stderr)
         stats, timer = run_loop(source, Recognizer(backend, stage), writer, cfg, stop=stop,
-                                on_event=lambda e: seen.append((e.onset, e.offset)))
+                                on_event=lambda e: seen.append((e.onset, e.offset)), view=view)
     summary = summarise(stats, timer)
-    if settings.events is not None:
-        summary["events_file"] = {"path": str(settings.events), "written": writer.count - writer.lost,
-                                  "lost": writer.lost, "failure": writer.failure}
-        if writer.failure is not None:
-            summary["messages"].append(f"warning: {writer.lost} of {writer.count} events did not reach "
-                                       f"{settings.events} ({writer.failure})")
+    summary["sinks"], warnings = writer.report()
+    summary["messages"].extend(warnings)
+    if view is not None:
+        summary["serve"] = view.report()
     truth = getattr(source, "truth", None)
     if truth is not None:
         summary["truth"] = match_truth(seen, truth, stats.frames)
@@ -172,6 +182,10 @@ def format_summary(s: dict[str, Any], stopped_by: str | None = None) -> str:
     st = s["timing"]["stages_ms"]
     lines.append("stage p50/p95 ms: " + ", ".join(f"{k} {v['p50']:.2f}/{v['p95']:.2f}" for k, v in st.items()))
     lines.append(f"peak memory {s['timing']['peak_rss_mb']:.0f} MB, CPU share {s['timing']['cpu_share']:.0%}")
+    if s.get("sinks"):
+        lines.append("events to: " + "; ".join(
+            f"{r['sink']} {r['delivered']}" + (f" delivered, {r['backlog']} waiting" if "backlog" in r else "")
+            for r in s["sinks"]))
     if "truth" in s:
         t = s["truth"]
         lines.append(f"against the demo's truth (IoU >= 0.5): TP {t['tp']}, FP {t['fp']}, FN {t['fn']}, "

@@ -24,6 +24,8 @@ class StageTimer:
     def __init__(self, keep: int = 100_000) -> None:
         self.keep = keep
         self.samples: dict[str, list[float]] = {}
+        self.totals: dict[str, float] = {}  # seconds per stage over the whole run (the samples keep the recent)
+        self.counts: dict[str, int] = {}
         self.started = time.perf_counter()
         self.cpu_started = time.process_time()
 
@@ -32,6 +34,8 @@ class StageTimer:
         if len(buf) >= self.keep:
             del buf[: self.keep // 2]  # keep the recent half; percentiles of a long run stay representative
         buf.append(seconds)
+        self.totals[stage] = self.totals.get(stage, 0.0) + seconds
+        self.counts[stage] = self.counts.get(stage, 0) + 1
 
     @contextmanager
     def time(self, stage: str) -> Iterator[None]:
