@@ -12,14 +12,17 @@ Besides the defaults, the same frames go through variants that show why the defa
 are what they are: the crop size S, shorter and longer lags (the onset-to-apex time,
 0.13 s; 0.4 s, shorter than the longest micro-expression; 0.6 s), the threshold, no
 blink suppression, the other DIS presets, regions fixed on the average face instead of
-following the landmarks, and the Haar face detector in place of the shipped BlazeFace +
-FaceMesh. Report delay: frames between a spot's
-offset and the frame whose update reported it. Costs: the motion signal (crop and flow)
-per frame, mean over all frames, and the whole pipeline per frame (face re-detection and
-spotter included, median and 95th percentile), on one OpenCV thread; and the latency of
-one flow of each method at S = 128.
+following the landmarks, the Haar face detector in place of the shipped BlazeFace +
+FaceMesh, and a crop that moves only in jumps instead of following the head smoothly.
+Report delay: frames between a spot's offset and the frame whose update reported it.
+Costs: the motion signal (crop and flow) per frame, mean over all frames, and the whole
+pipeline per frame (face re-detection and spotter included, median and 95th percentile),
+on one OpenCV thread; and the latency of one flow of each method at S = 128.
 
     python benchmarks/spotting.py [--videos 12] [--seconds 60] [--jobs 2] [--keep DIR]
+                                  [--variants NAME ...] [--name spotting]
+
+``--variants`` runs the default and the named variants only, into ``--name``.md/.json.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import math
 import multiprocessing
 import os
 import platform
+import shlex
 import sys
 import tempfile
 import time
@@ -62,6 +66,7 @@ class Variant:
     signal: SignalConfig = SignalConfig()
     spotter: SpotterConfig = SpotterConfig()
     detector: str = "mesh"
+    follow: str = "smooth"
 
 
 VARIANTS = (
@@ -81,6 +86,7 @@ VARIANTS = (
     Variant("fixed regions", "the regions stay where they lie on an average face",
             signal=SignalConfig(regions="fixed")),
     Variant("Haar detector", "face and eyes by OpenCV's cascades (the fallback without DNN)", detector="haar"),
+    Variant("step following", "the crop moves only in jumps (> 0.1 S), not smoothly with the head", follow="step"),
 )
 
 
@@ -97,7 +103,7 @@ def spot_one(video: Path, variants: tuple[Variant, ...]) -> tuple[list[Run], int
     cap = cv2.VideoCapture(str(video))
     fps = float(cap.get(cv2.CAP_PROP_FPS))
     runs = [Run(v, FrameSpotter(fps, v.size, replace(v.signal), replace(v.spotter),
-                                FaceTrack(v.size, fps, FaceAligner(v.size, detector=v.detector))))
+                                FaceTrack(v.size, fps, FaceAligner(v.size, detector=v.detector), follow=v.follow)))
             for v in variants]
     frames = 0
     while True:
@@ -154,14 +160,14 @@ def flow_latency(video: Path, repeats: int = 200) -> dict[str, float]:
     return out
 
 
-def one_video(i: int, seconds: float, folder: Path) -> dict[str, Any]:
-    """Render video ``i`` and spot it with every variant: its scores, signal costs, pipeline times and delays."""
+def one_video(i: int, seconds: float, folder: Path, variants: tuple[Variant, ...] = VARIANTS) -> dict[str, Any]:
+    """Render video ``i`` and spot it with the variants: their scores, signal costs, pipeline times and delays."""
     cv2.setNumThreads(1)
     cfg = VideoConfig(seconds=seconds, fps=30.0, size=(640, 480), subject=i, seed=100 + i)
     video = folder / f"spot_{i}.mp4"
     write_video(cfg, video, video.with_suffix(".csv"), progress=False)
     truth = micro_intervals(read_truth(video.with_suffix(".csv")))
-    runs, frames = spot_one(video, VARIANTS)
+    runs, frames = spot_one(video, variants)
     out: dict[str, Any] = {"scores": {}, "signal_ms": {}, "pipeline": [], "delays": []}
     row: dict[str, Any] = {"video": video.name, "seed": cfg.seed, "subject": cfg.subject, "frames": frames,
                            "micro": len(truth)}
@@ -185,19 +191,25 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1,
                     help="videos spotted at once, one process and one OpenCV thread each (at most the cores)")
     ap.add_argument("--keep", help="write the videos here (default: a temporary folder)")
+    ap.add_argument("--variants", nargs="+", choices=[v.name for v in VARIANTS[1:]],
+                    help="only the default and these variants")
+    ap.add_argument("--name", default="spotting", help="results file name, without .md/.json (default spotting)")
     args = ap.parse_args()
+    variants = VARIANTS if not args.variants else tuple(v for v in VARIANTS if v.name == "default"
+                                                         or v.name in args.variants)
     cv2.setNumThreads(1)
     tmp = tempfile.TemporaryDirectory() if args.keep is None else None
     folder = Path(args.keep) if args.keep else Path(tmp.name if tmp else ".")
     folder.mkdir(parents=True, exist_ok=True)
-    totals = {v.name: SpottingScore(0, 0, 0) for v in VARIANTS}
-    signal_ms: dict[str, list[float]] = {v.name: [] for v in VARIANTS}
+    totals = {v.name: SpottingScore(0, 0, 0) for v in variants}
+    signal_ms: dict[str, list[float]] = {v.name: [] for v in variants}
     pipeline: list[float] = []
     delays: list[int] = []  # frames from a spot's offset to its report
     per_video = []
     jobs = max(1, min(args.jobs, os.cpu_count() or 1))
     with multiprocessing.get_context("spawn").Pool(jobs) if jobs > 1 else _InProcess() as pool:
-        for done in pool.imap(functools.partial(one_video, seconds=args.seconds, folder=folder), range(args.videos)):
+        work = functools.partial(one_video, seconds=args.seconds, folder=folder, variants=variants)
+        for done in pool.imap(work, range(args.videos)):
             for name, score in done["scores"].items():
                 totals[name] += score
                 signal_ms[name].append(done["signal_ms"][name])
@@ -210,7 +222,7 @@ def main() -> None:
     latency = flow_latency(folder / "spot_0.mp4")
     if tmp is not None:
         tmp.cleanup()
-    write_results(args, totals, signal_ms, pipeline, delays, per_video, latency)
+    write_results(args, variants, totals, signal_ms, pipeline, delays, per_video, latency)
 
 
 class _InProcess:
@@ -226,21 +238,22 @@ class _InProcess:
         return map(fn, items)
 
 
-def write_results(args: argparse.Namespace, totals: dict[str, SpottingScore], signal_ms: dict[str, list[float]],
+def write_results(args: argparse.Namespace, chosen: tuple[Variant, ...], totals: dict[str, SpottingScore],
+                  signal_ms: dict[str, list[float]],
                   pipeline: list[float], delays: list[int], per_video: list[dict[str, Any]],
                   latency: dict[str, float]) -> None:
     machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "opencv": cv2.__version__, "opencv_threads": 1,
                "processes": max(1, min(args.jobs, os.cpu_count() or 1)),
                "numpy": np.__version__, "python": platform.python_version()}
-    command = " ".join(["python benchmarks/spotting.py", *sys.argv[1:]])
+    command = shlex.join(["python", "benchmarks/spotting.py", *sys.argv[1:]])
     date = dt.date.today().isoformat()
     variants = {v.name: {"why": v.why, **totals[v.name].to_dict(),
-                         "signal_ms_per_frame": round(float(np.mean(signal_ms[v.name])), 3)} for v in VARIANTS}
+                         "signal_ms_per_frame": round(float(np.mean(signal_ms[v.name])), 3)} for v in chosen}
     pipe = {**percentiles(1000 * np.asarray(pipeline), (50, 95)), "mean": round(1000 * float(np.mean(pipeline)), 3)}
     delay = {"p50": float(np.percentile(delays, 50)), "p95": float(np.percentile(delays, 95)),
              "max": int(max(delays)), "spots": len(delays)} if delays else None
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "spotting.json").write_text(json.dumps(
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(
         {"date": date, "machine": machine, "command": command, "videos": per_video, "variants": variants,
          "pipeline_ms_per_frame": pipe, "report_delay_frames": delay, "flow_ms": latency, "iou_threshold": 0.5},
         indent=2) + "\n")
@@ -276,7 +289,7 @@ def write_results(args: argparse.Namespace, totals: dict[str, SpottingScore], si
     lines += ["", "One flow between two S = 128 face crops 0.5 s apart (median ms):", "",
               "| method | ms |", "|---|---:|"]
     lines += [f"| {k} | {v:.3f} |" for k, v in latency.items()]
-    (RESULTS / "spotting.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -237,3 +237,35 @@ def test_face_chooses_which_face_to_follow(tmp_path, choice, side):
 def test_a_bad_face_choice_is_refused_by_the_parser():
     proc = run_cli("spot", "--video", "x.mp4", "--face", "top")
     assert proc.returncode == 2 and "--face: 'top'" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def _crop_eye(track, truth) -> np.ndarray:
+    """Where the face's right eye lies in the crop (crop pixels)."""
+    m = track.alignment.matrix
+    return m[:, :2] @ np.array(truth["eye_r"]) + m[:, 2]
+
+
+@pytest.mark.parametrize("follow", ["smooth", "step"])
+def test_the_crop_follows_a_drifting_head_smoothly_while_idle_and_holds_while_a_spot_is_open(follow):
+    """A head that drifts 30 px in 3 s: followed smoothly, the crop stays on it without a jump; in steps, it
+    lags behind by up to the tolerance. While a spot is open the transform does not move at all."""
+    from edge_mer.spot.signal import FaceTrack
+
+    photo = _photo("hopper")
+    track = FaceTrack(128, 30.0, FaceAligner(128, detector="mesh"), follow=follow)
+    eyes = []
+    for i in range(91):
+        frame, truth = _placed(photo, (640, 480), 150, 0.0, (300 + i / 3, 240))
+        assert track.update(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), i, idle=True)
+        eyes.append(_crop_eye(track, truth))
+    drift = [float(np.hypot(*(e - eyes[0]))) for e in eyes]  # how far the eye wandered in the crop
+    if follow == "smooth":
+        assert track.alignments == 1 and track.nudges >= 25  # found once, then followed in small steps
+        assert max(drift) < 4.0, drift  # the eye stays within a few crop pixels of where it was (the lag)
+    else:
+        assert track.nudges == 0 and max(drift) > 8.0  # the fixed crop falls behind until a jump
+    held = track.alignment.matrix.copy()
+    for i in range(91, 121):  # a spot is open: the head drifts on, the crop stays
+        frame, _ = _placed(photo, (640, 480), 150, 0.0, (330 + (i - 90) / 3, 240))
+        track.update(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), i, idle=False)
+    assert np.array_equal(track.alignment.matrix, held)

@@ -325,7 +325,8 @@ class DeviceLoop:
         self.stats.face_detections = self.spotter.alignments
         track = self.spotter.track
         self.stats.face = {"detector": track.aligner.detector, "alignments": track.alignments,
-                           "misses": track.misses, "method": track.alignment.method if track.alignment else None,
+                           "nudges": track.nudges, "misses": track.misses,
+                           "method": track.alignment.method if track.alignment else None,
                            "box": list(track.alignment.box) if track.alignment else None}
         self.stats.source_frames = self.source.frames_read
         self.stats.source_announced = self.source.length

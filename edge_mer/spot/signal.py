@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import cv2
@@ -350,20 +350,30 @@ class FaceTrack:
     """Which face alignment to crop with, frame by frame, and when to look for the face again.
 
     Policy: the face is detected (``FaceAligner``) on the first frame, and until one is
-    found every ``search_s`` seconds. After that the crop transform stays fixed, as MER
-    toolkits keep it for a clip, so that the flow sees the face's own motion and no
-    alignment jitter. The face is looked for again every ``redetect_s`` seconds, and at
-    once when the head moved more than ``lost`` * S between the signal's two crops (the
-    tracking is about to be lost); the new alignment is adopted only when it moves the
-    crop's eyes or mouth by more than ``tolerance`` * S, and only while the spotter is
-    idle (no candidate open), because values on either side of a change measure slightly
-    different patches of skin. A failed re-detection keeps the old transform (a blink or a
-    turned head must not drop the face). ``changed`` tells the caller to re-crop its
-    buffered frames.
+    found every ``search_s`` seconds. While the spotter is idle (no candidate open) and
+    the aligner has landmarks (mesh), the face is followed every ``follow_s`` seconds and
+    the crop transform moves a fraction ``smooth`` of the way towards it (``follow=
+    "smooth"``) once it is more than ``deadband`` * S away (below that it is the landmarks'
+    own jitter): the crop stays on a head that drifts or turns, in steps too small for the
+    signal, whose head-motion fit takes them out with the head's own motion. While a
+    candidate is open the transform stays fixed, because values on either side of a change
+    measure slightly different patches of skin. With ``follow="step"`` (and without
+    landmarks) the transform stays fixed between looks, as MER toolkits keep it for a clip.
+    The face is looked for again every ``redetect_s`` seconds, and at once when the head
+    moved more than ``lost`` * S between the signal's two crops (the tracking is about to
+    be lost); an alignment found then is adopted at once when it moves the crop's eyes or
+    mouth by more than ``tolerance`` * S (idle only). A failed look keeps the old transform
+    (a blink or a turned head must not drop the face). ``changed`` tells the caller that
+    such a jump happened and its buffered frames need cropping again.
     """
 
+    FOLLOWS = ("smooth", "step")
+
     def __init__(self, size: int, fps: float, aligner: FaceAligner | None = None, redetect_s: float = 2.0,
-                 search_s: float = 0.25, lost: float = 0.1, tolerance: float = 0.1) -> None:
+                 search_s: float = 0.25, lost: float = 0.1, tolerance: float = 0.1, follow: str = "smooth",
+                 follow_s: float = 0.1, smooth: float = 0.25, deadband: float = 0.02) -> None:
+        if follow not in self.FOLLOWS:
+            raise ValueError(f"follow must be one of {self.FOLLOWS}, got {follow!r}")
         self.size = size
         self.aligner = aligner or FaceAligner(size)
         if self.aligner.size != size:
@@ -372,13 +382,19 @@ class FaceTrack:
         self.search = max(1, int(round(search_s * fps)))
         self.lost = lost
         self.tolerance = tolerance
+        self.follow = follow
+        self.follow_every = max(1, int(round(follow_s * fps)))
+        self.smooth = smooth
+        self.deadband = deadband
         self.alignment: FaceAlignment | None = None
-        self.alignments = 0  # how many times a transform was adopted
+        self.alignments = 0  # how many times a transform was adopted whole (a jump)
+        self.nudges = 0  # how many times the transform moved part of the way towards the followed face
         self.misses = 0  # looks for the face, after it was found, that did not find it (looked away, left)
         self.searches = 0  # frames the detector looked at
         self.searched = ""  # what the last look covered (sizes, windows), for the message that none was found
         self.changed = False
         self._due = 0  # frame index of the next detection
+        self._next_follow = 0  # frame index of the next smooth step
         s = float(size)
         self._probe = np.array([[0.5 - CANONICAL_IOD / 2, CANONICAL_EYE_Y], [0.5 + CANONICAL_IOD / 2, CANONICAL_EYE_Y],
                                 [0.5, 0.66]]) * s  # eyes and mouth in the crop
@@ -394,10 +410,31 @@ class FaceTrack:
         moved = head is not None and float(np.linalg.norm(np.array([0.5, 0.5, 1.0]) @ head)) > self.lost * self.size
         if idle and (index >= self._due or moved):
             self._due = index + self.redetect
+            self._next_follow = index + self.follow_every
             found = self._detect(gray, index)
             if found is not None and self._differs(found):
                 self._adopt(found)
+            elif found is not None and self.follow == "smooth":
+                self._nudge(found)
+        elif idle and self.follow == "smooth" and index >= self._next_follow:
+            self._next_follow = index + self.follow_every
+            followed = self.aligner.follow(gray, self.alignment)  # None without landmarks: nothing to follow
+            if followed is not None and self._differs(followed):
+                self._adopt(followed)
+            elif followed is not None:
+                self._nudge(followed)
         return True
+
+    def _nudge(self, target: FaceAlignment) -> None:
+        """Move the transform ``smooth`` of the way to ``target``'s, keeping ``target``'s face to follow next;
+        an offset within ``deadband`` * S (the landmarks' own jitter) leaves the transform where it is."""
+        assert self.alignment is not None
+        if self._offset(target) <= self.deadband * self.size:
+            self.alignment = replace(self.alignment, face=target.face)  # followed on from the newest landmarks
+            return
+        matrix = (1.0 - self.smooth) * self.alignment.matrix + self.smooth * target.matrix  # stays a similarity
+        self.alignment = replace(target, matrix=matrix)
+        self.nudges += 1
 
     def _detect(self, gray: np.ndarray, index: int) -> FaceAlignment | None:
         """The face followed so far (by its landmarks where the aligner has them, else by the detector's face
@@ -415,12 +452,16 @@ class FaceTrack:
                 self.misses += 1
             return None
 
-    def _differs(self, new: FaceAlignment) -> bool:
+    def _offset(self, new: FaceAlignment) -> float:
+        """How far (crop pixels) ``new`` would move the crop's eyes or mouth."""
         assert self.alignment is not None
         old_inv = cv2.invertAffineTransform(self.alignment.matrix)
         frame_pts = self._probe @ old_inv[:, :2].T + old_inv[:, 2]
         moved = frame_pts @ new.matrix[:, :2].T + new.matrix[:, 2] - self._probe
-        return float(np.linalg.norm(moved, axis=1).max()) > self.tolerance * self.size
+        return float(np.linalg.norm(moved, axis=1).max())
+
+    def _differs(self, new: FaceAlignment) -> bool:
+        return self._offset(new) > self.tolerance * self.size
 
     def _adopt(self, found: FaceAlignment | None) -> None:
         if found is not None:
