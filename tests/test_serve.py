@@ -158,7 +158,7 @@ def test_metrics_parse_as_prometheus_text_and_count_what_the_loop_did(served):
         assert first[name].type == "counter", name  # the parser names a counter without its _total
     assert first["edge_mer_event_latency_seconds"].type == "histogram"
     assert value(later, "edge_mer_frames_processed_total") > value(first, "edge_mer_frames_processed_total")
-    assert 20 < value(later, "edge_mer_fps") < 40  # a 30 fps demo in real time
+    assert 0 < value(later, "edge_mer_fps") < 40  # a 30 fps source in real time is never processed faster
     events = sum(s.value for s in later["edge_mer_events"].samples if s.name == "edge_mer_events_total")
     assert events == value(later, "edge_mer_event_latency_seconds_count") >= 1
     labels = {s.labels["label"] for s in later["edge_mer_events"].samples}

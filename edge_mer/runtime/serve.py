@@ -186,7 +186,7 @@ class LiveView:
             self._cond.notify_all()
 
     def fps(self) -> float:
-        ts = [t for t in self._frame_ts if t >= time.monotonic() - 2.0]
+        ts = [t for t in list(self._frame_ts) if t >= time.monotonic() - 2.0]  # list(): copied at once
         return (len(ts) - 1) / (ts[-1] - ts[0]) if len(ts) > 1 and ts[-1] > ts[0] else 0.0
 
     # --- the encoder thread --------------------------------------------------------------------------------
@@ -211,6 +211,13 @@ class LiveView:
     def watching(self, change: int) -> None:
         with self._cond:
             self._viewers += change
+
+    def count(self, served: int = 0, clients: int = 0, dropped: int = 0) -> None:
+        """The handlers' counters, changed under the lock (several handler threads at once)."""
+        with self._cond:
+            self.served += served
+            self.clients += clients
+            self.dropped += dropped
 
     def next_jpeg(self, after: int, timeout: float) -> tuple[int, bytes | None]:
         with self._cond:
@@ -275,8 +282,7 @@ def _handler(view: LiveView) -> type[BaseHTTPRequestHandler]:
                                                              b"Bearer ...\n")
                 return
             route = urllib.parse.urlsplit(self.path).path
-            view.served += 1
-            view.clients += 1
+            view.count(served=1, clients=1)
             self.connection.settimeout(SEND_TIMEOUT_S)
             try:
                 if route == "/":
@@ -295,13 +301,13 @@ def _handler(view: LiveView) -> type[BaseHTTPRequestHandler]:
             except (BrokenPipeError, ConnectionResetError):
                 pass
             except TimeoutError:  # the client's socket stayed full: dropped, not waited for
-                view.dropped += 1
+                view.count(dropped=1)
             except OSError as exc:
-                if "timed out" not in str(exc):
+                if "timed out" not in str(exc):  # Python 3.8's socket.timeout is not a TimeoutError
                     raise
-                view.dropped += 1
+                view.count(dropped=1)
             finally:
-                view.clients -= 1
+                view.count(clients=-1)
 
         def _send(self, code: int, kind: str, body: bytes) -> None:
             self.send_response(code)
@@ -341,10 +347,10 @@ def _handler(view: LiveView) -> type[BaseHTTPRequestHandler]:
             while not view.closed:
                 chunks = [f"data: {e}\n\n" for e in view.events[sent_events:]]
                 sent_events += len(chunks)
-                points = [p for seq, p in list(view.signal) if seq > sent_signal]
-                if points:
-                    sent_signal = view.signal[-1][0]
-                    chunks.append(f"event: signal\ndata: {json.dumps(points)}\n\n")
+                fresh = [(seq, p) for seq, p in list(view.signal) if seq > sent_signal]  # the loop appends meanwhile
+                if fresh:
+                    sent_signal = fresh[-1][0]
+                    chunks.append(f"event: signal\ndata: {json.dumps([p for _, p in fresh])}\n\n")
                 self.wfile.write(("".join(chunks) or ": idle\n\n").encode())
                 self.wfile.flush()
                 view.wait(sent_events, timeout=0.25)
