@@ -95,7 +95,11 @@ class EventWriter:
         os.ftruncate(fd, end - len(tail) + start)
 
     def write(self, event: Event) -> None:
-        line = event.to_json() + "\n"
+        self.write_line(event.to_json())
+
+    def write_line(self, text: str) -> None:
+        """One event already made JSON (``Event.to_json``), without its newline."""
+        line = text + "\n"
         if self._fd is not None:
             self._append(line.encode("utf-8"))
         if self.stdout:

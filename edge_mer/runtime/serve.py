@@ -46,6 +46,7 @@ SEND_TIMEOUT_S = 2.0  # a client whose socket takes no data for this long is dro
 STREAM_SNDBUF = 256 * 1024  # bytes the kernel holds for one stream client (a few pictures)
 STALLED_S = 5.0  # /healthz: no frame for this long is a stalled loop
 SIGNAL_KEEP = 600  # signal points kept for a page that opens (20 s at 30 fps)
+EVENTS_KEPT = 100  # events kept for the SSE clients (memory stays flat over a run of days)
 
 
 def _escape(value: str) -> str:
@@ -142,7 +143,8 @@ class LiveView:
         self._next_grab = 0.0
         self._frame_ts: deque[float] = deque(maxlen=64)
         self._last_frame = time.monotonic()
-        self.events: list[str] = []  # JSON of the events so far (the page shows the last ones)
+        self.events: deque[str] = deque(maxlen=EVENTS_KEPT)  # JSON of the last events (a page shows 20)
+        self.events_total = 0  # events so far: the SSE clients' position
         self.signal: deque[tuple[int, list[float | None]]] = deque(maxlen=SIGNAL_KEEP)  # (seq, [t, value, thr])
         self._signal_seq = 0
         try:
@@ -183,6 +185,7 @@ class LiveView:
         self.labels[event.label] += 1
         with self._cond:
             self.events.append(event.to_json())
+            self.events_total += 1
             self._cond.notify_all()
 
     def fps(self) -> float:
@@ -226,7 +229,13 @@ class LiveView:
 
     def wait(self, events_seen: int, timeout: float) -> None:
         with self._cond:
-            self._cond.wait_for(lambda: len(self.events) > events_seen or self.closed, timeout)
+            self._cond.wait_for(lambda: self.events_total > events_seen or self.closed, timeout)
+
+    def events_after(self, seen: int) -> tuple[list[str], int]:
+        """The events after the first ``seen`` that are still kept, and how many there are in all now."""
+        with self._cond:
+            kept = list(self.events)
+            return kept[max(0, seen - (self.events_total - len(kept))):], self.events_total
 
     def health(self) -> tuple[int, dict[str, Any]]:
         """200 while frames come; 503 before the first (``starting``), after 5 s without one (``stalled``) and
@@ -342,11 +351,11 @@ def _handler(view: LiveView) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Cache-Control", "no-store")
             self.end_headers()
-            sent_events = max(0, len(view.events) - 20)  # a page that opens gets the last 20 events
+            sent_events = max(0, view.events_total - 20)  # a page that opens gets the last 20 events
             sent_signal = 0
             while not view.closed:
-                chunks = [f"data: {e}\n\n" for e in view.events[sent_events:]]
-                sent_events += len(chunks)
+                events, sent_events = view.events_after(sent_events)
+                chunks = [f"data: {e}\n\n" for e in events]
                 fresh = [(seq, p) for seq, p in list(view.signal) if seq > sent_signal]  # the loop appends meanwhile
                 if fresh:
                     sent_signal = fresh[-1][0]

@@ -378,11 +378,13 @@ class RemoteSink:
             if self._stop_by is not None and (self.backlog == 0 or now >= self._stop_by):
                 self._spool_queued(0.0)
                 return
-            head = self.spool.oldest()
-            if head is None or now < retry_at:  # wait for an event, or for the end of the pause
-                self._spool_queued(0.2 if head is None else min(0.2, retry_at - now))
+            if not len(self.spool) or now < retry_at:  # wait for an event, or for the end of the pause
+                self._spool_queued(0.2 if not len(self.spool) else min(0.2, retry_at - now))
                 continue
             self._spool_queued(0.0)  # what came meanwhile is kept before the time goes into sending
+            head = self.spool.oldest()  # read from disk only when it is sent
+            if head is None:  # its file was removed by hand
+                continue
             start = time.perf_counter()
             reason = self.transport.send(head[0], head[1], SEND_TIMEOUT_S)
             self.seconds += time.perf_counter() - start
@@ -419,7 +421,6 @@ class EventSinks:
         self.close_wait = close_wait
         self.files: list[tuple[SinkURI, EventWriter]] = []
         self.remote: list[RemoteSink] = []
-        self.count = 0
         try:
             for sink in sinks:
                 if sink.kind == "file":
@@ -435,16 +436,15 @@ class EventSinks:
                       file=sys.stderr)
 
     def write(self, event: Event) -> None:
-        line = event.to_json()
+        line = event.to_json()  # made once for every sink
         for _, writer in self.files:
-            writer.write(event)
+            writer.write_line(line)
         data = line.encode("utf-8")
         for r in self.remote:
             r.put(data)
         if self.stdout:
             sys.stdout.write(line + "\n")
             sys.stdout.flush()
-        self.count += 1
 
     def close(self, wait: float | None = None) -> None:
         """Close the files; give the remote sinks ``wait`` seconds (default ``close_wait``) to deliver."""
