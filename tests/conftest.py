@@ -128,11 +128,13 @@ def _have_cuda() -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Hardware tests skip with the reason where the hardware is missing; slow and jetpack tests run with -m."""
+    """Hardware tests skip with the reason where the hardware is missing; slow, jetpack and twin tests run with
+    -m."""
     import glob
 
     wants_slow = "slow" in (config.getoption("-m") or "")
     wants_jetpack = "jetpack" in (config.getoption("-m") or "")
+    wants_twin = "twin" in (config.getoption("-m") or "")
     checks = {"gpu": (_have_cuda, "no CUDA GPU on this machine"),
               "tensorrt": (_have_tensorrt, "TensorRT is not installed here (Jetson / NVIDIA GPU machines only)"),
               "camera": (lambda: bool(glob.glob("/dev/video*")), "no camera (/dev/video*) on this machine"),
@@ -143,6 +145,9 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="slow: run with -m slow"))
         if "jetpack" in item.keywords and not wants_jetpack:
             item.add_marker(pytest.mark.skip(reason="JetPack userland environments: run with -m jetpack"))
+        if "twin" in item.keywords and not wants_twin:
+            item.add_marker(pytest.mark.skip(reason="the deployment twins (debootstrap, qemu, systemd-nspawn; "
+                                                    "minutes): run with -m twin"))
         for name, (check, reason) in checks.items():
             if name in item.keywords:
                 if name not in found:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -317,21 +318,40 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _setting(text: str) -> tuple[str, Any]:
+    """``--set KEY=VALUE``: an Ansible variable; VALUE is read as JSON when it is JSON (lists, numbers, true)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"must be KEY=VALUE with KEY a variable name, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from edge_mer.deploy import Target, deploy
+    from edge_mer.deploy import Host, deploy, summary_lines
     from edge_mer.runtime.artifact import default_model
 
-    extra = [x for opt in args.ssh_option for x in ("-o", opt)]
-    target = Target(args.host, args.port, Path(args.identity) if args.identity else None, args.prefix,
-                    args.remote_python, extra)
     if args.identity and not Path(args.identity).is_file():
         raise UserError(f"identity file not found: {args.identity}")
+    if args.inventory and (args.identity or args.prefix or args.remote_python or args.port != 22):
+        raise UserError("--identity, --port, --prefix and --remote-python describe one --host; with --inventory set "
+                        "ansible_ssh_private_key_file, ansible_port, edge_mer_prefix and ansible_python_interpreter "
+                        "as host variables there")
+    host = (Host(args.host, args.port, Path(args.identity) if args.identity else None, args.prefix,
+                 args.remote_python) if args.host else None)
     model = Path(args.model) if args.model else default_model()
-    result = deploy(target, model, service=args.service, dry_run=args.dry_run,
+    result = deploy(model, host=host, inventory=Path(args.inventory) if args.inventory else None,
+                    service=args.service, serial=args.serial, limit=args.limit, settings=dict(args.set),
+                    ssh_options=args.ssh_option, dry_run=args.dry_run,
                     log=(lambda m: print(m, file=sys.stderr)) if args.json else print)
     if args.json:
         print_json(result)
-    return 0
+    failed = result["failed"]
+    if failed and host is not None:
+        raise UserError(summary_lines(result)[0])
+    return 1 if failed else 0
 
 
 def _train_parsers(sub: Any) -> None:
@@ -482,23 +502,41 @@ def build_parser() -> argparse.ArgumentParser:
     add_spot_parser(sub)
     add_face_parser(sub)
     add_run_parsers(sub)
-    dep = sub.add_parser("deploy", help="deploy to a device over SSH: wheel + model bundle, setup, engine, service",
-                         description="Build a wheel and a bundle (model ONNX, sidecar, config), copy it over SSH, set "
-                                     "the device up (setup.sh on a Jetson), build the engine there, optionally "
-                                     "install a systemd service running edge-mer run --camera 0, and check the "
-                                     "device with its own edge-mer doctor. A second deploy with the same inputs "
-                                     "changes nothing. Example: edge-mer deploy --host nvidia@orin.local --service")
-    dep.add_argument("--host", required=True, help="user@host")
-    dep.add_argument("--port", type=at_least(1, 65535), default=22)
-    dep.add_argument("--identity", help="SSH private key")
+    dep = sub.add_parser("deploy", help="deploy to one device (--host) or a fleet (--inventory) through Ansible",
+                         description="Build a wheel and a bundle (model ONNX, sidecar, config) and run the Ansible "
+                                     "playbook ansible/site.yml over the hosts in parallel: copy the bundle, install "
+                                     "it (setup.sh on a Jetson, a venv on a Raspberry Pi or any other box), build the "
+                                     "TensorRT engine on a Jetson, render, enable and start the systemd service, and "
+                                     "check each device with its own edge-mer doctor. A second deploy with the same "
+                                     "inputs changes nothing; a host that fails does not stop the others. Examples: "
+                                     "edge-mer deploy --host nvidia@orin.local; edge-mer deploy --inventory hosts.ini "
+                                     "--serial 1")
+    target = dep.add_mutually_exclusive_group(required=True)
+    target.add_argument("--host", help="one device: user@host")
+    target.add_argument("--inventory", metavar="FILE", help="an Ansible inventory (INI or YAML); host variables as in "
+                                                            "ansible/roles/edge_mer_device/defaults/main.yml")
+    dep.add_argument("--port", type=at_least(1, 65535), default=22, help="--host: SSH port")
+    dep.add_argument("--identity", help="--host: SSH private key")
+    dep.add_argument("--prefix", help="--host: install folder on the device (default /opt/edge-mer; ~/... is the "
+                                      "SSH user's home)")
+    dep.add_argument("--remote-python", help="--host: the device's Python (default: python3)")
     dep.add_argument("--model", help="ONNX model (default: the packaged demo model)")
-    dep.add_argument("--prefix", default="~/.local/share/edge-mer", help="install folder on the device")
-    dep.add_argument("--remote-python", default="python3", help="Python on the device (non-Jetson installs)")
+    dep.add_argument("--serial", type=at_least(1), metavar="N",
+                     help="rolling update: N hosts at a time, each batch finished (service restarted, doctor "
+                          "answered) before the next starts")
+    dep.add_argument("--limit", metavar="PATTERN", help="only the inventory's hosts matching this Ansible pattern")
+    dep.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
+                     help="a host variable for every host, e.g. edge_mer_serve=0.0.0.0:8080 or "
+                          "'edge_mer_events=[\"mqtt://broker/mer\"]' (repeatable)")
     dep.add_argument("--ssh-option", action="append", default=[], metavar="OPT",
                      help="extra ssh -o option, e.g. UserKnownHostsFile=... (repeatable)")
-    dep.add_argument("--service", action="store_true", help="install and start the systemd service")
-    dep.add_argument("--dry-run", action="store_true", help="print every step and run nothing on the device")
-    dep.add_argument("--json", action="store_true")
+    service = dep.add_mutually_exclusive_group()
+    service.add_argument("--service", dest="service", action="store_true", default=None,
+                         help="install, enable and start the systemd service (the default)")
+    service.add_argument("--no-service", dest="service", action="store_false",
+                         help="render the unit into the prefix only")
+    dep.add_argument("--dry-run", action="store_true", help="build the bundle, list hosts and steps; contact nothing")
+    dep.add_argument("--json", action="store_true", help="per host: status, changed, the failed step and why")
     dep.set_defaults(func=cmd_deploy)
     return parser
 

@@ -118,10 +118,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def cmd_build_engine(args: argparse.Namespace) -> int:
     from edge_mer.runtime.engine import build_engine, read_engine_info
 
+    before = set(Path(args.out).glob("*.engine")) if Path(args.out).is_dir() else set()
     path = build_engine(Path(args.onnx), Path(args.out), fp16=args.fp16, max_batch=args.max_batch)
     info = read_engine_info(path)
-    if args.json:
-        print_json({"engine": str(path), **info.meta})
+    if args.json:  # "reused": the engine was there and current (a deploy's step changed nothing)
+        print_json({"engine": str(path), **info.meta, "reused": path in before})
     else:
         print(f"engine {path} (TensorRT {info.meta['tensorrt']}, {info.meta['gpu']}, {info.meta['precision']}, "
               f"built in {info.meta['build_seconds']} s)")

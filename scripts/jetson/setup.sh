@@ -311,6 +311,10 @@ main() {
     run "$venv_py" -m pip install --upgrade pip
     # no extra: the base requirements (numpy, held by the constraints, and tqdm) bring no OpenCV wheel
     run "$venv_py" -m pip install -c "$constraints" "$from"
+    if [[ -f "$from" ]]; then
+        # a changed wheel keeps its version number: put this one in place whatever was installed before
+        run "$venv_py" -m pip install -c "$constraints" --no-deps --force-reinstall "$from"
+    fi
     if [[ -n "$NVCC" ]]; then
         # built here against JetPack's numpy (pycuda's own build would take numpy 2 and not import on 1.x)
         run "$venv_py" -m pip install -c "$constraints" setuptools wheel
