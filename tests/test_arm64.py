@@ -140,10 +140,11 @@ def twin(tmp_path_factory):
 
 def test_the_pi_install_and_the_demo_run_on_arm64(twin, tmp_path):
     root = twin["root"]
-    proc = run_cli("deploy", "--host", "root@127.0.0.1", "--port", str(twin["port"]), "--identity", str(twin["key"]),
-                   "--remote-python", "/usr/bin/python3", "--set", "edge_mer_kind=pi",
-                   "--ssh-option", f"UserKnownHostsFile={twin['dir'] / 'known_hosts'}",
-                   "--ssh-option", "StrictHostKeyChecking=accept-new", "--json")
+    deploy = ("deploy", "--host", "root@127.0.0.1", "--port", str(twin["port"]), "--identity", str(twin["key"]),
+              "--remote-python", "/usr/bin/python3", "--set", "edge_mer_kind=pi",
+              "--ssh-option", f"UserKnownHostsFile={twin['dir'] / 'known_hosts'}",
+              "--ssh-option", "StrictHostKeyChecking=accept-new", "--json")
+    proc = run_cli(*deploy)
     assert proc.returncode == 0, proc.stderr[-4000:]
     host = json.loads(proc.stdout)["hosts"]["127.0.0.1"]
     report = host["report"]
@@ -159,8 +160,12 @@ def test_the_pi_install_and_the_demo_run_on_arm64(twin, tmp_path):
     assert machine == "aarch64" and numpy_file.startswith("/usr/lib/python3/dist-packages/")
     assert (root / "opt/edge-mer/constraints.txt").read_text().strip() == f"numpy=={numpy_version}"
     assert not list((venv / "lib").glob("python3*/site-packages/numpy"))  # no second numpy in the venv
-    unit = (root / "opt/edge-mer/edge-mer.service").read_text()
-    assert "--source picam://0" in unit  # a Pi's camera by default
+    # a second deploy (apt, venv, pin, install) changes nothing
+    again = run_cli(*deploy)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert json.loads(again.stdout)["hosts"]["127.0.0.1"]["changed_tasks"] == []
+    env = (root / "opt/edge-mer/edge-mer.env").read_text()
+    assert 'EDGE_MER_SOURCE="picam://0"' in env  # a Pi's camera by default
     # the demo, as the device runs it: frames processed and events written
     events = root / "root/events.jsonl"
     events.unlink(missing_ok=True)

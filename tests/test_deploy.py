@@ -153,7 +153,9 @@ def test_a_fleet_deploys_in_parallel_a_wrong_key_fails_alone_and_a_second_run_ch
         text = unit.read_text()
         lines = dict(line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
         argv = shlex.split(lines["ExecStart"])  # systemd's quoting of a word is the shell's
-        assert argv[:6] == [f"{prefix}/venv/bin/python", "-m", "edge_mer", "run", "--source", "v4l2:///dev/video0"]
+        assert argv[:6] == [f"{prefix}/venv/bin/python", "-m", "edge_mer", "run", "--source", "${EDGE_MER_SOURCE}"]
+        # the source (an RTSP URL may hold a password) is in the environment file, which only the service reads
+        assert 'EDGE_MER_SOURCE="v4l2:///dev/video0"' in (prefix / "edge-mer.env").read_text()
         assert argv[argv.index("--model") + 1] == f"{prefix}/bundle/demo.int8.onnx"
         assert "Restart=on-failure" in text and "User=edge-mer" in text  # its own user (the prefix is not in home)
         _verify_unit(unit, tmp_path)
@@ -249,6 +251,8 @@ def test_a_host_that_looks_like_an_option_is_refused(tmp_path):
     (("--host", "u@h", "--identity", "missing-key"), "identity file not found"),
     (("--host", "u@h", "--set", "no-equals"), "must be KEY=VALUE"),
     (("--host", "u@h", "--inventory", "hosts.ini"), "not allowed with argument"),
+    (("--model", "missing.onnx", "--bundle-only", "b"), "model not found"),
+    (("--dry-run",), "deploy needs --host USER@HOST or --inventory FILE"),
 ])
 def test_bad_deploy_command_lines_are_one_line(tmp_path, args, says):
     (tmp_path / "hosts.ini").write_text("dev ansible_host=127.0.0.1\n")
@@ -256,6 +260,34 @@ def test_bad_deploy_command_lines_are_one_line(tmp_path, args, says):
                           cwd=tmp_path, timeout=300)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert says in proc.stderr
+
+
+@needs_ssh
+@needs_ansible
+def test_a_bundle_made_apart_is_what_ansible_playbook_installs(devices, tmp_path):
+    """Running Ansible yourself is the same play: deploy --bundle-only, then ansible-playbook with its settings."""
+    from edge_mer.deploy import PLAYBOOK
+
+    bundle = tmp_path / "bundle"
+    proc = run_cli("deploy", "--bundle-only", str(bundle), "--json")
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads(proc.stdout)
+    assert sorted(p.name for p in bundle.iterdir()) == sorted(manifest["files"])
+    prefix = tmp_path / "device"
+    inventory = tmp_path / "hosts.ini"
+    inventory.write_text(_host_line(devices, "dev-a", "a", prefix) + "\n" + NO_EXTRAS)
+    env = {**os.environ, "ANSIBLE_CONFIG": str(PLAYBOOK.parent / "ansible.cfg"),
+           "EDGE_MER_REPORT": str(tmp_path / "r.json"),
+           "ANSIBLE_SSH_ARGS": f"-o UserKnownHostsFile={devices['dir'] / 'known_hosts'} "
+                               "-o StrictHostKeyChecking=accept-new"}
+    playbook = Path(sys.executable).parent / "ansible-playbook"
+    run = subprocess.run([str(playbook if playbook.is_file() else "ansible-playbook"), "-i", str(inventory),
+                          str(PLAYBOOK), "-e", f"edge_mer_bundle={bundle}"], capture_output=True, text=True, env=env,
+                         timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:]
+    report = json.loads((tmp_path / "r.json").read_text())["hosts"]["dev-a"]
+    assert report["status"] == "ok" and report["changed"] and report["report"]["prefix"] == str(prefix)
+    assert json.loads((prefix / "installed.json").read_text())["manifest"] == manifest
 
 
 @needs_ansible

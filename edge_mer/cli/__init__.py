@@ -330,7 +330,7 @@ def _setting(text: str) -> tuple[str, Any]:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from edge_mer.deploy import Host, deploy, summary_lines
+    from edge_mer.deploy import PLAYBOOK, Host, build_bundle, deploy, summary_lines
     from edge_mer.runtime.artifact import default_model
 
     if args.identity and not Path(args.identity).is_file():
@@ -339,9 +339,22 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         raise UserError("--identity, --port, --prefix and --remote-python describe one --host; with --inventory set "
                         "ansible_ssh_private_key_file, ansible_port, edge_mer_prefix and ansible_python_interpreter "
                         "as host variables there")
+    model = Path(args.model) if args.model else default_model()
+    if args.bundle_only:
+        out = Path(args.bundle_only)
+        if out.exists() and any(out.iterdir()):
+            raise UserError(f"--bundle-only {out} is not an empty folder")
+        manifest = build_bundle(model, out)
+        if args.json:
+            print_json(manifest)
+        else:
+            print(f"bundle in {out}: {', '.join(manifest['files'])}; ansible-playbook -i INVENTORY {PLAYBOOK} "
+                  f"-e edge_mer_bundle={out.resolve()}")
+        return 0
+    if not args.host and not args.inventory:
+        raise UserError("deploy needs --host USER@HOST or --inventory FILE (or --bundle-only DIR)")
     host = (Host(args.host, args.port, Path(args.identity) if args.identity else None, args.prefix,
                  args.remote_python) if args.host else None)
-    model = Path(args.model) if args.model else default_model()
     result = deploy(model, host=host, inventory=Path(args.inventory) if args.inventory else None,
                     service=args.service, serial=args.serial, limit=args.limit, settings=dict(args.set),
                     ssh_options=args.ssh_option, dry_run=args.dry_run,
@@ -511,7 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "inputs changes nothing; a host that fails does not stop the others. Examples: "
                                      "edge-mer deploy --host nvidia@orin.local; edge-mer deploy --inventory hosts.ini "
                                      "--serial 1")
-    target = dep.add_mutually_exclusive_group(required=True)
+    target = dep.add_mutually_exclusive_group()
     target.add_argument("--host", help="one device: user@host")
     target.add_argument("--inventory", metavar="FILE", help="an Ansible inventory (INI or YAML); host variables as in "
                                                             "ansible/roles/edge_mer_device/defaults/main.yml")
@@ -536,6 +549,8 @@ def build_parser() -> argparse.ArgumentParser:
     service.add_argument("--no-service", dest="service", action="store_false",
                          help="render the unit into the prefix only")
     dep.add_argument("--dry-run", action="store_true", help="build the bundle, list hosts and steps; contact nothing")
+    dep.add_argument("--bundle-only", metavar="DIR", help="build the bundle into this new folder and stop (for "
+                                                          "ansible-playbook ... -e edge_mer_bundle=DIR)")
     dep.add_argument("--json", action="store_true", help="per host: status, changed, the failed step and why")
     dep.set_defaults(func=cmd_deploy)
     return parser
