@@ -257,6 +257,15 @@ def run_cmd(*extra: str) -> list[str]:
     return [sys.executable, "-m", "edge_mer", "run", "--demo", "--quiet", *extra]
 
 
+def first_arrivals(got: list[dict]) -> list[dict]:
+    """The messages a subscriber got, each event once (a QoS 1 redelivery dropped), in arrival order."""
+    seen: list[dict] = []
+    for event in got:
+        if event not in seen:
+            seen.append(event)
+    return seen
+
+
 def events_in(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
@@ -287,10 +296,13 @@ def test_events_reach_the_broker_once_in_order_when_it_is_killed_mid_run_and_res
     finally:
         sub.close()
     assert len(written) > down_from >= 1
-    assert got == written  # every event once, in order, the ones made while the broker was down included
     summary = json.loads((tmp_path / "s.json").read_text())
     row = next(r for r in summary["sinks"] if r["kind"] == "mqtt")
-    assert row["delivered"] == len(written) and row["backlog"] == 0 and row["failed_attempts"] >= 1
+    assert row["delivered"] == len(written) and row["backlog"] == 0 and row["failed_attempts"] >= 1, row
+    # every event, in order, the ones made while the broker was down included; QoS 1 is at least once: a broker
+    # SIGKILLed between its last autosave and an acknowledgement hands that message out again after its
+    # restart, so a repeat of an event already received is allowed, nothing else
+    assert first_arrivals(got) == written, {"written": len(written), "got": len(got)}
     assert SECRET not in stderr and SECRET not in (tmp_path / "s.json").read_text()
     assert not list((tmp_path / "spool").rglob("*.json"))  # delivered events leave the spool
 
@@ -322,7 +334,7 @@ def test_a_run_killed_while_the_broker_is_down_delivers_its_spool_on_the_next_st
     finally:
         sub.close()
     assert f"{len(written)} event(s) an earlier run could not deliver" in again.stderr
-    assert got == written and not list(spool.rglob("*.json"))
+    assert first_arrivals(got) == written and not list(spool.rglob("*.json"))
 
 
 @needs_broker
