@@ -85,3 +85,23 @@ def test_config_round_trip_and_checks():
     with pytest.raises(UserError, match="no patch size"):
         model_config("mmt_small", size=50)
     assert model_config("mmt_test", size=64).patch_sizes == (16,)
+
+
+def test_ststnet_is_the_papers_shallow_three_stream_cnn():
+    from edge_mer.model.build import build_model
+    from edge_mer.model.build import flops_per_sample as any_flops
+
+    cfg = model_config("ststnet")
+    model = build_model(cfg).eval()
+    # 3x3 convolutions with 3, 5 and 8 filters on 3 channels and one 400 -> 3 layer: 1,651 weights (the paper
+    # counts 1,670)
+    assert count_parameters(model) == 1651
+    assert any_flops(cfg) < 1e6
+    m, t = _inputs(2)
+    logits = model(m, t)
+    assert logits.shape == (2, 3)
+    assert torch.equal(model(m, torch.zeros_like(t)), logits)  # motion only: the texture changes nothing
+    small = torch.nn.functional.adaptive_avg_pool2d(m, 28)
+    assert torch.allclose(model(small, t[..., :28, :28]), logits, atol=1e-6)  # 112 is pooled to the paper's 28
+    with pytest.raises(UserError, match="ablations are of the MMT"):
+        model_config("ststnet", ablation="cls-pooling")

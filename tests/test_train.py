@@ -85,6 +85,23 @@ def test_ddp_mode_trains(composite_features, tmp_path):
     assert result["folds"] == 1 and result["samples"] > 0
 
 
+def test_a_baseline_trains_exports_and_runs_like_the_mmt(composite_features, tmp_path):
+    """STSTNet under the same protocol: the same run folder and metrics, and an ONNX file a backend takes."""
+    out = tmp_path / "ststnet"
+    result = json.loads(run_cli("train", "--features", str(composite_features), "--protocol", "megc2019", "--out",
+                                str(out), "--json", "--model", "ststnet", "--epochs", "3", "--batch-size", "8",
+                                "--threads", "1", "--quiet", check=True).stdout)
+    assert result["model"] == "ststnet" and result["params"] == 1651 and result["folds"] >= 3
+    assert (out / "confusion.png").is_file() and (out / "megc_log.txt").is_file()
+    report = json.loads(run_cli("export", "--checkpoint", str(out / "checkpoint.pt"), "--out",
+                                str(tmp_path / "ststnet.onnx"), "--json", check=True).stdout)
+    assert report["max_abs_diff"] <= 1e-4
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(tmp_path / "ststnet.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["motion", "texture"]  # every edge-mer model takes both
+
+
 def test_bad_inputs_are_one_line(generated, composite_features, loso_run, tmp_path):
     casme2 = tmp_path / "casme2_64"
     run_cli("data", "prepare", "--dataset", "casme2", "--root", str(generated["casme2"]), "--out", str(casme2),

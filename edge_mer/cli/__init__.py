@@ -80,12 +80,20 @@ def _nuisances(args: argparse.Namespace, base: Any) -> Any:
 
 
 def cmd_synth_dataset(args: argparse.Namespace) -> int:
-    from edge_mer.data.synthetic import DatasetConfig, write_dataset
+    from edge_mer.data.synthetic import COMPOSITE_SHARE, DatasetConfig, write_dataset
+    from edge_mer.synth.diversity import Diversity
     from edge_mer.synth.render import Nuisances
 
-    cfg = DatasetConfig(layout=args.layout, subjects=args.subjects, clips_per_subject=args.clips_per_subject,
+    like_composite = args.diverse and args.layout == "megc2019" and args.clips_per_subject is None
+    subjects = args.subjects if args.subjects is not None else (
+        sum(COMPOSITE_SHARE.values()) if like_composite else 10)
+    if like_composite and subjects != sum(COMPOSITE_SHARE.values()):
+        like_composite = False  # another number of subjects: even clips per subject, as asked
+    cfg = DatasetConfig(layout=args.layout, subjects=subjects,
+                        clips_per_subject=args.clips_per_subject if args.clips_per_subject is not None else 5,
                         seed=args.seed, size=args.size, fps=args.fps, quirks=not args.no_quirks,
-                        nuisances=_nuisances(args, Nuisances.lab()))
+                        nuisances=_nuisances(args, Nuisances.lab()),
+                        diversity=Diversity() if args.diverse else None, like_composite=like_composite)
     check_folder(Path(args.out), force=args.force)
     summary = write_dataset(cfg, Path(args.out), progress=not args.quiet)
     if args.json:
@@ -94,6 +102,9 @@ def cmd_synth_dataset(args: argparse.Namespace) -> int:
         print(f"wrote {summary.samples} clips of {summary.subjects} subjects ({summary.frames} frames) "
               f"in the {summary.layout} layout to {summary.root} in {summary.seconds:.1f} s")
         print("classes: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.classes.items())))
+        if summary.composite:
+            print(f"composite ({sum(summary.composite.values())} samples): "
+                  + ", ".join(f"{k} {v}" for k, v in sorted(summary.composite.items())))
     return 0
 
 
@@ -445,8 +456,14 @@ def _synth_parser(sub: Any) -> None:
     d.add_argument("--layout", choices=("casme2", "samm", "smic", "casme3", "megc2019"), default="casme2")
     d.add_argument("--out", required=True, help="dataset root folder to create")
     d.add_argument("--force", action="store_true", help="replace a non-empty --out")
-    d.add_argument("--subjects", type=at_least(1), default=10, help="number of subjects (default 10)")
-    d.add_argument("--clips-per-subject", type=at_least(1), default=5, help="clips per subject (default 5)")
+    d.add_argument("--subjects", type=at_least(1),
+                   help="number of subjects (default 10; 68 for megc2019 --diverse)")
+    d.add_argument("--clips-per-subject", type=at_least(1),
+                   help="clips per subject (default 5; megc2019 --diverse: uneven, summing to the real "
+                        "composite's 145 / 133 / 164 samples)")
+    d.add_argument("--diverse", action="store_true",
+                   help="subjects that differ: expression strength x0.5-x2, asymmetry, tempo, AU combinations, "
+                        "wider identity warps, MEGC2019's class shares, a few ambiguous and mislabelled samples")
     d.add_argument("--size", type=frame_size, help="frame size WxH (default: the dataset's own, e.g. 640x480)")
     d.add_argument("--fps", type=positive, help="frame rate (default: the dataset's own, 200 or 100)")
     d.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")

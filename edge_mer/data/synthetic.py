@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +42,21 @@ from edge_mer.atomic import write_text
 from edge_mer.data.labels import COMPOSITE_LABELS, composite_class
 from edge_mer.errors import UserError
 from edge_mer.outputs import staged_folder
-from edge_mer.synth.aus import EMOTION_PATTERNS, format_aus, parse_aus
+from edge_mer.synth.aus import EMOTION_PATTERNS, AUCode, format_aus, parse_aus
+from edge_mer.synth.diversity import Diversity, SubjectStyle, draw_style, vary_sample
 from edge_mer.synth.faces import make_subject
 from edge_mer.synth.images import write_image
 from edge_mer.synth.render import FaceRenderer, Nuisances
 from edge_mer.synth.sheets import Cell, write_csv, write_xlsx
-from edge_mer.synth.timeline import PlannedExpression, Ranges, blink_event, micro_event, render_sequence
+from edge_mer.synth.timeline import (
+    MICRO_MAX_S,
+    MICRO_MIN_S,
+    PlannedExpression,
+    Ranges,
+    blink_event,
+    micro_event,
+    render_sequence,
+)
 
 LAYOUTS = ("casme2", "samm", "smic", "casme3", "megc2019")
 COMPOSITE_CSV = "MEGC2019_composite_3class_gt.csv"
@@ -71,8 +80,10 @@ SPECS = {
 }
 CASME3_SHEET = "part_A/annotation/cas(me)3_part_A_ME_label_JpgIndex_v2.xlsx"
 
-# Real composite: 24 CASME II, 28 SAMM and 16 SMIC subjects (68).
+# Real composite: 24 CASME II, 28 SAMM and 16 SMIC subjects (68) with 145, 133 and 164 samples (442).
 COMPOSITE_SHARE = {"casme2": 24, "samm": 28, "smic": 16}
+COMPOSITE_SAMPLES = {"casme2": 145, "samm": 133, "smic": 164}
+EXCLUDED_SHARE = 0.12  # composite mode: CASME II / SAMM clips drawn with a label MEGC2019 leaves out
 
 
 @dataclass(frozen=True)
@@ -89,6 +100,8 @@ class DatasetConfig:
     blink_probability: float = 0.1
     nuisances: Nuisances = Nuisances.lab()
     ranges: Ranges = Ranges(micro_seconds=(0.15, 0.5))
+    diversity: Diversity | None = None  # subjects that differ (amplitude, asymmetry, tempo, AUs, coding)
+    like_composite: bool = False  # megc2019: uneven clips per subject summing to the real composite's sizes
 
 
 @dataclass
@@ -105,6 +118,8 @@ class Clip:
     frames_dir: str  # relative to the dataset root
     amplitude: float
     apex_written: str = ""  # what the sheet says for the apex ("/" when hidden)
+    shown: str = ""  # with diversity: the emotion whose AUs were rendered (``emotion`` is what the sheet says)
+    note: str = ""  # with diversity: "ambiguous" or "mislabelled"
 
 
 @dataclass
@@ -119,19 +134,44 @@ class Summary:
     seconds: float = 0.0
 
 
-def _composite_emotion(rng: np.random.Generator, dataset: str, excluded_p: float) -> str:
+def _composite_emotion(rng: np.random.Generator, dataset: str, excluded_p: float,
+                       shares: tuple[float, ...] | None = None) -> str:
     natives = sorted(EMOTION_PATTERNS[dataset])
     spare = [e for e in natives if not composite_class(dataset, e)]
     if spare and rng.random() < excluded_p:
         return str(rng.choice(spare))
-    cls = str(rng.choice(sorted(COMPOSITE_LABELS)))
+    classes = sorted(COMPOSITE_LABELS, key=COMPOSITE_LABELS.__getitem__)  # negative, positive, surprise
+    cls = str(rng.choice(classes, p=np.asarray(shares) / sum(shares))) if shares else str(rng.choice(sorted(classes)))
     return str(rng.choice([e for e in natives if composite_class(dataset, e) == cls]))
 
 
-def _emotion(rng: np.random.Generator, dataset: str, composite_mode: bool) -> str:
+def _emotion(rng: np.random.Generator, dataset: str, composite_mode: bool,
+             shares: tuple[float, ...] | None = None) -> str:
     if composite_mode:
-        return _composite_emotion(rng, dataset, 0.12)
+        return _composite_emotion(rng, dataset, EXCLUDED_SHARE, shares)
     return str(rng.choice(sorted(EMOTION_PATTERNS[dataset])))
+
+
+def _another_class(rng: np.random.Generator, dataset: str, emotion: str) -> str:
+    """A native emotion of ``dataset`` outside ``emotion``'s composite class (another emotion where the class is
+    not in the composite)."""
+    own = composite_class(dataset, emotion)
+    natives = sorted(EMOTION_PATTERNS[dataset])
+    others = [e for e in natives if composite_class(dataset, e) and composite_class(dataset, e) != own] if own else []
+    return str(rng.choice(others or [e for e in natives if e != emotion]))
+
+
+def composite_counts(seed: int) -> dict[str, list[int]]:
+    """Clips per subject like the real composite: uneven (a few subjects give many samples, most give few),
+    summing per dataset to its composite size (plus the clips it leaves out for their labels)."""
+    rng = np.random.default_rng([seed, 4409])
+    counts = {}
+    for dataset, subjects in COMPOSITE_SHARE.items():
+        excluded = EXCLUDED_SHARE if any(not composite_class(dataset, e) for e in EMOTION_PATTERNS[dataset]) else 0
+        total = int(round(COMPOSITE_SAMPLES[dataset] / (1 - excluded)))
+        weights = rng.gamma(1.2, size=subjects)
+        counts[dataset] = [1 + int(c) for c in rng.multinomial(total - subjects, weights / weights.sum())]
+    return counts
 
 
 class _Writer:
@@ -144,6 +184,7 @@ class _Writer:
         self.size = cfg.size or spec.size
         self.fps = cfg.fps or spec.fps
         self.clips: list[Clip] = []
+        self.styles: dict[str, dict[str, Any]] = {}  # subject folder -> its SubjectStyle, with diversity
 
     def names(self, n: int, k: int, emotion: str, rng: np.random.Generator) -> tuple[str, str, str]:
         """(subject folder, clip name, frames dir relative to root) of clip ``k`` of subject ``n``."""
@@ -176,17 +217,25 @@ class _Writer:
                   "casme3": (100, 3000)}[self.dataset]
         return int(rng.integers(lo, hi))
 
-    def write_subject(self, n: int, progress: Any) -> None:
-        cfg = self.cfg
+    def write_subject(self, n: int, clips: int, progress: Any) -> None:
+        cfg, div = self.cfg, self.cfg.diversity
         rng = np.random.default_rng([cfg.seed, self.spec.identity_offset, n])
-        subject = make_subject(self.spec.identity_offset + n, cfg.seed)
+        spread = div.identity_spread if div else 1.0
+        subject = make_subject(self.spec.identity_offset + n, cfg.seed, spread)
+        style = draw_style(div, np.random.default_rng([cfg.seed, self.spec.identity_offset, n, 4241])) if div \
+            else None
         h = self.size[1]
         iod = 0.25 * h * cfg.face_scale * {"smic": 0.8, "casme3": 0.6}.get(self.dataset, 1.0)
         renderer = FaceRenderer(subject, self.size, iod, gray=self.spec.gray)
-        for k in range(cfg.clips_per_subject):
-            emotion = _emotion(rng, self.dataset, self.composite_mode)
+        for k in range(clips):
+            emotion = _emotion(rng, self.dataset, self.composite_mode, div.class_shares if div else None)
             aus = parse_aus(str(rng.choice(EMOTION_PATTERNS[self.dataset][emotion])))
-            ev = micro_event(rng, self.fps, 0, aus, emotion, cfg.ranges)
+            coded, coded_aus, shown, note = emotion, aus, "", ""
+            if div is not None and style is not None:
+                ev, coded, coded_aus, note = self._vary(div, style, emotion, aus, [n, k])
+                shown = emotion
+            else:
+                ev = micro_event(rng, self.fps, 0, aus, emotion, cfg.ranges)
             events: list[PlannedExpression] = [ev]
             if cfg.nuisances.blinks and rng.random() < cfg.blink_probability:
                 events.append(blink_event(rng, self.fps, int(rng.integers(0, ev.offset)), cfg.ranges))
@@ -200,10 +249,29 @@ class _Writer:
             hide = cfg.quirks and self.dataset == "casme2" and rng.random() < cfg.missing_apex_rate
             apex_written = "/" if hide else ""
             self.clips.append(Clip(
-                self.dataset, subject_dir, clip, first, first + ev.apex, first + ev.offset, emotion,
-                composite_class(self.dataset, emotion), format_aus(list(aus)), rel,
-                round(ev.amplitude, 4), apex_written))
+                self.dataset, subject_dir, clip, first, first + ev.apex, first + ev.offset, coded,
+                composite_class(self.dataset, coded), format_aus(list(coded_aus)), rel,
+                round(ev.amplitude, 4), apex_written, shown, note))
             progress.update(1)
+        if style is not None:
+            self.styles[subject_dir] = asdict(style)
+
+    def _vary(self, div: Diversity, style: SubjectStyle, emotion: str, aus: list[AUCode],
+              key: list[int]) -> tuple[PlannedExpression, str, list[AUCode], str]:
+        """The event this subject shows for a sample coded ``emotion`` / ``aus``, the label and AUs its
+        annotation gives, and its note; drawn from a stream of its own per sample."""
+        cfg = self.cfg
+        rng = np.random.default_rng([cfg.seed, self.spec.identity_offset, *key, 4243])
+        other = _another_class(rng, self.dataset, emotion)
+        other_aus = parse_aus(str(rng.choice(EMOTION_PATTERNS[self.dataset][other])))
+        varied = vary_sample(div, style, aus, other_aus, rng)
+        lo, hi = cfg.ranges.micro_seconds
+        ranges = replace(cfg.ranges, micro_seconds=(max(MICRO_MIN_S, lo * style.tempo),
+                                                    min(MICRO_MAX_S, hi * style.tempo)))
+        ev = micro_event(rng, self.fps, 0, list(varied.aus), emotion, ranges, style.rise)
+        ev = replace(ev, amplitude=ev.amplitude * style.gain, gains=varied.gains)
+        coded = _another_class(rng, self.dataset, emotion) if varied.note == "mislabelled" else emotion
+        return ev, coded, list(varied.coded_aus), varied.note
 
     def write_annotations(self) -> None:
         if self.dataset == "casme2":
@@ -262,6 +330,9 @@ def write_dataset(cfg: DatasetConfig, out: Path, progress: bool = True) -> Summa
     an interrupted run leaves ``out`` as it was (a dataset already there is replaced only by a complete one)."""
     if cfg.layout not in LAYOUTS:
         raise UserError(f"unknown layout {cfg.layout!r}; choose from {', '.join(LAYOUTS)}")
+    if cfg.like_composite and (cfg.layout != "megc2019" or cfg.subjects != sum(COMPOSITE_SHARE.values())):
+        raise UserError("clips per subject like the real composite need the megc2019 layout and its "
+                        f"{sum(COMPOSITE_SHARE.values())} subjects")
     if cfg.subjects < 1 or cfg.clips_per_subject < 1:
         raise UserError("--subjects and --clips-per-subject must be at least 1")
     start = time.perf_counter()
@@ -278,14 +349,18 @@ def _write_dataset(cfg: DatasetConfig, out: Path, progress: bool) -> Summary:
     composite = cfg.layout == "megc2019"
     plan = _split_subjects(cfg.subjects) if composite else {cfg.layout: cfg.subjects}
     folders = {"casme2": "CASME2", "samm": "SAMM", "smic": "SMIC"}
-    total = sum(plan.values()) * cfg.clips_per_subject
+    if cfg.like_composite and composite:
+        per_subject = composite_counts(cfg.seed)
+    else:
+        per_subject = {dataset: [cfg.clips_per_subject] * count for dataset, count in plan.items()}
+    total = sum(sum(v) for v in per_subject.values())
     writers = []
     with tqdm(total=total, desc=f"synth {cfg.layout}", unit="clip", disable=not progress) as bar:
         for dataset, count in plan.items():
             root = out / folders[dataset] if composite else out
             w = _Writer(cfg, dataset, root, composite)
             for n in range(1, count + 1):
-                w.write_subject(n, bar)
+                w.write_subject(n, per_subject[dataset][n - 1], bar)
             w.write_annotations()
             writers.append(w)
     clips = [c for w in writers for c in w.clips]
@@ -300,12 +375,15 @@ def _write_dataset(cfg: DatasetConfig, out: Path, progress: bool) -> Summary:
         summary.classes[c.emotion] = summary.classes.get(c.emotion, 0) + 1
         if c.composite:
             summary.composite[c.composite] = summary.composite.get(c.composite, 0) + 1
-    _write_manifest(out, cfg, clips)
+    styles = {f"{w.dataset}/{k}": v for w in writers for k, v in w.styles.items()}
+    _write_manifest(out, cfg, clips, styles)
     return summary
 
 
-def _write_manifest(out: Path, cfg: DatasetConfig, clips: list[Clip]) -> None:
+def _write_manifest(out: Path, cfg: DatasetConfig, clips: list[Clip], styles: dict[str, Any]) -> None:
     config = asdict(cfg)
-    doc = {"generator": "edge-mer synth dataset", "synthetic": True, "config": config,
-           "clips": [asdict(c) for c in clips]}
+    doc: dict[str, Any] = {"generator": "edge-mer synth dataset", "synthetic": True, "config": config,
+                           "clips": [asdict(c) for c in clips]}
+    if styles:
+        doc["subject_styles"] = styles
     write_text(out / MANIFEST, json.dumps(doc, indent=1, sort_keys=True) + "\n")

@@ -350,15 +350,22 @@ def _write_index(out: Path, index: DatasetIndex, rows: dict[str, dict[str, Any]]
 
 
 def prepare_synthetic_composite(data: Path, out: Path, subjects: int, clips_per_subject: int, seed: int,
-                                size: int = 112, flow: str = "dis") -> PrepareSummary:
+                                size: int = 112, flow: str = "dis", diverse: bool = False) -> PrepareSummary:
     """Render the synthetic MEGC2019 composite into ``data`` (unless it is there) and prepare its features.
 
-    What the demo model, the ablation and the INT8 benchmarks train on: one call, so they
-    all see the same data for the same arguments.
+    What the demo model, the ablation, the INT8 and the recognition benchmarks train on: one call, so they
+    all see the same data for the same arguments. ``diverse``: subjects that differ, sized like the real
+    composite (``subjects`` and ``clips_per_subject`` are then not used).
     """
-    from edge_mer.data.synthetic import MANIFEST, DatasetConfig, write_dataset
+    from edge_mer.data.synthetic import COMPOSITE_SHARE, MANIFEST, DatasetConfig, write_dataset
+    from edge_mer.synth.diversity import Diversity
 
     if not (data / MANIFEST).exists():
-        write_dataset(DatasetConfig(layout="megc2019", subjects=subjects, clips_per_subject=clips_per_subject,
-                                    seed=seed), data)
+        if diverse:
+            cfg = DatasetConfig(layout="megc2019", subjects=sum(COMPOSITE_SHARE.values()), seed=seed,
+                                diversity=Diversity(), like_composite=True)
+        else:
+            cfg = DatasetConfig(layout="megc2019", subjects=subjects, clips_per_subject=clips_per_subject,
+                                seed=seed)
+        write_dataset(cfg, data)
     return prepare("megc2019", data, out, FeatureConfig(size=size, flow=flow), workers=os.cpu_count() or 1)

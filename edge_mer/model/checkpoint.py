@@ -50,7 +50,7 @@ def load_checkpoint(path: Path) -> tuple[Any, dict[str, Any]]:
     """(the model in eval mode, the checkpoint's dict); one clear error for a missing or foreign file."""
     import torch
 
-    from edge_mer.model.mmt import MMT
+    from edge_mer.model.build import build_model
 
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
@@ -60,7 +60,7 @@ def load_checkpoint(path: Path) -> tuple[Any, dict[str, Any]]:
         raise UserError(f"cannot read checkpoint {path}: {type(exc).__name__}") from None
     if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path} is not an edge-mer checkpoint")
-    model = MMT(MMTConfig.from_dict(ck["config"]))
+    model = build_model(MMTConfig.from_dict(ck["config"]))
     if ck.get("quant"):
         model = restore_quantizers(model, ck["quant"])
     model.load_state_dict(ck["state_dict"])

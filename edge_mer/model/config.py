@@ -11,6 +11,8 @@ from typing import Any
 
 from edge_mer.errors import UserError
 
+ARCHITECTURES = ("mmt", "ststnet")
+
 
 @dataclass(frozen=True)
 class MMTConfig:
@@ -29,8 +31,11 @@ class MMTConfig:
     contrastive_weight: float = 0.1  # lambda; 0 switches the contrastive term off
     temperature: float = 0.1  # tau
     channels: dict[str, int] = field(default_factory=lambda: {"motion": 3, "texture": 1})
+    arch: str = "mmt"  # "mmt", or a baseline trained under the same protocol ("ststnet")
 
     def __post_init__(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise UserError(f"unknown architecture {self.arch!r}; choose from {', '.join(ARCHITECTURES)}")
         for p in self.patch_sizes:
             if self.size % p:
                 raise UserError(f"patch size {p} does not divide the crop size {self.size}")
@@ -60,6 +65,8 @@ MODELS: dict[str, MMTConfig] = {
     # tiny, for CI
     "mmt_test": MMTConfig(patch_sizes=(16, 28), dim=32, depth=1, heads=2, mlp_ratio=2.0, proj_dim=16,
                           dropout=0.0),
+    # the MEGC2019 shallow CNN baseline (motion only, 28 x 28): edge_mer/model/baselines.py
+    "ststnet": MMTConfig(arch="ststnet", modalities=("motion",), contrastive_weight=0.0, dropout=0.5),
 }
 
 ABLATIONS: dict[str, dict[str, Any]] = {
@@ -78,6 +85,8 @@ def model_config(name: str, size: int | None = None, ablation: str = "full") -> 
     if ablation not in ABLATIONS:
         raise UserError(f"unknown ablation {ablation!r}; choose from {', '.join(ABLATIONS)}")
     cfg = MODELS[name]
+    if cfg.arch != "mmt" and ablation != "full":
+        raise UserError(f"the ablations are of the MMT; {name} has none")
     changes = dict(ABLATIONS[ablation])
     if changes.get("patch_sizes") == "first":
         changes["patch_sizes"] = cfg.patch_sizes[:1]

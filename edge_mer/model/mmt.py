@@ -96,7 +96,17 @@ class Branch(nn.Module):
         return (patch_w.unsqueeze(-1) * x[:, 1:]).sum(1), patch_w
 
 
-class MMT(nn.Module):
+class Recogniser(nn.Module):
+    """What training, QAT, export and the torch backends use of a model: ``forward(motion, texture)`` gives
+    logits, ``forward_train`` the logits and an auxiliary loss, ``cfg`` rebuilds it."""
+
+    cfg: MMTConfig
+
+    def forward_train(self, motion: torch.Tensor, texture: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+
+class MMT(Recogniser):
     def __init__(self, cfg: MMTConfig) -> None:
         super().__init__()
         self.cfg = cfg

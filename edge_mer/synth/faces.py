@@ -118,11 +118,15 @@ def load_photo(name: str) -> FacePhoto:
     return FacePhoto(name, image, points, str(meta["who"]), str(meta["source"]), str(meta["licence"]))
 
 
-def draw_identity(index: int, seed: int) -> IdentityParams:
-    """Identity changes of subject ``index``; the photo alternates, then the mirror."""
+def draw_identity(index: int, seed: int, spread: float = 1.0) -> IdentityParams:
+    """Identity changes of subject ``index``; the photo alternates, then the mirror. ``spread`` widens every
+    range about its middle (a face shape or tone further from the photograph's)."""
     names = photo_names()
     rng = np.random.default_rng([seed, 7919, index])
-    u = rng.uniform
+
+    def u(lo: float, hi: float) -> float:
+        x = float(rng.uniform(lo, hi))
+        return x if spread == 1.0 else (lo + hi) / 2 + (x - (lo + hi) / 2) * spread
     return IdentityParams(
         photo=names[index % len(names)],
         mirror=bool((index // len(names)) % 2),
@@ -135,10 +139,10 @@ def draw_identity(index: int, seed: int) -> IdentityParams:
         lightness=float(u(-18, 18)),
         tone_a=float(u(-6, 8)),
         tone_b=float(u(-8, 10)),
-        contrast=float(u(0.8, 1.2)),
-        gamma=float(u(0.8, 1.25)),
+        contrast=max(0.5, float(u(0.8, 1.2))),
+        gamma=max(0.5, float(u(0.8, 1.25))),
         light_angle=float(u(0, 2 * np.pi)),
-        light_strength=float(u(0.0, 0.18)),
+        light_strength=max(0.0, float(u(0.0, 0.18))),
     )
 
 
@@ -203,9 +207,10 @@ def _recolour(image: np.ndarray, pts: Points, p: IdentityParams) -> np.ndarray:
 
 
 @lru_cache(maxsize=64)
-def make_subject(index: int, seed: int = 0) -> Subject:
-    """Build (and cache) synthetic subject ``index`` of the identity pool ``seed``."""
-    params = draw_identity(index, seed)
+def make_subject(index: int, seed: int = 0, spread: float = 1.0) -> Subject:
+    """Build (and cache) synthetic subject ``index`` of the identity pool ``seed`` (``spread``: see
+    ``draw_identity``)."""
+    params = draw_identity(index, seed, spread)
     photo = load_photo(params.photo)
     image, pts = photo.image, dict(photo.points)
     if params.mirror:

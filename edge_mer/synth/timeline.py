@@ -32,6 +32,7 @@ class PlannedExpression:
     aus: tuple[AUCode, ...]
     amplitude: float  # apex displacement, pixels at 112 (blink: eye closure 0..1)
     emotion: str = ""
+    gains: tuple[float, ...] = ()  # per AU, on top of the amplitude (empty: 1 each)
 
     def intensity(self, t: float) -> float:
         if t <= self.onset or t >= self.offset:
@@ -55,12 +56,13 @@ class Ranges:
 
 
 def micro_event(rng: np.random.Generator, fps: float, start: int, aus: list[AUCode], emotion: str,
-                ranges: Ranges = Ranges()) -> PlannedExpression:
-    """A micro-expression starting at frame ``start``, drawn within ``ranges``."""
+                ranges: Ranges = Ranges(), rise_share: tuple[float, float] = (0.3, 0.6)) -> PlannedExpression:
+    """A micro-expression starting at frame ``start``, drawn within ``ranges``; onset to apex takes
+    ``rise_share`` of its duration (at most 0.26 s)."""
     lo = max(ranges.micro_seconds[0], MICRO_MIN_S, 2.0 / fps)
     hi = min(max(ranges.micro_seconds[1], lo), MICRO_MAX_S)
     frames = max(2, int(round(rng.uniform(lo, hi) * fps)))
-    rise = min(rng.uniform(0.3, 0.6) * frames, MICRO_ONSET_MAX_S * fps)
+    rise = min(rng.uniform(*rise_share) * frames, MICRO_ONSET_MAX_S * fps)
     apex = start + max(1, int(round(rise)))
     amp = float(rng.uniform(*ranges.micro_amplitude))
     return PlannedExpression("micro", start, min(apex, start + frames - 1), start + frames, tuple(aus), amp, emotion)
@@ -141,8 +143,9 @@ def activations(events: list[PlannedExpression], t: float) -> tuple[dict[AUCode,
             blink = max(blink, k * ev.amplitude)
             acts[AUCode(43)] = acts.get(AUCode(43), 0.0) + k * 4.0  # the lid travels ~4 px at 112
             continue
-        for code in ev.aus:
-            acts[code] = acts.get(code, 0.0) + k * ev.amplitude
+        gains = ev.gains or (1.0,) * len(ev.aus)
+        for code, gain in zip(ev.aus, gains):
+            acts[code] = acts.get(code, 0.0) + k * ev.amplitude * gain
     return acts, blink
 
 

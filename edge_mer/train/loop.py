@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edge_mer.model.build import build_model
 from edge_mer.model.config import MMTConfig
-from edge_mer.model.mmt import MMT
+from edge_mer.model.mmt import Recogniser
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,8 @@ def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
 def train_model(model_cfg: MMTConfig, cfg: TrainConfig, motion: np.ndarray, texture: np.ndarray,
                 labels: np.ndarray, seed: int, wrap: Callable[[nn.Module], nn.Module] | None = None,
                 shard: tuple[int, int] = (0, 1),
-                on_epoch: Callable[[int, float], None] | None = None, init: MMT | None = None) -> MMT:
-    """Train an MMT on the given samples for exactly ``cfg.epochs`` epochs.
+                on_epoch: Callable[[int, float], None] | None = None, init: Recogniser | None = None) -> Recogniser:
+    """Train an MMT (or a baseline: ``build_model``) on the given samples for exactly ``cfg.epochs`` epochs.
 
     From scratch, or from ``init`` (fine-tuning, e.g. with fake quantizers in it).
 
@@ -83,7 +84,7 @@ def train_model(model_cfg: MMTConfig, cfg: TrainConfig, motion: np.ndarray, text
     """
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = init if init is not None else MMT(model_cfg)
+    model = init if init is not None else build_model(model_cfg)
     net: nn.Module = TrainStep(model)
     if wrap:
         net = wrap(net)
@@ -124,7 +125,7 @@ def train_model(model_cfg: MMTConfig, cfg: TrainConfig, motion: np.ndarray, text
 class TrainStep(nn.Module):
     """Routes ``forward_train`` through ``__call__``, where DistributedDataParallel hooks in."""
 
-    def __init__(self, model: MMT) -> None:
+    def __init__(self, model: Recogniser) -> None:
         super().__init__()
         self.model = model
 
@@ -133,7 +134,7 @@ class TrainStep(nn.Module):
 
 
 @torch.no_grad()
-def predict(model: MMT, motion: np.ndarray, texture: np.ndarray, batch_size: int = 64) -> np.ndarray:
+def predict(model: Recogniser, motion: np.ndarray, texture: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """Class probabilities (N, classes)."""
     model.eval()
     out = []

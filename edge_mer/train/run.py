@@ -160,7 +160,8 @@ def _ddp_wrap(dist: Any, rank: int, world: int) -> tuple[Any, tuple[int, int]]:
 
 def _report(cfg: RunConfig, fs: FeatureSet, folds: list[Fold], probs: np.ndarray, tested: np.ndarray,
             mcfg: MMTConfig) -> dict[str, Any]:
-    from edge_mer.model.mmt import MMT, count_parameters, flops_per_sample
+    from edge_mer.model.build import build_model, flops_per_sample
+    from edge_mer.model.mmt import count_parameters
 
     names = list(mcfg.class_names)
     pred = probs.argmax(1)
@@ -172,7 +173,7 @@ def _report(cfg: RunConfig, fs: FeatureSet, folds: list[Fold], probs: np.ndarray
     return {"uf1": s.uf1, "uar": s.uar, "accuracy": s.accuracy, "samples": s.samples, "f1": s.f1,
             "recall": s.recall, "support": s.support, "confusion": s.confusion, "absent_classes": s.absent,
             "classes": names, "per_dataset": per_ds, "protocol": cfg.protocol, "folds": len(folds),
-            "model": cfg.model, "ablation": cfg.ablation, "params": count_parameters(MMT(mcfg)),
+            "model": cfg.model, "ablation": cfg.ablation, "params": count_parameters(build_model(mcfg)),
             "gflops": round(flops_per_sample(mcfg) / 1e9, 4), "epochs": cfg.train.epochs,
             "seed": cfg.train.seed, "features": cfg.features}
 

@@ -1,0 +1,108 @@
+"""Recognition benchmark: the MMT and the baselines side by side on the diverse synthetic composite.
+
+Generates the diverse composite (``synth dataset --layout megc2019 --diverse``: 68 subjects, sized like the
+real MEGC2019 composite), prepares its features (DIS flow, S = 112), and trains every model under the
+MEGC2019 protocol (leave-one-subject-out over the 68 subjects, predictions pooled, the last epoch's model:
+no epoch or setting is chosen on a test subject) with the same recipe, for each seed. Each model's final
+checkpoint is exported to ONNX and timed at batch 1 with ONNX Runtime on this CPU. Writes
+``benchmarks/results/recognition.md`` and ``.json`` (UF1 and UAR as mean and spread over the seeds, UF1 per
+dataset, parameters, GFLOPs, CPU latency, training time) and ``recognition_<model>.png``, the confusion
+matrix of the first seed. Runs already in the JSON are kept, so an interrupted benchmark resumes.
+
+    python benchmarks/recognition.py [--models ststnet,mmt_small] [--seeds 0,1,2] [--epochs 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import statistics
+from pathlib import Path
+
+from edge_mer.atomic import write_text
+from edge_mer.features.prepare import prepare_synthetic_composite
+from edge_mer.quant.export import export
+from edge_mer.runtime.bench import bench_models
+from edge_mer.train.loop import TrainConfig
+from edge_mer.train.run import RunConfig, run
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DATASETS = ("casme2", "samm", "smic")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="ststnet,mmt_small")
+    ap.add_argument("--seeds", default="0", help="comma-separated training seeds (the data's seed is --data-seed)")
+    ap.add_argument("--epochs", type=int, default=60)
+    ap.add_argument("--data-seed", type=int, default=0)
+    ap.add_argument("--name", default="recognition", help="results file stem (default recognition)")
+    ap.add_argument("--work", default="benchmarks/.work/recognition", help="data, features and runs (not committed)")
+    args = ap.parse_args()
+    work = Path(args.work)
+    feats = work / "features"
+    prepare_synthetic_composite(work / "data", feats, 0, 0, args.data_seed, diverse=True)
+    out_json = RESULTS / f"{args.name}.json"
+    doc = json.loads(out_json.read_text()) if out_json.exists() else {"runs": {}}
+    for model in args.models.split(","):
+        for seed in (int(s) for s in args.seeds.split(",")):
+            key = f"{model}/{seed}"
+            if key in doc["runs"]:
+                continue
+            folder = work / "runs" / model / str(seed)
+            cfg = RunConfig(features=str(feats), protocol="megc2019", model=model,
+                            train=TrainConfig(epochs=args.epochs, seed=seed))
+            r = run(cfg, folder, progress=True)
+            onnx = work / "onnx" / f"{model}-{seed}.onnx"
+            export(folder / "checkpoint.pt", onnx, force=True)
+            timing = bench_models(onnx, ["onnxruntime"], runs=200, threads=2)[0]
+            doc["runs"][key] = {"model": model, "seed": seed, "uf1": r["uf1"], "uar": r["uar"],
+                                "accuracy": r["accuracy"], "samples": r["samples"], "folds": r["folds"],
+                                "params": r["params"], "gflops": r["gflops"], "seconds": r["seconds"],
+                                "per_dataset": r["per_dataset"], "cpu_ms_p50": timing["p50"]}
+            if not (RESULTS / f"{args.name}_{model}.png").exists():
+                shutil.copyfile(folder / "confusion.png", RESULTS / f"{args.name}_{model}.png")
+            doc |= {"date": dt.date.today().isoformat(), "epochs": args.epochs, "data_seed": args.data_seed,
+                    "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
+            RESULTS.mkdir(exist_ok=True)
+            write_text(out_json, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+            print(f"{key}: UF1 {r['uf1']:.4f} UAR {r['uar']:.4f} ({r['seconds']:.0f} s)", flush=True)
+    _table(doc, args.name)
+
+
+def _spread(values: list[float]) -> str:
+    mean = statistics.fmean(values)
+    return f"{mean:.4f} ± {statistics.stdev(values):.4f}" if len(values) > 1 else f"{mean:.4f}"
+
+
+def _table(doc: dict, name: str) -> None:
+    models: dict[str, list[dict]] = {}
+    for r in doc["runs"].values():
+        models.setdefault(r["model"], []).append(r)
+    lines = [f"# Recognition on the diverse synthetic composite ({doc.get('date', '')})", "",
+             "68 synthetic subjects sized like the real MEGC2019 composite (`synth dataset --layout megc2019 "
+             f"--diverse`, data seed {doc.get('data_seed')}), DIS flow at S = 112, MEGC2019 protocol (LOSO over "
+             f"the 68 subjects, predictions pooled), {doc.get('epochs')} epochs with the same recipe for every "
+             "model, the last epoch's model. UF1 and UAR: mean ± standard deviation over the training seeds. "
+             f"CPU latency: the exported ONNX file at batch 1, ONNX Runtime, 2 threads. Machine: {doc.get('machine')}.",
+             "", f"Command: `python benchmarks/recognition.py` (results in `benchmarks/results/{name}.json`)", "",
+             "| model | seeds | UF1 | UAR | UF1 CASME II | UF1 SAMM | UF1 SMIC | parameters | GFLOPs | CPU ms p50 "
+             "| training s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for model, runs in models.items():
+        per_ds = [_spread([r["per_dataset"][d]["uf1"] for r in runs]).split(" ")[0] for d in DATASETS]
+        first = runs[0]
+        lines.append(f"| {model} | {len(runs)} | {_spread([r['uf1'] for r in runs])} | "
+                     f"{_spread([r['uar'] for r in runs])} | {' | '.join(per_ds)} | {first['params']:,} | "
+                     f"{first['gflops']:.4f} | {first['cpu_ms_p50']:.3f} | "
+                     f"{statistics.fmean(r['seconds'] for r in runs):.0f} |")
+    write_text(RESULTS / f"{name}.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

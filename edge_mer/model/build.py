@@ -1,0 +1,18 @@
+"""One constructor for every architecture a config can name (torch)."""
+
+from __future__ import annotations
+
+from edge_mer.model.baselines import STSTNet, ststnet_flops
+from edge_mer.model.config import MMTConfig
+from edge_mer.model.mmt import MMT, Recogniser
+from edge_mer.model.mmt import flops_per_sample as mmt_flops
+
+
+def build_model(cfg: MMTConfig) -> Recogniser:
+    """The MMT, or the baseline ``cfg.arch`` names (same inputs, same ``forward_train``)."""
+    return STSTNet(cfg) if cfg.arch == "ststnet" else MMT(cfg)
+
+
+def flops_per_sample(cfg: MMTConfig) -> int:
+    """Multiply-adds x 2 of one forward pass of ``cfg``'s model."""
+    return ststnet_flops(cfg) if cfg.arch == "ststnet" else mmt_flops(cfg)
