@@ -41,8 +41,13 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--data-seed", type=int, default=0)
     ap.add_argument("--name", default="recognition", help="results file stem (default recognition)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own)")
     ap.add_argument("--work", default="benchmarks/.work/recognition", help="data, features and runs (not committed)")
     args = ap.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     work = Path(args.work)
     feats = work / "features"
     prepare_synthetic_composite(work / "data", feats, 0, 0, args.data_seed, diverse=True)
