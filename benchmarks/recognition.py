@@ -99,7 +99,7 @@ def _table(doc: dict, name: str) -> None:
              "| training s |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for model, runs in models.items():
-        per_ds = [_spread([r["per_dataset"][d]["uf1"] for r in runs]).split(" ")[0] for d in DATASETS]
+        per_ds = [f"{statistics.fmean(r['per_dataset'][d]['uf1'] for r in runs):.4f}" for d in DATASETS]
         first = runs[0]
         lines.append(f"| {model} | {len(runs)} | {_spread([r['uf1'] for r in runs])} | "
                      f"{_spread([r['uar'] for r in runs])} | {' | '.join(per_ds)} | {first['params']:,} | "

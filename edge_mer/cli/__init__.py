@@ -84,11 +84,11 @@ def cmd_synth_dataset(args: argparse.Namespace) -> int:
     from edge_mer.synth.diversity import Diversity
     from edge_mer.synth.render import Nuisances
 
-    like_composite = args.diverse and args.layout == "megc2019" and args.clips_per_subject is None
-    subjects = args.subjects if args.subjects is not None else (
-        sum(COMPOSITE_SHARE.values()) if like_composite else 10)
-    if like_composite and subjects != sum(COMPOSITE_SHARE.values()):
-        like_composite = False  # another number of subjects: even clips per subject, as asked
+    composite_subjects = sum(COMPOSITE_SHARE.values())
+    # sized like the real composite unless the sizes were given (another number of subjects: even clips)
+    like_composite = (args.diverse and args.layout == "megc2019" and args.clips_per_subject is None
+                      and args.subjects in (None, composite_subjects))
+    subjects = composite_subjects if like_composite else (args.subjects or 10)
     cfg = DatasetConfig(layout=args.layout, subjects=subjects,
                         clips_per_subject=args.clips_per_subject if args.clips_per_subject is not None else 5,
                         seed=args.seed, size=args.size, fps=args.fps, quirks=not args.no_quirks,

@@ -140,8 +140,11 @@ def _composite_emotion(rng: np.random.Generator, dataset: str, excluded_p: float
     spare = [e for e in natives if not composite_class(dataset, e)]
     if spare and rng.random() < excluded_p:
         return str(rng.choice(spare))
-    classes = sorted(COMPOSITE_LABELS, key=COMPOSITE_LABELS.__getitem__)  # negative, positive, surprise
-    cls = str(rng.choice(classes, p=np.asarray(shares) / sum(shares))) if shares else str(rng.choice(sorted(classes)))
+    if shares:
+        by_number = sorted(COMPOSITE_LABELS, key=COMPOSITE_LABELS.__getitem__)  # negative, positive, surprise
+        cls = str(rng.choice(by_number, p=np.asarray(shares) / sum(shares)))
+    else:
+        cls = str(rng.choice(sorted(COMPOSITE_LABELS)))
     return str(rng.choice([e for e in natives if composite_class(dataset, e) == cls]))
 
 
@@ -349,7 +352,7 @@ def _write_dataset(cfg: DatasetConfig, out: Path, progress: bool) -> Summary:
     composite = cfg.layout == "megc2019"
     plan = _split_subjects(cfg.subjects) if composite else {cfg.layout: cfg.subjects}
     folders = {"casme2": "CASME2", "samm": "SAMM", "smic": "SMIC"}
-    if cfg.like_composite and composite:
+    if cfg.like_composite:  # write_dataset checked: megc2019 with its 68 subjects
         per_subject = composite_counts(cfg.seed)
     else:
         per_subject = {dataset: [cfg.clips_per_subject] * count for dataset, count in plan.items()}
