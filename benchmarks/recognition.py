@@ -9,7 +9,10 @@ checkpoint is exported to ONNX and timed at batch 1 with ONNX Runtime on this CP
 dataset, parameters, GFLOPs, CPU latency, training time) and ``recognition_<model>.png``, the confusion
 matrix of the first seed. Runs already in the JSON are kept, so an interrupted benchmark resumes.
 
-    python benchmarks/recognition.py [--models ststnet,mmt_small] [--seeds 0,1,2] [--epochs 60]
+    python benchmarks/recognition.py [--models ststnet,mmt_small] [--seeds 0,1,2] [--epochs 60] [--jobs 2]
+
+On a GPU (``--device cuda``, the default when torch sees one) several runs side by side (``--jobs``) keep it
+busier than one: these models are small. A run that is stopped keeps its finished folds (``train``'s resume).
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ import os
 import platform
 import shutil
 import statistics
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+from typing import Any
 
 from edge_mer.atomic import write_text
 from edge_mer.features.prepare import prepare_synthetic_composite
@@ -34,6 +39,22 @@ RESULTS = Path(__file__).resolve().parent / "results"
 DATASETS = ("casme2", "samm", "smic")
 
 
+def train_one(model: str, seed: int, features: str, epochs: int, work: str, device: str,
+              threads: int) -> dict[str, Any]:
+    """One model and seed under the MEGC2019 protocol (in a process of its own under --jobs)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    folder = Path(work) / "runs" / model / str(seed)
+    cfg = RunConfig(features=features, protocol="megc2019", model=model, device=device,
+                    train=TrainConfig(epochs=epochs, seed=seed))
+    r = run(cfg, folder, progress=True)
+    return {"model": model, "seed": seed, "uf1": r["uf1"], "uar": r["uar"], "accuracy": r["accuracy"],
+            "samples": r["samples"], "folds": r["folds"], "params": r["params"], "gflops": r["gflops"],
+            "seconds": r["seconds"], "device": r["device"], "per_dataset": r["per_dataset"]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="ststnet,mmt_small")
@@ -41,47 +62,57 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--data-seed", type=int, default=0)
     ap.add_argument("--name", default="recognition", help="results file stem (default recognition)")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own)")
+    ap.add_argument("--jobs", type=int, default=1, help="runs trained side by side, each in its own process")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads per run (default: 1 with --jobs > 1, "
+                                                           "else torch's own)")
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the models train")
     ap.add_argument("--work", default="benchmarks/.work/recognition", help="data, features and runs (not committed)")
     args = ap.parse_args()
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    threads = args.threads or (1 if args.jobs > 1 else 0)
     work = Path(args.work)
     feats = work / "features"
     prepare_synthetic_composite(work / "data", feats, 0, 0, args.data_seed, diverse=True)
     out_json = RESULTS / f"{args.name}.json"
     doc = json.loads(out_json.read_text()) if out_json.exists() else {"runs": {}}
-    for model in args.models.split(","):
-        for seed in (int(s) for s in args.seeds.split(",")):
-            key = f"{model}/{seed}"
-            if key in doc["runs"]:
-                continue
-            folder = work / "runs" / model / str(seed)
-            cfg = RunConfig(features=str(feats), protocol="megc2019", model=model,
-                            train=TrainConfig(epochs=args.epochs, seed=seed))
-            r = run(cfg, folder, progress=True)
-            onnx = work / "onnx" / f"{model}-{seed}.onnx"
-            export(folder / "checkpoint.pt", onnx, force=True)
-            timing = bench_models(onnx, ["onnxruntime"], runs=200, threads=2)[0]
-            doc["runs"][key] = {"model": model, "seed": seed, "uf1": r["uf1"], "uar": r["uar"],
-                                "accuracy": r["accuracy"], "samples": r["samples"], "folds": r["folds"],
-                                "params": r["params"], "gflops": r["gflops"], "seconds": r["seconds"],
-                                "per_dataset": r["per_dataset"], "cpu_ms_p50": timing["p50"]}
-            if not (RESULTS / f"{args.name}_{model}.png").exists():
-                shutil.copyfile(folder / "confusion.png", RESULTS / f"{args.name}_{model}.png")
-            doc |= {"date": dt.date.today().isoformat(), "epochs": args.epochs, "data_seed": args.data_seed,
-                    "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
-            RESULTS.mkdir(exist_ok=True)
-            write_text(out_json, json.dumps(doc, indent=2, sort_keys=True) + "\n")
-            print(f"{key}: UF1 {r['uf1']:.4f} UAR {r['uar']:.4f} ({r['seconds']:.0f} s)", flush=True)
+    todo = [(m, int(s)) for m in args.models.split(",") for s in args.seeds.split(",")
+            if f"{m}/{s}" not in doc["runs"]]
+
+    def save() -> None:
+        doc.update({"date": dt.date.today().isoformat(), "epochs": args.epochs, "data_seed": args.data_seed,
+                    "machine": f"{platform.machine()}, {os.cpu_count()} cores"})
+        RESULTS.mkdir(exist_ok=True)
+        write_text(out_json, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        jobs = [pool.submit(train_one, m, s, str(feats), args.epochs, str(work), args.device, threads)
+                for m, s in todo]
+        for done in as_completed(jobs):
+            r = done.result()
+            doc["runs"][f"{r['model']}/{r['seed']}"] = r
+            save()
+            print(f"{r['model']}/{r['seed']}: UF1 {r['uf1']:.4f} UAR {r['uar']:.4f} ({r['seconds']:.0f} s)",
+                  flush=True)
+    # latency once nothing else trains: every exported model at batch 1, ONNX Runtime, 2 threads
+    for r in doc["runs"].values():
+        folder = work / "runs" / r["model"] / str(r["seed"])
+        if "cpu_ms_p50" in r or not (folder / "checkpoint.pt").is_file():
+            continue
+        onnx = work / "onnx" / f"{r['model']}-{r['seed']}.onnx"
+        export(folder / "checkpoint.pt", onnx, force=True)
+        r["cpu_ms_p50"] = bench_models(onnx, ["onnxruntime"], runs=200, threads=2)[0]["p50"]
+        if not (RESULTS / f"{args.name}_{r['model']}.png").exists():
+            shutil.copyfile(folder / "confusion.png", RESULTS / f"{args.name}_{r['model']}.png")
+        save()
     _table(doc, args.name)
 
 
 def _spread(values: list[float]) -> str:
     mean = statistics.fmean(values)
     return f"{mean:.4f} ± {statistics.stdev(values):.4f}" if len(values) > 1 else f"{mean:.4f}"
+
+
+def _ms(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
 
 
 def _table(doc: dict, name: str) -> None:
@@ -96,15 +127,16 @@ def _table(doc: dict, name: str) -> None:
              f"CPU latency: the exported ONNX file at batch 1, ONNX Runtime, 2 threads. Machine: {doc.get('machine')}.",
              "", f"Command: `python benchmarks/recognition.py` (results in `benchmarks/results/{name}.json`)", "",
              "| model | seeds | UF1 | UAR | UF1 CASME II | UF1 SAMM | UF1 SMIC | parameters | GFLOPs | CPU ms p50 "
-             "| training s |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| training s | trained on |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for model, runs in models.items():
         per_ds = [f"{statistics.fmean(r['per_dataset'][d]['uf1'] for r in runs):.4f}" for d in DATASETS]
         first = runs[0]
         lines.append(f"| {model} | {len(runs)} | {_spread([r['uf1'] for r in runs])} | "
                      f"{_spread([r['uar'] for r in runs])} | {' | '.join(per_ds)} | {first['params']:,} | "
-                     f"{first['gflops']:.4f} | {first['cpu_ms_p50']:.3f} | "
-                     f"{statistics.fmean(r['seconds'] for r in runs):.0f} |")
+                     f"{first['gflops']:.4f} | {_ms(first.get('cpu_ms_p50'))} | "
+                     f"{statistics.fmean(r['seconds'] for r in runs):.0f} | "
+                     f"{', '.join(sorted({r.get('device', 'cpu') for r in runs}))} |")
     write_text(RESULTS / f"{name}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -235,3 +235,49 @@ def test_device_tests_pass_on_this_python(installed: Installed) -> None:
     assert proc.returncode == 0, proc.stdout[-4000:]
     assert " passed" in proc.stdout.splitlines()[-1] and " failed" not in proc.stdout.splitlines()[-1]
     assert _versions(installed.python) == installed.before  # nothing the tests installed replaced numpy
+
+
+# JetPack 6's own OpenCV is 4.8.0 (the JetPack 6.2 environment above stands 4.7 in for it, and 4.7's DNN gives
+# NaN on the face models): the 4.8.0 wheel with the numpy its typing module needs
+OPENCV_48 = ("3.10", "numpy==1.22.4", "opencv-python-headless==4.8.0.76", "onnxruntime==1.19.2")
+FACE_ENGINES_AGREE = """
+import json, sys
+import cv2, numpy as np
+from edge_mer.face.mesh import FaceModels
+from edge_mer.assets import faces
+from pathlib import Path
+found = {}
+for engine in ("opencv", "onnxruntime"):
+    models = FaceModels(engine)
+    for photo in ("astronaut.png", "hopper.png"):
+        img = cv2.imread(str(Path(faces.__file__).parent / photo))
+        for scale, angle in ((1.0, 0), (0.5, 0), (1.0, 25), (0.5, -25)):
+            im = cv2.resize(img, None, fx=scale, fy=scale)
+            h, w = im.shape[:2]
+            im = cv2.warpAffine(im, cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0), (w, h))
+            out = []
+            for face in models.detect(im):
+                fitted = models.fit(im, face)
+                out.append([list(map(float, face.box))] + ([] if fitted is None else list(fitted.points().values())))
+            found.setdefault(f"{photo} x{scale} {angle}", {})[engine] = out
+print(json.dumps({"cv2": cv2.__version__, "found": found}))
+"""
+
+
+def test_jetpack6_opencv_dnn_runs_the_face_models_as_onnxruntime_does(tmp_path: Path) -> None:
+    python, *wheels = OPENCV_48
+    home = _interpreter_home(python)
+    if home is None:
+        pytest.skip(f"no Python {python} on this machine")
+    venv = tmp_path / "venv"
+    _ok(_run([str(home / "bin" / f"python{python}"), "-m", "venv", str(venv)], timeout=300))
+    _ok(_run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *wheels, "tqdm"], timeout=900))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = json.loads(_ok(_run([str(venv / "bin" / "python"), "-c", FACE_ENGINES_AGREE], env=env)).stdout)
+    assert result["cv2"] == "4.8.0"
+    for case, by_engine in result["found"].items():
+        dnn, ort = by_engine["opencv"], by_engine["onnxruntime"]
+        assert len(dnn) == len(ort) == 1, f"{case}: OpenCV DNN found {len(dnn)} faces, ONNX Runtime {len(ort)}"
+        assert len(dnn[0]) == len(ort[0]) > 1, f"{case}: no landmarks from one engine"
+        gap = max(abs(a - b) for p, q in zip(dnn[0], ort[0]) for a, b in zip(p, q))
+        assert gap < 0.5, f"{case}: OpenCV 4.8.0's DNN and ONNX Runtime differ by {gap:.2f} px"

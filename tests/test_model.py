@@ -8,7 +8,7 @@ torch = pytest.importorskip("torch")
 
 from edge_mer.errors import UserError  # noqa: E402
 from edge_mer.model.config import ABLATIONS, MMTConfig, model_config  # noqa: E402
-from edge_mer.model.mmt import MMT, count_parameters, flops_per_sample, info_nce  # noqa: E402
+from edge_mer.model.mmt import MMT, Attention, Dropout, count_parameters, flops_per_sample, info_nce  # noqa: E402
 from edge_mer.train.loop import TrainConfig, augment  # noqa: E402
 
 
@@ -105,3 +105,58 @@ def test_ststnet_is_the_papers_shallow_three_stream_cnn():
     assert torch.allclose(model(small, t[..., :28, :28]), logits, atol=1e-6)  # 112 is pooled to the paper's 28
     with pytest.raises(UserError, match="ablations are of the MMT"):
         model_config("ststnet", ablation="cls-pooling")
+
+
+def test_htnet_is_its_authors_configuration_with_regions_from_the_aligned_crop():
+    from edge_mer.model.baselines import HT_REGIONS
+    from edge_mer.model.build import build_model
+
+    model = build_model(model_config("htnet")).eval()
+    # width 256 -> 512 -> 1024 over 2, 2 and 10 blocks: 139.6 M weights, as its code builds it
+    assert count_parameters(model) == 139_583_788
+    # 28 x 28 input, 7 x 7 patches: a 4 x 4 token map in 4 x 4 tiles, then 2 x 2, then one: one token a tile
+    assert [lvl.pos.numel() for lvl in model.levels] == [1, 1, 1]
+    wide = build_model(model_config("htnet_56"))
+    assert [lvl.pos.numel() for lvl in wide.levels] == [4, 4, 4]  # the labelled variant: four tokens a tile
+    m, t = _inputs(2)
+    logits = model(m, t)
+    assert logits.shape == (2, 3)
+    assert torch.equal(model(m, torch.zeros_like(t)), logits)
+    # a mark on each canonical landmark lands in its own quadrant of the tiled input, image left first
+    for k, (fx, fy) in enumerate(HT_REGIONS):
+        motion = torch.zeros(1, 3, 112, 112)
+        motion[..., round(fy * 112) - 2:round(fy * 112) + 2, round(fx * 112) - 2:round(fx * 112) + 2] = 1.0
+        tiled = model.regions(motion)[0, 0]
+        quadrants = [tiled[:14, :14], tiled[:14, 14:], tiled[14:, :14], tiled[14:, 14:]]
+        assert [float(q.sum()) > 0 for q in quadrants] == [i == k for i in range(4)], k
+
+
+def test_attention_is_softmax_of_scaled_query_key_products_per_head():
+    att = Attention(dim=8, heads=2, dropout=0.0).eval()
+    x = torch.randn(3, 5, 8, generator=torch.Generator().manual_seed(4))
+    out, attn = att(x)
+    q, k, v = att.qkv(x).split(8, -1)  # (B, N, 8) each; head h owns columns 4h..4h+3
+    heads = []
+    for h in range(2):
+        c = slice(4 * h, 4 * h + 4)
+        ref = torch.softmax(q[..., c] @ k[..., c].transpose(1, 2) / 2.0, -1)  # sqrt(4) = 2
+        assert torch.allclose(attn[:, h], ref, atol=1e-6)
+        heads.append(ref @ v[..., c])
+    assert torch.allclose(out, att.proj(torch.cat(heads, -1)), atol=1e-5)
+
+
+def test_dropout_drops_its_share_keeps_the_mean_and_repeats_with_the_seed():
+    drop = Dropout(0.1)
+    x = torch.ones(200_000)
+    torch.manual_seed(7)
+    y = drop(x)
+    assert abs(float((y == 0).float().mean()) - 26 / 256) < 0.005  # p = 0.1 rounds to 26 of 256
+    assert abs(float(y.mean()) - 1.0) < 0.01
+    torch.manual_seed(7)
+    assert torch.equal(drop(x), y)
+    assert not torch.equal(drop(x), y)  # the next call draws another mask
+    assert torch.equal(drop.eval()(x), x)
+    x = torch.ones(1000, requires_grad=True)
+    drop.train()(x).sum().backward()
+    assert torch.allclose(torch.unique(x.grad), torch.tensor([0.0, 256 / 230]))
+    assert torch.equal(Dropout(0.0)(x), x)

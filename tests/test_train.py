@@ -102,6 +102,25 @@ def test_a_baseline_trains_exports_and_runs_like_the_mmt(composite_features, tmp
     assert [i.name for i in session.get_inputs()] == ["motion", "texture"]  # every edge-mer model takes both
 
 
+def test_htnet_trains_exports_and_runs_like_the_mmt(composite_features, tmp_path):
+    """The HTNet rebuild (narrowed to width 16 so that the test is quick) trains under a protocol, keeps its
+    configuration in the checkpoint and exports to an ONNX file that ONNX Runtime runs as torch does."""
+    from edge_mer.quant.export import export
+    from edge_mer.train.loop import TrainConfig
+    from edge_mer.train.run import RunConfig, run
+
+    cfg = RunConfig(features=str(composite_features), protocol="split", model="htnet_56", device="cpu",
+                    train=TrainConfig(epochs=1, batch_size=8), changes=(("dim", 16), ("heads", 2)))
+    result = run(cfg, tmp_path / "htnet", progress=False)
+    assert result["model"] == "htnet_56" and result["samples"] > 0
+    report = export(tmp_path / "htnet" / "checkpoint.pt", tmp_path / "htnet.onnx")
+    assert report["max_abs_diff"] <= 1e-4
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(tmp_path / "htnet.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["motion", "texture"]
+
+
 def test_bad_inputs_are_one_line(generated, composite_features, loso_run, tmp_path):
     casme2 = tmp_path / "casme2_64"
     run_cli("data", "prepare", "--dataset", "casme2", "--root", str(generated["casme2"]), "--out", str(casme2),
@@ -118,3 +137,103 @@ def test_bad_inputs_are_one_line(generated, composite_features, loso_run, tmp_pa
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     proc = run_cli("eval", "--checkpoint", str(tmp_path / "bad.pt"), "--features", str(casme2))
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_kfold_holds_out_whole_subjects_once_and_changes_reach_the_model(composite_features, tmp_path):
+    """Five subject-disjoint folds: every sample is tested once, no subject is on both sides of a fold, the
+    MEGC log has one block per subject; a recipe's model change is what gets trained and saved."""
+    from edge_mer.features.cache import FeatureSet
+    from edge_mer.train.run import KFOLDS, make_folds
+
+    fs = FeatureSet.load(composite_features)
+    folds = make_folds(fs, "kfold", seed=3)
+    subjects = sorted(set(fs.subjects))
+    assert len(folds) == min(KFOLDS, len(subjects))
+    tested = sorted(i for f in folds for i in f.test.tolist())
+    assert tested == list(range(len(fs)))
+    for f in folds:
+        assert not {fs.subjects[i] for i in f.train} & {fs.subjects[i] for i in f.test}
+    assert [f.subject for f in make_folds(fs, "kfold", seed=3)] == [f.subject for f in folds]
+    assert [f.subject for f in make_folds(fs, "kfold", seed=4)] != [f.subject for f in folds]
+
+    out = tmp_path / "kfold"
+    result = json.loads(run_cli("train", "--features", str(composite_features), "--protocol", "kfold", "--out",
+                                str(out), "--json", *TINY, check=True).stdout)
+    assert result["folds"] == len(folds) and result["samples"] == len(fs)
+    heads = [line for line in (out / "megc_log.txt").read_text().splitlines() if len(line.split()) == 2]
+    assert len(heads) == len(subjects)
+
+    import torch
+
+    from edge_mer.train.loop import TrainConfig
+    from edge_mer.train.run import RunConfig, run
+
+    cfg = RunConfig(features=str(composite_features), protocol="split", model="mmt_test",
+                    train=TrainConfig(epochs=1, batch_size=8), changes=(("dim", 48), ("heads", 3)))
+    run(cfg, tmp_path / "changed", progress=False)
+    saved = torch.load(tmp_path / "changed" / "checkpoint.pt", weights_only=False)
+    assert saved["config"]["dim"] == 48 and saved["config"]["heads"] == 3
+    assert json.loads((tmp_path / "changed" / "run.json").read_text())["model"]["dim"] == 48
+    from edge_mer.errors import UserError
+
+    with pytest.raises(UserError, match="unknown model setting"):
+        run(RunConfig(features=str(composite_features), model="mmt_test", changes=(("width", 1),)),
+            tmp_path / "bad", progress=False)
+
+
+@pytest.mark.gpu
+def test_training_on_a_gpu_gives_a_cpu_checkpoint_and_the_cpus_predictions(composite_features, tmp_path):
+    import torch
+
+    from edge_mer.train.loop import TrainConfig
+    from edge_mer.train.run import RunConfig, run
+
+    results = {}
+    for device in ("cuda", "cpu"):
+        cfg = RunConfig(features=str(composite_features), protocol="split", model="mmt_test", device=device,
+                        train=TrainConfig(epochs=3, batch_size=8))
+        results[device] = run(cfg, tmp_path / device, progress=False)
+    assert results["cuda"]["device"] == "cuda" and results["cpu"]["device"] == "cpu"
+    saved = torch.load(tmp_path / "cuda" / "checkpoint.pt", weights_only=False)  # no map_location needed
+    assert all(t.device.type == "cpu" for t in saved["state_dict"].values())
+    rows = {d: (tmp_path / d / "predictions.csv").read_text().splitlines()[1:] for d in results}
+    same = sum(a.split(",")[3] == b.split(",")[3] for a, b in zip(rows["cuda"], rows["cpu"]))
+    assert same >= 0.8 * len(rows["cpu"])  # the same draws; only floating-point order differs
+
+
+def test_asking_for_a_gpu_that_is_not_there_is_one_line(composite_features, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    proc = run_cli("train", "--features", str(composite_features), "--out", str(tmp_path / "x"), "--device", "cuda",
+                   *TINY)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("edge-mer: error: --device cuda: this torch sees no CUDA GPU (a CPU build, or "
+                                   "no driver); use --device cpu")
+
+
+def test_a_killed_run_resumes_from_its_finished_folds(loso_run, composite_features, tmp_path):
+    """SIGKILL in the middle of the folds, then the same command: only the unfinished folds are trained again,
+    the result is the uninterrupted run's, and nothing of the kept folds is left behind."""
+    import signal
+    import time
+
+    _, whole = loso_run
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "edge_mer", "train", "--features", str(composite_features), "--protocol",
+            "megc2019", "--out", str(out), "--json", "--no-final-model", *TINY]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list(tmp_path.glob(".run.folds-*/fold-*.npz")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    kept = list(tmp_path.glob(".run.folds-*/fold-*.npz"))
+    assert kept and not out.exists(), "the run was not caught between its first fold and its end"
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = [line for line in again.stderr.splitlines() if line.startswith("resuming:")]
+    assert resumed and resumed[0].startswith(f"resuming: {len(kept)} of {whole['folds']} folds")
+    assert json.loads(again.stdout)["confusion"] == whole["confusion"]
+    assert not list(tmp_path.glob(".run.folds-*"))

@@ -281,7 +281,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     tcfg = TrainConfig(epochs=args.epochs or 60, batch_size=args.batch_size, lr=args.lr or 1e-3, seed=args.seed)
     cfg = RunConfig(features=args.features, protocol=args.protocol, model=args.model, ablation=args.ablation,
-                    train=tcfg, ddp=args.ddp, final_model=not args.no_final_model)
+                    train=tcfg, ddp=args.ddp, final_model=not args.no_final_model, device=args.device)
     result = run(cfg, Path(args.out), progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
@@ -381,14 +381,16 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 def _train_parsers(sub: Any) -> None:
     from edge_mer.model.config import ABLATIONS, MODELS
 
-    t = sub.add_parser("train", help="train the MMT under LOSO, the MEGC2019 protocol or a split",
+    t = sub.add_parser("train", help="train the MMT under LOSO, the MEGC2019 protocol, k folds or a split",
                        description="Train a fresh model per fold for a fixed number of epochs (never the best "
                                    "epoch on the test subject), pool the predictions and report UF1/UAR/accuracy "
                                    "overall and per dataset. Writes RUN/metrics.json, predictions.csv, "
                                    "megc_log.txt, confusion.png and checkpoint.pt (a model trained on all "
                                    "samples). Under torchrun the folds are spread over the processes.")
     t.add_argument("--features", required=True, help="feature cache from edge-mer data prepare")
-    t.add_argument("--protocol", choices=("loso", "megc2019", "split"), default="loso")
+    t.add_argument("--protocol", choices=("loso", "megc2019", "kfold", "split"), default="loso",
+                   help="loso: one fold per subject; megc2019: LOSO over the composite; kfold: five "
+                        "subject-disjoint folds (a quicker estimate); split: one 80/20 subject split")
     t.add_argument("--out", required=True, help="run folder (written whole at the end)")
     t.add_argument("--force", action="store_true", help="replace an existing run folder --out")
     t.add_argument("--model", choices=sorted(MODELS), default="mmt_small")
@@ -398,6 +400,9 @@ def _train_parsers(sub: Any) -> None:
     t.add_argument("--lr", type=float, help="peak learning rate (default 1e-3; 1e-5 with --qat)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=at_least(1), help="torch CPU threads")
+    t.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where the models train (default: a CUDA GPU when torch sees one, else the CPU; under "
+                        "torchrun process i takes GPU i mod GPUs)")
     t.add_argument("--ddp", action="store_true", help="under torchrun: DistributedDataParallel per model "
                                                       "instead of spreading the folds")
     t.add_argument("--no-final-model", action="store_true", help="skip the model trained on all samples")

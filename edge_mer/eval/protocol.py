@@ -40,12 +40,15 @@ def loso_folds(subjects: Sequence[str]) -> list[Fold]:
 
 def megc_log(folds: Sequence[Fold], ids: Sequence[str], pred: Sequence[int] | np.ndarray,
              truth: Sequence[int] | np.ndarray) -> str:
-    """The MEGC-format log of pooled LOSO predictions; ``ids`` are ``dataset/subject/clip``."""
+    """The MEGC-format log of pooled predictions; ``ids`` are ``dataset/subject/clip``.
+
+    One block per held-out subject, in fold order (a fold that holds out several subjects gives several)."""
     lines = []
     for fold in folds:
-        dataset, subject = fold.subject.split("/", 1)
-        lines.append(f"{dataset} {subject}")
+        blocks: dict[str, list[str]] = {}
         for i in fold.test:
-            clip = ids[i].split("/", 2)[2]
-            lines.append(f"{clip} {int(pred[i])} {int(truth[i])}")
+            dataset, subject, clip = ids[i].split("/", 2)
+            blocks.setdefault(f"{dataset} {subject}", []).append(f"{clip} {int(pred[i])} {int(truth[i])}")
+        for head, rows in blocks.items():
+            lines += [head, *rows]
     return "\n".join(lines) + "\n"

@@ -186,9 +186,8 @@ class FaceAligner:
                     best, best_score = (np.array([lx, ly]), np.array([rx, ry])), score
         return best
 
-    def searched(self, frame: np.ndarray) -> str:
-        """What a search for faces on ``frame`` covers, for the message that none was found."""
-        h, w = frame.shape[:2]
+    def searched(self, h: int, w: int) -> str:
+        """What a search for faces on an ``h`` x ``w`` frame covers, for the message that none was found."""
         if self.models is not None:
             return (f"BlazeFace over {len(self.models.windows(h, w))} window(s) of the {w} x {h} frame, faces from "
                     f"{self.min_face} px")
@@ -204,7 +203,7 @@ class FaceAligner:
         gray = _gray(frame)
         box = self.detect(gray, near)
         if box is None:
-            raise NoFaceError(f"no face found in {where} ({self.searched(frame)})")
+            raise NoFaceError(f"no face found in {where} ({self.searched(*frame.shape[:2])})")
         eyes = self._landmark_eyes(gray, box) if self.landmarks is not None else self.eyes(gray, box)
         method = "landmarks" if self.landmarks is not None and eyes is not None else "eyes"
         if eyes is None:
@@ -219,7 +218,7 @@ class FaceAligner:
         found = choose(self.models.detect(frame) if faces is None else faces, frame.shape,
                        near.face if near is not None else None, self.pick)
         if found is None:
-            raise NoFaceError(f"no face found in {where} ({self.searched(frame)})")
+            raise NoFaceError(f"no face found in {where} ({self.searched(*frame.shape[:2])})")
         fitted = self.models.fit(frame, found)
         return self._from_face(fitted, "mesh") if fitted is not None else self._from_face(found, "keypoints")
 

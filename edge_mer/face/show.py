@@ -174,7 +174,7 @@ def show_video(path: Path, aligner: FaceAligner, out: Path | None = None, max_fr
             raise UserError(f"no frames could be read from {path} (empty or corrupt)")
     if result.with_face == 0:
         raise NoFaceError(f"no face found in any of the {result.frames} frames of {path} "
-                          f"({aligner.searched(np.zeros(shape[:2], np.uint8))})")
+                          f"({aligner.searched(*shape[:2])})")
     return result
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edge_mer.model.baselines import STSTNet, ststnet_flops
+from edge_mer.model.baselines import HTNet, STSTNet, htnet_flops, ststnet_flops
 from edge_mer.model.config import MMTConfig
 from edge_mer.model.mmt import MMT, Recogniser
 from edge_mer.model.mmt import flops_per_sample as mmt_flops
@@ -10,9 +10,9 @@ from edge_mer.model.mmt import flops_per_sample as mmt_flops
 
 def build_model(cfg: MMTConfig) -> Recogniser:
     """The MMT, or the baseline ``cfg.arch`` names (same inputs, same ``forward_train``)."""
-    return STSTNet(cfg) if cfg.arch == "ststnet" else MMT(cfg)
+    return {"ststnet": STSTNet, "htnet": HTNet}.get(cfg.arch, MMT)(cfg)
 
 
 def flops_per_sample(cfg: MMTConfig) -> int:
     """Multiply-adds x 2 of one forward pass of ``cfg``'s model."""
-    return ststnet_flops(cfg) if cfg.arch == "ststnet" else mmt_flops(cfg)
+    return {"ststnet": ststnet_flops, "htnet": htnet_flops}.get(cfg.arch, mmt_flops)(cfg)

@@ -11,7 +11,7 @@ from typing import Any
 
 from edge_mer.errors import UserError
 
-ARCHITECTURES = ("mmt", "ststnet")
+ARCHITECTURES = ("mmt", "ststnet", "htnet")
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,8 @@ class MMTConfig:
     contrastive_weight: float = 0.1  # lambda; 0 switches the contrastive term off
     temperature: float = 0.1  # tau
     channels: dict[str, int] = field(default_factory=lambda: {"motion": 3, "texture": 1})
-    arch: str = "mmt"  # "mmt", or a baseline trained under the same protocol ("ststnet")
+    arch: str = "mmt"  # "mmt", or a baseline trained under the same protocol ("ststnet", "htnet")
+    side: int = 0  # htnet: the motion is resized to side x side (0: its paper's 28)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -39,7 +40,7 @@ class MMTConfig:
         for p in self.patch_sizes:
             if self.size % p:
                 raise UserError(f"patch size {p} does not divide the crop size {self.size}")
-        if self.dim % self.heads:
+        if self.arch == "mmt" and self.dim % self.heads:  # HTNet's heads are dim // heads wide, as its code
             raise UserError(f"width {self.dim} is not divisible by {self.heads} heads")
         if self.pooling not in ("fused", "cls"):
             raise UserError(f"pooling must be 'fused' or 'cls', not {self.pooling!r}")
@@ -67,6 +68,12 @@ MODELS: dict[str, MMTConfig] = {
                           dropout=0.0),
     # the MEGC2019 shallow CNN baseline (motion only, 28 x 28): edge_mer/model/baselines.py
     "ststnet": MMTConfig(arch="ststnet", modalities=("motion",), contrastive_weight=0.0, dropout=0.5),
+    # the hierarchical transformer baseline (its authors' configuration; 28 x 28 motion): baselines.py
+    "htnet": MMTConfig(arch="htnet", modalities=("motion",), contrastive_weight=0.0, dim=256, heads=3,
+                       mlp_ratio=4.0, dropout=0.0),
+    # the same with 56 x 56 input, so that its attention sees four tokens a block (a deviation from the paper)
+    "htnet_56": MMTConfig(arch="htnet", modalities=("motion",), contrastive_weight=0.0, dim=256, heads=3,
+                          mlp_ratio=4.0, dropout=0.0, side=56),
 }
 
 ABLATIONS: dict[str, dict[str, Any]] = {
@@ -79,23 +86,31 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 }
 
 
-def model_config(name: str, size: int | None = None, ablation: str = "full") -> MMTConfig:
+def model_config(name: str, size: int | None = None, ablation: str = "full",
+                 changes: dict[str, Any] | None = None) -> MMTConfig:
+    """The named model with an ablation applied, sized to the crop ``size``; ``changes`` set fields directly."""
     if name not in MODELS:
         raise UserError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
     if ablation not in ABLATIONS:
         raise UserError(f"unknown ablation {ablation!r}; choose from {', '.join(ABLATIONS)}")
     cfg = MODELS[name]
+    if changes:
+        unknown = set(changes) - {f.name for f in fields(MMTConfig)}
+        if unknown:
+            raise UserError(f"unknown model setting(s) {', '.join(sorted(unknown))}")
+        given: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()}
+        cfg = replace(cfg, **given)
     if cfg.arch != "mmt" and ablation != "full":
         raise UserError(f"the ablations are of the MMT; {name} has none")
-    changes = dict(ABLATIONS[ablation])
-    if changes.get("patch_sizes") == "first":
-        changes["patch_sizes"] = cfg.patch_sizes[:1]
-    if len(changes.get("modalities", cfg.modalities)) < 2:
-        changes["contrastive_weight"] = 0.0  # one modality has nothing to contrast with
+    ablated = dict(ABLATIONS[ablation])
+    if ablated.get("patch_sizes") == "first":
+        ablated["patch_sizes"] = cfg.patch_sizes[:1]
+    if len(ablated.get("modalities", cfg.modalities)) < 2:
+        ablated["contrastive_weight"] = 0.0  # one modality has nothing to contrast with
     if size is not None and size != cfg.size:
-        patches = tuple(p for p in changes.get("patch_sizes", cfg.patch_sizes) if size % p == 0)
+        patches = tuple(p for p in ablated.get("patch_sizes", cfg.patch_sizes) if size % p == 0)
         if not patches:
             raise UserError(f"model {name} has no patch size that divides the crop size {size}")
-        changes["patch_sizes"] = patches
-        changes["size"] = size
-    return replace(cfg, **changes)
+        ablated["patch_sizes"] = patches
+        ablated["size"] = size
+    return replace(cfg, **ablated)

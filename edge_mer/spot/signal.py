@@ -391,13 +391,18 @@ class FaceTrack:
         self.nudges = 0  # how many times the transform moved part of the way towards the followed face
         self.misses = 0  # looks for the face, after it was found, that did not find it (looked away, left)
         self.searches = 0  # frames the detector looked at
-        self.searched = ""  # what the last look covered (sizes, windows), for the message that none was found
+        self._looked_at: tuple[int, int] | None = None  # the frame size of the last search
         self.changed = False
         self._due = 0  # frame index of the next detection
         self._next_follow = 0  # frame index of the next smooth step
         s = float(size)
         self._probe = np.array([[0.5 - CANONICAL_IOD / 2, CANONICAL_EYE_Y], [0.5 + CANONICAL_IOD / 2, CANONICAL_EYE_Y],
                                 [0.5, 0.66]]) * s  # eyes and mouth in the crop
+
+    @property
+    def searched(self) -> str:
+        """What the last search for a face covered (sizes, windows), for the message that none was found."""
+        return "" if self._looked_at is None else self.aligner.searched(*self._looked_at)
 
     def update(self, gray: np.ndarray, index: int, idle: bool = True, head: np.ndarray | None = None) -> bool:
         """Detect if due (``head``: the signal's last fitted head motion); True when a face alignment is set."""
@@ -444,7 +449,7 @@ class FaceTrack:
             if followed is not None:
                 return followed
         self.searches += 1
-        self.searched = self.aligner.searched(gray)
+        self._looked_at = (gray.shape[0], gray.shape[1])
         try:
             return self.aligner.align(gray, f"frame {index}", near=self.alignment)
         except NoFaceError:

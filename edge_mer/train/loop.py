@@ -36,13 +36,14 @@ class TrainConfig:
     flip: bool = True
     max_shift: int = 4
     gain: tuple[float, float] = (0.8, 1.25)
+    class_weighting: bool = True  # cross-entropy weighted by 1/sqrt(class frequency); False: unweighted
 
 
 def augment(motion: torch.Tensor, texture: torch.Tensor, cfg: TrainConfig,
             gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     b = motion.shape[0]
     if cfg.flip:
-        flip = torch.rand(b, generator=gen) < 0.5
+        flip = (torch.rand(b, generator=gen) < 0.5).to(motion.device)
         if flip.any():
             motion, texture = motion.clone(), texture.clone()
             motion[flip] = motion[flip].flip(-1)
@@ -54,7 +55,7 @@ def augment(motion: torch.Tensor, texture: torch.Tensor, cfg: TrainConfig,
         texture = torch.roll(texture, (dy, dx), (-2, -1))
     lo, hi = cfg.gain
     g = lo + (hi - lo) * torch.rand(b, 1, 1, 1, generator=gen)
-    return motion * g, texture
+    return motion * g.to(motion.device), texture
 
 
 def class_weights(labels: np.ndarray, classes: int) -> torch.Tensor:
@@ -74,24 +75,26 @@ def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
 def train_model(model_cfg: MMTConfig, cfg: TrainConfig, motion: np.ndarray, texture: np.ndarray,
                 labels: np.ndarray, seed: int, wrap: Callable[[nn.Module], nn.Module] | None = None,
                 shard: tuple[int, int] = (0, 1),
-                on_epoch: Callable[[int, float], None] | None = None, init: Recogniser | None = None) -> Recogniser:
+                on_epoch: Callable[[int, float], None] | None = None, init: Recogniser | None = None,
+                device: str = "cpu") -> Recogniser:
     """Train an MMT (or a baseline: ``build_model``) on the given samples for exactly ``cfg.epochs`` epochs.
 
-    From scratch, or from ``init`` (fine-tuning, e.g. with fake quantizers in it).
+    From scratch, or from ``init`` (fine-tuning, e.g. with fake quantizers in it). On ``device`` ("cpu",
+    "cuda:0", ...: the samples are moved there once); the trained model is returned on the CPU, in eval mode.
 
     ``wrap`` (e.g. DistributedDataParallel) and ``shard`` (rank, world) split each
     batch over processes; every process draws the same permutation.
     """
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    model = init if init is not None else build_model(model_cfg)
+    gen = torch.Generator().manual_seed(seed)  # draws on the CPU: the same order and augmentation on any device
+    model = (init if init is not None else build_model(model_cfg)).to(device)
     net: nn.Module = TrainStep(model)
     if wrap:
         net = wrap(net)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    weights = class_weights(labels, model_cfg.num_classes)
-    m_all, t_all = torch.from_numpy(motion), torch.from_numpy(texture)
-    y_all = torch.from_numpy(labels)
+    weights = class_weights(labels, model_cfg.num_classes).to(device) if cfg.class_weighting else None
+    m_all, t_all = torch.from_numpy(motion).to(device), torch.from_numpy(texture).to(device)
+    y_all = torch.from_numpy(labels).to(device)
     n = len(labels)
     steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
     total = cfg.epochs * steps_per_epoch
@@ -102,7 +105,7 @@ def train_model(model_cfg: MMTConfig, cfg: TrainConfig, motion: np.ndarray, text
         order = torch.randperm(n, generator=gen)
         running = 0.0
         for start in range(0, n, cfg.batch_size):
-            idx = order[start:start + cfg.batch_size]
+            idx = order[start:start + cfg.batch_size].to(device)
             # every process augments the whole batch with the same draws, then keeps its share
             m, t = augment(m_all[idx], t_all[idx], cfg, gen)
             if world > 1:
@@ -119,7 +122,7 @@ def train_model(model_cfg: MMTConfig, cfg: TrainConfig, motion: np.ndarray, text
         if on_epoch:
             on_epoch(epoch, running / max(1, n // max(world, 1)))
     model.eval()
-    return model
+    return model.cpu()
 
 
 class TrainStep(nn.Module):

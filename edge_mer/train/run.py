@@ -1,4 +1,4 @@
-"""Protocols over a feature cache: LOSO, the MEGC2019 composite, a subject-disjoint split.
+"""Protocols over a feature cache: LOSO, the MEGC2019 composite, subject-disjoint k folds, a subject split.
 
 Every fold trains a fresh model for the fixed epoch budget and predicts its held
 out subject(s); scores come from the predictions pooled over all folds. After
@@ -17,8 +17,10 @@ process and many give the same folds.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -38,7 +40,8 @@ from edge_mer.model.config import MMTConfig, model_config
 from edge_mer.outputs import staged_folder
 from edge_mer.train.loop import TrainConfig, predict, train_model
 
-PROTOCOLS = ("loso", "megc2019", "split")
+PROTOCOLS = ("loso", "megc2019", "kfold", "split")
+KFOLDS = 5  # folds of the kfold protocol: subjects dealt at random (by the seed) into five disjoint groups
 
 
 @dataclass(frozen=True)
@@ -50,18 +53,36 @@ class RunConfig:
     train: TrainConfig = TrainConfig()
     ddp: bool = False
     final_model: bool = True
+    # changes to the named model's config, e.g. (("dropout", 0.2),): what a recipe search varies
+    changes: tuple[tuple[str, Any], ...] = ()
+    device: str = "auto"  # "auto" (a CUDA GPU when torch sees one), "cpu" or "cuda"
 
 
-def _dist() -> tuple[int, int, Any]:
-    """(rank, world, torch.distributed or None); initialises the group under torchrun."""
+def training_device(choice: str, local_rank: int = 0) -> str:
+    """The torch device a run trains on: ``cuda:<local rank mod GPUs>`` or ``cpu``."""
+    import torch
+
+    if choice not in ("auto", "cpu", "cuda"):
+        raise UserError(f"unknown device {choice!r}; choose from auto, cpu, cuda")
+    gpu = torch.cuda.is_available()
+    if choice == "cuda" and not gpu:
+        raise UserError("--device cuda: this torch sees no CUDA GPU (a CPU build, or no driver); use --device cpu")
+    if choice == "cpu" or not gpu:
+        return "cpu"
+    index = local_rank % torch.cuda.device_count()
+    torch.cuda.set_device(index)
+    return f"cuda:{index}"
+
+
+def _dist(device: str) -> tuple[int, int, Any]:
+    """(rank, world, torch.distributed or None); initialises the group under torchrun (nccl between GPUs)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1, None
-    import torch
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     return dist.get_rank(), world, dist
 
 
@@ -74,12 +95,17 @@ def make_folds(fs: FeatureSet, protocol: str, seed: int) -> list[Fold]:
     subjects = sorted(set(fs.subjects))
     if len(subjects) < 2:
         raise UserError(f"{len(subjects)} subject in the features: leave-one-subject-out needs at least 2")
+    keys = np.asarray(fs.subjects)
     if protocol == "split":
         rng = np.random.default_rng(seed)
         test = set(rng.permutation(subjects)[: max(1, len(subjects) // 5)].tolist())
-        keys = np.asarray(fs.subjects)
         mask = np.isin(keys, sorted(test))
         return [Fold("+".join(sorted(test)), np.flatnonzero(~mask), np.flatnonzero(mask))]
+    if protocol == "kfold":
+        order = np.random.default_rng(seed).permutation(subjects)
+        groups = [sorted(order[i::KFOLDS].tolist()) for i in range(min(KFOLDS, len(subjects)))]
+        return [Fold("+".join(g), np.flatnonzero(~np.isin(keys, g)), np.flatnonzero(np.isin(keys, g)))
+                for g in groups]
     return loso_folds(fs.subjects)
 
 
@@ -93,29 +119,41 @@ def check_features(fs: FeatureSet, mcfg: MMTConfig) -> None:
 
 def run(cfg: RunConfig, out: Path, progress: bool = True) -> dict[str, Any]:
     start = time.perf_counter()
-    rank, world, dist = _dist()
+    device = training_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+    rank, world, dist = _dist(device)
     try:
-        return _run(cfg, out, progress, start, rank, world, dist)
+        return _run(cfg, out, progress, start, rank, world, dist, device)
     finally:
         if dist is not None:  # before the interpreter exits: a gloo group torn down at exit can abort a rank
             dist.destroy_process_group()
 
 
 def _run(cfg: RunConfig, out: Path, progress: bool, start: float, rank: int, world: int,
-         dist: Any) -> dict[str, Any]:
+         dist: Any, device: str) -> dict[str, Any]:
     fs = FeatureSet.load(Path(cfg.features))
-    mcfg = model_config(cfg.model, size=int(fs.motion.shape[-1]), ablation=cfg.ablation)
+    mcfg = model_config(cfg.model, size=int(fs.motion.shape[-1]), ablation=cfg.ablation, changes=dict(cfg.changes))
     check_features(fs, mcfg)
     folds = make_folds(fs, cfg.protocol, cfg.train.seed)
     probs = np.zeros((len(fs), mcfg.num_classes), np.float32)
     tested = np.zeros(len(fs), bool)
-    wrap, shard = _ddp_wrap(dist, rank, world) if cfg.ddp else (None, (0, 1))
+    wrap, shard = _ddp_wrap(dist, rank, world, device) if cfg.ddp else (None, (0, 1))
     mine = [i for i in range(len(folds)) if cfg.ddp or i % world == rank]
+    # every finished fold's predictions are kept beside the run folder until the run is written, so that the
+    # same command after a kill or a crash trains only the folds that were not finished (the split protocol's
+    # one fold is its checkpoint as well: it is not kept)
+    store = None if cfg.protocol == "split" else _fold_store(out, cfg, fs)
+    done = [i for i in mine if store is not None and _load_fold(store, i, folds[i], probs)]
+    if done and rank == 0:  # said even under --quiet: its seconds are not the whole run's
+        print(f"resuming: {len(done)} of {len(mine)} folds were finished by an earlier run of this command "
+              f"({store})", file=sys.stderr, flush=True)
     split_model: Any = None
     for k, i in enumerate(mine):
         fold = folds[i]
         if len(fold.train) == 0:
             raise UserError(f"fold {fold.subject} has no training samples")
+        tested[fold.test] = True
+        if i in done:
+            continue
         seed = cfg.train.seed * 100003 + i
 
         def log(epoch: int, loss: float, fold: Fold = fold, k: int = k) -> None:
@@ -123,9 +161,11 @@ def _run(cfg: RunConfig, out: Path, progress: bool, start: float, rank: int, wor
                 print(f"fold {k + 1}/{len(mine)} {fold.subject}: epoch {epoch + 1}/{cfg.train.epochs} "
                       f"loss {loss:.3f}", file=sys.stderr, flush=True)
         model = train_model(mcfg, cfg.train, fs.motion[fold.train], fs.texture[fold.train], fs.labels[fold.train],
-                            seed, wrap, shard, log)
+                            seed, wrap, shard, log, device=device)
         probs[fold.test] = predict(model, fs.motion[fold.test], fs.texture[fold.test])
-        tested[fold.test] = True
+        if store is not None and (rank == 0 or not cfg.ddp):
+            with replacing(store / f"fold-{i:04d}.npz", ".npz") as tmp:
+                np.savez(tmp, test=fold.test, probs=probs[fold.test])
         split_model = model
     if dist is not None and not cfg.ddp:
         gathered: list[Any] = [None] * world
@@ -141,21 +181,51 @@ def _run(cfg: RunConfig, out: Path, progress: bool, start: float, rank: int, wor
         final, trained_on = split_model, [fs.ids[i] for i in folds[0].train]
     elif cfg.final_model:
         final = train_model(mcfg, cfg.train, fs.motion, fs.texture, fs.labels, cfg.train.seed * 100003 + 99991,
-                            wrap, shard)
+                            wrap, shard, device=device)
     if rank == 0:
         result["seconds"] = round(time.perf_counter() - start, 1)
+        result["device"] = device.split(":")[0]
         _write(out, cfg, fs, folds, probs, tested, result, mcfg, final, trained_on)
     if dist is not None:
         dist.barrier()
+    if rank == 0:  # written whole: the kept folds of this and of earlier settings of this run folder go
+        for old in out.parent.glob(f".{out.name}.folds-*"):
+            shutil.rmtree(old, ignore_errors=True)
     return result
 
 
-def _ddp_wrap(dist: Any, rank: int, world: int) -> tuple[Any, tuple[int, int]]:
+def _fold_store(out: Path, cfg: RunConfig, fs: FeatureSet) -> Path:
+    """The folder beside ``out`` that keeps finished folds, named by what decides their predictions: the run's
+    settings (not the device), the features' config and sample ids, and the edge-mer version."""
+    what = {k: v for k, v in asdict(cfg).items() if k != "device"}
+    key = json.dumps({"run": what, "features": fs.config, "ids": list(fs.ids), "edge_mer": __version__},
+                     sort_keys=True, default=str)
+    return out.parent / f".{out.name}.folds-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def _load_fold(store: Path, i: int, fold: Fold, probs: np.ndarray) -> bool:
+    """Put fold ``i``'s kept predictions into ``probs``; False when there are none (or they do not fit)."""
+    path = store / f"fold-{i:04d}.npz"
+    if not path.is_file():
+        return False
+    try:
+        with np.load(path) as kept:
+            test, p = kept["test"], kept["probs"]
+    except (OSError, ValueError, KeyError):
+        return False
+    if not np.array_equal(test, fold.test) or p.shape != probs[fold.test].shape:
+        return False
+    probs[fold.test] = p
+    return True
+
+
+def _ddp_wrap(dist: Any, rank: int, world: int, device: str) -> tuple[Any, tuple[int, int]]:
     if dist is None:
         return None, (0, 1)
     from torch.nn.parallel import DistributedDataParallel
 
-    return (lambda m: DistributedDataParallel(m)), (rank, world)
+    ids = [int(device.split(":")[1])] if device.startswith("cuda") else None
+    return (lambda m: DistributedDataParallel(m, device_ids=ids)), (rank, world)
 
 
 def _report(cfg: RunConfig, fs: FeatureSet, folds: list[Fold], probs: np.ndarray, tested: np.ndarray,
