@@ -160,3 +160,13 @@ def test_dropout_drops_its_share_keeps_the_mean_and_repeats_with_the_seed():
     drop.train()(x).sum().backward()
     assert torch.allclose(torch.unique(x.grad), torch.tensor([0.0, 256 / 230]))
     assert torch.equal(Dropout(0.0)(x), x)
+
+
+@pytest.mark.parametrize("ablation", ["motion-only", "texture-only"])
+def test_a_one_modality_model_exports_with_both_inputs(ablation, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    model = MMT(model_config("mmt_test", ablation=ablation)).eval()
+    m, t = _inputs(1)
+    torch.onnx.export(model, (m, t), str(tmp_path / "m.onnx"), input_names=["motion", "texture"],
+                      output_names=["logits"], dynamo=False)
+    assert [i.name for i in onnx.load(str(tmp_path / "m.onnx")).graph.input] == ["motion", "texture"]

@@ -158,7 +158,13 @@ class MMT(Recogniser):
     def forward(self, motion: torch.Tensor, texture: torch.Tensor) -> torch.Tensor:
         """Logits (B, classes) from motion (B, 3, S, S) and texture (B, 1, S, S)."""
         emb = self.embed(motion, texture)
-        return self.head(torch.cat([emb[m] for m in self.cfg.modalities], -1))
+        logits = self.head(torch.cat([emb[m] for m in self.cfg.modalities], -1))
+        # a modality the model does not use enters with weight 0, so that an exported graph keeps both inputs of
+        # an edge-mer model (an exporter drops an input nothing reads)
+        for name, x in (("motion", motion), ("texture", texture)):
+            if name not in self.cfg.modalities:
+                logits = logits + 0.0 * x.mean()
+        return logits
 
     def forward_train(self, motion: torch.Tensor, texture: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and the contrastive loss (0 when switched off or with one modality)."""
