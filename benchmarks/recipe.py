@@ -93,7 +93,7 @@ def main() -> None:
     todo = [(n, int(s)) for n in names for s in args.seeds.split(",") if f"{n}/{s}" not in doc["runs"]]
     print(f"{len(todo)} runs to do ({KFOLDS} folds each), {args.jobs} at a time", flush=True)
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        jobs = {pool.submit(run_variant, n, s, str(feats), args.epochs, str(work)): (n, s) for n, s in todo}
+        jobs = [pool.submit(run_variant, n, s, str(feats), args.epochs, str(work)) for n, s in todo]
         for k, done in enumerate(as_completed(jobs), 1):
             r = done.result()
             doc["runs"][f"{r['variant']}/{r['seed']}"] = r

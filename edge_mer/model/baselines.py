@@ -58,9 +58,7 @@ class STSTNet(Recogniser):
             x = F.adaptive_avg_pool2d(x, STST_SIZE)
         x = torch.cat([self.pool(F.relu(conv(x))) for conv in self.streams], 1)  # (B, 16, 10, 10)
         x = F.avg_pool2d(x, 2).flatten(1)  # (B, 400)
-        # the texture enters with weight 0 only so that the exported graph keeps both inputs of an edge-mer
-        # model (an exporter drops an input nothing reads); it costs one mean over the texture
-        return self.head(self.drop(x)) + 0.0 * texture.mean()
+        return self.keep_inputs(self.head(self.drop(x)), texture)  # costs one mean over the texture
 
     def forward_train(self, motion: torch.Tensor, texture: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self(motion, texture)
@@ -177,7 +175,7 @@ class HTNet(Recogniser):
         return torch.cat([torch.cat(crops[:2], -1), torch.cat(crops[2:], -1)], -2)
 
     def forward(self, motion: torch.Tensor, texture: torch.Tensor) -> torch.Tensor:
-        """Logits (B, classes) from motion (B, 3, S, S); the texture enters with weight 0 (see STSTNet)."""
+        """Logits (B, classes) from motion (B, 3, S, S); the texture enters with weight 0."""
         x = self.regions(motion)
         b, c, s, _ = x.shape
         n = s // HT_PATCH
@@ -185,7 +183,7 @@ class HTNet(Recogniser):
         x = self.embed(x)
         for level, aggregate in zip(self.levels, self.aggregate):
             x = aggregate(level(x))
-        return self.head(self.norm(x).mean((2, 3))) + 0.0 * texture.mean()
+        return self.keep_inputs(self.head(self.norm(x).mean((2, 3))), texture)
 
     def forward_train(self, motion: torch.Tensor, texture: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self(motion, texture)

@@ -133,6 +133,14 @@ class Recogniser(nn.Module):
     def forward_train(self, motion: torch.Tensor, texture: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    @staticmethod
+    def keep_inputs(logits: torch.Tensor, *unused: torch.Tensor) -> torch.Tensor:
+        """``logits`` with each input the model does not read added at weight 0, so that an exported graph keeps
+        both inputs of an edge-mer model (an exporter drops an input nothing reads)."""
+        for x in unused:
+            logits = logits + 0.0 * x.mean()
+        return logits
+
 
 class MMT(Recogniser):
     def __init__(self, cfg: MMTConfig) -> None:
@@ -159,12 +167,8 @@ class MMT(Recogniser):
         """Logits (B, classes) from motion (B, 3, S, S) and texture (B, 1, S, S)."""
         emb = self.embed(motion, texture)
         logits = self.head(torch.cat([emb[m] for m in self.cfg.modalities], -1))
-        # a modality the model does not use enters with weight 0, so that an exported graph keeps both inputs of
-        # an edge-mer model (an exporter drops an input nothing reads)
-        for name, x in (("motion", motion), ("texture", texture)):
-            if name not in self.cfg.modalities:
-                logits = logits + 0.0 * x.mean()
-        return logits
+        inputs = {"motion": motion, "texture": texture}
+        return self.keep_inputs(logits, *(x for name, x in inputs.items() if name not in self.cfg.modalities))
 
     def forward_train(self, motion: torch.Tensor, texture: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and the contrastive loss (0 when switched off or with one modality)."""
