@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_mer.atomic import write_text
+from edge_mer.eval.truth import breakdown_of, draw_summary, errors_table
 from edge_mer.features.prepare import prepare_synthetic_composite
 from edge_mer.train.loop import TrainConfig
 from edge_mer.train.run import KFOLDS, RunConfig, run
@@ -51,8 +52,17 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
     "width-64": ("mmt_small", {}, {"dim": 64, "heads": 2, "proj_dim": 32}, "half the width (64, 2 heads)"),
     "depth-2": ("mmt_small", {}, {"depth": 2}, "two layers instead of four"),
     "motion-only": ("mmt_small", {}, {"modalities": ("motion",)}, "no texture branch (and so no contrastive term)"),
+    "motion-rms": ("mmt_small", {}, {"motion_rms": 0.2}, "each sample's flow scaled to RMS 0.2 units (the "
+                                                         "development draw's median is 0.18)"),
     "ststnet": ("ststnet", {}, {}, "the STSTNet baseline under the same recipe"),
+    "ststnet-motion-rms": ("ststnet", {}, {"motion_rms": 0.2}, "STSTNet with each sample's flow scaled to RMS 0.2"),
+    "tvl1": ("mmt_small", {}, {}, "TV-L1 flow in the features instead of DIS (what the device computes)"),
+    "ststnet-tvl1": ("ststnet", {}, {}, "STSTNet on TV-L1 features"),
+    "ststnet-dis224": ("ststnet", {}, {}, "STSTNet on DIS flow of a 224-pixel crop (the motion of weak movers "
+                                          "spans twice the pixels)"),
 }
+# the features a variant trains on (flow, crop size), where they are not DIS at S = 112
+FEATURES = {"tvl1": ("tvl1", 112), "ststnet-tvl1": ("tvl1", 112), "ststnet-dis224": ("dis", 224)}
 
 
 def run_variant(name: str, seed: int, features: str, epochs: int, work: str) -> dict[str, Any]:
@@ -66,7 +76,8 @@ def run_variant(name: str, seed: int, features: str, epochs: int, work: str) -> 
     r = run(cfg, Path(work) / "runs" / name / str(seed), progress=False)
     return {"variant": name, "seed": seed, "uf1": r["uf1"], "uar": r["uar"], "accuracy": r["accuracy"],
             "params": r["params"], "gflops": r["gflops"], "seconds": r["seconds"], "epochs": train.epochs,
-            "per_dataset": {k: v["uf1"] for k, v in r["per_dataset"].items()}}
+            "per_dataset": {k: v["uf1"] for k, v in r["per_dataset"].items()},
+            "breakdown": breakdown_of(Path(work) / "runs" / name / str(seed) / "predictions.csv", Path(work) / "data")}
 
 
 def main() -> None:
@@ -86,26 +97,42 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     work = Path(args.work)
-    feats = work / "features"
-    prepare_synthetic_composite(work / "data", feats, 0, 0, args.data_seed, diverse=True)
+    kinds = sorted({FEATURES.get(n, ("dis", 112)) for n in names} | {("dis", 112)})
+    feats = {(flow, size): work / ("features" if (flow, size) == ("dis", 112) else
+                                   f"features-{flow}{'' if size == 112 else size}") for flow, size in kinds}
+    for (flow, size), path in feats.items():
+        prepare_synthetic_composite(work / "data", path, 0, 0, args.data_seed, size=size, flow=flow, diverse=True)
     out_json = RESULTS / "recipe.json"
     doc = json.loads(out_json.read_text()) if out_json.exists() else {"runs": {}}
+    for r in doc["runs"].values():  # runs from before the breakdown existed, where their folder is kept
+        r["breakdown"] = r.get("breakdown") or breakdown_of(work / "runs" / r["variant"] / str(r["seed"]) /
+                                                            "predictions.csv", work / "data")
+    doc |= draw_summary(work / "data", feats["dis", 112])
     todo = [(n, int(s)) for n in names for s in args.seeds.split(",") if f"{n}/{s}" not in doc["runs"]]
     print(f"{len(todo)} runs to do ({KFOLDS} folds each), {args.jobs} at a time", flush=True)
+    _save(out_json, doc)
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        jobs = [pool.submit(run_variant, n, s, str(feats), args.epochs, str(work)) for n, s in todo]
+        jobs = [pool.submit(run_variant, n, s, str(feats[FEATURES.get(n, ("dis", 112))]), args.epochs, str(work))
+                for n, s in todo]
         for k, done in enumerate(as_completed(jobs), 1):
             r = done.result()
             doc["runs"][f"{r['variant']}/{r['seed']}"] = r
             doc |= {"date": dt.date.today().isoformat(), "epochs": args.epochs, "data_seed": args.data_seed,
                     "folds": KFOLDS, "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
-            RESULTS.mkdir(exist_ok=True)
-            write_text(out_json, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+            _save(out_json, doc)
             print(f"[{k}/{len(todo)}] {r['variant']} seed {r['seed']}: UF1 {r['uf1']:.4f} UAR {r['uar']:.4f} "
                   f"({r['seconds']:.0f} s)", flush=True)
             _table(doc, quiet=True)  # the table follows the JSON, so a run stopped halfway still has one
     if doc["runs"]:
         _table(doc)
+
+
+def _save(path: Path, doc: dict[str, Any]) -> None:
+    """Write ``doc``, keeping the runs that another search running beside this one wrote in the meantime."""
+    if path.exists():
+        doc["runs"] = {**json.loads(path.read_text())["runs"], **doc["runs"]}
+    path.parent.mkdir(exist_ok=True)
+    write_text(path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
 
 def _spread(values: list[float]) -> str:
@@ -121,9 +148,10 @@ def _table(doc: dict[str, Any], quiet: bool = False) -> None:
     lines = [f"# Recipe search on a development draw of the diverse composite ({doc.get('date', '')})", "",
              f"`synth dataset --layout megc2019 --diverse` drawn with data seed {doc.get('data_seed')} (68 subjects "
              "that the recognition benchmark, data seed 0, does not contain), "
-             f"{doc.get('folds')} subject-disjoint folds (`train --protocol kfold`), DIS flow at S = 112, the last "
-             "epoch's model. Each variant changes one thing of the recipe. UF1 and UAR: mean ± standard deviation "
-             "over the training seeds; ΔUF1: the mean of the per-seed differences to the recipe on the same seeds. "
+             f"{doc.get('folds')} subject-disjoint folds (`train --protocol kfold`), DIS flow at S = 112 (other "
+             "features where a variant says so), the last epoch's model. Each variant changes one thing of the "
+             "recipe. UF1 and UAR: mean ± standard deviation over the training seeds; ΔUF1: the mean of the "
+             "per-seed differences to the recipe on the same seeds. "
              f"Machine: {doc.get('machine')}, one thread per run.", "",
              "Command: `python benchmarks/recipe.py` (results in `benchmarks/results/recipe.json`)", "",
              "| variant | what changes | seeds | UF1 | ΔUF1 | UAR | parameters | training s |",
@@ -136,6 +164,10 @@ def _table(doc: dict[str, Any], quiet: bool = False) -> None:
         lines.append(f"| {name} | {what} | {len(runs)} | {_spread([r['uf1'] for r in runs])} | {delta} | "
                      f"{_spread([r['uar'] for r in runs])} | {runs[0]['params']:,} | "
                      f"{statistics.fmean(r['seconds'] for r in runs):.0f} |")
+    if doc.get("ceiling"):
+        order = [n for n in VARIANTS if n in by] + sorted(set(by) - set(VARIANTS))
+        lines += ["", *errors_table({n: [r["breakdown"] for r in by[n] if r.get("breakdown")] for n in order},
+                                    doc["ceiling"], doc["amplitude_bands"])]
     write_text(RESULTS / "recipe.md", "\n".join(lines) + "\n")
     if not quiet:
         print("\n".join(lines))

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_mer.atomic import write_text
+from edge_mer.eval.truth import breakdown_of, draw_summary, errors_table
 from edge_mer.features.prepare import prepare_synthetic_composite
 from edge_mer.quant.export import export
 from edge_mer.runtime.bench import bench_models
@@ -52,7 +53,8 @@ def train_one(model: str, seed: int, features: str, epochs: int, work: str, devi
     r = run(cfg, folder, progress=True)
     return {"model": model, "seed": seed, "uf1": r["uf1"], "uar": r["uar"], "accuracy": r["accuracy"],
             "samples": r["samples"], "folds": r["folds"], "params": r["params"], "gflops": r["gflops"],
-            "seconds": r["seconds"], "device": r["device"], "per_dataset": r["per_dataset"]}
+            "seconds": r["seconds"], "device": r["device"], "per_dataset": r["per_dataset"],
+            "breakdown": breakdown_of(folder / "predictions.csv", Path(work) / "data")}
 
 
 def main() -> None:
@@ -76,6 +78,10 @@ def main() -> None:
     doc = json.loads(out_json.read_text()) if out_json.exists() else {"runs": {}}
     todo = [(m, int(s)) for m in args.models.split(",") for s in args.seeds.split(",")
             if f"{m}/{s}" not in doc["runs"]]
+    for r in doc["runs"].values():  # runs from before the breakdown existed, where their folder is kept
+        r["breakdown"] = r.get("breakdown") or breakdown_of(
+            work / "runs" / r["model"] / str(r["seed"]) / "predictions.csv", work / "data")
+    doc |= draw_summary(work / "data", feats)
 
     def save() -> None:
         doc.update({"date": dt.date.today().isoformat(), "epochs": args.epochs, "data_seed": args.data_seed,
@@ -83,6 +89,7 @@ def main() -> None:
         RESULTS.mkdir(exist_ok=True)
         write_text(out_json, json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
+    save()
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         jobs = [pool.submit(train_one, m, s, str(feats), args.epochs, str(work), args.device, threads)
                 for m, s in todo]
@@ -137,6 +144,9 @@ def _table(doc: dict, name: str) -> None:
                      f"{first['gflops']:.4f} | {_ms(first.get('cpu_ms_p50'))} | "
                      f"{statistics.fmean(r['seconds'] for r in runs):.0f} | "
                      f"{', '.join(sorted({r.get('device', 'cpu') for r in runs}))} |")
+    if doc.get("ceiling"):
+        lines += ["", *errors_table({m: [r["breakdown"] for r in runs if r.get("breakdown")]
+                                     for m, runs in models.items()}, doc["ceiling"], doc["amplitude_bands"])]
     write_text(RESULTS / f"{name}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -170,3 +170,39 @@ def test_a_one_modality_model_exports_with_both_inputs(ablation, tmp_path):
     torch.onnx.export(model, (m, t), str(tmp_path / "m.onnx"), input_names=["motion", "texture"],
                       output_names=["logits"], dynamo=False)
     assert [i.name for i in onnx.load(str(tmp_path / "m.onnx")).graph.input] == ["motion", "texture"]
+
+
+@pytest.mark.parametrize("name", ["mmt_test", "ststnet", "htnet_56"])
+def test_motion_rms_makes_the_model_blind_to_how_strongly_a_subject_moves(name, tmp_path):
+    from edge_mer.model.build import build_model
+
+    small = {"dim": 12, "heads": 3} if name == "htnet_56" else {}
+    fixed = build_model(model_config(name, changes=small)).eval()
+    scaled = build_model(model_config(name, changes={**small, "motion_rms": 0.2})).eval()
+    scaled.load_state_dict(fixed.state_dict())
+    m, t = _inputs(2)
+    m = m * 0.3  # flow of RMS ~0.4 units, as a strong subject's
+    with torch.no_grad():
+        # the same expression at half and double strength: one answer with motion_rms, two without
+        assert torch.allclose(scaled(0.5 * m, t), scaled(2.0 * m, t), atol=1e-5)
+        if name != "htnet_56":  # HTNet's first step, a LayerNorm of each patch, already removes a gain
+            assert not torch.allclose(fixed(0.5 * m, t), fixed(2.0 * m, t), atol=1e-3)
+        rms = scaled.rescale(m)[:, :2].pow(2).sum(1).mean((1, 2)).sqrt()
+        assert torch.allclose(rms, torch.full((2,), 0.2), atol=1e-5)
+        still = 1e-4 * m  # a still face: its noise is lifted at most x4, not to the target
+        assert torch.allclose(scaled.rescale(still), 4 * still)
+    if name != "mmt_test":
+        return
+    ort = pytest.importorskip("onnxruntime")
+    torch.onnx.export(scaled, (m, t), str(tmp_path / "m.onnx"), input_names=["motion", "texture"],
+                      output_names=["logits"], dynamic_axes={"motion": {0: "b"}, "texture": {0: "b"}},
+                      dynamo=False)
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    for k in (0.5, 2.0):
+        got = sess.run(["logits"], {"motion": (k * m).numpy(), "texture": t.numpy()})[0]
+        assert abs(got - scaled(k * m, t).detach().numpy()).max() < 1e-4
+
+
+def test_motion_rms_is_checked():
+    with pytest.raises(UserError, match="motion_rms"):
+        model_config("mmt_small", changes={"motion_rms": -1.0})

@@ -53,7 +53,7 @@ class STSTNet(Recogniser):
 
     def forward(self, motion: torch.Tensor, texture: torch.Tensor) -> torch.Tensor:
         """Logits (B, classes) from motion (B, 3, S, S); the texture does not change them."""
-        x = motion
+        x = self.rescale(motion)
         if x.shape[-1] != STST_SIZE:
             x = F.adaptive_avg_pool2d(x, STST_SIZE)
         x = torch.cat([self.pool(F.relu(conv(x))) for conv in self.streams], 1)  # (B, 16, 10, 10)
@@ -176,7 +176,7 @@ class HTNet(Recogniser):
 
     def forward(self, motion: torch.Tensor, texture: torch.Tensor) -> torch.Tensor:
         """Logits (B, classes) from motion (B, 3, S, S); the texture enters with weight 0."""
-        x = self.regions(motion)
+        x = self.regions(self.rescale(motion))
         b, c, s, _ = x.shape
         n = s // HT_PATCH
         x = x.reshape(b, c, n, HT_PATCH, n, HT_PATCH).permute(0, 3, 5, 1, 2, 4).reshape(b, -1, n, n)

@@ -33,6 +33,9 @@ class MMTConfig:
     channels: dict[str, int] = field(default_factory=lambda: {"motion": 3, "texture": 1})
     arch: str = "mmt"  # "mmt", or a baseline trained under the same protocol ("ststnet", "htnet")
     side: int = 0  # htnet: the motion is resized to side x side (0: its paper's 28)
+    # > 0: every sample's motion is scaled so that its flow's RMS magnitude is this many flow units (at most x4,
+    # so still flow is not blown up into noise); 0: the fixed units of edge_mer.flow.normalise alone
+    motion_rms: float = 0.0
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -44,6 +47,8 @@ class MMTConfig:
             raise UserError(f"width {self.dim} is not divisible by {self.heads} heads")
         if self.pooling not in ("fused", "cls"):
             raise UserError(f"pooling must be 'fused' or 'cls', not {self.pooling!r}")
+        if not self.motion_rms >= 0:
+            raise UserError(f"motion_rms must be 0 (off) or a positive number of flow units, not {self.motion_rms}")
         unknown = set(self.modalities) - {"motion", "texture"}
         if unknown or not self.modalities:
             raise UserError(f"modalities must be motion and/or texture, not {sorted(unknown)}")

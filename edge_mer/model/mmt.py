@@ -133,6 +133,16 @@ class Recogniser(nn.Module):
     def forward_train(self, motion: torch.Tensor, texture: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def rescale(self, motion: torch.Tensor) -> torch.Tensor:
+        """``motion`` (B, 3, S, S) with each sample's u, v and strain multiplied by one factor that brings the
+        RMS magnitude of its flow to ``cfg.motion_rms`` (the factor is at most 4, for still faces); unchanged
+        when that is 0. A subject who moves twice as strongly then gives the model the same input."""
+        target = self.cfg.motion_rms
+        if target <= 0:
+            return motion
+        rms = motion[:, :2].pow(2).sum(1).mean((1, 2), keepdim=True).sqrt()  # (B, 1, 1)
+        return motion * (target / rms.clamp_min(target / 4)).unsqueeze(1)
+
     @staticmethod
     def keep_inputs(logits: torch.Tensor, *unused: torch.Tensor) -> torch.Tensor:
         """``logits`` with each input the model does not read added at weight 0, so that an exported graph keeps
@@ -156,7 +166,7 @@ class MMT(Recogniser):
                                   nn.Linear(cfg.dim * len(cfg.modalities), cfg.num_classes))
 
     def embed(self, motion: torch.Tensor, texture: torch.Tensor) -> dict[str, torch.Tensor]:
-        inputs = {"motion": motion, "texture": texture}
+        inputs = {"motion": self.rescale(motion), "texture": texture}
         out = {}
         for m in self.cfg.modalities:
             parts = [self.branches[f"{m}_{p}"](inputs[m])[0] for p in self.cfg.patch_sizes]
@@ -181,7 +191,7 @@ class MMT(Recogniser):
 
     def patch_weights(self, motion: torch.Tensor, texture: torch.Tensor) -> dict[str, torch.Tensor]:
         """The fused attention weight of every patch, per branch (for inspection)."""
-        inputs = {"motion": motion, "texture": texture}
+        inputs = {"motion": self.rescale(motion), "texture": texture}
         return {name: br(inputs[name.split("_")[0]])[1] for name, br in self.branches.items()}
 
 

@@ -1,0 +1,79 @@
+"""Scores split by what the generator of a diverse synthetic dataset knows: the ceiling of its annotation and
+where a model's errors are (edge_mer.eval.truth, the second table of the recipe and recognition benchmarks)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import run_cli
+
+from edge_mer.data.synthetic import MANIFEST
+from edge_mer.errors import UserError
+from edge_mer.eval.truth import amplitude_bands, breakdown, breakdown_of, ceiling, errors_table, read_truth
+
+NAMES = ("negative", "positive", "surprise")
+
+
+@pytest.fixture(scope="module")
+def draw(tmp_path_factory):
+    """A diverse composite whose 27 composite samples hold 3 mislabelled and 3 ambiguous ones (seed 4)."""
+    out = tmp_path_factory.mktemp("truth") / "diverse"
+    run_cli("synth", "dataset", "--layout", "megc2019", "--diverse", "--subjects", "6", "--clips-per-subject", "5",
+            "--seed", "4", "--size", "128x96", "--fps", "40", "--quiet", "--out", str(out), check=True)
+    clips = [c for c in json.loads((out / MANIFEST).read_text())["clips"] if c["composite"]]
+    ids = [f"{c['dataset']}/{c['subject']}/{c['clip']}" for c in clips]
+    labels = [NAMES.index(c["composite"]) for c in clips]
+    return out, clips, ids, labels
+
+
+def test_the_ceiling_is_what_a_model_that_reads_every_face_right_scores(draw):
+    out, clips, ids, labels = draw
+    truth = read_truth(out)
+    wrong = sum(c["note"] == "mislabelled" for c in clips)
+    assert wrong == 3 and sum(c["note"] == "ambiguous" for c in clips) == 3
+    outside = 0
+    for i, c in zip(ids, clips):
+        assert (truth[i].shown != c["composite"]) == (c["note"] == "mislabelled")
+        outside += truth[i].shown == ""  # the face shows "others", coded as a composite class
+    assert outside == 1
+    top = ceiling(truth, ids, labels, NAMES)
+    # the one outside the composite counts as read right: the ceiling is an upper bound
+    assert top["accuracy"] == pytest.approx(1 - (wrong - outside) / len(ids))
+    assert top["uf1"] < 1.0
+
+
+def test_the_breakdown_counts_each_kind_of_sample_and_splits_the_clean_ones_by_strength(draw, tmp_path):
+    out, clips, ids, labels = draw
+    truth = read_truth(out)
+    bands = amplitude_bands(truth, ids)
+    assert bands[0] < bands[1]
+    oracle = [NAMES.index(truth[i].shown) if truth[i].shown else y for i, y in zip(ids, labels)]
+    got = breakdown(truth, ids, labels, oracle, bands)
+    assert got["clean"] == [21, 21] and got["ambiguous"] == [3, 3] and got["mislabelled"] == [1, 3]
+    assert sum(got[k][1] for k in ("weak", "middle", "strong")) == 21
+    assert min(got[k][1] for k in ("weak", "middle", "strong")) >= 6  # thirds
+    # a model that always answers "negative"
+    always = breakdown(truth, ids, labels, [0] * len(ids), bands)
+    assert always["clean"][0] == sum(y == 0 for y, c in zip(labels, clips) if not c["note"])
+
+    # from a run's predictions.csv, as train writes it
+    lines = ["id,subject,truth,prediction,p_negative,p_positive,p_surprise"]
+    lines += [f"{i},{i.rsplit('/', 1)[0]},{y},{p},0.3,0.3,0.4" for i, y, p in zip(ids, labels, oracle)]
+    (tmp_path / "predictions.csv").write_text("\n".join(lines) + "\n")
+    assert breakdown_of(tmp_path / "predictions.csv", out) == got
+    assert breakdown_of(tmp_path / "predictions.csv", tmp_path) is None  # not a synthetic dataset
+    assert breakdown_of(tmp_path / "missing.csv", out) is None
+
+    table = errors_table({"oracle": [got, got], "negative": [always]}, ceiling(truth, ids, labels, NAMES), bands)
+    rows = {line.split(" | ")[0].strip("| "): line for line in table if line.startswith("| ") and "---" not in line}
+    assert rows["oracle"].startswith("| oracle | 1.000 | 1.000 | 0.333 |")
+    assert f"weak < {bands[0]} px" in "\n".join(table)
+
+
+def test_predictions_of_another_dataset_are_refused(draw):
+    out = draw[0]
+    with pytest.raises(UserError, match="not in the dataset's manifest"):
+        breakdown(read_truth(out), ["casme2/sub99/EP01"], [0], [0], (0.5, 1.0))
+    with pytest.raises(UserError, match="not a synthetic dataset's manifest"):
+        read_truth(out / "CASME2")
