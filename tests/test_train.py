@@ -165,20 +165,23 @@ def test_kfold_holds_out_whole_subjects_once_and_changes_reach_the_model(composi
 
     import torch
 
-    from edge_mer.train.loop import TrainConfig
-    from edge_mer.train.run import RunConfig, run
-
-    cfg = RunConfig(features=str(composite_features), protocol="split", model="mmt_test",
-                    train=TrainConfig(epochs=1, batch_size=8), changes=(("dim", 48), ("heads", 3)))
-    run(cfg, tmp_path / "changed", progress=False)
+    # a recipe through the command line: model settings reach the checkpoint, training settings the run
+    run_cli("train", "--features", str(composite_features), "--protocol", "split", "--out", str(tmp_path / "changed"),
+            *TINY, "--epochs", "1", "--set", "dim=48", "--set", "heads=3", "--set", "motion_rms=0.2",
+            "--set", "gain=[0.5, 2]", "--set", "class_weighting=false", check=True)
     saved = torch.load(tmp_path / "changed" / "checkpoint.pt", weights_only=False)
-    assert saved["config"]["dim"] == 48 and saved["config"]["heads"] == 3
-    assert json.loads((tmp_path / "changed" / "run.json").read_text())["model"]["dim"] == 48
-    from edge_mer.errors import UserError
-
-    with pytest.raises(UserError, match="unknown model setting"):
-        run(RunConfig(features=str(composite_features), model="mmt_test", changes=(("width", 1),)),
-            tmp_path / "bad", progress=False)
+    assert (saved["config"]["dim"], saved["config"]["heads"], saved["config"]["motion_rms"]) == (48, 3, 0.2)
+    written = json.loads((tmp_path / "changed" / "run.json").read_text())
+    assert written["model"]["dim"] == 48
+    assert written["run"]["train"]["gain"] == [0.5, 2] and written["run"]["train"]["class_weighting"] is False
+    for setting, says in (("width=1", "--set width: no such setting; training: class_weighting, flip, gain"),
+                          ("gain=2", "--set gain=2: expected a value like [0.8, 1.25]"),
+                          ("epochs=3", "--set epochs: use --epochs"),
+                          ("heads=5", "width 48 is not divisible by 5 heads")):
+        proc = run_cli("train", "--features", str(composite_features), "--out", str(tmp_path / "bad"), *TINY,
+                       "--set", "dim=48", "--set", setting)
+        assert proc.returncode == 2 and says in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.gpu

@@ -270,18 +270,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     # the run folder may hold neither the features nor the checkpoint QAT starts from: it is replaced whole
     check_folder(Path(args.out), inputs=[args.features, args.qat, args.calibration], force=args.force)
     if args.qat:
+        if args.set:
+            raise UserError("--set is for training from scratch; --qat fine-tunes with the checkpoint's settings")
         return _cmd_qat(args)
     if args.calibration:
         raise UserError("--calibration goes with --qat CHECKPOINT")
 
     from edge_mer.train.loop import TrainConfig
-    from edge_mer.train.run import RunConfig, run
+    from edge_mer.train.run import RunConfig, apply_settings, run
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    tcfg = TrainConfig(epochs=args.epochs or 60, batch_size=args.batch_size, lr=args.lr or 1e-3, seed=args.seed)
+    tcfg, changes = apply_settings(
+        TrainConfig(epochs=args.epochs or 60, batch_size=args.batch_size, lr=args.lr or 1e-3, seed=args.seed),
+        args.set)
     cfg = RunConfig(features=args.features, protocol=args.protocol, model=args.model, ablation=args.ablation,
-                    train=tcfg, ddp=args.ddp, final_model=not args.no_final_model, device=args.device)
+                    train=tcfg, ddp=args.ddp, final_model=not args.no_final_model, device=args.device,
+                    changes=changes)
     result = run(cfg, Path(args.out), progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
@@ -406,6 +411,10 @@ def _train_parsers(sub: Any) -> None:
     t.add_argument("--ddp", action="store_true", help="under torchrun: DistributedDataParallel per model "
                                                       "instead of spreading the folds")
     t.add_argument("--no-final-model", action="store_true", help="skip the model trained on all samples")
+    t.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
+                   help="a training or model setting, the value as JSON (repeatable), e.g. gain=[0.5,2], "
+                        "class_weighting=false, weight_decay=0.2, dropout=0.3, motion_rms=0.2, "
+                        "'modalities=[\"motion\"]' (a wrong key lists the settings)")
     q = t.add_argument_group("quantization-aware training")
     q.add_argument("--qat", metavar="CHECKPOINT", help="fine-tune this FP32 checkpoint with INT8 fake "
                                                        "quantizers (modelopt) on the samples it was trained on, "

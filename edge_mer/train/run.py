@@ -23,7 +23,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,43 @@ class RunConfig:
     # changes to the named model's config, e.g. (("dropout", 0.2),): what a recipe search varies
     changes: tuple[tuple[str, Any], ...] = ()
     device: str = "auto"  # "auto" (a CUDA GPU when torch sees one), "cpu" or "cuda"
+
+
+# the training settings that have options of their own in ``edge-mer train``
+OWN_OPTIONS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "seed": "--seed"}
+
+
+def apply_settings(train: TrainConfig, settings: list[tuple[str, Any]]) -> tuple[TrainConfig,
+                                                                                  tuple[tuple[str, Any], ...]]:
+    """``train --set KEY=VALUE``: settings that name a TrainConfig field change ``train``; those that name a
+    model config field become the run's ``changes`` (checked when the model is built). Lists become tuples."""
+    train_fields = {f.name for f in fields(TrainConfig)}
+    model_fields = {f.name for f in fields(MMTConfig)}
+    given: dict[str, Any] = {key: tuple(value) if isinstance(value, list) else value for key, value in settings}
+    for key in given:
+        if key in OWN_OPTIONS:
+            raise UserError(f"--set {key}: use {OWN_OPTIONS[key]}")
+        if key not in train_fields | model_fields:
+            trainable = ", ".join(sorted(train_fields - set(OWN_OPTIONS)))
+            raise UserError(f"--set {key}: no such setting; training: {trainable}; model: "
+                            f"{', '.join(sorted(model_fields))}")
+    for key, value in given.items():
+        if key in train_fields and not _like(value, getattr(train, key)):
+            raise UserError(f"--set {key}={json.dumps(value)}: expected a value like {json.dumps(getattr(train, key))}")
+    train = replace(train, **{k: v for k, v in given.items() if k in train_fields})
+    return train, tuple(sorted((k, v) for k, v in given.items() if k not in train_fields))
+
+
+def _like(value: Any, default: Any) -> bool:
+    """Whether ``value`` has the type of ``default`` (numbers stand for floats; a tuple of the same length)."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, (int, float)):
+        return isinstance(value, (int, float)) and (isinstance(default, float) or isinstance(value, int))
+    if isinstance(default, tuple):
+        return isinstance(value, tuple) and len(value) == len(default) and all(
+            _like(v, d) for v, d in zip(value, default))
+    return isinstance(value, type(default))
 
 
 def training_device(choice: str, local_rank: int = 0) -> str:
