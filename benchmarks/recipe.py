@@ -19,6 +19,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shlex
 import statistics
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
@@ -29,7 +30,7 @@ from edge_mer.atomic import write_text
 from edge_mer.eval.truth import breakdown_of, draw_summary, errors_table
 from edge_mer.features.prepare import prepare_synthetic_composite
 from edge_mer.train.loop import TrainConfig
-from edge_mer.train.run import KFOLDS, RunConfig, run
+from edge_mer.train.run import KFOLDS, OWN_OPTIONS, RunConfig, run
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -135,6 +136,22 @@ def _save(path: Path, doc: dict[str, Any]) -> None:
     write_text(path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
 
+def _command(name: str) -> str:
+    """``edge-mer train`` with the options that make variant ``name``."""
+    model, train_changes, model_changes, _ = VARIANTS[name]
+    flow, size = FEATURES.get(name, ("dis", 112))
+    features = "FEATURES" if (flow, size) == ("dis", 112) else f"FEATURES_{flow.upper()}_{size}"
+    options = []
+    for key, value in {**train_changes, **model_changes}.items():
+        if key in OWN_OPTIONS:
+            options.append(f"{OWN_OPTIONS[key]} {value}")
+        else:
+            text = json.dumps(list(value) if isinstance(value, tuple) else value, separators=(",", ":"))
+            options.append(f"--set {shlex.quote(f'{key}={text}')}")
+    return " ".join(["edge-mer train --features", features, "--protocol kfold --model", model, *options,
+                     "--seed SEED --no-final-model --out RUN"])
+
+
 def _spread(values: list[float]) -> str:
     mean = statistics.fmean(values)
     return f"{mean:.4f} ± {statistics.stdev(values):.4f}" if len(values) > 1 else f"{mean:.4f}"
@@ -144,26 +161,30 @@ def _table(doc: dict[str, Any], quiet: bool = False) -> None:
     by: dict[str, list[dict[str, Any]]] = {}
     for r in doc["runs"].values():
         by.setdefault(r["variant"], []).append(r)
-    base = {r["seed"]: r["uf1"] for r in by.get("recipe", [])}
     lines = [f"# Recipe search on a development draw of the diverse composite ({doc.get('date', '')})", "",
              f"`synth dataset --layout megc2019 --diverse` drawn with data seed {doc.get('data_seed')} (68 subjects "
              "that the recognition benchmark, data seed 0, does not contain), "
              f"{doc.get('folds')} subject-disjoint folds (`train --protocol kfold`), DIS flow at S = 112 (other "
              "features where a variant says so), the last epoch's model. Each variant changes one thing of the "
              "recipe. UF1 and UAR: mean ± standard deviation over the training seeds; ΔUF1: the mean of the "
-             "per-seed differences to the recipe on the same seeds. "
+             "per-seed differences to the recipe on the same seeds (for the variants of STSTNet: to STSTNet). "
              f"Machine: {doc.get('machine')}, one thread per run.", "",
              "Command: `python benchmarks/recipe.py` (results in `benchmarks/results/recipe.json`)", "",
              "| variant | what changes | seeds | UF1 | ΔUF1 | UAR | parameters | training s |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for name in [n for n in VARIANTS if n in by] + sorted(set(by) - set(VARIANTS)):
         runs = sorted(by[name], key=lambda r: r["seed"])
+        own = VARIANTS[name][0] if name in VARIANTS else "mmt_small"
+        reference = "recipe" if own == "mmt_small" or name == own else own
+        base = {r["seed"]: r["uf1"] for r in by.get(reference, [])}
         paired = [r["uf1"] - base[r["seed"]] for r in runs if r["seed"] in base]
-        delta = "" if name == "recipe" or not paired else f"{statistics.fmean(paired):+.4f}"
+        delta = "" if name == reference or not paired else f"{statistics.fmean(paired):+.4f}"
         what = VARIANTS[name][3] if name in VARIANTS else ""
         lines.append(f"| {name} | {what} | {len(runs)} | {_spread([r['uf1'] for r in runs])} | {delta} | "
                      f"{_spread([r['uar'] for r in runs])} | {runs[0]['params']:,} | "
                      f"{statistics.fmean(r['seconds'] for r in runs):.0f} |")
+    lines += ["", "Each variant as one training command (five folds dealt by the seed, as here):", ""]
+    lines += [f"- {name}: `{_command(name)}`" for name in VARIANTS if name in by]
     if doc.get("ceiling"):
         order = [n for n in VARIANTS if n in by] + sorted(set(by) - set(VARIANTS))
         lines += ["", *errors_table({n: [r["breakdown"] for r in by[n] if r.get("breakdown")] for n in order},
