@@ -62,7 +62,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
     "ststnet-dis224": ("ststnet", {}, {}, "STSTNet on DIS flow of a 224-pixel crop (the motion of weak movers "
                                           "spans twice the pixels)"),
 }
-# the features a variant trains on (flow, crop size), where they are not DIS at S = 112
+DIS_112 = ("dis", 112)  # the features (flow, crop size) a variant trains on unless FEATURES names others
 FEATURES = {"tvl1": ("tvl1", 112), "ststnet-tvl1": ("tvl1", 112), "ststnet-dis224": ("dis", 224)}
 
 
@@ -98,8 +98,8 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     work = Path(args.work)
-    kinds = sorted({FEATURES.get(n, ("dis", 112)) for n in names} | {("dis", 112)})
-    feats = {(flow, size): work / ("features" if (flow, size) == ("dis", 112) else
+    kinds = sorted({FEATURES.get(n, DIS_112) for n in names} | {DIS_112})
+    feats = {(flow, size): work / ("features" if (flow, size) == DIS_112 else
                                    f"features-{flow}{'' if size == 112 else size}") for flow, size in kinds}
     for (flow, size), path in feats.items():
         prepare_synthetic_composite(work / "data", path, 0, 0, args.data_seed, size=size, flow=flow, diverse=True)
@@ -108,12 +108,12 @@ def main() -> None:
     for r in doc["runs"].values():  # runs from before the breakdown existed, where their folder is kept
         r["breakdown"] = r.get("breakdown") or breakdown_of(work / "runs" / r["variant"] / str(r["seed"]) /
                                                             "predictions.csv", work / "data")
-    doc |= draw_summary(work / "data", feats["dis", 112])
+    doc |= draw_summary(work / "data", feats[DIS_112])
     todo = [(n, int(s)) for n in names for s in args.seeds.split(",") if f"{n}/{s}" not in doc["runs"]]
     print(f"{len(todo)} runs to do ({KFOLDS} folds each), {args.jobs} at a time", flush=True)
     _save(out_json, doc)
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        jobs = [pool.submit(run_variant, n, s, str(feats[FEATURES.get(n, ("dis", 112))]), args.epochs, str(work))
+        jobs = [pool.submit(run_variant, n, s, str(feats[FEATURES.get(n, DIS_112)]), args.epochs, str(work))
                 for n, s in todo]
         for k, done in enumerate(as_completed(jobs), 1):
             r = done.result()
@@ -139,8 +139,8 @@ def _save(path: Path, doc: dict[str, Any]) -> None:
 def _command(name: str) -> str:
     """``edge-mer train`` with the options that make variant ``name``."""
     model, train_changes, model_changes, _ = VARIANTS[name]
-    flow, size = FEATURES.get(name, ("dis", 112))
-    features = "FEATURES" if (flow, size) == ("dis", 112) else f"FEATURES_{flow.upper()}_{size}"
+    flow, size = FEATURES.get(name, DIS_112)
+    features = "FEATURES" if (flow, size) == DIS_112 else f"FEATURES_{flow.upper()}_{size}"
     options = []
     for key, value in {**train_changes, **model_changes}.items():
         if key in OWN_OPTIONS:
@@ -172,7 +172,8 @@ def _table(doc: dict[str, Any], quiet: bool = False) -> None:
              "Command: `python benchmarks/recipe.py` (results in `benchmarks/results/recipe.json`)", "",
              "| variant | what changes | seeds | UF1 | ΔUF1 | UAR | parameters | training s |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
-    for name in [n for n in VARIANTS if n in by] + sorted(set(by) - set(VARIANTS)):
+    order = [n for n in VARIANTS if n in by] + sorted(set(by) - set(VARIANTS))
+    for name in order:
         runs = sorted(by[name], key=lambda r: r["seed"])
         own = VARIANTS[name][0] if name in VARIANTS else "mmt_small"
         reference = "recipe" if own == "mmt_small" or name == own else own
@@ -186,7 +187,6 @@ def _table(doc: dict[str, Any], quiet: bool = False) -> None:
     lines += ["", "Each variant as one training command (five folds dealt by the seed, as here):", ""]
     lines += [f"- {name}: `{_command(name)}`" for name in VARIANTS if name in by]
     if doc.get("ceiling"):
-        order = [n for n in VARIANTS if n in by] + sorted(set(by) - set(VARIANTS))
         lines += ["", *errors_table({n: [r["breakdown"] for r in by[n] if r.get("breakdown")] for n in order},
                                     doc["ceiling"], doc["amplitude_bands"])]
     write_text(RESULTS / "recipe.md", "\n".join(lines) + "\n")
