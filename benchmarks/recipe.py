@@ -41,6 +41,10 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
     "no-augmentation": ("mmt_small", {"flip": False, "max_shift": 0, "gain": (1.0, 1.0)}, {},
                         "no flip, shift or gain"),
     "gain-0.5-2": ("mmt_small", {"gain": (0.5, 2.0)}, {}, "flow gain drawn from x0.5-x2 (subjects' own range)"),
+    "rotate-zoom": ("mmt_small", {"rotate": 8.0, "zoom": (0.9, 1.1)}, {},
+                    "each sample turned by up to 8 degrees and scaled by x0.9-x1.1, its flow vectors with it"),
+    "mixup-0.2": ("mmt_small", {"mixup": 0.2}, {}, "mixup: pairs of samples and their targets blended, "
+                                                  "share from Beta(0.2, 0.2)"),
     "no-class-weights": ("mmt_small", {"class_weighting": False}, {}, "plain cross-entropy"),
     "epochs-30": ("mmt_small", {"epochs": 30}, {}, "half the epochs"),
     "epochs-120": ("mmt_small", {"epochs": 120}, {}, "twice the epochs"),

@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 from edge_mer.errors import UserError  # noqa: E402
 from edge_mer.model.config import ABLATIONS, MMTConfig, model_config  # noqa: E402
 from edge_mer.model.mmt import MMT, Attention, Dropout, count_parameters, flops_per_sample, info_nce  # noqa: E402
-from edge_mer.train.loop import TrainConfig, augment  # noqa: E402
+from edge_mer.train.loop import TrainConfig, augment, mixup, turn  # noqa: E402
 
 
 def _inputs(b: int = 4, s: int = 112):
@@ -75,6 +75,72 @@ def test_flip_negates_horizontal_motion():
             assert out[0, 0, :, 4:].eq(-1).all() and out[0, 0, :, :4].eq(0).all()
             return
     pytest.fail("no flip in 20 draws")
+
+
+def _grid(s: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel-centre coordinates (x right, y down) about the crop's centre."""
+    c = torch.arange(s, dtype=torch.float32) - (s - 1) / 2
+    return c[None, :].expand(s, s), c[:, None].expand(s, s)
+
+
+def test_turn_moves_the_flow_vectors_with_the_face():
+    s = 32
+    x, y = _grid(s)
+    inner = (x ** 2 + y ** 2) < 8 ** 2  # away from the border, where motion enters from outside
+    # a face moving right everywhere, a bright spot right of the centre: turned a quarter clockwise on
+    # screen (x to y), the spot is below the centre and the face moves down, at the zoom's scale
+    motion = torch.zeros(1, 3, s, s)
+    motion[0, 0] = 1.0
+    motion[0, 2] = 0.5
+    texture = torch.where((x - 8) ** 2 + y ** 2 < 4, 1.0, 0.0)[None, None]
+    m, t = turn(motion, texture, torch.tensor([torch.pi / 2]), torch.tensor([1.25]))
+    assert torch.allclose(m[0, 0][inner], torch.zeros(()), atol=1e-4)
+    assert torch.allclose(m[0, 1][inner], torch.tensor(1.25), atol=1e-4)
+    assert torch.allclose(m[0, 2][inner], torch.tensor(0.5), atol=1e-4)  # strain keeps its value
+    cy, cx = divmod(int(t[0, 0].argmax()), s)
+    assert abs(cx - (s - 1) / 2) < 1.5 and cy - (s - 1) / 2 == pytest.approx(8 * 1.25, abs=1.5)
+    # an expansion (u, v) = (x, y) / 10 looks the same however far it is turned or scaled: positions and
+    # vectors turn and scale together
+    expand = torch.zeros(2, 3, s, s)
+    expand[:, 0], expand[:, 1] = x / 10, y / 10
+    out, _ = turn(expand, torch.zeros(2, 1, s, s), torch.tensor([0.4, -0.3]), torch.tensor([0.9, 1.1]))
+    assert torch.allclose(out[:, :2, inner], expand[:, :2, inner], atol=1e-3)
+    # a swirl turned by anything but zero differs from the input only if vectors were not turned
+    swirl = torch.zeros(1, 3, s, s)
+    swirl[0, 0], swirl[0, 1] = -y / 10, x / 10
+    out, _ = turn(swirl, torch.zeros(1, 1, s, s), torch.tensor([0.7]), torch.tensor([1.0]))
+    assert torch.allclose(out[0, :2, inner], swirl[0, :2, inner], atol=1e-3)
+
+
+def test_rotation_and_zoom_are_drawn_per_sample_and_checked():
+    m = torch.zeros(8, 3, 16, 16)
+    m[:, 0] = 1.0
+    cfg = TrainConfig(flip=False, max_shift=0, gain=(1.0, 1.0), rotate=20.0, zoom=(0.9, 1.1))
+    out, _ = augment(m, torch.zeros(8, 1, 16, 16), cfg, torch.Generator().manual_seed(0))
+    centre = out[:, :2, 8, 8]
+    assert len({round(float(v), 4) for v in centre[:, 1]}) == 8  # eight different turns
+    assert (centre.norm(dim=1) >= 0.9 - 1e-4).all() and (centre.norm(dim=1) <= 1.1 + 1e-4).all()
+    assert (centre[:, 1].abs() <= torch.sin(torch.deg2rad(torch.tensor(20.0))) * 1.1 + 1e-4).all()
+    with pytest.raises(UserError, match="rotate"):
+        TrainConfig(rotate=-5.0)
+    with pytest.raises(UserError, match="zoom"):
+        TrainConfig(zoom=(1.2, 0.9))
+
+
+def test_mixup_blends_both_modalities_and_the_targets_alike():
+    b = 16
+    value = torch.arange(1, b + 1, dtype=torch.float32)
+    motion = value.view(b, 1, 1, 1).expand(b, 3, 4, 4).clone()
+    texture = -2 * value.view(b, 1, 1, 1).expand(b, 1, 4, 4).clone()
+    targets = torch.eye(b)  # sample i is "class" i, so a target row shows who was blended, and how much
+    m, t, y = mixup(motion, texture, targets, 0.4, torch.Generator().manual_seed(3))
+    assert torch.allclose(y.sum(1), torch.ones(b))
+    assert (y.diagonal() >= 0.5).all()  # each sample keeps the larger part of itself
+    assert (y.diagonal() < 1 - 1e-3).sum() >= b // 2  # and most are really blended
+    assert torch.allclose(m[:, 0, 0, 0], y @ value, atol=1e-5)  # the motion is blended by the target's shares
+    assert torch.allclose(t, -2 * m[:, :1], atol=1e-5)  # and the texture by the same
+    with pytest.raises(UserError, match="mixup"):
+        TrainConfig(mixup=-1.0)
 
 
 def test_config_round_trip_and_checks():

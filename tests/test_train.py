@@ -168,15 +168,19 @@ def test_kfold_holds_out_whole_subjects_once_and_changes_reach_the_model(composi
     # a recipe through the command line: model settings reach the checkpoint, training settings the run
     run_cli("train", "--features", str(composite_features), "--protocol", "split", "--out", str(tmp_path / "changed"),
             *TINY, "--epochs", "1", "--set", "dim=48", "--set", "heads=3", "--set", "motion_rms=0.2",
-            "--set", "gain=[0.5, 2]", "--set", "class_weighting=false", check=True)
+            "--set", "gain=[0.5, 2]", "--set", "class_weighting=false", "--set", "rotate=8",
+            "--set", "zoom=[0.9, 1.1]", "--set", "mixup=0.2", check=True)
     saved = torch.load(tmp_path / "changed" / "checkpoint.pt", weights_only=False)
     assert (saved["config"]["dim"], saved["config"]["heads"], saved["config"]["motion_rms"]) == (48, 3, 0.2)
     written = json.loads((tmp_path / "changed" / "run.json").read_text())
     assert written["model"]["dim"] == 48
     assert written["run"]["train"]["gain"] == [0.5, 2] and written["run"]["train"]["class_weighting"] is False
+    assert (written["run"]["train"]["rotate"], written["run"]["train"]["zoom"], written["run"]["train"]["mixup"]) == (
+        8, [0.9, 1.1], 0.2)
     for setting, says in (("width=1", "--set width: no such setting; training: class_weighting, flip, gain"),
                           ("gain=2", "--set gain=2: expected a value like [0.8, 1.25]"),
                           ("epochs=3", "--set epochs: use --epochs"),
+                          ("zoom=[1.2, 0.9]", "expected [low, high] with 0.5 <= low <= high <= 2"),
                           ("heads=5", "width 48 is not divisible by 5 heads")):
         proc = run_cli("train", "--features", str(composite_features), "--out", str(tmp_path / "bad"), *TINY,
                        "--set", "dim=48", "--set", setting)

@@ -6,7 +6,11 @@ class-weighted cross-entropy (weights 1/sqrt(class frequency) of the training
 samples) plus the contrastive term, and augmentations that keep the modalities
 consistent: a horizontal flip mirrors both and negates u; a shift moves both by
 the same pixels; a gain scales the flow (u, v, strain) as a faster or slower
-expression would.
+expression would; a rotation and a zoom (per sample, off by default) turn and
+scale both images as a tilted or nearer face would, and turn and scale the
+flow vectors with them (strain, a magnitude of flow derivatives, keeps its
+value under both); mixup (off by default) blends pairs of samples and their
+class targets.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edge_mer.errors import UserError
 from edge_mer.model.build import build_model
 from edge_mer.model.config import MMTConfig
 from edge_mer.model.mmt import Recogniser
@@ -37,6 +42,17 @@ class TrainConfig:
     max_shift: int = 4
     gain: tuple[float, float] = (0.8, 1.25)
     class_weighting: bool = True  # cross-entropy weighted by 1/sqrt(class frequency); False: unweighted
+    rotate: float = 0.0  # degrees: each sample turned by an angle drawn from [-rotate, rotate]
+    zoom: tuple[float, float] = (1.0, 1.0)  # each sample scaled by a factor drawn from this range
+    mixup: float = 0.0  # > 0: each sample blended with another of its batch, share drawn from Beta(mixup, mixup)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rotate <= 45:
+            raise UserError(f"rotate={self.rotate}: expected degrees from 0 to 45")
+        if not 0.5 <= self.zoom[0] <= self.zoom[1] <= 2.0:
+            raise UserError(f"zoom={list(self.zoom)}: expected [low, high] with 0.5 <= low <= high <= 2")
+        if self.mixup < 0:
+            raise UserError(f"mixup={self.mixup}: expected 0 (off) or a positive Beta parameter")
 
 
 def augment(motion: torch.Tensor, texture: torch.Tensor, cfg: TrainConfig,
@@ -53,9 +69,56 @@ def augment(motion: torch.Tensor, texture: torch.Tensor, cfg: TrainConfig,
         dx, dy = (int(v) for v in torch.randint(-cfg.max_shift, cfg.max_shift + 1, (2,), generator=gen))
         motion = torch.roll(motion, (dy, dx), (-2, -1))
         texture = torch.roll(texture, (dy, dx), (-2, -1))
+    if cfg.rotate > 0 or cfg.zoom != (1.0, 1.0):
+        angle = torch.deg2rad(cfg.rotate * (2 * torch.rand(b, generator=gen) - 1))
+        zlo, zhi = cfg.zoom
+        motion, texture = turn(motion, texture, angle, zlo + (zhi - zlo) * torch.rand(b, generator=gen))
     lo, hi = cfg.gain
     g = lo + (hi - lo) * torch.rand(b, 1, 1, 1, generator=gen)
     return motion * g.to(motion.device), texture
+
+
+def turn(motion: torch.Tensor, texture: torch.Tensor, angle: torch.Tensor,
+         scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each sample's images turned by ``angle`` (radians, clockwise on screen: x right, y down) and
+    scaled by ``scale`` about the crop's centre, as the same face turned and nearer would look.
+
+    A point p of the input lands at s R p, so the flow vectors become s R (u, v); strain is the norm
+    of the symmetric flow gradient divided by nothing of length, so it keeps its value. Motion
+    entering from outside the crop is zero (no movement), texture takes the border's grey.
+    """
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    # affine_grid maps output to input coordinates: p_in = R^-1 p_out / s
+    inv = torch.stack([torch.stack([cos, sin, torch.zeros_like(cos)], -1),
+                       torch.stack([-sin, cos, torch.zeros_like(cos)], -1)], -2) / scale[:, None, None]
+    inv = inv.to(motion.device, motion.dtype)
+    grid = F.affine_grid(inv, list(motion.shape), align_corners=False)
+    moved = F.grid_sample(motion, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    c, s_ = (cos * scale).to(motion.device)[:, None, None], (sin * scale).to(motion.device)[:, None, None]
+    u, v = moved[:, 0], moved[:, 1]
+    moved = torch.stack([c * u - s_ * v, s_ * u + c * v, *moved[:, 2:].unbind(1)], 1)
+    grid_t = grid if texture.shape[-2:] == motion.shape[-2:] else \
+        F.affine_grid(inv, list(texture.shape), align_corners=False)
+    texture = F.grid_sample(texture, grid_t, mode="bilinear", padding_mode="border", align_corners=False)
+    return moved, texture
+
+
+def mixup(motion: torch.Tensor, texture: torch.Tensor, targets: torch.Tensor, alpha: float,
+          gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each sample blended with another of the batch (both modalities and the class targets by the same
+    share, drawn per sample from Beta(alpha, alpha) and folded so the sample itself keeps the larger part)."""
+    b = motion.shape[0]
+    partner = torch.randperm(b, generator=gen)
+    seed = int(torch.randint(0, 2 ** 31 - 1, (1,), generator=gen))
+    lam = torch.from_numpy(np.random.default_rng(seed).beta(alpha, alpha, b).astype(np.float32))
+    lam = torch.maximum(lam, 1 - lam).to(motion.device)
+    partner = partner.to(motion.device)
+
+    def blend(x: torch.Tensor) -> torch.Tensor:
+        w = lam.view(-1, *([1] * (x.dim() - 1)))
+        return w * x + (1 - w) * x[partner]
+
+    return blend(motion), blend(texture), blend(targets)
 
 
 def class_weights(labels: np.ndarray, classes: int) -> torch.Tensor:
@@ -108,12 +171,15 @@ def train_model(model_cfg: MMTConfig, cfg: TrainConfig, motion: np.ndarray, text
             idx = order[start:start + cfg.batch_size].to(device)
             # every process augments the whole batch with the same draws, then keeps its share
             m, t = augment(m_all[idx], t_all[idx], cfg, gen)
+            target = y_all[idx]
+            if cfg.mixup > 0:
+                m, t, target = mixup(m, t, F.one_hot(target, model_cfg.num_classes).float(), cfg.mixup, gen)
             if world > 1:
-                m, t, idx = m[rank::world], t[rank::world], idx[rank::world]
+                m, t, idx, target = m[rank::world], t[rank::world], idx[rank::world], target[rank::world]
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, total, cfg.warmup_epochs * steps_per_epoch, cfg.lr)
             logits, contrast = net(m, t)
-            loss = F.cross_entropy(logits, y_all[idx], weight=weights) + model_cfg.contrastive_weight * contrast
+            loss = F.cross_entropy(logits, target, weight=weights) + model_cfg.contrastive_weight * contrast
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
