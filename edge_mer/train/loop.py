@@ -175,7 +175,7 @@ def train_model(model_cfg: MMTConfig, cfg: TrainConfig, motion: np.ndarray, text
             if cfg.mixup > 0:
                 m, t, target = mixup(m, t, F.one_hot(target, model_cfg.num_classes).float(), cfg.mixup, gen)
             if world > 1:
-                m, t, idx, target = m[rank::world], t[rank::world], idx[rank::world], target[rank::world]
+                m, t, target = m[rank::world], t[rank::world], target[rank::world]
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, total, cfg.warmup_epochs * steps_per_epoch, cfg.lr)
             logits, contrast = net(m, t)
@@ -183,7 +183,7 @@ def train_model(model_cfg: MMTConfig, cfg: TrainConfig, motion: np.ndarray, text
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            running += float(loss.detach()) * len(idx)
+            running += float(loss.detach()) * len(target)
             step += 1
         if on_epoch:
             on_epoch(epoch, running / max(1, n // max(world, 1)))
