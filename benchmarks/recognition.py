@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_mer.atomic import write_text
-from edge_mer.eval.truth import breakdown_of, draw_summary, errors_table
+from edge_mer.eval.truth import breakdown_of, draw_summary, errors_table, other_draw, rendered_faces
 from edge_mer.features.prepare import prepare_synthetic_composite
 from edge_mer.quant.export import export
 from edge_mer.runtime.bench import bench_models
@@ -76,6 +76,8 @@ def main() -> None:
     prepare_synthetic_composite(work / "data", feats, 0, 0, args.data_seed, diverse=True)
     out_json = RESULTS / f"{args.name}.json"
     doc = json.loads(out_json.read_text()) if out_json.exists() else {"runs": {}}
+    if why := other_draw(doc, rendered_faces(work / "data"), out_json):
+        ap.error(why)
     todo = [(m, int(s)) for m in args.models.split(",") for s in args.seeds.split(",")
             if f"{m}/{s}" not in doc["runs"]]
     for r in doc["runs"].values():  # runs from before the breakdown existed, where their folder is kept

@@ -26,7 +26,7 @@ from edge_mer.train.loop import TrainConfig, train_model
 from edge_mer.train.run import RunConfig, save_checkpoint
 
 OUT = Path(__file__).resolve().parent.parent / "edge_mer" / "assets" / "models"
-DESCRIPTION = ("DEMO MODEL trained on synthetic data only (edge-mer's generator: two public-domain photographs, "
+DESCRIPTION = ("DEMO MODEL trained on synthetic data only (edge-mer's generator: public-domain photographs, "
                "rendered action units); it demonstrates the pipeline and says nothing about real faces. Rebuild "
                "with scripts/make_demo_model.py.")
 

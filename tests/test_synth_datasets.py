@@ -12,6 +12,9 @@ import pytest
 from conftest import run_cli, tree_digest
 
 from edge_mer.data.synthetic import COMPOSITE_CSV, MANIFEST, DatasetConfig, write_dataset
+from edge_mer.errors import UserError
+from edge_mer.features.prepare import prepare_synthetic_composite
+from edge_mer.synth.faces import photo_names
 
 SMALL = ("--size", "128x96", "--fps", "40", "--quiet")
 
@@ -129,6 +132,19 @@ def test_megc2019_composite(tmp_path):
         assert by_key[(row.db, clip)] == row.label
     for c in clips:
         assert (root / c["frames_dir"]).is_dir()
+    # the photographs the subjects were drawn from: a draw stays tied to the faces it was rendered with
+    assert json.loads((root / MANIFEST).read_text())["faces"] == photo_names()
+
+
+def test_a_draw_rendered_from_other_photographs_is_not_reused(tmp_path):
+    """A cached composite rendered when only two photographs shipped holds other subjects than the same
+    arguments give now: the benchmarks' preparation refuses it with one line instead of mixing the two."""
+    data, features = tmp_path / "data", tmp_path / "features"
+    data.mkdir()
+    (data / MANIFEST).write_text(json.dumps({"generator": "edge-mer synth dataset", "clips": []}))  # no "faces"
+    with pytest.raises(UserError, match=r"rendered from the photographs astronaut, hopper; .*delete it"):
+        prepare_synthetic_composite(data, features, 3, 1, 0)
+    assert (data / MANIFEST).is_file() and not features.exists()  # nothing removed, nothing prepared
 
 
 def test_same_seed_same_bytes_other_seed_other_data(tmp_path):

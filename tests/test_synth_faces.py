@@ -14,8 +14,9 @@ from edge_mer.synth.render import FaceRenderer, default_face_iod
 
 
 def test_photos_are_public_domain_and_annotated():
-    assert len(photo_names()) >= 2
-    for name in photo_names():
+    names = photo_names()
+    assert len({load_photo(name).who for name in names}) == len(names) >= 4  # four people, one photograph each
+    for name in names:
         photo = load_photo(name)
         assert "public domain" in photo.licence
         h, w = photo.image.shape[:2]
@@ -25,6 +26,9 @@ def test_photos_are_public_domain_and_annotated():
         p = photo.points
         assert p["brow_inner_r"][1] < p["eye_r"][1] < p["nose_tip"][1] < p["mouth_corner_r"][1] < p["chin"][1]
         assert p["eye_r"][0] < p["eye_l"][0]  # the subject's right eye is on the image's left
+        # the eyes are level (action units move along the image's axes), the face large enough to upscale little
+        iod = float(np.linalg.norm(p["eye_l"] - p["eye_r"]))
+        assert abs(p["eye_l"][1] - p["eye_r"][1]) < 0.1 * iod and iod >= 40
 
 
 def _aligned_face(index: int) -> np.ndarray:
@@ -48,7 +52,7 @@ def test_subjects_are_reproducible_and_seed_dependent():
 
 
 def test_mirrored_subject_keeps_sides_right():
-    s = make_subject(2, 0)  # the second subject of the first photo is mirrored
+    s = make_subject(len(photo_names()), 0)  # the second subject of the first photo is mirrored
     assert s.params.mirror
     assert s.points["eye_r"][0] < s.points["eye_l"][0]
     assert s.points["mouth_corner_r"][0] < s.points["mouth_corner_l"][0]

@@ -10,7 +10,17 @@ from conftest import run_cli
 
 from edge_mer.data.synthetic import MANIFEST
 from edge_mer.errors import UserError
-from edge_mer.eval.truth import amplitude_bands, breakdown, breakdown_of, ceiling, errors_table, read_truth
+from edge_mer.eval.truth import (
+    amplitude_bands,
+    breakdown,
+    breakdown_of,
+    ceiling,
+    errors_table,
+    other_draw,
+    read_truth,
+    rendered_faces,
+)
+from edge_mer.synth.faces import photo_names
 
 NAMES = ("negative", "positive", "surprise")
 
@@ -77,3 +87,15 @@ def test_predictions_of_another_dataset_are_refused(draw):
         breakdown(read_truth(out), ["casme2/sub99/EP01"], [0], [0], (0.5, 1.0))
     with pytest.raises(UserError, match="not a synthetic dataset's manifest"):
         read_truth(out / "CASME2")
+
+
+def test_a_results_table_keeps_to_the_photographs_of_its_draw(draw, tmp_path):
+    """The recipe and recognition benchmarks resume from their JSON: runs on a draw from the first two
+    photographs and runs on this one are refused in one table, with the file and both sets of photographs named."""
+    out = draw[0]
+    assert rendered_faces(out) == photo_names() and len(photo_names()) >= 4
+    old = {"runs": {"recipe/0": {"uf1": 0.8}}}  # a results file from before the draw named its photographs
+    why = other_draw(old, rendered_faces(out), tmp_path / "recipe.json")
+    assert why is not None and "recipe.json" in why and "astronaut, hopper;" in why and "biden" in why
+    assert other_draw({**old, "faces": photo_names()}, rendered_faces(out), tmp_path / "recipe.json") is None
+    assert other_draw({"runs": {}}, rendered_faces(out), tmp_path / "recipe.json") is None  # nothing to mix

@@ -44,7 +44,7 @@ from edge_mer.errors import UserError
 from edge_mer.outputs import staged_folder
 from edge_mer.synth.aus import EMOTION_PATTERNS, AUCode, format_aus, parse_aus
 from edge_mer.synth.diversity import Diversity, SubjectStyle, draw_style, vary_sample
-from edge_mer.synth.faces import make_subject
+from edge_mer.synth.faces import make_subject, photo_names
 from edge_mer.synth.images import write_image
 from edge_mer.synth.render import FaceRenderer, Nuisances
 from edge_mer.synth.sheets import Cell, write_csv, write_xlsx
@@ -386,7 +386,7 @@ def _write_dataset(cfg: DatasetConfig, out: Path, progress: bool) -> Summary:
 def _write_manifest(out: Path, cfg: DatasetConfig, clips: list[Clip], styles: dict[str, Any]) -> None:
     config = asdict(cfg)
     doc: dict[str, Any] = {"generator": "edge-mer synth dataset", "synthetic": True, "config": config,
-                           "clips": [asdict(c) for c in clips]}
+                           "faces": photo_names(), "clips": [asdict(c) for c in clips]}
     if styles:
         doc["subject_styles"] = styles
     write_text(out / MANIFEST, json.dumps(doc, indent=1, sort_keys=True) + "\n")

@@ -136,4 +136,23 @@ def draw_summary(data: Path, features: Path) -> dict[str, Any]:
     fs = FeatureSet.load(features)
     truth = read_truth(data)
     return {"ceiling": ceiling(truth, fs.ids, fs.labels.tolist(), MMTConfig().class_names),
-            "amplitude_bands": amplitude_bands(truth, fs.ids)}
+            "amplitude_bands": amplitude_bands(truth, fs.ids), "faces": rendered_faces(data)}
+
+
+#: The photographs of every draw rendered before the manifest named them.
+FIRST_FACES = ["astronaut", "hopper"]
+
+
+def rendered_faces(data: Path) -> list[str]:
+    """The photographs the synthetic subjects of ``data`` were drawn from, as its manifest records them."""
+    return list(json.loads((Path(data) / MANIFEST).read_text()).get("faces", FIRST_FACES))
+
+
+def other_draw(doc: dict[str, Any], faces: list[str], path: Path) -> str | None:
+    """Why the runs of a results file ``doc`` (at ``path``) cannot share a table with runs on a draw rendered
+    from ``faces``; None when they can."""
+    held = doc.get("faces", FIRST_FACES)
+    if not doc.get("runs") or held == faces:
+        return None
+    return (f"{path} holds runs on subjects drawn from the photographs {', '.join(held)}; this draw is from "
+            f"{', '.join(faces)}: move it aside (or choose another results name) to start a table of its own")

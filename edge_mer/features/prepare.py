@@ -358,9 +358,17 @@ def prepare_synthetic_composite(data: Path, out: Path, subjects: int, clips_per_
     composite (``subjects`` and ``clips_per_subject`` are then not used).
     """
     from edge_mer.data.synthetic import COMPOSITE_SHARE, MANIFEST, DatasetConfig, write_dataset
+    from edge_mer.eval.truth import rendered_faces
     from edge_mer.synth.diversity import Diversity
+    from edge_mer.synth.faces import photo_names
 
-    if not (data / MANIFEST).exists():
+    if (data / MANIFEST).exists():
+        # a draw rendered when other photographs shipped holds other subjects than these arguments now give
+        rendered = rendered_faces(data)
+        if rendered != photo_names():
+            raise UserError(f"{data} was rendered from the photographs {', '.join(rendered)}; this edge-mer has "
+                            f"{', '.join(photo_names())}: delete it (and its features, {out}) to render it again")
+    else:
         if diverse:
             cfg = DatasetConfig(layout="megc2019", subjects=sum(COMPOSITE_SHARE.values()), seed=seed,
                                 diversity=Diversity(), like_composite=True)

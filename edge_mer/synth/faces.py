@@ -1,7 +1,7 @@
 """Real face photographs and the synthetic subjects derived from them.
 
-Two public-domain portraits ship with the kit (``edge_mer/assets/faces``; see
-``faces.json`` for who, where from and the licence). Every synthetic subject is
+Four public-domain portraits of four people ship with the kit (``edge_mer/assets/faces``; see
+``faces.json`` for who, where from, the licence and how the points were found). Every synthetic subject is
 one of them under a fixed set of identity changes drawn from a seed: mirroring,
 a smooth shape warp (face width, eye spacing, nose length, mouth width, jaw),
 skin tone, contrast and gamma, a directional illumination gradient and scale.
@@ -41,6 +41,7 @@ class FacePhoto:
     who: str
     source: str
     licence: str
+    points_from: str = "hand"  # "hand" (annotated by a person) or "face mesh" (the kit's own landmarks)
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,8 @@ def load_photo(name: str) -> FacePhoto:
     raw_points = meta["points"]
     assert isinstance(raw_points, dict)
     points = {k: np.asarray(v, np.float64) for k, v in raw_points.items()}
-    return FacePhoto(name, image, points, str(meta["who"]), str(meta["source"]), str(meta["licence"]))
+    return FacePhoto(name, image, points, str(meta["who"]), str(meta["source"]), str(meta["licence"]),
+                     str(meta.get("points_from", "hand")))
 
 
 def draw_identity(index: int, seed: int, spread: float = 1.0) -> IdentityParams:
