@@ -27,7 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from edge_mer.atomic import write_text
-from edge_mer.eval.truth import breakdown_of, draw_summary, errors_table, other_draw, rendered_faces
+from edge_mer.eval.truth import (
+    FIRST_FACES,
+    breakdown_of,
+    draw_summary,
+    errors_table,
+    other_draw,
+    rendered_faces,
+)
 from edge_mer.features.prepare import prepare_synthetic_composite
 from edge_mer.train.loop import TrainConfig
 from edge_mer.train.run import KFOLDS, OWN_OPTIONS, RunConfig, run
@@ -169,7 +176,8 @@ def _table(doc: dict[str, Any], quiet: bool = False) -> None:
         by.setdefault(r["variant"], []).append(r)
     lines = [f"# Recipe search on a development draw of the diverse composite ({doc.get('date', '')})", "",
              f"`synth dataset --layout megc2019 --diverse` drawn with data seed {doc.get('data_seed')} (68 subjects "
-             "that the recognition benchmark, data seed 0, does not contain), "
+             "that the recognition benchmark, data seed 0, does not contain; their faces from the photographs "
+             f"{', '.join(doc.get('faces', FIRST_FACES))}), "
              f"{doc.get('folds')} subject-disjoint folds (`train --protocol kfold`), DIS flow at S = 112 (other "
              "features where a variant says so), the last epoch's model. Each variant changes one thing of the "
              "recipe. UF1 and UAR: mean ± standard deviation over the training seeds; ΔUF1: the mean of the "

@@ -29,7 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from edge_mer.atomic import write_text
-from edge_mer.eval.truth import breakdown_of, draw_summary, errors_table, other_draw, rendered_faces
+from edge_mer.eval.truth import (
+    FIRST_FACES,
+    breakdown_of,
+    draw_summary,
+    errors_table,
+    other_draw,
+    rendered_faces,
+)
 from edge_mer.features.prepare import prepare_synthetic_composite
 from edge_mer.quant.export import export
 from edge_mer.runtime.bench import bench_models
@@ -130,7 +137,8 @@ def _table(doc: dict, name: str) -> None:
         models.setdefault(r["model"], []).append(r)
     lines = [f"# Recognition on the diverse synthetic composite ({doc.get('date', '')})", "",
              "68 synthetic subjects sized like the real MEGC2019 composite (`synth dataset --layout megc2019 "
-             f"--diverse`, data seed {doc.get('data_seed')}), DIS flow at S = 112, MEGC2019 protocol (LOSO over "
+             f"--diverse`, data seed {doc.get('data_seed')}; faces from the photographs "
+             f"{', '.join(doc.get('faces', FIRST_FACES))}), DIS flow at S = 112, MEGC2019 protocol (LOSO over "
              f"the 68 subjects, predictions pooled), {doc.get('epochs')} epochs with the same recipe for every "
              "model, the last epoch's model. UF1 and UAR: mean ± standard deviation over the training seeds. "
              f"CPU latency: the exported ONNX file at batch 1, ONNX Runtime, 2 threads. Machine: {doc.get('machine')}.",
