@@ -33,7 +33,6 @@ from edge_mer.eval.truth import (
     draw_summary,
     errors_table,
     other_draw,
-    rendered_faces,
 )
 from edge_mer.features.prepare import prepare_synthetic_composite
 from edge_mer.train.loop import TrainConfig
@@ -116,7 +115,7 @@ def main() -> None:
         prepare_synthetic_composite(work / "data", path, 0, 0, args.data_seed, size=size, flow=flow, diverse=True)
     out_json = RESULTS / "recipe.json"
     doc = json.loads(out_json.read_text()) if out_json.exists() else {"runs": {}}
-    if why := other_draw(doc, rendered_faces(work / "data"), out_json):
+    if why := other_draw(doc, work / "data", out_json):
         ap.error(why)
     for r in doc["runs"].values():  # runs from before the breakdown existed, where their folder is kept
         r["breakdown"] = r.get("breakdown") or breakdown_of(work / "runs" / r["variant"] / str(r["seed"]) /

@@ -35,7 +35,6 @@ from edge_mer.eval.truth import (
     draw_summary,
     errors_table,
     other_draw,
-    rendered_faces,
 )
 from edge_mer.features.prepare import prepare_synthetic_composite
 from edge_mer.quant.export import export
@@ -83,7 +82,7 @@ def main() -> None:
     prepare_synthetic_composite(work / "data", feats, 0, 0, args.data_seed, diverse=True)
     out_json = RESULTS / f"{args.name}.json"
     doc = json.loads(out_json.read_text()) if out_json.exists() else {"runs": {}}
-    if why := other_draw(doc, rendered_faces(work / "data"), out_json):
+    if why := other_draw(doc, work / "data", out_json):
         ap.error(why)
     todo = [(m, int(s)) for m in args.models.split(",") for s in args.seeds.split(",")
             if f"{m}/{s}" not in doc["runs"]]

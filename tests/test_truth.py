@@ -95,7 +95,7 @@ def test_a_results_table_keeps_to_the_photographs_of_its_draw(draw, tmp_path):
     out = draw[0]
     assert rendered_faces(out) == photo_names() and len(photo_names()) >= 4
     old = {"runs": {"recipe/0": {"uf1": 0.8}}}  # a results file from before the draw named its photographs
-    why = other_draw(old, rendered_faces(out), tmp_path / "recipe.json")
+    why = other_draw(old, out, tmp_path / "recipe.json")
     assert why is not None and "recipe.json" in why and "astronaut, hopper;" in why and "biden" in why
-    assert other_draw({**old, "faces": photo_names()}, rendered_faces(out), tmp_path / "recipe.json") is None
-    assert other_draw({"runs": {}}, rendered_faces(out), tmp_path / "recipe.json") is None  # nothing to mix
+    assert other_draw({**old, "faces": photo_names()}, out, tmp_path / "recipe.json") is None
+    assert other_draw({"runs": {}}, out, tmp_path / "recipe.json") is None  # nothing to mix

@@ -148,10 +148,10 @@ def rendered_faces(data: Path) -> list[str]:
     return list(json.loads((Path(data) / MANIFEST).read_text()).get("faces", FIRST_FACES))
 
 
-def other_draw(doc: dict[str, Any], faces: list[str], path: Path) -> str | None:
-    """Why the runs of a results file ``doc`` (at ``path``) cannot share a table with runs on a draw rendered
-    from ``faces``; None when they can."""
-    held = doc.get("faces", FIRST_FACES)
+def other_draw(doc: dict[str, Any], data: Path, path: Path) -> str | None:
+    """Why the runs of a results file ``doc`` (at ``path``) cannot share a table with runs on the synthetic draw
+    at ``data``, rendered from other photographs; None when they can."""
+    held, faces = doc.get("faces", FIRST_FACES), rendered_faces(data)
     if not doc.get("runs") or held == faces:
         return None
     return (f"{path} holds runs on subjects drawn from the photographs {', '.join(held)}; this draw is from "

@@ -41,7 +41,7 @@ class FacePhoto:
     who: str
     source: str
     licence: str
-    points_from: str = "hand"  # "hand" (annotated by a person) or "face mesh" (the kit's own landmarks)
+    points_from: str  # "hand" (annotated by a person) or "face mesh" (the kit's own landmarks)
 
 
 @dataclass(frozen=True)
