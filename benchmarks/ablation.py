@@ -19,6 +19,7 @@ import os
 import platform
 from pathlib import Path
 
+from edge_mer.errors import script_main
 from edge_mer.features.prepare import prepare_synthetic_composite
 from edge_mer.model.config import ABLATIONS
 from edge_mer.train.loop import TrainConfig
@@ -75,4 +76,4 @@ def _table(doc: dict) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

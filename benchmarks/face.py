@@ -34,6 +34,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edge_mer.errors import script_main
 from edge_mer.face.align import CANONICAL_EYE_Y, CANONICAL_IOD, FaceAligner, NoFaceError
 from edge_mer.runtime.backends.onnxruntime import cpu_name
 from edge_mer.synth.faces import OCCLUSIONS, load_photo, photo_names, place_photo
@@ -168,4 +169,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

@@ -21,6 +21,7 @@ from pathlib import Path
 import cv2
 
 from edge_mer.data.synthetic import DatasetConfig, write_dataset
+from edge_mer.errors import script_main
 from edge_mer.features.prepare import FeatureConfig, prepare
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -56,4 +57,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

@@ -40,7 +40,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge_mer.errors import UserError
+from edge_mer.errors import UserError, script_main
 from edge_mer.flow.base import FlowStage
 from edge_mer.flow.pairs import FlowPair, endpoint_error, in_frames, micro_pairs, shift_pairs
 from edge_mer.flow.stage import make_stage
@@ -230,4 +230,4 @@ def write_results(args: argparse.Namespace, rows: dict[int, dict[str, dict[str, 
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

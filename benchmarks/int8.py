@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edge_mer.errors import script_main
 from edge_mer.eval.score import evaluate, predict
 from edge_mer.features.cache import FeatureSet
 from edge_mer.features.prepare import prepare_synthetic_composite
@@ -148,4 +149,4 @@ def _table(doc: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_mer.atomic import write_text
+from edge_mer.errors import script_main
 from edge_mer.eval.truth import (
     FIRST_FACES,
     breakdown_of,
@@ -63,6 +64,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
     "width-64": ("mmt_small", {}, {"dim": 64, "heads": 2, "proj_dim": 32}, "half the width (64, 2 heads)"),
     "depth-2": ("mmt_small", {}, {"depth": 2}, "two layers instead of four"),
     "motion-only": ("mmt_small", {}, {"modalities": ("motion",)}, "no texture branch (and so no contrastive term)"),
+    "texture-difference": ("mmt_small", {}, {}, "texture input: apex minus onset grey level instead of the apex "
+                                                "frame, which carries the subject's identity"),
     "motion-rms": ("mmt_small", {}, {"motion_rms": 0.2}, "each sample's flow scaled to RMS 0.2 units (the "
                                                          "development draw's median is 0.18)"),
     "ststnet": ("ststnet", {}, {}, "the STSTNet baseline under the same recipe"),
@@ -72,8 +75,9 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
     "ststnet-dis224": ("ststnet", {}, {}, "STSTNet on DIS flow of a 224-pixel crop (the motion of weak movers "
                                           "spans twice the pixels)"),
 }
-DIS_112 = ("dis", 112)  # the features (flow, crop size) a variant trains on unless FEATURES names others
-FEATURES = {"tvl1": ("tvl1", 112), "ststnet-tvl1": ("tvl1", 112), "ststnet-dis224": ("dis", 224)}
+DIS_112 = ("dis", 112, "apex")  # the features (flow, crop size, texture) a variant trains on unless FEATURES
+FEATURES = {"tvl1": ("tvl1", 112, "apex"), "ststnet-tvl1": ("tvl1", 112, "apex"),
+            "ststnet-dis224": ("dis", 224, "apex"), "texture-difference": ("dis", 112, "difference")}
 
 
 def run_variant(name: str, seed: int, features: str, epochs: int, work: str) -> dict[str, Any]:
@@ -109,10 +113,10 @@ def main() -> None:
         ap.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     work = Path(args.work)
     kinds = sorted({FEATURES.get(n, DIS_112) for n in names} | {DIS_112})
-    feats = {(flow, size): work / ("features" if (flow, size) == DIS_112 else
-                                   f"features-{flow}{'' if size == 112 else size}") for flow, size in kinds}
-    for (flow, size), path in feats.items():
-        prepare_synthetic_composite(work / "data", path, 0, 0, args.data_seed, size=size, flow=flow, diverse=True)
+    feats = {kind: work / ("features" if kind == DIS_112 else _features_folder(*kind)) for kind in kinds}
+    for (flow, size, texture), path in feats.items():
+        prepare_synthetic_composite(work / "data", path, 0, 0, args.data_seed, size=size, flow=flow, diverse=True,
+                                    texture=texture)
     out_json = RESULTS / "recipe.json"
     doc = json.loads(out_json.read_text()) if out_json.exists() else {"runs": {}}
     if why := other_draw(doc, work / "data", out_json):
@@ -140,6 +144,21 @@ def main() -> None:
         _table(doc)
 
 
+def _features_folder(flow: str, size: int, texture: str) -> str:
+    return f"features-{flow}{'' if size == 112 else size}{'' if texture == 'apex' else '-' + texture}"
+
+
+def _features_name(kind: tuple[str, int, str]) -> str:
+    return "FEATURES" if kind == DIS_112 else _features_folder(*kind).upper().replace("-", "_")
+
+
+def _prepare_command(kind: tuple[str, int, str]) -> str:
+    flow, size, texture = kind
+    return " ".join(["edge-mer data prepare --dataset megc2019 --root DATA --flow", flow,
+                     *([f"--size {size}"] if size != 112 else []),
+                     *([f"--texture {texture}"] if texture != "apex" else []), "--out", _features_name(kind)])
+
+
 def _save(path: Path, doc: dict[str, Any]) -> None:
     """Write ``doc``, keeping the runs that another search running beside this one wrote in the meantime."""
     if path.exists():
@@ -151,8 +170,7 @@ def _save(path: Path, doc: dict[str, Any]) -> None:
 def _command(name: str) -> str:
     """``edge-mer train`` with the options that make variant ``name``."""
     model, train_changes, model_changes, _ = VARIANTS[name]
-    flow, size = FEATURES.get(name, DIS_112)
-    features = "FEATURES" if (flow, size) == DIS_112 else f"FEATURES_{flow.upper()}_{size}"
+    features = _features_name(FEATURES.get(name, DIS_112))
     options = []
     for key, value in {**train_changes, **model_changes}.items():
         if key in OWN_OPTIONS:
@@ -199,6 +217,9 @@ def _table(doc: dict[str, Any], quiet: bool = False) -> None:
                      f"{statistics.fmean(r['seconds'] for r in runs):.0f} |")
     lines += ["", "Each variant as one training command (five folds dealt by the seed, as here):", ""]
     lines += [f"- {name}: `{_command(name)}`" for name in VARIANTS if name in by]
+    kinds = sorted({FEATURES.get(name, DIS_112) for name in by if name in VARIANTS} | {DIS_112})
+    lines += ["", "where the features were made from the draw's folder DATA by:", ""]
+    lines += [f"- {_features_name(kind)}: `{_prepare_command(kind)}`" for kind in kinds]
     if doc.get("ceiling"):
         lines += ["", *errors_table({n: [r["breakdown"] for r in by[n] if r.get("breakdown")] for n in order},
                                     doc["ceiling"], doc["amplitude_bands"])]
@@ -208,4 +229,4 @@ def _table(doc: dict[str, Any], quiet: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_mer.atomic import write_text
+from edge_mer.errors import script_main
 from edge_mer.eval.truth import (
     FIRST_FACES,
     breakdown_of,
@@ -161,4 +162,4 @@ def _table(doc: dict, name: str) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

@@ -27,6 +27,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from edge_mer.errors import script_main
 from edge_mer.runtime.backends.onnxruntime import cpu_name
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -191,4 +192,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

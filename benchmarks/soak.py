@@ -17,6 +17,7 @@ import json
 import os
 from pathlib import Path
 
+from edge_mer.errors import script_main
 from edge_mer.flow.stage import make_stage
 from edge_mer.runtime.artifact import default_model
 from edge_mer.runtime.backends import open_backend
@@ -64,4 +65,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

@@ -46,6 +46,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edge_mer.errors import script_main
 from edge_mer.face import FaceAligner
 from edge_mer.runtime.backends.onnxruntime import cpu_name
 from edge_mer.runtime.timing import percentiles
@@ -293,4 +294,4 @@ def write_results(args: argparse.Namespace, chosen: tuple[Variant, ...], totals:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

@@ -16,6 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
+from edge_mer.errors import script_main
 from edge_mer.features.cache import FeatureSet
 from edge_mer.features.prepare import prepare_synthetic_composite
 from edge_mer.model.config import model_config
@@ -69,4 +70,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

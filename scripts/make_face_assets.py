@@ -37,6 +37,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge_mer.errors import UserError, script_main
 from edge_mer.face.mesh import Face, FaceModels
 
 OUT = Path(__file__).resolve().parents[1] / "edge_mer" / "assets" / "faces"
@@ -64,7 +65,10 @@ def _hopper() -> np.ndarray:
     from matplotlib import cbook
 
     path = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
-    return cv2.imread(str(path))[40:440, 66:466]
+    image = cv2.imread(str(path))
+    if image is None:
+        raise UserError(f"matplotlib's sample image {path} is missing or unreadable")
+    return image[40:440, 66:466]
 
 
 def _sdist_images(names: list[str]) -> dict[str, np.ndarray]:
@@ -79,7 +83,7 @@ def _sdist_images(names: list[str]) -> dict[str, np.ndarray]:
                 member = tar.extractfile(f"{sdist.name[:-len('.tar.gz')]}/tests/test_images/{name}")
                 image = None if member is None else cv2.imdecode(np.frombuffer(member.read(), np.uint8), 1)
                 if image is None:
-                    raise SystemExit(f"{sdist.name} holds no readable tests/test_images/{name}")
+                    raise UserError(f"{sdist.name} holds no readable tests/test_images/{name}")
                 out[name] = image
     return out
 
@@ -88,7 +92,7 @@ def _largest_face(models: FaceModels, image: np.ndarray) -> Face:
     fitted = [models.fit(image, f) for f in models.detect(image)]
     faces = [f for f in fitted if f is not None]
     if not faces:
-        raise SystemExit("no face found")
+        raise UserError("no face found")
     return max(faces, key=lambda f: f.box[2] * f.box[3])
 
 
@@ -134,4 +138,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

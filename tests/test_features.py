@@ -13,7 +13,14 @@ from conftest import run_cli
 from edge_mer.errors import UserError
 from edge_mer.features.cache import FeatureSet
 from edge_mer.features.prepare import FeatureConfig, prepare
-from edge_mer.flow.normalise import CLIP, motion_tensor, texture_tensor
+from edge_mer.flow.normalise import (
+    CLIP,
+    DIFFERENCE_UNIT,
+    TEXTURE_STD,
+    difference_tensor,
+    motion_tensor,
+    texture_tensor,
+)
 from edge_mer.flow.opencv import make_flow, optical_strain
 
 
@@ -35,6 +42,8 @@ def test_normalisation_is_fixed_and_scale_aware():
     assert motion_tensor(np.full((16, 16, 2), 1e3, np.float32)).max() == CLIP
     t = texture_tensor(np.array([[0, 255]], np.uint8))
     assert t.shape == (1, 1, 2) and np.allclose(t, [[[-2.0, 2.0]]])
+    d = difference_tensor(np.array([[100, 100, 0]], np.uint8), np.array([[108, 92, 255]], np.uint8))
+    assert d.shape == (1, 1, 3) and np.allclose(d, [[[1.0, -1.0, CLIP]]])  # 8 grey levels a unit, clipped
 
 
 @pytest.mark.parametrize("method", ["tvl1", "dis"])
@@ -105,6 +114,24 @@ def test_workers_do_not_change_the_features(cache, generated, tmp_path):
     a, b = FeatureSet.load(cache), FeatureSet.load(tmp_path / "one")
     assert a.ids == b.ids
     assert np.array_equal(a.motion, b.motion) and np.array_equal(a.texture, b.texture)
+
+
+def test_difference_texture_keeps_the_motion_and_drops_the_face(cache, generated, tmp_path):
+    out = tmp_path / "difference"
+    run_cli("data", "prepare", "--dataset", "casme2", "--root", str(generated["casme2"]), "--out", str(out),
+            "--flow", "dis", "--texture", "difference", "--workers", "1", "--quiet", check=True)
+    apex, diff = FeatureSet.load(cache), FeatureSet.load(out)
+    assert json.loads((out / "config.json").read_text())["feature"]["texture"] == "difference"
+    assert "texture" not in json.loads((cache / "config.json").read_text())["feature"]  # caches from before stay
+    assert apex.ids == diff.ids and np.array_equal(apex.motion, diff.motion)
+    # in grey levels: the apex frame is a face everywhere; its change from the onset is small over most of it
+    face = np.abs(apex.texture - apex.texture.mean(axis=(2, 3), keepdims=True)).mean() * TEXTURE_STD * 255
+    change = np.abs(diff.texture).mean() * DIFFERENCE_UNIT
+    assert change < 0.25 * face, (change, face)
+    assert np.abs(diff.texture).max() * DIFFERENCE_UNIT > 16  # but the expression's shading is there
+    with pytest.raises(UserError, match="texture 'edges'"):
+        prepare("casme2", generated["casme2"], tmp_path / "x", FeatureConfig(flow="dis", texture="edges"),
+                progress=False)
 
 
 def test_motion_apex_policy_finds_the_apex(generated, tmp_path):

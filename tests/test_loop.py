@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -274,6 +275,22 @@ def test_auto_flow_follows_the_model_and_falls_back_from_cuda(capsys):
         assert "note: the cuda flow stage is not available" in capsys.readouterr().err
         with pytest.raises(UserError, match="cuda flow stage"):
             open_stage("cuda", "cuda", 112)  # asked for by name: an error, not a fallback
+
+
+def test_a_model_trained_on_difference_textures_is_refused(tmp_path):
+    """The device stages compute the apex texture: a model trained on another texture input would get inputs it
+    never saw and still print spots, so it is refused with one line before anything runs."""
+    from edge_mer.runtime.artifact import default_model, sidecar_path
+
+    model = tmp_path / "difference.onnx"
+    shutil.copy(default_model(), model)
+    meta = json.loads(sidecar_path(default_model()).read_text())
+    meta["features"]["feature"]["texture"] = "difference"  # as training on data prepare --texture difference
+    sidecar_path(model).write_text(json.dumps(meta))
+    proc = run_cli("run", "--demo", "--model", str(model), "--max-frames", "30", "--quiet")
+    errors = [line for line in proc.stderr.splitlines() if not line.startswith("note: ")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr
+    assert errors[0].startswith("edge-mer: error: the model was trained on difference textures")
 
 
 @pytest.mark.parametrize(("record", "says"), [("overlay.txt", "cannot record to a .txt file"),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -145,6 +147,20 @@ def test_a_draw_rendered_from_other_photographs_is_not_reused(tmp_path):
     with pytest.raises(UserError, match=r"rendered from the photographs astronaut, hopper; .*delete it"):
         prepare_synthetic_composite(data, features, 3, 1, 0)
     assert (data / MANIFEST).is_file() and not features.exists()  # nothing removed, nothing prepared
+
+
+def test_a_benchmark_refusing_a_draw_says_so_in_one_line(tmp_path):
+    """The benchmarks end a refusal as the CLI does: one line naming the script, exit 2, no traceback."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / MANIFEST).write_text(json.dumps({"clips": []}))  # rendered from two photographs
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(repo / "benchmarks" / "recipe.py"), "--work", str(tmp_path),
+                           "--variants", "recipe", "--seeds", "0"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert re.fullmatch(r"recipe\.py: error: \S+ was rendered from the photographs astronaut, hopper; .*\n",
+                        done.stderr), done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # nothing prepared, no run started
 
 
 def test_same_seed_same_bytes_other_seed_other_data(tmp_path):

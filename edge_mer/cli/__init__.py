@@ -187,7 +187,7 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     from edge_mer.features.prepare import FeatureConfig, prepare
 
     cfg = FeatureConfig(size=args.size, flow=args.flow, apex_policy=args.apex, landmarks=args.landmarks,
-                        detector=args.detector)
+                        detector=args.detector, texture=args.texture)
     workers = args.workers or os.cpu_count() or 1
     # a cache is resumed in place (no --force), but never written over the dataset it is made from
     check_folder(Path(args.out), inputs=[args.root, args.annotations], force=True)
@@ -243,6 +243,9 @@ def _data_parser(sub: Any) -> None:
     p.add_argument("--detector", choices=("mesh", "haar"), default="mesh",
                    help="face detector of the onset frame: the shipped BlazeFace + FaceMesh (default) or OpenCV's "
                         "Haar cascades")
+    p.add_argument("--texture", choices=("apex", "difference"), default="apex",
+                   help="texture input: the apex frame (default; what the device runtime computes) or the apex "
+                        "minus the onset (for training experiments)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_data_prepare)
 

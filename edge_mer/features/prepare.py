@@ -44,7 +44,7 @@ from edge_mer.data.records import DatasetIndex, Sample
 from edge_mer.errors import UserError
 from edge_mer.face import FaceAligner
 from edge_mer.features.cache import SampleFile, SampleFileError, read_sample
-from edge_mer.flow.normalise import CONSTANTS, motion_tensor, texture_tensor
+from edge_mer.flow.normalise import CONSTANTS, difference_tensor, motion_tensor, texture_tensor
 from edge_mer.flow.opencv import make_flow
 from edge_mer.runtime.frames import list_frames
 
@@ -62,6 +62,14 @@ class FeatureConfig:
     landmarks: str | None = None
     detector: str = "mesh"  # the face detector of the onset frame's alignment: "mesh" or "haar"
     version: int = CACHE_VERSION
+    texture: str = "apex"  # the texture input: the apex frame, or "difference" (apex minus onset)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields; ``texture`` only when it is not the apex, so caches from before it existed stay valid."""
+        d = asdict(self)
+        if d["texture"] == "apex":
+            del d["texture"]
+        return d
 
 
 @dataclass
@@ -103,7 +111,7 @@ def sample_key(s: Sample, cfg: FeatureConfig) -> str:
         files = [p for p in (s.onset_path, s.apex_path) if p]
     if cfg.landmarks:
         files.append(cfg.landmarks)
-    payload = {"version": CACHE_VERSION, "config": asdict(cfg), "sample": record,
+    payload = {"version": CACHE_VERSION, "config": cfg.to_dict(), "sample": record,
                "files": [_identity(f) for f in files]}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
 
@@ -205,7 +213,10 @@ def compute(record: dict[str, Any], out_path: str, key: str = "") -> dict[str, A
             apex_n, apex_path = _apex_by_motion(s, onset_crop, align)
         apex_crop = align.crop(_read_gray(apex_path))
         motion = motion_tensor(flow(onset_crop, apex_crop))
-        texture = texture_tensor(apex_crop)
+        if _STATE["cfg"].texture == "difference":
+            texture = difference_tensor(onset_crop, apex_crop)
+        else:
+            texture = texture_tensor(apex_crop)
     except UserError as exc:
         return {"status": "failed", "message": str(exc)}
     try:
@@ -242,10 +253,12 @@ def prepare(dataset: str, root: Path, out: Path, cfg: FeatureConfig, annotations
     from tqdm import tqdm
 
     start = time.perf_counter()
+    if cfg.texture not in ("apex", "difference"):
+        raise UserError(f"texture {cfg.texture!r}: choose apex or difference")
     make_flow(cfg.flow)  # fail early when the method is unavailable
     FaceAligner(cfg.size, cfg.landmarks, detector=cfg.detector)
     index = load(dataset, root, annotations, cfg.apex_policy)
-    config = {"feature": asdict(cfg), "dataset": dataset, "root": str(root.resolve()),
+    config = {"feature": cfg.to_dict(), "dataset": dataset, "root": str(root.resolve()),
               "annotations": index.annotations, "normalisation": CONSTANTS, "edge_mer": __version__}
     _check_config(out, config)
     rows: dict[str, dict[str, Any]] = {}
@@ -350,12 +363,13 @@ def _write_index(out: Path, index: DatasetIndex, rows: dict[str, dict[str, Any]]
 
 
 def prepare_synthetic_composite(data: Path, out: Path, subjects: int, clips_per_subject: int, seed: int,
-                                size: int = 112, flow: str = "dis", diverse: bool = False) -> PrepareSummary:
+                                size: int = 112, flow: str = "dis", diverse: bool = False,
+                                texture: str = "apex") -> PrepareSummary:
     """Render the synthetic MEGC2019 composite into ``data`` (unless it is there) and prepare its features.
 
     What the demo model, the ablation, the INT8 and the recognition benchmarks train on: one call, so they
     all see the same data for the same arguments. ``diverse``: subjects that differ, sized like the real
-    composite (``subjects`` and ``clips_per_subject`` are then not used).
+    composite (``subjects`` and ``clips_per_subject`` are then not used). ``texture``: see FeatureConfig.
     """
     from edge_mer.data.synthetic import COMPOSITE_SHARE, MANIFEST, DatasetConfig, write_dataset
     from edge_mer.eval.truth import rendered_faces
@@ -376,4 +390,5 @@ def prepare_synthetic_composite(data: Path, out: Path, subjects: int, clips_per_
             cfg = DatasetConfig(layout="megc2019", subjects=subjects, clips_per_subject=clips_per_subject,
                                 seed=seed)
         write_dataset(cfg, data)
-    return prepare("megc2019", data, out, FeatureConfig(size=size, flow=flow), workers=os.cpu_count() or 1)
+    return prepare("megc2019", data, out, FeatureConfig(size=size, flow=flow, texture=texture),
+                   workers=os.cpu_count() or 1)

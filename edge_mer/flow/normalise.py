@@ -4,7 +4,10 @@
   ``FLOW_UNIT`` (2 px, the top of the micro-expression range), clipped to
   ``[-CLIP, CLIP]``;
 * strain: divided by ``STRAIN_UNIT``, clipped to ``[0, CLIP]``;
-* texture: grey level / 255, minus ``TEXTURE_MEAN``, divided by ``TEXTURE_STD``.
+* texture: grey level / 255, minus ``TEXTURE_MEAN``, divided by ``TEXTURE_STD``;
+* texture as a difference (features prepared with ``texture="difference"``): the
+  apex's grey level minus the onset's, divided by ``DIFFERENCE_UNIT`` grey levels,
+  clipped to ``[-CLIP, CLIP]``.
 
 These never depend on the data: a feature cache, a calibration set and a camera
 frame on a device all use the same numbers.
@@ -21,6 +24,7 @@ STRAIN_UNIT = 0.1
 TEXTURE_MEAN = 0.5
 TEXTURE_STD = 0.25
 CLIP = 8.0
+DIFFERENCE_UNIT = 8.0  # grey levels: about 1.5 times the spread of a micro-expression's apex-onset change
 
 CONSTANTS = {"flow_unit_px_at_112": FLOW_UNIT, "strain_unit": STRAIN_UNIT, "texture_mean": TEXTURE_MEAN,
              "texture_std": TEXTURE_STD, "clip": CLIP}
@@ -42,3 +46,13 @@ def texture_tensor(gray: np.ndarray) -> np.ndarray:
     """(1, S, S) float32 of a grey uint8 crop."""
     t = (gray.astype(np.float32) / 255.0 - TEXTURE_MEAN) / TEXTURE_STD
     return t[None]
+
+
+def difference_tensor(onset: np.ndarray, apex: np.ndarray) -> np.ndarray:
+    """(1, S, S) float32: the grey-level change from the onset crop to the apex crop (both uint8).
+
+    What moved and how its shading changed, without the face itself: the apex texture carries the
+    subject's identity, which a subject left out of training does not share.
+    """
+    d = (apex.astype(np.float32) - onset.astype(np.float32)) / np.float32(DIFFERENCE_UNIT)
+    return np.clip(d, -CLIP, CLIP)[None]

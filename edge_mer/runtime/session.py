@@ -52,10 +52,17 @@ class RunSettings:
 
 
 def pick_flow(name: str, model_meta: dict[str, Any]) -> str:
-    """``auto``: the flow the model was trained with; TV-L1 on the GPU (``cuda``) where it runs, else OpenCV's."""
+    """``auto``: the flow the model was trained with; TV-L1 on the GPU (``cuda``) where it runs, else OpenCV's.
+
+    A model trained on another texture input than the apex frame (``data prepare --texture difference``, an
+    experiment) is refused: every stage computes the apex texture."""
+    features = model_meta.get("features") or {}
+    texture = (features.get("feature") or {}).get("texture", "apex")
+    if texture != "apex":
+        raise UserError(f"the model was trained on {texture} textures (data prepare --texture {texture}); the "
+                        "device runtime computes the apex texture: train it on features prepared with --texture apex")
     if name != "auto":
         return name
-    features = model_meta.get("features") or {}
     trained = (features.get("feature") or {}).get("flow") or "tvl1"
     if trained == "tvl1" and cuda_unavailable() is None:
         return "cuda"
