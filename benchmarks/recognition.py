@@ -9,7 +9,10 @@ checkpoint is exported to ONNX and timed at batch 1 with ONNX Runtime on this CP
 dataset, parameters, GFLOPs, CPU latency, training time) and ``recognition_<model>.png``, the confusion
 matrix of the first seed. Runs already in the JSON are kept, so an interrupted benchmark resumes.
 
-    python benchmarks/recognition.py [--models ststnet,mmt_small] [--seeds 0,1,2] [--epochs 60] [--jobs 2]
+    python benchmarks/recognition.py [--models ststnet,mmt_small,mmt_small+motion-only] [--seeds 0,1,2] [--jobs 2]
+
+A model is a name of ``edge_mer.model.config.MODELS``, or ``NAME+ABLATION`` with an ablation of the MMT
+(``ABLATIONS``, as ``train --ablation`` takes it): ``mmt_small+motion-only`` is the MMT without its texture branch.
 
 On a GPU (``--device cuda``, the default when torch sees one) several runs side by side (``--jobs``) keep it
 busier than one: these models are small. A run that is stopped keeps its finished folds (``train``'s resume).
@@ -38,6 +41,7 @@ from edge_mer.eval.truth import (
     other_draw,
 )
 from edge_mer.features.prepare import prepare_synthetic_composite
+from edge_mer.model.config import model_config
 from edge_mer.quant.export import export
 from edge_mer.runtime.bench import bench_models
 from edge_mer.train.loop import TrainConfig
@@ -55,7 +59,8 @@ def train_one(model: str, seed: int, features: str, epochs: int, work: str, devi
 
         torch.set_num_threads(threads)
     folder = Path(work) / "runs" / model / str(seed)
-    cfg = RunConfig(features=features, protocol="megc2019", model=model, device=device,
+    name, _, ablation = model.partition("+")
+    cfg = RunConfig(features=features, protocol="megc2019", model=name, ablation=ablation or "full", device=device,
                     train=TrainConfig(epochs=epochs, seed=seed))
     r = run(cfg, folder, progress=True)
     return {"model": model, "seed": seed, "uf1": r["uf1"], "uar": r["uar"], "accuracy": r["accuracy"],
@@ -78,6 +83,10 @@ def main() -> None:
     ap.add_argument("--work", default="benchmarks/.work/recognition", help="data, features and runs (not committed)")
     args = ap.parse_args()
     threads = args.threads or (1 if args.jobs > 1 else 0)
+    models = args.models.split(",")
+    for m in models:
+        name, _, ablation = m.partition("+")
+        model_config(name, ablation=ablation or "full")  # an unknown name or ablation: one line before any work
     work = Path(args.work)
     feats = work / "features"
     prepare_synthetic_composite(work / "data", feats, 0, 0, args.data_seed, diverse=True)
@@ -85,7 +94,7 @@ def main() -> None:
     doc = json.loads(out_json.read_text()) if out_json.exists() else {"runs": {}}
     if why := other_draw(doc, work / "data", out_json):
         ap.error(why)
-    todo = [(m, int(s)) for m in args.models.split(",") for s in args.seeds.split(",")
+    todo = [(m, int(s)) for m in models for s in args.seeds.split(",")
             if f"{m}/{s}" not in doc["runs"]]
     for r in doc["runs"].values():  # runs from before the breakdown existed, where their folder is kept
         r["breakdown"] = r.get("breakdown") or breakdown_of(

@@ -163,6 +163,16 @@ def test_a_benchmark_refusing_a_draw_says_so_in_one_line(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # nothing prepared, no run started
 
 
+def test_the_recognition_benchmark_checks_its_models_before_any_work(tmp_path):
+    """``--models NAME+ABLATION`` (e.g. mmt_small+motion-only) is checked before the draw is rendered."""
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(repo / "benchmarks" / "recognition.py"), "--work", str(tmp_path / "w"),
+                           "--models", "ststnet,mmt_small+no-texture"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith("recognition.py: error: unknown ablation 'no-texture'; choose from full, ")
+    assert not (tmp_path / "w").exists()
+
+
 def test_same_seed_same_bytes_other_seed_other_data(tmp_path):
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     for out, seed in ((a, 5), (b, 5), (c, 6)):
