@@ -21,6 +21,7 @@ import os
 import platform
 import shlex
 import statistics
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 from pathlib import Path
@@ -112,8 +113,7 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     work = Path(args.work)
-    kinds = sorted({FEATURES.get(n, DIS_112) for n in names} | {DIS_112})
-    feats = {kind: work / ("features" if kind == DIS_112 else _features_folder(*kind)) for kind in kinds}
+    feats = {kind: work / _features_folder(kind) for kind in _kinds(names)}
     for (flow, size, texture), path in feats.items():
         prepare_synthetic_composite(work / "data", path, 0, 0, args.data_seed, size=size, flow=flow, diverse=True,
                                     texture=texture)
@@ -144,12 +144,20 @@ def main() -> None:
         _table(doc)
 
 
-def _features_folder(flow: str, size: int, texture: str) -> str:
+def _kinds(names: Iterable[str]) -> list[tuple[str, int, str]]:
+    """The features the variants ``names`` train on, and the recipe's own (the draw's summary is made on them)."""
+    return sorted({FEATURES.get(n, DIS_112) for n in names if n in VARIANTS} | {DIS_112})
+
+
+def _features_folder(kind: tuple[str, int, str]) -> str:
+    flow, size, texture = kind
+    if kind == DIS_112:
+        return "features"
     return f"features-{flow}{'' if size == 112 else size}{'' if texture == 'apex' else '-' + texture}"
 
 
 def _features_name(kind: tuple[str, int, str]) -> str:
-    return "FEATURES" if kind == DIS_112 else _features_folder(*kind).upper().replace("-", "_")
+    return _features_folder(kind).upper().replace("-", "_")
 
 
 def _prepare_command(kind: tuple[str, int, str]) -> str:
@@ -217,9 +225,8 @@ def _table(doc: dict[str, Any], quiet: bool = False) -> None:
                      f"{statistics.fmean(r['seconds'] for r in runs):.0f} |")
     lines += ["", "Each variant as one training command (five folds dealt by the seed, as here):", ""]
     lines += [f"- {name}: `{_command(name)}`" for name in VARIANTS if name in by]
-    kinds = sorted({FEATURES.get(name, DIS_112) for name in by if name in VARIANTS} | {DIS_112})
     lines += ["", "where the features were made from the draw's folder DATA by:", ""]
-    lines += [f"- {_features_name(kind)}: `{_prepare_command(kind)}`" for kind in kinds]
+    lines += [f"- {_features_name(kind)}: `{_prepare_command(kind)}`" for kind in _kinds(by)]
     if doc.get("ceiling"):
         lines += ["", *errors_table({n: [r["breakdown"] for r in by[n] if r.get("breakdown")] for n in order},
                                     doc["ceiling"], doc["amplitude_bands"])]

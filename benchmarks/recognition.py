@@ -51,6 +51,12 @@ RESULTS = Path(__file__).resolve().parent / "results"
 DATASETS = ("casme2", "samm", "smic")
 
 
+def _name_and_ablation(model: str) -> tuple[str, str]:
+    """``NAME+ABLATION`` (or ``NAME``, the full model) as the model's name and its ablation."""
+    name, _, ablation = model.partition("+")
+    return name, ablation or "full"
+
+
 def train_one(model: str, seed: int, features: str, epochs: int, work: str, device: str,
               threads: int) -> dict[str, Any]:
     """One model and seed under the MEGC2019 protocol (in a process of its own under --jobs)."""
@@ -59,8 +65,8 @@ def train_one(model: str, seed: int, features: str, epochs: int, work: str, devi
 
         torch.set_num_threads(threads)
     folder = Path(work) / "runs" / model / str(seed)
-    name, _, ablation = model.partition("+")
-    cfg = RunConfig(features=features, protocol="megc2019", model=name, ablation=ablation or "full", device=device,
+    name, ablation = _name_and_ablation(model)
+    cfg = RunConfig(features=features, protocol="megc2019", model=name, ablation=ablation, device=device,
                     train=TrainConfig(epochs=epochs, seed=seed))
     r = run(cfg, folder, progress=True)
     return {"model": model, "seed": seed, "uf1": r["uf1"], "uar": r["uar"], "accuracy": r["accuracy"],
@@ -85,8 +91,8 @@ def main() -> None:
     threads = args.threads or (1 if args.jobs > 1 else 0)
     models = args.models.split(",")
     for m in models:
-        name, _, ablation = m.partition("+")
-        model_config(name, ablation=ablation or "full")  # an unknown name or ablation: one line before any work
+        name, ablation = _name_and_ablation(m)
+        model_config(name, ablation=ablation)  # an unknown name or ablation: one line before any work
     work = Path(args.work)
     feats = work / "features"
     prepare_synthetic_composite(work / "data", feats, 0, 0, args.data_seed, diverse=True)

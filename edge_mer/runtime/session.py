@@ -51,19 +51,25 @@ class RunSettings:
     loop: LoopConfig | None = None
 
 
-def pick_flow(name: str, model_meta: dict[str, Any]) -> str:
-    """``auto``: the flow the model was trained with; TV-L1 on the GPU (``cuda``) where it runs, else OpenCV's.
+def _feature_config(model_meta: dict[str, Any]) -> dict[str, Any]:
+    """The feature cache's config that the model was trained on (empty when the model does not say)."""
+    return dict((model_meta.get("features") or {}).get("feature") or {})
 
-    A model trained on another texture input than the apex frame (``data prepare --texture difference``, an
-    experiment) is refused: every stage computes the apex texture."""
-    features = model_meta.get("features") or {}
-    texture = (features.get("feature") or {}).get("texture", "apex")
+
+def check_texture(model_meta: dict[str, Any]) -> None:
+    """A model trained on another texture input than the apex frame (``data prepare --texture difference``, an
+    experiment) is refused: every flow stage computes the apex texture."""
+    texture = _feature_config(model_meta).get("texture", "apex")
     if texture != "apex":
         raise UserError(f"the model was trained on {texture} textures (data prepare --texture {texture}); the "
                         "device runtime computes the apex texture: train it on features prepared with --texture apex")
+
+
+def pick_flow(name: str, model_meta: dict[str, Any]) -> str:
+    """``auto``: the flow the model was trained with; TV-L1 on the GPU (``cuda``) where it runs, else OpenCV's."""
     if name != "auto":
         return name
-    trained = (features.get("feature") or {}).get("flow") or "tvl1"
+    trained = _feature_config(model_meta).get("flow") or "tvl1"
     if trained == "tvl1" and cuda_unavailable() is None:
         return "cuda"
     return _opencv_flow(trained)
@@ -137,6 +143,7 @@ def run(settings: RunSettings, stop: Callable[[], bool] = lambda: False) -> dict
         meta = model_meta(backend)
         if meta.get("demo"):
             print("note: the packaged DEMO model was trained on synthetic data only", file=sys.stderr)
+        check_texture(meta)
         flow, stage = open_stage(settings.flow, pick_flow(settings.flow, meta), backend.size)
         writer = EventSinks(settings.events, spool=settings.spool, stdout=settings.stdout)
         opened.callback(writer.close)
