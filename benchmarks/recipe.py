@@ -38,7 +38,7 @@ from edge_mer.eval.truth import (
 )
 from edge_mer.features.prepare import prepare_synthetic_composite
 from edge_mer.train.loop import TrainConfig
-from edge_mer.train.run import KFOLDS, OWN_OPTIONS, RunConfig, run
+from edge_mer.train.run import KFOLDS, OWN_OPTIONS, RunConfig, run, seconds_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -92,6 +92,7 @@ def run_variant(name: str, seed: int, features: str, epochs: int, work: str) -> 
     r = run(cfg, Path(work) / "runs" / name / str(seed), progress=False)
     return {"variant": name, "seed": seed, "uf1": r["uf1"], "uar": r["uar"], "accuracy": r["accuracy"],
             "params": r["params"], "gflops": r["gflops"], "seconds": r["seconds"], "epochs": train.epochs,
+            "seconds_unknown_folds": r.get("seconds_unknown_folds", 0),
             "per_dataset": {k: v["uf1"] for k, v in r["per_dataset"].items()},
             "breakdown": breakdown_of(Path(work) / "runs" / name / str(seed) / "predictions.csv", Path(work) / "data")}
 
@@ -207,7 +208,9 @@ def _table(doc: dict[str, Any], quiet: bool = False) -> None:
              "features where a variant says so), the last epoch's model. Each variant changes one thing of the "
              "recipe. UF1 and UAR: mean ± standard deviation over the training seeds; ΔUF1: the mean of the "
              "per-seed differences to the recipe on the same seeds (for the variants of STSTNet: to STSTNet). "
-             f"Machine: {doc.get('machine')}, one thread per run.", "",
+             f"Machine: {doc.get('machine')}, one thread per run. Training s: the "
+             "whole run's, the folds an interrupted run kept included (≥ where some were kept without their time).",
+             "",
              "Command: `python benchmarks/recipe.py` (results in `benchmarks/results/recipe.json`)", "",
              "| variant | what changes | seeds | UF1 | ΔUF1 | UAR | parameters | training s |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -222,7 +225,7 @@ def _table(doc: dict[str, Any], quiet: bool = False) -> None:
         what = VARIANTS[name][3] if name in VARIANTS else ""
         lines.append(f"| {name} | {what} | {len(runs)} | {_spread([r['uf1'] for r in runs])} | {delta} | "
                      f"{_spread([r['uar'] for r in runs])} | {runs[0]['params']:,} | "
-                     f"{statistics.fmean(r['seconds'] for r in runs):.0f} |")
+                     f"{seconds_text(runs)} |")
     lines += ["", "Each variant as one training command (five folds dealt by the seed, as here):", ""]
     lines += [f"- {name}: `{_command(name)}`" for name in VARIANTS if name in by]
     lines += ["", "where the features were made from the draw's folder DATA by:", ""]

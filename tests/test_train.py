@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import run_cli
 
@@ -238,9 +239,16 @@ def test_a_killed_run_resumes_from_its_finished_folds(loso_run, composite_featur
     proc.wait()
     kept = list(tmp_path.glob(".run.folds-*/fold-*.npz"))
     assert kept and not out.exists(), "the run was not caught between its first fold and its end"
+    kept_seconds = 0.0
+    for path in kept:
+        with np.load(path) as fold:
+            kept_seconds += float(fold["seconds"])
     again = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     resumed = [line for line in again.stderr.splitlines() if line.startswith("resuming:")]
     assert resumed and resumed[0].startswith(f"resuming: {len(kept)} of {whole['folds']} folds")
-    assert json.loads(again.stdout)["confusion"] == whole["confusion"]
+    result = json.loads(again.stdout)
+    assert result["confusion"] == whole["confusion"]
+    # the training time reported is the whole run's: the kept folds' time counts too
+    assert kept_seconds > 0 and result["seconds"] >= kept_seconds and "seconds_unknown_folds" not in result
     assert not list(tmp_path.glob(".run.folds-*"))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -179,8 +180,9 @@ def _run(cfg: RunConfig, out: Path, progress: bool, start: float, rank: int, wor
     # same command after a kill or a crash trains only the folds that were not finished (the split protocol's
     # one fold is its checkpoint as well: it is not kept)
     store = None if cfg.protocol == "split" else _fold_store(out, cfg, fs)
-    done = [i for i in mine if store is not None and _load_fold(store, i, folds[i], probs)]
-    if done and rank == 0:  # said even under --quiet: its seconds are not the whole run's
+    kept = {i: t for i in mine if store is not None and (t := _load_fold(store, i, folds[i], probs)) is not None}
+    done = list(kept)
+    if done and rank == 0:  # said even under --quiet
         print(f"resuming: {len(done)} of {len(mine)} folds were finished by an earlier run of this command "
               f"({store})", file=sys.stderr, flush=True)
     split_model: Any = None
@@ -192,6 +194,7 @@ def _run(cfg: RunConfig, out: Path, progress: bool, start: float, rank: int, wor
         if i in done:
             continue
         seed = cfg.train.seed * 100003 + i
+        fold_start = time.perf_counter()
 
         def log(epoch: int, loss: float, fold: Fold = fold, k: int = k) -> None:
             if progress and rank == 0:
@@ -202,7 +205,7 @@ def _run(cfg: RunConfig, out: Path, progress: bool, start: float, rank: int, wor
         probs[fold.test] = predict(model, fs.motion[fold.test], fs.texture[fold.test])
         if store is not None and (rank == 0 or not cfg.ddp):
             with replacing(store / f"fold-{i:04d}.npz", ".npz") as tmp:
-                np.savez(tmp, test=fold.test, probs=probs[fold.test])
+                np.savez(tmp, test=fold.test, probs=probs[fold.test], seconds=time.perf_counter() - fold_start)
         split_model = model
     if dist is not None and not cfg.ddp:
         gathered: list[Any] = [None] * world
@@ -220,7 +223,11 @@ def _run(cfg: RunConfig, out: Path, progress: bool, start: float, rank: int, wor
         final = train_model(mcfg, cfg.train, fs.motion, fs.texture, fs.labels, cfg.train.seed * 100003 + 99991,
                             wrap, shard, device=device)
     if rank == 0:
-        result["seconds"] = round(time.perf_counter() - start, 1)
+        # a resumed run's time is this command's and its kept folds' (folds kept before their time was: unknown)
+        unknown = [i for i, t in kept.items() if math.isnan(t)]
+        result["seconds"] = round(time.perf_counter() - start + sum(t for t in kept.values() if not math.isnan(t)), 1)
+        if unknown:
+            result["seconds_unknown_folds"] = len(unknown)
         result["device"] = device.split(":")[0]
         _write(out, cfg, fs, folds, probs, tested, result, mcfg, final, trained_on)
     if dist is not None:
@@ -240,20 +247,29 @@ def _fold_store(out: Path, cfg: RunConfig, fs: FeatureSet) -> Path:
     return out.parent / f".{out.name}.folds-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
-def _load_fold(store: Path, i: int, fold: Fold, probs: np.ndarray) -> bool:
-    """Put fold ``i``'s kept predictions into ``probs``; False when there are none (or they do not fit)."""
+def seconds_text(results: list[dict[str, Any]]) -> str:
+    """The mean training time of these runs' results for a table; "≥ N" where some run was resumed from folds
+    whose time was not kept (``seconds_unknown_folds``): their time is missing from it."""
+    mean = sum(r["seconds"] for r in results) / len(results)
+    return f"≥ {mean:.0f}" if any(r.get("seconds_unknown_folds") for r in results) else f"{mean:.0f}"
+
+
+def _load_fold(store: Path, i: int, fold: Fold, probs: np.ndarray) -> float | None:
+    """Put fold ``i``'s kept predictions into ``probs`` and give the seconds its training took (NaN for a fold
+    kept without them); None when there are none (or they do not fit)."""
     path = store / f"fold-{i:04d}.npz"
     if not path.is_file():
-        return False
+        return None
     try:
         with np.load(path) as kept:
             test, p = kept["test"], kept["probs"]
+            seconds = float(kept["seconds"]) if "seconds" in kept.files else math.nan
     except (OSError, ValueError, KeyError):
-        return False
+        return None
     if not np.array_equal(test, fold.test) or p.shape != probs[fold.test].shape:
-        return False
+        return None
     probs[fold.test] = p
-    return True
+    return seconds
 
 
 def _ddp_wrap(dist: Any, rank: int, world: int, device: str) -> tuple[Any, tuple[int, int]]:
