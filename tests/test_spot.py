@@ -15,7 +15,7 @@ import pytest
 from conftest import run_cli
 
 from edge_mer.errors import UserError
-from edge_mer.spot.metrics import evaluate_spots, iou
+from edge_mer.spot.metrics import SpottingScore, evaluate_spots, f1_interval, iou
 from edge_mer.spot.signal import MEAN_LANDMARKS, REGIONS, MotionSignal, SignalConfig, lag_frames, landmark_regions
 from edge_mer.spot.spotter import Spotter, spot_series
 from edge_mer.spot.truth import micro_intervals, read_truth
@@ -356,6 +356,30 @@ def test_megc_matching_is_greedy_by_iou():
     assert evaluate_spots([], [(1, 2)]).fn == 1 and evaluate_spots([(1, 2)], []).fp == 1
     pooled = evaluate_spots([(0, 9)], [(0, 9)]) + evaluate_spots([(0, 9)], [(20, 29)])
     assert (pooled.tp, pooled.fp, pooled.fn) == (1, 1, 1)
+
+
+def test_f1_interval_tells_a_real_difference_from_the_videos_luck():
+    base = [SpottingScore(tp, fp, fn) for tp, fp, fn in
+            [(6, 1, 0), (6, 1, 3), (12, 2, 1), (7, 2, 4), (5, 0, 3), (7, 2, 2), (5, 1, 5), (8, 1, 1)]]
+    pooled = sum(base[1:], base[0])
+    low, high = f1_interval(base)
+    assert low < pooled.f1 < high and high - low < 0.3
+    # eight more videos like these: a narrower interval about the same F1
+    low16, high16 = f1_interval(base * 2)
+    assert high16 - low16 < high - low and low16 < pooled.f1 < high16
+    # the same counts: no difference at all
+    assert f1_interval(base, against=base) == (0.0, 0.0)
+    # one false positive fewer on every video: better on every draw
+    fewer = [SpottingScore(s.tp, max(s.fp - 1, 0), s.fn) for s in base]
+    assert f1_interval(fewer, against=base)[0] > 0
+    # two false positives more on half the videos, up to two fewer on the others: the videos cannot tell
+    swapped = [SpottingScore(s.tp, s.fp + (2 if i % 2 else -min(s.fp, 2)), s.fn) for i, s in enumerate(base)]
+    low, high = f1_interval(swapped, against=base)
+    assert low < 0 < high
+    with pytest.raises(ValueError, match="8 videos scored against 7"):
+        f1_interval(base, against=base[1:])
+    with pytest.raises(ValueError, match="no videos"):
+        f1_interval([])
 
 
 # -- the command --------------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@
   they end, streaming (``Spotter``) or offline (``spot_series``) with the same code;
 * ``edge_mer.spot.truth``: spotting truth from the generator's CSV or CAS(ME)^2 / SAMM
   long-video annotation sheets;
-* ``edge_mer.spot.metrics``: the MEGC spotting score (IoU >= 0.5, precision, recall, F1);
+* ``edge_mer.spot.metrics``: the MEGC spotting score (IoU >= 0.5, precision, recall, F1)
+  and its bootstrap interval over videos;
 * ``edge_mer.spot.video``: spotting a video file or frame folder (``edge-mer spot``);
   ``edge_mer.spot.plot``: the signal as a PNG; ``edge_mer.spot.tables``: reading the sheets.
 
