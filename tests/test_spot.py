@@ -17,7 +17,7 @@ from conftest import run_cli
 from edge_mer.errors import UserError
 from edge_mer.spot.metrics import SpottingScore, evaluate_spots, f1_interval, iou
 from edge_mer.spot.signal import MEAN_LANDMARKS, REGIONS, MotionSignal, SignalConfig, lag_frames, landmark_regions
-from edge_mer.spot.spotter import Spotter, spot_series
+from edge_mer.spot.spotter import Spotter, SpotterConfig, spot_series
 from edge_mer.spot.truth import micro_intervals, read_truth
 from edge_mer.spot.video import spot_video
 from edge_mer.synth.video import VideoConfig, plan_events, write_truth_sheet, write_video
@@ -95,7 +95,7 @@ def test_spots_micro_expressions_among_blinks_macros_and_head_motion(long_report
 def test_streaming_equals_offline_and_reports_at_the_offset(long_report):
     result = long_report.result
     assert np.isfinite(result.values).sum() > 0.9 * len(result.values)
-    offline = spot_series(result.values, LONG.fps)
+    offline = spot_series(result.values, LONG.fps, eyes=result.eyes)
     assert [(s.onset, s.apex, s.offset) for s in offline.spots] == [(s.onset, s.apex, s.offset)
                                                                      for s in result.spots]
     np.testing.assert_allclose(offline.threshold, result.threshold, equal_nan=True)
@@ -139,6 +139,31 @@ def test_spotter_on_a_made_up_signal():
                                                                   for s in result.spots]
     with pytest.raises(ValueError, match="in order"):
         streaming.update(3, 0.1, 1.0)
+
+
+def test_a_candidate_on_a_blink_is_dropped_one_beside_it_is_not():
+    fps, n = 30.0, 900
+    displacement = np.zeros(n)
+    _event(displacement, 300, 10, 8.0)
+    _event(displacement, 600, 10, 8.0)
+    values = _measured(displacement, fps, np.random.default_rng(2))
+    eyes = 1.0 + 0.1 * np.random.default_rng(3).standard_normal(n)  # the eyes' usual motion
+    quiet = spot_series(values, fps, eyes=eyes)
+    assert len(quiet.spots) == 2
+    blinking = eyes.copy()
+    blinking[298:312] = 12.0  # the eyes move like a blink through the first candidate
+    blinking[603:605] = 12.0  # and for two frames of the second: a blink beside a micro-expression
+    result = spot_series(values, fps, eyes=blinking)
+    assert [iou((s.onset, s.offset), (600, 610)) >= 0.5 for s in result.spots] == [True]
+    streaming = Spotter(fps)
+    for i, (v, e) in enumerate(zip(values, blinking)):
+        streaming.update(i, i / fps, float(v), float(e))
+    assert streaming.blinks == 1
+    # without the eyes' motion nothing is dropped for it, and the check can be switched off
+    assert len(spot_series(values, fps).spots) == 2
+    assert len(spot_series(values, fps, SpotterConfig(blink_share=math.inf), eyes=blinking).spots) == 2
+    with pytest.raises(ValueError, match="900 values but the eyes' motion of 899 frames"):
+        spot_series(values, fps, eyes=blinking[1:])
 
 
 def test_single_frame_glitches_never_make_a_spot():

@@ -60,6 +60,7 @@ class LoopStats:
     events: int = 0
     skipped: int = 0  # frames that left the ring before the loop reached them
     missed_spots: int = 0  # spots whose onset or apex frame had already left the ring
+    blink_spots: int = 0  # candidates the spotter dropped as blinks
     no_face_frames: int = 0
     face_detections: int = 0
     face: dict[str, Any] = field(default_factory=dict)  # detector, alignments, misses, the last method and box
@@ -323,6 +324,7 @@ class DeviceLoop:
     def _finish(self) -> None:
         self.capture.stop()
         self.stats.face_detections = self.spotter.alignments
+        self.stats.blink_spots = self.spotter.spotter.blinks
         track = self.spotter.track
         self.stats.face = {"detector": track.aligner.detector, "alignments": track.alignments,
                            "nudges": track.nudges, "misses": track.misses,

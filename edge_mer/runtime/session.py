@@ -168,7 +168,8 @@ def summarise(stats: LoopStats, timer: StageTimer) -> dict[str, Any]:
     t = timer.summary()
     lat = np.asarray(stats.latencies_ms) if stats.latencies_ms else None
     return {"frames": stats.frames, "spots": stats.spots, "events": stats.events, "skipped_frames": stats.skipped,
-            "missed_spots": stats.missed_spots, "no_face_frames": stats.no_face_frames, "face": stats.face,
+            "missed_spots": stats.missed_spots, "blink_spots": stats.blink_spots,
+            "no_face_frames": stats.no_face_frames, "face": stats.face,
             "ring": stats.ring,
             "fps": round(stats.frames / max(t["wall_s"], 1e-9), 2), "timing": t,
             "event_latency_ms": None if lat is None else
@@ -188,7 +189,9 @@ def match_truth(pred: list[tuple[int, int]], truth: list[TruthInterval], frames:
 def format_summary(s: dict[str, Any], stopped_by: str | None = None) -> str:
     """The summary in words; ``stopped_by``: what ended the run early (``Ctrl-C``, ``SIGTERM``), if anything."""
     lines = [(f"stopped by {stopped_by}: " if stopped_by else "") +
-             f"{s['frames']} frames at {s['fps']:.1f} fps, {s['spots']} spots, {s['events']} events; "
+             f"{s['frames']} frames at {s['fps']:.1f} fps, {s['spots']} spots"
+             + (f" ({s['blink_spots']} more dropped as blinks)" if s.get("blink_spots") else "")
+             + f", {s['events']} events; "
              f"{s['skipped_frames']} frames skipped, ring drops {s['ring'].get('dropped', 0)}"]
     if s["event_latency_ms"]:
         lat = s["event_latency_ms"]

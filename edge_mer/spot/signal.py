@@ -5,9 +5,10 @@ For frame t the signal compares the S x S crop at t with the crop at t - k, wher
 100 at 200 fps):
 
 1. dense flow crop[t - k] -> crop[t]: OpenCV's DIS, fast preset, refined down to half
-   resolution (finest scale 1): 0.7 ms at S = 128 on one CPU core, where Farneback takes
-   2.1 ms and DIS at full resolution 3.0 ms; the ultrafast preset (0.3 ms) loses recall,
-   the medium one (1.0 ms) gains nothing (benchmarks/results/spotting.md);
+   resolution (finest scale 1): 1.1 ms at S = 128 on one core of the benchmark's machine
+   (OpenCV 5.1), where Farneback takes 2.6 ms and DIS at full resolution 4.5 ms; the
+   ultrafast preset (0.5 ms) loses recall, the medium one (1.5 ms) gains no more F1 than
+   twelve videos can tell from chance (benchmarks/results/spotting.md);
 2. head motion: an affine motion fitted to the flow on a grid inside the face ellipse
    (least squares reweighted three times with weights 1 / max(1, r / 2 sigma)^2, so that
    the local motion of an expression counts little) is subtracted; the fit follows the
@@ -26,7 +27,9 @@ For frame t the signal compares the S x S crop at t with the crop at t - k, wher
 5. blink suppression: the eyes never count (they blink), and while either eye moves more
    than ``blink_gate`` (6) times its usual motion the brows do not count either (a closing
    lid drags the skin under the brows), so a blink leaves only the lower face (without
-   the gate the benchmark's false positives go up several times);
+   the gate the benchmark's false positives go up several times). The eyes' motion is
+   kept with each value (``MotionSignal.eyes``) for the spotter, which drops a candidate
+   that lies mostly on a blink (``edge_mer.spot.spotter``);
 6. the value is the mean of the ``top`` (2) largest normalised part motions.
 
 Why k is 0.5 s, the longest micro-expression, rather than an onset-to-apex time
@@ -39,7 +42,7 @@ offset (``edge_mer.spot.spotter``). A short lag measures speed instead (two hump
 dip at the apex, hard to turn into intervals); k = 0.13 s loses a quarter of the F1 on
 the benchmark's videos. The event's echo k frames later (the crop at t - k is then the
 displaced one) is ignored by the spotter. One flow per frame: the signal costs about
-1.3 ms per frame at S = 128 on one core of the benchmark's machine.
+3 ms per frame at S = 128 on one core of the benchmark's machine (crop, flow, head fit).
 
 S = 128 (``DEFAULT_SIZE``): the brows and lips of a micro-expression move 0.5 to 2 px at
 S = 112, close to what DIS resolves at its half-resolution level; smaller crops lose
@@ -254,17 +257,17 @@ class _Parts:
         means = (table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]) / self._areas  # (P, 2)
         return np.linalg.norm(means - self.centres @ head, axis=1), head
 
-    def value(self, motion: np.ndarray) -> tuple[float, np.ndarray, bool]:
-        """The combined value, the normalised motion per part and whether the eyes gated the brows out."""
+    def value(self, motion: np.ndarray) -> tuple[float, np.ndarray, float]:
+        """The combined value, the normalised motion per part and the eyes' (the larger of the two)."""
         self.history[self.next] = motion
         self.next = (self.next + 1) % self.norm_len
         self.filled = min(self.filled + 1, self.norm_len)
         if self.filled < 10 * self.refresh or self.next % self.refresh == 0:  # a 10 s median moves slowly
             self.usual = np.maximum(np.median(self.history[:self.filled], axis=0), MIN_MOTION)
         norm = motion / self.usual
-        blink = bool(norm[self.eyes].max() > self.config.blink_gate)
-        counted = np.sort(norm[~(self.upper if blink else self.eyes)])
-        return float(counted[-min(self.config.top, len(counted)):].mean()), norm, blink
+        eyes = float(norm[self.eyes].max())
+        counted = np.sort(norm[~(self.upper if eyes > self.config.blink_gate else self.eyes)])
+        return float(counted[-min(self.config.top, len(counted)):].mean()), norm, eyes
 
 
 def part_boxes(size: int, regions: dict[str, tuple[float, float, float, float]] | None = None
@@ -294,7 +297,8 @@ class MotionSignal:
     ``push`` returns None until k = ``lag_frames(fps)`` earlier crops have been seen, then a
     float >= 0: the mean of the largest part motions between the crops at t - k and t, each
     in multiples of that part's usual motion. ``regions`` (normalised motion per part),
-    ``blink`` and ``head`` (the fitted affine head motion, (3, 2)) describe the last value.
+    ``eyes`` (the larger eye's, in the same units), ``blink`` (whether the eyes gated the
+    brows out) and ``head`` (the fitted affine head motion, (3, 2)) describe the last value.
     """
 
     def __init__(self, fps: float, size: int = DEFAULT_SIZE, config: SignalConfig | None = None) -> None:
@@ -318,6 +322,7 @@ class MotionSignal:
         if not keep_usual:
             self._parts.reset()
         self.regions: dict[str, float] = {}
+        self.eyes = 0.0
         self.blink = False
         self.head = np.zeros((3, 2))
 
@@ -341,7 +346,8 @@ class MotionSignal:
         if len(self._crops) <= self.lag:
             return None
         motion, self.head = self._parts.motion(self._crops[0], self._crops[-1])
-        value, norm, self.blink = self._parts.value(motion)
+        value, norm, self.eyes = self._parts.value(motion)
+        self.blink = self.eyes > self.config.blink_gate
         self.regions = {name: float(v) for name, v in zip(self._parts.names, norm)}
         return value
 

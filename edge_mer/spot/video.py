@@ -68,6 +68,7 @@ class SpotReport:
     announced: int | None = None  # the frames the file or folder announced
     face: dict[str, Any] | None = None  # detector, method, box and eyes of the last face alignment
     face_misses: int = 0  # later looks for the face that did not find it
+    blinks: int = 0  # candidates dropped as blinks
 
     @property
     def truth_after_end(self) -> int:
@@ -88,6 +89,7 @@ class SpotReport:
                 "precision": round(s.precision, 4) if s else None, "recall": round(s.recall, 4) if s else None,
                 "f1": round(s.f1, 4) if s else None, "iou_threshold": 0.5,
                 "face_alignments": self.alignments, "face": self.face, "face_misses": self.face_misses,
+                "blinks_dropped": self.blinks,
                 "elapsed_s": round(self.elapsed_s, 3),
                 "signal_ms_per_frame": round(self.signal_ms, 3), "frames_announced": self.announced,
                 "ended_early": self.early_end,
@@ -117,6 +119,7 @@ def spot_video(path: Path, fps: float | None = None, size: int | None = None, tr
     runner = FrameSpotter(source.fps, size, track=FaceTrack(size, source.fps, FaceAligner(size, face=face)))
     values: list[float] = []
     threshold: list[float] = []
+    eyes: list[float] = []
     spots: list[Spot] = []
     start = time.perf_counter()
     with tqdm(_frames(source), total=source.length, desc=f"spot {path.name}", unit="frame",
@@ -124,6 +127,7 @@ def spot_video(path: Path, fps: float | None = None, size: int | None = None, tr
         for frame in bar:
             spots += runner.push(frame)
             values.append(math.nan if runner.value is None else runner.value)
+            eyes.append(math.nan if runner.eyes is None else runner.eyes)
             threshold.append(runner.spotter.shown_threshold)
     spots += runner.finish()
     elapsed = time.perf_counter() - start
@@ -133,11 +137,12 @@ def spot_video(path: Path, fps: float | None = None, size: int | None = None, tr
     if runner.alignments == 0:
         raise NoFaceError(f"no face found in any of the {n} frames of {path} (looked on {runner.track.searches} of "
                           f"them: {runner.track.searched})")
-    result = SpotResult(source.fps, np.array(values), np.array(threshold), spots)
+    result = SpotResult(source.fps, np.array(values), np.array(threshold), spots, np.array(eyes))
     report = SpotReport(str(path), n, source.fps, size, result, runner.alignments, elapsed,
                         1000 * runner.signal_seconds / max(1, n), early_end=source.early_end(),
                         announced=source.length)
     report.face, report.face_misses = _face_summary(runner.track), runner.track.misses
+    report.blinks = runner.spotter.blinks
     if truth is not None:
         report.truth_path, report.truth = str(truth), intervals
         report.score = evaluate_spots(result.intervals(), micro_intervals(intervals))
@@ -155,7 +160,9 @@ def _face_summary(track: Any) -> dict[str, Any] | None:
 
 def format_report(r: SpotReport) -> str:
     lines = [f"{r.video}: {r.frames} frames at {r.fps:g} fps ({r.seconds:.1f} s), face crop {r.size} px, "
-             f"{len(r.result.spots)} micro-expression{'s' if len(r.result.spots) != 1 else ''}:"]
+             f"{len(r.result.spots)} micro-expression{'s' if len(r.result.spots) != 1 else ''}"
+             + (f" ({r.blinks} more candidate{'s' if r.blinks != 1 else ''} dropped as blinks)" if r.blinks else "")
+             + ":"]
     for s in r.result.spots:
         lines.append(f"  frames {s.onset}-{s.offset} (apex {s.apex})  {s.onset / r.fps:.2f}-{s.offset / r.fps:.2f} s"
                      f"  score {s.score:.1f}")
