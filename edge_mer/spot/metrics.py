@@ -85,6 +85,11 @@ def evaluate_spots(predicted: Sequence[Interval], truth: Sequence[Interval], thr
     return SpottingScore(tp, len(predicted) - tp, len(truth) - tp, matches)
 
 
+def _counts(scores: Sequence[SpottingScore]) -> np.ndarray:
+    """(videos, 3): each video's TP, FP and FN."""
+    return np.array([[s.tp, s.fp, s.fn] for s in scores])
+
+
 def _pooled_f1(counts: np.ndarray) -> np.ndarray:
     """F1 of the counts summed over the last-but-one axis; ``counts[..., :]`` is (TP, FP, FN)."""
     tp, fp, fn = np.moveaxis(counts.sum(axis=-2), -1, 0).astype(float)
@@ -108,11 +113,11 @@ def f1_interval(scores: Sequence[SpottingScore], against: Sequence[SpottingScore
         raise ValueError(f"{len(scores)} videos scored against {len(against)}")
     if not 0 < level < 1:
         raise ValueError(f"level {level} is not between 0 and 1")
-    rows = np.array([[s.tp, s.fp, s.fn] for s in scores])
+    rows = _counts(scores)
     pick = np.random.default_rng(seed).integers(0, len(rows), size=(draws, len(rows)))
     values = _pooled_f1(rows[pick])
     if against is not None:
-        values = values - _pooled_f1(np.array([[s.tp, s.fp, s.fn] for s in against])[pick])
+        values = values - _pooled_f1(_counts(against)[pick])
     tail = 100 * (1 - level) / 2
     low, high = np.percentile(values, [tail, 100 - tail])
     return float(low), float(high)

@@ -323,7 +323,6 @@ class MotionSignal:
             self._parts.reset()
         self.regions: dict[str, float] = {}
         self.eyes = 0.0
-        self.blink = False
         self.head = np.zeros((3, 2))
 
     def set_regions(self, points: dict[str, tuple[float, float]] | None) -> None:
@@ -331,6 +330,11 @@ class MotionSignal:
         the config says so."""
         if self.config.regions == "landmarks":
             self._parts.set_regions(landmark_regions(points, self.size))
+
+    @property
+    def blink(self) -> bool:
+        """Whether the eyes gated the brows out of the last value."""
+        return self.eyes > self.config.blink_gate
 
     @property
     def region_boxes(self) -> dict[str, tuple[float, float, float, float]]:
@@ -347,7 +351,6 @@ class MotionSignal:
             return None
         motion, self.head = self._parts.motion(self._crops[0], self._crops[-1])
         value, norm, self.eyes = self._parts.value(motion)
-        self.blink = self.eyes > self.config.blink_gate
         self.regions = {name: float(v) for name, v in zip(self._parts.names, norm)}
         return value
 

@@ -181,9 +181,8 @@ def _run(cfg: RunConfig, out: Path, progress: bool, start: float, rank: int, wor
     # one fold is its checkpoint as well: it is not kept)
     store = None if cfg.protocol == "split" else _fold_store(out, cfg, fs)
     kept = {i: t for i in mine if store is not None and (t := _load_fold(store, i, folds[i], probs)) is not None}
-    done = list(kept)
-    if done and rank == 0:  # said even under --quiet
-        print(f"resuming: {len(done)} of {len(mine)} folds were finished by an earlier run of this command "
+    if kept and rank == 0:  # said even under --quiet
+        print(f"resuming: {len(kept)} of {len(mine)} folds were finished by an earlier run of this command "
               f"({store})", file=sys.stderr, flush=True)
     split_model: Any = None
     for k, i in enumerate(mine):
@@ -191,7 +190,7 @@ def _run(cfg: RunConfig, out: Path, progress: bool, start: float, rank: int, wor
         if len(fold.train) == 0:
             raise UserError(f"fold {fold.subject} has no training samples")
         tested[fold.test] = True
-        if i in done:
+        if i in kept:
             continue
         seed = cfg.train.seed * 100003 + i
         fold_start = time.perf_counter()
