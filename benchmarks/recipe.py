@@ -29,6 +29,7 @@ from typing import Any
 
 from edge_mer.atomic import write_text
 from edge_mer.errors import script_main
+from edge_mer.eval.metrics import mean_and_spread
 from edge_mer.eval.truth import (
     FIRST_FACES,
     breakdown_of,
@@ -191,11 +192,6 @@ def _command(name: str) -> str:
                      "--seed SEED --no-final-model --out RUN"])
 
 
-def _spread(values: list[float]) -> str:
-    mean = statistics.fmean(values)
-    return f"{mean:.4f} ± {statistics.stdev(values):.4f}" if len(values) > 1 else f"{mean:.4f}"
-
-
 def _table(doc: dict[str, Any], quiet: bool = False) -> None:
     by: dict[str, list[dict[str, Any]]] = {}
     for r in doc["runs"].values():
@@ -223,8 +219,8 @@ def _table(doc: dict[str, Any], quiet: bool = False) -> None:
         paired = [r["uf1"] - base[r["seed"]] for r in runs if r["seed"] in base]
         delta = "" if name == reference or not paired else f"{statistics.fmean(paired):+.4f}"
         what = VARIANTS[name][3] if name in VARIANTS else ""
-        lines.append(f"| {name} | {what} | {len(runs)} | {_spread([r['uf1'] for r in runs])} | {delta} | "
-                     f"{_spread([r['uar'] for r in runs])} | {runs[0]['params']:,} | "
+        lines.append(f"| {name} | {what} | {len(runs)} | {mean_and_spread([r['uf1'] for r in runs])} | {delta} | "
+                     f"{mean_and_spread([r['uar'] for r in runs])} | {runs[0]['params']:,} | "
                      f"{seconds_text(runs)} |")
     lines += ["", "Each variant as one training command (five folds dealt by the seed, as here):", ""]
     lines += [f"- {name}: `{_command(name)}`" for name in VARIANTS if name in by]

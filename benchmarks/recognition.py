@@ -33,6 +33,7 @@ from typing import Any
 
 from edge_mer.atomic import write_text
 from edge_mer.errors import script_main
+from edge_mer.eval.metrics import mean_and_spread
 from edge_mer.eval.truth import (
     FIRST_FACES,
     breakdown_of,
@@ -138,11 +139,6 @@ def main() -> None:
     _table(doc, args.name)
 
 
-def _spread(values: list[float]) -> str:
-    mean = statistics.fmean(values)
-    return f"{mean:.4f} ± {statistics.stdev(values):.4f}" if len(values) > 1 else f"{mean:.4f}"
-
-
 def _ms(value: float | None) -> str:
     return "—" if value is None else f"{value:.3f}"
 
@@ -167,8 +163,8 @@ def _table(doc: dict, name: str) -> None:
     for model, runs in models.items():
         per_ds = [f"{statistics.fmean(r['per_dataset'][d]['uf1'] for r in runs):.4f}" for d in DATASETS]
         first = runs[0]
-        lines.append(f"| {model} | {len(runs)} | {_spread([r['uf1'] for r in runs])} | "
-                     f"{_spread([r['uar'] for r in runs])} | {' | '.join(per_ds)} | {first['params']:,} | "
+        lines.append(f"| {model} | {len(runs)} | {mean_and_spread([r['uf1'] for r in runs])} | "
+                     f"{mean_and_spread([r['uar'] for r in runs])} | {' | '.join(per_ds)} | {first['params']:,} | "
                      f"{first['gflops']:.4f} | {_ms(first.get('cpu_ms_p50'))} | "
                      f"{seconds_text(runs)} | "
                      f"{', '.join(sorted({r.get('device', 'cpu') for r in runs}))} |")

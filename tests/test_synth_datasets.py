@@ -191,3 +191,35 @@ def test_text_summary(tmp_path, layout):
     proc = run_cli("synth", "dataset", "--layout", layout, "--subjects", "1", "--clips-per-subject", "1",
                    "--out", str(tmp_path / layout), *SMALL, check=True)
     assert re.match(rf"wrote 1 clips of 1 subjects \(\d+ frames\) in the {layout} layout", proc.stdout)
+
+
+def test_switching_a_nuisance_off_changes_nothing_else(tmp_path):
+    """A draw without blinks (or noise) has the same clips, labels, apexes, action units and amplitudes as the
+    draw with them, so a benchmark can compare the two sample for sample (benchmarks/headroom.py)."""
+    from dataclasses import replace
+
+    from edge_mer.synth.diversity import Diversity
+    from edge_mer.synth.render import Nuisances
+
+    base = DatasetConfig(layout="casme2", subjects=2, clips_per_subject=3, size=(96, 72), fps=30,
+                         blink_probability=1.0, diversity=Diversity())
+    roots = {}
+    for name, nuisances in (("lab", Nuisances.lab()), ("no-blinks", replace(Nuisances.lab(), blinks=False)),
+                            ("no-noise", replace(Nuisances.lab(), noise=0.0))):
+        roots[name] = tmp_path / name
+        write_dataset(replace(base, nuisances=nuisances), roots[name])
+    assert _manifest(roots["lab"]) == _manifest(roots["no-blinks"]) == _manifest(roots["no-noise"])
+    lab, quiet = tree_digest(roots["lab"]), tree_digest(roots["no-blinks"])
+    frames = [k for k in lab if k.endswith(".jpg")]
+    assert frames and set(frames) == {k for k in quiet if k.endswith(".jpg")}
+    assert any(lab[k] != quiet[k] for k in frames)  # every clip blinked in the first: its frames show it
+
+
+def test_the_headroom_benchmark_checks_its_conditions_before_any_work(tmp_path):
+    pytest.importorskip("torch")  # the benchmarks train: a host-side install
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(repo / "benchmarks" / "headroom.py"), "--work", str(tmp_path / "w"),
+                           "--conditions", "as-drawn,no-glasses"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith("headroom.py: error: unknown condition(s) no-glasses; choose from as-drawn, ")
+    assert not (tmp_path / "w").exists()

@@ -240,8 +240,11 @@ class _Writer:
             else:
                 ev = micro_event(rng, self.fps, 0, aus, emotion, cfg.ranges)
             events: list[PlannedExpression] = [ev]
-            if cfg.nuisances.blinks and rng.random() < cfg.blink_probability:
-                events.append(blink_event(rng, self.fps, int(rng.integers(0, ev.offset)), cfg.ranges))
+            # the blink is drawn whether or not blinks are on, so that switching them off changes nothing else
+            if rng.random() < cfg.blink_probability:
+                blink = blink_event(rng, self.fps, int(rng.integers(0, ev.offset)), cfg.ranges)
+                if cfg.nuisances.blinks:
+                    events.append(blink)
             subject_dir, clip, rel = self.names(n, k, emotion, rng)
             first = self.first_frame(rng)
             out = self.root / rel

@@ -16,6 +16,7 @@ has every class present.
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 from typing import Any, Sequence, Union
 
@@ -114,3 +115,9 @@ def plot_confusion(cm: np.ndarray | list[list[int]], names: Sequence[str], path:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def mean_and_spread(values: Sequence[float]) -> str:
+    """``mean ± standard deviation`` of a score over runs (seeds) for a table; the mean alone for one run."""
+    mean = statistics.fmean(values)
+    return f"{mean:.4f} ± {statistics.stdev(values):.4f}" if len(values) > 1 else f"{mean:.4f}"

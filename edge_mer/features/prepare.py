@@ -30,9 +30,9 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -47,6 +47,10 @@ from edge_mer.features.cache import SampleFile, SampleFileError, read_sample
 from edge_mer.flow.normalise import CONSTANTS, difference_tensor, motion_tensor, texture_tensor
 from edge_mer.flow.opencv import make_flow
 from edge_mer.runtime.frames import list_frames
+
+if TYPE_CHECKING:
+    from edge_mer.synth.diversity import Diversity
+    from edge_mer.synth.render import Nuisances
 
 # 2: each sample's file and index row carry the key of what it was made from (version 1 files are recomputed)
 CACHE_VERSION = 2
@@ -364,12 +368,15 @@ def _write_index(out: Path, index: DatasetIndex, rows: dict[str, dict[str, Any]]
 
 def prepare_synthetic_composite(data: Path, out: Path, subjects: int, clips_per_subject: int, seed: int,
                                 size: int = 112, flow: str = "dis", diverse: bool = False,
-                                texture: str = "apex") -> PrepareSummary:
+                                texture: str = "apex", nuisances: Nuisances | None = None,
+                                diversity: Diversity | None = None) -> PrepareSummary:
     """Render the synthetic MEGC2019 composite into ``data`` (unless it is there) and prepare its features.
 
     What the demo model, the ablation, the INT8 and the recognition benchmarks train on: one call, so they
     all see the same data for the same arguments. ``diverse``: subjects that differ, sized like the real
     composite (``subjects`` and ``clips_per_subject`` are then not used). ``texture``: see FeatureConfig.
+    ``nuisances`` and ``diversity`` (with ``diverse``) replace the defaults: the same draw with a source of
+    difficulty switched off (``benchmarks/headroom.py``).
     """
     from edge_mer.data.synthetic import COMPOSITE_SHARE, MANIFEST, DatasetConfig, write_dataset
     from edge_mer.eval.truth import rendered_faces
@@ -385,10 +392,12 @@ def prepare_synthetic_composite(data: Path, out: Path, subjects: int, clips_per_
     else:
         if diverse:
             cfg = DatasetConfig(layout="megc2019", subjects=sum(COMPOSITE_SHARE.values()), seed=seed,
-                                diversity=Diversity(), like_composite=True)
+                                diversity=diversity or Diversity(), like_composite=True)
         else:
             cfg = DatasetConfig(layout="megc2019", subjects=subjects, clips_per_subject=clips_per_subject,
                                 seed=seed)
+        if nuisances is not None:
+            cfg = replace(cfg, nuisances=nuisances)
         write_dataset(cfg, data)
     return prepare("megc2019", data, out, FeatureConfig(size=size, flow=flow, texture=texture),
                    workers=os.cpu_count() or 1)
