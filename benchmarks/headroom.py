@@ -31,7 +31,7 @@ from recipe import VARIANTS, run_variant
 from edge_mer.atomic import write_text
 from edge_mer.errors import UserError, script_main
 from edge_mer.eval.metrics import mean_and_spread
-from edge_mer.eval.truth import draw_summary, errors_table
+from edge_mer.eval.truth import draw_summary, errors_table, other_draw
 from edge_mer.features.prepare import prepare_synthetic_composite
 from edge_mer.synth.diversity import Diversity
 from edge_mer.synth.render import Nuisances
@@ -55,14 +55,13 @@ CONDITIONS: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {
 }
 
 
-def _prepare(name: str, work: Path, data_seed: int) -> Path:
-    """The condition's draw and its DIS features at S = 112; returns the features' folder."""
+def _prepare(name: str, work: Path, data_seed: int) -> None:
+    """The condition's draw (``work/name/data``) and its DIS features at S = 112 (``work/name/features``)."""
     nuisances, diversity, _ = CONDITIONS[name]
     folder = work / name
     prepare_synthetic_composite(folder / "data", folder / "features", 0, 0, data_seed, diverse=True,
                                 nuisances=replace(Nuisances.lab(), **nuisances),
                                 diversity=replace(Diversity(), **diversity))
-    return folder / "features"
 
 
 def _run(name: str, variant: str, seed: int, epochs: int, work: str) -> dict[str, Any]:
@@ -88,16 +87,18 @@ def main() -> None:
         raise UserError(f"unknown condition(s) {', '.join(unknown)}; choose from {', '.join(CONDITIONS)}")
     if args.variant not in VARIANTS:
         raise UserError(f"unknown variant {args.variant}; choose from {', '.join(VARIANTS)}")
+    out_json = RESULTS / "headroom.json"
+    doc = json.loads(out_json.read_text()) if out_json.exists() else {"runs": {}}
+    held = doc.get("variant", args.variant), doc.get("data_seed", args.data_seed)
+    if doc["runs"] and held != (args.variant, args.data_seed):  # refused before any draw is rendered
+        raise UserError(f"{out_json} holds runs of {held[0]} on data seed {held[1]}: move it aside to start another "
+                        "table")
     work = Path(args.work)
     for name in names:
         print(f"draw: {name}", flush=True)
         _prepare(name, work, args.data_seed)
-    out_json = RESULTS / "headroom.json"
-    doc = json.loads(out_json.read_text()) if out_json.exists() else {"runs": {}}
-    held = doc.get("variant", args.variant), doc.get("data_seed", args.data_seed)
-    if doc["runs"] and held != (args.variant, args.data_seed):
-        raise UserError(f"{out_json} holds runs of {held[0]} on data seed {held[1]}: move it aside to start another "
-                        "table")
+    if why := other_draw(doc, work / names[0] / "data", out_json):  # as the recipe search: one photograph set
+        raise UserError(why)
     doc |= draw_summary(work / names[0] / "data", work / names[0] / "features")
     doc |= {"variant": args.variant, "data_seed": args.data_seed, "folds": KFOLDS,
             "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
