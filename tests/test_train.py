@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -252,3 +253,19 @@ def test_a_killed_run_resumes_from_its_finished_folds(loso_run, composite_featur
     # the training time reported is the whole run's: the kept folds' time counts too
     assert kept_seconds > 0 and result["seconds"] >= kept_seconds and "seconds_unknown_folds" not in result
     assert not list(tmp_path.glob(".run.folds-*"))
+
+
+def test_the_recognition_benchmark_fans_a_run_out_with_its_own_settings(composite_features, tmp_path):
+    """benchmarks/recognition.py --fan-out trains a run under torchrun through the CLI. The run it writes has the
+    settings the benchmark gives a run in one process, so the two ways keep and resume the same folds and (with
+    one thread a process, test_torchrun_two_processes_match_one) predict the same."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import recognition
+
+    folder = tmp_path / "runs" / "mmt_test" / "0"
+    metrics = recognition.fanned_out("mmt_test", "full", 0, str(composite_features), 2, folder, "cpu", 1, 2)
+    assert metrics["folds"] >= 3 and 0 <= metrics["uf1"] <= 1
+    assert (folder / "checkpoint.pt").is_file() and (folder / "predictions.csv").is_file()
+    written = json.loads((folder / "run.json").read_text())["run"]
+    own = recognition.run_config("mmt_test", "full", 0, str(composite_features), 2, "cpu")
+    assert written == json.loads(json.dumps(asdict(own)))
