@@ -52,6 +52,20 @@ def test_demo_run_finds_and_labels_micro_expressions(demo_run):
     assert {"capture", "signal", "flow", "inference", "total"} <= set(summary["timing"]["stages_ms"])
 
 
+def test_the_packaged_demo_model_was_checked_on_subjects_it_never_saw():
+    """scripts/make_demo_model.py installs the demo only when its INT8 file keeps the UF1 of its FP32 companion
+    within 0.01 on a draw whose subjects it never saw; both sidecars say what it learned from and carry the check,
+    and both files are the ones the check scored (their sha256 match the sidecars)."""
+    from edge_mer.runtime.artifact import DEMO_MODEL, load_artifact
+
+    for path in (DEMO_MODEL, DEMO_MODEL.with_name("demo.int8.fp32.onnx")):
+        meta = load_artifact(path).meta
+        check, data = meta["int8_check"], meta["training_data"]
+        assert check["uf1_fp32"] - check["uf1_int8"] <= 0.01 and check["samples"] >= 400
+        assert data["generator"].endswith("--diverse") and data["samples"] >= 400
+        assert f"data seed {data['data_seed']} " not in check["features"]  # scored on another draw
+
+
 def test_run_on_a_video_file(tmp_path):
     clip = tmp_path / "clip.mp4"
     run_cli("synth", "video", "--seconds", "8", "--size", "320x240", "--out", str(clip), "--quiet", check=True)
