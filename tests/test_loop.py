@@ -48,8 +48,26 @@ def test_demo_run_finds_and_labels_micro_expressions(demo_run):
     assert summary["frames"] == 24 * 30
     assert summary["ring"]["dropped"] == 0 and summary["skipped_frames"] == 0
     assert summary["truth"]["tp"] >= 1
+    assert summary["truth"]["labelled"] == summary["truth"]["tp"]  # the demo's truth names every class
     assert summary["events"] == len(events)
     assert {"capture", "signal", "flow", "inference", "total"} <= set(summary["timing"]["stages_ms"])
+
+
+def test_the_demo_summary_says_how_many_found_expressions_carry_the_truths_label():
+    from edge_mer.runtime.session import format_summary, match_truth
+    from edge_mer.spot.truth import TruthInterval
+
+    truth = [TruthInterval(10, 20, "micro", label="positive"), TruthInterval(40, 50, "micro", label="surprise"),
+             TruthInterval(70, 80, "micro", label="negative"), TruthInterval(100, 110, "blink")]
+    events = [(10, 20, "positive"), (41, 50, "negative"), (100, 110, "surprise")]  # right, wrong, a blink
+    t = match_truth(events, truth, frames=200)
+    assert (t["tp"], t["fp"], t["fn"]) == (2, 1, 1)
+    assert (t["labelled"], t["labelled_right"]) == (2, 1)
+    summary = {"frames": 200, "fps": 30.0, "spots": 3, "events": 3, "skipped_frames": 0, "ring": {},
+               "event_latency_ms": None, "timing": {"stages_ms": {}, "peak_rss_mb": 300, "cpu_share": 0.3}, "sinks": [],
+               "messages": [], "truth": t}
+    assert "TP 2, FP 1, FN 1" in format_summary(summary)
+    assert format_summary(summary).endswith("1 of the 2 found labelled as the truth")
 
 
 def test_the_packaged_demo_model_was_checked_on_subjects_it_never_saw():

@@ -31,7 +31,7 @@ from edge_mer.runtime.sinks import EventSinks, SinkURI
 from edge_mer.runtime.sources import open_source
 from edge_mer.runtime.timing import StageTimer, percentiles
 from edge_mer.spot.metrics import evaluate_spots
-from edge_mer.spot.truth import TruthInterval, micro_intervals
+from edge_mer.spot.truth import TruthInterval
 
 
 @dataclass
@@ -130,7 +130,7 @@ def run(settings: RunSettings, stop: Callable[[], bool] = lambda: False) -> dict
     if cfg.record is not None:
         VideoOutput.check_record(cfg.record)
     model = settings.model or default_model()
-    seen: list[tuple[int, int]] = []
+    seen: list[tuple[int, int, str]] = []
     view = None
     with ExitStack() as opened:  # whatever was opened is closed, also when a later step fails
         if settings.serve is not None:  # a port in use is found before anything else opens
@@ -152,7 +152,7 @@ def run(settings: RunSettings, stop: Callable[[], bool] = lambda: False) -> dict
             print(f"live view: {view.url}" + (" (with the token)" if settings.serve_token else ""), file=sys.stderr)
         print(f"edge-mer run: {source.describe()} -> {flow} -> {backend.describe()}", file=sys.stderr)
         stats, timer = run_loop(source, Recognizer(backend, stage), writer, cfg, stop=stop,
-                                on_event=lambda e: seen.append((e.onset, e.offset)), view=view)
+                                on_event=lambda e: seen.append((e.onset, e.offset, e.label)), view=view)
     summary = summarise(stats, timer)
     summary["sinks"], warnings = writer.report()
     summary["messages"].extend(warnings)
@@ -179,11 +179,14 @@ def summarise(stats: LoopStats, timer: StageTimer) -> dict[str, Any]:
                        "ended_early": stats.ended_early}}
 
 
-def match_truth(pred: list[tuple[int, int]], truth: list[TruthInterval], frames: int) -> dict[str, Any]:
-    """MEGC spotting match (IoU >= 0.5) of the events' intervals against the demo source's micro-expressions."""
-    micro = [(onset, offset) for onset, offset in micro_intervals(truth) if offset < frames]
-    m = evaluate_spots(pred, micro)
-    return {k: getattr(m, k) for k in ("tp", "fp", "fn", "precision", "recall", "f1")}
+def match_truth(pred: list[tuple[int, int, str]], truth: list[TruthInterval], frames: int) -> dict[str, Any]:
+    """MEGC spotting match (IoU >= 0.5) of the events' (onset, offset, label) against the demo source's
+    micro-expressions, and how many of the found ones the model labelled as the truth does."""
+    micro = [t for t in truth if t.kind == "micro" and t.offset < frames]
+    m = evaluate_spots([(onset, offset) for onset, offset, _ in pred], [(t.onset, t.offset) for t in micro])
+    labelled = [(pred[i][2], micro[j].label) for i, j, _ in m.matches if micro[j].label]
+    return {**{k: getattr(m, k) for k in ("tp", "fp", "fn", "precision", "recall", "f1")},
+            "labelled": len(labelled), "labelled_right": sum(got == want for got, want in labelled)}
 
 
 def format_summary(s: dict[str, Any], stopped_by: str | None = None) -> str:
@@ -206,7 +209,9 @@ def format_summary(s: dict[str, Any], stopped_by: str | None = None) -> str:
     if "truth" in s:
         t = s["truth"]
         lines.append(f"against the demo's truth (IoU >= 0.5): TP {t['tp']}, FP {t['fp']}, FN {t['fn']}, "
-                     f"precision {t['precision']:.2f}, recall {t['recall']:.2f}, F1 {t['f1']:.2f}")
+                     f"precision {t['precision']:.2f}, recall {t['recall']:.2f}, F1 {t['f1']:.2f}"
+                     + (f"; {t['labelled_right']} of the {t['labelled']} found labelled as the truth"
+                        if t.get("labelled") else ""))
     lines.extend(s["messages"])
     return "\n".join(lines)
 
