@@ -18,6 +18,7 @@ import argparse
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 from edge_mer.errors import UserError, script_main
 from edge_mer.eval.score import evaluate
@@ -26,7 +27,7 @@ from edge_mer.features.prepare import prepare_synthetic_composite
 from edge_mer.model.config import ABLATIONS, model_config
 from edge_mer.quant.export import export
 from edge_mer.quant.qat import finetune
-from edge_mer.runtime.artifact import load_artifact, sidecar_path, write_sidecar
+from edge_mer.runtime.artifact import load_artifact, write_sidecar
 from edge_mer.train.loop import TrainConfig, train_model
 from edge_mer.train.run import RunConfig, save_checkpoint
 
@@ -69,11 +70,12 @@ def main() -> None:
     print(f"QAT: {qat['quantizers']} ({qat['seconds']:.0f} s)")
     staged = work / "export"
     report = export(work / "qat" / "checkpoint.pt", staged / NAMES[0], force=True)
-    scored = {name: evaluate(staged / name, check, backend="onnxruntime", precision="file") for name in NAMES}
-    figures = {"features": f"diverse composite, data seed {args.check_seed} (subjects the model never saw)",
-               "samples": scored[NAMES[0]]["samples"],
-               "uf1_int8": round(scored[NAMES[0]]["uf1"], 4), "uf1_fp32": round(scored[NAMES[1]]["uf1"], 4),
-               "uar_int8": round(scored[NAMES[0]]["uar"], 4), "uar_fp32": round(scored[NAMES[1]]["uar"], 4)}
+    figures: dict[str, Any] = {"features": f"diverse composite, data seed {args.check_seed} (subjects the model "
+                                           "never saw)"}
+    for name, precision in zip(NAMES, ("int8", "fp32")):
+        scored = evaluate(staged / name, check, backend="onnxruntime", precision="file")
+        figures |= {"samples": scored["samples"], f"uf1_{precision}": round(scored["uf1"], 4),
+                    f"uar_{precision}": round(scored["uar"], 4)}
     figures["uf1_drop"] = round(figures["uf1_fp32"] - figures["uf1_int8"], 4)
     print(f"unseen subjects: UF1 FP32 {figures['uf1_fp32']:.4f}, INT8 {figures['uf1_int8']:.4f} "
           f"(drop {figures['uf1_drop']:+.4f}; at most {MAX_DROP})", flush=True)
@@ -94,8 +96,7 @@ def main() -> None:
     # the companion links carry the sha256 of the files, which did not change
     print(json.dumps({k: report[k] for k in ("onnx", "bytes", "max_abs_diff", "qdq")} | {"int8_check": figures},
                      indent=2))
-    print(f"installed {', '.join(str(OUT / n) for n in NAMES)} ({sidecar_path(OUT / NAMES[0]).name} and "
-          f"{sidecar_path(OUT / NAMES[1]).name} with them)")
+    print(f"installed {', '.join(str(OUT / n) for n in NAMES)} with their sidecars")
 
 
 if __name__ == "__main__":
