@@ -66,6 +66,9 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
     "width-64": ("mmt_small", {}, {"dim": 64, "heads": 2, "proj_dim": 32}, "half the width (64, 2 heads)"),
     "depth-2": ("mmt_small", {}, {"depth": 2}, "two layers instead of four"),
     "motion-only": ("mmt_small", {}, {"modalities": ("motion",)}, "no texture branch (and so no contrastive term)"),
+    "motion-only+ststnet": ("mmt_small", {}, {"modalities": ("motion",), "ensemble_with": "ststnet"},
+                            "motion-only with an STSTNet trained beside it on the same batches, each on its own "
+                            "loss, predicting from their mean log-probability (`mmt_small_ens`)"),
     "texture-difference": ("mmt_small", {}, {}, "texture input: apex minus onset grey level instead of the apex "
                                                 "frame, which carries the subject's identity"),
     "motion-rms": ("mmt_small", {}, {"motion_rms": 0.2}, "each sample's flow scaled to RMS 0.2 units (the "

@@ -197,9 +197,11 @@ def _table(doc: dict, name: str) -> None:
     for model, runs in models.items():
         per_ds = [f"{statistics.fmean(r['per_dataset'][d]['uf1'] for r in runs):.4f}" for d in DATASETS]
         first = runs[0]
+        # latency of the first run that was timed (a run whose checkpoint was removed first has none)
+        timed = [r["cpu_ms_p50"] for r in runs if r.get("cpu_ms_p50") is not None]
         lines.append(f"| {model} | {len(runs)} | {mean_and_spread([r['uf1'] for r in runs])} | "
                      f"{mean_and_spread([r['uar'] for r in runs])} | {' | '.join(per_ds)} | {first['params']:,} | "
-                     f"{first['gflops']:.4f} | {_ms(first.get('cpu_ms_p50'))} | "
+                     f"{first['gflops']:.4f} | {_ms(timed[0] if timed else None)} | "
                      f"{seconds_text(runs)} | "
                      f"{', '.join(sorted({r.get('device', 'cpu') for r in runs}))} |")
     if doc.get("ceiling"):

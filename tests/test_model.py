@@ -272,3 +272,48 @@ def test_motion_rms_makes_the_model_blind_to_how_strongly_a_subject_moves(name, 
 def test_motion_rms_is_checked():
     with pytest.raises(UserError, match="motion_rms"):
         model_config("mmt_small", changes={"motion_rms": -1.0})
+
+
+def test_an_ensemble_predicts_from_both_members_and_trains_each_on_its_own_loss(tmp_path):
+    import numpy as np
+
+    from edge_mer.model.build import build_model
+    from edge_mer.model.build import flops_per_sample as any_flops
+    from edge_mer.model.ensemble import Ensemble
+    from edge_mer.train.loop import train_model
+
+    cfg = model_config("mmt_test", ablation="motion-only", changes={"ensemble_with": "ststnet"})
+    assert MMTConfig.from_dict(cfg.to_dict()) == cfg
+    model = build_model(cfg).eval()
+    assert isinstance(model, Ensemble) and model.partner.cfg.arch == "ststnet"
+    assert count_parameters(model) == count_parameters(model.lead) + 1651
+    assert any_flops(cfg) == flops_per_sample(cfg) + any_flops(model_config("ststnet"))
+    m, t = _inputs()
+    with torch.no_grad():
+        probs = torch.softmax(model(m, t), -1)
+        lead, partner = torch.softmax(model.lead(m, t), -1), torch.softmax(model.partner(m, t), -1)
+    both = (lead * partner).sqrt()  # the normalised geometric mean of the members' probabilities
+    assert torch.allclose(probs, both / both.sum(-1, keepdim=True), atol=1e-5)
+    # each member is trained on its own loss: the partner's weights move as they would without the lead
+    logits, _ = model.train().forward_train(m, t)
+    assert logits.shape == (2, 4, 3)
+    torch.nn.functional.cross_entropy(logits[1], torch.tensor([0, 1, 2, 0])).backward()
+    assert all(p.grad is None or not p.grad.any() for p in model.lead.parameters())
+    assert all(p.grad is not None and p.grad.any() for p in model.partner.parameters())
+    # and it trains, exports and runs in ONNX Runtime as one graph
+    rng = np.random.default_rng(0)
+    labels = np.arange(12) % 3
+    motion = (rng.normal(0, 0.05, (12, 3, 112, 112)) + labels[:, None, None, None] * 0.2).astype(np.float32)
+    texture = rng.normal(0, 1, (12, 1, 112, 112)).astype(np.float32)
+    trained = train_model(cfg, TrainConfig(epochs=2, batch_size=4), motion, texture, labels, seed=0)
+    assert isinstance(trained, Ensemble)
+    ort = pytest.importorskip("onnxruntime")
+    m1, t1 = torch.from_numpy(motion[:2]), torch.from_numpy(texture[:2])
+    torch.onnx.export(trained, (m1, t1), str(tmp_path / "m.onnx"), input_names=["motion", "texture"],
+                      output_names=["logits"], dynamo=False)
+    got = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(
+        ["logits"], {"motion": motion[:2], "texture": texture[:2]})[0]
+    with torch.no_grad():
+        assert abs(got - trained(m1, t1).numpy()).max() < 1e-4
+    with pytest.raises(UserError, match="ensemble_with"):
+        model_config("ststnet", changes={"ensemble_with": "ststnet"})

@@ -36,6 +36,9 @@ class MMTConfig:
     # > 0: every sample's motion is scaled so that its flow's RMS magnitude is this many flow units (at most x4,
     # so still flow is not blown up into noise); 0: the fixed units of edge_mer.flow.normalise alone
     motion_rms: float = 0.0
+    # "ststnet": the model is an ensemble of this MMT and an STSTNet trained beside it on the same batches, each
+    # on its own loss; it predicts from the mean of the two log-probabilities (one graph, one file). "": alone
+    ensemble_with: str = ""
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -49,6 +52,8 @@ class MMTConfig:
             raise UserError(f"pooling must be 'fused' or 'cls', not {self.pooling!r}")
         if not self.motion_rms >= 0:
             raise UserError(f"motion_rms must be 0 (off) or a positive number of flow units, not {self.motion_rms}")
+        if self.ensemble_with not in ("", "ststnet") or (self.ensemble_with and self.arch != "mmt"):
+            raise UserError(f"ensemble_with must be '' or 'ststnet' (an MMT's partner), not {self.ensemble_with!r}")
         unknown = set(self.modalities) - {"motion", "texture"}
         if unknown or not self.modalities:
             raise UserError(f"modalities must be motion and/or texture, not {sorted(unknown)}")
@@ -71,6 +76,9 @@ MODELS: dict[str, MMTConfig] = {
     # tiny, for CI
     "mmt_test": MMTConfig(patch_sizes=(16, 28), dim=32, depth=1, heads=2, mlp_ratio=2.0, proj_dim=16,
                           dropout=0.0),
+    # mmt_small and the shallow CNN below trained side by side, predicting together (their errors differ)
+    "mmt_small_ens": MMTConfig(patch_sizes=(14, 28), dim=128, depth=4, heads=4, mlp_ratio=2.0,
+                               ensemble_with="ststnet"),
     # the MEGC2019 shallow CNN baseline (motion only, 28 x 28): edge_mer/model/baselines.py
     "ststnet": MMTConfig(arch="ststnet", modalities=("motion",), contrastive_weight=0.0, dropout=0.5),
     # the hierarchical transformer baseline (its authors' configuration; 28 x 28 motion): baselines.py
@@ -89,6 +97,12 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "cls-pooling": {"pooling": "cls"},
     "no-contrastive": {"contrastive_weight": 0.0},
 }
+
+
+def partner_config(cfg: MMTConfig) -> MMTConfig:
+    """The config of the model ``cfg.ensemble_with`` names, sized and labelled as ``cfg``."""
+    return replace(MODELS[cfg.ensemble_with], size=cfg.size, num_classes=cfg.num_classes,
+                   class_names=cfg.class_names, channels=cfg.channels, motion_rms=cfg.motion_rms)
 
 
 def model_config(name: str, size: int | None = None, ablation: str = "full",

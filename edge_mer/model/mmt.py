@@ -126,7 +126,8 @@ class Branch(nn.Module):
 
 class Recogniser(nn.Module):
     """What training, QAT, export and the torch backends use of a model: ``forward(motion, texture)`` gives
-    logits, ``forward_train`` the logits and an auxiliary loss, ``cfg`` rebuilds it."""
+    logits, ``forward_train`` the logits (an ensemble's: each member's, stacked (members, B, classes)) and an
+    auxiliary loss, ``cfg`` rebuilds it."""
 
     cfg: MMTConfig
 

@@ -179,7 +179,9 @@ def train_model(model_cfg: MMTConfig, cfg: TrainConfig, motion: np.ndarray, text
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, total, cfg.warmup_epochs * steps_per_epoch, cfg.lr)
             logits, contrast = net(m, t)
-            loss = F.cross_entropy(logits, target, weight=weights) + model_cfg.contrastive_weight * contrast
+            members = logits if logits.dim() == 3 else logits[None]  # an Ensemble's members: each its own loss
+            loss = sum((F.cross_entropy(x, target, weight=weights) for x in members), contrast.new_zeros(()))
+            loss = loss + model_cfg.contrastive_weight * contrast
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
