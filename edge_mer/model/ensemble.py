@@ -3,7 +3,7 @@
 Under LOSO on the diverse composite the MMT and the shallow CNN (STSTNet) agree on only about 86 % of the
 samples, while two seeds of one architecture agree on 97 %: their errors differ, so their mean
 log-probability is right more often than either. Both members see the same batches and augmentation, each
-is trained on its own cross-entropy (their parameters are disjoint, so AdamW updates each as if alone), and
+is trained on its own cross-entropy (their parameters are disjoint, so neither's loss moves the other), and
 ``forward`` gives the mean of their log-probabilities: one graph, one ONNX file, one INT8 calibration.
 """
 
