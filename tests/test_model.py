@@ -17,6 +17,13 @@ def _inputs(b: int = 4, s: int = 112):
     return torch.randn(b, 3, s, s, generator=g), torch.randn(b, 1, s, s, generator=g)
 
 
+def _export(model, m, t, path) -> str:
+    """``model`` written as ONNX to ``path`` (inputs motion and texture, output logits, any batch)."""
+    torch.onnx.export(model, (m, t), str(path), input_names=["motion", "texture"], output_names=["logits"],
+                      dynamic_axes={"motion": {0: "b"}, "texture": {0: "b"}}, dynamo=False)
+    return str(path)
+
+
 def test_edge_size_budget():
     cfg = model_config("mmt_small")
     assert count_parameters(MMT(cfg)) <= 3_000_000
@@ -233,9 +240,7 @@ def test_a_one_modality_model_exports_with_both_inputs(ablation, tmp_path):
     onnx = pytest.importorskip("onnx")
     model = MMT(model_config("mmt_test", ablation=ablation)).eval()
     m, t = _inputs(1)
-    torch.onnx.export(model, (m, t), str(tmp_path / "m.onnx"), input_names=["motion", "texture"],
-                      output_names=["logits"], dynamo=False)
-    assert [i.name for i in onnx.load(str(tmp_path / "m.onnx")).graph.input] == ["motion", "texture"]
+    assert [i.name for i in onnx.load(_export(model, m, t, tmp_path / "m.onnx")).graph.input] == ["motion", "texture"]
 
 
 @pytest.mark.parametrize("name", ["mmt_test", "ststnet", "htnet_56"])
@@ -260,10 +265,7 @@ def test_motion_rms_makes_the_model_blind_to_how_strongly_a_subject_moves(name, 
     if name != "mmt_test":
         return
     ort = pytest.importorskip("onnxruntime")
-    torch.onnx.export(scaled, (m, t), str(tmp_path / "m.onnx"), input_names=["motion", "texture"],
-                      output_names=["logits"], dynamic_axes={"motion": {0: "b"}, "texture": {0: "b"}},
-                      dynamo=False)
-    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(_export(scaled, m, t, tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     for k in (0.5, 2.0):
         got = sess.run(["logits"], {"motion": (k * m).numpy(), "texture": t.numpy()})[0]
         assert abs(got - scaled(k * m, t).detach().numpy()).max() < 1e-4
@@ -294,7 +296,7 @@ def test_an_ensemble_predicts_from_both_members_and_trains_each_on_its_own_loss(
         lead, partner = torch.softmax(model.lead(m, t), -1), torch.softmax(model.partner(m, t), -1)
     both = (lead * partner).sqrt()  # the normalised geometric mean of the members' probabilities
     assert torch.allclose(probs, both / both.sum(-1, keepdim=True), atol=1e-5)
-    # each member is trained on its own loss: the partner's weights move as they would without the lead
+    # each member is trained on its own loss: the partner's loss does not move the lead's weights
     logits, _ = model.train().forward_train(m, t)
     assert logits.shape == (2, 4, 3)
     torch.nn.functional.cross_entropy(logits[1], torch.tensor([0, 1, 2, 0])).backward()
@@ -309,9 +311,7 @@ def test_an_ensemble_predicts_from_both_members_and_trains_each_on_its_own_loss(
     assert isinstance(trained, Ensemble)
     ort = pytest.importorskip("onnxruntime")
     m1, t1 = torch.from_numpy(motion[:2]), torch.from_numpy(texture[:2])
-    torch.onnx.export(trained, (m1, t1), str(tmp_path / "m.onnx"), input_names=["motion", "texture"],
-                      output_names=["logits"], dynamo=False)
-    got = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(
+    got = ort.InferenceSession(_export(trained, m1, t1, tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(
         ["logits"], {"motion": motion[:2], "texture": texture[:2]})[0]
     with torch.no_grad():
         assert abs(got - trained(m1, t1).numpy()).max() < 1e-4

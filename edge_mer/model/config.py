@@ -68,17 +68,18 @@ class MMTConfig:
         return cls(**kw)
 
 
+# edge size: <= 3 M parameters and <= 0.5 GFLOPs per sample at S = 112
+_SMALL = MMTConfig(patch_sizes=(14, 28), dim=128, depth=4, heads=4, mlp_ratio=2.0)
+
 MODELS: dict[str, MMTConfig] = {
     # research size
     "mmt_base": MMTConfig(patch_sizes=(8, 16), dim=192, depth=6, heads=6, mlp_ratio=4.0, proj_dim=128),
-    # edge size: <= 3 M parameters and <= 0.5 GFLOPs per sample at S = 112
-    "mmt_small": MMTConfig(patch_sizes=(14, 28), dim=128, depth=4, heads=4, mlp_ratio=2.0),
+    "mmt_small": _SMALL,
     # tiny, for CI
     "mmt_test": MMTConfig(patch_sizes=(16, 28), dim=32, depth=1, heads=2, mlp_ratio=2.0, proj_dim=16,
                           dropout=0.0),
     # mmt_small and the shallow CNN below trained side by side, predicting together (their errors differ)
-    "mmt_small_ens": MMTConfig(patch_sizes=(14, 28), dim=128, depth=4, heads=4, mlp_ratio=2.0,
-                               ensemble_with="ststnet"),
+    "mmt_small_ens": replace(_SMALL, ensemble_with="ststnet"),
     # the MEGC2019 shallow CNN baseline (motion only, 28 x 28): edge_mer/model/baselines.py
     "ststnet": MMTConfig(arch="ststnet", modalities=("motion",), contrastive_weight=0.0, dropout=0.5),
     # the hierarchical transformer baseline (its authors' configuration; 28 x 28 motion): baselines.py
