@@ -1,4 +1,4 @@
-"""Build the packaged DEMO model: an MMT trained on synthetic data only, exported INT8 (Q/DQ) with its sidecar.
+"""Build the packaged DEMO model: an MMT and an STSTNet trained on synthetic data only, INT8 (Q/DQ), sidecars.
 
 Reproducible (fixed seeds): renders the diverse synthetic composite (``synth dataset --layout megc2019
 --diverse``, data seed 0: the recognition benchmark's draw, 68 subjects, 456 samples), prepares DIS features
@@ -9,7 +9,8 @@ on the development draw (data seed 1: 68 other subjects the model never saw): th
 ``edge_mer/assets/models/`` with sidecars that mark them as a demo model trained on synthetic data and carry
 the check's figures. It shows the loop working; it knows nothing of real faces.
 
-    python scripts/make_demo_model.py [--ablation motion-only] [--epochs 60] [--work /tmp/edge-mer-demo-model]
+    python scripts/make_demo_model.py [--model mmt_small_ens] [--ablation motion-only] [--set KEY=VALUE ...]
+                                      [--epochs 60] [--work /tmp/edge-mer-demo-model]
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from edge_mer.cli.types import setting
 from edge_mer.errors import UserError, script_main
 from edge_mer.eval.score import evaluate
 from edge_mer.features.cache import FeatureSet
@@ -29,7 +31,7 @@ from edge_mer.quant.export import export
 from edge_mer.quant.qat import finetune
 from edge_mer.runtime.artifact import load_artifact, write_sidecar
 from edge_mer.train.loop import TrainConfig, train_model
-from edge_mer.train.run import RunConfig, save_checkpoint
+from edge_mer.train.run import RunConfig, apply_settings, save_checkpoint
 
 OUT = Path(__file__).resolve().parent.parent / "edge_mer" / "assets" / "models"
 NAMES = ("demo.int8.onnx", "demo.int8.fp32.onnx")
@@ -41,8 +43,11 @@ DESCRIPTION = ("DEMO MODEL trained on synthetic data only (edge-mer's generator:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="mmt_small")
-    ap.add_argument("--ablation", default="full", choices=sorted(ABLATIONS))
+    # the packaged model: the MMT without texture and an STSTNet beside it (ahead of both alone under LOSO)
+    ap.add_argument("--model", default="mmt_small_ens")
+    ap.add_argument("--ablation", default="motion-only", choices=sorted(ABLATIONS))
+    ap.add_argument("--set", type=setting, action="append", default=[], metavar="KEY=VALUE",
+                    help="a training or model setting, the value as JSON, as edge-mer train --set takes it")
     ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--qat-epochs", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0, help="training seed")
@@ -53,19 +58,20 @@ def main() -> None:
     args = ap.parse_args()
     if args.check_seed == args.data_seed:
         raise UserError("--check-seed must name another draw than --data-seed: the check scores unseen subjects")
-    mcfg = model_config(args.model, size=112, ablation=args.ablation)  # an unknown name: one line, before any work
+    tcfg, changes = apply_settings(TrainConfig(epochs=args.epochs, seed=args.seed), args.set)
+    # an unknown name or setting: one line, before any work
+    mcfg = model_config(args.model, size=112, ablation=args.ablation, changes=dict(changes))
     work = Path(args.work)
     feats, check = work / "features", work / "check" / "features"
     prepare_synthetic_composite(work / "data", feats, 0, 0, args.data_seed, diverse=True)
     prepare_synthetic_composite(work / "check" / "data", check, 0, 0, args.check_seed, diverse=True)
     fs = FeatureSet.load(feats)
-    tcfg = TrainConfig(epochs=args.epochs, seed=args.seed)
     model = train_model(mcfg, tcfg, fs.motion, fs.texture, fs.labels, args.seed,
                         on_epoch=lambda e, loss: print(f"epoch {e + 1}/{args.epochs} loss {loss:.3f}", flush=True))
     ck = work / "fp32" / "checkpoint.pt"
     ck.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(ck, model, mcfg, RunConfig(features=str(feats), model=args.model, ablation=args.ablation,
-                                               train=tcfg), fs, fs.ids)
+                                               train=tcfg, changes=changes), fs, fs.ids)
     qat = finetune(ck, feats, work / "qat", epochs=args.qat_epochs, seed=args.seed)
     print(f"QAT: {qat['quantizers']} ({qat['seconds']:.0f} s)")
     staged = work / "export"
@@ -90,6 +96,7 @@ def main() -> None:
         meta |= {"description": DESCRIPTION, "demo": True, "int8_check": figures,
                  "training_data": {"generator": "edge-mer synth dataset --layout megc2019 --diverse",
                                    "data_seed": args.data_seed, "flow": "dis", "ablation": args.ablation,
+                                   "settings": dict(args.set),
                                    "epochs": args.epochs, "qat_epochs": args.qat_epochs, "samples": len(fs),
                                    "subjects": len(set(fs.subjects))}}
         write_sidecar(OUT / name, meta)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ from edge_mer.cli.output import print_json
 from edge_mer.cli.quant import add_parsers as add_quant_parsers
 from edge_mer.cli.run import add_parsers as add_run_parsers
 from edge_mer.cli.spot import add_parser as add_spot_parser
-from edge_mer.cli.types import Parser, at_least, frame_size, positive
+from edge_mer.cli.types import Parser, at_least, frame_size, positive, setting
 from edge_mer.errors import UserError
 from edge_mer.outputs import check_file, check_folder
 
@@ -337,17 +336,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _setting(text: str) -> tuple[str, Any]:
-    """``--set KEY=VALUE``: an Ansible variable; VALUE is read as JSON when it is JSON (lists, numbers, true)."""
-    key, sep, value = text.partition("=")
-    if not sep or not key.isidentifier():
-        raise argparse.ArgumentTypeError(f"must be KEY=VALUE with KEY a variable name, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except ValueError:
-        return key, value
-
-
 def cmd_deploy(args: argparse.Namespace) -> int:
     from edge_mer.deploy import PLAYBOOK, Host, build_bundle, deploy, summary_lines
     from edge_mer.runtime.artifact import default_model
@@ -414,7 +402,7 @@ def _train_parsers(sub: Any) -> None:
     t.add_argument("--ddp", action="store_true", help="under torchrun: DistributedDataParallel per model "
                                                       "instead of spreading the folds")
     t.add_argument("--no-final-model", action="store_true", help="skip the model trained on all samples")
-    t.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
+    t.add_argument("--set", type=setting, action="append", default=[], metavar="KEY=VALUE",
                    help="a training or model setting, the value as JSON (repeatable), e.g. gain=[0.5,2], "
                         "class_weighting=false, weight_decay=0.2, dropout=0.3, motion_rms=0.2, "
                         "'modalities=[\"motion\"]' (a wrong key lists the settings)")
@@ -572,7 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="rolling update: N hosts at a time, each batch finished (service restarted, doctor "
                           "answered) before the next starts")
     dep.add_argument("--limit", metavar="PATTERN", help="only the inventory's hosts matching this Ansible pattern")
-    dep.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
+    dep.add_argument("--set", type=setting, action="append", default=[], metavar="KEY=VALUE",
                      help="a host variable for every host, e.g. edge_mer_serve=0.0.0.0:8080 or "
                           "'edge_mer_events=[\"mqtt://broker/mer\"]' (repeatable)")
     dep.add_argument("--ssh-option", action="append", default=[], metavar="OPT",

@@ -4,6 +4,7 @@ the parser that says so in one line."""
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from typing import Any, Callable, NoReturn
@@ -90,3 +91,15 @@ def serve_address(text: str) -> tuple[str, int]:
     if not port.isdigit() or int(port) > 65535:
         raise argparse.ArgumentTypeError(f"expected PORT or HOST:PORT (e.g. 8080 or 0.0.0.0:8080), got {text!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def setting(text: str) -> tuple[str, Any]:
+    """``--set KEY=VALUE``: a setting (a training or model field, an Ansible variable); VALUE is read as JSON when
+    it is JSON (lists, numbers, true)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"must be KEY=VALUE with KEY a variable name, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
