@@ -69,11 +69,17 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
     "motion-only+ststnet": ("mmt_small", {}, {"modalities": ("motion",), "ensemble_with": "ststnet"},
                             "motion-only with an STSTNet trained beside it on the same batches, each on its own "
                             "loss, predicting from their mean log-probability (`mmt_small_ens`)"),
+    "motion-only+ststnet+mirror": ("mmt_small", {}, {"modalities": ("motion",), "ensemble_with": "ststnet",
+                                                     "mirror_average": True},
+                                   "motion-only+ststnet asked about each sample and its mirror image, predicting "
+                                   "from the mean log-probability (trained exactly as motion-only+ststnet)"),
     "texture-difference": ("mmt_small", {}, {}, "texture input: apex minus onset grey level instead of the apex "
                                                 "frame, which carries the subject's identity"),
     "motion-rms": ("mmt_small", {}, {"motion_rms": 0.2}, "each sample's flow scaled to RMS 0.2 units (the "
                                                          "development draw's median is 0.18)"),
     "ststnet": ("ststnet", {}, {}, "the STSTNet baseline under the same recipe"),
+    "ststnet-mirror": ("ststnet", {}, {"mirror_average": True}, "STSTNet asked about each sample and its mirror "
+                                                                "image (trained exactly as STSTNet)"),
     "ststnet-motion-rms": ("ststnet", {}, {"motion_rms": 0.2}, "STSTNet with each sample's flow scaled to RMS 0.2"),
     "tvl1": ("mmt_small", {}, {}, "TV-L1 flow in the features instead of DIS (what the device computes)"),
     "ststnet-tvl1": ("ststnet", {}, {}, "STSTNet on TV-L1 features"),

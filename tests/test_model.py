@@ -317,3 +317,32 @@ def test_an_ensemble_predicts_from_both_members_and_trains_each_on_its_own_loss(
         assert abs(got - trained(m1, t1).numpy()).max() < 1e-4
     with pytest.raises(UserError, match="ensemble_with"):
         model_config("ststnet", changes={"ensemble_with": "ststnet"})
+
+
+def test_a_mirror_averaged_model_gives_a_face_and_its_mirror_image_one_answer(tmp_path):
+    from edge_mer.model.build import build_model
+    from edge_mer.model.build import flops_per_sample as any_flops
+    from edge_mer.model.ensemble import MirrorAverage
+
+    cfg = model_config("mmt_test", changes={"mirror_average": True, "ensemble_with": "ststnet"})
+    assert MMTConfig.from_dict(cfg.to_dict()) == cfg
+    model = build_model(cfg).eval()
+    assert isinstance(model, MirrorAverage) and model.cfg == cfg and not model.model.cfg.mirror_average
+    assert any_flops(cfg) == 2 * any_flops(model_config("mmt_test", changes={"ensemble_with": "ststnet"}))
+    m, t = _inputs()
+    mirror_m, mirror_t = m.flip(-1), t.flip(-1)
+    mirror_m[:, 0] = -mirror_m[:, 0]  # a face moving left, mirrored, moves right
+    with torch.no_grad():
+        alone, alone_mirrored = model.model(m, t).softmax(-1), model.model(mirror_m, mirror_t).softmax(-1)
+        probs, probs_mirrored = model(m, t).softmax(-1), model(mirror_m, mirror_t).softmax(-1)
+    assert (alone - alone_mirrored).abs().max() > 1e-3  # the model alone answers the two differently
+    assert torch.allclose(probs, probs_mirrored, atol=1e-6)
+    both = (alone * alone_mirrored).sqrt()
+    assert torch.allclose(probs, both / both.sum(-1, keepdim=True), atol=1e-5)
+    # it is trained as the model alone, and exports and runs in ONNX Runtime as one graph, at any batch
+    assert torch.equal(model.forward_train(m, t)[0], model.model.forward_train(m, t)[0])
+    ort = pytest.importorskip("onnxruntime")
+    sess = ort.InferenceSession(_export(model, m[:2], t[:2], tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    for b in (1, 3):
+        got = sess.run(["logits"], {"motion": m[:b].numpy(), "texture": t[:b].numpy()})[0]
+        assert abs(got - model(m[:b], t[:b]).detach().numpy()).max() < 1e-4

@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from edge_mer.model.baselines import HTNet, STSTNet, htnet_flops, ststnet_flops
 from edge_mer.model.config import MMTConfig, partner_config
-from edge_mer.model.ensemble import Ensemble
+from edge_mer.model.ensemble import Ensemble, MirrorAverage
 from edge_mer.model.mmt import MMT, Recogniser
 from edge_mer.model.mmt import flops_per_sample as mmt_flops
 
 
 def build_model(cfg: MMTConfig) -> Recogniser:
     """The MMT, or the baseline ``cfg.arch`` names (same inputs, same ``forward_train``); an MMT with
-    ``ensemble_with`` set comes with its partner model as one ``Ensemble``."""
+    ``ensemble_with`` set comes with its partner model as one ``Ensemble``; with ``mirror_average`` set, the
+    model is asked about each sample and its mirror image (``MirrorAverage``)."""
+    if cfg.mirror_average:
+        return MirrorAverage(build_model(replace(cfg, mirror_average=False)))
     if cfg.ensemble_with:
         return Ensemble(MMT(cfg), build_model(partner_config(cfg)))
     return {"ststnet": STSTNet, "htnet": HTNet}.get(cfg.arch, MMT)(cfg)
 
 
 def flops_per_sample(cfg: MMTConfig) -> int:
-    """Multiply-adds x 2 of one forward pass of ``cfg``'s model (its partner's included)."""
+    """Multiply-adds x 2 of one forward pass of ``cfg``'s model (its partner's and a mirror pass included)."""
+    if cfg.mirror_average:
+        return 2 * flops_per_sample(replace(cfg, mirror_average=False))
     if cfg.ensemble_with:
         return mmt_flops(cfg) + flops_per_sample(partner_config(cfg))
     return {"ststnet": ststnet_flops, "htnet": htnet_flops}.get(cfg.arch, mmt_flops)(cfg)

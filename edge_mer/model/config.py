@@ -39,6 +39,9 @@ class MMTConfig:
     # "ststnet": the model is an ensemble of this MMT and an STSTNet trained beside it on the same batches, each
     # on its own loss; it predicts from the mean of the two log-probabilities (one graph, one file). "": alone
     ensemble_with: str = ""
+    # True: the model predicts from the mean log-probability of each sample and its mirror image (u negated), so
+    # a face and its mirror image get one answer; training is unchanged (its flip augmentation shows both)
+    mirror_average: bool = False
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
