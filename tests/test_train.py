@@ -255,6 +255,23 @@ def test_a_killed_run_resumes_from_its_finished_folds(loso_run, composite_featur
     assert not list(tmp_path.glob(".run.folds-*"))
 
 
+def test_kept_folds_belong_to_the_model_config_not_only_its_name(composite_features, tmp_path):
+    """A model name whose settings changed between two runs must not resume from the other's folds: the store is
+    named by the whole model config, not only by the name and options of the command."""
+    from dataclasses import replace
+
+    from edge_mer.features.cache import FeatureSet
+    from edge_mer.model.config import model_config
+    from edge_mer.train.run import RunConfig, _fold_store
+
+    fs = FeatureSet.load(composite_features)
+    cfg = RunConfig(features=str(composite_features), model="mmt_test")
+    mcfg = model_config("mmt_test")
+    out = tmp_path / "run"
+    assert _fold_store(out, cfg, fs, mcfg) == _fold_store(out, cfg, fs, model_config("mmt_test"))
+    assert _fold_store(out, cfg, fs, mcfg) != _fold_store(out, cfg, fs, replace(mcfg, dropout=0.3))
+
+
 def test_the_recognition_benchmark_fans_a_run_out_with_its_own_settings(composite_features, tmp_path):
     """benchmarks/recognition.py --fan-out trains a run under torchrun through the CLI. The run it writes has the
     settings the benchmark gives a run in one process, so the two ways keep and resume the same folds and (with

@@ -179,7 +179,7 @@ def _run(cfg: RunConfig, out: Path, progress: bool, start: float, rank: int, wor
     # every finished fold's predictions are kept beside the run folder until the run is written, so that the
     # same command after a kill or a crash trains only the folds that were not finished (the split protocol's
     # one fold is its checkpoint as well: it is not kept)
-    store = None if cfg.protocol == "split" else _fold_store(out, cfg, fs)
+    store = None if cfg.protocol == "split" else _fold_store(out, cfg, fs, mcfg)
     kept = {i: t for i in mine if store is not None and (t := _load_fold(store, i, folds[i], probs)) is not None}
     if kept and rank == 0:  # said even under --quiet
         print(f"resuming: {len(kept)} of {len(mine)} folds were finished by an earlier run of this command "
@@ -237,12 +237,13 @@ def _run(cfg: RunConfig, out: Path, progress: bool, start: float, rank: int, wor
     return result
 
 
-def _fold_store(out: Path, cfg: RunConfig, fs: FeatureSet) -> Path:
+def _fold_store(out: Path, cfg: RunConfig, fs: FeatureSet, mcfg: MMTConfig) -> Path:
     """The folder beside ``out`` that keeps finished folds, named by what decides their predictions: the run's
-    settings (not the device), the features' config and sample ids, and the edge-mer version."""
+    settings (not the device), the model's whole config (a registry name whose meaning changed keeps nothing),
+    the features' config and sample ids, and the edge-mer version."""
     what = {k: v for k, v in asdict(cfg).items() if k != "device"}
-    key = json.dumps({"run": what, "features": fs.config, "ids": list(fs.ids), "edge_mer": __version__},
-                     sort_keys=True, default=str)
+    key = json.dumps({"run": what, "model": mcfg.to_dict(), "features": fs.config, "ids": list(fs.ids),
+                      "edge_mer": __version__}, sort_keys=True, default=str)
     return out.parent / f".{out.name}.folds-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
