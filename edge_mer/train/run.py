@@ -314,7 +314,8 @@ def _write(out: Path, cfg: RunConfig, fs: FeatureSet, folds: list[Fold], probs: 
             lines.append(f"{fs.ids[i]},{fs.subjects[i]},{fs.labels[i]},{pred[i]},"
                          + ",".join(f"{v:.5f}" for v in probs[i]))
         write_text(folder / "predictions.csv", "\n".join(lines) + "\n")
-        title = f"{cfg.model} {cfg.protocol}: UF1 {result['uf1']:.3f}, UAR {result['uar']:.3f}"
+        name = cfg.model + ("" if cfg.ablation == "full" else f"+{cfg.ablation}")
+        title = f"{name} {cfg.protocol}\nUF1 {result['uf1']:.3f}, UAR {result['uar']:.3f}"
         plot_confusion(result["confusion"], mcfg.class_names, str(folder / "confusion.png"), title)
         write_text(folder / "run.json", json.dumps({"run": asdict(cfg), "model": mcfg.to_dict(),
                                                      "features": fs.config, "edge_mer": __version__},
