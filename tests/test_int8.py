@@ -217,6 +217,37 @@ def test_cpu_auto_precision_measures_once_and_caches(chain, tmp_path, monkeypatc
     assert OnnxRuntimeBackend(chain["ptq"], precision="fp32").artifact.path == chain["fp32"]
 
 
+def test_cpu_auto_precision_timed_while_busy_is_timed_again_when_idle(chain, tmp_path, monkeypatch):
+    from edge_mer.runtime.backends import onnxruntime as ortb
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cache = tmp_path / "edge-mer" / "precision.json"
+    monkeypatch.setattr(ortb, "other_load", lambda: 1.5)  # other work: 1.5 runnable tasks per core
+    busy = ortb.OnnxRuntimeBackend(chain["ptq"], threads=1, precision="auto")
+    (entry,) = json.loads(cache.read_text()).values()
+    assert entry["busy"] is True and entry["other_load"] == 1.5
+    assert "timed with the machine busy" in busy.describe()
+    # still busy at the next start: the provisional choice is used as it is, not timed again
+    entry["ms"] = {"fp32": 9.0, "int8": 1.0}
+    entry["choice"] = "int8"
+    cache.write_text(json.dumps({k: entry for k in json.loads(cache.read_text())}))
+    assert ortb.OnnxRuntimeBackend(chain["fp32"], threads=1, precision="auto").choice["ms"]["fp32"] == 9.0
+    # the first idle start times the pair again and keeps that for good
+    monkeypatch.setattr(ortb, "other_load", lambda: 0.1)
+    idle = ortb.OnnxRuntimeBackend(chain["fp32"], threads=1, precision="auto")
+    (entry,) = json.loads(cache.read_text()).values()
+    assert entry["busy"] is False and entry["ms"]["fp32"] != 9.0
+    assert idle.precision == entry["choice"] == min(entry["ms"], key=entry["ms"].get)
+    assert "busy" not in idle.describe()
+    # a choice kept before the load was recorded is provisional too
+    del entry["busy"]
+    entry["ms"]["fp32"] = 9.0
+    cache.write_text(json.dumps({k: entry for k in json.loads(cache.read_text())}))
+    ortb.OnnxRuntimeBackend(chain["fp32"], threads=1, precision="auto")
+    (entry,) = json.loads(cache.read_text()).values()
+    assert entry["busy"] is False and entry["ms"]["fp32"] != 9.0
+
+
 def test_bad_inputs_give_one_line(chain, tmp_path):
     from onnx import TensorProto, helper
 

@@ -69,6 +69,31 @@ def call_times_ms(fn: Callable[[], object], runs: int, warmup: int = 5) -> np.nd
     return times * 1e3
 
 
+def interleaved_medians_ms(fns: dict[str, Callable[[], object]], runs: int, warmup: int = 5) -> dict[str, float]:
+    """Median milliseconds of each named call, timed in turns (one call of each per round), so that load which
+    comes and goes while they are timed falls on all of them alike rather than on whichever ran then."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(runs):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: float(np.median(v)) * 1e3 for name, v in times.items()}
+
+
+def other_load() -> float | None:
+    """Runnable tasks per core besides this process (the 1-minute load average less the one this process
+    adds), or None where the system keeps no load average: how busy the machine was with other work."""
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
+    return max(0.0, load - 1.0) / (os.cpu_count() or 1)
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process in MB (Linux reports KiB, macOS bytes)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -5,7 +5,12 @@ other precision (an INT8 Q/DQ file and its FP32 source), both are timed once on
 this machine (batch 1, the configured threads) and the faster one is used; the
 result is cached per machine, ONNX Runtime version, thread count and file pair
 in ``$XDG_CACHE_HOME/edge-mer/precision.json``, so INT8 never makes a CPU slower
-by default. ``"file"`` runs the given file as it is; ``"fp32"``/``"int8"`` pick
+by default. The two are timed in turns, so load that comes and goes falls on
+both alike; a choice timed while other work kept the machine busy (load average
+per core, less this process, at or above ``BUSY``) is kept as provisional and
+timed again at the first start that finds the machine idle, so an unattended
+device does not keep for good a verdict of one busy minute (a choice kept
+before the load was recorded counts as provisional). ``"file"`` runs the given file as it is; ``"fp32"``/``"int8"`` pick
 that file of the pair. An INT8 file whose sidecar records a failed quality gate
 (``"usable": false``) is never picked: ``auto`` keeps to its FP32 file, and
 ``int8`` asking for it is refused with the gate's reason.
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +30,11 @@ from edge_mer.errors import UserError
 from edge_mer.runtime.artifact import INPUTS, OUTPUT, Artifact, load_artifact
 from edge_mer.runtime.backends.base import Backend, sample_inputs
 from edge_mer.runtime.choices import keep, recall
-from edge_mer.runtime.timing import call_times_ms
+from edge_mer.runtime.timing import call_times_ms, interleaved_medians_ms, other_load
 
 PRECISIONS = ("auto", "file", "fp32", "int8")
 PRECISION_CACHE = "precision.json"  # in the cache folder: the faster precision per model pair and CPU
+BUSY = 0.5  # other runnable tasks per core from which a timing is provisional (timed again when idle)
 
 
 def cpu_name() -> str:
@@ -78,11 +85,16 @@ def make_session(path: Path, threads: int | None = None, size: int | None = None
     return sess
 
 
-def time_session(sess: Any, size: int, runs: int = 30) -> float:
-    """Median latency in ms of one sample."""
+def _one_sample(sess: Any, size: int) -> Callable[[], object]:
+    """A call that runs ``sess`` on one sample of ``size``."""
     motion, texture = sample_inputs(1, size)
     feed = {"motion": motion, "texture": texture}
-    return float(np.median(call_times_ms(lambda: sess.run(None, feed), runs)))
+    return lambda: sess.run(None, feed)
+
+
+def time_session(sess: Any, size: int, runs: int = 30) -> float:
+    """Median latency in ms of one sample."""
+    return float(np.median(call_times_ms(_one_sample(sess, size), runs)))
 
 
 def _failure(art: Artifact) -> str:
@@ -134,11 +146,16 @@ class OnnxRuntimeBackend(Backend):
         key = ":".join([pair["fp32"].meta["sha256"][:16], pair["int8"].meta["sha256"][:16], cpu_name(),
                         _ort().__version__, str(threads or 0)])
         choice = recall(PRECISION_CACHE, key)
-        if choice is None or choice.get("choice") not in pair:
+        load = other_load()
+        idle = load is None or load < BUSY
+        if choice is None or choice.get("choice") not in pair or (choice.get("busy", True) and idle):
             self._timed = {a.path: make_session(a.path, threads, a.size) for a in pair.values()}
-            ms = {p: time_session(self._timed[a.path], a.size) for p, a in pair.items()}
-            choice = {"choice": min(ms, key=lambda p: ms[p]), "ms": ms, "cpu": cpu_name(),
-                      "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            ms = interleaved_medians_ms({p: _one_sample(self._timed[a.path], a.size) for p, a in pair.items()},
+                                        runs=30)
+            choice = {"choice": min(ms, key=lambda p: ms[p]), "ms": {p: round(v, 3) for p, v in ms.items()},
+                      "cpu": cpu_name(), "measured": time.strftime("%Y-%m-%dT%H:%M:%S"), "busy": not idle}
+            if load is not None:
+                choice["other_load"] = round(load, 2)
             keep(PRECISION_CACHE, key, choice)
         self.choice = choice
         return pair[choice["choice"]]
@@ -154,4 +171,6 @@ class OnnxRuntimeBackend(Backend):
         elif self.choice:
             ms = ", ".join(f"{p} {v:.2f} ms" for p, v in sorted(self.choice["ms"].items()))
             why = f", the faster here: {ms}"
+            if self.choice.get("busy"):
+                why += "; timed with the machine busy, to be timed again at an idle start"
         return f"onnxruntime {_ort().__version__} ({self.precision}, {self.artifact.path.name}{why})"
