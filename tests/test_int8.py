@@ -246,6 +246,9 @@ def test_cpu_auto_precision_timed_while_busy_is_timed_again_when_idle(chain, tmp
     del entry["busy"]
     entry["ms"]["fp32"] = 9.0
     cache.write_text(json.dumps({k: entry for k in json.loads(cache.read_text())}))
+    monkeypatch.setattr(ortb, "other_load", lambda: 1.5)  # busy: used as it is, and said to be provisional
+    assert "timed under a load not recorded" in ortb.OnnxRuntimeBackend(chain["fp32"], threads=1).describe()
+    monkeypatch.setattr(ortb, "other_load", lambda: 0.1)
     ortb.OnnxRuntimeBackend(chain["fp32"], threads=1, precision="auto")
     (entry,) = json.loads(cache.read_text()).values()
     assert entry["busy"] is False and entry["ms"]["fp32"] != 9.0

@@ -171,6 +171,8 @@ class OnnxRuntimeBackend(Backend):
         elif self.choice:
             ms = ", ".join(f"{p} {v:.2f} ms" for p, v in sorted(self.choice["ms"].items()))
             why = f", the faster here: {ms}"
-            if self.choice.get("busy"):
-                why += "; timed with the machine busy, to be timed again at an idle start"
+            busy = self.choice.get("busy")
+            if busy is not False:  # None: kept before the load was recorded
+                why += "; timed with the machine busy" if busy else "; timed under a load not recorded"
+                why += ", to be timed again at an idle start"
         return f"onnxruntime {_ort().__version__} ({self.precision}, {self.artifact.path.name}{why})"
