@@ -59,29 +59,23 @@ class StageTimer:
 
 def call_times_ms(fn: Callable[[], object], runs: int, warmup: int = 5) -> np.ndarray:
     """Milliseconds of each of ``runs`` calls of ``fn`` after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    times = np.empty(runs)
-    for i in range(runs):
-        t = time.perf_counter()
-        fn()
-        times[i] = time.perf_counter() - t
-    return times * 1e3
+    return interleaved_times_ms({"": fn}, runs, warmup)[""]
 
 
-def interleaved_medians_ms(fns: dict[str, Callable[[], object]], runs: int, warmup: int = 5) -> dict[str, float]:
-    """Median milliseconds of each named call, timed in turns (one call of each per round), so that load which
-    comes and goes while they are timed falls on all of them alike rather than on whichever ran then."""
+def interleaved_times_ms(fns: dict[str, Callable[[], object]], runs: int, warmup: int = 5) -> dict[str, np.ndarray]:
+    """Milliseconds of each of ``runs`` calls of each named call after ``warmup`` untimed ones, timed in turns
+    (one call of each per round), so that load which comes and goes while they are timed falls on all of them
+    alike rather than on whichever ran then."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(runs):
+    times = {name: np.empty(runs) for name in fns}
+    for i in range(runs):
         for name, fn in fns.items():
             t = time.perf_counter()
             fn()
-            times[name].append(time.perf_counter() - t)
-    return {name: float(np.median(v)) * 1e3 for name, v in times.items()}
+            times[name][i] = time.perf_counter() - t
+    return {name: v * 1e3 for name, v in times.items()}
 
 
 def other_load() -> float | None:

@@ -30,7 +30,7 @@ from edge_mer.errors import UserError
 from edge_mer.runtime.artifact import INPUTS, OUTPUT, Artifact, load_artifact
 from edge_mer.runtime.backends.base import Backend, sample_inputs
 from edge_mer.runtime.choices import keep, recall
-from edge_mer.runtime.timing import call_times_ms, interleaved_medians_ms, other_load
+from edge_mer.runtime.timing import call_times_ms, interleaved_times_ms, other_load
 
 PRECISIONS = ("auto", "file", "fp32", "int8")
 PRECISION_CACHE = "precision.json"  # in the cache folder: the faster precision per model pair and CPU
@@ -150,9 +150,10 @@ class OnnxRuntimeBackend(Backend):
         idle = load is None or load < BUSY
         if choice is None or choice.get("choice") not in pair or (choice.get("busy", True) and idle):
             self._timed = {a.path: make_session(a.path, threads, a.size) for a in pair.values()}
-            ms = interleaved_medians_ms({p: _one_sample(self._timed[a.path], a.size) for p, a in pair.items()},
-                                        runs=30)
-            choice = {"choice": min(ms, key=lambda p: ms[p]), "ms": {p: round(v, 3) for p, v in ms.items()},
+            times = interleaved_times_ms({p: _one_sample(self._timed[a.path], a.size) for p, a in pair.items()},
+                                         runs=30)
+            ms = {p: round(float(np.median(v)), 3) for p, v in times.items()}
+            choice = {"choice": min(ms, key=lambda p: ms[p]), "ms": ms,
                       "cpu": cpu_name(), "measured": time.strftime("%Y-%m-%dT%H:%M:%S"), "busy": not idle}
             if load is not None:
                 choice["other_load"] = round(load, 2)
