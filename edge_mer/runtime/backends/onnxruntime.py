@@ -102,6 +102,12 @@ def _failure(art: Artifact) -> str:
     return "; ".join(q.get("failed") or []) or "recorded in its sidecar"
 
 
+def _provisional(choice: dict) -> bool:
+    """Whether a kept precision choice is to be timed again at an idle start: it was timed with the machine busy,
+    or kept before the load was recorded (no ``busy`` key)."""
+    return bool(choice.get("busy", True))
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
@@ -148,7 +154,7 @@ class OnnxRuntimeBackend(Backend):
         choice = recall(PRECISION_CACHE, key)
         load = other_load()
         idle = load is None or load < BUSY
-        if choice is None or choice.get("choice") not in pair or (choice.get("busy", True) and idle):
+        if choice is None or choice.get("choice") not in pair or (_provisional(choice) and idle):
             self._timed = {a.path: make_session(a.path, threads, a.size) for a in pair.values()}
             times = interleaved_times_ms({p: _one_sample(self._timed[a.path], a.size) for p, a in pair.items()},
                                          runs=30)
@@ -172,8 +178,7 @@ class OnnxRuntimeBackend(Backend):
         elif self.choice:
             ms = ", ".join(f"{p} {v:.2f} ms" for p, v in sorted(self.choice["ms"].items()))
             why = f", the faster here: {ms}"
-            busy = self.choice.get("busy")
-            if busy is not False:  # None: kept before the load was recorded
-                why += "; timed with the machine busy" if busy else "; timed under a load not recorded"
-                why += ", to be timed again at an idle start"
+            if _provisional(self.choice):
+                how = "with the machine busy" if self.choice.get("busy") else "under a load not recorded"
+                why += f"; timed {how}, to be timed again at an idle start"
         return f"onnxruntime {_ort().__version__} ({self.precision}, {self.artifact.path.name}{why})"
