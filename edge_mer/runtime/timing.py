@@ -62,19 +62,25 @@ def call_times_ms(fn: Callable[[], object], runs: int, warmup: int = 5) -> np.nd
     return interleaved_times_ms({"": fn}, runs, warmup)[""]
 
 
-def interleaved_times_ms(fns: dict[str, Callable[[], object]], runs: int, warmup: int = 5) -> dict[str, np.ndarray]:
+def interleaved_times_ms(fns: dict[str, Callable[[], object]], runs: int, warmup: int = 5,
+                         block: int = 1) -> dict[str, np.ndarray]:
     """Milliseconds of each of ``runs`` calls of each named call after ``warmup`` untimed ones, timed in turns
-    (one call of each per round), so that load which comes and goes while they are timed falls on all of them
-    alike rather than on whichever ran then."""
+    (``block`` calls of each per turn), so that load which comes and goes while they are timed falls on all of
+    them alike rather than on whichever ran then. With several calls, each turn starts with one untimed call:
+    a call right after another one's pays for the handover (ONNX Runtime's threads of the other session may
+    still be spinning, its data fill the caches), which a session running alone never does."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times = {name: np.empty(runs) for name in fns}
-    for i in range(runs):
+    for start in range(0, runs, block):
         for name, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[name][i] = time.perf_counter() - t
+            if len(fns) > 1:
+                fn()  # takes over from the other call's turn: not timed
+            for i in range(start, min(start + block, runs)):
+                t = time.perf_counter()
+                fn()
+                times[name][i] = time.perf_counter() - t
     return {name: v * 1e3 for name, v in times.items()}
 
 
