@@ -11,6 +11,7 @@ matrix of the first seed. Runs already in the JSON are kept, so an interrupted b
 
     python benchmarks/recognition.py [--models ststnet,mmt_small,mmt_small+motion-only] [--seeds 0,1,2] [--jobs 2]
                                      [--fan-out 2]
+    python benchmarks/recognition.py --retime    # the latency column again, all models timed together
 
 A model is a name of ``edge_mer.model.config.MODELS``, or ``NAME+ABLATION`` with an ablation of the MMT
 (``ABLATIONS``, as ``train --ablation`` takes it): ``mmt_small+motion-only`` is the MMT without its texture branch.
@@ -37,6 +38,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from edge_mer.atomic import write_text
 from edge_mer.errors import UserError, script_main
 from edge_mer.eval.metrics import mean_and_spread
@@ -48,9 +51,13 @@ from edge_mer.eval.truth import (
     other_draw,
 )
 from edge_mer.features.prepare import prepare_synthetic_composite
+from edge_mer.model.build import build_model
 from edge_mer.model.config import model_config
-from edge_mer.quant.export import export
+from edge_mer.quant.export import export, write_onnx
+from edge_mer.runtime.backends.base import sample_inputs
+from edge_mer.runtime.backends.onnxruntime import make_session
 from edge_mer.runtime.bench import bench_models
+from edge_mer.runtime.timing import interleaved_times_ms, percentiles
 from edge_mer.train.loop import TrainConfig
 from edge_mer.train.run import RunConfig, run, seconds_text
 
@@ -74,8 +81,6 @@ def train_one(model: str, seed: int, features: str, epochs: int, work: str, devi
         r = fanned_out(name, ablation, seed, features, epochs, folder, device, threads or 1, fan_out)
     else:
         if threads:
-            import torch
-
             torch.set_num_threads(threads)
         r = run(run_config(name, ablation, seed, features, epochs, device), folder, progress=True)
     return {"model": model, "seed": seed, "uf1": r["uf1"], "uar": r["uar"], "accuracy": r["accuracy"],
@@ -121,6 +126,9 @@ def main() -> None:
                     help="train each run under torchrun in N processes of one thread, its folds spread over them")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the models train")
     ap.add_argument("--work", default="benchmarks/.work/recognition", help="data, features and runs (not committed)")
+    ap.add_argument("--retime", action="store_true",
+                    help="time every model of the table again, all at one moment and in turns (on an idle machine), "
+                         "and rewrite the table; trains nothing")
     args = ap.parse_args()
     if args.fan_out < 1:
         ap.error("--fan-out must be at least 1")
@@ -130,9 +138,17 @@ def main() -> None:
         name, ablation = _name_and_ablation(m)
         model_config(name, ablation=ablation)  # an unknown name or ablation: one line before any work
     work = Path(args.work)
+    out_json = RESULTS / f"{args.name}.json"
+    if args.retime:
+        if not out_json.is_file():
+            ap.error(f"--retime: {out_json} does not exist yet (train the models first)")
+        doc = json.loads(out_json.read_text())
+        doc["latency"] = retime(sorted({r["model"] for r in doc["runs"].values()}), work / "onnx")
+        write_text(out_json, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        _table(doc, args.name)
+        return
     feats = work / "features"
     prepare_synthetic_composite(work / "data", feats, 0, 0, args.data_seed, diverse=True)
-    out_json = RESULTS / f"{args.name}.json"
     doc = json.loads(out_json.read_text()) if out_json.exists() else {"runs": {}}
     if why := other_draw(doc, work / "data", out_json):
         ap.error(why)
@@ -173,8 +189,40 @@ def main() -> None:
     _table(doc, args.name)
 
 
+def retime(models: list[str], folder: Path, runs: int = 300, threads: int = 2) -> dict[str, Any]:
+    """Batch-1 latency of each model's architecture (an ONNX export of it, its weights as built: the time does
+    not depend on their values), ONNX Runtime with ``threads`` threads, the models timed in turns of 50 calls
+    (the first calls after another model's run slower for a while: its threads still spin, its weights fill the
+    caches) so that load which comes and goes falls on all alike. Medians and 95th percentiles."""
+    load = os.getloadavg()[0]
+    calls = {}
+    for m in models:
+        name, ablation = _name_and_ablation(m)
+        cfg = model_config(name, ablation=ablation)
+        torch.manual_seed(0)
+        path = folder / f"{m}-architecture.onnx"
+        folder.mkdir(parents=True, exist_ok=True)
+        write_onnx(build_model(cfg).eval(), cfg.size, path)
+        sess = make_session(path, threads=threads)
+        motion, texture = sample_inputs(1, cfg.size)
+        calls[m] = (lambda s=sess, a=motion, b=texture: s.run(None, {"motion": a, "texture": b}))
+    times = interleaved_times_ms(calls, runs, warmup=20, block=min(50, runs))
+    return {"date": dt.date.today().isoformat(), "runs": runs, "block": min(50, runs), "threads": threads,
+            "load_average_before": round(load, 2),
+            "ms": {m: percentiles(t, (50, 95)) for m, t in times.items()}}
+
+
 def _ms(value: float | None) -> str:
     return "—" if value is None else f"{value:.3f}"
+
+
+def _latency_text(doc: dict) -> str:
+    t = doc.get("latency")
+    if not t:
+        return "CPU latency: the exported ONNX file at batch 1, ONNX Runtime, 2 threads, timed after its training."
+    return (f"CPU latency: each model's ONNX export at batch 1, ONNX Runtime, {t['threads']} threads, all models "
+            f"timed together in turns of {t.get('block', 1)} calls ({t['runs']} calls each, {t['date']}, load average "
+            f"{t['load_average_before']} before; `--retime`).")
 
 
 def _table(doc: dict, name: str) -> None:
@@ -187,7 +235,7 @@ def _table(doc: dict, name: str) -> None:
              f"{', '.join(doc.get('faces', FIRST_FACES))}), DIS flow at S = 112, MEGC2019 protocol (LOSO over "
              f"the 68 subjects, predictions pooled), {doc.get('epochs')} epochs with the same recipe for every "
              "model, the last epoch's model. UF1 and UAR: mean ± standard deviation over the training seeds. "
-             f"CPU latency: the exported ONNX file at batch 1, ONNX Runtime, 2 threads. Machine: {doc.get('machine')}. "
+             f"{_latency_text(doc)} Machine: {doc.get('machine')}. "
              "Training s: the whole run's, the folds an interrupted run kept included (≥ where some were kept without "
              "their time).",
              "", f"Command: `python benchmarks/recognition.py` (results in `benchmarks/results/{name}.json`)", "",
@@ -197,8 +245,10 @@ def _table(doc: dict, name: str) -> None:
     for model, runs in models.items():
         per_ds = [f"{statistics.fmean(r['per_dataset'][d]['uf1'] for r in runs):.4f}" for d in DATASETS]
         first = runs[0]
-        # latency of the first run that was timed (a run whose checkpoint was removed first has none)
-        timed = [r["cpu_ms_p50"] for r in runs if r.get("cpu_ms_p50") is not None]
+        if model in (doc.get("latency") or {}).get("ms", {}):  # all models timed together (--retime)
+            timed = [doc["latency"]["ms"][model]["p50"]]
+        else:  # the first run that was timed after its training (one whose checkpoint was removed has none)
+            timed = [r["cpu_ms_p50"] for r in runs if r.get("cpu_ms_p50") is not None]
         lines.append(f"| {model} | {len(runs)} | {mean_and_spread([r['uf1'] for r in runs])} | "
                      f"{mean_and_spread([r['uar'] for r in runs])} | {' | '.join(per_ds)} | {first['params']:,} | "
                      f"{first['gflops']:.4f} | {_ms(timed[0] if timed else None)} | "

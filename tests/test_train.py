@@ -286,3 +286,20 @@ def test_the_recognition_benchmark_fans_a_run_out_with_its_own_settings(composit
     written = json.loads((folder / "run.json").read_text())["run"]
     own = recognition.run_config("mmt_test", "full", 0, str(composite_features), 2, "cpu")
     assert written == json.loads(json.dumps(asdict(own)))
+
+
+def test_the_recognition_benchmark_times_its_models_again_together(tmp_path):
+    """benchmarks/recognition.py --retime exports each model of the table and times them all in turns, and the
+    table's latency column and its text then come from that timing, not from runs timed on different days."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import recognition
+
+    latency = recognition.retime(["ststnet", "mmt_test+motion-only"], tmp_path, runs=20)
+    assert set(latency["ms"]) == {"ststnet", "mmt_test+motion-only"}
+    for ms in latency["ms"].values():
+        assert 0 < ms["p50"] <= ms["p95"]
+    assert (tmp_path / "ststnet-architecture.onnx").is_file()
+    # the transformer is slower than the 1,651-weight CNN however loaded the machine is: they were timed in turns
+    assert latency["ms"]["mmt_test+motion-only"]["p50"] > latency["ms"]["ststnet"]["p50"]
+    text = recognition._latency_text({"latency": latency})
+    assert "timed together in turns of 20 calls (20 calls each" in text

@@ -45,7 +45,8 @@ def _onnx() -> Any:
     return onnx
 
 
-def _write_onnx(model: Any, size: int, path: Path, opset: int) -> None:
+def write_onnx(model: Any, size: int, path: Path, opset: int = DEFAULT_OPSET) -> None:
+    """``model`` as an ONNX file (batch dimension dynamic), written atomically; no sidecar."""
     import torch
 
     s = size
@@ -209,7 +210,7 @@ def export(checkpoint: Path, out: Path, opset: int = DEFAULT_OPSET, force: bool 
     files = [out, sidecar_path(out)] + ([companion, sidecar_path(companion)] if quant else [])
     with replacing_together(*files) as staged:
         tmp, tmp_side = staged[0], staged[1]
-        _write_onnx(model, cfg.size, tmp, opset)
+        write_onnx(model, cfg.size, tmp, opset)
         if quant:
             report["folded_weights"] = fold_weight_quantizers(tmp)
             report["qdq"] = {k: v if isinstance(v, int) else len(v) for k, v in count_qdq(tmp).items()}
@@ -222,7 +223,7 @@ def export(checkpoint: Path, out: Path, opset: int = DEFAULT_OPSET, force: bool 
             meta["quantization"] = {"method": "qat", "tool": f"nvidia-modelopt {quant.get('modelopt')}",
                                     "calibration": quant.get("calibration")}
             disable_quantizers(model)
-            _write_onnx(model, cfg.size, tmp_fp32, opset)
+            write_onnx(model, cfg.size, tmp_fp32, opset)
             report["companion"] = str(companion)
             report["companion_max_abs_diff"] = _max_diff(model, tmp_fp32, cfg.size)
             motion, texture = sample_inputs(PROBE_SAMPLES, cfg.size, seed=0)
