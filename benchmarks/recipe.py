@@ -73,6 +73,17 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
                                                      "mirror_average": True},
                                    "motion-only+ststnet asked about each sample and its mirror image, predicting "
                                    "from the mean log-probability (trained exactly as motion-only+ststnet)"),
+    "motion-only+ststnet+smoothing-0.1": ("mmt_small", {"label_smoothing": 0.1},
+                                          {"modalities": ("motion",), "ensemble_with": "ststnet"},
+                                          "motion-only+ststnet with label smoothing 0.1 (a tenth of each target "
+                                          "spread over the classes: some annotations err)"),
+    "motion-only+ststnet+epochs-120": ("mmt_small", {"epochs": 120}, {"modalities": ("motion",),
+                                                                      "ensemble_with": "ststnet"},
+                                       "motion-only+ststnet trained for twice the epochs"),
+    "motion-only+ststnet+finer-flow": ("mmt_small", {}, {"modalities": ("motion",), "ensemble_with": "ststnet"},
+                                       "motion-only+ststnet on DIS flow of crops twice as fine (224 pixels) averaged "
+                                       "back to 112 (`--oversample 2`): a weak mover's motion spans twice the "
+                                       "pixels where the flow is computed"),
     "texture-difference": ("mmt_small", {}, {}, "texture input: apex minus onset grey level instead of the apex "
                                                 "frame, which carries the subject's identity"),
     "motion-rms": ("mmt_small", {}, {"motion_rms": 0.2}, "each sample's flow scaled to RMS 0.2 units (the "
@@ -86,9 +97,11 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
     "ststnet-dis224": ("ststnet", {}, {}, "STSTNet on DIS flow of a 224-pixel crop (the motion of weak movers "
                                           "spans twice the pixels)"),
 }
-DIS_112 = ("dis", 112, "apex")  # the features (flow, crop size, texture) a variant trains on unless FEATURES
-FEATURES = {"tvl1": ("tvl1", 112, "apex"), "ststnet-tvl1": ("tvl1", 112, "apex"),
-            "ststnet-dis224": ("dis", 224, "apex"), "texture-difference": ("dis", 112, "difference")}
+# the features (flow, crop size, texture, oversample) a variant trains on unless FEATURES names others
+DIS_112 = ("dis", 112, "apex", 1)
+FEATURES = {"tvl1": ("tvl1", 112, "apex", 1), "ststnet-tvl1": ("tvl1", 112, "apex", 1),
+            "ststnet-dis224": ("dis", 224, "apex", 1), "texture-difference": ("dis", 112, "difference", 1),
+            "motion-only+ststnet+finer-flow": ("dis", 112, "apex", 2)}
 
 
 def run_variant(name: str, seed: int, features: str, epochs: int, work: str) -> dict[str, Any]:
@@ -125,9 +138,9 @@ def main() -> None:
         ap.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     work = Path(args.work)
     feats = {kind: work / _features_folder(kind) for kind in _kinds(names)}
-    for (flow, size, texture), path in feats.items():
+    for (flow, size, texture, finer), path in feats.items():
         prepare_synthetic_composite(work / "data", path, 0, 0, args.data_seed, size=size, flow=flow, diverse=True,
-                                    texture=texture)
+                                    texture=texture, oversample=finer)
     out_json = RESULTS / "recipe.json"
     doc = json.loads(out_json.read_text()) if out_json.exists() else {"runs": {}}
     if why := other_draw(doc, work / "data", out_json):
@@ -155,27 +168,29 @@ def main() -> None:
         _table(doc)
 
 
-def _kinds(names: Iterable[str]) -> list[tuple[str, int, str]]:
+def _kinds(names: Iterable[str]) -> list[tuple[str, int, str, int]]:
     """The features the variants ``names`` train on, and the recipe's own (the draw's summary is made on them)."""
     return sorted({FEATURES.get(n, DIS_112) for n in names if n in VARIANTS} | {DIS_112})
 
 
-def _features_folder(kind: tuple[str, int, str]) -> str:
-    flow, size, texture = kind
+def _features_folder(kind: tuple[str, int, str, int]) -> str:
+    flow, size, texture, finer = kind
     if kind == DIS_112:
         return "features"
-    return f"features-{flow}{'' if size == 112 else size}{'' if texture == 'apex' else '-' + texture}"
+    return (f"features-{flow}{'' if size == 112 else size}{'' if texture == 'apex' else '-' + texture}"
+            f"{'' if finer == 1 else f'-x{finer}'}")
 
 
-def _features_name(kind: tuple[str, int, str]) -> str:
+def _features_name(kind: tuple[str, int, str, int]) -> str:
     return _features_folder(kind).upper().replace("-", "_")
 
 
-def _prepare_command(kind: tuple[str, int, str]) -> str:
-    flow, size, texture = kind
+def _prepare_command(kind: tuple[str, int, str, int]) -> str:
+    flow, size, texture, finer = kind
     return " ".join(["edge-mer data prepare --dataset megc2019 --root DATA --flow", flow,
                      *([f"--size {size}"] if size != 112 else []),
-                     *([f"--texture {texture}"] if texture != "apex" else []), "--out", _features_name(kind)])
+                     *([f"--texture {texture}"] if texture != "apex" else []),
+                     *([f"--oversample {finer}"] if finer != 1 else []), "--out", _features_name(kind)])
 
 
 def _save(path: Path, doc: dict[str, Any]) -> None:
@@ -211,8 +226,9 @@ def _table(doc: dict[str, Any], quiet: bool = False) -> None:
              f"{', '.join(doc.get('faces', FIRST_FACES))}), "
              f"{doc.get('folds')} subject-disjoint folds (`train --protocol kfold`), DIS flow at S = 112 (other "
              "features where a variant says so), the last epoch's model. Each variant changes one thing of the "
-             "recipe. UF1 and UAR: mean ± standard deviation over the training seeds; ΔUF1: the mean of the "
-             "per-seed differences to the recipe on the same seeds (for the variants of STSTNet: to STSTNet). "
+             "recipe, or of the variant whose name its own extends (`a+b` of `a`). UF1 and UAR: mean ± standard "
+             "deviation over the training seeds; ΔUF1: the mean of the per-seed differences, on the same seeds, to "
+             "the variant it extends, else to the recipe (for the variants of STSTNet: to STSTNet). "
              f"Machine: {doc.get('machine')}, one thread per run. Training s: the "
              "whole run's, the folds an interrupted run kept included (≥ where some were kept without their time).",
              "",
@@ -223,7 +239,8 @@ def _table(doc: dict[str, Any], quiet: bool = False) -> None:
     for name in order:
         runs = sorted(by[name], key=lambda r: r["seed"])
         own = VARIANTS[name][0] if name in VARIANTS else "mmt_small"
-        reference = "recipe" if own == "mmt_small" or name == own else own
+        extends = [v for v in by if name.startswith(v + "+")]  # "a+b+c" changes one thing of "a+b"
+        reference = max(extends, key=len) if extends else "recipe" if own == "mmt_small" or name == own else own
         base = {r["seed"]: r["uf1"] for r in by.get(reference, [])}
         paired = [r["uf1"] - base[r["seed"]] for r in runs if r["seed"] in base]
         delta = "" if name == reference or not paired else f"{statistics.fmean(paired):+.4f}"

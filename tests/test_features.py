@@ -134,6 +134,22 @@ def test_difference_texture_keeps_the_motion_and_drops_the_face(cache, generated
                 progress=False)
 
 
+def test_oversampled_flow_keeps_the_texture_and_the_motion_units(cache, generated, tmp_path):
+    out = tmp_path / "finer"
+    run_cli("data", "prepare", "--dataset", "casme2", "--root", str(generated["casme2"]), "--out", str(out),
+            "--flow", "dis", "--oversample", "2", "--workers", "1", "--quiet", check=True)
+    plain, finer = FeatureSet.load(cache), FeatureSet.load(out)
+    assert json.loads((out / "config.json").read_text())["feature"]["oversample"] == 2
+    assert "oversample" not in json.loads((cache / "config.json").read_text())["feature"]  # caches from before stay
+    assert plain.ids == finer.ids and plain.motion.shape == finer.motion.shape
+    assert np.array_equal(plain.texture, finer.texture)
+    assert not np.array_equal(plain.motion, finer.motion)
+    # the same motion in the same units: the finer flow moves with the S crop's, pixel for pixel
+    u, w = plain.motion[:, :2].ravel(), finer.motion[:, :2].ravel()
+    assert np.corrcoef(u, w)[0, 1] > 0.7
+    assert 0.7 < np.abs(w).mean() / np.abs(u).mean() < 1.4
+
+
 def test_motion_apex_policy_finds_the_apex(generated, tmp_path):
     prepare("smic", generated["smic"], tmp_path / "smic", FeatureConfig(flow="dis", apex_policy="motion"),
             progress=False)

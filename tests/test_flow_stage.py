@@ -97,6 +97,55 @@ def test_a_head_moving_right_gives_positive_u(name, size):
     assert abs(np.median(motion[1, inner, inner])) < 0.1 * expected
 
 
+def test_a_finer_crop_averaged_back_is_the_crop_itself(scene):
+    """``FaceAlignment.finer``: each k x k block of the finer crop covers one pixel of the S crop, centred on it."""
+    onset, _, matrix = scene
+    gray = cv2.GaussianBlur(cv2.cvtColor(onset, cv2.COLOR_BGR2GRAY), (0, 0), 2.0)  # smooth: sampling aside
+    align = FaceAlignment(matrix, 112, "eyes", (0, 0, 1, 1))
+    for k in (2, 3):
+        fine = align.finer(k).crop(gray).astype(np.float32)
+        assert fine.shape == (112 * k, 112 * k)
+        pooled = fine.reshape(112, k, 112, k).mean((1, 3))
+        assert np.median(np.abs(pooled - align.crop(gray))) < 0.5  # half a grey level: the same pixels
+        shifted = FaceAlignment(matrix * k, 112 * k, "eyes", (0, 0, 1, 1)).crop(gray).astype(np.float32)
+        off = shifted.reshape(112, k, 112, k).mean((1, 3))  # without the half-pixel offset the blocks sit askew
+        assert np.median(np.abs(off - align.crop(gray))) > np.median(np.abs(pooled - align.crop(gray)))
+
+
+@pytest.mark.parametrize("name", ["reference", "opencv-dis"])
+def test_an_oversampled_stage_gives_the_motion_in_pixels_of_the_s_crop(name, scene):
+    """Flow computed on crops twice as fine and averaged back: the same (3, S, S) tensors in the same units as a
+    stage at S, made as the feature cache makes them with ``data prepare --oversample 2``."""
+    r = _renderer()
+    matrix = _matrix(r, 112)
+    stage = make_stage(name, 112, oversample=2)
+    assert stage.oversample == 2 and "oversample=2" in repr(stage)
+    motion, texture = stage(r.render({}), r.render({}, pose=Pose(tx=1.0)), matrix)
+    assert motion.shape == (3, 112, 112) and texture.shape == (1, 112, 112)
+    expected = 1.0 * float(np.hypot(*matrix[0, :2])) / FLOW_UNIT  # one frame pixel in units of the 112 crop
+    inner = slice(14, -14)
+    assert np.median(motion[0, inner, inner]) == pytest.approx(expected, abs=0.2 * expected)
+    onset, apex, _ = scene
+    motion, texture = stage(onset, apex, matrix)
+    align = FaceAlignment(matrix, 112, "eyes", (0, 0, 1, 1))
+    fine = align.finer(2)
+    a, b = (fine.crop(cv2.cvtColor(f, cv2.COLOR_BGR2GRAY)) for f in (onset, apex))
+    flow = tvl1(a, b) if name == "reference" else make_flow("dis")(a, b)
+    np.testing.assert_array_equal(motion, motion_tensor(flow, 2))
+    np.testing.assert_array_equal(texture, texture_tensor(align.crop(cv2.cvtColor(apex, cv2.COLOR_BGR2GRAY))))
+    with pytest.raises(UserError, match="computes the flow of S x S crops only"):
+        make_stage("cuda", 112, oversample=2)
+
+
+def test_motion_of_an_oversampled_flow_is_its_block_mean():
+    rng = np.random.default_rng(0)
+    flow = rng.normal(0, 1, (64, 64, 2)).astype(np.float32)
+    block = flow.reshape(32, 2, 32, 2, 2).mean((1, 3)) / 2  # in pixels of the 32-pixel crop
+    np.testing.assert_allclose(motion_tensor(flow, 2), motion_tensor(block), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="not of a square crop 3 times finer"):
+        motion_tensor(flow, 3)
+
+
 def test_stage_names():
     assert make_stage("reference", 64).name == "reference"
     assert make_stage("opencv").name == ("opencv-tvl1" if has_tvl1() else "opencv-dis")

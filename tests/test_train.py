@@ -171,7 +171,7 @@ def test_kfold_holds_out_whole_subjects_once_and_changes_reach_the_model(composi
     run_cli("train", "--features", str(composite_features), "--protocol", "split", "--out", str(tmp_path / "changed"),
             *TINY, "--epochs", "1", "--set", "dim=48", "--set", "heads=3", "--set", "motion_rms=0.2",
             "--set", "gain=[0.5, 2]", "--set", "class_weighting=false", "--set", "rotate=8",
-            "--set", "zoom=[0.9, 1.1]", "--set", "mixup=0.2", check=True)
+            "--set", "zoom=[0.9, 1.1]", "--set", "mixup=0.2", "--set", "label_smoothing=0.1", check=True)
     saved = torch.load(tmp_path / "changed" / "checkpoint.pt", weights_only=False)
     assert (saved["config"]["dim"], saved["config"]["heads"], saved["config"]["motion_rms"]) == (48, 3, 0.2)
     written = json.loads((tmp_path / "changed" / "run.json").read_text())
@@ -179,11 +179,13 @@ def test_kfold_holds_out_whole_subjects_once_and_changes_reach_the_model(composi
     assert written["run"]["train"]["gain"] == [0.5, 2] and written["run"]["train"]["class_weighting"] is False
     assert (written["run"]["train"]["rotate"], written["run"]["train"]["zoom"], written["run"]["train"]["mixup"]) == (
         8, [0.9, 1.1], 0.2)
+    assert written["run"]["train"]["label_smoothing"] == 0.1
     for setting, says in (("width=1", "--set width: no such setting; training: class_weighting, flip, gain"),
                           ("gain=2", "--set gain=2: expected a value like [0.8, 1.25]"),
                           ("epochs=3", "--set epochs: use --epochs"),
                           ("zoom=[1.2, 0.9]", "expected [low, high] with 0.5 <= low <= high <= 2"),
-                          ("heads=5", "width 48 is not divisible by 5 heads")):
+                          ("heads=5", "width 48 is not divisible by 5 heads"),
+                          ("label_smoothing=1", "label_smoothing=1: expected a share from 0 (off) to below 1")):
         proc = run_cli("train", "--features", str(composite_features), "--out", str(tmp_path / "bad"), *TINY,
                        "--set", "dim=48", "--set", setting)
         assert proc.returncode == 2 and says in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -186,7 +186,7 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     from edge_mer.features.prepare import FeatureConfig, prepare
 
     cfg = FeatureConfig(size=args.size, flow=args.flow, apex_policy=args.apex, landmarks=args.landmarks,
-                        detector=args.detector, texture=args.texture)
+                        detector=args.detector, texture=args.texture, oversample=args.oversample)
     workers = args.workers or os.cpu_count() or 1
     # a cache is resumed in place (no --force), but never written over the dataset it is made from
     check_folder(Path(args.out), inputs=[args.root, args.annotations], force=True)
@@ -245,6 +245,10 @@ def _data_parser(sub: Any) -> None:
     p.add_argument("--texture", choices=("apex", "difference"), default="apex",
                    help="texture input: the apex frame (default; what the device runtime computes) or the apex "
                         "minus the onset (for training experiments)")
+    p.add_argument("--oversample", type=at_least(1), default=1, metavar="K",
+                   help="compute the flow on crops K times finer (K S x K S) and average it back to S x S: motion "
+                        "of a pixel or less spans K times the pixels there (default 1; a model trained so asks the "
+                        "device for the same, at about K x K times the flow's cost per spotted event)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_data_prepare)
 

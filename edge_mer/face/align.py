@@ -67,6 +67,12 @@ class FaceAlignment:
         return cv2.warpAffine(frame, self.matrix, (self.size, self.size), flags=cv2.INTER_LINEAR,
                               borderMode=cv2.BORDER_REPLICATE)
 
+    def finer(self, k: int) -> FaceAlignment:
+        """The same crop k times finer ((kS, kS)): each k x k block of it covers one pixel of this crop, so a
+        block's mean lands on that pixel's centre."""
+        return FaceAlignment(finer_matrix(self.matrix, k), self.size * k, self.method, self.box, self.eyes,
+                             self.points, self.face)
+
     def to_dict(self) -> dict[str, Any]:
         return {"matrix": self.matrix.tolist(), "size": self.size, "method": self.method,
                 "box": list(self.box), "eyes": [list(e) for e in self.eyes] if self.eyes else None,
@@ -80,6 +86,13 @@ class FaceAlignment:
         m = self.matrix
         return {k: (float(m[0, 0] * x + m[0, 1] * y + m[0, 2]), float(m[1, 0] * x + m[1, 1] * y + m[1, 2]))
                 for k, (x, y) in self.points.items()}
+
+
+def finer_matrix(matrix: np.ndarray, k: int) -> np.ndarray:
+    """The 2x3 frame -> crop matrix of a crop k times finer than ``matrix``'s (see ``FaceAlignment.finer``)."""
+    m = np.asarray(matrix, np.float64) * k
+    m[:, 2] += (k - 1) / 2
+    return m
 
 
 def _similarity(mid: np.ndarray, iod: float, angle_deg: float, size: int) -> np.ndarray:

@@ -67,12 +67,16 @@ class FeatureConfig:
     detector: str = "mesh"  # the face detector of the onset frame's alignment: "mesh" or "haar"
     version: int = CACHE_VERSION
     texture: str = "apex"  # the texture input: the apex frame, or "difference" (apex minus onset)
+    oversample: int = 1  # k > 1: the flow of crops k times finer, averaged back to S (normalise.motion_tensor)
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields; ``texture`` only when it is not the apex, so caches from before it existed stay valid."""
+        """The fields; ``texture`` and ``oversample`` only when they are not the default, so caches from before
+        they existed stay valid."""
         d = asdict(self)
         if d["texture"] == "apex":
             del d["texture"]
+        if d["oversample"] == 1:
+            del d["oversample"]
         return d
 
 
@@ -215,8 +219,14 @@ def compute(record: dict[str, Any], out_path: str, key: str = "") -> dict[str, A
         apex_n, apex_path = s.apex, s.apex_path or ""
         if apex_n is None:
             apex_n, apex_path = _apex_by_motion(s, onset_crop, align)
-        apex_crop = align.crop(_read_gray(apex_path))
-        motion = motion_tensor(flow(onset_crop, apex_crop))
+        apex_frame = _read_gray(apex_path)
+        apex_crop = align.crop(apex_frame)
+        k = _STATE["cfg"].oversample
+        if k > 1:
+            fine = align.finer(k)
+            motion = motion_tensor(flow(fine.crop(onset), fine.crop(apex_frame)), k)
+        else:
+            motion = motion_tensor(flow(onset_crop, apex_crop))
         if _STATE["cfg"].texture == "difference":
             texture = difference_tensor(onset_crop, apex_crop)
         else:
@@ -369,7 +379,7 @@ def _write_index(out: Path, index: DatasetIndex, rows: dict[str, dict[str, Any]]
 def prepare_synthetic_composite(data: Path, out: Path, subjects: int, clips_per_subject: int, seed: int,
                                 size: int = 112, flow: str = "dis", diverse: bool = False,
                                 texture: str = "apex", nuisances: Nuisances | None = None,
-                                diversity: Diversity | None = None) -> PrepareSummary:
+                                diversity: Diversity | None = None, oversample: int = 1) -> PrepareSummary:
     """Render the synthetic MEGC2019 composite into ``data`` (unless it is there) and prepare its features.
 
     What the demo model, the ablation, the INT8 and the recognition benchmarks train on: one call, so they
@@ -399,5 +409,5 @@ def prepare_synthetic_composite(data: Path, out: Path, subjects: int, clips_per_
         if nuisances is not None:
             cfg = replace(cfg, nuisances=nuisances)
         write_dataset(cfg, data)
-    return prepare("megc2019", data, out, FeatureConfig(size=size, flow=flow, texture=texture),
+    return prepare("megc2019", data, out, FeatureConfig(size=size, flow=flow, texture=texture, oversample=oversample),
                    workers=os.cpu_count() or 1)

@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 import cv2
 import numpy as np
 
-from edge_mer.face.align import FaceAlignment
+from edge_mer.face.align import FaceAlignment, finer_matrix
 from edge_mer.flow.normalise import motion_tensor, texture_tensor
 
 
@@ -36,25 +36,32 @@ class FlowStage(ABC):
 
     name: str = ""
 
-    def __init__(self, size: int = 112) -> None:
+    def __init__(self, size: int = 112, oversample: int = 1) -> None:
         self.size = size
+        self.oversample = oversample  # flow on crops this many times finer, averaged back to S (motion_tensor)
 
     @abstractmethod
     def flow(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
         """(H, W, 2) float32 flow first -> second, in pixels, between two grey uint8 images of one size."""
 
-    def crop(self, frame: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-        """(S, S) uint8 grey crop, identical to the feature cache's."""
+    def crop(self, frame: np.ndarray, matrix: np.ndarray, size: int | None = None) -> np.ndarray:
+        """(S, S) uint8 grey crop (``size``: another side), identical to the feature cache's."""
         m = np.asarray(matrix, np.float64)
         if m.shape != (2, 3):
             raise ValueError(f"the face transform must be a 2x3 matrix, got shape {m.shape}")
-        return FaceAlignment(m, self.size, "matrix", (0, 0, 0, 0)).crop(to_gray(frame))
+        return FaceAlignment(m, size or self.size, "matrix", (0, 0, 0, 0)).crop(to_gray(frame))
 
     def __call__(self, onset: np.ndarray, apex: np.ndarray, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        first = self.crop(onset, matrix)
         second = self.crop(apex, matrix)
-        return motion_tensor(self.flow(first, second)), texture_tensor(second)
+        if self.oversample > 1:
+            fine = finer_matrix(matrix, self.oversample)
+            size = self.size * self.oversample
+            flow = self.flow(self.crop(onset, fine, size), self.crop(apex, fine, size))
+        else:
+            flow = self.flow(self.crop(onset, matrix), second)
+        return motion_tensor(flow, self.oversample), texture_tensor(second)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, size={self.size})"
+        finer = f", oversample={self.oversample}" if self.oversample > 1 else ""
+        return f"{type(self).__name__}(name={self.name!r}, size={self.size}{finer})"
 

@@ -740,9 +740,9 @@ class CudaStage(FlowStage):
             self.ctx.pop()
         return self._motion.copy(), self._texture.copy()
 
-    def crop(self, frame: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    def crop(self, frame: np.ndarray, matrix: np.ndarray, size: int | None = None) -> np.ndarray:
         """(S, S) uint8 grey crop as the GPU makes it (``reference.crop_gray``)."""
-        return crop_gray(to_gray(frame), np.asarray(matrix, np.float64), self.size).astype(np.uint8)
+        return crop_gray(to_gray(frame), np.asarray(matrix, np.float64), size or self.size).astype(np.uint8)
 
     def flow(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
         """(H, W, 2) float32 raw flow between two grey images of one size (no crop), on the GPU."""

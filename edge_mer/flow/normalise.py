@@ -4,6 +4,8 @@
   ``FLOW_UNIT`` (2 px, the top of the micro-expression range), clipped to
   ``[-CLIP, CLIP]``;
 * strain: divided by ``STRAIN_UNIT``, clipped to ``[0, CLIP]``;
+* flow computed on a crop k times finer (features prepared with ``oversample``
+  k): averaged over k x k blocks to S x S first, the strain taken of the mean;
 * texture: grey level / 255, minus ``TEXTURE_MEAN``, divided by ``TEXTURE_STD``;
 * texture as a difference (features prepared with ``texture="difference"``): the
   apex's grey level minus the onset's, divided by ``DIFFERENCE_UNIT`` grey levels,
@@ -30,8 +32,19 @@ CONSTANTS = {"flow_unit_px_at_112": FLOW_UNIT, "strain_unit": STRAIN_UNIT, "text
              "texture_std": TEXTURE_STD, "clip": CLIP}
 
 
-def motion_tensor(flow: np.ndarray) -> np.ndarray:
-    """(3, S, S) float32: u, v, strain of an (S, S, 2) flow of an S-pixel crop."""
+def motion_tensor(flow: np.ndarray, oversample: int = 1) -> np.ndarray:
+    """(3, S, S) float32: u, v, strain of an (S, S, 2) flow of an S-pixel crop.
+
+    ``oversample`` k > 1: the flow is of a (kS, kS) crop k times finer (``FaceAlignment.finer``); it is
+    averaged over k x k blocks (in pixels of the S-pixel crop), and the strain is taken of that mean. Motion of
+    a pixel or less spans k times more pixels of the finer crop, where the flow resolves it better.
+    """
+    if oversample > 1:
+        k = oversample
+        side = flow.shape[0] // k
+        if flow.shape[:2] != (side * k, side * k):
+            raise ValueError(f"a flow of shape {flow.shape} is not of a square crop {k} times finer")
+        flow = flow.reshape(side, k, side, k, 2).mean((1, 3), dtype=np.float32) / np.float32(k)
     size = flow.shape[0]
     strain = optical_strain(flow)
     uv = flow * np.float32(112.0 / size / FLOW_UNIT)

@@ -26,8 +26,8 @@ class ReferenceStage(FlowStage):
 
     name = "reference"
 
-    def __init__(self, size: int = 112, params: TVL1Params | None = None) -> None:
-        super().__init__(size)
+    def __init__(self, size: int = 112, params: TVL1Params | None = None, oversample: int = 1) -> None:
+        super().__init__(size, oversample)
         self.params = params or TVL1Params()
 
     def flow(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
@@ -37,8 +37,8 @@ class ReferenceStage(FlowStage):
 class OpenCVStage(FlowStage):
     """OpenCV's TV-L1 (contrib) or DIS; ``auto`` takes TV-L1 when contrib is installed."""
 
-    def __init__(self, size: int = 112, method: str = "auto") -> None:
-        super().__init__(size)
+    def __init__(self, size: int = 112, method: str = "auto", oversample: int = 1) -> None:
+        super().__init__(size, oversample)
         if method == "auto":
             method = "tvl1" if has_tvl1() else "dis"
         if method == "tvl1" and not has_tvl1():
@@ -52,14 +52,19 @@ class OpenCVStage(FlowStage):
         return self._flow(first, second)
 
 
-def make_stage(name: str, size: int = 112) -> FlowStage:
-    """The flow stage called ``name`` (one of ``STAGES``) for S = ``size`` crops."""
+def make_stage(name: str, size: int = 112, oversample: int = 1) -> FlowStage:
+    """The flow stage called ``name`` (one of ``STAGES``) for S = ``size`` crops; ``oversample`` k: the flow
+    of crops k times finer, averaged back to S (``motion_tensor``), as features prepared with ``--oversample``."""
     if name == "reference":
-        return ReferenceStage(size)
+        return ReferenceStage(size, oversample=oversample)
     if name == "opencv":
-        return OpenCVStage(size, "auto")
+        return OpenCVStage(size, "auto", oversample)
     if name in ("opencv-tvl1", "opencv-dis"):
-        return OpenCVStage(size, name[len("opencv-"):])
+        return OpenCVStage(size, name[len("opencv-"):], oversample)
     if name == "cuda":
+        if oversample > 1:
+            raise UserError(f"the cuda flow stage computes the flow of S x S crops only; a model trained on flow "
+                            f"{oversample} times finer (data prepare --oversample {oversample}) runs opencv-dis "
+                            "or opencv-tvl1")
         return CudaStage(size)  # says in one line why it cannot run here
     raise UserError(f"unknown flow stage {name!r}; choose from {', '.join(STAGES)}")

@@ -66,6 +66,7 @@ def bench_loop(model: Path, backends: list[str] | None = None, flows: list[str] 
     from edge_mer.flow.stage import make_stage
     from edge_mer.runtime.loop import LoopConfig, Recognizer, run_loop
     from edge_mer.runtime.serve import LiveView
+    from edge_mer.runtime.session import model_meta, oversample
     from edge_mer.runtime.sources import open_source
 
     if flows is None:
@@ -74,12 +75,13 @@ def bench_loop(model: Path, backends: list[str] | None = None, flows: list[str] 
     rows = []
     for name, path, _ in _targets(model, backends, None):
         for flow in flows:
-            try:
-                stage = make_stage(flow)
+            be = open_backend(name, path, threads=threads, precision="file")
+            try:  # the model's own crop size and flow resolution
+                stage = make_stage(flow, be.size, oversample(model_meta(be)))
             except UserError as exc:
+                be.close()
                 print(f"bench: flow {flow} skipped: {exc}", file=sys.stderr)
                 continue
-            be = open_backend(name, path, threads=threads, precision="file")
             source = open_source(f"demo://?seconds={frames / 30 + 1:g}&fps=30&size=640x480&seed=0", realtime=False)
             writer = EventSinks(sinks or [], spool=spool, stdout=False)
             view = LiveView(("127.0.0.1", 0), fps=10.0, sinks=writer) if serve else None

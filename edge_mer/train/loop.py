@@ -10,7 +10,8 @@ expression would; a rotation and a zoom (per sample, off by default) turn and
 scale both images as a tilted or nearer face would, and turn and scale the
 flow vectors with them (strain, a magnitude of flow derivatives, keeps its
 value under both); mixup (off by default) blends pairs of samples and their
-class targets.
+class targets; label smoothing (off by default) spreads a share of each target
+over the classes, for annotations that are sometimes wrong.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class TrainConfig:
     rotate: float = 0.0  # degrees: each sample turned by an angle drawn from [-rotate, rotate]
     zoom: tuple[float, float] = (1.0, 1.0)  # each sample scaled by a factor drawn from this range
     mixup: float = 0.0  # > 0: each sample blended with another of its batch, share drawn from Beta(mixup, mixup)
+    label_smoothing: float = 0.0  # share of each target spread evenly over the classes (for annotations that err)
 
     def __post_init__(self) -> None:
         if not 0 <= self.rotate <= 45:
@@ -53,6 +55,8 @@ class TrainConfig:
             raise UserError(f"zoom={list(self.zoom)}: expected [low, high] with 0.5 <= low <= high <= 2")
         if self.mixup < 0:
             raise UserError(f"mixup={self.mixup}: expected 0 (off) or a positive Beta parameter")
+        if not 0 <= self.label_smoothing < 1:
+            raise UserError(f"label_smoothing={self.label_smoothing}: expected a share from 0 (off) to below 1")
 
 
 def augment(motion: torch.Tensor, texture: torch.Tensor, cfg: TrainConfig,
@@ -180,7 +184,8 @@ def train_model(model_cfg: MMTConfig, cfg: TrainConfig, motion: np.ndarray, text
                 g["lr"] = _lr_at(step, total, cfg.warmup_epochs * steps_per_epoch, cfg.lr)
             logits, contrast = net(m, t)
             members = logits if logits.dim() == 3 else logits[None]  # an Ensemble's members: each its own loss
-            loss = sum((F.cross_entropy(x, target, weight=weights) for x in members), contrast.new_zeros(()))
+            loss = sum((F.cross_entropy(x, target, weight=weights, label_smoothing=cfg.label_smoothing)
+                        for x in members), contrast.new_zeros(()))
             loss = loss + model_cfg.contrastive_weight * contrast
             opt.zero_grad(set_to_none=True)
             loss.backward()
