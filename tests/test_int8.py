@@ -279,6 +279,16 @@ def test_cpu_auto_precision_timed_while_busy_is_timed_again_when_idle(chain, tmp
     ortb.OnnxRuntimeBackend(chain["fp32"], threads=1, precision="auto")
     (entry,) = json.loads(cache.read_text()).values()
     assert entry["busy"] is False and entry["ms"]["fp32"] != 9.0
+    # so is one timed idle in turns of one call (before "turn" was recorded), which charged the second file
+    del entry["turn"]
+    entry["ms"]["fp32"] = 9.0
+    cache.write_text(json.dumps({k: entry for k in json.loads(cache.read_text())}))
+    monkeypatch.setattr(ortb, "other_load", lambda: 1.5)
+    assert "timed in turns of 1 call, to be timed again" in ortb.OnnxRuntimeBackend(chain["fp32"], threads=1).describe()
+    monkeypatch.setattr(ortb, "other_load", lambda: 0.1)
+    ortb.OnnxRuntimeBackend(chain["fp32"], threads=1, precision="auto")
+    (entry,) = json.loads(cache.read_text()).values()
+    assert entry["turn"] == ortb.TURN and entry["ms"]["fp32"] != 9.0
 
 
 def test_bad_inputs_give_one_line(chain, tmp_path):

@@ -35,6 +35,7 @@ from edge_mer.runtime.timing import call_times_ms, interleaved_times_ms, other_l
 PRECISIONS = ("auto", "file", "fp32", "int8")
 PRECISION_CACHE = "precision.json"  # in the cache folder: the faster precision per model pair and CPU
 BUSY = 0.5  # other runnable tasks per core from which a timing is provisional (timed again when idle)
+TURN = 10  # calls of each file per turn when the pair is timed (entries timed otherwise are timed again)
 
 
 def cpu_name() -> str:
@@ -104,8 +105,9 @@ def _failure(art: Artifact) -> str:
 
 def _provisional(choice: dict) -> bool:
     """Whether a kept precision choice is to be timed again at an idle start: it was timed with the machine busy,
-    or kept before the load was recorded (no ``busy`` key)."""
-    return bool(choice.get("busy", True))
+    kept before the load was recorded (no ``busy`` key), or timed in turns of another length (turns of one call,
+    before ``turn`` was recorded, charged the second file for the handover)."""
+    return bool(choice.get("busy", True)) or choice.get("turn") != TURN
 
 
 class OnnxRuntimeBackend(Backend):
@@ -158,10 +160,11 @@ class OnnxRuntimeBackend(Backend):
             self._timed = {a.path: make_session(a.path, threads, a.size) for a in pair.values()}
             # turns of 10 calls: a session's first calls after the other one's run slower for a while
             times = interleaved_times_ms({p: _one_sample(self._timed[a.path], a.size) for p, a in pair.items()},
-                                         runs=40, block=10)
+                                         runs=4 * TURN, block=TURN)
             ms = {p: round(float(np.median(v)), 3) for p, v in times.items()}
             choice = {"choice": min(ms, key=lambda p: ms[p]), "ms": ms,
-                      "cpu": cpu_name(), "measured": time.strftime("%Y-%m-%dT%H:%M:%S"), "busy": not idle}
+                      "cpu": cpu_name(), "measured": time.strftime("%Y-%m-%dT%H:%M:%S"), "busy": not idle,
+                      "turn": TURN}
             if load is not None:
                 choice["other_load"] = round(load, 2)
             keep(PRECISION_CACHE, key, choice)
@@ -180,6 +183,12 @@ class OnnxRuntimeBackend(Backend):
             ms = ", ".join(f"{p} {v:.2f} ms" for p, v in sorted(self.choice["ms"].items()))
             why = f", the faster here: {ms}"
             if _provisional(self.choice):
-                how = "with the machine busy" if self.choice.get("busy") else "under a load not recorded"
+                if self.choice.get("busy"):
+                    how = "with the machine busy"
+                elif "busy" not in self.choice:
+                    how = "under a load not recorded"
+                else:
+                    turn = self.choice.get("turn", 1)
+                    how = f"in turns of {turn} call{'' if turn == 1 else 's'}"
                 why += f"; timed {how}, to be timed again at an idle start"
         return f"onnxruntime {_ort().__version__} ({self.precision}, {self.artifact.path.name}{why})"
