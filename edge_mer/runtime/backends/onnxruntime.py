@@ -158,7 +158,7 @@ class OnnxRuntimeBackend(Backend):
         idle = load is None or load < BUSY
         if choice is None or choice.get("choice") not in pair or (_provisional(choice) and idle):
             self._timed = {a.path: make_session(a.path, threads, a.size) for a in pair.values()}
-            # turns of 10 calls: a session's first calls after the other one's run slower for a while
+            # turns of TURN calls: a session's first calls after the other one's run slower for a while
             times = interleaved_times_ms({p: _one_sample(self._timed[a.path], a.size) for p, a in pair.items()},
                                          runs=4 * TURN, block=TURN)
             ms = {p: round(float(np.median(v)), 3) for p, v in times.items()}
