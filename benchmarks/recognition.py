@@ -195,19 +195,20 @@ def retime(models: list[str], folder: Path, runs: int = 300, threads: int = 2) -
     (the first calls after another model's run slower for a while: its threads still spin, its weights fill the
     caches) so that load which comes and goes falls on all alike. Medians and 95th percentiles."""
     load = os.getloadavg()[0]
+    block = min(50, runs)
+    folder.mkdir(parents=True, exist_ok=True)
     calls = {}
     for m in models:
         name, ablation = _name_and_ablation(m)
         cfg = model_config(name, ablation=ablation)
         torch.manual_seed(0)
         path = folder / f"{m}-architecture.onnx"
-        folder.mkdir(parents=True, exist_ok=True)
         write_onnx(build_model(cfg).eval(), cfg.size, path)
         sess = make_session(path, threads=threads)
         motion, texture = sample_inputs(1, cfg.size)
         calls[m] = (lambda s=sess, a=motion, b=texture: s.run(None, {"motion": a, "texture": b}))
-    times = interleaved_times_ms(calls, runs, warmup=20, block=min(50, runs))
-    return {"date": dt.date.today().isoformat(), "runs": runs, "block": min(50, runs), "threads": threads,
+    times = interleaved_times_ms(calls, runs, warmup=20, block=block)
+    return {"date": dt.date.today().isoformat(), "runs": runs, "block": block, "threads": threads,
             "load_average_before": round(load, 2),
             "ms": {m: percentiles(t, (50, 95)) for m, t in times.items()}}
 
