@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from edge_mer.atomic import write_text
 from edge_mer.errors import script_main
@@ -84,6 +84,16 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
                                        "motion-only+ststnet on DIS flow of crops twice as fine (224 pixels) averaged "
                                        "back to 112 (`--oversample 2`): a weak mover's motion spans twice the "
                                        "pixels where the flow is computed"),
+    "motion-only+ststnet+apex-by-motion": ("mmt_small", {}, {"modalities": ("motion",), "ensemble_with": "ststnet"},
+                                           "motion-only+ststnet with the apex of clips that have none annotated "
+                                           "(the SMIC-like third) found by motion (`--apex motion`: the frame "
+                                           "whose face moved most from the onset's, measured on the spotter's "
+                                           "facial parts) instead of the middle frame"),
+    "motion-only+ststnet+head-removed": ("mmt_small", {}, {"modalities": ("motion",), "ensemble_with": "ststnet"},
+                                         "motion-only+ststnet on flow less the head's own motion (`--head removed`: "
+                                         "an affine motion fitted robustly inside the face, as the spotter removes "
+                                         "it): a head that drifts or turns between onset and apex moves the whole "
+                                         "crop by as much as a weak expression"),
     "texture-difference": ("mmt_small", {}, {}, "texture input: apex minus onset grey level instead of the apex "
                                                 "frame, which carries the subject's identity"),
     "motion-rms": ("mmt_small", {}, {"motion_rms": 0.2}, "each sample's flow scaled to RMS 0.2 units (the "
@@ -97,11 +107,26 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
     "ststnet-dis224": ("ststnet", {}, {}, "STSTNet on DIS flow of a 224-pixel crop (the motion of weak movers "
                                           "spans twice the pixels)"),
 }
-# the features (flow, crop size, texture, oversample) a variant trains on unless FEATURES names others
-DIS_112 = ("dis", 112, "apex", 1)
-FEATURES = {"tvl1": ("tvl1", 112, "apex", 1), "ststnet-tvl1": ("tvl1", 112, "apex", 1),
-            "ststnet-dis224": ("dis", 224, "apex", 1), "texture-difference": ("dis", 112, "difference", 1),
-            "motion-only+ststnet+finer-flow": ("dis", 112, "apex", 2)}
+
+
+class Kind(NamedTuple):
+    """The features a variant trains on: ``data prepare``'s flow, crop size, texture, oversampling and the
+    apex policy for clips without an annotated apex (the SMIC-like third)."""
+
+    flow: str = "dis"
+    size: int = 112
+    texture: str = "apex"
+    oversample: int = 1
+    apex: str = "middle"
+    head: str = "kept"
+
+
+DIS_112 = Kind()
+# the features a variant trains on unless DIS_112
+FEATURES = {"tvl1": Kind("tvl1"), "ststnet-tvl1": Kind("tvl1"), "ststnet-dis224": Kind(size=224),
+            "texture-difference": Kind(texture="difference"), "motion-only+ststnet+finer-flow": Kind(oversample=2),
+            "motion-only+ststnet+apex-by-motion": Kind(apex="motion"),
+            "motion-only+ststnet+head-removed": Kind(head="removed")}
 
 
 def run_variant(name: str, seed: int, features: str, epochs: int, work: str) -> dict[str, Any]:
@@ -138,9 +163,10 @@ def main() -> None:
         ap.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     work = Path(args.work)
     feats = {kind: work / _features_folder(kind) for kind in _kinds(names)}
-    for (flow, size, texture, finer), path in feats.items():
-        prepare_synthetic_composite(work / "data", path, 0, 0, args.data_seed, size=size, flow=flow, diverse=True,
-                                    texture=texture, oversample=finer)
+    for kind, path in feats.items():
+        prepare_synthetic_composite(work / "data", path, 0, 0, args.data_seed, size=kind.size, flow=kind.flow,
+                                    diverse=True, texture=kind.texture, oversample=kind.oversample, apex=kind.apex,
+                                    head=kind.head)
     out_json = RESULTS / "recipe.json"
     doc = json.loads(out_json.read_text()) if out_json.exists() else {"runs": {}}
     if why := other_draw(doc, work / "data", out_json):
@@ -168,29 +194,32 @@ def main() -> None:
         _table(doc)
 
 
-def _kinds(names: Iterable[str]) -> list[tuple[str, int, str, int]]:
+def _kinds(names: Iterable[str]) -> list[Kind]:
     """The features the variants ``names`` train on, and the recipe's own (the draw's summary is made on them)."""
     return sorted({FEATURES.get(n, DIS_112) for n in names if n in VARIANTS} | {DIS_112})
 
 
-def _features_folder(kind: tuple[str, int, str, int]) -> str:
-    flow, size, texture, finer = kind
+def _features_folder(kind: Kind) -> str:
     if kind == DIS_112:
         return "features"
-    return (f"features-{flow}{'' if size == 112 else size}{'' if texture == 'apex' else '-' + texture}"
-            f"{'' if finer == 1 else f'-x{finer}'}")
+    return (f"features-{kind.flow}{'' if kind.size == 112 else kind.size}"
+            f"{'' if kind.texture == 'apex' else '-' + kind.texture}"
+            f"{'' if kind.oversample == 1 else f'-x{kind.oversample}'}"
+            f"{'' if kind.apex == 'middle' else f'-apex-{kind.apex}'}"
+            f"{'' if kind.head == 'kept' else f'-head-{kind.head}'}")
 
 
-def _features_name(kind: tuple[str, int, str, int]) -> str:
+def _features_name(kind: Kind) -> str:
     return _features_folder(kind).upper().replace("-", "_")
 
 
-def _prepare_command(kind: tuple[str, int, str, int]) -> str:
-    flow, size, texture, finer = kind
-    return " ".join(["edge-mer data prepare --dataset megc2019 --root DATA --flow", flow,
-                     *([f"--size {size}"] if size != 112 else []),
-                     *([f"--texture {texture}"] if texture != "apex" else []),
-                     *([f"--oversample {finer}"] if finer != 1 else []), "--out", _features_name(kind)])
+def _prepare_command(kind: Kind) -> str:
+    return " ".join(["edge-mer data prepare --dataset megc2019 --root DATA --flow", kind.flow,
+                     *([f"--size {kind.size}"] if kind.size != 112 else []),
+                     *([f"--texture {kind.texture}"] if kind.texture != "apex" else []),
+                     *([f"--oversample {kind.oversample}"] if kind.oversample != 1 else []),
+                     *([f"--apex {kind.apex}"] if kind.apex != "middle" else []),
+                     *([f"--head {kind.head}"] if kind.head != "kept" else []), "--out", _features_name(kind)])
 
 
 def _save(path: Path, doc: dict[str, Any]) -> None:

@@ -116,14 +116,23 @@ def test_workers_do_not_change_the_features(cache, generated, tmp_path):
     assert np.array_equal(a.motion, b.motion) and np.array_equal(a.texture, b.texture)
 
 
-def test_difference_texture_keeps_the_motion_and_drops_the_face(cache, generated, tmp_path):
-    out = tmp_path / "difference"
+def _prepared_with(cache: Path, generated: dict[str, Path], out: Path, option: str, value: str
+                   ) -> tuple[FeatureSet, FeatureSet]:
+    """The fixture's cache and one made by ``data prepare --OPTION VALUE``, whose config records the option
+    (and the fixture's, made without it, does not: caches from before it existed stay valid)."""
     run_cli("data", "prepare", "--dataset", "casme2", "--root", str(generated["casme2"]), "--out", str(out),
-            "--flow", "dis", "--texture", "difference", "--workers", "1", "--quiet", check=True)
-    apex, diff = FeatureSet.load(cache), FeatureSet.load(out)
-    assert json.loads((out / "config.json").read_text())["feature"]["texture"] == "difference"
-    assert "texture" not in json.loads((cache / "config.json").read_text())["feature"]  # caches from before stay
-    assert apex.ids == diff.ids and np.array_equal(apex.motion, diff.motion)
+            "--flow", "dis", f"--{option}", value, "--workers", "1", "--quiet", check=True)
+    key = option.replace("-", "_")
+    assert str(json.loads((out / "config.json").read_text())["feature"][key]) == value
+    assert key not in json.loads((cache / "config.json").read_text())["feature"]
+    plain, variant = FeatureSet.load(cache), FeatureSet.load(out)
+    assert plain.ids == variant.ids
+    return plain, variant
+
+
+def test_difference_texture_keeps_the_motion_and_drops_the_face(cache, generated, tmp_path):
+    apex, diff = _prepared_with(cache, generated, tmp_path / "difference", "texture", "difference")
+    assert np.array_equal(apex.motion, diff.motion)
     # in grey levels: the apex frame is a face everywhere; its change from the onset is small over most of it
     face = np.abs(apex.texture - apex.texture.mean(axis=(2, 3), keepdims=True)).mean() * TEXTURE_STD * 255
     change = np.abs(diff.texture).mean() * DIFFERENCE_UNIT
@@ -135,19 +144,50 @@ def test_difference_texture_keeps_the_motion_and_drops_the_face(cache, generated
 
 
 def test_oversampled_flow_keeps_the_texture_and_the_motion_units(cache, generated, tmp_path):
-    out = tmp_path / "finer"
-    run_cli("data", "prepare", "--dataset", "casme2", "--root", str(generated["casme2"]), "--out", str(out),
-            "--flow", "dis", "--oversample", "2", "--workers", "1", "--quiet", check=True)
-    plain, finer = FeatureSet.load(cache), FeatureSet.load(out)
-    assert json.loads((out / "config.json").read_text())["feature"]["oversample"] == 2
-    assert "oversample" not in json.loads((cache / "config.json").read_text())["feature"]  # caches from before stay
-    assert plain.ids == finer.ids and plain.motion.shape == finer.motion.shape
+    plain, finer = _prepared_with(cache, generated, tmp_path / "finer", "oversample", "2")
+    assert plain.motion.shape == finer.motion.shape
     assert np.array_equal(plain.texture, finer.texture)
     assert not np.array_equal(plain.motion, finer.motion)
     # the same motion in the same units: the finer flow moves with the S crop's, pixel for pixel
     u, w = plain.motion[:, :2].ravel(), finer.motion[:, :2].ravel()
     assert np.corrcoef(u, w)[0, 1] > 0.7
     assert 0.7 < np.abs(w).mean() / np.abs(u).mean() < 1.4
+
+
+def test_the_head_s_own_motion_is_removed_and_the_expression_kept():
+    """``data prepare --head removed``: a head that shifts and turns between onset and apex moves the whole
+    crop by as much as a smile moves the mouth; without the head's fitted motion the forehead is still and
+    the mouth corners move as the smile alone moves them."""
+    from edge_mer.face import FaceAligner
+    from edge_mer.flow.head import without_head
+    from edge_mer.synth.aus import AUCode
+    from edge_mer.synth.faces import make_subject
+    from edge_mer.synth.render import FaceRenderer, Pose
+
+    r = FaceRenderer(make_subject(0, 0), (320, 240), 60.0, gray=True)
+    onset, smile = r.render({}), {AUCode(12): 1.5}
+    align = FaceAligner(112).align(onset, "onset")
+    dis, first = make_flow("dis"), align.crop(onset)
+    alone = dis(first, align.crop(r.render(smile)))
+    turned = dis(first, align.crop(r.render(smile, pose=Pose(tx=1.2, ty=-0.8, angle=1.0))))
+    kept = without_head(turned)
+    forehead = (slice(5, 20), slice(40, 72))
+    assert np.abs(turned[forehead]).mean() > 0.2 and np.abs(kept[forehead]).mean() < 0.05
+    for corner in ("mouth_corner_r", "mouth_corner_l"):
+        x, y = (int(round(v)) for v in align.crop_points()[corner])
+        near = (slice(y - 3, y + 4), slice(x - 3, x + 4))
+        smile_px = alone[near].reshape(-1, 2).mean(0)
+        assert np.linalg.norm(smile_px) > 0.4
+        assert np.linalg.norm(kept[near].reshape(-1, 2).mean(0) - smile_px) < 0.15
+        assert np.linalg.norm(turned[near].reshape(-1, 2).mean(0) - smile_px) > 0.5
+
+
+def test_a_cache_made_without_the_head_s_motion_says_so_and_keeps_the_texture(cache, generated, tmp_path):
+    kept, removed = _prepared_with(cache, generated, tmp_path / "still", "head", "removed")
+    assert np.array_equal(kept.texture, removed.texture)
+    # the whole crop's drift between onset and apex (the head's) is gone from every sample's flow
+    drift = np.abs(kept.motion[:, :2].mean((2, 3))).mean()
+    assert drift > 0.02 and np.abs(removed.motion[:, :2].mean((2, 3))).mean() < 0.3 * drift
 
 
 def test_motion_apex_policy_finds_the_apex(generated, tmp_path):
@@ -159,6 +199,22 @@ def test_motion_apex_policy_finds_the_apex(generated, tmp_path):
     errors = [abs(r["apex"] - truth[r["clip"]]) for r in rows]
     # tiny, noisy faces with blinks: most apexes within a frame or two of the truth
     assert np.median(errors) <= 1 and np.mean(np.array(errors) <= 2) >= 0.6
+
+
+def test_apexes_found_by_an_older_method_are_found_again(generated, tmp_path, monkeypatch):
+    """A feature cache keeps what it made, but a sample whose apex the motion policy chose is made again once
+    that method changes (its apex may be another frame); annotated apexes are kept."""
+    import edge_mer.features.prepare as prep
+
+    prepare("casme2", generated["casme2"], tmp_path / "c2", FeatureConfig(flow="dis", apex_policy="motion"),
+            progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "c2" / "index.jsonl").read_text().splitlines()]
+    chosen = sum(r["apex_source"] == "motion" for r in rows if r["status"] == "ok")
+    assert 0 < chosen < len(rows)  # the '/' apex cells, and annotated ones
+    monkeypatch.setattr(prep, "APEX_BY_MOTION", prep.APEX_BY_MOTION + 1)
+    again = prepare("casme2", generated["casme2"], tmp_path / "c2", FeatureConfig(flow="dis", apex_policy="motion"),
+                    progress=False)
+    assert again.stale == again.written == chosen and again.reused == len(rows) - chosen - again.skipped
 
 
 def test_missing_frames_are_skipped_and_said(tmp_path, generated):

@@ -19,6 +19,8 @@ from conftest import fake_nvcc, run_cli
 from edge_mer.cli.flow import add_parser
 from edge_mer.errors import UserError
 from edge_mer.face import CANONICAL_EYE_Y, CANONICAL_IOD, FaceAlignment
+from edge_mer.flow.base import MotionOptions
+from edge_mer.flow.head import without_head
 from edge_mer.flow.normalise import FLOW_UNIT, motion_tensor, texture_tensor
 from edge_mer.flow.opencv import has_tvl1, make_flow
 from edge_mer.flow.reference import tvl1
@@ -118,8 +120,8 @@ def test_an_oversampled_stage_gives_the_motion_in_pixels_of_the_s_crop(name, sce
     stage at S, made as the feature cache makes them with ``data prepare --oversample 2``."""
     r = _renderer()
     matrix = _matrix(r, 112)
-    stage = make_stage(name, 112, oversample=2)
-    assert stage.oversample == 2 and "oversample=2" in repr(stage)
+    stage = make_stage(name, 112, MotionOptions(oversample=2))
+    assert stage.options.oversample == 2 and "oversample=2" in repr(stage)
     motion, texture = stage(r.render({}), r.render({}, pose=Pose(tx=1.0)), matrix)
     assert motion.shape == (3, 112, 112) and texture.shape == (1, 112, 112)
     expected = 1.0 * float(np.hypot(*matrix[0, :2])) / FLOW_UNIT  # one frame pixel in units of the 112 crop
@@ -133,8 +135,30 @@ def test_an_oversampled_stage_gives_the_motion_in_pixels_of_the_s_crop(name, sce
     flow = tvl1(a, b) if name == "reference" else make_flow("dis")(a, b)
     np.testing.assert_array_equal(motion, motion_tensor(flow, 2))
     np.testing.assert_array_equal(texture, texture_tensor(align.crop(cv2.cvtColor(apex, cv2.COLOR_BGR2GRAY))))
-    with pytest.raises(UserError, match="computes the flow of S x S crops only"):
-        make_stage("cuda", 112, oversample=2)
+    with pytest.raises(UserError, match=r"plain flow of S x S crops; .*other flow \(flow 2x finer\)"):
+        make_stage("cuda", 112, MotionOptions(oversample=2))
+
+
+@pytest.mark.parametrize("name", ["reference", "opencv-dis"])
+def test_a_stage_without_the_head_s_motion_gives_what_the_cache_gave(name, scene):
+    """A model trained on ``data prepare --head removed`` features gets flow without the head's motion on the
+    device too: the stage's tensors are the cache's, made from the same crops; the head's shift is gone."""
+    r = _renderer()
+    matrix = _matrix(r, 112)
+    stage = make_stage(name, 112, MotionOptions(head="removed"))
+    moved, _ = stage(r.render({}), r.render({}, pose=Pose(tx=1.0)), matrix)  # the head alone moves
+    plain, _ = make_stage(name, 112)(r.render({}), r.render({}, pose=Pose(tx=1.0)), matrix)
+    inner = slice(14, -14)
+    assert np.median(plain[0, inner, inner]) > 0.2 and np.abs(np.median(moved[0, inner, inner])) < 0.02
+    onset, apex, _ = scene
+    motion, texture = stage(onset, apex, matrix)
+    align = FaceAlignment(matrix, 112, "eyes", (0, 0, 1, 1))
+    a, b = (align.crop(cv2.cvtColor(f, cv2.COLOR_BGR2GRAY)) for f in (onset, apex))
+    flow = tvl1(a, b) if name == "reference" else make_flow("dis")(a, b)
+    np.testing.assert_array_equal(motion, motion_tensor(without_head(flow)))
+    np.testing.assert_array_equal(texture, texture_tensor(b))
+    with pytest.raises(UserError, match=r"plain flow of S x S crops; .*other flow \(head motion removed\)"):
+        make_stage("cuda", 112, MotionOptions(head="removed"))
 
 
 def test_motion_of_an_oversampled_flow_is_its_block_mean():

@@ -302,7 +302,9 @@ def test_auto_flow_follows_the_model_and_falls_back_from_cuda(capsys):
     cpu_tvl1 = "opencv-tvl1" if has_tvl1() else "opencv-dis"
     assert pick_flow("auto", tvl1_model) == ("cuda" if cuda_unavailable() is None else cpu_tvl1)
     finer = {"features": {"feature": {"flow": "tvl1", "oversample": 2}}}
-    assert pick_flow("auto", finer) == cpu_tvl1  # the CUDA stage computes the flow at S only
+    assert pick_flow("auto", finer) == cpu_tvl1  # the CUDA stage computes the plain flow at S only
+    still = {"features": {"feature": {"flow": "tvl1", "head": "removed"}}}
+    assert pick_flow("auto", still) == cpu_tvl1
     if cuda_unavailable() is not None:
         name, stage = open_stage("auto", "cuda", 112)  # as if the CUDA stage had looked usable
         assert name == cpu_tvl1 and stage.name == cpu_tvl1 and stage.size == 112
@@ -327,20 +329,23 @@ def test_a_model_trained_on_difference_textures_is_refused(tmp_path):
     assert errors[0].startswith("edge-mer: error: the model was trained on difference textures")
 
 
-def test_a_model_trained_on_finer_flow_gets_finer_flow(tmp_path):
+@pytest.mark.parametrize(("option", "value", "says"), [("oversample", 2, "flow 2x finer"),
+                                                       ("head", "removed", "head motion removed")])
+def test_a_model_trained_on_other_flow_gets_that_flow(tmp_path, option, value, says):
     """A model trained on features of ``data prepare --oversample 2`` is given flow computed on crops twice as fine
-    and averaged back, as it was trained; the run says so on its first line."""
+    and averaged back, one of ``--head removed`` flow without the head's motion, as it was trained; the run says
+    so on its first line."""
     from edge_mer.runtime.artifact import default_model, sidecar_path
 
-    model = tmp_path / "finer.onnx"
+    model = tmp_path / "other.onnx"
     shutil.copy(default_model(), model)
     meta = json.loads(sidecar_path(default_model()).read_text())
-    meta["features"]["feature"]["oversample"] = 2
+    meta["features"]["feature"][option] = value
     sidecar_path(model).write_text(json.dumps(meta))
     proc = run_cli("run", "--demo", "--model", str(model), "--max-frames", "300", "--quiet",
                    "--json-summary", str(tmp_path / "s.json"))
     assert proc.returncode == 0, proc.stderr
-    assert "-> opencv-dis (flow 2x finer) ->" in proc.stderr
+    assert f"-> opencv-dis ({says}) ->" in proc.stderr
     assert json.loads((tmp_path / "s.json").read_text())["frames"] == 300
 
 

@@ -541,3 +541,33 @@ def test_a_plot_that_cannot_be_written_is_refused_before_the_video_is_read(tmp_p
     proc = run_cli("spot", "--video", str(tmp_path / "no-such-video.mp4"), "--plot", str(tmp_path / plot))
     # the plot is checked first: the missing video is not even looked at
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and says in proc.stderr
+
+
+def test_the_apex_by_motion_is_the_expression_not_a_blink_beside_it():
+    """``data prepare --apex motion`` (SMIC-HS, CASME II's '/' apex cells) takes the apex from
+    ``apex_index``: in clips where the subject blinks after a faint smile (1 px at 112, sensor noise, the head
+    drifting), the face as a whole moves most on the blink, yet the apex found is the smile's."""
+    from edge_mer.face import FaceAligner
+    from edge_mer.flow.opencv import make_flow
+    from edge_mer.spot.signal import apex_index
+    from edge_mer.synth.aus import AUCode
+    from edge_mer.synth.faces import make_subject
+    from edge_mer.synth.render import FaceRenderer, Nuisances
+    from edge_mer.synth.timeline import PlannedExpression, render_sequence
+
+    smile = PlannedExpression("micro", 0, 14, 40, (AUCode(12),), 1.0, "happiness")
+    blink = PlannedExpression("blink", 24, 28, 36, (AUCode(43),), 1.0, "blink")
+    renderer = FaceRenderer(make_subject(0, 0), (320, 240), 60.0, gray=True)
+    dis = make_flow("dis")
+    on_blink, on_smile = 0, 0
+    for seed in range(6):
+        frames = list(render_sequence(renderer, [smile, blink], 41, 100.0, Nuisances(macro=False),
+                                      np.random.default_rng(seed)))
+        align = FaceAligner(112).align(frames[0], "onset")
+        crops = [align.crop(f) for f in frames]
+        # a face-wide measure: the 95th percentile of the flow with its median (the head's drift) removed
+        flows = [dis(crops[0], c) for c in crops[1:]]
+        face_wide = [np.percentile(np.linalg.norm(f - np.median(f.reshape(-1, 2), 0), axis=-1), 95) for f in flows]
+        on_blink += blink.onset <= 1 + int(np.argmax(face_wide)) <= blink.offset
+        on_smile += smile.intensity(1 + apex_index(crops[0], crops[1:], align.crop_points())) >= 0.9
+    assert on_blink >= 5 and on_smile >= 5, (on_blink, on_smile)

@@ -186,7 +186,8 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     from edge_mer.features.prepare import FeatureConfig, prepare
 
     cfg = FeatureConfig(size=args.size, flow=args.flow, apex_policy=args.apex, landmarks=args.landmarks,
-                        detector=args.detector, texture=args.texture, oversample=args.oversample)
+                        detector=args.detector, texture=args.texture, oversample=args.oversample,
+                        head=args.head)
     workers = args.workers or os.cpu_count() or 1
     # a cache is resumed in place (no --force), but never written over the dataset it is made from
     check_folder(Path(args.out), inputs=[args.root, args.annotations], force=True)
@@ -249,6 +250,9 @@ def _data_parser(sub: Any) -> None:
                    help="compute the flow on crops K times finer (K S x K S) and average it back to S x S: motion "
                         "of a pixel or less spans K times the pixels there (default 1; a model trained so asks the "
                         "device for the same, at about K x K times the flow's cost per spotted event)")
+    p.add_argument("--head", choices=("kept", "removed"), default="kept",
+                   help="the head's own motion between onset and apex: kept in the flow (default) or removed (an "
+                        "affine motion fitted robustly inside the face and subtracted)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_data_prepare)
 

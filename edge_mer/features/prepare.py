@@ -44,9 +44,11 @@ from edge_mer.data.records import DatasetIndex, Sample
 from edge_mer.errors import UserError
 from edge_mer.face import FaceAligner
 from edge_mer.features.cache import SampleFile, SampleFileError, read_sample
-from edge_mer.flow.normalise import CONSTANTS, difference_tensor, motion_tensor, texture_tensor
+from edge_mer.flow.base import HEAD_CHOICES, MotionOptions
+from edge_mer.flow.normalise import CONSTANTS, difference_tensor, texture_tensor
 from edge_mer.flow.opencv import make_flow
 from edge_mer.runtime.frames import list_frames
+from edge_mer.spot.signal import apex_index
 
 if TYPE_CHECKING:
     from edge_mer.synth.diversity import Diversity
@@ -68,15 +70,15 @@ class FeatureConfig:
     version: int = CACHE_VERSION
     texture: str = "apex"  # the texture input: the apex frame, or "difference" (apex minus onset)
     oversample: int = 1  # k > 1: the flow of crops k times finer, averaged back to S (normalise.motion_tensor)
+    head: str = "kept"  # "removed": the head's fitted affine motion subtracted from the flow (flow.head)
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields; ``texture`` and ``oversample`` only when they are not the default, so caches from before
-        they existed stay valid."""
+        """The fields; ``texture``, ``oversample`` and ``head`` only when they are not the default, so caches
+        from before they existed stay valid."""
         d = asdict(self)
-        if d["texture"] == "apex":
-            del d["texture"]
-        if d["oversample"] == 1:
-            del d["oversample"]
+        for name, default in (("texture", "apex"), ("oversample", 1), ("head", "kept")):
+            if d[name] == default:
+                del d[name]
         return d
 
 
@@ -121,6 +123,8 @@ def sample_key(s: Sample, cfg: FeatureConfig) -> str:
         files.append(cfg.landmarks)
     payload = {"version": CACHE_VERSION, "config": cfg.to_dict(), "sample": record,
                "files": [_identity(f) for f in files]}
+    if s.apex_path == "":
+        payload["apex_by_motion"] = APEX_BY_MOTION  # a sample whose apex it chose is made again when it changes
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
 
 
@@ -153,7 +157,6 @@ def _init_worker(cfg: FeatureConfig, parent: int | None = None) -> None:
     cv2.setNumThreads(1)
     _STATE["aligner"] = FaceAligner(cfg.size, cfg.landmarks, detector=cfg.detector)
     _STATE["flow"] = make_flow(cfg.flow)
-    _STATE["dis"] = make_flow("dis")
     _STATE["cfg"] = cfg
 
 
@@ -188,23 +191,18 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="edge-mer-parent-watch", daemon=True).start()
 
 
-def _apex_by_motion(s: Sample, onset_crop: np.ndarray, align: Any) -> tuple[int, str]:
-    """The frame between onset and offset that moved most from the onset (DIS, cheap).
+#: The version of ``apex_by_motion``'s method, in the key of every sample whose apex it chose.
+APEX_BY_MOTION = 2
 
-    The median flow (the head's drift) is removed first; the score is the 95th
-    percentile of what remains, so the local facial movement decides, not the
-    head or the sensor noise.
-    """
-    frames = list_frames(Path(s.frames_dir))
-    dis = _STATE["dis"]
-    best, best_path, best_mag = s.onset, s.onset_path or "", -1.0
-    for n, path in frames.items():
-        if s.onset < n <= s.offset:
-            f = dis(onset_crop, align.crop(_read_gray(str(path))))
-            mag = float(np.percentile(np.linalg.norm(f - np.median(f.reshape(-1, 2), 0), axis=-1), 95))
-            if mag > best_mag:
-                best, best_path, best_mag = n, str(path), mag
-    return best, best_path
+
+def apex_by_motion(s: Sample, onset_crop: np.ndarray, align: Any) -> tuple[int, str]:
+    """The frame between onset and offset whose face moved most from the onset's (``spot.signal.apex_index``:
+    the spotter's facial parts, head motion removed, eyes left out, averaged over a short window)."""
+    frames = [(n, str(p)) for n, p in sorted(list_frames(Path(s.frames_dir)).items()) if s.onset < n <= s.offset]
+    if not frames:
+        return s.onset, s.onset_path or ""
+    best = apex_index(onset_crop, (align.crop(_read_gray(p)) for _, p in frames), align.crop_points())
+    return frames[best]
 
 
 def compute(record: dict[str, Any], out_path: str, key: str = "") -> dict[str, Any]:
@@ -218,15 +216,15 @@ def compute(record: dict[str, Any], out_path: str, key: str = "") -> dict[str, A
         onset_crop = align.crop(onset)
         apex_n, apex_path = s.apex, s.apex_path or ""
         if apex_n is None:
-            apex_n, apex_path = _apex_by_motion(s, onset_crop, align)
+            apex_n, apex_path = apex_by_motion(s, onset_crop, align)
         apex_frame = _read_gray(apex_path)
         apex_crop = align.crop(apex_frame)
-        k = _STATE["cfg"].oversample
-        if k > 1:
-            fine = align.finer(k)
-            motion = motion_tensor(flow(fine.crop(onset), fine.crop(apex_frame)), k)
+        options = MotionOptions(_STATE["cfg"].oversample, _STATE["cfg"].head)  # what a device's flow stage does
+        if options.oversample > 1:
+            fine = align.finer(options.oversample)
+            motion = options.motion(flow(fine.crop(onset), fine.crop(apex_frame)))
         else:
-            motion = motion_tensor(flow(onset_crop, apex_crop))
+            motion = options.motion(flow(onset_crop, apex_crop))
         if _STATE["cfg"].texture == "difference":
             texture = difference_tensor(onset_crop, apex_crop)
         else:
@@ -269,6 +267,8 @@ def prepare(dataset: str, root: Path, out: Path, cfg: FeatureConfig, annotations
     start = time.perf_counter()
     if cfg.texture not in ("apex", "difference"):
         raise UserError(f"texture {cfg.texture!r}: choose apex or difference")
+    if cfg.head not in HEAD_CHOICES:
+        raise UserError(f"head {cfg.head!r}: choose {' or '.join(HEAD_CHOICES)}")
     make_flow(cfg.flow)  # fail early when the method is unavailable
     FaceAligner(cfg.size, cfg.landmarks, detector=cfg.detector)
     index = load(dataset, root, annotations, cfg.apex_policy)
@@ -379,14 +379,16 @@ def _write_index(out: Path, index: DatasetIndex, rows: dict[str, dict[str, Any]]
 def prepare_synthetic_composite(data: Path, out: Path, subjects: int, clips_per_subject: int, seed: int,
                                 size: int = 112, flow: str = "dis", diverse: bool = False,
                                 texture: str = "apex", nuisances: Nuisances | None = None,
-                                diversity: Diversity | None = None, oversample: int = 1) -> PrepareSummary:
+                                diversity: Diversity | None = None, oversample: int = 1,
+                                apex: str = "middle", head: str = "kept") -> PrepareSummary:
     """Render the synthetic MEGC2019 composite into ``data`` (unless it is there) and prepare its features.
 
     What the demo model, the ablation, the INT8 and the recognition benchmarks train on: one call, so they
     all see the same data for the same arguments. ``diverse``: subjects that differ, sized like the real
     composite (``subjects`` and ``clips_per_subject`` are then not used). ``texture``: see FeatureConfig.
     ``nuisances`` and ``diversity`` (with ``diverse``) replace the defaults: the same draw with a source of
-    difficulty switched off (``benchmarks/headroom.py``).
+    difficulty switched off (``benchmarks/headroom.py``). ``apex``: the policy for clips without an annotated
+    apex (``data prepare --apex``); ``head``: ``data prepare --head``.
     """
     from edge_mer.data.synthetic import COMPOSITE_SHARE, MANIFEST, DatasetConfig, write_dataset
     from edge_mer.eval.truth import rendered_faces
@@ -409,5 +411,6 @@ def prepare_synthetic_composite(data: Path, out: Path, subjects: int, clips_per_
         if nuisances is not None:
             cfg = replace(cfg, nuisances=nuisances)
         write_dataset(cfg, data)
-    return prepare("megc2019", data, out, FeatureConfig(size=size, flow=flow, texture=texture, oversample=oversample),
-                   workers=os.cpu_count() or 1)
+    features = FeatureConfig(size=size, flow=flow, texture=texture, oversample=oversample, apex_policy=apex,
+                             head=head)
+    return prepare("megc2019", data, out, features, workers=os.cpu_count() or 1)

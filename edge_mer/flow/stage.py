@@ -15,7 +15,7 @@ import numpy as np
 
 from edge_mer.errors import UserError
 from edge_mer.flow import STAGES
-from edge_mer.flow.base import FlowStage
+from edge_mer.flow.base import FlowStage, MotionOptions
 from edge_mer.flow.cuda import CudaStage
 from edge_mer.flow.opencv import has_tvl1, make_flow
 from edge_mer.flow.reference import TVL1Params, tvl1
@@ -26,8 +26,9 @@ class ReferenceStage(FlowStage):
 
     name = "reference"
 
-    def __init__(self, size: int = 112, params: TVL1Params | None = None, oversample: int = 1) -> None:
-        super().__init__(size, oversample)
+    def __init__(self, size: int = 112, params: TVL1Params | None = None,
+                 options: MotionOptions | None = None) -> None:
+        super().__init__(size, options)
         self.params = params or TVL1Params()
 
     def flow(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
@@ -37,8 +38,8 @@ class ReferenceStage(FlowStage):
 class OpenCVStage(FlowStage):
     """OpenCV's TV-L1 (contrib) or DIS; ``auto`` takes TV-L1 when contrib is installed."""
 
-    def __init__(self, size: int = 112, method: str = "auto", oversample: int = 1) -> None:
-        super().__init__(size, oversample)
+    def __init__(self, size: int = 112, method: str = "auto", options: MotionOptions | None = None) -> None:
+        super().__init__(size, options)
         if method == "auto":
             method = "tvl1" if has_tvl1() else "dis"
         if method == "tvl1" and not has_tvl1():
@@ -52,19 +53,18 @@ class OpenCVStage(FlowStage):
         return self._flow(first, second)
 
 
-def make_stage(name: str, size: int = 112, oversample: int = 1) -> FlowStage:
-    """The flow stage called ``name`` (one of ``STAGES``) for S = ``size`` crops; ``oversample`` k: the flow
-    of crops k times finer, averaged back to S (``motion_tensor``), as features prepared with ``--oversample``."""
+def make_stage(name: str, size: int = 112, options: MotionOptions | None = None) -> FlowStage:
+    """The flow stage called ``name`` (one of ``STAGES``) for S = ``size`` crops, its flow made as ``options``
+    say (as features prepared with ``--oversample`` or ``--head removed`` were)."""
     if name == "reference":
-        return ReferenceStage(size, oversample=oversample)
+        return ReferenceStage(size, options=options)
     if name == "opencv":
-        return OpenCVStage(size, "auto", oversample)
+        return OpenCVStage(size, "auto", options)
     if name in ("opencv-tvl1", "opencv-dis"):
-        return OpenCVStage(size, name[len("opencv-"):], oversample)
+        return OpenCVStage(size, name[len("opencv-"):], options)
     if name == "cuda":
-        if oversample > 1:
-            raise UserError(f"the cuda flow stage computes the flow of S x S crops only; a model trained on flow "
-                            f"{oversample} times finer (data prepare --oversample {oversample}) runs opencv-dis "
-                            "or opencv-tvl1")
+        if options is not None and options != MotionOptions():
+            raise UserError(f"the cuda flow stage computes the plain flow of S x S crops; a model trained on "
+                            f"other flow{options.describe()} runs opencv-dis or opencv-tvl1")
         return CudaStage(size)  # says in one line why it cannot run here
     raise UserError(f"unknown flow stage {name!r}; choose from {', '.join(STAGES)}")

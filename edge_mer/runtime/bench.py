@@ -66,7 +66,7 @@ def bench_loop(model: Path, backends: list[str] | None = None, flows: list[str] 
     from edge_mer.flow.stage import make_stage
     from edge_mer.runtime.loop import LoopConfig, Recognizer, run_loop
     from edge_mer.runtime.serve import LiveView
-    from edge_mer.runtime.session import model_meta, oversample
+    from edge_mer.runtime.session import model_meta, motion_options
     from edge_mer.runtime.sources import open_source
 
     if flows is None:
@@ -77,7 +77,7 @@ def bench_loop(model: Path, backends: list[str] | None = None, flows: list[str] 
         for flow in flows:
             be = open_backend(name, path, threads=threads, precision="file")
             try:  # the model's own crop size and flow resolution
-                stage = make_stage(flow, be.size, oversample(model_meta(be)))
+                stage = make_stage(flow, be.size, motion_options(model_meta(be)))
             except UserError as exc:
                 be.close()
                 print(f"bench: flow {flow} skipped: {exc}", file=sys.stderr)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from edge_mer.errors import UserError
-from edge_mer.flow.base import FlowStage
+from edge_mer.flow.base import FlowStage, MotionOptions
 from edge_mer.flow.cuda import CudaStage
 from edge_mer.flow.opencv import has_tvl1
 from edge_mer.flow.stage import make_stage
@@ -65,18 +65,19 @@ def check_texture(model_meta: dict[str, Any]) -> None:
                         "device runtime computes the apex texture: train it on features prepared with --texture apex")
 
 
-def oversample(model_meta: dict[str, Any]) -> int:
-    """How many times finer than S the model's flow was computed (``data prepare --oversample``; 1: not)."""
-    return int(_feature_config(model_meta).get("oversample") or 1)
+def motion_options(model_meta: dict[str, Any]) -> MotionOptions:
+    """How the model's flow was made beyond its method (``data prepare --oversample``, ``--head``)."""
+    return MotionOptions.of(_feature_config(model_meta))
 
 
 def pick_flow(name: str, model_meta: dict[str, Any]) -> str:
     """``auto``: the flow the model was trained with; TV-L1 on the GPU (``cuda``) where it runs, else OpenCV's
-    (also for a model trained on oversampled flow, which the CUDA stage does not compute)."""
+    (also for a model trained on flow computed finer or without the head's motion, which the CUDA stage does not
+    compute)."""
     if name != "auto":
         return name
     trained = _feature_config(model_meta).get("flow") or "tvl1"
-    if trained == "tvl1" and oversample(model_meta) == 1 and cuda_unavailable() is None:
+    if trained == "tvl1" and motion_options(model_meta) == MotionOptions() and cuda_unavailable() is None:
         return "cuda"
     return _opencv_flow(trained)
 
@@ -86,12 +87,12 @@ def _opencv_flow(trained: str) -> str:
     return "opencv-tvl1" if trained == "tvl1" and has_tvl1() else "opencv-dis"
 
 
-def open_stage(requested: str, flow: str, size: int, finer: int = 1) -> tuple[str, FlowStage]:
-    """The flow stage ``flow`` (as ``pick_flow`` chose it for ``requested``) for S = ``size``, its flow computed
-    ``finer`` times finer. Under ``auto`` the CUDA stage must pass its self-check against the numpy reference;
-    when it cannot start or fails, OpenCV takes over with a note."""
+def open_stage(requested: str, flow: str, size: int, options: MotionOptions | None = None) -> tuple[str, FlowStage]:
+    """The flow stage ``flow`` (as ``pick_flow`` chose it for ``requested``) for S = ``size``, its flow made as
+    ``options`` say. Under ``auto`` the CUDA stage must pass its self-check against the numpy reference; when it
+    cannot start or fails, OpenCV takes over with a note."""
     if requested != "auto" or flow != "cuda":
-        return flow, make_stage(flow, size, finer)
+        return flow, make_stage(flow, size, options)
     try:
         cuda = CudaStage(size)
         reason = cuda.self_check()
@@ -150,14 +151,14 @@ def run(settings: RunSettings, stop: Callable[[], bool] = lambda: False) -> dict
         if meta.get("demo"):
             print("note: the packaged DEMO model was trained on synthetic data only", file=sys.stderr)
         check_texture(meta)
-        flow, stage = open_stage(settings.flow, pick_flow(settings.flow, meta), backend.size, oversample(meta))
+        flow, stage = open_stage(settings.flow, pick_flow(settings.flow, meta), backend.size, motion_options(meta))
         writer = EventSinks(settings.events, spool=settings.spool, stdout=settings.stdout)
         opened.callback(writer.close)
         if view is not None:
             view.sinks = writer
             print(f"live view: {view.url}" + (" (with the token)" if settings.serve_token else ""), file=sys.stderr)
-        finer = f" (flow {stage.oversample}x finer)" if stage.oversample > 1 else ""
-        print(f"edge-mer run: {source.describe()} -> {flow}{finer} -> {backend.describe()}", file=sys.stderr)
+        print(f"edge-mer run: {source.describe()} -> {flow}{stage.options.describe()} -> {backend.describe()}",
+              file=sys.stderr)
         stats, timer = run_loop(source, Recognizer(backend, stage), writer, cfg, stop=stop,
                                 on_event=lambda e: seen.append((e.onset, e.offset, e.label)), view=view)
     summary = summarise(stats, timer)

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -64,6 +65,7 @@ import numpy as np
 
 from edge_mer.face.align import CANONICAL_EYE_Y, CANONICAL_IOD, FaceAligner, FaceAlignment, NoFaceError
 from edge_mer.flow.base import to_gray
+from edge_mer.flow.head import HeadMotion
 
 LAG_S = 0.5
 NORM_S = 10.0
@@ -188,31 +190,6 @@ class SignalConfig:
     regions: str = "landmarks"  # "landmarks": the regions follow the face's landmarks; "fixed": REGIONS as they are
 
 
-class HeadMotion:
-    """Robust affine fit of a flow field on a grid inside the face ellipse of an S x S crop."""
-
-    def __init__(self, size: int) -> None:
-        step = max(2, size // 28)
-        ys, xs = np.mgrid[step // 2:size:step, step // 2:size:step]
-        inside = ((xs / size - 0.5) / 0.36) ** 2 + ((ys / size - 0.5) / 0.42) ** 2 <= 1.0
-        self.ys, self.xs = ys[inside], xs[inside]
-        self.design = np.stack([self.xs / size, self.ys / size, np.ones(len(self.xs))], 1)  # (P, 3)
-        self.size = size
-
-    def fit(self, flow: np.ndarray, iterations: int = 3) -> np.ndarray:
-        """(3, 2) coefficients: flow(x, y) ~ [x / S, y / S, 1] @ coef."""
-        samples = flow[self.ys, self.xs].astype(np.float64)  # (P, 2)
-        weights = np.ones(len(samples))
-        coef = np.zeros((3, 2))
-        for _ in range(iterations):
-            weighted = self.design * weights[:, None]
-            coef = np.linalg.solve(weighted.T @ self.design + 1e-9 * np.eye(3), weighted.T @ samples)
-            resid = np.sqrt(((samples - self.design @ coef) ** 2).sum(1))
-            sigma = 1.4826 * float(np.median(resid)) + 1e-3
-            weights = 1.0 / np.maximum(1.0, resid / (2.0 * sigma)) ** 2
-        return coef
-
-
 class _Parts:
     """Motion of the face's parts between two crops: flow, head motion removed, normalised, blink-gated."""
 
@@ -289,6 +266,43 @@ def part_boxes(size: int, regions: dict[str, tuple[float, float, float, float]] 
                 names.append(name if name in EYES else f"{name}.{2 * i + j}")
                 boxes.append((box[0], box[1], max(box[2], box[0] + 1), max(box[3], box[1] + 1)))
     return names, boxes
+
+
+#: ``apex_index``: parts averaged, moving-average window as a share of the clip, blink gate (times the clip's
+#: median eye motion). Chosen on the development draw of the diverse composite (``benchmarks/apex.py``).
+APEX_TOP = 3
+APEX_WINDOW = 0.15
+APEX_BLINK_GATE = 3.0
+
+
+def apex_index(onset: np.ndarray, crops: Iterable[np.ndarray],
+               points: dict[str, tuple[float, float]] | None = None) -> int:
+    """The index in ``crops`` (the aligned crops after the onset, in order) of the apex: the frame whose face
+    moved most from ``onset``'s, as the spotter measures motion.
+
+    Each crop's motion from the onset is measured per part (``part_boxes`` of the regions on this face's
+    landmarks ``points`` where given, the head's affine motion removed); a frame's score is the mean of its
+    ``APEX_TOP`` largest parts, the eyes never counted, and the brows not either while the eyes move more
+    than ``APEX_BLINK_GATE`` times their median over the clip (a blink drags them). The scores are averaged
+    over a window of ``APEX_WINDOW`` of the clip before the largest is taken: a weak expression's motion is
+    near the flow's noise, and its apex is a plateau where single frames' noise is not.
+    """
+    size = onset.shape[0]
+    parts = _Parts(size, 1.0, SignalConfig())
+    if points is not None:
+        parts.set_regions(landmark_regions(points, size))
+    motion = np.array([parts.motion(onset, crop)[0] for crop in crops])  # (F, P)
+    if len(motion) == 0:
+        raise ValueError("no frame after the onset")
+    eyes = motion[:, parts.eyes].max(1)
+    blink = eyes > APEX_BLINK_GATE * max(float(np.median(eyes)), MIN_MOTION)
+    counted = np.where(blink[:, None], ~parts.upper, ~parts.eyes)  # (F, P)
+    top = np.sort(np.where(counted, motion, -np.inf), axis=1)[:, -APEX_TOP:]
+    score = top.mean(1)
+    half = int(round(APEX_WINDOW * len(score))) // 2
+    if half:
+        score = np.convolve(np.pad(score, half, mode="edge"), np.ones(2 * half + 1) / (2 * half + 1), "valid")
+    return int(np.argmax(score))
 
 
 class MotionSignal:
