@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import json
 import shutil
+from typing import Any
 
 import cuda_emulator as emulate
 import numpy as np
 import pytest
 
+from edge_mer.flow.base import MotionOptions
 from edge_mer.flow.cuda import SMALLER_BLOCKS, SOLVERS, CudaStage, _crop_window, kernel_source
 from edge_mer.flow.normalise import FLOW_UNIT, motion_tensor, texture_tensor
 from edge_mer.flow.pairs import endpoint_error, in_frames, micro_pairs, shift_pairs
@@ -131,6 +133,41 @@ def test_the_crop_reads_only_the_window_it_needs_and_equals_the_reference(stage,
         stage.ctx.pop()
     for frame, crop in zip((onset, apex), got):  # float32 positions on the GPU: one grey level
         assert np.abs(crop - crop_gray(frame, matrix, 112)).max() <= 1.0, where
+
+
+@pytest.mark.parametrize("options", [MotionOptions(head="removed"), MotionOptions(oversample=2)],
+                         ids=["head-removed", "finer"])
+def test_a_model_of_other_flow_gets_it_from_the_gpu_flow(stage, options):
+    """A model trained on ``data prepare --head removed`` or ``--oversample 2`` features on a Jetson: the GPU
+    computes the flow (of the finer crops), the host removes the head's motion or averages it back, as the
+    cache did; the loop then does not write into TensorRT's buffers (``write`` computes the plain flow)."""
+    from edge_mer.face import FaceAlignment
+    from edge_mer.runtime.loop import Recognizer
+
+    p = micro_pairs(112, peaks=(1.0,))[0]
+    onset, apex, matrix = in_frames(p)
+    plain = stage.options
+    stage.options = options
+    try:
+        motion, texture = stage(onset, apex, matrix)
+        k = options.oversample
+        fine = FaceAlignment(np.asarray(matrix, np.float64), 112, "matrix", (0, 0, 0, 0)).finer(k).matrix
+        first, second = (stage.crop(f, fine, 112 * k) for f in (onset, apex))
+        np.testing.assert_array_equal(motion, options.motion(stage.flow(first, second)))
+        np.testing.assert_array_equal(texture, texture_tensor(stage.crop(apex, matrix)))
+        ref = options.motion(tvl1(first, second))  # the specification on the same crops
+        assert np.abs(motion[:2] - ref[:2]).mean() * FLOW_UNIT < FLOW_TOLERANCE_PX
+
+        class TensorRTLike:  # what the loop looks for to hand the stage TensorRT's input buffers
+            size = 112
+
+            def device_inputs(self) -> dict[str, Any]:
+                raise AssertionError("not for a model of other flow")
+
+        assert not Recognizer(TensorRTLike(), stage).fused  # type: ignore[arg-type]
+    finally:
+        stage.options = plain
+    assert Recognizer(TensorRTLike(), stage).fused  # type: ignore[arg-type]
 
 
 def test_write_fills_device_buffers_as_the_host_copy(stage):

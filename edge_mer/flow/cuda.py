@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from edge_mer.errors import UserError
-from edge_mer.flow.base import FlowStage, to_gray
+from edge_mer.flow.base import FlowStage, MotionOptions, to_gray
 from edge_mer.flow.graphs import Graph, GraphError, capture
 from edge_mer.flow.normalise import CLIP, FLOW_UNIT, STRAIN_UNIT, TEXTURE_MEAN, TEXTURE_STD
 from edge_mer.flow.reference import TVL1Params, crop_gray, level_shapes, to_float, tvl1
@@ -198,7 +198,8 @@ class CudaStage(FlowStage):
 
     def __init__(self, size: int = 112, params: TVL1Params | None = None, device: int = 0,
                  runtime: ModuleType | None = None, solver: str = "auto", graphs: bool = True,
-                 solve_threads: int = SOLVE_THREADS, cluster_blocks: int | None = None) -> None:
+                 solve_threads: int = SOLVE_THREADS, cluster_blocks: int | None = None,
+                 options: MotionOptions | None = None) -> None:
         """``runtime``: pycuda when None; the tests' ``cuda_emulator`` runs the same kernels on the CPU.
 
         ``solver``: one of ``SOLVERS`` (see there for the GPUs each serves), or ``auto`` (the default):
@@ -219,8 +220,12 @@ class CudaStage(FlowStage):
         buffers, and ``flow``'s pyramid and solve per image shape; where the driver cannot
         (for a layout), the stage says why in ``graph_note`` and launches that layout kernel
         by kernel.
+
+        ``options`` other than the plain flow (``data prepare --oversample``, ``--head removed``): ``__call__``
+        crops on the host, computes the flow on the GPU (``flow``) and finishes the model inputs on the host
+        as the other stages do; ``write``, the path into TensorRT's input buffers, computes the plain flow only.
         """
-        super().__init__(size)
+        super().__init__(size, options)
         if solver != "auto" and solver not in SOLVERS:
             raise ValueError(f"solver must be auto or one of {SOLVERS}, not {solver!r}")
         if cluster_blocks is not None and cluster_blocks not in CLUSTER_KERNELS:
@@ -729,6 +734,8 @@ class CudaStage(FlowStage):
             self.ctx.pop()
 
     def __call__(self, onset: np.ndarray, apex: np.ndarray, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.options != MotionOptions():  # flow finer or without the head's motion: the host finishes it
+            return super().__call__(onset, apex, matrix)
         self.write(onset, apex, matrix, int(self._dmotion), int(self._dtexture), sync=False)
         self.ctx.push()
         try:

@@ -63,8 +63,5 @@ def make_stage(name: str, size: int = 112, options: MotionOptions | None = None)
     if name in ("opencv-tvl1", "opencv-dis"):
         return OpenCVStage(size, name[len("opencv-"):], options)
     if name == "cuda":
-        if options is not None and options != MotionOptions():
-            raise UserError(f"the cuda flow stage computes the plain flow of S x S crops; a model trained on "
-                            f"other flow{options.describe()} runs opencv-dis or opencv-tvl1")
-        return CudaStage(size)  # says in one line why it cannot run here
+        return CudaStage(size, options=options)  # says in one line why it cannot run here
     raise UserError(f"unknown flow stage {name!r}; choose from {', '.join(STAGES)}")

@@ -23,7 +23,7 @@ import numpy as np
 from edge_mer.atomic import writable_folder
 from edge_mer.errors import UserError
 from edge_mer.face.align import FaceAligner, FaceAlignment
-from edge_mer.flow.base import FlowStage
+from edge_mer.flow.base import FlowStage, MotionOptions
 from edge_mer.runtime.backends.base import Backend
 from edge_mer.runtime.capture import CaptureThread
 from edge_mer.runtime.events import Event, EventOut
@@ -87,7 +87,9 @@ class Recognizer:
                             f"{stage.size}x{stage.size}")
         self.backend = backend
         self.stage = stage
-        self.fused = hasattr(stage, "write") and hasattr(backend, "device_inputs")
+        # write computes the plain flow only (flow/cuda.py): a model of other flow gets the stage's __call__
+        plain = stage.options == MotionOptions()
+        self.fused = plain and hasattr(stage, "write") and hasattr(backend, "device_inputs")
 
     def __call__(self, onset: np.ndarray, apex: np.ndarray, matrix: np.ndarray,
                  timer: StageTimer) -> np.ndarray:

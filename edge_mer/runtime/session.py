@@ -71,13 +71,11 @@ def motion_options(model_meta: dict[str, Any]) -> MotionOptions:
 
 
 def pick_flow(name: str, model_meta: dict[str, Any]) -> str:
-    """``auto``: the flow the model was trained with; TV-L1 on the GPU (``cuda``) where it runs, else OpenCV's
-    (also for a model trained on flow computed finer or without the head's motion, which the CUDA stage does not
-    compute)."""
+    """``auto``: the flow the model was trained with; TV-L1 on the GPU (``cuda``) where it runs, else OpenCV's."""
     if name != "auto":
         return name
     trained = _feature_config(model_meta).get("flow") or "tvl1"
-    if trained == "tvl1" and motion_options(model_meta) == MotionOptions() and cuda_unavailable() is None:
+    if trained == "tvl1" and cuda_unavailable() is None:
         return "cuda"
     return _opencv_flow(trained)
 
@@ -94,7 +92,7 @@ def open_stage(requested: str, flow: str, size: int, options: MotionOptions | No
     if requested != "auto" or flow != "cuda":
         return flow, make_stage(flow, size, options)
     try:
-        cuda = CudaStage(size)
+        cuda = CudaStage(size, options=options)
         reason = cuda.self_check()
     except UserError as exc:
         reason = str(exc)
@@ -102,7 +100,7 @@ def open_stage(requested: str, flow: str, size: int, options: MotionOptions | No
         return flow, cuda
     print(f"note: {reason}; using OpenCV", file=sys.stderr)
     fallback = _opencv_flow("tvl1")  # auto picks cuda only for TV-L1 models
-    return fallback, make_stage(fallback, size)
+    return fallback, make_stage(fallback, size, options)
 
 
 def model_meta(backend: Any) -> dict[str, Any]:
