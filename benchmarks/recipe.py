@@ -94,6 +94,10 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
                                          "an affine motion fitted robustly inside the face, as the spotter removes "
                                          "it): a head that drifts or turns between onset and apex moves the whole "
                                          "crop by as much as a weak expression"),
+    "motion-only+ststnet+head-removed+epochs-120": ("mmt_small", {"epochs": 120},
+                                                    {"modalities": ("motion",), "ensemble_with": "ststnet"},
+                                                    "motion-only+ststnet+head-removed trained for twice the epochs "
+                                                    "(do the two changes that gained add up?)"),
     "texture-difference": ("mmt_small", {}, {}, "texture input: apex minus onset grey level instead of the apex "
                                                 "frame, which carries the subject's identity"),
     "motion-rms": ("mmt_small", {}, {"motion_rms": 0.2}, "each sample's flow scaled to RMS 0.2 units (the "
@@ -126,7 +130,8 @@ DIS_112 = Kind()
 FEATURES = {"tvl1": Kind("tvl1"), "ststnet-tvl1": Kind("tvl1"), "ststnet-dis224": Kind(size=224),
             "texture-difference": Kind(texture="difference"), "motion-only+ststnet+finer-flow": Kind(oversample=2),
             "motion-only+ststnet+apex-by-motion": Kind(apex="motion"),
-            "motion-only+ststnet+head-removed": Kind(head="removed")}
+            "motion-only+ststnet+head-removed": Kind(head="removed"),
+            "motion-only+ststnet+head-removed+epochs-120": Kind(head="removed")}
 
 
 def run_variant(name: str, seed: int, features: str, epochs: int, work: str) -> dict[str, Any]:
