@@ -28,12 +28,13 @@ from typing import Any
 import cv2
 
 from edge_mer.atomic import write_text
-from edge_mer.data.loaders import load
+from edge_mer.data.loaders import load, middle_frame
 from edge_mer.data.records import Sample
 from edge_mer.data.synthetic import MANIFEST
 from edge_mer.errors import script_main
 from edge_mer.face import FaceAligner
 from edge_mer.features.prepare import apex_by_motion, prepare_synthetic_composite
+from edge_mer.runtime.frames import list_frames
 from edge_mer.synth.timeline import PlannedExpression
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -53,10 +54,9 @@ def _choose(sample: Sample) -> tuple[str, dict[str, int]]:
     """Each policy's apex frame number for ``sample`` (its annotated apex, if any, is not used)."""
     onset = cv2.imread(sample.onset_path or "", cv2.IMREAD_GRAYSCALE)
     align = _ALIGNER[0].align(onset, sample.id)
-    middle = (sample.onset + sample.offset) / 2
-    frames = range(sample.onset, sample.offset + 1)
+    middle = middle_frame(sample.onset, sample.offset, list_frames(Path(sample.frames_dir)))
     motion, _ = apex_by_motion(sample, align.crop(onset), align)
-    return sample.id, {"middle": min(frames, key=lambda n: (abs(n - middle), n)), "motion": motion}
+    return sample.id, {"middle": middle, "motion": motion}
 
 
 def measure(data: Path) -> dict[str, dict[str, dict[str, float]]]:

@@ -44,6 +44,8 @@ from edge_mer.train.run import KFOLDS, OWN_OPTIONS, RunConfig, run, seconds_text
 RESULTS = Path(__file__).resolve().parent / "results"
 
 # name: (model, changes to TrainConfig, changes to the model's config, what it tests)
+# the model changes of the ensemble that the later variants change one more thing of
+ENSEMBLE: dict[str, Any] = {"modalities": ("motion",), "ensemble_with": "ststnet"}
 VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
     "recipe": ("mmt_small", {}, {}, "the current recipe: AdamW lr 1e-3, weight decay 0.05, 60 epochs, dropout 0.1, "
                                     "contrastive weight 0.1, flip + shift + gain, class-weighted loss"),
@@ -66,36 +68,34 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
     "width-64": ("mmt_small", {}, {"dim": 64, "heads": 2, "proj_dim": 32}, "half the width (64, 2 heads)"),
     "depth-2": ("mmt_small", {}, {"depth": 2}, "two layers instead of four"),
     "motion-only": ("mmt_small", {}, {"modalities": ("motion",)}, "no texture branch (and so no contrastive term)"),
-    "motion-only+ststnet": ("mmt_small", {}, {"modalities": ("motion",), "ensemble_with": "ststnet"},
+    "motion-only+ststnet": ("mmt_small", {}, ENSEMBLE,
                             "motion-only with an STSTNet trained beside it on the same batches, each on its own "
                             "loss, predicting from their mean log-probability (`mmt_small_ens`)"),
-    "motion-only+ststnet+mirror": ("mmt_small", {}, {"modalities": ("motion",), "ensemble_with": "ststnet",
-                                                     "mirror_average": True},
+    "motion-only+ststnet+mirror": ("mmt_small", {}, {**ENSEMBLE, "mirror_average": True},
                                    "motion-only+ststnet asked about each sample and its mirror image, predicting "
                                    "from the mean log-probability (trained exactly as motion-only+ststnet)"),
     "motion-only+ststnet+smoothing-0.1": ("mmt_small", {"label_smoothing": 0.1},
-                                          {"modalities": ("motion",), "ensemble_with": "ststnet"},
+                                          ENSEMBLE,
                                           "motion-only+ststnet with label smoothing 0.1 (a tenth of each target "
                                           "spread over the classes: some annotations err)"),
-    "motion-only+ststnet+epochs-120": ("mmt_small", {"epochs": 120}, {"modalities": ("motion",),
-                                                                      "ensemble_with": "ststnet"},
+    "motion-only+ststnet+epochs-120": ("mmt_small", {"epochs": 120}, ENSEMBLE,
                                        "motion-only+ststnet trained for twice the epochs"),
-    "motion-only+ststnet+finer-flow": ("mmt_small", {}, {"modalities": ("motion",), "ensemble_with": "ststnet"},
+    "motion-only+ststnet+finer-flow": ("mmt_small", {}, ENSEMBLE,
                                        "motion-only+ststnet on DIS flow of crops twice as fine (224 pixels) averaged "
                                        "back to 112 (`--oversample 2`): a weak mover's motion spans twice the "
                                        "pixels where the flow is computed"),
-    "motion-only+ststnet+apex-by-motion": ("mmt_small", {}, {"modalities": ("motion",), "ensemble_with": "ststnet"},
+    "motion-only+ststnet+apex-by-motion": ("mmt_small", {}, ENSEMBLE,
                                            "motion-only+ststnet with the apex of clips that have none annotated "
                                            "(the SMIC-like third) found by motion (`--apex motion`: the frame "
                                            "whose face moved most from the onset's, measured on the spotter's "
                                            "facial parts) instead of the middle frame"),
-    "motion-only+ststnet+head-removed": ("mmt_small", {}, {"modalities": ("motion",), "ensemble_with": "ststnet"},
+    "motion-only+ststnet+head-removed": ("mmt_small", {}, ENSEMBLE,
                                          "motion-only+ststnet on flow less the head's own motion (`--head removed`: "
                                          "an affine motion fitted robustly inside the face, as the spotter removes "
                                          "it): a head that drifts or turns between onset and apex moves the whole "
                                          "crop by as much as a weak expression"),
     "motion-only+ststnet+head-removed+epochs-120": ("mmt_small", {"epochs": 120},
-                                                    {"modalities": ("motion",), "ensemble_with": "ststnet"},
+                                                    ENSEMBLE,
                                                     "motion-only+ststnet+head-removed trained for twice the epochs "
                                                     "(do the two changes that gained add up?)"),
     "texture-difference": ("mmt_small", {}, {}, "texture input: apex minus onset grey level instead of the apex "

@@ -14,7 +14,7 @@ frame that moved most from the onset.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,12 +70,19 @@ def _annotation_file(root: Path, given: Path | None, patterns: list[str], what: 
     return found
 
 
+def middle_frame(onset: int, offset: int, frames: Iterable[int]) -> int:
+    """``--apex middle``: the frame number nearest the middle of onset and offset (the earlier of two), among
+    ``frames`` from onset to offset (all of them when none lies there)."""
+    mid = (onset + offset) / 2
+    numbers = list(frames)
+    inside = [n for n in numbers if onset <= n <= offset] or numbers
+    return min(inside, key=lambda n: (abs(n - mid), n))
+
+
 def _resolve(sample: Sample, frames: dict[int, Path], policy: str, index: DatasetIndex) -> None:
     """Fill in frame paths (and the apex by policy); report what is missing."""
     if sample.apex is None and policy == "middle" and frames:
-        mid = (sample.onset + sample.offset) / 2
-        inside = [n for n in frames if sample.onset <= n <= sample.offset] or list(frames)
-        sample.apex = min(inside, key=lambda n: (abs(n - mid), n))
+        sample.apex = middle_frame(sample.onset, sample.offset, frames)
         sample.apex_source = "middle"
     elif sample.apex is None:
         sample.apex_source = policy
