@@ -12,9 +12,13 @@ matrix of the first seed. Runs already in the JSON are kept, so an interrupted b
     python benchmarks/recognition.py [--models ststnet,mmt_small,mmt_small+motion-only] [--seeds 0,1,2] [--jobs 2]
                                      [--fan-out 2]
     python benchmarks/recognition.py --retime    # the latency column again, all models timed together
+    python benchmarks/recognition.py --models mmt_small_ens+motion-only --head removed   # flow less the head
 
 A model is a name of ``edge_mer.model.config.MODELS``, or ``NAME+ABLATION`` with an ablation of the MMT
 (``ABLATIONS``, as ``train --ablation`` takes it): ``mmt_small+motion-only`` is the MMT without its texture branch.
+``--head removed`` trains on features whose flow has the head's own motion taken out (``data prepare --head removed``,
+prepared into a folder of their own); their runs are rows of their own, "(head motion removed)", beside the same
+models on the plain flow.
 
 On a GPU (``--device cuda``, the default when torch sees one) several runs side by side (``--jobs``) keep it
 busier than one: these models are small. On a CPU, ``--fan-out N`` trains one run at a time under ``torchrun``
@@ -71,11 +75,25 @@ def _name_and_ablation(model: str) -> tuple[str, str]:
     return name, ablation or "full"
 
 
+HEAD_REMOVED = "head motion removed"
+
+
+def run_key(model: str, seed: int, head: str = "kept") -> str:
+    """A run's key in the results and its folder under ``runs/``: the model and seed, and the features where they
+    are not the plain flow's."""
+    return f"{model}/{seed}" if head == "kept" else f"{model}/head-{head}/{seed}"
+
+
+def row_label(run: dict[str, Any]) -> str:
+    """A run's row in the table: its model, and the features where they are not the plain flow's."""
+    return f"{run['model']} ({HEAD_REMOVED})" if run.get("head", "kept") == "removed" else run["model"]
+
+
 def train_one(model: str, seed: int, features: str, epochs: int, work: str, device: str,
-              threads: int, fan_out: int = 1) -> dict[str, Any]:
+              threads: int, fan_out: int = 1, head: str = "kept") -> dict[str, Any]:
     """One model and seed under the MEGC2019 protocol (in a process of its own under --jobs; in ``fan_out``
     processes under torchrun when it is above 1)."""
-    folder = Path(work) / "runs" / model / str(seed)
+    folder = Path(work) / "runs" / run_key(model, seed, head)
     name, ablation = _name_and_ablation(model)
     if fan_out > 1:
         r = fanned_out(name, ablation, seed, features, epochs, folder, device, threads or 1, fan_out)
@@ -83,7 +101,7 @@ def train_one(model: str, seed: int, features: str, epochs: int, work: str, devi
         if threads:
             torch.set_num_threads(threads)
         r = run(run_config(name, ablation, seed, features, epochs, device), folder, progress=True)
-    return {"model": model, "seed": seed, "uf1": r["uf1"], "uar": r["uar"], "accuracy": r["accuracy"],
+    return {"model": model, "seed": seed, "head": head, "uf1": r["uf1"], "uar": r["uar"], "accuracy": r["accuracy"],
             "samples": r["samples"], "folds": r["folds"], "params": r["params"], "gflops": r["gflops"],
             "seconds": r["seconds"], "seconds_unknown_folds": r.get("seconds_unknown_folds", 0),
             "device": r["device"], "per_dataset": r["per_dataset"],
@@ -124,6 +142,8 @@ def main() -> None:
                                                            "else torch's own)")
     ap.add_argument("--fan-out", type=int, default=1, metavar="N",
                     help="train each run under torchrun in N processes of one thread, its folds spread over them")
+    ap.add_argument("--head", default="kept", choices=("kept", "removed"),
+                    help="the head's own motion in the flow: kept (default) or removed (data prepare --head)")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the models train")
     ap.add_argument("--work", default="benchmarks/.work/recognition", help="data, features and runs (not committed)")
     ap.add_argument("--retime", action="store_true",
@@ -147,16 +167,16 @@ def main() -> None:
         write_text(out_json, json.dumps(doc, indent=2, sort_keys=True) + "\n")
         _table(doc, args.name)
         return
-    feats = work / "features"
-    prepare_synthetic_composite(work / "data", feats, 0, 0, args.data_seed, diverse=True)
+    feats = work / ("features" if args.head == "kept" else f"features-head-{args.head}")
+    prepare_synthetic_composite(work / "data", feats, 0, 0, args.data_seed, diverse=True, head=args.head)
     doc = json.loads(out_json.read_text()) if out_json.exists() else {"runs": {}}
     if why := other_draw(doc, work / "data", out_json):
         ap.error(why)
     todo = [(m, int(s)) for m in models for s in args.seeds.split(",")
-            if f"{m}/{s}" not in doc["runs"]]
+            if run_key(m, int(s), args.head) not in doc["runs"]]
     for r in doc["runs"].values():  # runs from before the breakdown existed, where their folder is kept
         r["breakdown"] = r.get("breakdown") or breakdown_of(
-            work / "runs" / r["model"] / str(r["seed"]) / "predictions.csv", work / "data")
+            work / "runs" / run_key(r["model"], r["seed"], r.get("head", "kept")) / "predictions.csv", work / "data")
     doc |= draw_summary(work / "data", feats)
 
     def save() -> None:
@@ -167,24 +187,27 @@ def main() -> None:
 
     save()
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        jobs = [pool.submit(train_one, m, s, str(feats), args.epochs, str(work), args.device, threads, args.fan_out)
+        jobs = [pool.submit(train_one, m, s, str(feats), args.epochs, str(work), args.device, threads, args.fan_out,
+                            args.head)
                 for m, s in todo]
         for done in as_completed(jobs):
             r = done.result()
-            doc["runs"][f"{r['model']}/{r['seed']}"] = r
+            doc["runs"][run_key(r["model"], r["seed"], args.head)] = r
             save()
-            print(f"{r['model']}/{r['seed']}: UF1 {r['uf1']:.4f} UAR {r['uar']:.4f} ({r['seconds']:.0f} s)",
+            print(f"{row_label(r)}/{r['seed']}: UF1 {r['uf1']:.4f} UAR {r['uar']:.4f} ({r['seconds']:.0f} s)",
                   flush=True)
     # latency once nothing else trains: every exported model at batch 1, ONNX Runtime, 2 threads
     for r in doc["runs"].values():
-        folder = work / "runs" / r["model"] / str(r["seed"])
+        folder = work / "runs" / run_key(r["model"], r["seed"], r.get("head", "kept"))
         if "cpu_ms_p50" in r or not (folder / "checkpoint.pt").is_file():
             continue
-        onnx = work / "onnx" / f"{r['model']}-{r['seed']}.onnx"
+        onnx = work / "onnx" / f"{run_key(r['model'], r['seed'], r.get('head', 'kept')).replace('/', '-')}.onnx"
         export(folder / "checkpoint.pt", onnx, force=True)
         r["cpu_ms_p50"] = bench_models(onnx, ["onnxruntime"], runs=200, threads=2)[0]["p50"]
-        if not (RESULTS / f"{args.name}_{r['model']}.png").exists():
-            shutil.copyfile(folder / "confusion.png", RESULTS / f"{args.name}_{r['model']}.png")
+        head = r.get("head", "kept")
+        png = RESULTS / f"{args.name}_{r['model']}{'' if head == 'kept' else f'_head-{head}'}.png"
+        if not png.exists():
+            shutil.copyfile(folder / "confusion.png", png)
         save()
     _table(doc, args.name)
 
@@ -229,13 +252,16 @@ def _latency_text(doc: dict) -> str:
 def _table(doc: dict, name: str) -> None:
     models: dict[str, list[dict]] = {}
     for r in doc["runs"].values():
-        models.setdefault(r["model"], []).append(r)
+        models.setdefault(row_label(r), []).append(r)
     lines = [f"# Recognition on the diverse synthetic composite ({doc.get('date', '')})", "",
              "68 synthetic subjects sized like the real MEGC2019 composite (`synth dataset --layout megc2019 "
              f"--diverse`, data seed {doc.get('data_seed')}; faces from the photographs "
              f"{', '.join(doc.get('faces', FIRST_FACES))}), DIS flow at S = 112, MEGC2019 protocol (LOSO over "
              f"the 68 subjects, predictions pooled), {doc.get('epochs')} epochs with the same recipe for every "
-             "model, the last epoch's model. UF1 and UAR: mean ± standard deviation over the training seeds. "
+             "model, the last epoch's model"
+             + ("; *(head motion removed)*: the same flow less the head's own affine motion, fitted robustly inside "
+                "the face (`--head removed`)" * any(r.get("head") == "removed" for r in doc["runs"].values()))
+             + ". UF1 and UAR: mean ± standard deviation over the training seeds. "
              f"{_latency_text(doc)} Machine: {doc.get('machine')}. "
              "Training s: the whole run's, the folds an interrupted run kept included (≥ where some were kept without "
              "their time).",
@@ -246,8 +272,8 @@ def _table(doc: dict, name: str) -> None:
     for model, runs in models.items():
         per_ds = [f"{statistics.fmean(r['per_dataset'][d]['uf1'] for r in runs):.4f}" for d in DATASETS]
         first = runs[0]
-        if model in (doc.get("latency") or {}).get("ms", {}):  # all models timed together (--retime)
-            timed = [doc["latency"]["ms"][model]["p50"]]
+        if first["model"] in (doc.get("latency") or {}).get("ms", {}):  # all models timed together (--retime)
+            timed = [doc["latency"]["ms"][first["model"]]["p50"]]
         else:  # the first run that was timed after its training (one whose checkpoint was removed has none)
             timed = [r["cpu_ms_p50"] for r in runs if r.get("cpu_ms_p50") is not None]
         lines.append(f"| {model} | {len(runs)} | {mean_and_spread([r['uf1'] for r in runs])} | "

@@ -305,3 +305,30 @@ def test_the_recognition_benchmark_times_its_models_again_together(tmp_path):
     assert latency["ms"]["mmt_test+motion-only"]["p50"] > latency["ms"]["ststnet"]["p50"]
     text = recognition._latency_text({"latency": latency})
     assert "timed together in turns of 20 calls (20 calls each" in text
+
+
+def test_the_recognition_benchmark_keeps_runs_on_flow_less_the_head_apart(tmp_path, monkeypatch):
+    """A model trained with --head removed is a row of its own beside the same model and seed on the plain flow,
+    in its own folder, and both rows take the model's latency from the common timing."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import recognition
+
+    model = "mmt_small_ens+motion-only"
+    assert recognition.run_key(model, 0) != recognition.run_key(model, 0, "removed")
+
+    def result(head: str, uf1: float) -> dict:
+        return {"model": model, "seed": 0, "head": head, "uf1": uf1, "uar": uf1, "params": 10, "gflops": 0.1,
+                "seconds": 100, "device": "cpu", "per_dataset": {d: {"uf1": uf1} for d in recognition.DATASETS}}
+
+    plain, removed = result("kept", 0.8363), result("removed", 0.8512)
+    del plain["head"]  # runs from before --head existed carry no such field
+    doc = {"runs": {recognition.run_key(model, 0): plain, recognition.run_key(model, 0, "removed"): removed},
+           "latency": {"date": "2026-12-06", "runs": 20, "block": 20, "threads": 2, "load_average_before": 0.1,
+                       "ms": {model: {"p50": 1.3, "p95": 1.5}}}}
+    monkeypatch.setattr(recognition, "RESULTS", tmp_path)
+    recognition._table(doc, "t")
+    rows = [line for line in (tmp_path / "t.md").read_text().splitlines() if line.startswith(f"| {model}")]
+    assert len(rows) == 2
+    assert rows[0].startswith(f"| {model} | 1 | 0.8363 |") and " 1.300 |" in rows[0]
+    assert rows[1].startswith(f"| {model} (head motion removed) | 1 | 0.8512 |") and " 1.300 |" in rows[1]
+    assert "(`--head removed`)" in (tmp_path / "t.md").read_text()
