@@ -98,6 +98,16 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
                                                     ENSEMBLE,
                                                     "motion-only+ststnet+head-removed trained for twice the epochs "
                                                     "(do the two changes that gained add up?)"),
+    "motion-only+ststnet+regions": ("mmt_small", {}, {**ENSEMBLE, "ensemble_with": "ststnet_regions"},
+                                    "motion-only+ststnet with a partner that reads the eyes and the mouth corners "
+                                    "at twice the resolution instead of the whole face (`ststnet_regions`: four "
+                                    "28 x 28 regions of the motion at 56): a weak mover's motion is averaged over "
+                                    "fewer pixels, a one-sided smile seen apart from the other corner"),
+    "motion-only+ststnet+head-removed+regions": ("mmt_small", {}, {**ENSEMBLE, "ensemble_with": "ststnet_regions"},
+                                                 "motion-only+ststnet+head-removed with the regional partner "
+                                                 "(`ststnet_regions`)"),
+    "ststnet-regions": ("ststnet_regions", {}, {}, "STSTNet on the eyes and the mouth corners at twice the "
+                                                   "resolution (`ststnet_regions`)"),
     "texture-difference": ("mmt_small", {}, {}, "texture input: apex minus onset grey level instead of the apex "
                                                 "frame, which carries the subject's identity"),
     "motion-rms": ("mmt_small", {}, {"motion_rms": 0.2}, "each sample's flow scaled to RMS 0.2 units (the "
@@ -131,7 +141,8 @@ FEATURES = {"tvl1": Kind("tvl1"), "ststnet-tvl1": Kind("tvl1"), "ststnet-dis224"
             "texture-difference": Kind(texture="difference"), "motion-only+ststnet+finer-flow": Kind(oversample=2),
             "motion-only+ststnet+apex-by-motion": Kind(apex="motion"),
             "motion-only+ststnet+head-removed": Kind(head="removed"),
-            "motion-only+ststnet+head-removed+epochs-120": Kind(head="removed")}
+            "motion-only+ststnet+head-removed+epochs-120": Kind(head="removed"),
+            "motion-only+ststnet+head-removed+regions": Kind(head="removed")}
 
 
 def run_variant(name: str, seed: int, features: str, epochs: int, work: str) -> dict[str, Any]:

@@ -180,6 +180,52 @@ def test_ststnet_is_the_papers_shallow_three_stream_cnn():
         model_config("ststnet", ablation="cls-pooling")
 
 
+
+def test_the_regional_ststnet_reads_the_eyes_and_mouth_corners_at_twice_the_resolution(tmp_path):
+    """``ststnet_regions``: the three streams on four 28 x 28 regions of the motion at 56 (one set of filters for
+    all four); motion outside the regions (the top of the forehead) changes nothing, motion in any of them does,
+    and as an MMT's partner it trains and exports as one graph that ONNX Runtime runs alike."""
+    from edge_mer.model.baselines import HT_REGIONS
+    from edge_mer.model.build import build_model
+    from edge_mer.model.build import flops_per_sample as any_flops
+
+    cfg = model_config("ststnet_regions")
+    model = build_model(cfg).eval()
+    # the same 448 filter weights as the paper's, and a 4 x 400 -> 3 layer
+    assert count_parameters(model) == 448 + 4 * 400 * 3 + 3
+    assert any_flops(cfg) == 4 * any_flops(model_config("ststnet"))  # four 28 x 28 inputs and four 400s
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():  # weights of one sign, so that a mark cannot cancel out by chance
+            p.copy_(torch.rand_like(p))
+        m, t = _inputs(1)
+        m = m.abs()
+        base = model(m, t)
+        forehead = m.clone()
+        forehead[..., :6, 48:64] += 5.0  # the top of the forehead, above every region
+        assert torch.allclose(model(forehead, t), base, atol=1e-6)
+        for fx, fy in HT_REGIONS:
+            marked = m.clone()
+            x, y = round(fx * 112), round(fy * 112)
+            marked[..., y - 2:y + 2, x - 2:x + 2] += 5.0
+            assert not torch.allclose(model(marked, t), base, atol=1e-3)
+    with pytest.raises(UserError, match="four regions"):
+        model_config("ststnet", changes={"side": 40})
+    ens = model_config("mmt_test", ablation="motion-only", changes={"ensemble_with": "ststnet_regions"})
+    assert any_flops(ens) == flops_per_sample(ens) + any_flops(cfg)
+    pair = build_model(ens).eval()
+    assert pair.partner.cfg.side == 56 and count_parameters(pair.partner) == count_parameters(model)
+    logits, _ = pair.train().forward_train(*_inputs(4))
+    assert logits.shape == (2, 4, 3)
+    ort = pytest.importorskip("onnxruntime")
+    pair.eval()
+    m, t = _inputs(2)
+    sess = ort.InferenceSession(_export(pair, m, t, tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    m3, t3 = _inputs(3)  # another batch than the traced one
+    got = sess.run(["logits"], {"motion": m3.numpy(), "texture": t3.numpy()})[0]
+    with torch.no_grad():
+        assert abs(got - pair(m3, t3).numpy()).max() < 1e-4
+
 def test_htnet_is_its_authors_configuration_with_regions_from_the_aligned_crop():
     from edge_mer.model.baselines import HT_REGIONS
     from edge_mer.model.build import build_model

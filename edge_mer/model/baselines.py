@@ -7,6 +7,12 @@ convolutions with 3, 5 and 8 filters ('same' padding, ReLU), each followed by a 
 ('same': 10 x 10), concatenated to 16 channels, a 2 x 2 average pool (5 x 5 x 16 = 400) and one fully
 connected layer to the classes. The paper trains it with Adam at 5e-5 for 500 epochs without augmentation;
 here it is trained with the same recipe as every other model so that the table compares architectures.
+``ststnet_regions`` (``side`` 56, not the paper's) reads the eyes and the mouth corners at twice the paper's
+resolution instead of the whole face: the motion resized to 56 x 56, the four regions HTNet crops (below), each
+28 x 28, through the same three streams and pools (one set of filters for all four), their 4 x 400 features
+into the fully connected layer. A weak mover's motion is averaged over 4 x 4 pixels of the 112-pixel crop
+instead of 8 x 8, and the forehead's centre, the cheeks and the chin, where micro-expressions seldom move, are
+left out.
 
 ``HTNet``: the hierarchical transformer of Wang et al., "HTNet for micro-expression recognition"
 (Neurocomputing 2024, arXiv 2307.14637), rebuilt from the configuration its authors' code trains: the motion
@@ -41,23 +47,49 @@ HT_BLOCKS = (2, 2, 10)  # transformer blocks per level
 HT_REGIONS = ((0.321, 0.340), (0.679, 0.340), (0.334, 0.677), (0.674, 0.675))
 
 
+def regions(motion: torch.Tensor, side: int) -> list[torch.Tensor]:
+    """The four regions of ``HT_REGIONS`` of ``motion`` (B, C, S, S) resized to ``side``: each (B, C, side/2,
+    side/2) around its point, moved inside the map where the point is nearer an edge than side/4."""
+    x = F.adaptive_avg_pool2d(motion, side) if motion.shape[-1] != side else motion
+    half, quarter = side // 2, side // 4
+    crops = []
+    for fx, fy in HT_REGIONS:
+        cx = min(max(round(fx * side), quarter), side - quarter)
+        cy = min(max(round(fy * side), quarter), side - quarter)
+        crops.append(x[..., cy - quarter:cy - quarter + half, cx - quarter:cx - quarter + half])
+    return crops
+
+
+def stst_side(cfg: MMTConfig) -> int:
+    """The side the STSTNet of ``cfg`` resizes the motion to: the paper's 28 (the whole face), or 56 (four
+    28 x 28 regions of it)."""
+    return cfg.side or STST_SIZE
+
+
 class STSTNet(Recogniser):
     def __init__(self, cfg: MMTConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self.side = stst_side(cfg)
+        if self.side not in (STST_SIZE, 2 * STST_SIZE):
+            raise ValueError(f"STSTNet reads the whole face at {STST_SIZE} or four regions at {2 * STST_SIZE}, "
+                             f"not {self.side}")
+        self.tiles = 1 if self.side == STST_SIZE else len(HT_REGIONS)
         channels = cfg.channels["motion"]
         self.streams = nn.ModuleList(nn.Conv2d(channels, c, 3, padding=1) for c in STST_STREAMS)
         self.pool = nn.MaxPool2d(3, stride=3, padding=1)
         self.drop = nn.Dropout(cfg.dropout)
-        self.head = nn.Linear(sum(STST_STREAMS) * 5 * 5, cfg.num_classes)
+        self.head = nn.Linear(self.tiles * sum(STST_STREAMS) * 5 * 5, cfg.num_classes)
 
     def forward(self, motion: torch.Tensor, texture: torch.Tensor) -> torch.Tensor:
         """Logits (B, classes) from motion (B, 3, S, S); the texture does not change them."""
         x = self.rescale(motion)
-        if x.shape[-1] != STST_SIZE:
+        if self.tiles > 1:  # the regions as one batch of B x 4 through the streams
+            x = torch.stack(regions(x, self.side), 1).flatten(0, 1)
+        elif x.shape[-1] != STST_SIZE:
             x = F.adaptive_avg_pool2d(x, STST_SIZE)
-        x = torch.cat([self.pool(F.relu(conv(x))) for conv in self.streams], 1)  # (B, 16, 10, 10)
-        x = F.avg_pool2d(x, 2).flatten(1)  # (B, 400)
+        x = torch.cat([self.pool(F.relu(conv(x))) for conv in self.streams], 1)  # (B x tiles, 16, 10, 10)
+        x = F.avg_pool2d(x, 2).reshape(-1, self.head.in_features)  # (B, tiles x 400)
         return self.keep_inputs(self.head(self.drop(x)), texture)  # costs one mean over the texture
 
     def forward_train(self, motion: torch.Tensor, texture: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,8 +99,9 @@ class STSTNet(Recogniser):
 
 def ststnet_flops(cfg: MMTConfig) -> int:
     """Multiply-adds x 2 of one forward pass (the resize and the pools not counted)."""
-    convs = STST_SIZE * STST_SIZE * sum(STST_STREAMS) * cfg.channels["motion"] * 9
-    return 2 * (convs + sum(STST_STREAMS) * 25 * cfg.num_classes)
+    tiles = 1 if stst_side(cfg) == STST_SIZE else len(HT_REGIONS)
+    convs = tiles * STST_SIZE * STST_SIZE * sum(STST_STREAMS) * cfg.channels["motion"] * 9
+    return 2 * (convs + tiles * sum(STST_STREAMS) * 25 * cfg.num_classes)
 
 
 class ChannelNorm(nn.Module):
@@ -165,13 +198,7 @@ class HTNet(Recogniser):
 
     def regions(self, motion: torch.Tensor) -> torch.Tensor:
         """(B, C, side, side): the four regions, each side/2 square, tiled 2 x 2."""
-        x = F.adaptive_avg_pool2d(motion, self.side) if motion.shape[-1] != self.side else motion
-        half, quarter = self.side // 2, self.side // 4
-        crops = []
-        for fx, fy in HT_REGIONS:
-            cx = min(max(round(fx * self.side), quarter), self.side - quarter)
-            cy = min(max(round(fy * self.side), quarter), self.side - quarter)
-            crops.append(x[..., cy - quarter:cy - quarter + half, cx - quarter:cx - quarter + half])
+        crops = regions(motion, self.side)
         return torch.cat([torch.cat(crops[:2], -1), torch.cat(crops[2:], -1)], -2)
 
     def forward(self, motion: torch.Tensor, texture: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ from typing import Any
 from edge_mer.errors import UserError
 
 ARCHITECTURES = ("mmt", "ststnet", "htnet")
+PARTNERS = ("ststnet", "ststnet_regions")  # models an MMT can be trained beside (ensemble_with)
 
 
 @dataclass(frozen=True)
@@ -32,12 +33,15 @@ class MMTConfig:
     temperature: float = 0.1  # tau
     channels: dict[str, int] = field(default_factory=lambda: {"motion": 3, "texture": 1})
     arch: str = "mmt"  # "mmt", or a baseline trained under the same protocol ("ststnet", "htnet")
-    side: int = 0  # htnet: the motion is resized to side x side (0: its paper's 28)
+    # htnet: the motion is resized to side x side (0: its paper's 28); ststnet: 0 (or 28) the whole face at 28,
+    # 56 four 28 x 28 regions of it at 56 (eyes and mouth corners: baselines.py)
+    side: int = 0
     # > 0: every sample's motion is scaled so that its flow's RMS magnitude is this many flow units (at most x4,
     # so still flow is not blown up into noise); 0: the fixed units of edge_mer.flow.normalise alone
     motion_rms: float = 0.0
-    # "ststnet": the model is an ensemble of this MMT and an STSTNet trained beside it on the same batches, each
-    # on its own loss; it predicts from the mean of the two log-probabilities (one graph, one file). "": alone
+    # "ststnet" (or "ststnet_regions"): the model is an ensemble of this MMT and that STSTNet trained beside it on
+    # the same batches, each on its own loss; it predicts from the mean of the two log-probabilities (one graph,
+    # one file). "": alone
     ensemble_with: str = ""
     # True: the model predicts from the mean log-probability of each sample and its mirror image (u negated), so
     # a face and its mirror image get one answer; training is unchanged (its flip augmentation shows both)
@@ -55,8 +59,12 @@ class MMTConfig:
             raise UserError(f"pooling must be 'fused' or 'cls', not {self.pooling!r}")
         if not self.motion_rms >= 0:
             raise UserError(f"motion_rms must be 0 (off) or a positive number of flow units, not {self.motion_rms}")
-        if self.ensemble_with not in ("", "ststnet") or (self.ensemble_with and self.arch != "mmt"):
-            raise UserError(f"ensemble_with must be '' or 'ststnet' (an MMT's partner), not {self.ensemble_with!r}")
+        if self.ensemble_with not in ("", *PARTNERS) or (self.ensemble_with and self.arch != "mmt"):
+            raise UserError(f"ensemble_with must be '' or {' or '.join(map(repr, PARTNERS))} (an MMT's partner), "
+                            f"not {self.ensemble_with!r}")
+        if self.arch == "ststnet" and self.side not in (0, 28, 56):
+            raise UserError(f"an STSTNet reads the whole face (side 0 or 28) or four regions (56), not side "
+                            f"{self.side}")
         unknown = set(self.modalities) - {"motion", "texture"}
         if unknown or not self.modalities:
             raise UserError(f"modalities must be motion and/or texture, not {sorted(unknown)}")
@@ -85,6 +93,9 @@ MODELS: dict[str, MMTConfig] = {
     "mmt_small_ens": replace(_SMALL, ensemble_with="ststnet"),
     # the MEGC2019 shallow CNN baseline (motion only, 28 x 28): edge_mer/model/baselines.py
     "ststnet": MMTConfig(arch="ststnet", modalities=("motion",), contrastive_weight=0.0, dropout=0.5),
+    # the same on the eyes and mouth corners at twice the resolution (a variant of ours, not the paper's)
+    "ststnet_regions": MMTConfig(arch="ststnet", modalities=("motion",), contrastive_weight=0.0, dropout=0.5,
+                                 side=56),
     # the hierarchical transformer baseline (its authors' configuration; 28 x 28 motion): baselines.py
     "htnet": MMTConfig(arch="htnet", modalities=("motion",), contrastive_weight=0.0, dim=256, heads=3,
                        mlp_ratio=4.0, dropout=0.0),
