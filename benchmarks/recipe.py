@@ -285,7 +285,8 @@ def _table(doc: dict[str, Any], quiet: bool = False) -> None:
         runs = sorted(by[name], key=lambda r: r["seed"])
         own = VARIANTS[name][0] if name in VARIANTS else "mmt_small"
         extends = [v for v in by if name.startswith(v + "+")]  # "a+b+c" changes one thing of "a+b"
-        reference = max(extends, key=len) if extends else "recipe" if own == "mmt_small" or name == own else own
+        family = "ststnet" if own.startswith("ststnet") else own  # ststnet_regions: a variant of STSTNet
+        reference = max(extends, key=len) if extends else "recipe" if own == "mmt_small" or name == own else family
         base = {r["seed"]: r["uf1"] for r in by.get(reference, [])}
         paired = [r["uf1"] - base[r["seed"]] for r in runs if r["seed"] in base]
         delta = "" if name == reference or not paired else f"{statistics.fmean(paired):+.4f}"
