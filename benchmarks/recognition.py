@@ -78,10 +78,19 @@ def _name_and_ablation(model: str) -> tuple[str, str]:
 HEAD_REMOVED = "head motion removed"
 
 
+def model_key(model: str, head: str = "kept") -> str:
+    """The model and the features where they are not the plain flow's: the part of a run's key before its seed."""
+    return model if head == "kept" else f"{model}/head-{head}"
+
+
 def run_key(model: str, seed: int, head: str = "kept") -> str:
-    """A run's key in the results and its folder under ``runs/``: the model and seed, and the features where they
-    are not the plain flow's."""
-    return f"{model}/{seed}" if head == "kept" else f"{model}/head-{head}/{seed}"
+    """A run's key in the results and its folder under ``runs/``."""
+    return f"{model_key(model, head)}/{seed}"
+
+
+def key_of(run: dict[str, Any]) -> str:
+    """``run_key`` of a run's record (records from before ``--head`` have no such field: the plain flow)."""
+    return run_key(run["model"], run["seed"], run.get("head", "kept"))
 
 
 def row_label(run: dict[str, Any]) -> str:
@@ -176,7 +185,7 @@ def main() -> None:
             if run_key(m, int(s), args.head) not in doc["runs"]]
     for r in doc["runs"].values():  # runs from before the breakdown existed, where their folder is kept
         r["breakdown"] = r.get("breakdown") or breakdown_of(
-            work / "runs" / run_key(r["model"], r["seed"], r.get("head", "kept")) / "predictions.csv", work / "data")
+            work / "runs" / key_of(r) / "predictions.csv", work / "data")
     doc |= draw_summary(work / "data", feats)
 
     def save() -> None:
@@ -192,20 +201,19 @@ def main() -> None:
                 for m, s in todo]
         for done in as_completed(jobs):
             r = done.result()
-            doc["runs"][run_key(r["model"], r["seed"], args.head)] = r
+            doc["runs"][key_of(r)] = r
             save()
             print(f"{row_label(r)}/{r['seed']}: UF1 {r['uf1']:.4f} UAR {r['uar']:.4f} ({r['seconds']:.0f} s)",
                   flush=True)
     # latency once nothing else trains: every exported model at batch 1, ONNX Runtime, 2 threads
     for r in doc["runs"].values():
-        folder = work / "runs" / run_key(r["model"], r["seed"], r.get("head", "kept"))
+        folder = work / "runs" / key_of(r)
         if "cpu_ms_p50" in r or not (folder / "checkpoint.pt").is_file():
             continue
-        onnx = work / "onnx" / f"{run_key(r['model'], r['seed'], r.get('head', 'kept')).replace('/', '-')}.onnx"
+        onnx = work / "onnx" / f"{key_of(r).replace('/', '-')}.onnx"
         export(folder / "checkpoint.pt", onnx, force=True)
         r["cpu_ms_p50"] = bench_models(onnx, ["onnxruntime"], runs=200, threads=2)[0]["p50"]
-        head = r.get("head", "kept")
-        png = RESULTS / f"{args.name}_{r['model']}{'' if head == 'kept' else f'_head-{head}'}.png"
+        png = RESULTS / f"{args.name}_{model_key(r['model'], r.get('head', 'kept')).replace('/', '_')}.png"
         if not png.exists():
             shutil.copyfile(folder / "confusion.png", png)
         save()

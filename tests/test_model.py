@@ -180,7 +180,6 @@ def test_ststnet_is_the_papers_shallow_three_stream_cnn():
         model_config("ststnet", ablation="cls-pooling")
 
 
-
 def test_the_regional_ststnet_reads_the_eyes_and_mouth_corners_at_twice_the_resolution(tmp_path):
     """``ststnet_regions``: the three streams on four 28 x 28 regions of the motion at 56 (one set of filters for
     all four); motion outside the regions (the top of the forehead) changes nothing, motion in any of them does,
@@ -225,6 +224,7 @@ def test_the_regional_ststnet_reads_the_eyes_and_mouth_corners_at_twice_the_reso
     got = sess.run(["logits"], {"motion": m3.numpy(), "texture": t3.numpy()})[0]
     with torch.no_grad():
         assert abs(got - pair(m3, t3).numpy()).max() < 1e-4
+
 
 def test_htnet_is_its_authors_configuration_with_regions_from_the_aligned_crop():
     from edge_mer.model.baselines import HT_REGIONS

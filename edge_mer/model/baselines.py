@@ -60,21 +60,18 @@ def regions(motion: torch.Tensor, side: int) -> list[torch.Tensor]:
     return crops
 
 
-def stst_side(cfg: MMTConfig) -> int:
-    """The side the STSTNet of ``cfg`` resizes the motion to: the paper's 28 (the whole face), or 56 (four
-    28 x 28 regions of it)."""
-    return cfg.side or STST_SIZE
+def stst_tiles(cfg: MMTConfig) -> int:
+    """How many 28 x 28 inputs the STSTNet of ``cfg`` reads: 1, the whole face at the paper's 28, or 4, the
+    regions of the face at 56 (``cfg.side``, checked by the config)."""
+    return 1 if (cfg.side or STST_SIZE) == STST_SIZE else len(HT_REGIONS)
 
 
 class STSTNet(Recogniser):
     def __init__(self, cfg: MMTConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.side = stst_side(cfg)
-        if self.side not in (STST_SIZE, 2 * STST_SIZE):
-            raise ValueError(f"STSTNet reads the whole face at {STST_SIZE} or four regions at {2 * STST_SIZE}, "
-                             f"not {self.side}")
-        self.tiles = 1 if self.side == STST_SIZE else len(HT_REGIONS)
+        self.side = cfg.side or STST_SIZE
+        self.tiles = stst_tiles(cfg)
         channels = cfg.channels["motion"]
         self.streams = nn.ModuleList(nn.Conv2d(channels, c, 3, padding=1) for c in STST_STREAMS)
         self.pool = nn.MaxPool2d(3, stride=3, padding=1)
@@ -99,7 +96,7 @@ class STSTNet(Recogniser):
 
 def ststnet_flops(cfg: MMTConfig) -> int:
     """Multiply-adds x 2 of one forward pass (the resize and the pools not counted)."""
-    tiles = 1 if stst_side(cfg) == STST_SIZE else len(HT_REGIONS)
+    tiles = stst_tiles(cfg)
     convs = tiles * STST_SIZE * STST_SIZE * sum(STST_STREAMS) * cfg.channels["motion"] * 9
     return 2 * (convs + tiles * sum(STST_STREAMS) * 25 * cfg.num_classes)
 
