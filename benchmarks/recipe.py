@@ -36,6 +36,7 @@ from edge_mer.eval.truth import (
     draw_summary,
     errors_table,
     other_draw,
+    save_runs,
 )
 from edge_mer.features.prepare import prepare_synthetic_composite
 from edge_mer.train.loop import TrainConfig
@@ -193,7 +194,7 @@ def main() -> None:
     doc |= draw_summary(work / "data", feats[DIS_112])
     todo = [(n, int(s)) for n in names for s in args.seeds.split(",") if f"{n}/{s}" not in doc["runs"]]
     print(f"{len(todo)} runs to do ({KFOLDS} folds each), {args.jobs} at a time", flush=True)
-    _save(out_json, doc)
+    save_runs(out_json, doc)
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         jobs = [pool.submit(run_variant, n, s, str(feats[FEATURES.get(n, DIS_112)]), args.epochs, str(work))
                 for n, s in todo]
@@ -202,7 +203,7 @@ def main() -> None:
             doc["runs"][f"{r['variant']}/{r['seed']}"] = r
             doc |= {"date": dt.date.today().isoformat(), "epochs": args.epochs, "data_seed": args.data_seed,
                     "folds": KFOLDS, "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
-            _save(out_json, doc)
+            save_runs(out_json, doc)
             print(f"[{k}/{len(todo)}] {r['variant']} seed {r['seed']}: UF1 {r['uf1']:.4f} UAR {r['uar']:.4f} "
                   f"({r['seconds']:.0f} s)", flush=True)
             _table(doc, quiet=True)  # the table follows the JSON, so a run stopped halfway still has one
@@ -236,14 +237,6 @@ def _prepare_command(kind: Kind) -> str:
                      *([f"--oversample {kind.oversample}"] if kind.oversample != 1 else []),
                      *([f"--apex {kind.apex}"] if kind.apex != "middle" else []),
                      *([f"--head {kind.head}"] if kind.head != "kept" else []), "--out", _features_name(kind)])
-
-
-def _save(path: Path, doc: dict[str, Any]) -> None:
-    """Write ``doc``, keeping the runs that another search running beside this one wrote in the meantime."""
-    if path.exists():
-        doc["runs"] = {**json.loads(path.read_text())["runs"], **doc["runs"]}
-    path.parent.mkdir(exist_ok=True)
-    write_text(path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
 
 def _command(name: str) -> str:

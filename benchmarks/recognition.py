@@ -53,6 +53,7 @@ from edge_mer.eval.truth import (
     draw_summary,
     errors_table,
     other_draw,
+    save_runs,
 )
 from edge_mer.features.prepare import prepare_synthetic_composite
 from edge_mer.model.build import build_model
@@ -173,7 +174,7 @@ def main() -> None:
             ap.error(f"--retime: {out_json} does not exist yet (train the models first)")
         doc = json.loads(out_json.read_text())
         doc["latency"] = retime(sorted({r["model"] for r in doc["runs"].values()}), work / "onnx")
-        write_text(out_json, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        save_runs(out_json, doc)
         _table(doc, args.name)
         return
     feats = work / ("features" if args.head == "kept" else f"features-head-{args.head}")
@@ -191,8 +192,7 @@ def main() -> None:
     def save() -> None:
         doc.update({"date": dt.date.today().isoformat(), "epochs": args.epochs, "data_seed": args.data_seed,
                     "machine": f"{platform.machine()}, {os.cpu_count()} cores"})
-        RESULTS.mkdir(exist_ok=True)
-        write_text(out_json, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        save_runs(out_json, doc)
 
     save()
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_mer.atomic import write_text
 from edge_mer.data.labels import composite_class
 from edge_mer.data.synthetic import MANIFEST
 from edge_mer.errors import UserError
@@ -156,3 +157,13 @@ def other_draw(doc: dict[str, Any], data: Path, path: Path) -> str | None:
         return None
     return (f"{path} holds runs on subjects drawn from the photographs {', '.join(held)}; this draw is from "
             f"{', '.join(faces)}: move it aside (or choose another results name) to start a table of its own")
+
+
+def save_runs(path: Path, doc: dict[str, Any]) -> None:
+    """Write the results file ``doc`` (its runs under ``"runs"``) to ``path``, first taking into ``doc`` the runs
+    that another benchmark process writing the same file saved in the meantime (a run of ``doc`` wins over the
+    file's under the same key), so two processes side by side lose neither's runs."""
+    if path.exists():
+        doc["runs"] = {**json.loads(path.read_text())["runs"], **doc["runs"]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
