@@ -69,6 +69,16 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
     "width-64": ("mmt_small", {}, {"dim": 64, "heads": 2, "proj_dim": 32}, "half the width (64, 2 heads)"),
     "depth-2": ("mmt_small", {}, {"depth": 2}, "two layers instead of four"),
     "motion-only": ("mmt_small", {}, {"modalities": ("motion",)}, "no texture branch (and so no contrastive term)"),
+    "motion-only+head-removed": ("mmt_small", {}, {"modalities": ("motion",)},
+                                 "motion-only on flow less the head's own motion (`--head removed`)"),
+    "motion-only+regions": ("mmt_small", {}, {"modalities": ("motion",), "regions": True},
+                            "motion-only with its patch tokens cut from the eyes and the mouth corners (four S/2 "
+                            "regions, as `ststnet_regions` reads) instead of the whole face: as many tokens, none on "
+                            "the forehead's centre, the cheeks or the chin"),
+    "motion-only+pool-then-norm": ("mmt_small", {}, {"modalities": ("motion",), "pool_then_norm": True},
+                                   "motion-only pooling its patch tokens before the final normalisation instead "
+                                   "of after, so how strongly one part of the face moved against another reaches "
+                                   "the head (a face that shows a weaker second class besides the annotated one)"),
     "motion-only+ststnet": ("mmt_small", {}, ENSEMBLE,
                             "motion-only with an STSTNet trained beside it on the same batches, each on its own "
                             "loss, predicting from their mean log-probability (`mmt_small_ens`)"),
@@ -142,6 +152,7 @@ FEATURES = {"tvl1": Kind("tvl1"), "ststnet-tvl1": Kind("tvl1"), "ststnet-dis224"
             "texture-difference": Kind(texture="difference"), "motion-only+ststnet+finer-flow": Kind(oversample=2),
             "motion-only+ststnet+apex-by-motion": Kind(apex="motion"),
             "motion-only+ststnet+head-removed": Kind(head="removed"),
+            "motion-only+head-removed": Kind(head="removed"),
             "motion-only+ststnet+head-removed+epochs-120": Kind(head="removed"),
             "motion-only+ststnet+head-removed+regions": Kind(head="removed")}
 

@@ -180,11 +180,26 @@ def test_ststnet_is_the_papers_shallow_three_stream_cnn():
         model_config("ststnet", ablation="cls-pooling")
 
 
+def _reads_the_four_regions_only(model, m, t) -> None:
+    """Motion added on the top of the forehead (above every region) leaves ``model``'s answer as it was; motion
+    added at the point of each region changes it."""
+    from edge_mer.model.mmt import HT_REGIONS
+
+    base = model(m, t)
+    forehead = m.clone()
+    forehead[..., :6, 48:64] += 5.0
+    assert torch.allclose(model(forehead, t), base, atol=1e-6)
+    for fx, fy in HT_REGIONS:
+        marked = m.clone()
+        x, y = round(fx * 112), round(fy * 112)
+        marked[..., y - 2:y + 2, x - 2:x + 2] += 5.0
+        assert not torch.allclose(model(marked, t), base, atol=1e-4)
+
+
 def test_the_regional_ststnet_reads_the_eyes_and_mouth_corners_at_twice_the_resolution(tmp_path):
     """``ststnet_regions``: the three streams on four 28 x 28 regions of the motion at 56 (one set of filters for
     all four); motion outside the regions (the top of the forehead) changes nothing, motion in any of them does,
     and as an MMT's partner it trains and exports as one graph that ONNX Runtime runs alike."""
-    from edge_mer.model.baselines import HT_REGIONS
     from edge_mer.model.build import build_model
     from edge_mer.model.build import flops_per_sample as any_flops
 
@@ -199,15 +214,7 @@ def test_the_regional_ststnet_reads_the_eyes_and_mouth_corners_at_twice_the_reso
             p.copy_(torch.rand_like(p))
         m, t = _inputs(1)
         m = m.abs()
-        base = model(m, t)
-        forehead = m.clone()
-        forehead[..., :6, 48:64] += 5.0  # the top of the forehead, above every region
-        assert torch.allclose(model(forehead, t), base, atol=1e-6)
-        for fx, fy in HT_REGIONS:
-            marked = m.clone()
-            x, y = round(fx * 112), round(fy * 112)
-            marked[..., y - 2:y + 2, x - 2:x + 2] += 5.0
-            assert not torch.allclose(model(marked, t), base, atol=1e-3)
+        _reads_the_four_regions_only(model, m, t)
     with pytest.raises(UserError, match="four regions"):
         model_config("ststnet", changes={"side": 40})
     ens = model_config("mmt_test", ablation="motion-only", changes={"ensemble_with": "ststnet_regions"})
@@ -224,6 +231,48 @@ def test_the_regional_ststnet_reads_the_eyes_and_mouth_corners_at_twice_the_reso
     got = sess.run(["logits"], {"motion": m3.numpy(), "texture": t3.numpy()})[0]
     with torch.no_grad():
         assert abs(got - pair(m3, t3).numpy()).max() < 1e-4
+
+
+def test_the_mmt_can_read_its_patch_tokens_from_the_eyes_and_mouth_corners(tmp_path):
+    """``regions``: each branch cuts its patch tokens from the four regions ``ststnet_regions`` reads (S/2 squares
+    on the eyes and mouth corners, one embedding for all four): as many tokens and weights as the whole face,
+    motion on the top of the forehead changes nothing, motion in each region does; it exports as one graph."""
+    changes = {"patch_sizes": [14, 28], "modalities": ["motion"]}
+    whole = MMT(model_config("mmt_test", changes=changes)).eval()
+    cfg = model_config("mmt_test", changes={**changes, "regions": True})
+    model = MMT(cfg).eval()
+    assert count_parameters(model) == count_parameters(whole) and flops_per_sample(cfg) == flops_per_sample(
+        whole.cfg)
+    model.load_state_dict(whole.state_dict())  # the same weights: only where the tokens come from differs
+    m, t = _inputs(1)
+    with torch.no_grad():
+        assert not torch.allclose(whole(m, t), model(m, t), atol=1e-4)
+        _reads_the_four_regions_only(model, m, t)
+        forehead = m.clone()
+        forehead[..., :6, 48:64] += 5.0
+        assert not torch.allclose(whole(forehead, t), whole(m, t), atol=1e-4)  # the whole face does see it
+    with pytest.raises(UserError, match="regions' side 56"):
+        model_config("mmt_test", changes={"regions": True})  # its 16-pixel patches do not tile a 56 region
+    ort = pytest.importorskip("onnxruntime")
+    sess = ort.InferenceSession(_export(model, *_inputs(2), tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    m3, t3 = _inputs(3)
+    with torch.no_grad():
+        assert abs(sess.run(["logits"], {"motion": m3.numpy(), "texture": t3.numpy()})[0]
+                   - model(m3, t3).numpy()).max() < 1e-4
+
+
+def test_the_mmt_can_pool_its_tokens_before_normalising_them():
+    """``pool_then_norm``: the same weights (a checkpoint of either loads into the other) pooled before the final
+    LayerNorm instead of after, so it answers differently; it trains, every weight of its branches learning."""
+    whole = MMT(model_config("mmt_test")).eval()
+    model = MMT(model_config("mmt_test", changes={"pool_then_norm": True})).eval()
+    model.load_state_dict(whole.state_dict())
+    m, t = _inputs(2)
+    with torch.no_grad():
+        assert not torch.allclose(model(m, t), whole(m, t), atol=1e-4)
+    logits, aux = model.train().forward_train(*_inputs(4))
+    (torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 0])) + aux).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.branches.parameters())
 
 
 def test_htnet_is_its_authors_configuration_with_regions_from_the_aligned_crop():

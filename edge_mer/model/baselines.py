@@ -36,28 +36,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from edge_mer.model.config import MMTConfig
-from edge_mer.model.mmt import Recogniser
+from edge_mer.model.mmt import HT_REGIONS, Recogniser, regions
 
 STST_SIZE = 28
 STST_STREAMS = (3, 5, 8)
 HT_PATCH = 7
 HT_BLOCKS = (2, 2, 10)  # transformer blocks per level
-# regions, image left first as the authors' MTCNN points: the subject's right eye, left eye, right and left
-# mouth corner (fractions of the canonical crop: edge_mer.spot.signal.MEAN_LANDMARKS)
-HT_REGIONS = ((0.321, 0.340), (0.679, 0.340), (0.334, 0.677), (0.674, 0.675))
-
-
-def regions(motion: torch.Tensor, side: int) -> list[torch.Tensor]:
-    """The four regions of ``HT_REGIONS`` of ``motion`` (B, C, S, S) resized to ``side``: each (B, C, side/2,
-    side/2) around its point, moved inside the map where the point is nearer an edge than side/4."""
-    x = F.adaptive_avg_pool2d(motion, side) if motion.shape[-1] != side else motion
-    half, quarter = side // 2, side // 4
-    crops = []
-    for fx, fy in HT_REGIONS:
-        cx = min(max(round(fx * side), quarter), side - quarter)
-        cy = min(max(round(fy * side), quarter), side - quarter)
-        crops.append(x[..., cy - quarter:cy - quarter + half, cx - quarter:cx - quarter + half])
-    return crops
 
 
 def stst_tiles(cfg: MMTConfig) -> int:

@@ -46,6 +46,14 @@ class MMTConfig:
     # True: the model predicts from the mean log-probability of each sample and its mirror image (u negated), so
     # a face and its mirror image get one answer; training is unchanged (its flip augmentation shows both)
     mirror_average: bool = False
+    # True (an MMT): each branch's patch tokens come from the four regions of the face that HTNet crops (the eyes
+    # and the mouth corners, each S/2 square; baselines.py), one patch embedding for all four, instead of the
+    # whole face: as many tokens, none on the forehead's centre, the cheeks or the chin
+    regions: bool = False
+    # True (an MMT): a branch pools its patch tokens by their fused attention weights first and normalises the
+    # pooled vector, so how strongly one part of the face moved against another reaches the head; False: each
+    # token is normalised, then pooled (every token as loud as the next)
+    pool_then_norm: bool = False
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -53,6 +61,8 @@ class MMTConfig:
         for p in self.patch_sizes:
             if self.size % p:
                 raise UserError(f"patch size {p} does not divide the crop size {self.size}")
+            if self.regions and self.arch == "mmt" and (self.size // 2) % p:
+                raise UserError(f"patch size {p} does not divide the regions' side {self.size // 2}")
         if self.arch == "mmt" and self.dim % self.heads:  # HTNet's heads are dim // heads wide, as its code
             raise UserError(f"width {self.dim} is not divisible by {self.heads} heads")
         if self.pooling not in ("fused", "cls"):

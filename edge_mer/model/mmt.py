@@ -28,6 +28,24 @@ from torch import nn
 
 from edge_mer.model.config import MMTConfig
 
+# the regions HTNet crops (baselines.py), image left first as the authors' MTCNN points: the subject's right eye,
+# left eye, right and left mouth corner (fractions of the canonical crop: edge_mer.spot.signal.MEAN_LANDMARKS)
+HT_REGIONS = ((0.321, 0.340), (0.679, 0.340), (0.334, 0.677), (0.674, 0.675))
+
+
+def regions(motion: torch.Tensor, side: int) -> list[torch.Tensor]:
+    """The four regions of ``HT_REGIONS`` of ``motion`` (B, C, S, S) resized to ``side``: each (B, C, side/2,
+    side/2) around its point, moved inside the map where the point is nearer an edge than side/4."""
+    x = F.adaptive_avg_pool2d(motion, side) if motion.shape[-1] != side else motion
+    half, quarter = side // 2, side // 4
+    crops = []
+    for fx, fy in HT_REGIONS:
+        cx = min(max(round(fx * side), quarter), side - quarter)
+        cy = min(max(round(fy * side), quarter), side - quarter)
+        crops.append(x[..., cy - quarter:cy - quarter + half, cx - quarter:cx - quarter + half])
+    return crops
+
+
 
 class Dropout(nn.Module):
     """``nn.Dropout`` whose mask comes from numpy's PCG64 bytes on a CPU.
@@ -98,7 +116,7 @@ class Branch(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Conv2d(channels, cfg.dim, kernel_size=patch, stride=patch)
-        n = (cfg.size // patch) ** 2
+        n = (cfg.size // patch) ** 2  # with cfg.regions: 4 regions x (S/2 / patch)^2, as many
         self.cls = nn.Parameter(torch.zeros(1, 1, cfg.dim))
         self.pos = nn.Parameter(torch.randn(1, n + 1, cfg.dim) * 0.02)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
@@ -107,21 +125,24 @@ class Branch(nn.Module):
         self.fuse = nn.Parameter(torch.zeros(cfg.depth, cfg.heads))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens = self.embed(x).flatten(2).transpose(1, 2)  # (B, N, dim)
-        b = tokens.shape[0]
+        b = x.shape[0]
+        if self.cfg.regions:  # the four regions as one batch of B x 4 through the embedding
+            x = torch.stack(regions(x, self.cfg.size), 1).flatten(0, 1)
+        tokens = self.embed(x).flatten(2).transpose(1, 2).reshape(b, -1, self.cfg.dim)  # (B, N, dim)
         x = torch.cat([self.cls.expand(b, -1, -1), tokens], 1) + self.pos
         cls_attn = []
         for blk in self.blocks:
             x, attn = blk(x)
             cls_attn.append(attn[:, :, 0, 1:])  # (B, heads, N): CLS -> patches
-        x = self.norm(x)
         maps = torch.stack(cls_attn, 1)  # (B, layers, heads, N)
         w = torch.softmax(self.fuse.flatten(), 0).reshape(1, self.cfg.depth, self.cfg.heads, 1)
         patch_w = (maps * w).sum((1, 2))  # (B, N)
         patch_w = patch_w / patch_w.sum(-1, keepdim=True).clamp_min(1e-6)
         if self.cfg.pooling == "cls":
-            return x[:, 0], patch_w
-        return (patch_w.unsqueeze(-1) * x[:, 1:]).sum(1), patch_w
+            return self.norm(x[:, 0]), patch_w
+        if self.cfg.pool_then_norm:
+            return self.norm((patch_w.unsqueeze(-1) * x[:, 1:]).sum(1)), patch_w
+        return (patch_w.unsqueeze(-1) * self.norm(x[:, 1:])).sum(1), patch_w
 
 
 class Recogniser(nn.Module):
@@ -191,7 +212,8 @@ class MMT(Recogniser):
                                 self.cfg.temperature)
 
     def patch_weights(self, motion: torch.Tensor, texture: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The fused attention weight of every patch, per branch (for inspection)."""
+        """The fused attention weight of every patch, per branch (for inspection; with ``cfg.regions`` the patches of
+        the four regions in turn, each region's row by row)."""
         inputs = {"motion": self.rescale(motion), "texture": texture}
         return {name: br(inputs[name.split("_")[0]])[1] for name, br in self.branches.items()}
 
