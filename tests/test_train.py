@@ -333,21 +333,3 @@ def test_the_recognition_benchmark_keeps_runs_on_flow_less_the_head_apart(tmp_pa
     assert rows[1].startswith(f"| {model} (head motion removed) | 1 | 0.8512 |") and " 1.300 |" in rows[1]
     assert "(`--head removed`)" in (tmp_path / "t.md").read_text()
 
-
-def test_two_benchmark_processes_on_one_results_file_keep_each_others_runs(tmp_path):
-    """Two benchmark processes write one results file (each loaded it before the other's run finished): every save
-    keeps the runs the other saved in the meantime, and a run the saver holds replaces its older record."""
-    from edge_mer.eval.truth import save_runs
-
-    path = tmp_path / "recognition.json"
-    first = {"runs": {"ststnet/0": {"uf1": 0.82}}}
-    second = json.loads(json.dumps(first))  # the second process starts from the same file
-    save_runs(path, first)
-    first["runs"]["ststnet_regions/2"] = {"uf1": 0.85}
-    save_runs(path, first)
-    second["runs"]["ststnet_regions/head-removed/1"] = {"uf1": 0.88}
-    second["runs"]["ststnet/0"] = {"uf1": 0.83}  # retrained by the second process
-    save_runs(path, second)
-    runs = json.loads(path.read_text())["runs"]
-    assert runs == {"ststnet/0": {"uf1": 0.83}, "ststnet_regions/2": {"uf1": 0.85},
-                    "ststnet_regions/head-removed/1": {"uf1": 0.88}}

@@ -19,6 +19,7 @@ from edge_mer.eval.truth import (
     other_draw,
     read_truth,
     rendered_faces,
+    save_runs,
 )
 from edge_mer.synth.faces import photo_names
 
@@ -99,3 +100,20 @@ def test_a_results_table_keeps_to_the_photographs_of_its_draw(draw, tmp_path):
     assert why is not None and "recipe.json" in why and "astronaut, hopper;" in why and "biden" in why
     assert other_draw({**old, "faces": photo_names()}, out, tmp_path / "recipe.json") is None
     assert other_draw({"runs": {}}, out, tmp_path / "recipe.json") is None  # nothing to mix
+
+
+def test_two_benchmark_processes_on_one_results_file_keep_each_others_runs(tmp_path):
+    """Two benchmark processes write one results file (each loaded it before the other's run finished): every save
+    keeps the runs the other saved in the meantime, and a run the saver holds replaces its older record."""
+    path = tmp_path / "recognition.json"
+    first = {"runs": {"ststnet/0": {"uf1": 0.82}}}
+    second = json.loads(json.dumps(first))  # the second process starts from the same file
+    save_runs(path, first)
+    first["runs"]["ststnet_regions/2"] = {"uf1": 0.85}
+    save_runs(path, first)
+    second["runs"]["ststnet_regions/head-removed/1"] = {"uf1": 0.88}
+    second["runs"]["ststnet/0"] = {"uf1": 0.83}  # retrained by the second process
+    save_runs(path, second)
+    runs = json.loads(path.read_text())["runs"]
+    assert runs == {"ststnet/0": {"uf1": 0.83}, "ststnet_regions/2": {"uf1": 0.85},
+                    "ststnet_regions/head-removed/1": {"uf1": 0.88}}
