@@ -119,6 +119,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
                                                  "(`ststnet_regions`)"),
     "ststnet-regions": ("ststnet_regions", {}, {}, "STSTNet on the eyes and the mouth corners at twice the "
                                                    "resolution (`ststnet_regions`)"),
+    "ststnet-regions+head-removed": ("ststnet_regions", {}, {}, "ststnet-regions on flow less the head's own motion "
+                                                                "(`--head removed`)"),
     "texture-difference": ("mmt_small", {}, {}, "texture input: apex minus onset grey level instead of the apex "
                                                 "frame, which carries the subject's identity"),
     "motion-rms": ("mmt_small", {}, {"motion_rms": 0.2}, "each sample's flow scaled to RMS 0.2 units (the "
@@ -153,6 +155,7 @@ FEATURES = {"tvl1": Kind("tvl1"), "ststnet-tvl1": Kind("tvl1"), "ststnet-dis224"
             "motion-only+ststnet+apex-by-motion": Kind(apex="motion"),
             "motion-only+ststnet+head-removed": Kind(head="removed"),
             "motion-only+head-removed": Kind(head="removed"),
+            "ststnet-regions+head-removed": Kind(head="removed"),
             "motion-only+ststnet+head-removed+epochs-120": Kind(head="removed"),
             "motion-only+ststnet+head-removed+regions": Kind(head="removed")}
 

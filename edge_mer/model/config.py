@@ -101,6 +101,8 @@ MODELS: dict[str, MMTConfig] = {
                           dropout=0.0),
     # mmt_small and the shallow CNN below trained side by side, predicting together (their errors differ)
     "mmt_small_ens": replace(_SMALL, ensemble_with="ststnet"),
+    # the same with the regional STSTNet (ststnet_regions) as the partner
+    "mmt_small_ens_regions": replace(_SMALL, ensemble_with="ststnet_regions"),
     # the MEGC2019 shallow CNN baseline (motion only, 28 x 28): edge_mer/model/baselines.py
     "ststnet": MMTConfig(arch="ststnet", modalities=("motion",), contrastive_weight=0.0, dropout=0.5),
     # the same on the eyes and mouth corners at twice the resolution (a variant of ours, not the paper's)
