@@ -79,6 +79,9 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
                                    "motion-only pooling its patch tokens before the final normalisation instead "
                                    "of after, so how strongly one part of the face moved against another reaches "
                                    "the head (a face that shows a weaker second class besides the annotated one)"),
+    "motion-only+conv-stem": ("mmt_small", {}, {"modalities": ("motion",), "stem": "conv"},
+                              "motion-only with a 3 x 3 convolution (16 filters, ReLU) and a 2 x 2 max-pool before "
+                              "its patch tokens, as a shallow CNN reads the motion"),
     "motion-only+ststnet": ("mmt_small", {}, ENSEMBLE,
                             "motion-only with an STSTNet trained beside it on the same batches, each on its own "
                             "loss, predicting from their mean log-probability (`mmt_small_ens`)"),

@@ -24,6 +24,17 @@ def _export(model, m, t, path) -> str:
     return str(path)
 
 
+def _runs_alike_in_onnxruntime(model, folder) -> None:
+    """``model`` exported (traced at batch 2) gives the same logits under ONNX Runtime as in torch at batch 3."""
+    ort = pytest.importorskip("onnxruntime")
+    model.eval()
+    sess = ort.InferenceSession(_export(model, *_inputs(2), folder / "m.onnx"), providers=["CPUExecutionProvider"])
+    m3, t3 = _inputs(3)  # another batch than the traced one
+    with torch.no_grad():
+        assert abs(sess.run(["logits"], {"motion": m3.numpy(), "texture": t3.numpy()})[0]
+                   - model(m3, t3).numpy()).max() < 1e-4
+
+
 def test_edge_size_budget():
     cfg = model_config("mmt_small")
     assert count_parameters(MMT(cfg)) <= 3_000_000
@@ -223,14 +234,7 @@ def test_the_regional_ststnet_reads_the_eyes_and_mouth_corners_at_twice_the_reso
     assert pair.partner.cfg.side == 56 and count_parameters(pair.partner) == count_parameters(model)
     logits, _ = pair.train().forward_train(*_inputs(4))
     assert logits.shape == (2, 4, 3)
-    ort = pytest.importorskip("onnxruntime")
-    pair.eval()
-    m, t = _inputs(2)
-    sess = ort.InferenceSession(_export(pair, m, t, tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
-    m3, t3 = _inputs(3)  # another batch than the traced one
-    got = sess.run(["logits"], {"motion": m3.numpy(), "texture": t3.numpy()})[0]
-    with torch.no_grad():
-        assert abs(got - pair(m3, t3).numpy()).max() < 1e-4
+    _runs_alike_in_onnxruntime(pair, tmp_path)
 
 
 def test_the_mmt_can_read_its_patch_tokens_from_the_eyes_and_mouth_corners(tmp_path):
@@ -253,12 +257,7 @@ def test_the_mmt_can_read_its_patch_tokens_from_the_eyes_and_mouth_corners(tmp_p
         assert not torch.allclose(whole(forehead, t), whole(m, t), atol=1e-4)  # the whole face does see it
     with pytest.raises(UserError, match="regions' side 56"):
         model_config("mmt_test", changes={"regions": True})  # its 16-pixel patches do not tile a 56 region
-    ort = pytest.importorskip("onnxruntime")
-    sess = ort.InferenceSession(_export(model, *_inputs(2), tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
-    m3, t3 = _inputs(3)
-    with torch.no_grad():
-        assert abs(sess.run(["logits"], {"motion": m3.numpy(), "texture": t3.numpy()})[0]
-                   - model(m3, t3).numpy()).max() < 1e-4
+    _runs_alike_in_onnxruntime(model, tmp_path)
 
 
 def test_the_mmt_can_pool_its_tokens_before_normalising_them():
@@ -273,6 +272,28 @@ def test_the_mmt_can_pool_its_tokens_before_normalising_them():
     logits, aux = model.train().forward_train(*_inputs(4))
     (torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 0])) + aux).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.branches.parameters())
+
+
+def test_the_mmt_can_read_its_motion_through_a_conv_stem(tmp_path):
+    """``stem="conv"``: 3 x 3 filters and a 2 x 2 max-pool before patches of half the side: the same tokens, the
+    weights and FLOPs the stem adds; a model without it loads its checkpoints as before; it trains and exports."""
+    from edge_mer.model.mmt import STEM_FILTERS
+
+    plain_cfg = model_config("mmt_test", ablation="motion-only")
+    cfg = model_config("mmt_test", ablation="motion-only", changes={"stem": "conv"})
+    plain, model = MMT(plain_cfg), MMT(cfg)
+    added = sum(STEM_FILTERS * 3 * 9 + STEM_FILTERS + (STEM_FILTERS * (p // 2) ** 2 - 3 * p * p) * cfg.dim
+                for p in cfg.patch_sizes)
+    assert count_parameters(model) == count_parameters(plain) + added
+    assert [b.pos.shape for b in model.branches.values()] == [b.pos.shape for b in plain.branches.values()]
+    assert flops_per_sample(cfg) > flops_per_sample(plain_cfg)
+    MMT(plain_cfg).load_state_dict(plain.state_dict())  # no stem weights in a plain checkpoint, none expected
+    logits, aux = model.train().forward_train(*_inputs(4))
+    (torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 0])) + aux).backward()
+    assert all(p.grad is not None for p in model.branches.parameters())
+    with pytest.raises(UserError, match="patch sizes must be even"):
+        model_config("mmt_test", changes={"stem": "conv", "patch_sizes": [7, 28]})
+    _runs_alike_in_onnxruntime(model, tmp_path)
 
 
 def test_htnet_is_its_authors_configuration_with_regions_from_the_aligned_crop():

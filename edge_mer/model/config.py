@@ -54,6 +54,11 @@ class MMTConfig:
     # pooled vector, so how strongly one part of the face moved against another reaches the head; False: each
     # token is normalised, then pooled (every token as loud as the next)
     pool_then_norm: bool = False
+    # "patch" (an MMT): each patch is projected to a token as it is (the paper's); "conv": a 3 x 3 convolution
+    # (STEM_FILTERS filters, ReLU) and a 2 x 2 max-pool first, then patches of half the side of the pooled map
+    # projected: local filters before the tokens, as a shallow CNN reads the motion (early convolutions help a
+    # transformer trained on little data: Xiao et al., NeurIPS 2021, arXiv 2106.14881)
+    stem: str = "patch"
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -65,6 +70,10 @@ class MMTConfig:
                 raise UserError(f"patch size {p} does not divide the regions' side {self.size // 2}")
         if self.arch == "mmt" and self.dim % self.heads:  # HTNet's heads are dim // heads wide, as its code
             raise UserError(f"width {self.dim} is not divisible by {self.heads} heads")
+        if self.stem not in ("patch", "conv"):
+            raise UserError(f"stem must be 'patch' or 'conv', not {self.stem!r}")
+        if self.stem == "conv" and any(p % 2 for p in self.patch_sizes):
+            raise UserError(f"a conv stem halves the map: its patch sizes must be even, not {self.patch_sizes}")
         if self.pooling not in ("fused", "cls"):
             raise UserError(f"pooling must be 'fused' or 'cls', not {self.pooling!r}")
         if not self.motion_rms >= 0:

@@ -28,6 +28,8 @@ from torch import nn
 
 from edge_mer.model.config import MMTConfig
 
+STEM_FILTERS = 16  # the conv stem's filters (MMTConfig.stem)
+
 # the regions HTNet crops (baselines.py), image left first as the authors' MTCNN points: the subject's right eye,
 # left eye, right and left mouth corner (fractions of the canonical crop: edge_mer.spot.signal.MEAN_LANDMARKS)
 HT_REGIONS = ((0.321, 0.340), (0.679, 0.340), (0.334, 0.677), (0.674, 0.675))
@@ -115,8 +117,12 @@ class Branch(nn.Module):
     def __init__(self, cfg: MMTConfig, channels: int, patch: int) -> None:
         super().__init__()
         self.cfg = cfg
-        self.embed = nn.Conv2d(channels, cfg.dim, kernel_size=patch, stride=patch)
         n = (cfg.size // patch) ** 2  # with cfg.regions: 4 regions x (S/2 / patch)^2, as many
+        self.stem: nn.Module = nn.Identity()
+        if cfg.stem == "conv":
+            self.stem = nn.Sequential(nn.Conv2d(channels, STEM_FILTERS, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+            channels, patch = STEM_FILTERS, patch // 2
+        self.embed = nn.Conv2d(channels, cfg.dim, kernel_size=patch, stride=patch)
         self.cls = nn.Parameter(torch.zeros(1, 1, cfg.dim))
         self.pos = nn.Parameter(torch.randn(1, n + 1, cfg.dim) * 0.02)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
@@ -128,7 +134,7 @@ class Branch(nn.Module):
         b = x.shape[0]
         if self.cfg.regions:  # the four regions as one batch of B x 4 through the embedding
             x = torch.stack(regions(x, self.cfg.size), 1).flatten(0, 1)
-        tokens = self.embed(x).flatten(2).transpose(1, 2).reshape(b, -1, self.cfg.dim)  # (B, N, dim)
+        tokens = self.embed(self.stem(x)).flatten(2).transpose(1, 2).reshape(b, -1, self.cfg.dim)  # (B, N, dim)
         x = torch.cat([self.cls.expand(b, -1, -1), tokens], 1) + self.pos
         cls_attn = []
         for blk in self.blocks:
@@ -239,7 +245,10 @@ def flops_per_sample(cfg: MMTConfig) -> int:
         for p in cfg.patch_sizes:
             n = (cfg.size // p) ** 2
             t = n + 1
-            total += n * c * p * p * cfg.dim  # patch embedding
+            if cfg.stem == "conv":  # 3 x 3 filters at S, then half-side patches of the pooled map
+                total += cfg.size * cfg.size * c * 9 * STEM_FILTERS + n * STEM_FILTERS * (p // 2) ** 2 * cfg.dim
+            else:
+                total += n * c * p * p * cfg.dim  # patch embedding
             per_layer = t * cfg.dim * 3 * cfg.dim + 2 * t * t * cfg.dim + t * cfg.dim * cfg.dim
             per_layer += 2 * t * cfg.dim * hidden
             total += cfg.depth * per_layer
