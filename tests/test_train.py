@@ -259,7 +259,8 @@ def test_a_killed_run_resumes_from_its_finished_folds(loso_run, composite_featur
 
 def test_kept_folds_belong_to_the_model_config_not_only_its_name(composite_features, tmp_path):
     """A model name whose settings changed between two runs must not resume from the other's folds: the store is
-    named by the whole model config, not only by the name and options of the command."""
+    named by the whole model config, not only by the name and options of the command. Settings at their defaults
+    do not name it, so a setting added later keeps the folds kept before it."""
     from dataclasses import replace
 
     from edge_mer.features.cache import FeatureSet
@@ -272,6 +273,12 @@ def test_kept_folds_belong_to_the_model_config_not_only_its_name(composite_featu
     out = tmp_path / "run"
     assert _fold_store(out, cfg, fs, mcfg) == _fold_store(out, cfg, fs, model_config("mmt_test"))
     assert _fold_store(out, cfg, fs, mcfg) != _fold_store(out, cfg, fs, replace(mcfg, dropout=0.3))
+    # a setting given at its default (as a setting added to edge-mer later is, for the runs before it) keeps them
+    assert _fold_store(out, cfg, fs, mcfg) == _fold_store(out, cfg, fs, replace(mcfg, stem="patch"))
+    assert _fold_store(out, cfg, fs, mcfg) != _fold_store(out, cfg, fs, replace(mcfg, stem="conv"))
+    with_default = replace(cfg, train=replace(cfg.train, label_smoothing=0.0), changes=(("stem", "patch"),))
+    assert _fold_store(out, cfg, fs, mcfg) == _fold_store(out, with_default, fs, mcfg) != _fold_store(
+        out, replace(cfg, train=replace(cfg.train, label_smoothing=0.1)), fs, mcfg)
 
 
 def test_the_recognition_benchmark_fans_a_run_out_with_its_own_settings(composite_features, tmp_path):

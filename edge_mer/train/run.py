@@ -24,7 +24,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import MISSING, asdict, dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -239,12 +239,30 @@ def _run(cfg: RunConfig, out: Path, progress: bool, start: float, rank: int, wor
 
 def _fold_store(out: Path, cfg: RunConfig, fs: FeatureSet, mcfg: MMTConfig) -> Path:
     """The folder beside ``out`` that keeps finished folds, named by what decides their predictions: the run's
-    settings (not the device), the model's whole config (a registry name whose meaning changed keeps nothing),
-    the features' config and sample ids, and the edge-mer version."""
-    what = {k: v for k, v in asdict(cfg).items() if k != "device"}
-    key = json.dumps({"run": what, "model": mcfg.to_dict(), "features": fs.config, "ids": list(fs.ids),
+    settings (not the device; its model changes as the model's config has them), the model's whole config (a
+    registry name whose meaning changed keeps nothing), the features' config and sample ids, and the edge-mer
+    version. Settings at their defaults are left out, so a setting added later, whose default keeps what was
+    trained before, keeps the folds of the runs before it."""
+    what = {k: v for k, v in _set_fields(cfg).items() if k not in ("device", "changes")}
+    key = json.dumps({"run": what, "model": _set_fields(mcfg), "features": fs.config, "ids": list(fs.ids),
                       "edge_mer": __version__}, sort_keys=True, default=str)
     return out.parent / f".{out.name}.folds-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def _set_fields(obj: Any) -> dict[str, Any]:
+    """The fields of the dataclass ``obj`` that differ from their defaults (a field that is a dataclass: its own
+    such fields, or left out when none differ)."""
+    out: dict[str, Any] = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if is_dataclass(value):
+            if inner := _set_fields(value):
+                out[f.name] = inner
+            continue
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        if default is MISSING or value != default:
+            out[f.name] = value
+    return out
 
 
 def seconds_text(results: list[dict[str, Any]]) -> str:
