@@ -339,4 +339,3 @@ def test_the_recognition_benchmark_keeps_runs_on_flow_less_the_head_apart(tmp_pa
     assert rows[0].startswith(f"| {model} | 1 | 0.8363 |") and " 1.300 |" in rows[0]
     assert rows[1].startswith(f"| {model} (head motion removed) | 1 | 0.8512 |") and " 1.300 |" in rows[1]
     assert "(`--head removed`)" in (tmp_path / "t.md").read_text()
-

@@ -44,17 +44,22 @@ HT_PATCH = 7
 HT_BLOCKS = (2, 2, 10)  # transformer blocks per level
 
 
+def input_side(cfg: MMTConfig) -> int:
+    """The side a baseline of ``cfg`` resizes the motion to: ``cfg.side``, or its paper's 28 where that is 0."""
+    return cfg.side or STST_SIZE
+
+
 def stst_tiles(cfg: MMTConfig) -> int:
     """How many 28 x 28 inputs the STSTNet of ``cfg`` reads: 1, the whole face at the paper's 28, or 4, the
     regions of the face at 56 (``cfg.side``, checked by the config)."""
-    return 1 if (cfg.side or STST_SIZE) == STST_SIZE else len(HT_REGIONS)
+    return 1 if input_side(cfg) == STST_SIZE else len(HT_REGIONS)
 
 
 class STSTNet(Recogniser):
     def __init__(self, cfg: MMTConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.side = cfg.side or STST_SIZE
+        self.side = input_side(cfg)
         self.tiles = stst_tiles(cfg)
         channels = cfg.channels["motion"]
         self.streams = nn.ModuleList(nn.Conv2d(channels, c, 3, padding=1) for c in STST_STREAMS)
@@ -156,7 +161,7 @@ class HTNet(Recogniser):
     def __init__(self, cfg: MMTConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.side = cfg.side or STST_SIZE
+        self.side = input_side(cfg)
         if self.side % (2 * HT_PATCH):
             raise ValueError(f"HTNet's input side must be a multiple of {2 * HT_PATCH}, not {self.side}")
         channels = cfg.channels["motion"]
@@ -200,7 +205,7 @@ class HTNet(Recogniser):
 
 def htnet_flops(cfg: MMTConfig) -> int:
     """Multiply-adds x 2 of one forward pass (matrix products and convolutions; norms and pools not counted)."""
-    side = cfg.side or STST_SIZE
+    side = input_side(cfg)
     fmap = side // HT_PATCH
     tokens_tile = (fmap // 2 ** (len(HT_BLOCKS) - 1)) ** 2
     total = fmap * fmap * cfg.channels["motion"] * HT_PATCH * HT_PATCH * cfg.dim

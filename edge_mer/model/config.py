@@ -47,7 +47,7 @@ class MMTConfig:
     # a face and its mirror image get one answer; training is unchanged (its flip augmentation shows both)
     mirror_average: bool = False
     # True (an MMT): each branch's patch tokens come from the four regions of the face that HTNet crops (the eyes
-    # and the mouth corners, each S/2 square; baselines.py), one patch embedding for all four, instead of the
+    # and the mouth corners, each S/2 square; mmt.HT_REGIONS), one patch embedding for all four, instead of the
     # whole face: as many tokens, none on the forehead's centre, the cheeks or the chin
     regions: bool = False
     # True (an MMT): a branch pools its patch tokens by their fused attention weights first and normalises the

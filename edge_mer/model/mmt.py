@@ -48,7 +48,6 @@ def regions(motion: torch.Tensor, side: int) -> list[torch.Tensor]:
     return crops
 
 
-
 class Dropout(nn.Module):
     """``nn.Dropout`` whose mask comes from numpy's PCG64 bytes on a CPU.
 
