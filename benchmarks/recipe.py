@@ -120,10 +120,42 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
     "motion-only+ststnet+head-removed+regions": ("mmt_small", {}, {**ENSEMBLE, "ensemble_with": "ststnet_regions"},
                                                  "motion-only+ststnet+head-removed with the regional partner "
                                                  "(`ststnet_regions`)"),
+    "motion-only+ststnet+head-removed+regions+partner-lr-1e-2": (
+        "mmt_small", {"partner_lr": 1e-2}, {**ENSEMBLE, "ensemble_with": "ststnet_regions"},
+        "motion-only+ststnet+head-removed+regions with the partner at ten times the MMT's learning rate "
+        "(`--set partner_lr=0.01`: what the regional CNN alone trains best at)"),
     "ststnet-regions": ("ststnet_regions", {}, {}, "STSTNet on the eyes and the mouth corners at twice the "
                                                    "resolution (`ststnet_regions`)"),
     "ststnet-regions+head-removed": ("ststnet_regions", {}, {}, "ststnet-regions on flow less the head's own motion "
                                                                 "(`--head removed`)"),
+    "ststnet-regions+head-removed+epochs-120": ("ststnet_regions", {"epochs": 120}, {},
+                                                "ststnet-regions+head-removed trained for twice the epochs"),
+    "ststnet-regions+head-removed+lr-3e-3": ("ststnet_regions", {"lr": 3e-3}, {},
+                                             "ststnet-regions+head-removed at three times the learning rate"),
+    "ststnet-regions+head-removed+lr-1e-2": ("ststnet_regions", {"lr": 1e-2}, {},
+                                             "ststnet-regions+head-removed at ten times the learning rate"),
+    "ststnet-regions+head-removed+lr-3e-2": ("ststnet_regions", {"lr": 3e-2}, {},
+                                             "ststnet-regions+head-removed at thirty times the learning rate"),
+    "ststnet-regions+head-removed+lr-3e-3+epochs-120": ("ststnet_regions", {"lr": 3e-3, "epochs": 120}, {},
+                                                        "ststnet-regions+head-removed+lr-3e-3 trained for twice "
+                                                        "the epochs"),
+    "ststnet-regions+head-removed+dropout-0.2": ("ststnet_regions", {}, {"dropout": 0.2},
+                                                 "ststnet-regions+head-removed with dropout 0.2 before its fully "
+                                                 "connected layer instead of 0.5"),
+    "ststnet-regions+head-removed+gain-0.5-2": ("ststnet_regions", {"gain": (0.5, 2.0)}, {},
+                                                "ststnet-regions+head-removed with the flow gain drawn from "
+                                                "x0.5-x2 (subjects' own range) instead of x0.8-x1.25"),
+    "ststnet-regions+head-removed+mixup-0.2": ("ststnet_regions", {"mixup": 0.2}, {},
+                                               "ststnet-regions+head-removed with mixup (Beta(0.2, 0.2))"),
+    "ststnet-regions+head-removed+rotate-zoom": ("ststnet_regions", {"rotate": 8.0, "zoom": (0.9, 1.1)}, {},
+                                                 "ststnet-regions+head-removed with each sample turned by up to 8 "
+                                                 "degrees and scaled by x0.9-x1.1 (faces aligned less exactly)"),
+    "ststnet-regions+head-removed+whole-face": ("ststnet_regions", {}, {"ensemble_with": "ststnet"},
+                                                "ststnet-regions+head-removed with a whole-face STSTNet (28 x 28) "
+                                                "trained beside it, predicting from their mean log-probability"),
+    "ststnet-regions+head-removed+twin": ("ststnet_regions", {}, {"ensemble_with": "ststnet_regions"},
+                                          "ststnet-regions+head-removed with a second one (other initial weights) "
+                                          "trained beside it, predicting from their mean log-probability"),
     "texture-difference": ("mmt_small", {}, {}, "texture input: apex minus onset grey level instead of the apex "
                                                 "frame, which carries the subject's identity"),
     "motion-rms": ("mmt_small", {}, {"motion_rms": 0.2}, "each sample's flow scaled to RMS 0.2 units (the "
@@ -159,8 +191,20 @@ FEATURES = {"tvl1": Kind("tvl1"), "ststnet-tvl1": Kind("tvl1"), "ststnet-dis224"
             "motion-only+ststnet+head-removed": Kind(head="removed"),
             "motion-only+head-removed": Kind(head="removed"),
             "ststnet-regions+head-removed": Kind(head="removed"),
+            "ststnet-regions+head-removed+lr-3e-2": Kind(head="removed"),
+            "ststnet-regions+head-removed+lr-1e-2": Kind(head="removed"),
+            "ststnet-regions+head-removed+lr-3e-3+epochs-120": Kind(head="removed"),
+            "ststnet-regions+head-removed+whole-face": Kind(head="removed"),
+            "ststnet-regions+head-removed+twin": Kind(head="removed"),
+            "ststnet-regions+head-removed+epochs-120": Kind(head="removed"),
+            "ststnet-regions+head-removed+lr-3e-3": Kind(head="removed"),
+            "ststnet-regions+head-removed+dropout-0.2": Kind(head="removed"),
+            "ststnet-regions+head-removed+gain-0.5-2": Kind(head="removed"),
+            "ststnet-regions+head-removed+mixup-0.2": Kind(head="removed"),
+            "ststnet-regions+head-removed+rotate-zoom": Kind(head="removed"),
             "motion-only+ststnet+head-removed+epochs-120": Kind(head="removed"),
-            "motion-only+ststnet+head-removed+regions": Kind(head="removed")}
+            "motion-only+ststnet+head-removed+regions": Kind(head="removed"),
+            "motion-only+ststnet+head-removed+regions+partner-lr-1e-2": Kind(head="removed")}
 
 
 def run_variant(name: str, seed: int, features: str, epochs: int, work: str) -> dict[str, Any]:

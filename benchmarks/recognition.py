@@ -77,60 +77,70 @@ def _name_and_ablation(model: str) -> tuple[str, str]:
 
 
 HEAD_REMOVED = "head motion removed"
+RECIPE_LR = TrainConfig.lr  # the recipe's learning rate, every model's unless --lr says otherwise
 
 
-def model_key(model: str, head: str = "kept") -> str:
-    """The model and the features where they are not the plain flow's: the part of a run's key before its seed."""
-    return model if head == "kept" else f"{model}/head-{head}"
+def model_key(model: str, head: str = "kept", lr: float = RECIPE_LR) -> str:
+    """The model, the features where they are not the plain flow's and the learning rate where it is not the
+    recipe's: the part of a run's key before its seed."""
+    key = model if head == "kept" else f"{model}/head-{head}"
+    return key if lr == RECIPE_LR else f"{key}/lr-{lr:g}"
 
 
-def run_key(model: str, seed: int, head: str = "kept") -> str:
+def run_key(model: str, seed: int, head: str = "kept", lr: float = RECIPE_LR) -> str:
     """A run's key in the results and its folder under ``runs/``."""
-    return f"{model_key(model, head)}/{seed}"
+    return f"{model_key(model, head, lr)}/{seed}"
 
 
 def key_of(run: dict[str, Any]) -> str:
-    """``run_key`` of a run's record (records from before ``--head`` have no such field: the plain flow)."""
-    return run_key(run["model"], run["seed"], run.get("head", "kept"))
+    """``run_key`` of a run's record (records from before ``--head`` or ``--lr`` have no such field: the plain flow,
+    the recipe's learning rate)."""
+    return run_key(run["model"], run["seed"], run.get("head", "kept"), run.get("lr", RECIPE_LR))
 
 
 def row_label(run: dict[str, Any]) -> str:
-    """A run's row in the table: its model, and the features where they are not the plain flow's."""
-    return f"{run['model']} ({HEAD_REMOVED})" if run.get("head", "kept") == "removed" else run["model"]
+    """A run's row in the table: its model, the features where they are not the plain flow's and the learning
+    rate where it is not the recipe's."""
+    lr = run.get("lr", RECIPE_LR)
+    notes = [HEAD_REMOVED] * (run.get("head", "kept") == "removed") + [f"learning rate {lr:g}"] * (lr != RECIPE_LR)
+    return f"{run['model']} ({', '.join(notes)})" if notes else run["model"]
 
 
 def train_one(model: str, seed: int, features: str, epochs: int, work: str, device: str,
-              threads: int, fan_out: int = 1, head: str = "kept") -> dict[str, Any]:
+              threads: int, fan_out: int = 1, head: str = "kept", lr: float = RECIPE_LR) -> dict[str, Any]:
     """One model and seed under the MEGC2019 protocol (in a process of its own under --jobs; in ``fan_out``
     processes under torchrun when it is above 1)."""
-    folder = Path(work) / "runs" / run_key(model, seed, head)
+    folder = Path(work) / "runs" / run_key(model, seed, head, lr)
     name, ablation = _name_and_ablation(model)
     if fan_out > 1:
-        r = fanned_out(name, ablation, seed, features, epochs, folder, device, threads or 1, fan_out)
+        r = fanned_out(name, ablation, seed, features, epochs, folder, device, threads or 1, fan_out, lr)
     else:
         if threads:
             torch.set_num_threads(threads)
-        r = run(run_config(name, ablation, seed, features, epochs, device), folder, progress=True)
-    return {"model": model, "seed": seed, "head": head, "uf1": r["uf1"], "uar": r["uar"], "accuracy": r["accuracy"],
-            "samples": r["samples"], "folds": r["folds"], "params": r["params"], "gflops": r["gflops"],
+        r = run(run_config(name, ablation, seed, features, epochs, device, lr), folder, progress=True)
+    return {"model": model, "seed": seed, "head": head, "lr": lr, "uf1": r["uf1"], "uar": r["uar"],
+            "accuracy": r["accuracy"], "samples": r["samples"], "folds": r["folds"], "params": r["params"],
+            "gflops": r["gflops"],
             "seconds": r["seconds"], "seconds_unknown_folds": r.get("seconds_unknown_folds", 0),
             "device": r["device"], "per_dataset": r["per_dataset"],
             "breakdown": breakdown_of(folder / "predictions.csv", Path(work) / "data")}
 
 
-def run_config(name: str, ablation: str, seed: int, features: str, epochs: int, device: str) -> RunConfig:
-    """The settings of one benchmark run: the recipe's defaults, the MEGC2019 protocol."""
+def run_config(name: str, ablation: str, seed: int, features: str, epochs: int, device: str,
+               lr: float = RECIPE_LR) -> RunConfig:
+    """The settings of one benchmark run: the recipe's defaults (``lr`` its learning rate), the MEGC2019
+    protocol."""
     return RunConfig(features=features, protocol="megc2019", model=name, ablation=ablation, device=device,
-                     train=TrainConfig(epochs=epochs, seed=seed))
+                     train=TrainConfig(epochs=epochs, seed=seed, lr=lr))
 
 
 def fanned_out(name: str, ablation: str, seed: int, features: str, epochs: int, folder: Path, device: str,
-                threads: int, processes: int) -> dict[str, Any]:
+               threads: int, processes: int, lr: float = RECIPE_LR) -> dict[str, Any]:
     """``edge-mer train`` under torchrun with the settings of ``run_config`` (so that both ways keep and resume the
     same folds); its metrics."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
            "-m", "edge_mer", "train", "--features", features, "--protocol", "megc2019", "--model", name,
-           "--ablation", ablation, "--epochs", str(epochs), "--seed", str(seed), "--device", device,
+           "--ablation", ablation, "--epochs", str(epochs), "--lr", repr(lr), "--seed", str(seed), "--device", device,
            "--threads", str(threads), "--force", "--out", str(folder)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, check=False)
@@ -145,6 +155,9 @@ def main() -> None:
     ap.add_argument("--models", default="ststnet,mmt_small")
     ap.add_argument("--seeds", default="0", help="comma-separated training seeds (the data's seed is --data-seed)")
     ap.add_argument("--epochs", type=int, default=60)
+    ap.add_argument("--lr", type=float, default=RECIPE_LR,
+                    help=f"peak learning rate (default the recipe's {RECIPE_LR:g}); runs at another are rows of their "
+                         "own")
     ap.add_argument("--data-seed", type=int, default=0)
     ap.add_argument("--name", default="recognition", help="results file stem (default recognition)")
     ap.add_argument("--jobs", type=int, default=1, help="runs trained side by side, each in its own process")
@@ -183,7 +196,7 @@ def main() -> None:
     if why := other_draw(doc, work / "data", out_json):
         ap.error(why)
     todo = [(m, int(s)) for m in models for s in args.seeds.split(",")
-            if run_key(m, int(s), args.head) not in doc["runs"]]
+            if run_key(m, int(s), args.head, args.lr) not in doc["runs"]]
     for r in doc["runs"].values():  # runs from before the breakdown existed, where their folder is kept
         r["breakdown"] = r.get("breakdown") or breakdown_of(
             work / "runs" / key_of(r) / "predictions.csv", work / "data")
@@ -197,7 +210,7 @@ def main() -> None:
     save()
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         jobs = [pool.submit(train_one, m, s, str(feats), args.epochs, str(work), args.device, threads, args.fan_out,
-                            args.head)
+                            args.head, args.lr)
                 for m, s in todo]
         for done in as_completed(jobs):
             r = done.result()
@@ -213,7 +226,8 @@ def main() -> None:
         onnx = work / "onnx" / f"{key_of(r).replace('/', '-')}.onnx"
         export(folder / "checkpoint.pt", onnx, force=True)
         r["cpu_ms_p50"] = bench_models(onnx, ["onnxruntime"], runs=200, threads=2)[0]["p50"]
-        png = RESULTS / f"{args.name}_{model_key(r['model'], r.get('head', 'kept')).replace('/', '_')}.png"
+        key = model_key(r["model"], r.get("head", "kept"), r.get("lr", RECIPE_LR))
+        png = RESULTS / f"{args.name}_{key.replace('/', '_')}.png"
         if not png.exists():
             shutil.copyfile(folder / "confusion.png", png)
         save()
@@ -266,7 +280,7 @@ def _table(doc: dict, name: str) -> None:
              f"--diverse`, data seed {doc.get('data_seed')}; faces from the photographs "
              f"{', '.join(doc.get('faces', FIRST_FACES))}), DIS flow at S = 112, MEGC2019 protocol (LOSO over "
              f"the 68 subjects, predictions pooled), {doc.get('epochs')} epochs with the same recipe for every "
-             "model, the last epoch's model"
+             "model (the learning rate where a row names another: `--lr`), the last epoch's model"
              + ("; *(head motion removed)*: the same flow less the head's own affine motion, fitted robustly inside "
                 "the face (`--head removed`)" * any(r.get("head") == "removed" for r in doc["runs"].values()))
              + ". UF1 and UAR: mean ± standard deviation over the training seeds. "

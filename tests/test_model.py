@@ -432,8 +432,50 @@ def test_an_ensemble_predicts_from_both_members_and_trains_each_on_its_own_loss(
         ["logits"], {"motion": motion[:2], "texture": texture[:2]})[0]
     with torch.no_grad():
         assert abs(got - trained(m1, t1).numpy()).max() < 1e-4
+    # a baseline takes a partner as well: the regional STSTNet beside the whole-face one, one graph
+    pair = model_config("ststnet_regions", changes={"ensemble_with": "ststnet"})
+    stst = build_model(pair).eval()
+    assert isinstance(stst, Ensemble) and (stst.lead.tiles, stst.partner.tiles) == (4, 1)
+    assert any_flops(pair) == any_flops(model_config("ststnet_regions")) + any_flops(model_config("ststnet"))
+    assert count_parameters(stst) == 5251 + 1651
+    _runs_alike_in_onnxruntime(stst, tmp_path)
     with pytest.raises(UserError, match="ensemble_with"):
-        model_config("ststnet", changes={"ensemble_with": "ststnet"})
+        model_config("ststnet", changes={"ensemble_with": "mmt_small"})
+
+
+def test_an_ensembles_partner_can_train_at_a_learning_rate_of_its_own():
+    """With partner_lr set the partner's weights move as far as that rate takes them while the lead's move
+    exactly as without it (the members' losses are disjoint); a model without a partner refuses the setting."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from edge_mer.model.build import build_model
+    from edge_mer.train.loop import train_model
+
+    cfg = model_config("mmt_test", ablation="motion-only", changes={"ensemble_with": "ststnet_regions"})
+    rng = np.random.default_rng(1)
+    labels = np.arange(12) % 3
+    motion = (rng.normal(0, 0.05, (12, 3, 112, 112)) + labels[:, None, None, None] * 0.2).astype(np.float32)
+    texture = np.zeros((12, 1, 112, 112), np.float32)
+    torch.manual_seed(0)
+    start = {k: v.clone() for k, v in build_model(cfg).state_dict().items()}  # train_model seeds the same init
+
+    def moved(tcfg: TrainConfig) -> tuple[float, float, bool]:
+        state = train_model(cfg, tcfg, motion, texture, labels, seed=0).state_dict()
+        dist = {who: sum(float((state[k] - start[k]).abs().sum()) for k in state if k.startswith(who))
+                for who in ("lead.", "partner.")}
+        return dist["lead."], dist["partner."], all(torch.equal(state[k], lead[k]) for k in lead)
+
+    base = TrainConfig(epochs=2, batch_size=4, lr=1e-3)
+    lead = {k: v for k, v in train_model(cfg, base, motion, texture, labels, seed=0).state_dict().items()
+            if k.startswith("lead.")}
+    lead_same, partner_same, _ = moved(base)
+    lead_fast, partner_fast, lead_unchanged = moved(replace(base, partner_lr=1e-2))
+    assert lead_unchanged and lead_fast == lead_same
+    assert partner_fast > 3 * partner_same
+    with pytest.raises(UserError, match="partner_lr"):
+        train_model(model_config("ststnet"), replace(base, partner_lr=1e-2), motion, texture, labels, seed=0)
 
 
 def test_a_mirror_averaged_model_gives_a_face_and_its_mirror_image_one_answer(tmp_path):

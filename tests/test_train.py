@@ -283,17 +283,18 @@ def test_kept_folds_belong_to_the_model_config_not_only_its_name(composite_featu
 
 def test_the_recognition_benchmark_fans_a_run_out_with_its_own_settings(composite_features, tmp_path):
     """benchmarks/recognition.py --fan-out trains a run under torchrun through the CLI. The run it writes has the
-    settings the benchmark gives a run in one process, so the two ways keep and resume the same folds and (with
-    one thread a process, test_torchrun_two_processes_match_one) predict the same."""
+    settings the benchmark gives a run in one process, its learning rate included, so the two ways keep and resume
+    the same folds and (with one thread a process, test_torchrun_two_processes_match_one) predict the same."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import recognition
 
     folder = tmp_path / "runs" / "mmt_test" / "0"
-    metrics = recognition.fanned_out("mmt_test", "full", 0, str(composite_features), 2, folder, "cpu", 1, 2)
+    metrics = recognition.fanned_out("mmt_test", "full", 0, str(composite_features), 2, folder, "cpu", 1, 2, 3e-3)
     assert metrics["folds"] >= 3 and 0 <= metrics["uf1"] <= 1
     assert (folder / "checkpoint.pt").is_file() and (folder / "predictions.csv").is_file()
     written = json.loads((folder / "run.json").read_text())["run"]
-    own = recognition.run_config("mmt_test", "full", 0, str(composite_features), 2, "cpu")
+    own = recognition.run_config("mmt_test", "full", 0, str(composite_features), 2, "cpu", 3e-3)
+    assert own.train.lr == 3e-3
     assert written == json.loads(json.dumps(asdict(own)))
 
 
@@ -316,12 +317,15 @@ def test_the_recognition_benchmark_times_its_models_again_together(tmp_path):
 
 def test_the_recognition_benchmark_keeps_runs_on_flow_less_the_head_apart(tmp_path, monkeypatch):
     """A model trained with --head removed is a row of its own beside the same model and seed on the plain flow,
-    in its own folder, and both rows take the model's latency from the common timing."""
+    in its own folder, and so is one trained at another learning rate (--lr); all rows take the model's latency
+    from the common timing."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import recognition
 
     model = "mmt_small_ens+motion-only"
     assert recognition.run_key(model, 0) != recognition.run_key(model, 0, "removed")
+    assert recognition.run_key(model, 0, "removed", 0.01) == f"{model}/head-removed/lr-0.01/0"
+    assert recognition.run_key(model, 0, "removed", recognition.RECIPE_LR) == recognition.run_key(model, 0, "removed")
 
     def result(head: str, uf1: float) -> dict:
         return {"model": model, "seed": 0, "head": head, "uf1": uf1, "uar": uf1, "params": 10, "gflops": 0.1,
@@ -329,13 +333,16 @@ def test_the_recognition_benchmark_keeps_runs_on_flow_less_the_head_apart(tmp_pa
 
     plain, removed = result("kept", 0.8363), result("removed", 0.8512)
     del plain["head"]  # runs from before --head existed carry no such field
-    doc = {"runs": {recognition.run_key(model, 0): plain, recognition.run_key(model, 0, "removed"): removed},
+    faster = {**result("removed", 0.8795), "lr": 0.01}
+    runs = [plain, removed, faster]
+    doc = {"runs": {recognition.key_of(r): r for r in runs},
            "latency": {"date": "2026-12-06", "runs": 20, "block": 20, "threads": 2, "load_average_before": 0.1,
                        "ms": {model: {"p50": 1.3, "p95": 1.5}}}}
     monkeypatch.setattr(recognition, "RESULTS", tmp_path)
     recognition._table(doc, "t")
     rows = [line for line in (tmp_path / "t.md").read_text().splitlines() if line.startswith(f"| {model}")]
-    assert len(rows) == 2
+    assert len(doc["runs"]) == len(rows) == 3
     assert rows[0].startswith(f"| {model} | 1 | 0.8363 |") and " 1.300 |" in rows[0]
     assert rows[1].startswith(f"| {model} (head motion removed) | 1 | 0.8512 |") and " 1.300 |" in rows[1]
+    assert rows[2].startswith(f"| {model} (head motion removed, learning rate 0.01) | 1 | 0.8795 |")
     assert "(`--head removed`)" in (tmp_path / "t.md").read_text()

@@ -12,20 +12,18 @@ from edge_mer.model.mmt import flops_per_sample as mmt_flops
 
 
 def build_model(cfg: MMTConfig) -> Recogniser:
-    """The MMT, or the baseline ``cfg.arch`` names (same inputs, same ``forward_train``); an MMT with
+    """The MMT, or the baseline ``cfg.arch`` names (same inputs, same ``forward_train``); a model with
     ``ensemble_with`` set comes with its partner model as one ``Ensemble``; with ``mirror_average`` set, the
     model is asked about each sample and its mirror image (``MirrorAverage``)."""
     if cfg.mirror_average:
         return MirrorAverage(build_model(replace(cfg, mirror_average=False)))
-    if cfg.ensemble_with:
-        return Ensemble(MMT(cfg), build_model(partner_config(cfg)))
-    return {"ststnet": STSTNet, "htnet": HTNet}.get(cfg.arch, MMT)(cfg)
+    own = {"ststnet": STSTNet, "htnet": HTNet}.get(cfg.arch, MMT)(cfg)
+    return Ensemble(own, build_model(partner_config(cfg))) if cfg.ensemble_with else own
 
 
 def flops_per_sample(cfg: MMTConfig) -> int:
     """Multiply-adds x 2 of one forward pass of ``cfg``'s model (its partner's and a mirror pass included)."""
     if cfg.mirror_average:
         return 2 * flops_per_sample(replace(cfg, mirror_average=False))
-    if cfg.ensemble_with:
-        return mmt_flops(cfg) + flops_per_sample(partner_config(cfg))
-    return {"ststnet": ststnet_flops, "htnet": htnet_flops}.get(cfg.arch, mmt_flops)(cfg)
+    own = {"ststnet": ststnet_flops, "htnet": htnet_flops}.get(cfg.arch, mmt_flops)(cfg)
+    return own + flops_per_sample(partner_config(cfg)) if cfg.ensemble_with else own

@@ -12,7 +12,7 @@ from typing import Any
 from edge_mer.errors import UserError
 
 ARCHITECTURES = ("mmt", "ststnet", "htnet")
-PARTNERS = ("ststnet", "ststnet_regions")  # models an MMT can be trained beside (ensemble_with)
+PARTNERS = ("ststnet", "ststnet_regions")  # models a model can be trained beside (ensemble_with)
 
 
 @dataclass(frozen=True)
@@ -39,9 +39,9 @@ class MMTConfig:
     # > 0: every sample's motion is scaled so that its flow's RMS magnitude is this many flow units (at most x4,
     # so still flow is not blown up into noise); 0: the fixed units of edge_mer.flow.normalise alone
     motion_rms: float = 0.0
-    # "ststnet" (or "ststnet_regions"): the model is an ensemble of this MMT and that STSTNet trained beside it on
-    # the same batches, each on its own loss; it predicts from the mean of the two log-probabilities (one graph,
-    # one file). "": alone
+    # "ststnet" (or "ststnet_regions"): the model is an ensemble of this model (an MMT or a baseline) and that
+    # STSTNet trained beside it on the same batches, each on its own loss; it predicts from the mean of the two
+    # log-probabilities (one graph, one file). "": alone
     ensemble_with: str = ""
     # True: the model predicts from the mean log-probability of each sample and its mirror image (u negated), so
     # a face and its mirror image get one answer; training is unchanged (its flip augmentation shows both)
@@ -78,8 +78,8 @@ class MMTConfig:
             raise UserError(f"pooling must be 'fused' or 'cls', not {self.pooling!r}")
         if not self.motion_rms >= 0:
             raise UserError(f"motion_rms must be 0 (off) or a positive number of flow units, not {self.motion_rms}")
-        if self.ensemble_with not in ("", *PARTNERS) or (self.ensemble_with and self.arch != "mmt"):
-            raise UserError(f"ensemble_with must be '' or {' or '.join(map(repr, PARTNERS))} (an MMT's partner), "
+        if self.ensemble_with not in ("", *PARTNERS):
+            raise UserError(f"ensemble_with must be '' or {' or '.join(map(repr, PARTNERS))} (a model's partner), "
                             f"not {self.ensemble_with!r}")
         if self.arch == "ststnet" and self.side not in (0, 28, 56):
             raise UserError(f"an STSTNet reads the whole face (side 0 or 28) or four regions (56), not side "

@@ -1,5 +1,5 @@
-"""Models that predict from a mean of log-probabilities: an MMT and a partner model trained side by side
-(``Ensemble``), and any model asked about a sample and its mirror image (``MirrorAverage``).
+"""Models that predict from a mean of log-probabilities: a model (an MMT or a baseline) and a partner model
+trained side by side (``Ensemble``), and any model asked about a sample and its mirror image (``MirrorAverage``).
 
 Under LOSO on the diverse composite the MMT and the shallow CNN (STSTNet) agree on only about 86 % of the
 samples, while two seeds of one architecture agree on 97 %: their errors differ, so their mean

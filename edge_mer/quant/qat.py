@@ -114,7 +114,9 @@ def finetune(checkpoint: Any, features: Any, out: Any, calibration: Any = None, 
     saved: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
                              for k, v in ck.get("train", {}).items() if k in known}
     base = TrainConfig(**saved)
-    tcfg = replace(base, epochs=epochs, lr=lr, warmup_epochs=0, seed=seed)
+    # a partner that trained at a learning rate of its own fine-tunes at the same ratio to the lead's
+    tcfg = replace(base, epochs=epochs, lr=lr, warmup_epochs=0, seed=seed,
+                   partner_lr=lr * base.partner_lr / base.lr if base.partner_lr else 0.0)
 
     def log(epoch: int, loss: float) -> None:
         if progress:

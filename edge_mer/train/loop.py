@@ -11,7 +11,9 @@ scale both images as a tilted or nearer face would, and turn and scale the
 flow vectors with them (strain, a magnitude of flow derivatives, keeps its
 value under both); mixup (off by default) blends pairs of samples and their
 class targets; label smoothing (off by default) spreads a share of each target
-over the classes, for annotations that are sometimes wrong.
+over the classes, for annotations that are sometimes wrong. An ensemble's
+partner may train at a peak learning rate of its own (``partner_lr``; the shallow
+CNN learns best at ten times the MMT's), on the same schedule.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from torch import nn
 from edge_mer.errors import UserError
 from edge_mer.model.build import build_model
 from edge_mer.model.config import MMTConfig
+from edge_mer.model.ensemble import Ensemble
 from edge_mer.model.mmt import Recogniser
 
 
@@ -47,6 +50,7 @@ class TrainConfig:
     zoom: tuple[float, float] = (1.0, 1.0)  # each sample scaled by a factor drawn from this range
     mixup: float = 0.0  # > 0: each sample blended with another of its batch, share drawn from Beta(mixup, mixup)
     label_smoothing: float = 0.0  # share of each target spread evenly over the classes (for annotations that err)
+    partner_lr: float = 0.0  # > 0: an ensemble's partner trains at this peak learning rate instead of lr
 
     def __post_init__(self) -> None:
         if not 0 <= self.rotate <= 45:
@@ -57,6 +61,8 @@ class TrainConfig:
             raise UserError(f"mixup={self.mixup}: expected 0 (off) or a positive Beta parameter")
         if not 0 <= self.label_smoothing < 1:
             raise UserError(f"label_smoothing={self.label_smoothing}: expected a share from 0 (off) to below 1")
+        if not self.partner_lr >= 0:
+            raise UserError(f"partner_lr={self.partner_lr}: expected 0 (the partner at lr) or a learning rate")
 
 
 def augment(motion: torch.Tensor, texture: torch.Tensor, cfg: TrainConfig,
@@ -139,6 +145,19 @@ def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * t))
 
 
+def param_groups(model: Recogniser, cfg: TrainConfig) -> list[dict]:
+    """The optimiser's parameter groups, each with its peak learning rate: every parameter at ``cfg.lr``, or
+    with ``cfg.partner_lr`` set, an ensemble partner's parameters at that rate and the rest at ``cfg.lr``."""
+    if not cfg.partner_lr:
+        return [{"params": list(model.parameters()), "peak_lr": cfg.lr}]
+    partner = {id(p) for m in model.modules() if isinstance(m, Ensemble) for p in m.partner.parameters()}
+    if not partner:
+        raise UserError(f"partner_lr={cfg.partner_lr} needs a model with a partner (ensemble_with), and "
+                        f"{model.cfg.arch} has none")
+    return [{"params": [p for p in model.parameters() if id(p) not in partner], "peak_lr": cfg.lr},
+            {"params": [p for p in model.parameters() if id(p) in partner], "peak_lr": cfg.partner_lr}]
+
+
 def train_model(model_cfg: MMTConfig, cfg: TrainConfig, motion: np.ndarray, texture: np.ndarray,
                 labels: np.ndarray, seed: int, wrap: Callable[[nn.Module], nn.Module] | None = None,
                 shard: tuple[int, int] = (0, 1),
@@ -158,7 +177,7 @@ def train_model(model_cfg: MMTConfig, cfg: TrainConfig, motion: np.ndarray, text
     net: nn.Module = TrainStep(model)
     if wrap:
         net = wrap(net)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     weights = class_weights(labels, model_cfg.num_classes).to(device) if cfg.class_weighting else None
     m_all, t_all = torch.from_numpy(motion).to(device), torch.from_numpy(texture).to(device)
     y_all = torch.from_numpy(labels).to(device)
@@ -181,7 +200,7 @@ def train_model(model_cfg: MMTConfig, cfg: TrainConfig, motion: np.ndarray, text
             if world > 1:
                 m, t, target = m[rank::world], t[rank::world], target[rank::world]
             for g in opt.param_groups:
-                g["lr"] = _lr_at(step, total, cfg.warmup_epochs * steps_per_epoch, cfg.lr)
+                g["lr"] = _lr_at(step, total, cfg.warmup_epochs * steps_per_epoch, g["peak_lr"])
             logits, contrast = net(m, t)
             members = logits if logits.dim() == 3 else logits[None]  # an Ensemble's members: each its own loss
             loss = sum((F.cross_entropy(x, target, weight=weights, label_smoothing=cfg.label_smoothing)
