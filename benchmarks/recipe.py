@@ -123,7 +123,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
     "motion-only+ststnet+head-removed+regions+partner-lr-1e-2": (
         "mmt_small", {"partner_lr": 1e-2}, {**ENSEMBLE, "ensemble_with": "ststnet_regions"},
         "motion-only+ststnet+head-removed+regions with the partner at ten times the MMT's learning rate "
-        "(`--set partner_lr=0.01`: what the regional CNN alone trains best at)"),
+        "(`--set partner_lr=0.01`: the regional CNN alone's best rate on this draw)"),
     "ststnet-regions": ("ststnet_regions", {}, {}, "STSTNet on the eyes and the mouth corners at twice the "
                                                    "resolution (`ststnet_regions`)"),
     "ststnet-regions+head-removed": ("ststnet_regions", {}, {}, "ststnet-regions on flow less the head's own motion "

@@ -12,8 +12,9 @@ flow vectors with them (strain, a magnitude of flow derivatives, keeps its
 value under both); mixup (off by default) blends pairs of samples and their
 class targets; label smoothing (off by default) spreads a share of each target
 over the classes, for annotations that are sometimes wrong. An ensemble's
-partner may train at a peak learning rate of its own (``partner_lr``; the shallow
-CNN learns best at ten times the MMT's), on the same schedule.
+partner may train at a peak learning rate of its own (``partner_lr``; on the
+development draw the regional CNN trains best at ten times the MMT's), on the
+same schedule.
 """
 
 from __future__ import annotations
