@@ -184,27 +184,26 @@ class Kind(NamedTuple):
 
 
 DIS_112 = Kind()
-# the features a variant trains on unless DIS_112
+# the features a variant trains on where they differ from those of the variant it extends (DIS_112 at the root)
 FEATURES = {"tvl1": Kind("tvl1"), "ststnet-tvl1": Kind("tvl1"), "ststnet-dis224": Kind(size=224),
             "texture-difference": Kind(texture="difference"), "motion-only+ststnet+finer-flow": Kind(oversample=2),
             "motion-only+ststnet+apex-by-motion": Kind(apex="motion"),
             "motion-only+ststnet+head-removed": Kind(head="removed"),
             "motion-only+head-removed": Kind(head="removed"),
-            "ststnet-regions+head-removed": Kind(head="removed"),
-            "ststnet-regions+head-removed+lr-3e-2": Kind(head="removed"),
-            "ststnet-regions+head-removed+lr-1e-2": Kind(head="removed"),
-            "ststnet-regions+head-removed+lr-3e-3+epochs-120": Kind(head="removed"),
-            "ststnet-regions+head-removed+whole-face": Kind(head="removed"),
-            "ststnet-regions+head-removed+twin": Kind(head="removed"),
-            "ststnet-regions+head-removed+epochs-120": Kind(head="removed"),
-            "ststnet-regions+head-removed+lr-3e-3": Kind(head="removed"),
-            "ststnet-regions+head-removed+dropout-0.2": Kind(head="removed"),
-            "ststnet-regions+head-removed+gain-0.5-2": Kind(head="removed"),
-            "ststnet-regions+head-removed+mixup-0.2": Kind(head="removed"),
-            "ststnet-regions+head-removed+rotate-zoom": Kind(head="removed"),
-            "motion-only+ststnet+head-removed+epochs-120": Kind(head="removed"),
-            "motion-only+ststnet+head-removed+regions": Kind(head="removed"),
-            "motion-only+ststnet+head-removed+regions+partner-lr-1e-2": Kind(head="removed")}
+            "ststnet-regions+head-removed": Kind(head="removed")}
+
+
+def extended(name: str, among: Iterable[str]) -> str | None:
+    """The variant of ``among`` that ``name`` changes one thing of ("a+b+c" of "a+b"), or None."""
+    return max((v for v in among if name.startswith(v + "+")), key=len, default=None)
+
+
+def features_of(name: str) -> Kind:
+    """The features variant ``name`` trains on: its own entry in FEATURES, else those of the variant it extends."""
+    if name in FEATURES:
+        return FEATURES[name]
+    parent = extended(name, VARIANTS)
+    return features_of(parent) if parent else DIS_112
 
 
 def run_variant(name: str, seed: int, features: str, epochs: int, work: str) -> dict[str, Any]:
@@ -257,7 +256,7 @@ def main() -> None:
     print(f"{len(todo)} runs to do ({KFOLDS} folds each), {args.jobs} at a time", flush=True)
     save_runs(out_json, doc)
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        jobs = [pool.submit(run_variant, n, s, str(feats[FEATURES.get(n, DIS_112)]), args.epochs, str(work))
+        jobs = [pool.submit(run_variant, n, s, str(feats[features_of(n)]), args.epochs, str(work))
                 for n, s in todo]
         for k, done in enumerate(as_completed(jobs), 1):
             r = done.result()
@@ -274,7 +273,7 @@ def main() -> None:
 
 def _kinds(names: Iterable[str]) -> list[Kind]:
     """The features the variants ``names`` train on, and the recipe's own (the draw's summary is made on them)."""
-    return sorted({FEATURES.get(n, DIS_112) for n in names if n in VARIANTS} | {DIS_112})
+    return sorted({features_of(n) for n in names if n in VARIANTS} | {DIS_112})
 
 
 def _features_folder(kind: Kind) -> str:
@@ -303,7 +302,7 @@ def _prepare_command(kind: Kind) -> str:
 def _command(name: str) -> str:
     """``edge-mer train`` with the options that make variant ``name``."""
     model, train_changes, model_changes, _ = VARIANTS[name]
-    features = _features_name(FEATURES.get(name, DIS_112))
+    features = _features_name(features_of(name))
     options = []
     for key, value in {**train_changes, **model_changes}.items():
         if key in OWN_OPTIONS:
@@ -338,9 +337,8 @@ def _table(doc: dict[str, Any], quiet: bool = False) -> None:
     for name in order:
         runs = sorted(by[name], key=lambda r: r["seed"])
         own = VARIANTS[name][0] if name in VARIANTS else "mmt_small"
-        extends = [v for v in by if name.startswith(v + "+")]  # "a+b+c" changes one thing of "a+b"
         family = "ststnet" if own.startswith("ststnet") else own  # ststnet_regions: a variant of STSTNet
-        reference = max(extends, key=len) if extends else "recipe" if own == "mmt_small" or name == own else family
+        reference = extended(name, by) or ("recipe" if own == "mmt_small" or name == own else family)
         base = {r["seed"]: r["uf1"] for r in by.get(reference, [])}
         paired = [r["uf1"] - base[r["seed"]] for r in runs if r["seed"] in base]
         delta = "" if name == reference or not paired else f"{statistics.fmean(paired):+.4f}"

@@ -120,8 +120,7 @@ def train_one(model: str, seed: int, features: str, epochs: int, work: str, devi
         r = run(run_config(name, ablation, seed, features, epochs, device, lr), folder, progress=True)
     return {"model": model, "seed": seed, "head": head, "lr": lr, "uf1": r["uf1"], "uar": r["uar"],
             "accuracy": r["accuracy"], "samples": r["samples"], "folds": r["folds"], "params": r["params"],
-            "gflops": r["gflops"],
-            "seconds": r["seconds"], "seconds_unknown_folds": r.get("seconds_unknown_folds", 0),
+            "gflops": r["gflops"], "seconds": r["seconds"], "seconds_unknown_folds": r.get("seconds_unknown_folds", 0),
             "device": r["device"], "per_dataset": r["per_dataset"],
             "breakdown": breakdown_of(folder / "predictions.csv", Path(work) / "data")}
 
