@@ -43,6 +43,7 @@ from edge_mer.train.loop import TrainConfig
 from edge_mer.train.run import KFOLDS, OWN_OPTIONS, RunConfig, run, seconds_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
+WORK = "benchmarks/.work/recipe"  # the development draw's data, features and runs (crossdraw.py reuses them)
 
 # name: (model, changes to TrainConfig, changes to the model's config, what it tests)
 # the model changes of the ensemble that the later variants change one more thing of
@@ -153,6 +154,17 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
     "ststnet-regions+head-removed+whole-face": ("ststnet_regions", {}, {"ensemble_with": "ststnet"},
                                                 "ststnet-regions+head-removed with a whole-face STSTNet (28 x 28) "
                                                 "trained beside it, predicting from their mean log-probability"),
+    "ststnet-regions+head-removed+motion-rms": ("ststnet_regions", {}, {"motion_rms": 0.075},
+                                                "ststnet-regions+head-removed with each sample's flow scaled to RMS "
+                                                "0.075 units (this flow's median on the draw; x4 at most): a weak "
+                                                "mover's smile reaches the model as loud as a strong mover's"),
+    "ststnet-regions+head-removed+filters-x2": ("ststnet_regions", {}, {"stst_width": 2},
+                                                "ststnet-regions+head-removed with twice the filters a stream (6, 10 "
+                                                "and 16: `ststnet_regions_wide`): it fits its own training samples "
+                                                "to UF1 0.90 only (benchmarks/results/crossdraw.md)"),
+    "ststnet-regions+head-removed+filters-x4": ("ststnet_regions", {}, {"stst_width": 4},
+                                                "ststnet-regions+head-removed with four times the filters a stream "
+                                                "(12, 20 and 32)"),
     "ststnet-regions+head-removed+twin": ("ststnet_regions", {}, {"ensemble_with": "ststnet_regions"},
                                           "ststnet-regions+head-removed with a second one (other initial weights) "
                                           "trained beside it, predicting from their mean log-probability"),
@@ -229,7 +241,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=60, help="the recipe's epochs (variants may change them)")
     ap.add_argument("--data-seed", type=int, default=1, help="the development draw (the benchmark's is 0)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="variants trained side by side")
-    ap.add_argument("--work", default="benchmarks/.work/recipe", help="data, features and runs (not committed)")
+    ap.add_argument("--work", default=WORK, help="data, features and runs (not committed)")
     args = ap.parse_args()
     if args.data_seed == 0:
         ap.error("data seed 0 is the benchmark's own draw: choosing a recipe on it would choose on its test "
@@ -241,9 +253,7 @@ def main() -> None:
     work = Path(args.work)
     feats = {kind: work / _features_folder(kind) for kind in _kinds(names)}
     for kind, path in feats.items():
-        prepare_synthetic_composite(work / "data", path, 0, 0, args.data_seed, size=kind.size, flow=kind.flow,
-                                    diverse=True, texture=kind.texture, oversample=kind.oversample, apex=kind.apex,
-                                    head=kind.head)
+        prepare_kind(work / "data", path, args.data_seed, kind)
     out_json = RESULTS / "recipe.json"
     doc = json.loads(out_json.read_text()) if out_json.exists() else {"runs": {}}
     if why := other_draw(doc, work / "data", out_json):
@@ -269,6 +279,13 @@ def main() -> None:
             _table(doc, quiet=True)  # the table follows the JSON, so a run stopped halfway still has one
     if doc["runs"]:
         _table(doc)
+
+
+def prepare_kind(data: Path, out: Path, data_seed: int, kind: Kind) -> None:
+    """Render the diverse draw ``data_seed`` into ``data`` (unless it is there) and prepare its features of
+    ``kind`` in ``out``."""
+    prepare_synthetic_composite(data, out, 0, 0, data_seed, size=kind.size, flow=kind.flow, diverse=True,
+                                texture=kind.texture, oversample=kind.oversample, apex=kind.apex, head=kind.head)
 
 
 def _kinds(names: Iterable[str]) -> list[Kind]:

@@ -237,6 +237,30 @@ def test_the_regional_ststnet_reads_the_eyes_and_mouth_corners_at_twice_the_reso
     _runs_alike_in_onnxruntime(pair, tmp_path)
 
 
+def test_the_wide_regional_ststnet_has_twice_the_filters_and_reads_the_same_regions(tmp_path):
+    """``ststnet_regions_wide`` (``stst_width=2``): 6, 10 and 16 filters a stream, so twice the weights and the
+    FLOPs of ``ststnet_regions``; it still reads the four regions only, exports and runs alike in ONNX Runtime,
+    and a width that is not a whole number from 1 is one line."""
+    from edge_mer.model.build import build_model
+    from edge_mer.model.build import flops_per_sample as any_flops
+
+    cfg = model_config("ststnet_regions_wide")
+    model = build_model(cfg).eval()
+    assert [c.out_channels for c in model.streams] == [6, 10, 16]
+    assert count_parameters(model) == 2 * 448 + 4 * 800 * 3 + 3
+    assert any_flops(cfg) == 2 * any_flops(model_config("ststnet_regions"))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.rand_like(p))
+        m, t = _inputs(1)
+        _reads_the_four_regions_only(model, m.abs(), t)
+    _runs_alike_in_onnxruntime(build_model(cfg), tmp_path)  # its own initial weights: logits of a usual size
+    for bad in (0, 1.5, "2"):
+        with pytest.raises(UserError, match="stst_width must be a whole number"):
+            model_config("ststnet_regions", changes={"stst_width": bad})
+
+
 def test_the_mmt_can_read_its_patch_tokens_from_the_eyes_and_mouth_corners(tmp_path):
     """``regions``: each branch cuts its patch tokens from the four regions ``ststnet_regions`` reads (S/2 squares
     on the eyes and mouth corners, one embedding for all four): as many tokens and weights as the whole face,

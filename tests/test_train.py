@@ -346,3 +346,37 @@ def test_the_recognition_benchmark_keeps_runs_on_flow_less_the_head_apart(tmp_pa
     assert rows[1].startswith(f"| {model} (head motion removed) | 1 | 0.8512 |") and " 1.300 |" in rows[1]
     assert rows[2].startswith(f"| {model} (head motion removed, learning rate 0.01) | 1 | 0.8795 |")
     assert "(`--head removed`)" in (tmp_path / "t.md").read_text()
+
+
+def test_the_cross_draw_check_scores_each_draw_with_a_model_trained_on_the_other(composite_features, tmp_path,
+                                                                                 monkeypatch):
+    """benchmarks/crossdraw.py trains a recipe variant on all of one draw and scores the other, both ways, and
+    scores the model on its own training samples too. Given one draw twice, each direction is scored on the very
+    samples it trained on, so its held-out UF1 is its fit. The table's change is paired by seed, per direction."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import crossdraw
+
+    from edge_mer.features.cache import FeatureSet
+
+    samples = len(FeatureSet.load(composite_features))
+    r = crossdraw.run_variant("ststnet-regions+head-removed", 0, {1: str(composite_features),
+                                                                  2: str(composite_features)}, 2)
+    for way in ("1->2", "2->1"):
+        assert r[way]["trained_on"] == r[way]["scored_on"] == samples
+        assert 0 < r[way]["uf1"] == r[way]["fit_uf1"] <= 1
+    assert r["uf1"] == r["1->2"]["uf1"] == r["2->1"]["uf1"]  # the same data, seed and order both ways
+
+    def run(name: str, seed: int, there: float, back: float) -> dict:
+        ways = {w: {"uf1": u, "uar": u, "fit_uf1": 0.9, "seconds": 10.0} for w, u in (("1->2", there),
+                                                                                      ("2->1", back))}
+        return {"variant": name, "seed": seed, "uf1": (there + back) / 2, **ways}
+
+    base, wide = "ststnet-regions+head-removed", "ststnet-regions+head-removed+filters-x2"
+    runs = [run(base, 0, 0.88, 0.84), run(base, 1, 0.86, 0.86), run(wide, 0, 0.89, 0.86), run(wide, 1, 0.85, 0.87),
+            run(wide, 2, 0.99, 0.99)]  # seed 2 has no base run to pair with
+    monkeypatch.setattr(crossdraw, "RESULTS", tmp_path)
+    crossdraw._table({"runs": {f"{x['variant']}/{x['seed']}": x for x in runs}, "machine": "x", "date": "d"})
+    row = next(line for line in (tmp_path / "crossdraw.md").read_text().splitlines() if line.startswith(f"| {wide}"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "3" and cells[3] == "+0.0075"  # seed 0: 0.875 - 0.86, seed 1: 0.86 - 0.86; halved
+    assert (cells[5], cells[7]) == ("+0.0000", "+0.0150")  # 1 -> 2: +0.01 and -0.01; 2 -> 1: +0.02 and +0.01

@@ -49,6 +49,11 @@ def input_side(cfg: MMTConfig) -> int:
     return cfg.side or STST_SIZE
 
 
+def stst_filters(cfg: MMTConfig) -> tuple[int, ...]:
+    """The filters of each of the STSTNet's three streams: the paper's 3, 5 and 8, times ``cfg.stst_width``."""
+    return tuple(c * cfg.stst_width for c in STST_STREAMS)
+
+
 def stst_tiles(cfg: MMTConfig) -> int:
     """How many 28 x 28 inputs the STSTNet of ``cfg`` reads: 1, the whole face at the paper's 28, or 4, the
     regions of the face at 56 (``cfg.side``, checked by the config)."""
@@ -62,10 +67,11 @@ class STSTNet(Recogniser):
         self.side = input_side(cfg)
         self.tiles = stst_tiles(cfg)
         channels = cfg.channels["motion"]
-        self.streams = nn.ModuleList(nn.Conv2d(channels, c, 3, padding=1) for c in STST_STREAMS)
+        filters = stst_filters(cfg)
+        self.streams = nn.ModuleList(nn.Conv2d(channels, c, 3, padding=1) for c in filters)
         self.pool = nn.MaxPool2d(3, stride=3, padding=1)
         self.drop = nn.Dropout(cfg.dropout)
-        self.head = nn.Linear(self.tiles * sum(STST_STREAMS) * 5 * 5, cfg.num_classes)
+        self.head = nn.Linear(self.tiles * sum(filters) * 5 * 5, cfg.num_classes)
 
     def forward(self, motion: torch.Tensor, texture: torch.Tensor) -> torch.Tensor:
         """Logits (B, classes) from motion (B, 3, S, S); the texture does not change them."""
@@ -74,8 +80,8 @@ class STSTNet(Recogniser):
             x = torch.stack(regions(x, self.side), 1).flatten(0, 1)
         elif x.shape[-1] != STST_SIZE:
             x = F.adaptive_avg_pool2d(x, STST_SIZE)
-        x = torch.cat([self.pool(F.relu(conv(x))) for conv in self.streams], 1)  # (B x tiles, 16, 10, 10)
-        x = F.avg_pool2d(x, 2).reshape(-1, self.head.in_features)  # (B, tiles x 400)
+        x = torch.cat([self.pool(F.relu(conv(x))) for conv in self.streams], 1)  # (B x tiles, 16 w, 10, 10)
+        x = F.avg_pool2d(x, 2).reshape(-1, self.head.in_features)  # (B, tiles x 400 w)
         return self.keep_inputs(self.head(self.drop(x)), texture)  # costs one mean over the texture
 
     def forward_train(self, motion: torch.Tensor, texture: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,8 +92,9 @@ class STSTNet(Recogniser):
 def ststnet_flops(cfg: MMTConfig) -> int:
     """Multiply-adds x 2 of one forward pass (the resize and the pools not counted)."""
     tiles = stst_tiles(cfg)
-    convs = tiles * STST_SIZE * STST_SIZE * sum(STST_STREAMS) * cfg.channels["motion"] * 9
-    return 2 * (convs + tiles * sum(STST_STREAMS) * 25 * cfg.num_classes)
+    filters = sum(stst_filters(cfg))
+    convs = tiles * STST_SIZE * STST_SIZE * filters * cfg.channels["motion"] * 9
+    return 2 * (convs + tiles * filters * 25 * cfg.num_classes)
 
 
 class ChannelNorm(nn.Module):

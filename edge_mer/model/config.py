@@ -59,6 +59,8 @@ class MMTConfig:
     # projected: local filters before the tokens, as a shallow CNN reads the motion (early convolutions help a
     # transformer trained on little data: Xiao et al., NeurIPS 2021, arXiv 2106.14881)
     stem: str = "patch"
+    # an STSTNet (or ststnet_regions): its three streams' filters are the paper's 3, 5 and 8 times this
+    stst_width: int = 1
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -84,6 +86,8 @@ class MMTConfig:
         if self.arch == "ststnet" and self.side not in (0, 28, 56):
             raise UserError(f"an STSTNet reads the whole face (side 0 or 28) or four regions (56), not side "
                             f"{self.side}")
+        if not (isinstance(self.stst_width, int) and self.stst_width >= 1):
+            raise UserError(f"stst_width must be a whole number from 1 (the paper's filters), not {self.stst_width!r}")
         unknown = set(self.modalities) - {"motion", "texture"}
         if unknown or not self.modalities:
             raise UserError(f"modalities must be motion and/or texture, not {sorted(unknown)}")
@@ -117,6 +121,9 @@ MODELS: dict[str, MMTConfig] = {
     # the same on the eyes and mouth corners at twice the resolution (a variant of ours, not the paper's)
     "ststnet_regions": MMTConfig(arch="ststnet", modalities=("motion",), contrastive_weight=0.0, dropout=0.5,
                                  side=56),
+    # the same with twice the filters in each stream (6, 10 and 16)
+    "ststnet_regions_wide": MMTConfig(arch="ststnet", modalities=("motion",), contrastive_weight=0.0, dropout=0.5,
+                                      side=56, stst_width=2),
     # the hierarchical transformer baseline (its authors' configuration; 28 x 28 motion): baselines.py
     "htnet": MMTConfig(arch="htnet", modalities=("motion",), contrastive_weight=0.0, dim=256, heads=3,
                        mlp_ratio=4.0, dropout=0.0),

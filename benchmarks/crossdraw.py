@@ -1,0 +1,154 @@
+"""Cross-draw check: does a recipe change hold when the subjects change?
+
+The recipe search (``benchmarks/recipe.py``) scores five folds of one development draw, so each fold trains on
+about 54 subjects, and one draw of 68 subjects has a character of its own. Here each variant trains on every
+sample of one development draw (68 subjects, as many as a LOSO fold's 67 plus one) and is scored on every
+sample of another (68 other subjects), both ways: draws 1 and 2, neither of them the benchmark's draw 0. It
+also scores the model on the samples it trained on (its fit, eval mode, no augmentation), which says whether a
+model lacks capacity or data. A variant is a name of ``recipe.VARIANTS`` and trains on its features there.
+Writes ``benchmarks/results/crossdraw.md`` and ``.json`` and resumes: runs already in the JSON are kept.
+
+    python benchmarks/crossdraw.py --variants ststnet-regions+head-removed,... [--seeds 0,1,2] [--jobs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from recipe import VARIANTS, WORK, _features_folder, extended, features_of, prepare_kind
+
+from edge_mer.atomic import write_text
+from edge_mer.errors import script_main
+from edge_mer.eval.metrics import mean_and_spread, scores
+from edge_mer.eval.truth import save_runs
+from edge_mer.model.config import model_config
+from edge_mer.train.loop import TrainConfig
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DRAWS = (1, 2)
+DIRECTIONS = ((1, 2), (2, 1))  # (trained on, scored on)
+
+
+def _draw_folder(work: Path, draw: int) -> Path:
+    """Draw 1 is the recipe search's (its data and features are shared with it); others live under ``work``."""
+    return Path(WORK) if draw == 1 else work / f"draw-{draw}"
+
+
+def _features(work: Path, draw: int, name: str) -> Path:
+    kind = features_of(name)
+    folder = _draw_folder(work, draw)
+    out = folder / _features_folder(kind)
+    prepare_kind(folder / "data", out, draw, kind)
+    return out
+
+
+def run_variant(name: str, seed: int, features: dict[int, str], epochs: int) -> dict[str, Any]:
+    import torch
+
+    from edge_mer.features.cache import FeatureSet
+    from edge_mer.train.loop import predict, train_model
+
+    torch.set_num_threads(1)
+    model, train_changes, model_changes, _ = VARIANTS[name]
+    train = replace(TrainConfig(epochs=epochs, seed=seed), **train_changes)
+    cfg = model_config(model, size=112, changes=model_changes)
+    sets = {d: FeatureSet.load(Path(features[d])) for d in DRAWS}
+    out: dict[str, Any] = {"variant": name, "seed": seed, "epochs": train.epochs}
+    for a, b in DIRECTIONS:
+        start = time.time()
+        fit = train_model(cfg, train, sets[a].motion, sets[a].texture, sets[a].labels, seed)
+        held = scores(sets[b].labels, predict(fit, sets[b].motion, sets[b].texture).argmax(1), cfg.class_names)
+        own = scores(sets[a].labels, predict(fit, sets[a].motion, sets[a].texture).argmax(1), cfg.class_names)
+        out[f"{a}->{b}"] = {"uf1": held.uf1, "uar": held.uar, "fit_uf1": own.uf1, "seconds": time.time() - start,
+                            "trained_on": len(sets[a]), "scored_on": len(sets[b])}
+    out["uf1"] = statistics.mean(out[f"{a}->{b}"]["uf1"] for a, b in DIRECTIONS)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--variants", required=True, help=f"comma-separated, from {', '.join(VARIANTS)}")
+    ap.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
+    ap.add_argument("--epochs", type=int, default=60, help="the recipe's epochs (variants may change them)")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs trained side by side")
+    ap.add_argument("--work", default="benchmarks/.work/crossdraw", help="draw 2's data and features")
+    args = ap.parse_args()
+    names = args.variants.split(",")
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    work = Path(args.work)
+    feats = {n: {d: str(_features(work, d, n)) for d in DRAWS} for n in names}
+    out_json = RESULTS / "crossdraw.json"
+    doc = json.loads(out_json.read_text()) if out_json.exists() else {"runs": {}}
+    todo = [(n, int(s)) for n in names for s in args.seeds.split(",") if f"{n}/{s}" not in doc["runs"]]
+    print(f"{len(todo)} runs to do (two trainings each), {args.jobs} at a time", flush=True)
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        jobs = [pool.submit(run_variant, n, s, feats[n], args.epochs) for n, s in todo]
+        for k, done in enumerate(as_completed(jobs), 1):
+            r = done.result()
+            doc["runs"][f"{r['variant']}/{r['seed']}"] = r
+            doc |= {"date": dt.date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
+            save_runs(out_json, doc)
+            print(f"[{k}/{len(todo)}] {r['variant']} seed {r['seed']}: UF1 {r['uf1']:.4f} (1->2 "
+                  f"{r['1->2']['uf1']:.4f}, 2->1 {r['2->1']['uf1']:.4f})", flush=True)
+    _table(doc)
+
+
+def _paired(doc: dict[str, Any], name: str, other: str, way: str = "") -> str:
+    """The mean over the seeds both ran of ``name``'s UF1 less ``other``'s (of the direction ``way``, else of
+    both's mean)."""
+    runs = doc["runs"]
+
+    def uf1(key: str) -> float:
+        return runs[key][way]["uf1"] if way else runs[key]["uf1"]
+
+    diffs = [uf1(f"{name}/{s}") - uf1(f"{other}/{s}") for s in _seeds(doc, name) if f"{other}/{s}" in runs]
+    return f"{statistics.mean(diffs):+.4f}" if other and diffs else ""
+
+
+def _seeds(doc: dict[str, Any], name: str) -> list[str]:
+    return sorted(k.split("/")[-1] for k in doc["runs"] if k.rsplit("/", 1)[0] == name)
+
+
+def _table(doc: dict[str, Any]) -> None:
+    runs = doc["runs"]
+    names = sorted({r["variant"] for r in runs.values()}, key=list(VARIANTS).index)
+    lines = [f"# Cross-draw check of recipe variants ({doc.get('date')})", "",
+             "Each variant of `benchmarks/results/recipe.md` trained on every sample of one development draw of the "
+             "diverse composite (`synth dataset --layout megc2019 --diverse`, data seeds 1 and 2: 68 subjects each, "
+             "none of them in the benchmark's draw 0) and scored on every sample of the other, both ways, 60 epochs "
+             "(where the variant says no other), the last epoch's model. UF1: the mean of the two directions, then "
+             "mean ± standard deviation over the training seeds; ΔUF1: the mean of the per-seed differences to the "
+             "variant it extends; fit: UF1 on the samples it trained on (eval mode, no augmentation), the mean of "
+             "both directions and seeds. Machine: " + str(doc.get("machine")) + ", one thread per run.", "",
+             "Command: `python benchmarks/crossdraw.py --variants NAME[,NAME...]` (results in "
+             "`benchmarks/results/crossdraw.json`)", "",
+             "| variant | seeds | UF1 | ΔUF1 | 1 → 2 | Δ 1 → 2 | 2 → 1 | Δ 2 → 1 | fit UF1 | s a run |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for n in names:
+        rs = [runs[f"{n}/{s}"] for s in _seeds(doc, n)]
+        parent = extended(n, names) or ""
+        ways = {w: [r[w]["uf1"] for r in rs] for w in ("1->2", "2->1")}
+        fit = statistics.mean(r[w]["fit_uf1"] for r in rs for w in ways)
+        secs = statistics.mean(r[w]["seconds"] for r in rs for w in ways) * 2
+        cells = [n, str(len(rs)), mean_and_spread([r["uf1"] for r in rs]), _paired(doc, n, parent)]
+        for w in ways:
+            cells += [f"{statistics.mean(ways[w]):.4f}", _paired(doc, n, parent, w)]
+        lines.append("| " + " | ".join([*cells, f"{fit:.4f}", f"{secs:.0f}"]) + " |")
+    write_text(RESULTS / "crossdraw.md", "\n".join(lines) + "\n")
+    print("\n".join(lines[-len(names) - 2:]))
+
+
+if __name__ == "__main__":
+    script_main(main)
