@@ -2,7 +2,8 @@
 
 Reproducible (fixed seeds): renders the diverse synthetic composite (``synth dataset --layout megc2019
 --diverse``, data seed 0: the recognition benchmark's draw, 68 subjects, 456 samples), prepares DIS features
-at S = 112 (the flow a CPU device without OpenCV contrib has), trains the model on every sample for a fixed
+at S = 112 (the flow a CPU device without OpenCV contrib has) less the head's own motion (``--head removed``,
+the default; ``kept``: the plain flow), trains the model on every sample for a fixed
 budget, runs QAT (modelopt) and exports the Q/DQ ONNX file and its FP32 companion. Both files are then scored
 on the development draw (data seed 1: 68 other subjects the model never saw): the INT8 file may lose at most
 ``MAX_DROP`` UF1 against its FP32 companion, or nothing is installed. Otherwise both go into
@@ -10,7 +11,7 @@ on the development draw (data seed 1: 68 other subjects the model never saw): th
 the check's figures. It shows the loop working; it knows nothing of real faces.
 
     python scripts/make_demo_model.py [--model mmt_small_ens] [--ablation motion-only] [--set KEY=VALUE ...]
-                                      [--epochs 60] [--work /tmp/edge-mer-demo-model]
+                                      [--head removed|kept] [--epochs 60] [--work /tmp/edge-mer-demo-model]
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ def main() -> None:
     ap.add_argument("--ablation", default="motion-only", choices=sorted(ABLATIONS))
     ap.add_argument("--set", type=setting, action="append", default=[], metavar="KEY=VALUE",
                     help="a training or model setting, the value as JSON, as edge-mer train --set takes it")
+    ap.add_argument("--head", default="removed", choices=("kept", "removed"),
+                    help="removed (the packaged model's): the flow less the head's own motion (data prepare --head; "
+                         "the runtime reads it from the model's sidecar); kept: the plain flow")
     ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--qat-epochs", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0, help="training seed")
@@ -62,9 +66,11 @@ def main() -> None:
     # an unknown name or setting: one line, before any work
     mcfg = model_config(args.model, size=112, ablation=args.ablation, changes=dict(changes))
     work = Path(args.work)
-    feats, check = work / "features", work / "check" / "features"
-    prepare_synthetic_composite(work / "data", feats, 0, 0, args.data_seed, diverse=True)
-    prepare_synthetic_composite(work / "check" / "data", check, 0, 0, args.check_seed, diverse=True)
+    folder = "features" if args.head == "kept" else f"features-head-{args.head}"  # a reused --work keeps both
+    feats, check = work / folder, work / "check" / folder
+    prepare_synthetic_composite(work / "data", feats, 0, 0, args.data_seed, diverse=True, head=args.head)
+    prepare_synthetic_composite(work / "check" / "data", check, 0, 0, args.check_seed, diverse=True,
+                                head=args.head)
     fs = FeatureSet.load(feats)
     model = train_model(mcfg, tcfg, fs.motion, fs.texture, fs.labels, args.seed,
                         on_epoch=lambda e, loss: print(f"epoch {e + 1}/{args.epochs} loss {loss:.3f}", flush=True))
@@ -95,7 +101,8 @@ def main() -> None:
         meta = {k: v for k, v in art.meta.items() if k not in ("format", "file", "sha256", "bytes")}
         meta |= {"description": DESCRIPTION, "demo": True, "int8_check": figures,
                  "training_data": {"generator": "edge-mer synth dataset --layout megc2019 --diverse",
-                                   "data_seed": args.data_seed, "flow": "dis", "ablation": args.ablation,
+                                   "data_seed": args.data_seed, "flow": "dis", "head": args.head,
+                                   "ablation": args.ablation,
                                    "settings": dict(args.set),
                                    "epochs": args.epochs, "qat_epochs": args.qat_epochs, "samples": len(fs),
                                    "subjects": len(set(fs.subjects))}}

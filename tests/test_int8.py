@@ -95,8 +95,14 @@ def test_fp32_export_matches_torch(chain, tmp_path):
     assert side["config"]["size"] == 112 and side["trained_on"]
 
 
-def test_qat_graph_has_qdq_around_every_weighted_product(chain):
-    layers = _inference_layers(chain["qat_checkpoint"])
+def test_qat_graph_has_qdq_around_every_weighted_product_but_those_that_read_the_motion(chain):
+    """Every weighted product runs in INT8 except the motion's patch embeddings (one per patch size), which read
+    the flow itself: an INT8 step at its range is as large as a weak mover's motion, so they carry no Q/DQ."""
+    from edge_mer.model.checkpoint import load_checkpoint
+
+    model, _ = load_checkpoint(chain["checkpoint"])
+    readers = len(model.cfg.patch_sizes)
+    layers = _inference_layers(chain["qat_checkpoint"]) - readers
     ops = _ops(chain["qat"])
     # one activation Q/DQ pair per INT8 layer, and the weight as an INT8 constant behind its own DQ
     assert ops["QuantizeLinear"] == layers
@@ -105,8 +111,12 @@ def test_qat_graph_has_qdq_around_every_weighted_product(chain):
 
     q = count_qdq(chain["qat"])
     assert len(q["int8_products"]) == layers
-    # what stays FP32 are the attention products (two activations), two per block per branch
-    assert all("/attn/MatMul" in n for n in q["fp32_products"]) and q["fp32_products"]
+    # what stays FP32 are the attention products (two activations), two per block per branch, and the motion's
+    # patch embeddings
+    attention = [n for n in q["fp32_products"] if "/attn/MatMul" in n]
+    assert attention and sorted(set(q["fp32_products"]) - set(attention)) == sorted(
+        f"/motion_{p}/embed/Conv" for p in model.cfg.patch_sizes)
+    assert any("texture" in n and "embed" in n for n in q["int8_products"])  # the texture's embedding is INT8
     g = onnx.load(str(chain["qat"])).graph
     int8_weights = [i for i in g.initializer if i.data_type == onnx.TensorProto.INT8]
     assert len(int8_weights) == layers

@@ -339,6 +339,7 @@ def test_a_model_trained_on_other_flow_gets_that_flow(tmp_path, option, value, s
     model = tmp_path / "other.onnx"
     shutil.copy(default_model(), model)
     meta = json.loads(sidecar_path(default_model()).read_text())
+    meta["features"]["feature"] |= {"oversample": 1, "head": "kept"}  # the plain flow, then the one option
     meta["features"]["feature"][option] = value
     sidecar_path(model).write_text(json.dumps(meta))
     proc = run_cli("run", "--demo", "--model", str(model), "--max-frames", "300", "--quiet",
