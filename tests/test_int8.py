@@ -156,12 +156,22 @@ def test_qat_onnx_runs_like_the_fake_quantized_torch_model(chain):
 
 
 def test_ptq_graph_and_agreement_with_fp32(chain):
+    """PTQ quantizes what QAT does: every weighted product but the motion's patch embeddings, which read the flow
+    itself, and the sidecar counts both."""
+    from edge_mer.model.checkpoint import load_checkpoint
     from edge_mer.quant.export import count_qdq
+    from edge_mer.runtime.artifact import sidecar_path
 
-    layers = _inference_layers(chain["checkpoint"])
+    model, _ = load_checkpoint(chain["checkpoint"])
+    readers = len(model.cfg.patch_sizes)
+    layers = _inference_layers(chain["checkpoint"]) - readers
     q = count_qdq(chain["ptq"])
     assert len(q["int8_products"]) == layers
-    assert all("/attn/MatMul" in n for n in q["fp32_products"])
+    attention = [n for n in q["fp32_products"] if "/attn/MatMul" in n]
+    assert attention and sorted(set(q["fp32_products"]) - set(attention)) == sorted(
+        f"/motion_{p}/embed/Conv" for p in model.cfg.patch_sizes)
+    quant = json.loads(sidecar_path(chain["ptq"]).read_text())["quantization"]
+    assert (quant["quantized_nodes"], quant["fp32_motion_readers"]) == (layers, readers)
     g = onnx.load(str(chain["ptq"])).graph
     ln_inputs = {i for n in g.node if n.op_type in ("ReduceMean", "Softmax") for i in n.input}
     producers = {o: n.op_type for n in g.node for o in n.output}
@@ -461,7 +471,7 @@ def test_small_or_broken_calibration_sets_are_refused(chain, composite_features,
 def test_a_degenerate_int8_model_fails_the_gate_and_is_never_picked(chain, tmp_path, monkeypatch):
     from edge_mer.errors import UserError
     from edge_mer.features.cache import FeatureSet
-    from edge_mer.quant.ptq import MIN_AGREEMENT, MIN_SPREAD_RATIO, quality_gate
+    from edge_mer.quant.ptq import MIN_AGREEMENT, quality_gate
     from edge_mer.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
@@ -487,11 +497,13 @@ def test_a_degenerate_int8_model_fails_the_gate_and_is_never_picked(chain, tmp_p
     assert q["usable"] is False and any("degenerate" in f for f in q["failed"])
     # the earlier, good file's link is gone: the FP32 file names no companion
     assert "companion" not in json.loads(fp32.with_name("m.onnx.json").read_text())
-    # on real samples (FP32's logits vary) the collapse shows as such
+    # on real samples (FP32's logits vary) the collapse shows too: the motion's embeddings stay FP, as in QAT, so
+    # a trace of the input passes the collapsed ranges, but the logits vary a fraction of FP32's and FP32's clear
+    # decisions are lost
     fs = FeatureSet.load(chain["features"])
     real = quality_gate(fp32, out, fs.motion, fs.texture, "features")
-    assert not real["usable"] and real["spread_ratio"] < MIN_SPREAD_RATIO
-    assert any("degenerate" in f for f in real["failed"])
+    assert not real["usable"] and real["spread_ratio"] < 0.5
+    assert any("top-1 agreement" in f for f in real["failed"])
     # never picked: auto from either file runs FP32, int8 is refused, file runs what it is given
     be = OnnxRuntimeBackend(out, threads=1, precision="auto")
     assert be.artifact.path == fp32 and "failed its INT8 quality gate" in be.describe()

@@ -11,7 +11,11 @@ matrix products) run:
   calibration samples: the largest magnitude seen (``max``, as modelopt's
   calibration) or its 99.99th percentile (``percentile``);
 * the attention products (two activations), LayerNorm, softmax, residual
-  additions and biases stay FP32: no Q/DQ sits in their way.
+  additions and biases stay FP32: no Q/DQ sits in their way;
+* so do the weighted products that read the motion itself (:func:`motion_readers`:
+  the MMT's motion patch embeddings, STSTNet's streams), as QAT leaves them
+  (``quant.qat.MOTION_READERS``): one INT8 step of their input range is about a
+  weak mover's whole motion.
 
 Every INT8 file then passes a quality gate (:func:`quality_gate`, also run by
 the export of a QAT checkpoint): run in ONNX Runtime beside its FP32 model, its
@@ -36,6 +40,7 @@ from edge_mer.runtime.artifact import OUTPUT, load_artifact, sha256, sidecar_pat
 
 METHODS = ("max", "percentile")
 QUANT_OPS = ("MatMul", "Gemm", "Conv")
+SHAPE_OPS = ("Shape", "Size")  # their outputs describe a tensor, not its values
 
 # The INT8 quality gate, the one place its thresholds live. An INT8 file passes when, on the same inputs as
 # its FP32 model, in ONNX Runtime:
@@ -61,13 +66,52 @@ def _onnx() -> Any:
 
 def weighted_nodes(model: Any) -> tuple[list[Any], list[Any]]:
     """(MatMul/Gemm/Conv nodes whose second input is a constant weight, those without one)."""
+    weighted = _weighted(model)
+    nodes = list(model.graph.node)
+    return ([n for k, n in enumerate(nodes) if weighted[k]],
+            [n for k, n in enumerate(nodes) if n.op_type in QUANT_OPS and not weighted[k]])
+
+
+def _weighted(model: Any) -> list[bool]:
+    """For each node of the graph, in order: is it a MatMul/Gemm/Conv with a constant weight?"""
     inits = {i.name for i in model.graph.initializer}
-    with_w: list[Any] = []
-    without: list[Any] = []
-    for n in model.graph.node:
-        if n.op_type in QUANT_OPS:
-            (with_w if len(n.input) > 1 and n.input[1] in inits else without).append(n)
-    return with_w, without
+    return [n.op_type in QUANT_OPS and len(n.input) > 1 and n.input[1] in inits for n in model.graph.node]
+
+
+def _motion_reader_positions(model: Any) -> set[int]:
+    """The positions in the graph of the weighted nodes that read the ``motion`` input itself: reached from it
+    through unweighted nodes only (a resize, a crop of the regions, a mirror image, a concatenation), not
+    through another weighted node, nor through the shape of a tensor."""
+    weighted = _weighted(model)
+    consumers: dict[str, list[int]] = {}
+    for k, n in enumerate(model.graph.node):
+        for i in n.input:
+            consumers.setdefault(i, []).append(k)
+    readers: set[int] = set()
+    seen, todo = {"motion"}, ["motion"]
+    while todo:
+        for k in consumers.get(todo.pop(), []):
+            if weighted[k]:
+                readers.add(k)
+                continue
+            if model.graph.node[k].op_type in SHAPE_OPS:  # the batch size of a reshape: not the motion's values
+                continue
+            fresh = [o for o in model.graph.node[k].output if o not in seen]
+            seen.update(fresh)
+            todo += fresh
+    return readers
+
+
+def motion_readers(model: Any) -> list[Any]:
+    """The weighted nodes that read the ``motion`` input itself (see ``_motion_reader_positions``)."""
+    readers = _motion_reader_positions(model)
+    return [n for k, n in enumerate(model.graph.node) if k in readers]
+
+
+def int8_nodes(model: Any) -> list[Any]:
+    """The weighted nodes PTQ quantizes: all but the motion readers."""
+    readers, weighted = _motion_reader_positions(model), _weighted(model)
+    return [n for k, n in enumerate(model.graph.node) if weighted[k] and k not in readers]
 
 
 def _weight_axis(node: Any) -> int:
@@ -111,13 +155,13 @@ def activation_ranges(model: Any, cs: Any, tensors: list[str], method: str, batc
 
 
 def quantize_graph(model: Any, ranges: dict[str, float]) -> int:
-    """Insert the Q/DQ pairs and INT8 weights in place; returns the number of quantized nodes."""
+    """Insert the Q/DQ pairs and INT8 weights of :func:`int8_nodes` in place; returns their number."""
     onnx = _onnx()
     from onnx import helper, numpy_helper
 
     g = model.graph
     inits = {i.name: i for i in g.initializer}
-    targets, _ = weighted_nodes(model)
+    targets = int8_nodes(model)
     new_nodes: dict[int, list[Any]] = {}
     qdq_of: dict[str, str] = {}
     position = {id(n): k for k, n in enumerate(g.node)}
@@ -243,7 +287,8 @@ def calibrate(onnx_path: Path, set_path: Path, out: Path, method: str = "max",
         raise UserError(f"{onnx_path} is already {art.precision}; calibrate the FP32 export")
     cs = load_set(set_path, size=art.size)
     model = onnx.load(str(onnx_path))
-    include, attention = weighted_nodes(model)
+    include, attention = int8_nodes(model), weighted_nodes(model)[1]
+    readers = len(motion_readers(model))
     ranges = activation_ranges(model, cs, sorted({n.input[0] for n in include}), method)
     quantize_graph(model, ranges)
     # the file is judged and described before it lands, and lands together with its sidecar
@@ -257,7 +302,8 @@ def calibrate(onnx_path: Path, set_path: Path, out: Path, method: str = "max",
             "quantization": {"method": "ptq", "tool": "edge-mer (symmetric INT8, per-channel weights, "
                                                       "per-tensor activations)", "calibration": set_path.name,
                              "calibration_sha256": sha256(set_path), "samples": len(cs), "range": method,
-                             "quantized_nodes": len(include), "fp32_attention_matmuls": len(attention)},
+                             "quantized_nodes": len(include), "fp32_attention_matmuls": len(attention),
+                             "fp32_motion_readers": readers},
             "quality": quality,
             # the INT8 file names its FP32 source either way: --precision auto on it then falls back to FP32
             "companion": {"file": os.path.relpath(onnx_path, out.parent), "sha256": art.meta["sha256"],
