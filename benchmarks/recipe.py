@@ -165,6 +165,16 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
     "ststnet-regions+head-removed+filters-x4": ("ststnet_regions", {}, {"stst_width": 4},
                                                 "ststnet-regions+head-removed with four times the filters a stream "
                                                 "(12, 20 and 32)"),
+    "ststnet-regions+head-removed+asymmetry": ("ststnet_regions", {}, {"asymmetry": True},
+                                               "ststnet-regions+head-removed also reading the motion less its "
+                                               "mirror image (u negated; `--set asymmetry=true`): zero where the "
+                                               "face moves symmetrically, so a smile of one mouth corner (SAMM's "
+                                               "contempt, negative) stands apart from one of both (happiness)"),
+    "ststnet-regions+head-removed+frames-5": ("ststnet_regions", {}, {},
+                                              "ststnet-regions+head-removed on flow between the means of five "
+                                              "frames centred on the onset and on the apex (`--frames 5`): the "
+                                              "camera's noise, new in every frame, weighs less against a weak "
+                                              "mover's motion"),
     "ststnet-regions+head-removed+twin": ("ststnet_regions", {}, {"ensemble_with": "ststnet_regions"},
                                           "ststnet-regions+head-removed with a second one (other initial weights) "
                                           "trained beside it, predicting from their mean log-probability"),
@@ -193,6 +203,7 @@ class Kind(NamedTuple):
     oversample: int = 1
     apex: str = "middle"
     head: str = "kept"
+    frames: int = 1
 
 
 DIS_112 = Kind()
@@ -202,7 +213,8 @@ FEATURES = {"tvl1": Kind("tvl1"), "ststnet-tvl1": Kind("tvl1"), "ststnet-dis224"
             "motion-only+ststnet+apex-by-motion": Kind(apex="motion"),
             "motion-only+ststnet+head-removed": Kind(head="removed"),
             "motion-only+head-removed": Kind(head="removed"),
-            "ststnet-regions+head-removed": Kind(head="removed")}
+            "ststnet-regions+head-removed": Kind(head="removed"),
+            "ststnet-regions+head-removed+frames-5": Kind(head="removed", frames=5)}
 
 
 def extended(name: str, among: Iterable[str]) -> str | None:
@@ -285,7 +297,8 @@ def prepare_kind(data: Path, out: Path, data_seed: int, kind: Kind) -> None:
     """Render the diverse draw ``data_seed`` into ``data`` (unless it is there) and prepare its features of
     ``kind`` in ``out``."""
     prepare_synthetic_composite(data, out, 0, 0, data_seed, size=kind.size, flow=kind.flow, diverse=True,
-                                texture=kind.texture, oversample=kind.oversample, apex=kind.apex, head=kind.head)
+                                texture=kind.texture, oversample=kind.oversample, apex=kind.apex, head=kind.head,
+                                frames=kind.frames)
 
 
 def _kinds(names: Iterable[str]) -> list[Kind]:
@@ -300,7 +313,8 @@ def _features_folder(kind: Kind) -> str:
             f"{'' if kind.texture == 'apex' else '-' + kind.texture}"
             f"{'' if kind.oversample == 1 else f'-x{kind.oversample}'}"
             f"{'' if kind.apex == 'middle' else f'-apex-{kind.apex}'}"
-            f"{'' if kind.head == 'kept' else f'-head-{kind.head}'}")
+            f"{'' if kind.head == 'kept' else f'-head-{kind.head}'}"
+            f"{'' if kind.frames == 1 else f'-frames-{kind.frames}'}")
 
 
 def _features_name(kind: Kind) -> str:

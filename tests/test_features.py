@@ -245,3 +245,38 @@ def test_no_face_sample_fails_alone(tmp_path, generated):
     rows = [json.loads(line) for line in (tmp_path / "f" / "index.jsonl").read_text().splitlines()]
     failed = [r for r in rows if r["status"] == "failed"]
     assert len(failed) == 1 and "no face found" in failed[0]["message"]
+
+
+def test_flow_between_means_of_frames_reads_the_neighbours_and_the_runtime_refuses_it(cache, generated, tmp_path):
+    """``FeatureConfig.frames`` (a benchmark's experiment): the onset and the apex each the mean of the frames
+    around it. The same expressions, less of the camera's noise; a neighbour's file is an input (changed, the
+    sample is made again); an even count is one line, and the runtime refuses a model trained on such flow."""
+    import shutil
+
+    from edge_mer.flow.base import MotionOptions
+    from edge_mer.runtime.frames import list_frames
+
+    root = tmp_path / "casme2"
+    shutil.copytree(generated["casme2"], root)
+    out = tmp_path / "frames"
+    made = prepare("casme2", root, out, FeatureConfig(flow="dis", frames=5), progress=False)
+    assert json.loads((out / "config.json").read_text())["feature"]["frames"] == 5
+    assert "frames" not in json.loads((cache / "config.json").read_text())["feature"]
+    plain, means = FeatureSet.load(cache), FeatureSet.load(out)
+    assert plain.ids == means.ids and np.array_equal(plain.texture.shape, means.texture.shape)
+    u, w = plain.motion[:, :2].ravel(), means.motion[:, :2].ravel()
+    assert np.corrcoef(u, w)[0, 1] > 0.7
+    # strain, a derivative of the flow, is where frame-to-frame noise shows most
+    assert np.abs(means.motion[:, 2]).mean() < 0.75 * np.abs(plain.motion[:, 2]).mean()
+    # a frame beside the first sample's onset, rewritten: that sample alone is made again
+    import cv2
+
+    first = json.loads((out / "index.jsonl").read_text().splitlines()[0])
+    beside = list_frames(Path(first["frames_dir"]))[first["onset"] + 1]
+    assert cv2.imwrite(str(beside), 255 - cv2.imread(str(beside)))
+    again = prepare("casme2", root, out, FeatureConfig(flow="dis", frames=5), progress=False)
+    assert made.written > 1 and (again.written, again.reused) == (1, made.written - 1)
+    with pytest.raises(UserError, match="frames 4: an odd number"):
+        prepare("casme2", root, tmp_path / "even", FeatureConfig(flow="dis", frames=4), progress=False)
+    with pytest.raises(UserError, match="means of 5 frames"):
+        MotionOptions.of(json.loads((out / "config.json").read_text())["feature"])

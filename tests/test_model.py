@@ -261,6 +261,44 @@ def test_the_wide_regional_ststnet_has_twice_the_filters_and_reads_the_same_regi
             model_config("ststnet_regions", changes={"stst_width": bad})
 
 
+def test_an_ststnet_with_asymmetry_reads_what_a_face_moves_on_one_side_only(tmp_path):
+    """``asymmetry``: three more input channels, the motion less its mirror image (u negated). A face that moves
+    symmetrically leaves them at zero, so their filters do not change its answer; a smile of one mouth corner
+    does. The mirror exports (a constant Gather) and runs alike in ONNX Runtime, PTQ finds the three streams as
+    the layers that read the motion, and an MMT refuses the option in one line."""
+    onnx = pytest.importorskip("onnx")
+    from edge_mer.model.build import build_model
+    from edge_mer.model.build import flops_per_sample as any_flops
+    from edge_mer.model.mmt import HT_REGIONS, Mirror
+    from edge_mer.quant.ptq import motion_readers
+
+    cfg = model_config("ststnet_regions", changes={"asymmetry": True})
+    model = build_model(cfg).eval()
+    assert [c.in_channels for c in model.streams] == [6, 6, 6]
+    assert count_parameters(model) == count_parameters(build_model(model_config("ststnet_regions"))) + 3 * 9 * 16
+    m, t = _inputs(1)
+    mirror = Mirror(112)
+    symmetric = (m + mirror(m)) / 2
+    assert torch.allclose(mirror(symmetric), symmetric)
+    one_sided = symmetric.clone()
+    fx, fy = HT_REGIONS[3]  # one mouth corner
+    x, y = round(fx * 112), round(fy * 112)
+    one_sided[:, 0, y - 4:y + 4, x - 4:x + 4] += 2.0
+    with torch.no_grad():
+        before = model(symmetric, t), model(one_sided, t)
+        for conv in model.streams:
+            conv.weight[:, 3:] += 1.0  # the filters of the asymmetry channels only
+        after = model(symmetric, t), model(one_sided, t)
+    assert torch.allclose(before[0], after[0], atol=1e-5)
+    assert not torch.allclose(before[1], after[1], atol=1e-3)
+    assert any_flops(cfg) > any_flops(model_config("ststnet_regions"))
+    _runs_alike_in_onnxruntime(build_model(cfg), tmp_path)
+    readers = motion_readers(onnx.load(str(tmp_path / "m.onnx")))
+    assert len(readers) == 3 and {n.op_type for n in readers} == {"Conv"}
+    with pytest.raises(UserError, match="asymmetry is an STSTNet's input"):
+        model_config("mmt_small", changes={"asymmetry": True})
+
+
 def test_the_mmt_can_read_its_patch_tokens_from_the_eyes_and_mouth_corners(tmp_path):
     """``regions``: each branch cuts its patch tokens from the four regions ``ststnet_regions`` reads (S/2 squares
     on the eyes and mouth corners, one embedding for all four): as many tokens and weights as the whole face,

@@ -111,7 +111,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         return _gate(doc["quality"], args.out, Path(args.onnx).name, line=False)
     print(f"wrote {args.out} (INT8 Q/DQ, {doc['bytes'] / 1e6:.2f} MB) from {args.onnx} calibrated on "
           f"{doc['quantization']['samples']} samples ({args.method}); {len(q['int8_products'])} INT8 matrix "
-          f"products/convolutions, {len(q['fp32_products'])} in FP32 (attention)")
+          f"products/convolutions, {len(q['fp32_products'])} in FP32 ({doc['quantization']['fp32_motion_readers']} "
+          f"reading the motion, the rest attention)")
     return _gate(doc["quality"], args.out, Path(args.onnx).name)
 
 

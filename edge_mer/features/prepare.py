@@ -71,12 +71,15 @@ class FeatureConfig:
     texture: str = "apex"  # the texture input: the apex frame, or "difference" (apex minus onset)
     oversample: int = 1  # k > 1: the flow of crops k times finer, averaged back to S (normalise.motion_tensor)
     head: str = "kept"  # "removed": the head's fitted affine motion subtracted from the flow (flow.head)
+    # k > 1 (odd): the onset and the apex each the mean of k frames centred on it (as many as the clip has),
+    # so the camera's noise, independent from frame to frame, weighs less in the flow
+    frames: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         """The fields; ``texture``, ``oversample`` and ``head`` only when they are not the default, so caches
         from before they existed stay valid."""
         d = asdict(self)
-        for name, default in (("texture", "apex"), ("oversample", 1), ("head", "kept")):
+        for name, default in (("texture", "apex"), ("oversample", 1), ("head", "kept"), ("frames", 1)):
             if d[name] == default:
                 del d[name]
         return d
@@ -119,6 +122,8 @@ def sample_key(s: Sample, cfg: FeatureConfig) -> str:
         files = [str(p) for n, p in list_frames(Path(s.frames_dir)).items() if s.onset <= n <= s.offset]
     else:
         files = [p for p in (s.onset_path, s.apex_path) if p]
+    if cfg.frames > 1 and s.apex_path != "":
+        files = [str(p) for p in _window_paths(s, s.onset, cfg.frames) + _window_paths(s, s.apex or 0, cfg.frames)]
     if cfg.landmarks:
         files.append(cfg.landmarks)
     payload = {"version": CACHE_VERSION, "config": cfg.to_dict(), "sample": record,
@@ -205,19 +210,38 @@ def apex_by_motion(s: Sample, onset_crop: np.ndarray, align: Any) -> tuple[int, 
     return frames[best]
 
 
+def _window_paths(s: Sample, centre: int, frames: int) -> list[Path]:
+    """The files of the ``frames`` frames of ``s`` centred on frame ``centre`` that its folder holds."""
+    listed = list_frames(Path(s.frames_dir))
+    half = frames // 2
+    return [listed[n] for n in range(centre - half, centre + half + 1) if n in listed]
+
+
+def _window_mean(s: Sample, centre: int, path: str, frames: int) -> np.ndarray:
+    """Frame ``centre`` of ``s`` (the file ``path``), or with ``frames`` > 1 the mean of the frames around it."""
+    if frames <= 1:
+        return _read_gray(path)
+    paths = _window_paths(s, centre, frames) or [Path(path)]
+    mean = np.mean([_read_gray(str(p)).astype(np.float32) for p in paths], axis=0)
+    return np.rint(mean).astype(np.uint8)  # what the flow methods read
+
+
 def compute(record: dict[str, Any], out_path: str, key: str = "") -> dict[str, Any]:
     """Features of one sample, written to ``out_path`` with ``key``; returns what the index records."""
     aligner: FaceAligner = _STATE["aligner"]
     flow = _STATE["flow"]
     s = Sample(**{k: v for k, v in record.items() if k != "id"})
     try:
+        frames = _STATE["cfg"].frames
         onset = _read_gray(s.onset_path or "")
         align = aligner.align(onset, f"onset frame {s.onset_path}")
+        if frames > 1:
+            onset = _window_mean(s, s.onset, s.onset_path or "", frames)
         onset_crop = align.crop(onset)
         apex_n, apex_path = s.apex, s.apex_path or ""
         if apex_n is None:
             apex_n, apex_path = apex_by_motion(s, onset_crop, align)
-        apex_frame = _read_gray(apex_path)
+        apex_frame = _window_mean(s, apex_n, apex_path, frames)
         apex_crop = align.crop(apex_frame)
         options = MotionOptions(_STATE["cfg"].oversample, _STATE["cfg"].head)  # what a device's flow stage does
         if options.oversample > 1:
@@ -269,6 +293,8 @@ def prepare(dataset: str, root: Path, out: Path, cfg: FeatureConfig, annotations
         raise UserError(f"texture {cfg.texture!r}: choose apex or difference")
     if cfg.head not in HEAD_CHOICES:
         raise UserError(f"head {cfg.head!r}: choose {' or '.join(HEAD_CHOICES)}")
+    if cfg.frames < 1 or cfg.frames % 2 == 0:
+        raise UserError(f"frames {cfg.frames}: an odd number from 1 (the frame itself)")
     make_flow(cfg.flow)  # fail early when the method is unavailable
     FaceAligner(cfg.size, cfg.landmarks, detector=cfg.detector)
     index = load(dataset, root, annotations, cfg.apex_policy)
@@ -380,7 +406,7 @@ def prepare_synthetic_composite(data: Path, out: Path, subjects: int, clips_per_
                                 size: int = 112, flow: str = "dis", diverse: bool = False,
                                 texture: str = "apex", nuisances: Nuisances | None = None,
                                 diversity: Diversity | None = None, oversample: int = 1,
-                                apex: str = "middle", head: str = "kept") -> PrepareSummary:
+                                apex: str = "middle", head: str = "kept", frames: int = 1) -> PrepareSummary:
     """Render the synthetic MEGC2019 composite into ``data`` (unless it is there) and prepare its features.
 
     What the demo model, the ablation, the INT8 and the recognition benchmarks train on: one call, so they
@@ -388,7 +414,7 @@ def prepare_synthetic_composite(data: Path, out: Path, subjects: int, clips_per_
     composite (``subjects`` and ``clips_per_subject`` are then not used). ``texture``: see FeatureConfig.
     ``nuisances`` and ``diversity`` (with ``diverse``) replace the defaults: the same draw with a source of
     difficulty switched off (``benchmarks/headroom.py``). ``apex``: the policy for clips without an annotated
-    apex (``data prepare --apex``); ``head``: ``data prepare --head``.
+    apex (``data prepare --apex``); ``head``: ``data prepare --head``; ``frames``: FeatureConfig.frames.
     """
     from edge_mer.data.synthetic import COMPOSITE_SHARE, MANIFEST, DatasetConfig, write_dataset
     from edge_mer.eval.truth import rendered_faces
@@ -412,5 +438,5 @@ def prepare_synthetic_composite(data: Path, out: Path, subjects: int, clips_per_
             cfg = replace(cfg, nuisances=nuisances)
         write_dataset(cfg, data)
     features = FeatureConfig(size=size, flow=flow, texture=texture, oversample=oversample, apex_policy=apex,
-                             head=head)
+                             head=head, frames=frames)
     return prepare("megc2019", data, out, features, workers=os.cpu_count() or 1)

@@ -44,6 +44,10 @@ class MotionOptions:
     @classmethod
     def of(cls, feature: Mapping[str, Any]) -> MotionOptions:
         """The options a feature config (``FeatureConfig.to_dict``, as a model's sidecar keeps it) records."""
+        if int(feature.get("frames") or 1) != 1:
+            raise UserError(f"the model was trained on flow between means of {feature['frames']} frames (features "
+                            f"prepared with frames={feature['frames']}, a benchmark's experiment); the runtime "
+                            f"computes the flow between single frames: train it on features with frames=1")
         return cls(int(feature.get("oversample") or 1), str(feature.get("head") or "kept"))
 
     def describe(self) -> str:

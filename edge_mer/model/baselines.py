@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edge_mer.model.config import MMTConfig
-from edge_mer.model.mmt import HT_REGIONS, Recogniser, regions
+from edge_mer.model.mmt import HT_REGIONS, Mirror, Recogniser, regions
 
 STST_SIZE = 28
 STST_STREAMS = (3, 5, 8)
@@ -54,6 +54,11 @@ def stst_filters(cfg: MMTConfig) -> tuple[int, ...]:
     return tuple(c * cfg.stst_width for c in STST_STREAMS)
 
 
+def stst_channels(cfg: MMTConfig) -> int:
+    """The channels the STSTNet of ``cfg`` reads: the motion's, and as many again with ``cfg.asymmetry``."""
+    return cfg.channels["motion"] * (2 if cfg.asymmetry else 1)
+
+
 def stst_tiles(cfg: MMTConfig) -> int:
     """How many 28 x 28 inputs the STSTNet of ``cfg`` reads: 1, the whole face at the paper's 28, or 4, the
     regions of the face at 56 (``cfg.side``, checked by the config)."""
@@ -66,7 +71,8 @@ class STSTNet(Recogniser):
         self.cfg = cfg
         self.side = input_side(cfg)
         self.tiles = stst_tiles(cfg)
-        channels = cfg.channels["motion"]
+        channels = stst_channels(cfg)
+        self.mirror = Mirror(cfg.size) if cfg.asymmetry else None
         filters = stst_filters(cfg)
         self.streams = nn.ModuleList(nn.Conv2d(channels, c, 3, padding=1) for c in filters)
         self.pool = nn.MaxPool2d(3, stride=3, padding=1)
@@ -76,6 +82,8 @@ class STSTNet(Recogniser):
     def forward(self, motion: torch.Tensor, texture: torch.Tensor) -> torch.Tensor:
         """Logits (B, classes) from motion (B, 3, S, S); the texture does not change them."""
         x = self.rescale(motion)
+        if self.mirror is not None:  # (B, 6, S, S): the motion, and what of it its mirror image does not hold
+            x = torch.cat([x, x - self.mirror(x)], 1)
         if self.tiles > 1:  # the regions as one batch of B x 4 through the streams
             x = torch.stack(regions(x, self.side), 1).flatten(0, 1)
         elif x.shape[-1] != STST_SIZE:
@@ -93,7 +101,7 @@ def ststnet_flops(cfg: MMTConfig) -> int:
     """Multiply-adds x 2 of one forward pass (the resize and the pools not counted)."""
     tiles = stst_tiles(cfg)
     filters = sum(stst_filters(cfg))
-    convs = tiles * STST_SIZE * STST_SIZE * filters * cfg.channels["motion"] * 9
+    convs = tiles * STST_SIZE * STST_SIZE * filters * stst_channels(cfg) * 9
     return 2 * (convs + tiles * filters * 25 * cfg.num_classes)
 
 

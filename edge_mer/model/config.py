@@ -61,6 +61,10 @@ class MMTConfig:
     stem: str = "patch"
     # an STSTNet (or ststnet_regions): its three streams' filters are the paper's 3, 5 and 8 times this
     stst_width: int = 1
+    # True (an STSTNet): it also reads the motion less its mirror image (u negated), three more input channels
+    # that are zero where the face moves as symmetrically as it is drawn: a smile of one mouth corner (SAMM's
+    # contempt, R12) against one of both
+    asymmetry: bool = False
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -88,6 +92,8 @@ class MMTConfig:
                             f"{self.side}")
         if not (isinstance(self.stst_width, int) and self.stst_width >= 1):
             raise UserError(f"stst_width must be a whole number from 1 (the paper's filters), not {self.stst_width!r}")
+        if self.asymmetry and self.arch != "ststnet":
+            raise UserError(f"asymmetry is an STSTNet's input (ststnet, ststnet_regions), not the {self.arch}'s")
         unknown = set(self.modalities) - {"motion", "texture"}
         if unknown or not self.modalities:
             raise UserError(f"modalities must be motion and/or texture, not {sorted(unknown)}")

@@ -20,7 +20,7 @@ from dataclasses import replace
 
 import torch
 
-from edge_mer.model.mmt import Recogniser
+from edge_mer.model.mmt import Mirror, Recogniser
 
 
 class Ensemble(Recogniser):
@@ -47,23 +47,15 @@ class MirrorAverage(Recogniser):
     mirrored left to right and the horizontal flow u negated (strain, a magnitude, and v keep their values), as
     the flip augmentation does. ``forward_train`` is the model's own: training is unchanged."""
 
-    reverse: torch.Tensor
-    u_sign: torch.Tensor
-
     def __init__(self, model: Recogniser) -> None:
         super().__init__()
         self.cfg = replace(model.cfg, mirror_average=True)
         self.model = model
-        size = model.cfg.size
-        # a Gather with constant indices and a product: both map to every runtime's plainest ops (ONNX Runtime,
-        # TensorRT, OpenCV DNN), where a negative-step slice does not everywhere
-        self.register_buffer("reverse", torch.arange(size - 1, -1, -1), persistent=False)
-        self.register_buffer("u_sign", torch.tensor([-1.0, 1.0, 1.0]).view(1, 3, 1, 1), persistent=False)
+        self.mirror = Mirror(model.cfg.size)
 
     def forward(self, motion: torch.Tensor, texture: torch.Tensor) -> torch.Tensor:
         """Logits (B, classes): the log-probabilities of the sample and of its mirror image, averaged."""
-        mirrored = motion.index_select(3, self.reverse) * self.u_sign
-        both = self.model(torch.cat([motion, mirrored]), torch.cat([texture, texture.index_select(3, self.reverse)]))
+        both = self.model(torch.cat([motion, self.mirror(motion)]), torch.cat([texture, self.mirror.image(texture)]))
         return both.log_softmax(-1).reshape(2, -1, both.shape[-1]).mean(0)
 
     def forward_train(self, motion: torch.Tensor, texture: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -48,6 +48,27 @@ def regions(motion: torch.Tensor, side: int) -> list[torch.Tensor]:
     return crops
 
 
+class Mirror(nn.Module):
+    """Maps of side ``size`` mirrored left to right: ``forward`` a motion map (B, 3, S, S: u, v, strain) with u
+    negated, as the flip augmentation does (strain, a magnitude, and v keep their values); ``image`` any map
+    mirrored only. A Gather with constant indices and a product: both map to every runtime's plainest ops (ONNX
+    Runtime, TensorRT, OpenCV DNN), where a negative-step slice does not everywhere."""
+
+    reverse: torch.Tensor
+    u_sign: torch.Tensor
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.register_buffer("reverse", torch.arange(size - 1, -1, -1), persistent=False)
+        self.register_buffer("u_sign", torch.tensor([-1.0, 1.0, 1.0]).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, motion: torch.Tensor) -> torch.Tensor:
+        return self.image(motion) * self.u_sign
+
+    def image(self, x: torch.Tensor) -> torch.Tensor:
+        return x.index_select(3, self.reverse)
+
+
 class Dropout(nn.Module):
     """``nn.Dropout`` whose mask comes from numpy's PCG64 bytes on a CPU.
 
