@@ -175,6 +175,9 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
                                               "frames centred on the onset and on the apex (`--frames 5`): the "
                                               "camera's noise, new in every frame, weighs less against a weak "
                                               "mover's motion"),
+    "ststnet-regions+head-removed+tvl1": ("ststnet_regions", {}, {},
+                                          "ststnet-regions+head-removed on TV-L1 flow instead of DIS (what the "
+                                          "CUDA flow stage computes on a Jetson; `--flow tvl1`)"),
     "ststnet-regions+head-removed+twin": ("ststnet_regions", {}, {"ensemble_with": "ststnet_regions"},
                                           "ststnet-regions+head-removed with a second one (other initial weights) "
                                           "trained beside it, predicting from their mean log-probability"),
@@ -214,7 +217,8 @@ FEATURES = {"tvl1": Kind("tvl1"), "ststnet-tvl1": Kind("tvl1"), "ststnet-dis224"
             "motion-only+ststnet+head-removed": Kind(head="removed"),
             "motion-only+head-removed": Kind(head="removed"),
             "ststnet-regions+head-removed": Kind(head="removed"),
-            "ststnet-regions+head-removed+frames-5": Kind(head="removed", frames=5)}
+            "ststnet-regions+head-removed+frames-5": Kind(head="removed", frames=5),
+            "ststnet-regions+head-removed+tvl1": Kind("tvl1", head="removed")}
 
 
 def extended(name: str, among: Iterable[str]) -> str | None:
