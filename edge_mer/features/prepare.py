@@ -76,8 +76,8 @@ class FeatureConfig:
     frames: int = 1
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields; ``texture``, ``oversample`` and ``head`` only when they are not the default, so caches
-        from before they existed stay valid."""
+        """The fields; ``texture``, ``oversample``, ``head`` and ``frames`` only when they are not the default,
+        so caches from before they existed stay valid."""
         d = asdict(self)
         for name, default in (("texture", "apex"), ("oversample", 1), ("head", "kept"), ("frames", 1)):
             if d[name] == default:
@@ -118,12 +118,14 @@ def sample_key(s: Sample, cfg: FeatureConfig) -> str:
     for k in _PATH_FIELDS:  # one folder spelled relative or absolute is the same input
         if record[k]:
             record[k] = os.path.abspath(record[k])
+    half = cfg.frames // 2  # the frames beside the onset and the apex that their means read
     if s.apex_path == "":  # apex by motion: any frame from onset to offset may become the apex
-        files = [str(p) for n, p in list_frames(Path(s.frames_dir)).items() if s.onset <= n <= s.offset]
+        files = [str(p) for n, p in list_frames(Path(s.frames_dir)).items()
+                 if s.onset - half <= n <= s.offset + half]
+    elif half:
+        files = [str(p) for p in _window_paths(s, s.onset, cfg.frames) + _window_paths(s, s.apex or 0, cfg.frames)]
     else:
         files = [p for p in (s.onset_path, s.apex_path) if p]
-    if cfg.frames > 1 and s.apex_path != "":
-        files = [str(p) for p in _window_paths(s, s.onset, cfg.frames) + _window_paths(s, s.apex or 0, cfg.frames)]
     if cfg.landmarks:
         files.append(cfg.landmarks)
     payload = {"version": CACHE_VERSION, "config": cfg.to_dict(), "sample": record,
