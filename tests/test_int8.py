@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -59,13 +60,24 @@ def chain(features, tmp_path_factory) -> dict[str, Path]:
             "qat": d / "model.qat.onnx", "calib": d / "calib.npz"}
 
 
-def _inference_layers(checkpoint: Path) -> int:
-    """Linear and Conv2d layers that the exported graph runs (the contrastive projections are training-only)."""
+def _int8_but_the_motion_embeddings(checkpoint: Path, path: Path) -> tuple[int, int, dict[str, Any]]:
+    """Checks that the INT8 file ``path`` of ``checkpoint``'s model runs every weighted product in INT8 but the
+    motion's patch embeddings (one per patch size), which read the flow itself, and keeps in FP32 those and the
+    attention products (two activations, two per block per branch) only. Returns the INT8 layers, the FP
+    embeddings and ``count_qdq``'s facts.
+    Linear and Conv2d layers are what the exported graph runs (the contrastive projections are training-only)."""
     from edge_mer.model.checkpoint import load_checkpoint
+    from edge_mer.quant.export import count_qdq
 
     model, _ = load_checkpoint(checkpoint)
-    return sum(isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)) for n, m in model.named_modules()
-               if not n.startswith("project"))
+    embeddings = sorted(f"/motion_{p}/embed/Conv" for p in model.cfg.patch_sizes)
+    layers = sum(isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)) for n, m in model.named_modules()
+                 if not n.startswith("project")) - len(embeddings)
+    q = count_qdq(path)
+    assert len(q["int8_products"]) == layers
+    attention = [n for n in q["fp32_products"] if "/attn/MatMul" in n]
+    assert attention and sorted(set(q["fp32_products"]) - set(attention)) == embeddings
+    return layers, len(embeddings), q
 
 
 def _ops(path: Path) -> dict[str, int]:
@@ -98,24 +110,11 @@ def test_fp32_export_matches_torch(chain, tmp_path):
 def test_qat_graph_has_qdq_around_every_weighted_product_but_those_that_read_the_motion(chain):
     """Every weighted product runs in INT8 except the motion's patch embeddings (one per patch size), which read
     the flow itself: an INT8 step at its range is as large as a weak mover's motion, so they carry no Q/DQ."""
-    from edge_mer.model.checkpoint import load_checkpoint
-
-    model, _ = load_checkpoint(chain["checkpoint"])
-    readers = len(model.cfg.patch_sizes)
-    layers = _inference_layers(chain["qat_checkpoint"]) - readers
+    layers, _, q = _int8_but_the_motion_embeddings(chain["qat_checkpoint"], chain["qat"])
     ops = _ops(chain["qat"])
     # one activation Q/DQ pair per INT8 layer, and the weight as an INT8 constant behind its own DQ
     assert ops["QuantizeLinear"] == layers
     assert ops["DequantizeLinear"] == 2 * layers
-    from edge_mer.quant.export import count_qdq
-
-    q = count_qdq(chain["qat"])
-    assert len(q["int8_products"]) == layers
-    # what stays FP32 are the attention products (two activations), two per block per branch, and the motion's
-    # patch embeddings
-    attention = [n for n in q["fp32_products"] if "/attn/MatMul" in n]
-    assert attention and sorted(set(q["fp32_products"]) - set(attention)) == sorted(
-        f"/motion_{p}/embed/Conv" for p in model.cfg.patch_sizes)
     assert any("texture" in n and "embed" in n for n in q["int8_products"])  # the texture's embedding is INT8
     g = onnx.load(str(chain["qat"])).graph
     int8_weights = [i for i in g.initializer if i.data_type == onnx.TensorProto.INT8]
@@ -158,18 +157,9 @@ def test_qat_onnx_runs_like_the_fake_quantized_torch_model(chain):
 def test_ptq_graph_and_agreement_with_fp32(chain):
     """PTQ quantizes what QAT does: every weighted product but the motion's patch embeddings, which read the flow
     itself, and the sidecar counts both."""
-    from edge_mer.model.checkpoint import load_checkpoint
-    from edge_mer.quant.export import count_qdq
     from edge_mer.runtime.artifact import sidecar_path
 
-    model, _ = load_checkpoint(chain["checkpoint"])
-    readers = len(model.cfg.patch_sizes)
-    layers = _inference_layers(chain["checkpoint"]) - readers
-    q = count_qdq(chain["ptq"])
-    assert len(q["int8_products"]) == layers
-    attention = [n for n in q["fp32_products"] if "/attn/MatMul" in n]
-    assert attention and sorted(set(q["fp32_products"]) - set(attention)) == sorted(
-        f"/motion_{p}/embed/Conv" for p in model.cfg.patch_sizes)
+    layers, readers, _ = _int8_but_the_motion_embeddings(chain["checkpoint"], chain["ptq"])
     quant = json.loads(sidecar_path(chain["ptq"]).read_text())["quantization"]
     assert (quant["quantized_nodes"], quant["fp32_motion_readers"]) == (layers, readers)
     g = onnx.load(str(chain["ptq"])).graph
