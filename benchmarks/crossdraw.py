@@ -6,7 +6,10 @@ sample of one development draw (68 subjects, as many as a LOSO fold's 67 plus on
 sample of another (68 other subjects), both ways: draws 1 and 2, neither of them the benchmark's draw 0. It
 also scores the model on the samples it trained on (its fit, eval mode, no augmentation), which says whether a
 model lacks capacity or data. A variant is a name of ``recipe.VARIANTS`` and trains on its features there.
-Writes ``benchmarks/results/crossdraw.md`` and ``.json`` and resumes: runs already in the JSON are kept.
+Writes ``benchmarks/results/crossdraw.md`` and ``.json`` and resumes: runs already in the JSON are kept. Each
+run keeps its class probabilities on the draw it is scored on (under ``--work``), from which the table adds,
+per variant whose runs all kept them, the seeds' probabilities averaged, where the errors are (as the recipe
+and recognition benchmarks split them) and the coded action units the reference variant misreads most.
 
     python benchmarks/crossdraw.py --variants ststnet-regions+head-removed,... [--seeds 0,1,2] [--jobs 2]
 """
@@ -30,7 +33,17 @@ from recipe import VARIANTS, WORK, _features_folder, extended, features_of, prep
 from edge_mer.atomic import write_text
 from edge_mer.errors import script_main
 from edge_mer.eval.metrics import mean_and_spread, scores
-from edge_mer.eval.truth import save_runs
+from edge_mer.eval.truth import (
+    amplitude_bands,
+    breakdown,
+    ceiling,
+    coded_reference,
+    errors_table,
+    pattern_errors,
+    patterns_table,
+    read_truth,
+    save_runs,
+)
 from edge_mer.model.config import model_config
 from edge_mer.train.loop import TrainConfig
 
@@ -52,7 +65,8 @@ def _features(work: Path, draw: int, name: str) -> Path:
     return out
 
 
-def run_variant(name: str, seed: int, features: dict[int, str], epochs: int) -> dict[str, Any]:
+def run_variant(name: str, seed: int, features: dict[int, str], epochs: int, work: str) -> dict[str, Any]:
+    import numpy as np
     import torch
 
     from edge_mer.features.cache import FeatureSet
@@ -67,12 +81,21 @@ def run_variant(name: str, seed: int, features: dict[int, str], epochs: int) -> 
     for a, b in DIRECTIONS:
         start = time.time()
         fit = train_model(cfg, train, sets[a].motion, sets[a].texture, sets[a].labels, seed)
-        held = scores(sets[b].labels, predict(fit, sets[b].motion, sets[b].texture).argmax(1), cfg.class_names)
+        probs = predict(fit, sets[b].motion, sets[b].texture)
+        held = scores(sets[b].labels, probs.argmax(1), cfg.class_names)
+        kept = _predictions(Path(work), name, seed, a, b)
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(kept, ids=np.asarray(sets[b].ids), labels=sets[b].labels, probs=probs)
         own = scores(sets[a].labels, predict(fit, sets[a].motion, sets[a].texture).argmax(1), cfg.class_names)
         out[f"{a}->{b}"] = {"uf1": held.uf1, "uar": held.uar, "fit_uf1": own.uf1, "seconds": time.time() - start,
                             "trained_on": len(sets[a]), "scored_on": len(sets[b])}
     out["uf1"] = statistics.mean(out[f"{a}->{b}"]["uf1"] for a, b in DIRECTIONS)
     return out
+
+
+def _predictions(work: Path, name: str, seed: int, a: int, b: int) -> Path:
+    """Where a run keeps its class probabilities on the draw it is scored on (with the samples' ids and labels)."""
+    return work / "predictions" / name / f"{seed}-{a}to{b}.npz"
 
 
 def main() -> None:
@@ -81,7 +104,10 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
     ap.add_argument("--epochs", type=int, default=60, help="the recipe's epochs (variants may change them)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs trained side by side")
-    ap.add_argument("--work", default="benchmarks/.work/crossdraw", help="draw 2's data and features")
+    ap.add_argument("--work", default="benchmarks/.work/crossdraw", help="draw 2's data and features, and the "
+                                                                       "runs' predictions")
+    ap.add_argument("--again", action="store_true", help="train the named variants' seeds again even where the "
+                                                          "results hold them (e.g. to keep their predictions)")
     args = ap.parse_args()
     names = args.variants.split(",")
     unknown = [n for n in names if n not in VARIANTS]
@@ -91,10 +117,11 @@ def main() -> None:
     feats = {n: {d: str(_features(work, d, n)) for d in DRAWS} for n in names}
     out_json = RESULTS / "crossdraw.json"
     doc = json.loads(out_json.read_text()) if out_json.exists() else {"runs": {}}
-    todo = [(n, int(s)) for n in names for s in args.seeds.split(",") if f"{n}/{s}" not in doc["runs"]]
+    todo = [(n, int(s)) for n in names for s in args.seeds.split(",")
+            if args.again or f"{n}/{s}" not in doc["runs"]]
     print(f"{len(todo)} runs to do (two trainings each), {args.jobs} at a time", flush=True)
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        jobs = [pool.submit(run_variant, n, s, feats[n], args.epochs) for n, s in todo]
+        jobs = [pool.submit(run_variant, n, s, feats[n], args.epochs, str(work)) for n, s in todo]
         for k, done in enumerate(as_completed(jobs), 1):
             r = done.result()
             doc["runs"][f"{r['variant']}/{r['seed']}"] = r
@@ -102,7 +129,7 @@ def main() -> None:
             save_runs(out_json, doc)
             print(f"[{k}/{len(todo)}] {r['variant']} seed {r['seed']}: UF1 {r['uf1']:.4f} (1->2 "
                   f"{r['1->2']['uf1']:.4f}, 2->1 {r['2->1']['uf1']:.4f})", flush=True)
-    _table(doc)
+    _table(doc, work)
 
 
 def _paired(doc: dict[str, Any], name: str, other: str, way: str = "") -> str:
@@ -121,7 +148,63 @@ def _seeds(doc: dict[str, Any], name: str) -> list[str]:
     return sorted(k.split("/")[-1] for k in doc["runs"] if k.rsplit("/", 1)[0] == name)
 
 
-def _table(doc: dict[str, Any]) -> None:
+def _errors(doc: dict[str, Any], work: Path, names: list[str]) -> list[str]:
+    """Markdown lines from the runs' kept predictions: the draws' limits, the seeds averaged, where the errors
+    are and the patterns the first variant misreads most (all for the variants whose runs all kept theirs)."""
+    import numpy as np
+
+    if not all((_draw_folder(work, d) / "data").is_dir() for d in DRAWS):
+        return []
+    truths = {d: read_truth(_draw_folder(work, d) / "data") for d in DRAWS}
+    merged = {f"{d}/{i}": t for d in DRAWS for i, t in truths[d].items()}
+    class_names = model_config("ststnet_regions").class_names
+    kept: dict[str, dict[tuple[int, int], list[Any]]] = {}
+    for n in names:
+        files = [(a, b, _predictions(work, n, int(s), a, b)) for s in _seeds(doc, n) for a, b in DIRECTIONS]
+        if files and all(f.is_file() for _, _, f in files):
+            for a, b, f in files:
+                kept.setdefault(n, {}).setdefault((a, b), []).append(np.load(f))
+    if not kept:
+        return []
+    first = next(iter(kept.values()))
+    limits = []
+    for a, b in sorted(DIRECTIONS, key=lambda way: way[1]):
+        ids, labels = [str(i) for i in first[(a, b)][0]["ids"]], first[(a, b)][0]["labels"].tolist()
+        top, coded = (f(truths[b], ids, labels, class_names) for f in (ceiling, coded_reference))
+        limits.append(f"draw {b}'s annotation allows UF1 {top['uf1']:.4f} at most (naming every face's shown "
+                      f"class), and naming each sample by the class annotated most often for its dataset and coded "
+                      f"action units among the draw's other samples scores {coded['uf1']:.4f}")
+    bands = amplitude_bands(merged, list(merged))
+    lines = ["", "## Where the errors are", "",
+             "From the probabilities each run kept on the draw it was scored on: " + "; ".join(limits) + ".", "",
+             "The seeds' probabilities averaged, per direction, and how many answers the seeds share:", "",
+             "| variant | 1 → 2 | 2 → 1 | answers shared |", "|---|---:|---:|---:|"]
+    groups: dict[str, list[dict[str, list[int]]]] = {}
+    patterns: dict[Any, list[int]] = {}
+    for n, ways in kept.items():
+        cells, shared = [], []
+        for (_, b), runs in ways.items():
+            ids = [f"{b}/{i}" for i in runs[0]["ids"]]
+            labels = runs[0]["labels"]
+            cells.append(f"{scores(labels, sum(r['probs'] for r in runs).argmax(1), class_names).uf1:.4f}")
+            answers = [r["probs"].argmax(1) for r in runs]
+            shared.append(np.mean([(x == answers[0]).mean() for x in answers[1:]]) if len(runs) > 1 else 1.0)
+            for r in runs:
+                groups.setdefault(n, []).append(breakdown(merged, ids, labels, r["probs"].argmax(1), bands))
+                if n == next(iter(kept)):
+                    pattern_errors(merged, ids, labels, r["probs"].argmax(1), class_names, patterns)
+        lines.append(f"| {n} | {' | '.join(cells)} | {statistics.mean(shared):.3f} |")
+    table = errors_table(groups, None, bands)
+    lines += ["", *[line.replace("## Where", "### Where").replace("the seeds pooled", "the seeds and both "
+                                                                 "directions pooled") for line in table]]
+    lines += ["", f"### The patterns `{next(iter(kept))}` misreads most", "",
+              "Samples of one dataset with the same coded action units, annotated class and note; its runs' "
+              "answers pooled over the seeds and both directions (so each sample counts once a seed).", "",
+              *patterns_table(patterns, class_names)]
+    return lines
+
+
+def _table(doc: dict[str, Any], work: Path) -> None:
     runs = doc["runs"]
     names = sorted({r["variant"] for r in runs.values()}, key=list(VARIANTS).index)
     lines = [f"# Cross-draw check of recipe variants ({doc.get('date')})", "",
@@ -146,8 +229,9 @@ def _table(doc: dict[str, Any]) -> None:
         for w in ways:
             cells += [f"{statistics.mean(ways[w]):.4f}", _paired(doc, n, parent, w)]
         lines.append("| " + " | ".join([*cells, f"{fit:.4f}", f"{secs:.0f}"]) + " |")
-    write_text(RESULTS / "crossdraw.md", "\n".join(lines) + "\n")
     print("\n".join(lines[-len(names) - 2:]))
+    lines += _errors(doc, work, names)
+    write_text(RESULTS / "crossdraw.md", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -143,7 +143,7 @@ def _table(doc: dict[str, Any], quiet: bool = False) -> None:
         lines.append(f"| {name} | {CONDITIONS[name][2]} | {len(runs)} | {mean_and_spread([r['uf1'] for r in runs])} | "
                      f"{delta} | {mean_and_spread([r['uar'] for r in runs])} | {seconds_text(runs)} |")
     lines += ["", *errors_table({n: [r["breakdown"] for r in by[n] if r.get("breakdown")] for n in order},
-                                doc["ceiling"], doc["amplitude_bands"])]
+                                doc["ceiling"], doc["amplitude_bands"], doc.get("coded_reference"))]
     write_text(RESULTS / "headroom.md", "\n".join(lines) + "\n")
     if not quiet:
         print("\n".join(lines))

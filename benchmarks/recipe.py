@@ -165,6 +165,9 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
     "ststnet-regions+head-removed+filters-x4": ("ststnet_regions", {}, {"stst_width": 4},
                                                 "ststnet-regions+head-removed with four times the filters a stream "
                                                 "(12, 20 and 32)"),
+    "ststnet-regions+head-removed+balanced": ("ststnet_regions", {"class_power": 1.0}, {},
+                                              "ststnet-regions+head-removed with each class weighing as much in the "
+                                              "loss (cross-entropy weighted by 1/frequency, not 1/sqrt)"),
     "ststnet-regions+head-removed+asymmetry": ("ststnet_regions", {}, {"asymmetry": True},
                                                "ststnet-regions+head-removed also reading the motion less its "
                                                "mirror image (u negated; `--set asymmetry=true`): zero where the "
@@ -175,6 +178,11 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
                                               "frames centred on the onset and on the apex (`--frames 5`): the "
                                               "camera's noise, new in every frame, weighs less against a weak "
                                               "mover's motion"),
+    "ststnet-regions+head-removed+finer-flow": ("ststnet_regions", {}, {},
+                                                "ststnet-regions+head-removed on flow computed on crops twice as "
+                                                "fine and averaged back to 112 pixels (`--oversample 2`): a weak "
+                                                "mover's sub-pixel motion spans twice the pixels where it is "
+                                                "measured"),
     "ststnet-regions+head-removed+tvl1": ("ststnet_regions", {}, {},
                                           "ststnet-regions+head-removed on TV-L1 flow instead of DIS (what the "
                                           "CUDA flow stage computes on a Jetson; `--flow tvl1`)"),
@@ -218,7 +226,8 @@ FEATURES = {"tvl1": Kind("tvl1"), "ststnet-tvl1": Kind("tvl1"), "ststnet-dis224"
             "motion-only+head-removed": Kind(head="removed"),
             "ststnet-regions+head-removed": Kind(head="removed"),
             "ststnet-regions+head-removed+frames-5": Kind(head="removed", frames=5),
-            "ststnet-regions+head-removed+tvl1": Kind("tvl1", head="removed")}
+            "ststnet-regions+head-removed+tvl1": Kind("tvl1", head="removed"),
+            "ststnet-regions+head-removed+finer-flow": Kind(head="removed", oversample=2)}
 
 
 def extended(name: str, among: Iterable[str]) -> str | None:
@@ -387,7 +396,7 @@ def _table(doc: dict[str, Any], quiet: bool = False) -> None:
     lines += [f"- {_features_name(kind)}: `{_prepare_command(kind)}`" for kind in _kinds(by)]
     if doc.get("ceiling"):
         lines += ["", *errors_table({n: [r["breakdown"] for r in by[n] if r.get("breakdown")] for n in order},
-                                    doc["ceiling"], doc["amplitude_bands"])]
+                                    doc["ceiling"], doc["amplitude_bands"], doc.get("coded_reference"))]
     write_text(RESULTS / "recipe.md", "\n".join(lines) + "\n")
     if not quiet:
         print("\n".join(lines))

@@ -304,7 +304,8 @@ def _table(doc: dict, name: str) -> None:
                      f"{', '.join(sorted({r.get('device', 'cpu') for r in runs}))} |")
     if doc.get("ceiling"):
         lines += ["", *errors_table({m: [r["breakdown"] for r in runs if r.get("breakdown")]
-                                     for m, runs in models.items()}, doc["ceiling"], doc["amplitude_bands"])]
+                                     for m, runs in models.items()}, doc["ceiling"], doc["amplitude_bands"],
+                                    doc.get("coded_reference"))]
     write_text(RESULTS / f"{name}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 

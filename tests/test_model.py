@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -9,7 +10,7 @@ torch = pytest.importorskip("torch")
 from edge_mer.errors import UserError  # noqa: E402
 from edge_mer.model.config import ABLATIONS, MMTConfig, model_config  # noqa: E402
 from edge_mer.model.mmt import MMT, Attention, Dropout, count_parameters, flops_per_sample, info_nce  # noqa: E402
-from edge_mer.train.loop import TrainConfig, augment, mixup, turn  # noqa: E402
+from edge_mer.train.loop import TrainConfig, augment, class_weights, mixup, turn  # noqa: E402
 
 
 def _inputs(b: int = 4, s: int = 112):
@@ -159,6 +160,18 @@ def test_mixup_blends_both_modalities_and_the_targets_alike():
     assert torch.allclose(t, -2 * m[:, :1], atol=1e-5)  # and the texture by the same
     with pytest.raises(UserError, match="mixup"):
         TrainConfig(mixup=-1.0)
+
+
+def test_class_weights_make_the_rare_classes_count_more_by_the_chosen_power():
+    labels = np.array([0] * 64 + [1] * 16 + [2] * 4)
+    root = class_weights(labels, 3)  # the recipe: 1/sqrt(frequency), mean 1 over the classes
+    assert torch.allclose(root / root[0], torch.tensor([1.0, 2.0, 4.0])) and float(root.mean()) == pytest.approx(1)
+    balanced = class_weights(labels, 3, 1.0)  # 1/frequency: each class weighs as much in all
+    assert torch.allclose(balanced / balanced[0], torch.tensor([1.0, 4.0, 16.0]))
+    assert torch.allclose(balanced * torch.tensor([64.0, 16.0, 4.0]), balanced[0] * 64)
+    assert class_weights(np.array([0, 0, 2]), 3, 1.0)[1] == 0  # a class without samples weighs nothing
+    with pytest.raises(UserError, match="class_power"):
+        TrainConfig(class_power=3.0)
 
 
 def test_config_round_trip_and_checks():

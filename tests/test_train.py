@@ -180,7 +180,7 @@ def test_kfold_holds_out_whole_subjects_once_and_changes_reach_the_model(composi
     assert (written["run"]["train"]["rotate"], written["run"]["train"]["zoom"], written["run"]["train"]["mixup"]) == (
         8, [0.9, 1.1], 0.2)
     assert written["run"]["train"]["label_smoothing"] == 0.1
-    for setting, says in (("width=1", "--set width: no such setting; training: class_weighting, flip, gain"),
+    for setting, says in (("width=1", "--set width: no such setting; training: class_power, class_weighting, flip"),
                           ("gain=2", "--set gain=2: expected a value like [0.8, 1.25]"),
                           ("epochs=3", "--set epochs: use --epochs"),
                           ("zoom=[1.2, 0.9]", "expected [low, high] with 0.5 <= low <= high <= 2"),
@@ -348,8 +348,8 @@ def test_the_recognition_benchmark_keeps_runs_on_flow_less_the_head_apart(tmp_pa
     assert "(`--head removed`)" in (tmp_path / "t.md").read_text()
 
 
-def test_the_cross_draw_check_scores_each_draw_with_a_model_trained_on_the_other(composite_features, tmp_path,
-                                                                                 monkeypatch):
+def test_the_cross_draw_check_scores_each_draw_with_a_model_trained_on_the_other(composite_features, generated,
+                                                                                 tmp_path, monkeypatch):
     """benchmarks/crossdraw.py trains a recipe variant on all of one draw and scores the other, both ways, and
     scores the model on its own training samples too. Given one draw twice, each direction is scored on the very
     samples it trained on, so its held-out UF1 is its fit. The table's change is paired by seed, per direction."""
@@ -359,12 +359,15 @@ def test_the_cross_draw_check_scores_each_draw_with_a_model_trained_on_the_other
     from edge_mer.features.cache import FeatureSet
 
     samples = len(FeatureSet.load(composite_features))
+    work = tmp_path / "work"
     r = crossdraw.run_variant("ststnet-regions+head-removed", 0, {1: str(composite_features),
-                                                                  2: str(composite_features)}, 2)
+                                                                  2: str(composite_features)}, 2, str(work))
     for way in ("1->2", "2->1"):
         assert r[way]["trained_on"] == r[way]["scored_on"] == samples
         assert 0 < r[way]["uf1"] == r[way]["fit_uf1"] <= 1
     assert r["uf1"] == r["1->2"]["uf1"] == r["2->1"]["uf1"]  # the same data, seed and order both ways
+    kept = np.load(work / "predictions" / "ststnet-regions+head-removed" / "0-1to2.npz")
+    assert kept["probs"].shape == (samples, 3) and len(kept["ids"]) == len(kept["labels"]) == samples
 
     def run(name: str, seed: int, there: float, back: float) -> dict:
         ways = {w: {"uf1": u, "uar": u, "fit_uf1": 0.9, "seconds": 10.0} for w, u in (("1->2", there),
@@ -375,8 +378,23 @@ def test_the_cross_draw_check_scores_each_draw_with_a_model_trained_on_the_other
     runs = [run(base, 0, 0.88, 0.84), run(base, 1, 0.86, 0.86), run(wide, 0, 0.89, 0.86), run(wide, 1, 0.85, 0.87),
             run(wide, 2, 0.99, 0.99)]  # seed 2 has no base run to pair with
     monkeypatch.setattr(crossdraw, "RESULTS", tmp_path)
-    crossdraw._table({"runs": {f"{x['variant']}/{x['seed']}": x for x in runs}, "machine": "x", "date": "d"})
+    crossdraw._table({"runs": {f"{x['variant']}/{x['seed']}": x for x in runs}, "machine": "x", "date": "d"}, work)
+    assert "Where the errors are" not in (tmp_path / "crossdraw.md").read_text()  # no draw's data in work
     row = next(line for line in (tmp_path / "crossdraw.md").read_text().splitlines() if line.startswith(f"| {wide}"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == "3" and cells[3] == "+0.0075"  # seed 0: 0.875 - 0.86, seed 1: 0.86 - 0.86; halved
     assert (cells[5], cells[7]) == ("+0.0000", "+0.0150")  # 1 -> 2: +0.01 and -0.01; 2 -> 1: +0.02 and +0.01
+
+    # the run above kept its predictions: with its draws' data (here one dataset as both draws) the table says
+    # where its errors are and which coded action units it misreads
+    (tmp_path / "draw").mkdir()
+    (tmp_path / "draw" / "data").symlink_to(generated["megc2019"])
+    monkeypatch.setattr(crossdraw, "_draw_folder", lambda _work, _draw: tmp_path / "draw")
+    crossdraw._table({"runs": {f"{base}/0": r}, "machine": "x", "date": "d"}, work)
+    lines = (tmp_path / "crossdraw.md").read_text().splitlines()
+    assert any("draw 1's annotation allows UF1" in line and "draw 2's" in line for line in lines)
+    averaged = [line for line in lines if line.startswith(f"| {base} | {r['1->2']['uf1']:.4f} | ")]
+    assert len(averaged) == 1 and averaged[0].endswith("| 1.000 |")  # one seed: its own answers, all shared
+    clean = [line for line in lines if line.startswith(f"| {base} | ") and line not in averaged]
+    assert 0 < float(clean[-1].split("|")[2]) <= 1  # accuracy on the clean samples
+    assert f"### The patterns `{base}` misreads most" in lines

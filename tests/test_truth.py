@@ -11,12 +11,17 @@ from conftest import run_cli
 from edge_mer.data.synthetic import MANIFEST
 from edge_mer.errors import UserError
 from edge_mer.eval.truth import (
+    SampleTruth,
     amplitude_bands,
     breakdown,
     breakdown_of,
     ceiling,
+    coded_aus,
+    coded_reference,
     errors_table,
     other_draw,
+    pattern_errors,
+    patterns_table,
     read_truth,
     rendered_faces,
     save_runs,
@@ -79,7 +84,54 @@ def test_the_breakdown_counts_each_kind_of_sample_and_splits_the_clean_ones_by_s
     table = errors_table({"oracle": [got, got], "negative": [always]}, ceiling(truth, ids, labels, NAMES), bands)
     rows = {line.split(" | ")[0].strip("| "): line for line in table if line.startswith("| ") and "---" not in line}
     assert rows["oracle"].startswith("| oracle | 1.000 | 1.000 | 0.333 |")
-    assert f"weak < {bands[0]} px" in "\n".join(table)
+    assert f"weak < {bands[0]} px" in "\n".join(table) and "its ceiling" in "\n".join(table)
+    coded = coded_reference(truth, ids, labels, NAMES)
+    caption = errors_table({"oracle": [got]}, None, bands, coded)[2]
+    assert "its ceiling" not in caption and f"scores UF1 {coded['uf1']:.4f}" in caption
+
+
+def test_each_sample_carries_its_dataset_and_coded_action_units_in_one_spelling(draw):
+    out, clips, ids, _ = draw
+    truth = read_truth(out)
+    for i, c in zip(ids, clips):
+        assert truth[i].dataset == c["dataset"]
+        assert truth[i].aus.split("+") == sorted(c["aus"].split("+"), key=lambda a: (int(a.lstrip("RL")), a))
+    assert coded_aus("R14+12") == "12+R14" and coded_aus("5 + 1, 2") == "1+2+5" and coded_aus("") == ""
+    assert coded_aus("L12+R12+4") == "4+L12+R12"
+
+
+def _coded(dataset: str, aus: str, shown: str, note: str = "clean") -> SampleTruth:
+    return SampleTruth(shown, note, 1.0, dataset, aus)
+
+
+def test_the_coded_reference_names_each_sample_by_what_the_other_samples_with_its_codes_are_annotated():
+    """How far the coded action units decide the class: each sample named by the class the other samples of its
+    dataset with the same codes are annotated as most often; its shown class where none has them or on a tie."""
+    rows = [("samm", "12", "positive", "positive")] * 3 + [
+        ("samm", "12", "negative", "positive"),  # mislabelled: the others say positive -> wrong
+        ("samm", "R12", "negative", "negative"),  # alone with its codes: named by what it shows -> right
+        ("casme2", "R12", "positive", "positive"),  # the same codes in another dataset are another group
+        ("smic", "1+2+5", "surprise", "surprise"), ("smic", "1+2+5", "surprise", "surprise"),
+        ("smic", "1+2+5", "negative", "negative"),  # fear that lost its brow lowerer looks like surprise -> wrong
+        ("smic", "4", "negative", "negative"), ("smic", "4", "positive", "positive"),  # each other's -> both wrong
+    ]
+    truth = {f"s/{k}": _coded(d, a, shown) for k, (d, a, _, shown) in enumerate(rows)}
+    ids, labels = list(truth), [NAMES.index(label) for _, _, label, _ in rows]
+    ref = coded_reference(truth, ids, labels, NAMES)
+    assert ref["accuracy"] == pytest.approx(7 / 11)
+    assert ceiling(truth, ids, labels, NAMES)["accuracy"] == pytest.approx(10 / 11)  # all but the mislabelled
+
+    # the patterns a model misreads most: the one that always answers "positive"
+    counts = pattern_errors(truth, ids, labels, [1] * len(ids), NAMES)
+    assert counts[("smic", "1+2+5", "surprise", "clean")] == [2, 2, 0, 2, 0]
+    assert counts[("samm", "12", "positive", "clean")] == [3, 0, 0, 0, 0]
+    pooled = pattern_errors(truth, ids, labels, labels, NAMES, into=pattern_errors(truth, ids, labels, [1] * 11,
+                                                                                  NAMES))
+    assert pooled[("smic", "1+2+5", "surprise", "clean")] == [4, 2, 0, 2, 0]  # a perfect run adds none wrong
+    table = patterns_table(pooled, NAMES, top=3)
+    assert table[2] == "| smic | 1+2+5 | surprise | clean | 2 | 4 | positive 2 |"
+    assert len(table) == 5 and all("| 0 |" not in line for line in table)
+    assert len(patterns_table(pattern_errors(truth, ids, labels, labels, NAMES), NAMES)) == 2  # nothing wrong
 
 
 def test_predictions_of_another_dataset_are_refused(draw):

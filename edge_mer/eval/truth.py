@@ -6,14 +6,16 @@ clip, the expression the face really shows, whether the annotation names another
 subject moved (the amplitude in pixels of the 112-pixel aligned crop, the subject's gain included). With that
 a prediction file says more than its UF1: how far the model is from the best any model can score against the
 annotation (an oracle that reads every face right still disagrees with each mislabelled annotation), and
-whether its errors sit with the weak movers, the ambiguous faces or the mislabelled samples. Real datasets
-record none of this; these figures exist for synthetic data only.
+whether its errors sit with the weak movers, the ambiguous faces or the mislabelled samples, and which coded
+action units it misreads. Real datasets record none of this; these figures exist for synthetic data only.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,19 @@ class SampleTruth:
     shown: str  # the composite class the face shows ("": a class outside the composite, e.g. "others")
     note: str  # one of NOTES
     amplitude: float  # displacement at the apex in pixels of the 112-pixel crop, the subject's gain included
+    dataset: str = ""  # "casme2", "samm" or "smic"
+    aus: str = ""  # the action units the annotation codes, in order ("1+2+5"; "R12": the right side only)
+
+
+def coded_aus(text: str) -> str:
+    """An annotation's AU column in one spelling: codes sorted by number, then side ("12+R14", "1+2+5")."""
+    codes = [c for c in re.split(r"[+,\s]+", str(text)) if c]
+
+    def order(code: str) -> tuple[int, str]:
+        number = re.search(r"\d+", code)
+        return (int(number.group()) if number else 1 << 16, code)
+
+    return "+".join(sorted(codes, key=order))
 
 
 def read_truth(root: Path) -> dict[str, SampleTruth]:
@@ -50,8 +65,8 @@ def read_truth(root: Path) -> dict[str, SampleTruth]:
     out = {}
     for c in clips:
         shown = composite_class(c["dataset"], c.get("shown") or c["emotion"])
-        out[f"{c['dataset']}/{c['subject']}/{c['clip']}"] = SampleTruth(shown, c.get("note") or "clean",
-                                                                        float(c["amplitude"]))
+        out[f"{c['dataset']}/{c['subject']}/{c['clip']}"] = SampleTruth(
+            shown, c.get("note") or "clean", float(c["amplitude"]), c["dataset"], coded_aus(c.get("aus", "")))
     return out
 
 
@@ -63,6 +78,62 @@ def ceiling(truth: dict[str, SampleTruth], ids: Sequence[str], labels: Sequence[
     oracle = [names.index(truth[i].shown) if truth[i].shown in names else int(y) for i, y in zip(ids, labels)]
     s = scores(np.asarray(labels), np.asarray(oracle), names)
     return {"uf1": s.uf1, "uar": s.uar, "accuracy": s.accuracy}
+
+
+def coded_reference(truth: dict[str, SampleTruth], ids: Sequence[str], labels: Sequence[int],
+                    names: Sequence[str]) -> dict[str, float]:
+    """UF1, UAR and accuracy against the annotation of a reader of the coded action units: each sample named
+    by the class annotated most often for the same dataset and AU code among the other samples of ``ids``
+    (its shown class where no other sample has that code or where the shown class is among those tied).
+
+    A model sees motion, not codes; this says how far the codes, as the draw uses them, decide the annotated
+    class (fear without its brow lowerer is coded as surprise is; a weak extra AU is not coded). Neither an
+    upper bound nor a model's score: a subject's asymmetry, which the codes do not record, can make a smile of
+    both mouth corners look like SAMM's one-sided contempt."""
+    groups: dict[tuple[str, str], Counter[int]] = {}
+    for i, y in zip(ids, labels):
+        groups.setdefault((truth[i].dataset, truth[i].aus), Counter())[int(y)] += 1
+    named = []
+    for i, y in zip(ids, labels):
+        others = groups[(truth[i].dataset, truth[i].aus)].copy()
+        others[int(y)] -= 1
+        shown = names.index(truth[i].shown) if truth[i].shown in names else int(y)
+        most = max(others.values(), default=0)
+        tied = sorted(k for k, n in others.items() if n == most and n > 0)
+        named.append(shown if not tied or shown in tied else tied[0])
+    s = scores(np.asarray(labels), np.asarray(named), names)
+    return {"uf1": s.uf1, "uar": s.uar, "accuracy": s.accuracy}
+
+
+#: A pattern of samples: (dataset, coded AUs, annotated class, note)
+Pattern = tuple[str, str, str, str]
+
+
+def pattern_errors(truth: dict[str, SampleTruth], ids: Sequence[str], labels: Sequence[int], pred: Sequence[int],
+                   names: Sequence[str], into: dict[Pattern, list[int]] | None = None) -> dict[Pattern, list[int]]:
+    """Per pattern (dataset, coded action units, annotated class, note): [samples, wrong, wrong as each of
+    ``names``], added to ``into`` when given (to pool runs, which may score other draws)."""
+    counts = {} if into is None else into
+    for i, y, p in zip(ids, labels, pred):
+        t = truth[i]
+        row = counts.setdefault((t.dataset, t.aus, names[int(y)], t.note), [0] * (2 + len(names)))
+        row[0] += 1
+        if int(p) != int(y):
+            row[1] += 1
+            row[2 + int(p)] += 1
+    return counts
+
+
+def patterns_table(counts: dict[Pattern, list[int]], names: Sequence[str], top: int = 12) -> list[str]:
+    """Markdown lines: the ``top`` patterns with the most wrong answers, what they were read as."""
+    rows = sorted(counts.items(), key=lambda kv: (-kv[1][1], -kv[1][0], kv[0]))[:top]
+    lines = ["| dataset | coded AUs | annotated | note | wrong | of | read as |", "|---|---|---|---|---:|---:|---|"]
+    for (dataset, aus, label, note), row in rows:
+        if not row[1]:
+            break
+        read = ", ".join(f"{names[k]} {n}" for k, n in enumerate(row[2:]) if n)
+        lines.append(f"| {dataset} | {aus or '–'} | {label} | {note} | {row[1]} | {row[0]} | {read} |")
+    return lines
 
 
 def breakdown(truth: dict[str, SampleTruth], ids: Sequence[str], labels: Sequence[int], pred: Sequence[int],
@@ -106,18 +177,25 @@ def breakdown_of(predictions: Path, data: Path) -> dict[str, list[int]] | None:
                      amplitude_bands(truth, ids))
 
 
-def errors_table(groups: dict[str, list[dict[str, list[int]]]], top: dict[str, float],
-                 bands: tuple[float, float]) -> list[str]:
+def errors_table(groups: dict[str, list[dict[str, list[int]]]], top: dict[str, float] | None,
+                 bands: tuple[float, float], coded: dict[str, float] | None = None) -> list[str]:
     """Markdown lines: per group (model or variant), the accuracy per kind of sample, its runs pooled, under
-    a paragraph that explains the columns and gives the ceiling ``top``."""
+    a paragraph that explains the columns and gives the ceiling ``top`` and the coded AUs' reference ``coded``
+    (``coded_reference``) where known."""
+    limits = "" if top is None else (
+        f" A model that names every face's shown class would score at most UF1 {top['uf1']:.4f}, UAR "
+        f"{top['uar']:.4f}, accuracy {top['accuracy']:.4f} against this draw's annotation: its ceiling.")
+    if coded:
+        limits += (f" Naming each sample by the class annotated most often for its dataset and coded action units "
+                   f"among the other samples scores UF1 {coded['uf1']:.4f}, accuracy {coded['accuracy']:.4f}: "
+                   "how far the codes decide the class.")
     lines = ["## Where the errors are", "",
              "Accuracy against the annotation, the seeds pooled. *clean*: the face shows the annotated class only; "
              "*ambiguous*: another class's action units show as well, weaker; *mislabelled*: the annotation names "
              "another class than the face shows, so a model that reads the face right is counted wrong. The clean "
              "samples are split into thirds by how far the face moves at the apex, in pixels of the 112-pixel "
-             f"aligned crop (the subject's gain included): weak < {bands[0]} px, strong ≥ {bands[1]} px. A model "
-             f"that names every face's shown class would score at most UF1 {top['uf1']:.4f}, UAR {top['uar']:.4f}, "
-             f"accuracy {top['accuracy']:.4f} against this draw's annotation: its ceiling.", "",
+             f"aligned crop (the subject's gain included): weak < {bands[0]} px, strong ≥ {bands[1]} px." + limits,
+             "",
              "| | clean | ambiguous | mislabelled | clean, weak | clean, middle | clean, strong |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for name, parts in groups.items():
@@ -136,7 +214,9 @@ def draw_summary(data: Path, features: Path) -> dict[str, Any]:
     bands, over the samples of the feature cache at ``features``."""
     fs = FeatureSet.load(features)
     truth = read_truth(data)
-    return {"ceiling": ceiling(truth, fs.ids, fs.labels.tolist(), MMTConfig().class_names),
+    names = MMTConfig().class_names
+    return {"ceiling": ceiling(truth, fs.ids, fs.labels.tolist(), names),
+            "coded_reference": coded_reference(truth, fs.ids, fs.labels.tolist(), names),
             "amplitude_bands": amplitude_bands(truth, fs.ids), "faces": rendered_faces(data)}
 
 

@@ -3,7 +3,7 @@
 AdamW with a linear warm-up and a cosine schedule, a fixed epoch budget (the
 last epoch's model is the result: no epoch is ever picked on test data),
 class-weighted cross-entropy (weights 1/sqrt(class frequency) of the training
-samples) plus the contrastive term, and augmentations that keep the modalities
+samples; ``class_power`` 1: 1/frequency) plus the contrastive term, and augmentations that keep the modalities
 consistent: a horizontal flip mirrors both and negates u; a shift moves both by
 the same pixels; a gain scales the flow (u, v, strain) as a faster or slower
 expression would; a rotation and a zoom (per sample, off by default) turn and
@@ -46,7 +46,8 @@ class TrainConfig:
     flip: bool = True
     max_shift: int = 4
     gain: tuple[float, float] = (0.8, 1.25)
-    class_weighting: bool = True  # cross-entropy weighted by 1/sqrt(class frequency); False: unweighted
+    class_weighting: bool = True  # cross-entropy weighted by frequency ** -class_power; False: unweighted
+    class_power: float = 0.5  # 0.5: 1/sqrt(class frequency); 1: 1/frequency (each class weighs as much in all)
     rotate: float = 0.0  # degrees: each sample turned by an angle drawn from [-rotate, rotate]
     zoom: tuple[float, float] = (1.0, 1.0)  # each sample scaled by a factor drawn from this range
     mixup: float = 0.0  # > 0: each sample blended with another of its batch, share drawn from Beta(mixup, mixup)
@@ -62,6 +63,8 @@ class TrainConfig:
             raise UserError(f"mixup={self.mixup}: expected 0 (off) or a positive Beta parameter")
         if not 0 <= self.label_smoothing < 1:
             raise UserError(f"label_smoothing={self.label_smoothing}: expected a share from 0 (off) to below 1")
+        if not 0 <= self.class_power <= 2:
+            raise UserError(f"class_power={self.class_power}: expected 0 (unweighted) to 2; 0.5 is 1/sqrt(frequency)")
         if not self.partner_lr >= 0:
             raise UserError(f"partner_lr={self.partner_lr}: expected 0 (the partner at lr) or a learning rate")
 
@@ -132,9 +135,10 @@ def mixup(motion: torch.Tensor, texture: torch.Tensor, targets: torch.Tensor, al
     return blend(motion), blend(texture), blend(targets)
 
 
-def class_weights(labels: np.ndarray, classes: int) -> torch.Tensor:
+def class_weights(labels: np.ndarray, classes: int, power: float = 0.5) -> torch.Tensor:
+    """Each class's weight in the cross-entropy: its count ** -power, scaled to mean 1 over the classes present."""
     counts = np.bincount(labels, minlength=classes).astype(np.float64)
-    w = np.where(counts > 0, 1.0 / np.sqrt(np.maximum(counts, 1)), 0.0)
+    w = np.where(counts > 0, np.maximum(counts, 1) ** -power, 0.0)
     w = w / w[counts > 0].mean()
     return torch.tensor(w, dtype=torch.float32)
 
@@ -179,7 +183,8 @@ def train_model(model_cfg: MMTConfig, cfg: TrainConfig, motion: np.ndarray, text
     if wrap:
         net = wrap(net)
     opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    weights = class_weights(labels, model_cfg.num_classes).to(device) if cfg.class_weighting else None
+    weights = class_weights(labels, model_cfg.num_classes, cfg.class_power).to(device) if cfg.class_weighting \
+        else None
     m_all, t_all = torch.from_numpy(motion).to(device), torch.from_numpy(texture).to(device)
     y_all = torch.from_numpy(labels).to(device)
     n = len(labels)
