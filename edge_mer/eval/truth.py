@@ -88,8 +88,8 @@ def coded_reference(truth: dict[str, SampleTruth], ids: Sequence[str], labels: S
 
     A model sees motion, not codes; this says how far the codes, as the draw uses them, decide the annotated
     class (fear without its brow lowerer is coded as surprise is; a weak extra AU is not coded). Neither an
-    upper bound nor a model's score: a subject's asymmetry, which the codes do not record, can make a smile of
-    both mouth corners look like SAMM's one-sided contempt."""
+    upper bound nor a model's score: the codes do not record how strongly or how symmetrically the subject
+    moved, which the motion a model reads does."""
     groups: dict[tuple[str, str], Counter[int]] = {}
     for i, y in zip(ids, labels):
         groups.setdefault((truth[i].dataset, truth[i].aus), Counter())[int(y)] += 1
