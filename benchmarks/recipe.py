@@ -183,6 +183,13 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
                                                 "fine and averaged back to 112 pixels (`--oversample 2`): a weak "
                                                 "mover's sub-pixel motion spans twice the pixels where it is "
                                                 "measured"),
+    "ststnet-regions+head-removed+magnify-2": ("ststnet_regions", {}, {},
+                                               "ststnet-regions+head-removed on flow to the apex magnified twice "
+                                               "(onset + 2 (apex - onset), linear Eulerian magnification; "
+                                               "`magnify=2`)"),
+    "ststnet-regions+head-removed+magnify-4": ("ststnet_regions", {}, {},
+                                               "ststnet-regions+head-removed on flow to the apex magnified four "
+                                               "times (onset + 4 (apex - onset))"),
     "ststnet-regions+head-removed+tvl1": ("ststnet_regions", {}, {},
                                           "ststnet-regions+head-removed on TV-L1 flow instead of DIS (what the "
                                           "CUDA flow stage computes on a Jetson; `--flow tvl1`)"),
@@ -215,6 +222,7 @@ class Kind(NamedTuple):
     apex: str = "middle"
     head: str = "kept"
     frames: int = 1
+    magnify: float = 1.0
 
 
 DIS_112 = Kind()
@@ -227,7 +235,9 @@ FEATURES = {"tvl1": Kind("tvl1"), "ststnet-tvl1": Kind("tvl1"), "ststnet-dis224"
             "ststnet-regions+head-removed": Kind(head="removed"),
             "ststnet-regions+head-removed+frames-5": Kind(head="removed", frames=5),
             "ststnet-regions+head-removed+tvl1": Kind("tvl1", head="removed"),
-            "ststnet-regions+head-removed+finer-flow": Kind(head="removed", oversample=2)}
+            "ststnet-regions+head-removed+finer-flow": Kind(head="removed", oversample=2),
+            "ststnet-regions+head-removed+magnify-4": Kind(head="removed", magnify=4.0),
+            "ststnet-regions+head-removed+magnify-2": Kind(head="removed", magnify=2.0)}
 
 
 def extended(name: str, among: Iterable[str]) -> str | None:
@@ -311,7 +321,7 @@ def prepare_kind(data: Path, out: Path, data_seed: int, kind: Kind) -> None:
     ``kind`` in ``out``."""
     prepare_synthetic_composite(data, out, 0, 0, data_seed, size=kind.size, flow=kind.flow, diverse=True,
                                 texture=kind.texture, oversample=kind.oversample, apex=kind.apex, head=kind.head,
-                                frames=kind.frames)
+                                frames=kind.frames, magnify=kind.magnify)
 
 
 def _kinds(names: Iterable[str]) -> list[Kind]:
@@ -327,7 +337,8 @@ def _features_folder(kind: Kind) -> str:
             f"{'' if kind.oversample == 1 else f'-x{kind.oversample}'}"
             f"{'' if kind.apex == 'middle' else f'-apex-{kind.apex}'}"
             f"{'' if kind.head == 'kept' else f'-head-{kind.head}'}"
-            f"{'' if kind.frames == 1 else f'-frames-{kind.frames}'}")
+            f"{'' if kind.frames == 1 else f'-frames-{kind.frames}'}"
+            f"{'' if kind.magnify == 1 else f'-magnify-{kind.magnify:g}'}")
 
 
 def _features_name(kind: Kind) -> str:

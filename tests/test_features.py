@@ -280,3 +280,25 @@ def test_flow_between_means_of_frames_reads_the_neighbours_and_the_runtime_refus
         prepare("casme2", root, tmp_path / "even", FeatureConfig(flow="dis", frames=4), progress=False)
     with pytest.raises(UserError, match="means of 5 frames"):
         MotionOptions.of(json.loads((out / "config.json").read_text())["feature"])
+
+
+def test_flow_to_a_magnified_apex_reads_the_motion_larger_and_the_runtime_refuses_it(cache, generated, tmp_path):
+    """``FeatureConfig.magnify`` (a benchmark's experiment): the apex replaced by onset + a (apex - onset), so
+    a micro-expression's small motion reads about a times as large, in the same direction; a factor below 1 is
+    one line, and the runtime refuses a model trained on such flow."""
+    from edge_mer.flow.base import MotionOptions
+
+    out = tmp_path / "magnified"
+    prepare("casme2", generated["casme2"], out, FeatureConfig(flow="dis", magnify=3.0), progress=False)
+    assert json.loads((out / "config.json").read_text())["feature"]["magnify"] == 3.0
+    assert "magnify" not in json.loads((cache / "config.json").read_text())["feature"]  # older caches stay valid
+    plain, magnified = FeatureSet.load(cache), FeatureSet.load(out)
+    assert plain.ids == magnified.ids and np.array_equal(plain.texture, magnified.texture)
+    u, w = plain.motion[:, :2].ravel(), magnified.motion[:, :2].ravel()
+    assert np.corrcoef(u, w)[0, 1] > 0.7
+    assert 1.5 < np.sqrt((w ** 2).mean() / (u ** 2).mean()) < 3.5
+    with pytest.raises(UserError, match=r"magnify 0\.5: a factor from 1"):
+        prepare("casme2", generated["casme2"], tmp_path / "less", FeatureConfig(flow="dis", magnify=0.5),
+                progress=False)
+    with pytest.raises(UserError, match="magnified 3 times"):
+        MotionOptions.of(json.loads((out / "config.json").read_text())["feature"])

@@ -74,12 +74,16 @@ class FeatureConfig:
     # k > 1 (odd): the onset and the apex each the mean of k frames centred on it (as many as the clip has),
     # so the camera's noise, independent from frame to frame, weighs less in the flow
     frames: int = 1
+    # a > 1: the apex replaced by onset + a x (apex - onset) before the flow (linear Eulerian magnification of
+    # the two frames: a motion small against the image's structure then reads about a times as large)
+    magnify: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         """The fields; ``texture``, ``oversample``, ``head`` and ``frames`` only when they are not the default,
         so caches from before they existed stay valid."""
         d = asdict(self)
-        for name, default in (("texture", "apex"), ("oversample", 1), ("head", "kept"), ("frames", 1)):
+        for name, default in (("texture", "apex"), ("oversample", 1), ("head", "kept"), ("frames", 1),
+                              ("magnify", 1.0)):
             if d[name] == default:
                 del d[name]
         return d
@@ -228,6 +232,16 @@ def _window_mean(s: Sample, centre: int, path: str, frames: int) -> np.ndarray:
     return np.rint(mean).astype(np.uint8)  # what the flow methods read
 
 
+def _magnified(onset: np.ndarray, apex: np.ndarray, factor: float) -> np.ndarray:
+    """``apex`` (factor 1), or onset + factor x (apex - onset) as 8-bit grey (the flow methods' input): linear
+    Eulerian magnification of the two frames, so a motion small against the image's structure reads about
+    ``factor`` times as large."""
+    if factor == 1:
+        return apex
+    moved = onset.astype(np.float32) + factor * (apex.astype(np.float32) - onset.astype(np.float32))
+    return np.clip(np.rint(moved), 0, 255).astype(np.uint8)
+
+
 def compute(record: dict[str, Any], out_path: str, key: str = "") -> dict[str, Any]:
     """Features of one sample, written to ``out_path`` with ``key``; returns what the index records."""
     aligner: FaceAligner = _STATE["aligner"]
@@ -245,12 +259,13 @@ def compute(record: dict[str, Any], out_path: str, key: str = "") -> dict[str, A
             apex_n, apex_path = apex_by_motion(s, onset_crop, align)
         apex_frame = _window_mean(s, apex_n, apex_path, frames)
         apex_crop = align.crop(apex_frame)
+        moved = _magnified(onset, apex_frame, _STATE["cfg"].magnify)  # the frame the flow runs to
         options = MotionOptions(_STATE["cfg"].oversample, _STATE["cfg"].head)  # what a device's flow stage does
         if options.oversample > 1:
             fine = align.finer(options.oversample)
-            motion = options.motion(flow(fine.crop(onset), fine.crop(apex_frame)))
+            motion = options.motion(flow(fine.crop(onset), fine.crop(moved)))
         else:
-            motion = options.motion(flow(onset_crop, apex_crop))
+            motion = options.motion(flow(onset_crop, align.crop(moved) if moved is not apex_frame else apex_crop))
         if _STATE["cfg"].texture == "difference":
             texture = difference_tensor(onset_crop, apex_crop)
         else:
@@ -297,6 +312,8 @@ def prepare(dataset: str, root: Path, out: Path, cfg: FeatureConfig, annotations
         raise UserError(f"head {cfg.head!r}: choose {' or '.join(HEAD_CHOICES)}")
     if cfg.frames < 1 or cfg.frames % 2 == 0:
         raise UserError(f"frames {cfg.frames}: an odd number from 1 (the frame itself)")
+    if not 1 <= cfg.magnify <= 16:
+        raise UserError(f"magnify {cfg.magnify:g}: a factor from 1 (the apex as filmed) to 16")
     make_flow(cfg.flow)  # fail early when the method is unavailable
     FaceAligner(cfg.size, cfg.landmarks, detector=cfg.detector)
     index = load(dataset, root, annotations, cfg.apex_policy)
@@ -408,7 +425,8 @@ def prepare_synthetic_composite(data: Path, out: Path, subjects: int, clips_per_
                                 size: int = 112, flow: str = "dis", diverse: bool = False,
                                 texture: str = "apex", nuisances: Nuisances | None = None,
                                 diversity: Diversity | None = None, oversample: int = 1,
-                                apex: str = "middle", head: str = "kept", frames: int = 1) -> PrepareSummary:
+                                apex: str = "middle", head: str = "kept", frames: int = 1,
+                                magnify: float = 1.0) -> PrepareSummary:
     """Render the synthetic MEGC2019 composite into ``data`` (unless it is there) and prepare its features.
 
     What the demo model, the ablation, the INT8 and the recognition benchmarks train on: one call, so they
@@ -440,5 +458,5 @@ def prepare_synthetic_composite(data: Path, out: Path, subjects: int, clips_per_
             cfg = replace(cfg, nuisances=nuisances)
         write_dataset(cfg, data)
     features = FeatureConfig(size=size, flow=flow, texture=texture, oversample=oversample, apex_policy=apex,
-                             head=head, frames=frames)
+                             head=head, frames=frames, magnify=magnify)
     return prepare("megc2019", data, out, features, workers=os.cpu_count() or 1)

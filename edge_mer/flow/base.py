@@ -48,6 +48,11 @@ class MotionOptions:
             raise UserError(f"the model was trained on flow between means of {feature['frames']} frames (features "
                             f"prepared with frames={feature['frames']}, a benchmark's experiment); the runtime "
                             f"computes the flow between single frames: train it on features with frames=1")
+        if float(feature.get("magnify") or 1) != 1:
+            raise UserError(f"the model was trained on flow to an apex magnified {feature['magnify']:g} times "
+                            f"(features prepared with magnify={feature['magnify']:g}, a benchmark's experiment); the "
+                            f"runtime computes the flow between the frames as filmed: train it on features with "
+                            f"magnify=1")
         return cls(int(feature.get("oversample") or 1), str(feature.get("head") or "kept"))
 
     def describe(self) -> str:
