@@ -166,10 +166,11 @@ def _errors(doc: dict[str, Any], work: Path, names: list[str]) -> list[str]:
                 kept.setdefault(n, {}).setdefault((a, b), []).append(np.load(f))
     if not kept:
         return []
-    first = next(iter(kept.values()))
+    reference = next(iter(kept))
     limits = []
     for a, b in sorted(DIRECTIONS, key=lambda way: way[1]):
-        ids, labels = [str(i) for i in first[(a, b)][0]["ids"]], first[(a, b)][0]["labels"].tolist()
+        one = kept[reference][(a, b)][0]
+        ids, labels = [str(i) for i in one["ids"]], one["labels"].tolist()
         top, coded = (f(truths[b], ids, labels, class_names) for f in (ceiling, coded_reference))
         limits.append(f"draw {b}'s annotation allows UF1 {top['uf1']:.4f} at most (naming every face's shown "
                       f"class), and naming each sample by the class annotated most often for its dataset and coded "
@@ -189,15 +190,14 @@ def _errors(doc: dict[str, Any], work: Path, names: list[str]) -> list[str]:
             cells.append(f"{scores(labels, sum(r['probs'] for r in runs).argmax(1), class_names).uf1:.4f}")
             answers = [r["probs"].argmax(1) for r in runs]
             shared.append(np.mean([(x == answers[0]).mean() for x in answers[1:]]) if len(runs) > 1 else 1.0)
-            for r in runs:
-                groups.setdefault(n, []).append(breakdown(merged, ids, labels, r["probs"].argmax(1), bands))
-                if n == next(iter(kept)):
-                    pattern_errors(merged, ids, labels, r["probs"].argmax(1), class_names, patterns)
+            for answer in answers:
+                groups.setdefault(n, []).append(breakdown(merged, ids, labels, answer, bands))
+                if n == reference:
+                    pattern_errors(merged, ids, labels, answer, class_names, patterns)
         lines.append(f"| {n} | {' | '.join(cells)} | {statistics.mean(shared):.3f} |")
-    table = errors_table(groups, None, bands)
-    lines += ["", *[line.replace("## Where", "### Where").replace("the seeds pooled", "the seeds and both "
-                                                                 "directions pooled") for line in table]]
-    lines += ["", f"### The patterns `{next(iter(kept))}` misreads most", "",
+    lines += ["", *errors_table(groups, None, bands, heading="### Where the errors are",
+                                pooled="the seeds and both directions")]
+    lines += ["", f"### The patterns `{reference}` misreads most", "",
               "Samples of one dataset with the same coded action units, annotated class and note; its runs' "
               "answers pooled over the seeds and both directions (so each sample counts once a seed).", "",
               *patterns_table(patterns, class_names)]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from edge_mer.errors import UserError
 from edge_mer.eval.metrics import scores
 from edge_mer.features.cache import FeatureSet
 from edge_mer.model.config import MMTConfig
+from edge_mer.synth.aus import format_aus, parse_aus
 
 NOTES = ("clean", "ambiguous", "mislabelled")
 
@@ -45,13 +45,7 @@ class SampleTruth:
 
 def coded_aus(text: str) -> str:
     """An annotation's AU column in one spelling: codes sorted by number, then side ("12+R14", "1+2+5")."""
-    codes = [c for c in re.split(r"[+,\s]+", str(text)) if c]
-
-    def order(code: str) -> tuple[int, str]:
-        number = re.search(r"\d+", code)
-        return (int(number.group()) if number else 1 << 16, code)
-
-    return "+".join(sorted(codes, key=order))
+    return format_aus(sorted(parse_aus(str(text).replace(",", "+")), key=lambda c: (c.number, c.side)))
 
 
 def read_truth(root: Path) -> dict[str, SampleTruth]:
@@ -76,7 +70,12 @@ def ceiling(truth: dict[str, SampleTruth], ids: Sequence[str], labels: Sequence[
     model can score. A face that shows a class outside the composite counts as named by its annotation (no
     model could know better), so this bounds from above."""
     oracle = [names.index(truth[i].shown) if truth[i].shown in names else int(y) for i, y in zip(ids, labels)]
-    s = scores(np.asarray(labels), np.asarray(oracle), names)
+    return _named_scores(labels, oracle, names)
+
+
+def _named_scores(labels: Sequence[int], named: Sequence[int], names: Sequence[str]) -> dict[str, float]:
+    """UF1, UAR and accuracy of the classes ``named`` against the annotation ``labels``."""
+    s = scores(np.asarray(labels), np.asarray(named), names)
     return {"uf1": s.uf1, "uar": s.uar, "accuracy": s.accuracy}
 
 
@@ -101,8 +100,7 @@ def coded_reference(truth: dict[str, SampleTruth], ids: Sequence[str], labels: S
         most = max(others.values(), default=0)
         tied = sorted(k for k, n in others.items() if n == most and n > 0)
         named.append(shown if not tied or shown in tied else tied[0])
-    s = scores(np.asarray(labels), np.asarray(named), names)
-    return {"uf1": s.uf1, "uar": s.uar, "accuracy": s.accuracy}
+    return _named_scores(labels, named, names)
 
 
 #: A pattern of samples: (dataset, coded AUs, annotated class, note)
@@ -178,10 +176,11 @@ def breakdown_of(predictions: Path, data: Path) -> dict[str, list[int]] | None:
 
 
 def errors_table(groups: dict[str, list[dict[str, list[int]]]], top: dict[str, float] | None,
-                 bands: tuple[float, float], coded: dict[str, float] | None = None) -> list[str]:
-    """Markdown lines: per group (model or variant), the accuracy per kind of sample, its runs pooled, under
-    a paragraph that explains the columns and gives the ceiling ``top`` and the coded AUs' reference ``coded``
-    (``coded_reference``) where known."""
+                 bands: tuple[float, float], coded: dict[str, float] | None = None,
+                 heading: str = "## Where the errors are", pooled: str = "the seeds") -> list[str]:
+    """Markdown lines: per group (model or variant), the accuracy per kind of sample, its runs pooled (over
+    ``pooled``), under ``heading`` and a paragraph that explains the columns and gives the ceiling ``top`` and
+    the coded AUs' reference ``coded`` (``coded_reference``) where known."""
     limits = "" if top is None else (
         f" A model that names every face's shown class would score at most UF1 {top['uf1']:.4f}, UAR "
         f"{top['uar']:.4f}, accuracy {top['accuracy']:.4f} against this draw's annotation: its ceiling.")
@@ -189,8 +188,8 @@ def errors_table(groups: dict[str, list[dict[str, list[int]]]], top: dict[str, f
         limits += (f" Naming each sample by the class annotated most often for its dataset and coded action units "
                    f"among the other samples scores UF1 {coded['uf1']:.4f}, accuracy {coded['accuracy']:.4f}: "
                    "how far the codes decide the class.")
-    lines = ["## Where the errors are", "",
-             "Accuracy against the annotation, the seeds pooled. *clean*: the face shows the annotated class only; "
+    lines = [heading, "",
+             f"Accuracy against the annotation, {pooled} pooled. *clean*: the face shows the annotated class only; "
              "*ambiguous*: another class's action units show as well, weaker; *mislabelled*: the annotation names "
              "another class than the face shows, so a model that reads the face right is counted wrong. The clean "
              "samples are split into thirds by how far the face moves at the apex, in pixels of the 112-pixel "

@@ -79,8 +79,8 @@ class FeatureConfig:
     magnify: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields; ``texture``, ``oversample``, ``head`` and ``frames`` only when they are not the default,
-        so caches from before they existed stay valid."""
+        """The fields; ``texture``, ``oversample``, ``head``, ``frames`` and ``magnify`` only when they are not
+        the default, so caches from before they existed stay valid."""
         d = asdict(self)
         for name, default in (("texture", "apex"), ("oversample", 1), ("head", "kept"), ("frames", 1),
                               ("magnify", 1.0)):
@@ -265,7 +265,7 @@ def compute(record: dict[str, Any], out_path: str, key: str = "") -> dict[str, A
             fine = align.finer(options.oversample)
             motion = options.motion(flow(fine.crop(onset), fine.crop(moved)))
         else:
-            motion = options.motion(flow(onset_crop, align.crop(moved) if moved is not apex_frame else apex_crop))
+            motion = options.motion(flow(onset_crop, apex_crop if _STATE["cfg"].magnify == 1 else align.crop(moved)))
         if _STATE["cfg"].texture == "difference":
             texture = difference_tensor(onset_crop, apex_crop)
         else:

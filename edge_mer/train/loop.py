@@ -3,18 +3,18 @@
 AdamW with a linear warm-up and a cosine schedule, a fixed epoch budget (the
 last epoch's model is the result: no epoch is ever picked on test data),
 class-weighted cross-entropy (weights 1/sqrt(class frequency) of the training
-samples; ``class_power`` 1: 1/frequency) plus the contrastive term, and augmentations that keep the modalities
-consistent: a horizontal flip mirrors both and negates u; a shift moves both by
-the same pixels; a gain scales the flow (u, v, strain) as a faster or slower
-expression would; a rotation and a zoom (per sample, off by default) turn and
-scale both images as a tilted or nearer face would, and turn and scale the
-flow vectors with them (strain, a magnitude of flow derivatives, keeps its
-value under both); mixup (off by default) blends pairs of samples and their
-class targets; label smoothing (off by default) spreads a share of each target
-over the classes, for annotations that are sometimes wrong. An ensemble's
-partner may train at a peak learning rate of its own (``partner_lr``; on the
-development draw the regional CNN trains best at ten times the MMT's), on the
-same schedule.
+samples; ``class_power`` 1: 1/frequency) plus the contrastive term, and
+augmentations that keep the modalities consistent: a horizontal flip mirrors
+both and negates u; a shift moves both by the same pixels; a gain scales the
+flow (u, v, strain) as a faster or slower expression would; a rotation and a
+zoom (per sample, off by default) turn and scale both images as a tilted or
+nearer face would, and turn and scale the flow vectors with them (strain, a
+magnitude of flow derivatives, keeps its value under both); mixup (off by
+default) blends pairs of samples and their class targets; label smoothing (off
+by default) spreads a share of each target over the classes, for annotations
+that are sometimes wrong. An ensemble's partner may train at a peak learning
+rate of its own (``partner_lr``; on the development draw the regional CNN
+trains best at ten times the MMT's), on the same schedule.
 """
 
 from __future__ import annotations
