@@ -118,6 +118,10 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
                                     "at twice the resolution instead of the whole face (`ststnet_regions`: four "
                                     "28 x 28 regions of the motion at 56): a weak mover's motion is averaged over "
                                     "fewer pixels, a one-sided smile seen apart from the other corner"),
+    "motion-only+ststnet+head-removed+person-level": ("mmt_small", {}, {**ENSEMBLE, "person_rms": 0.075},
+                                                      "motion-only+ststnet+head-removed reading each subject's "
+                                                      "motion brought to one strength (`--set person_rms=0.075`, "
+                                                      "as ststnet-regions+head-removed+person-level)"),
     "motion-only+ststnet+head-removed+regions": ("mmt_small", {}, {**ENSEMBLE, "ensemble_with": "ststnet_regions"},
                                                  "motion-only+ststnet+head-removed with the regional partner "
                                                  "(`ststnet_regions`)"),
@@ -196,6 +200,12 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
     "ststnet-regions+head-removed+twin": ("ststnet_regions", {}, {"ensemble_with": "ststnet_regions"},
                                           "ststnet-regions+head-removed with a second one (other initial weights) "
                                           "trained beside it, predicting from their mean log-probability"),
+    "ststnet-regions+head-removed+person-level": ("ststnet_regions", {}, {"person_rms": 0.075},
+                                                  "ststnet-regions+head-removed reading each subject's motion "
+                                                  "multiplied by one gain: RMS 0.075 units (this flow's median) "
+                                                  "over the median of the subject's other samples' RMS, at most "
+                                                  "x4 (`--set person_rms=0.075`): subjects who move half or twice "
+                                                  "as strongly give the model one size of expression"),
     "texture-difference": ("mmt_small", {}, {}, "texture input: apex minus onset grey level instead of the apex "
                                                 "frame, which carries the subject's identity"),
     "motion-rms": ("mmt_small", {}, {"motion_rms": 0.2}, "each sample's flow scaled to RMS 0.2 units (the "

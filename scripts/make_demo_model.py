@@ -72,7 +72,7 @@ def main() -> None:
     prepare_synthetic_composite(work / "check" / "data", check, 0, 0, args.check_seed, diverse=True,
                                 head=args.head)
     fs = FeatureSet.load(feats)
-    model = train_model(mcfg, tcfg, fs.motion, fs.texture, fs.labels, args.seed,
+    model = train_model(mcfg, tcfg, fs.motion_as_read(mcfg.person_rms, scored=False), fs.texture, fs.labels, args.seed,
                         on_epoch=lambda e, loss: print(f"epoch {e + 1}/{args.epochs} loss {loss:.3f}", flush=True))
     ck = work / "fp32" / "checkpoint.pt"
     ck.parent.mkdir(parents=True, exist_ok=True)

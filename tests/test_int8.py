@@ -560,6 +560,33 @@ def test_outputs_are_checked_before_the_work(chain, tmp_path):
     assert len(load_set(s)) == 32
 
 
+def test_a_person_level_model_is_calibrated_on_motion_scaled_as_it_reads_and_a_mismatch_is_one_line(features,
+                                                                                                tmp_path):
+    """A model that reads each person's motion at one strength (``--set person_rms``) gets a calibration set so
+    built from its checkpoint; a set of the motion as it comes is refused in one line by PTQ and by QAT, and
+    nothing is written."""
+    f = str(features)
+    run_cli("train", "--features", f, "--protocol", "split", "--out", str(tmp_path / "run"), "--set",
+            "person_rms=0.05", *TINY, check=True)
+    ck = tmp_path / "run" / "checkpoint.pt"
+    built = _json("calibrate", "build-set", "--features", f, "--n", "32", "--checkpoint", str(ck), "--out",
+                  str(tmp_path / "person.npz"))
+    assert built["person_rms"] == 0.05
+    run_cli("calibrate", "build-set", "--features", f, "--n", "32", "--out", str(tmp_path / "plain.npz"), check=True)
+    run_cli("export", "--checkpoint", str(ck), "--out", str(tmp_path / "person.onnx"), check=True)
+    int8 = tmp_path / "person.int8.onnx"
+    for proc in (run_cli("calibrate", "--onnx", str(tmp_path / "person.onnx"), "--set", str(tmp_path / "plain.npz"),
+                         "--out", str(int8)),
+                 run_cli("train", "--features", f, "--qat", str(ck), "--calibration", str(tmp_path / "plain.npz"),
+                         "--epochs", "1", "--out", str(tmp_path / "qat"), "--threads", "1", "--quiet")):
+        assert proc.returncode != 0 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert "reads each person's motion brought to RMS 0.05" in proc.stderr
+    assert not int8.exists() and not (tmp_path / "qat").exists()
+    done = run_cli("calibrate", "--onnx", str(tmp_path / "person.onnx"), "--set", str(tmp_path / "person.npz"),
+                   "--out", str(int8))
+    assert done.returncode in (0, 3) and int8.is_file(), done.stderr  # 3: the gate's verdict on a 3-epoch model
+
+
 BLOCK_TORCH = """
 import sys
 sys.modules["torch"] = None

@@ -412,7 +412,7 @@ def _train_parsers(sub: Any) -> None:
     t.add_argument("--no-final-model", action="store_true", help="skip the model trained on all samples")
     t.add_argument("--set", type=setting, action="append", default=[], metavar="KEY=VALUE",
                    help="a training or model setting, the value as JSON (repeatable), e.g. gain=[0.5,2], "
-                        "class_weighting=false, weight_decay=0.2, dropout=0.3, motion_rms=0.2, "
+                        "class_weighting=false, weight_decay=0.2, dropout=0.3, person_rms=0.075, "
                         "'modalities=[\"motion\"]' (a wrong key lists the settings)")
     q = t.add_argument_group("quantization-aware training")
     q.add_argument("--qat", metavar="CHECKPOINT", help="fine-tune this FP32 checkpoint with INT8 fake "

@@ -68,10 +68,10 @@ def cmd_build_set(args: argparse.Namespace) -> int:
         raise too_few(f"--n {args.n} asks for {args.n} samples")
     check_file(out, inputs=[args.features, args.checkpoint], force=args.force)
     fs = FeatureSet.load(Path(args.features))
-    only = None
+    only, person = None, 0.0
     if args.checkpoint:
-        only = _trained_on(Path(args.checkpoint))
-    cs = build_set(fs, args.n, args.seed, only)
+        only, person = _trained_on(Path(args.checkpoint))
+    cs = build_set(fs, args.n, args.seed, only, person)
     if len(cs) < MIN_CALIBRATION_SAMPLES:
         among = f" that {Path(args.checkpoint).name} was trained on" if args.checkpoint else ""
         raise too_few(f"only {len(cs)} samples{among} are in {args.features}, so no set was written")
@@ -87,14 +87,17 @@ def cmd_build_set(args: argparse.Namespace) -> int:
     return 0
 
 
-def _trained_on(path: Path) -> set[str]:
+def _trained_on(path: Path) -> tuple[set[str], float]:
+    """The sample ids a checkpoint or ONNX file was trained on, and its person level (``person_rms``)."""
     if path.suffix == ".onnx":
         from edge_mer.runtime.artifact import load_artifact
 
-        return set(load_artifact(path).meta.get("trained_on", []))
-    from edge_mer.model.checkpoint import load_checkpoint
+        meta = load_artifact(path).meta
+    else:
+        from edge_mer.model.checkpoint import load_checkpoint
 
-    return set(load_checkpoint(path)[1].get("trained_on", []))
+        meta = load_checkpoint(path)[1]
+    return set(meta.get("trained_on", [])), float((meta.get("config") or {}).get("person_rms") or 0.0)
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ from edge_mer.errors import UserError
 from edge_mer.eval.metrics import per_group, scores
 from edge_mer.features.cache import FeatureSet
 from edge_mer.runtime.backends import Backend, open_backend
+from edge_mer.runtime.session import model_meta, person_rms
 
 
 def trained_ids(be: Backend) -> set[str] | None:
@@ -49,7 +50,8 @@ def evaluate(model: Path, features: Path, backend: str = "auto", threads: int | 
     if not keep.any():
         raise UserError(f"every sample in {features} was in the model's training set: nothing unseen to score")
     start = time.perf_counter()
-    probs = predict(be, fs.motion[keep], fs.texture[keep])
+    # a model of person_rms reads each subject's samples scaled by the gain of the subject's other samples
+    probs = predict(be, fs.motion_as_read(person_rms(model_meta(be)), scored=True)[keep], fs.texture[keep])
     seconds = time.perf_counter() - start
     labels, pred = fs.labels[keep], probs.argmax(1)
     names = be.class_names

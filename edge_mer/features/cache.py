@@ -13,6 +13,7 @@ import numpy as np
 
 from edge_mer.data.labels import COMPOSITE_LABELS
 from edge_mer.errors import UserError
+from edge_mer.flow.person import scaled_by_person
 
 RERUN = "rerun edge-mer data prepare with the same arguments"
 
@@ -75,6 +76,15 @@ class FeatureSet:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def motion_as_read(self, person_rms: float, scored: bool) -> np.ndarray:
+        """The motion of every sample as a model of ``person_rms`` (``MMTConfig``) reads it: each subject's
+        expressions scaled by their gain (``flow.person``), from all of the subject's samples where they are
+        trained on, from the subject's other samples where they are ``scored``; the motion itself when 0. Every
+        protocol keeps a subject's samples together, so the gains of the whole set are those of any fold."""
+        if person_rms <= 0:
+            return self.motion
+        return scaled_by_person(self.motion, self.subjects, person_rms, others_only=scored)
 
     @classmethod
     def load(cls, path: Path) -> FeatureSet:

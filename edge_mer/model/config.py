@@ -39,6 +39,10 @@ class MMTConfig:
     # > 0: every sample's motion is scaled so that its flow's RMS magnitude is this many flow units (at most x4,
     # so still flow is not blown up into noise); 0: the fixed units of edge_mer.flow.normalise alone
     motion_rms: float = 0.0
+    # > 0: the model reads each expression multiplied by its person's gain, this many flow units over the
+    # median RMS flow of that person's other expressions (at most x4; edge_mer.flow.person), applied to its
+    # inputs by whoever feeds it: training, evaluation and the device runtime; 0: off
+    person_rms: float = 0.0
     # "ststnet" (or "ststnet_regions"): the model is an ensemble of this model (an MMT or a baseline) and that
     # STSTNet trained beside it on the same batches, each on its own loss; it predicts from the mean of the two
     # log-probabilities (one graph, one file). "": alone
@@ -84,6 +88,8 @@ class MMTConfig:
             raise UserError(f"pooling must be 'fused' or 'cls', not {self.pooling!r}")
         if not self.motion_rms >= 0:
             raise UserError(f"motion_rms must be 0 (off) or a positive number of flow units, not {self.motion_rms}")
+        if not self.person_rms >= 0:
+            raise UserError(f"person_rms must be 0 (off) or a positive number of flow units, not {self.person_rms}")
         if self.ensemble_with not in ("", *PARTNERS):
             raise UserError(f"ensemble_with must be '' or {' or '.join(map(repr, PARTNERS))} (a model's partner), "
                             f"not {self.ensemble_with!r}")

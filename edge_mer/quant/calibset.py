@@ -98,20 +98,35 @@ def select(fs: FeatureSet, n: int, seed: int = 0, only_ids: set[str] | None = No
     return np.array(sorted(chosen), np.int64)
 
 
-def build_set(fs: FeatureSet, n: int, seed: int = 0, only_ids: set[str] | None = None) -> CalibrationSet:
+def build_set(fs: FeatureSet, n: int, seed: int = 0, only_ids: set[str] | None = None,
+              person_rms: float = 0.0) -> CalibrationSet:
+    """A calibration set of ``n`` samples, their motion as a model of ``person_rms`` reads it in training."""
     idx = select(fs, n, seed, only_ids)
     meta = {"format": CALIBRATION_FORMAT, "size": int(fs.motion.shape[-1]), "n": len(idx), "requested": n,
-            "seed": seed, "normalisation": CONSTANTS, "features": fs.config,
+            "seed": seed, "normalisation": CONSTANTS, "features": fs.config, "person_rms": person_rms,
             "counts": {"dataset": dict(Counter(fs.datasets[i] for i in idx)),
                        "class": dict(Counter(COMPOSITE_NAMES[int(fs.labels[i])] for i in idx)),
                        "subjects": len({fs.subjects[i] for i in idx})}}
-    return CalibrationSet(fs.motion[idx], fs.texture[idx], fs.labels[idx], [fs.ids[i] for i in idx], meta)
+    motion = fs.motion_as_read(person_rms, scored=False)[idx]
+    return CalibrationSet(motion, fs.texture[idx], fs.labels[idx], [fs.ids[i] for i in idx], meta)
 
 
 def save_set(cs: CalibrationSet, path: Path) -> None:
     with replacing(path, ".npz") as tmp:
         np.savez_compressed(tmp, motion=cs.motion, texture=cs.texture, labels=cs.labels, ids=np.array(cs.ids),
                             meta=np.array(json.dumps(cs.meta, sort_keys=True)))
+
+
+def check_person_level(set_meta: dict[str, Any], model_config: dict[str, Any], set_path: Path,
+                       model_path: Path) -> None:
+    """A model that reads each person's motion at one strength (``person_rms``) is calibrated on motion scaled as
+    it was trained on, and any other model on motion as it comes: one line when the set was built otherwise."""
+    built, reads = float(set_meta.get("person_rms") or 0.0), float(model_config.get("person_rms") or 0.0)
+    if built != reads:
+        how = (f"each person's motion brought to RMS {built:g}" if built else "the motion as it comes")
+        wants = (f"each person's motion brought to RMS {reads:g}" if reads else "the motion as it comes")
+        raise UserError(f"{set_path} holds {how}, but {model_path.name} reads {wants}: build the set again with "
+                        f"edge-mer calibrate build-set --checkpoint (the model's checkpoint)")
 
 
 def too_few(what: str) -> UserError:

@@ -34,7 +34,7 @@ from edge_mer.errors import UserError
 from edge_mer.features.cache import FeatureSet
 from edge_mer.model.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, modelopt, quiet
 from edge_mer.outputs import staged_folder
-from edge_mer.quant.calibset import MIN_CALIBRATION_SAMPLES, build_set, load_set, too_few
+from edge_mer.quant.calibset import MIN_CALIBRATION_SAMPLES, build_set, check_person_level, load_set, too_few
 from edge_mer.runtime.artifact import sha256
 
 MOTION_READERS = ("*motion_*.embed.*", "*streams.*")  # quantizer names of the layers that read the motion
@@ -111,9 +111,10 @@ def finetune(checkpoint: Any, features: Any, out: Any, calibration: Any = None, 
                         "on the checkpoint's own training samples")
     if calibration:
         cs = load_set(Path(calibration), size=model.cfg.size)
+        check_person_level(cs.meta, model.cfg.to_dict(), Path(calibration), checkpoint)
         calib = {"file": Path(calibration).name, "sha256": sha256(Path(calibration)), "samples": len(cs)}
     else:
-        cs = build_set(fs, n_calib, seed, only_ids=trained)
+        cs = build_set(fs, n_calib, seed, only_ids=trained, person_rms=model.cfg.person_rms)
         if len(cs) < MIN_CALIBRATION_SAMPLES:
             raise too_few(f"only {len(cs)} of the samples {checkpoint.name} was trained on are in {features} to "
                           "calibrate on (or pass --calibration SET)")
@@ -131,7 +132,8 @@ def finetune(checkpoint: Any, features: Any, out: Any, calibration: Any = None, 
         if progress:
             print(f"qat: epoch {epoch + 1}/{epochs} loss {loss:.3f}", file=sys.stderr, flush=True)
 
-    model = train_model(model.cfg, tcfg, fs.motion[idx], fs.texture[idx], fs.labels[idx], seed, on_epoch=log,
+    motion = fs.motion_as_read(model.cfg.person_rms, scored=False)[idx]
+    model = train_model(model.cfg, tcfg, motion, fs.texture[idx], fs.labels[idx], seed, on_epoch=log,
                         init=model)
     quantizers = count_quantizers(model)
     qat = {"from": checkpoint.name, "from_sha256": sha256(checkpoint), "epochs": epochs, "lr": lr, "seed": seed,

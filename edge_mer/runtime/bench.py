@@ -66,7 +66,7 @@ def bench_loop(model: Path, backends: list[str] | None = None, flows: list[str] 
     from edge_mer.flow.stage import make_stage
     from edge_mer.runtime.loop import LoopConfig, Recognizer, run_loop
     from edge_mer.runtime.serve import LiveView
-    from edge_mer.runtime.session import model_meta, motion_options
+    from edge_mer.runtime.session import model_meta, motion_options, person_rms
     from edge_mer.runtime.sources import open_source
 
     if flows is None:
@@ -87,8 +87,8 @@ def bench_loop(model: Path, backends: list[str] | None = None, flows: list[str] 
             view = LiveView(("127.0.0.1", 0), fps=10.0, sinks=writer) if serve else None
             watcher = _watch(view) if view is not None else None
             try:
-                stats, timer = run_loop(source, Recognizer(be, stage), writer, LoopConfig(max_frames=frames),
-                                        view=view)
+                recognizer = Recognizer(be, stage, person_rms(model_meta(be)))
+                stats, timer = run_loop(source, recognizer, writer, LoopConfig(max_frames=frames), view=view)
             finally:
                 if view is not None:
                     view.close()

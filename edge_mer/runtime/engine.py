@@ -164,7 +164,7 @@ def build_engine(onnx_path: Path, out_dir: Path, fp16: bool = False, max_batch: 
     # the ONNX file's path, to rebuild from when the engine moves; its features, so the loop picks the flow
     # the model was trained with from the engine alone
     meta = {"format": ENGINE_FORMAT, "onnx": onnx_path.name, "onnx_path": str(onnx_path.resolve()),
-            "onnx_sha256": art.meta["sha256"], "features": art.meta.get("features"),
+            "onnx_sha256": art.meta["sha256"], "features": art.meta.get("features"), "config": art.meta.get("config"),
             "tensorrt": version, "api": gen, "gpu": gpu.key, "gpu_identity": asdict(gpu), "precision": precision,
             "max_batch": max_batch, "size": art.size, "class_names": art.class_names,
             "built": time.strftime("%Y-%m-%dT%H:%M:%S"), "build_seconds": round(time.perf_counter() - start, 1),

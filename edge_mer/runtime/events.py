@@ -32,10 +32,11 @@ class Event:
     score: float = 0.0
     truth: str | None = None  # demo: the matched truth event, when there is one
     face: dict[str, Any] | None = None  # the face it was measured on: box (frame pixels) and alignment method
+    person_gain: float | None = None  # a person-level model: the factor its motion was multiplied by
 
     def to_json(self) -> str:
         d: dict[str, Any] = asdict(self)
-        for optional in ("truth", "face"):
+        for optional in ("truth", "face", "person_gain"):
             if d[optional] is None:
                 del d[optional]
         return json.dumps(d, sort_keys=True)

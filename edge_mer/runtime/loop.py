@@ -24,6 +24,7 @@ from edge_mer.atomic import writable_folder
 from edge_mer.errors import UserError
 from edge_mer.face.align import FaceAligner, FaceAlignment
 from edge_mer.flow.base import FlowStage, MotionOptions
+from edge_mer.flow.person import PersonLevel
 from edge_mer.runtime.backends.base import Backend
 from edge_mer.runtime.capture import CaptureThread
 from edge_mer.runtime.events import Event, EventOut
@@ -81,14 +82,19 @@ class Recognizer:
     stage to the engine without a trip through host memory.
     """
 
-    def __init__(self, backend: Backend, stage: FlowStage) -> None:
+    def __init__(self, backend: Backend, stage: FlowStage, person_rms: float = 0.0) -> None:
         if backend.size != stage.size:
             raise UserError(f"the model takes {backend.size}x{backend.size} inputs; the flow stage makes "
                             f"{stage.size}x{stage.size}")
         self.backend = backend
         self.stage = stage
-        # write computes the plain flow only (flow/cuda.py): a model of other flow gets the stage's __call__
-        plain = stage.options == MotionOptions()
+        # a model that reads each person's motion at one strength (MMTConfig.person_rms): the person in front of
+        # the camera, known by the expressions already classified
+        self.person = PersonLevel(person_rms) if person_rms > 0 else None
+        self.last_gain: float | None = None  # the factor the last expression's motion was multiplied by
+        # write computes the plain flow only (flow/cuda.py): a model of other flow, or one whose motion is scaled
+        # by the person's gain on the host, gets the stage's __call__
+        plain = stage.options == MotionOptions() and self.person is None
         self.fused = plain and hasattr(stage, "write") and hasattr(backend, "device_inputs")
 
     def __call__(self, onset: np.ndarray, apex: np.ndarray, matrix: np.ndarray,
@@ -102,6 +108,9 @@ class Recognizer:
                 return np.asarray(backend.infer_device(1)[0])
         with timer.time("flow"):
             motion, texture = self.stage(onset, apex, matrix)
+            if self.person is not None:
+                self.last_gain = self.person.gain
+                motion = self.person(motion)
         with timer.time("inference"):
             return np.asarray(self.backend.infer(motion, texture)[0])
 
@@ -285,6 +294,8 @@ class DeviceLoop:
             return
         self.stats.no_face_frames += 1
         if frame.ts - self._last_face > self.cfg.lost_warn_s:
+            if self.recognizer.person is not None:  # the face that comes back may be another person's
+                self.recognizer.person.reset()
             self.stats.messages.append(f"no face for {frame.ts - self._last_face:.0f} s (frame {frame.number}); "
                                        "still looking")
             self._last_face = frame.ts
@@ -305,7 +316,8 @@ class DeviceLoop:
                      offset_ts=round(offset_ts - start, 4), onset=ids[0], apex=ids[1], offset=ids[2],
                      label=names[k], probs={n: round(float(p), 4) for n, p in zip(names, probs)},
                      latency_ms=round((time.monotonic() - offset_ts) * 1e3, 2), score=round(float(spot.score), 4),
-                     face={"box": list(alignment.box), "method": alignment.method})
+                     face={"box": list(alignment.box), "method": alignment.method},
+                     person_gain=None if self.recognizer.last_gain is None else round(self.recognizer.last_gain, 4))
 
     def _emit(self, event: Event) -> None:
         if self.on_event is not None:

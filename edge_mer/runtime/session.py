@@ -109,7 +109,12 @@ def model_meta(backend: Any) -> dict[str, Any]:
     if art is not None:
         return dict(art.meta)
     ck = getattr(backend, "checkpoint", None)
-    return {"features": ck.get("features")} if ck else {}
+    return {"features": ck.get("features"), "config": ck.get("config")} if ck else {}
+
+
+def person_rms(model_meta: dict[str, Any]) -> float:
+    """The model's person level (``MMTConfig.person_rms``; 0: the model reads the motion as it comes)."""
+    return float((model_meta.get("config") or {}).get("person_rms") or 0.0)
 
 
 def check_display() -> None:
@@ -155,9 +160,11 @@ def run(settings: RunSettings, stop: Callable[[], bool] = lambda: False) -> dict
         if view is not None:
             view.sinks = writer
             print(f"live view: {view.url}" + (" (with the token)" if settings.serve_token else ""), file=sys.stderr)
-        print(f"edge-mer run: {source.describe()} -> {flow}{stage.options.describe()} -> {backend.describe()}",
+        person = person_rms(meta)
+        reads = f" (each person's motion brought to RMS {person:g})" if person else ""
+        print(f"edge-mer run: {source.describe()} -> {flow}{stage.options.describe()} -> {backend.describe()}{reads}",
               file=sys.stderr)
-        stats, timer = run_loop(source, Recognizer(backend, stage), writer, cfg, stop=stop,
+        stats, timer = run_loop(source, Recognizer(backend, stage, person), writer, cfg, stop=stop,
                                 on_event=lambda e: seen.append((e.onset, e.offset, e.label)), view=view)
     summary = summarise(stats, timer)
     summary["sinks"], warnings = writer.report()

@@ -172,6 +172,7 @@ def _run(cfg: RunConfig, out: Path, progress: bool, start: float, rank: int, wor
     mcfg = model_config(cfg.model, size=int(fs.motion.shape[-1]), ablation=cfg.ablation, changes=dict(cfg.changes))
     check_features(fs, mcfg)
     folds = make_folds(fs, cfg.protocol, cfg.train.seed)
+    trained_motion, scored_motion = (fs.motion_as_read(mcfg.person_rms, scored) for scored in (False, True))
     probs = np.zeros((len(fs), mcfg.num_classes), np.float32)
     tested = np.zeros(len(fs), bool)
     wrap, shard = _ddp_wrap(dist, rank, world, device) if cfg.ddp else (None, (0, 1))
@@ -199,9 +200,9 @@ def _run(cfg: RunConfig, out: Path, progress: bool, start: float, rank: int, wor
             if progress and rank == 0:
                 print(f"fold {k + 1}/{len(mine)} {fold.subject}: epoch {epoch + 1}/{cfg.train.epochs} "
                       f"loss {loss:.3f}", file=sys.stderr, flush=True)
-        model = train_model(mcfg, cfg.train, fs.motion[fold.train], fs.texture[fold.train], fs.labels[fold.train],
-                            seed, wrap, shard, log, device=device)
-        probs[fold.test] = predict(model, fs.motion[fold.test], fs.texture[fold.test])
+        model = train_model(mcfg, cfg.train, trained_motion[fold.train], fs.texture[fold.train],
+                            fs.labels[fold.train], seed, wrap, shard, log, device=device)
+        probs[fold.test] = predict(model, scored_motion[fold.test], fs.texture[fold.test])
         if store is not None and (rank == 0 or not cfg.ddp):
             with replacing(store / f"fold-{i:04d}.npz", ".npz") as tmp:
                 np.savez(tmp, test=fold.test, probs=probs[fold.test], seconds=time.perf_counter() - fold_start)
@@ -219,7 +220,7 @@ def _run(cfg: RunConfig, out: Path, progress: bool, start: float, rank: int, wor
         # subjects stay unseen for eval --unseen, calibration and QAT
         final, trained_on = split_model, [fs.ids[i] for i in folds[0].train]
     elif cfg.final_model:
-        final = train_model(mcfg, cfg.train, fs.motion, fs.texture, fs.labels, cfg.train.seed * 100003 + 99991,
+        final = train_model(mcfg, cfg.train, trained_motion, fs.texture, fs.labels, cfg.train.seed * 100003 + 99991,
                             wrap, shard, device=device)
     if rank == 0:
         # a resumed run's time is this command's and its kept folds' (folds kept before their time was: unknown)
