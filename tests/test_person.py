@@ -63,6 +63,8 @@ def test_the_device_scales_each_expression_by_the_ones_before_it_and_forgets_on_
 @pytest.fixture(scope="module")
 def person_model(composite_features, tmp_path_factory):
     """An STSTNet trained (LOSO, then on everything) reading each person's motion at RMS 0.05, and its ONNX file."""
+    pytest.importorskip("torch")  # training and export: the train extra
+    pytest.importorskip("onnx")
     out = tmp_path_factory.mktemp("person") / "run"
     run_cli("train", "--features", str(composite_features), "--protocol", "megc2019", "--model", "ststnet",
             "--set", "person_rms=0.05", "--epochs", "3", "--batch-size", "8", "--threads", "1", "--quiet",
