@@ -98,10 +98,11 @@ def test_evaluation_reads_each_subject_as_the_model_was_trained_to(person_model,
 def test_the_device_loop_gives_such_a_model_each_person_at_one_strength(person_model, tmp_path):
     """The run says on its first line that it scales each person's motion; a recognizer asked about the same
     expression twice answers the second time on the motion scaled by the first's gain."""
+    from edge_mer.flow.person import person_rms
     from edge_mer.flow.stage import make_stage
     from edge_mer.runtime.backends import open_backend
     from edge_mer.runtime.loop import Recognizer
-    from edge_mer.runtime.session import model_meta, person_rms
+    from edge_mer.runtime.session import model_meta
     from edge_mer.runtime.timing import StageTimer
 
     model = tmp_path / "person.onnx"

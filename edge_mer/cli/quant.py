@@ -89,6 +89,8 @@ def cmd_build_set(args: argparse.Namespace) -> int:
 
 def _trained_on(path: Path) -> tuple[set[str], float]:
     """The sample ids a checkpoint or ONNX file was trained on, and its person level (``person_rms``)."""
+    from edge_mer.flow.person import person_rms
+
     if path.suffix == ".onnx":
         from edge_mer.runtime.artifact import load_artifact
 
@@ -97,7 +99,7 @@ def _trained_on(path: Path) -> tuple[set[str], float]:
         from edge_mer.model.checkpoint import load_checkpoint
 
         meta = load_checkpoint(path)[1]
-    return set(meta.get("trained_on", [])), float((meta.get("config") or {}).get("person_rms") or 0.0)
+    return set(meta.get("trained_on", [])), person_rms(meta)
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:

@@ -17,8 +17,9 @@ import numpy as np
 from edge_mer.errors import UserError
 from edge_mer.eval.metrics import per_group, scores
 from edge_mer.features.cache import FeatureSet
+from edge_mer.flow.person import person_rms
 from edge_mer.runtime.backends import Backend, open_backend
-from edge_mer.runtime.session import model_meta, person_rms
+from edge_mer.runtime.session import model_meta
 
 
 def trained_ids(be: Backend) -> set[str] | None:

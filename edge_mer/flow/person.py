@@ -20,12 +20,24 @@ Numpy only: the device runtime uses it as it is.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 MAX_GAIN = 4.0  # a person whose expressions all barely move is lifted four times at most
 KEEP = 16  # the device's memory: the last 16 expressions of the person in front of the camera
+
+
+def person_rms(model_meta: Mapping[str, Any]) -> float:
+    """The person level of a model from what it says of itself (a sidecar's, an engine's or a checkpoint's
+    ``config``): ``MMTConfig.person_rms``, 0 when the model reads the motion as it comes."""
+    return float((model_meta.get("config") or {}).get("person_rms") or 0.0)
+
+
+def described(target: float) -> str:
+    """What a model of person level ``target`` reads, in words."""
+    return f"each person's motion brought to RMS {target:g}" if target else "the motion as it comes"
 
 
 def flow_rms(motion: np.ndarray) -> np.ndarray:

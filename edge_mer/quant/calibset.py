@@ -25,6 +25,7 @@ from edge_mer.data.labels import COMPOSITE_NAMES
 from edge_mer.errors import UserError
 from edge_mer.features.cache import NPZ_DAMAGED, FeatureSet
 from edge_mer.flow.normalise import CONSTANTS
+from edge_mer.flow.person import described
 
 CALIBRATION_FORMAT = "edge-mer-calibration/1"
 # The fewest samples INT8 ranges are taken from (PTQ, QAT, build-set). A max range is the largest of N samples'
@@ -117,15 +118,14 @@ def save_set(cs: CalibrationSet, path: Path) -> None:
                             meta=np.array(json.dumps(cs.meta, sort_keys=True)))
 
 
-def check_person_level(set_meta: dict[str, Any], model_config: dict[str, Any], set_path: Path,
-                       model_path: Path) -> None:
-    """A model that reads each person's motion at one strength (``person_rms``) is calibrated on motion scaled as
-    it was trained on, and any other model on motion as it comes: one line when the set was built otherwise."""
-    built, reads = float(set_meta.get("person_rms") or 0.0), float(model_config.get("person_rms") or 0.0)
+def check_person_level(set_meta: dict[str, Any], reads: float, set_path: Path, model_path: Path) -> None:
+    """A model that reads each person's motion at one strength (person level ``reads``) is calibrated on motion
+    scaled as it was trained on, and any other model on motion as it comes: one line when the set was built
+    otherwise."""
+    built = float(set_meta.get("person_rms") or 0.0)
     if built != reads:
-        how = (f"each person's motion brought to RMS {built:g}" if built else "the motion as it comes")
-        wants = (f"each person's motion brought to RMS {reads:g}" if reads else "the motion as it comes")
-        raise UserError(f"{set_path} holds {how}, but {model_path.name} reads {wants}: build the set again with "
+        raise UserError(f"{set_path} holds {described(built)}, but {model_path.name} reads {described(reads)}: "
+                        "build the set again with "
                         f"edge-mer calibrate build-set --checkpoint (the model's checkpoint)")
 
 

@@ -34,6 +34,7 @@ import numpy as np
 
 from edge_mer.atomic import replacing_together
 from edge_mer.errors import UserError
+from edge_mer.flow.person import person_rms
 from edge_mer.outputs import check_file
 from edge_mer.quant.calibset import check_person_level, load_set
 from edge_mer.runtime.artifact import OUTPUT, load_artifact, sha256, sidecar_path, write_sidecar
@@ -286,7 +287,7 @@ def calibrate(onnx_path: Path, set_path: Path, out: Path, method: str = "max",
     if art.precision != "fp32":
         raise UserError(f"{onnx_path} is already {art.precision}; calibrate the FP32 export")
     cs = load_set(set_path, size=art.size)
-    check_person_level(cs.meta, art.meta.get("config") or {}, set_path, onnx_path)
+    check_person_level(cs.meta, person_rms(art.meta), set_path, onnx_path)
     model = onnx.load(str(onnx_path))
     include, attention = int8_nodes(model), weighted_nodes(model)[1]
     readers = len(motion_readers(model))

@@ -111,7 +111,7 @@ def finetune(checkpoint: Any, features: Any, out: Any, calibration: Any = None, 
                         "on the checkpoint's own training samples")
     if calibration:
         cs = load_set(Path(calibration), size=model.cfg.size)
-        check_person_level(cs.meta, model.cfg.to_dict(), Path(calibration), checkpoint)
+        check_person_level(cs.meta, model.cfg.person_rms, Path(calibration), checkpoint)
         calib = {"file": Path(calibration).name, "sha256": sha256(Path(calibration)), "samples": len(cs)}
     else:
         cs = build_set(fs, n_calib, seed, only_ids=trained, person_rms=model.cfg.person_rms)

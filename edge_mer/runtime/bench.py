@@ -63,10 +63,11 @@ def bench_loop(model: Path, backends: list[str] | None = None, flows: list[str] 
     """The loop, headless, on the demo source (as fast as it goes), for every backend x flow pair. ``serve``: with
     the live view on a loopback port and one client reading its stream; ``sinks``: events also to these."""
     from edge_mer.flow.opencv import has_tvl1
+    from edge_mer.flow.person import person_rms
     from edge_mer.flow.stage import make_stage
     from edge_mer.runtime.loop import LoopConfig, Recognizer, run_loop
     from edge_mer.runtime.serve import LiveView
-    from edge_mer.runtime.session import model_meta, motion_options, person_rms
+    from edge_mer.runtime.session import model_meta, motion_options
     from edge_mer.runtime.sources import open_source
 
     if flows is None:

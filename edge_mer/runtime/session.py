@@ -21,6 +21,7 @@ from edge_mer.errors import UserError
 from edge_mer.flow.base import FlowStage, MotionOptions
 from edge_mer.flow.cuda import CudaStage
 from edge_mer.flow.opencv import has_tvl1
+from edge_mer.flow.person import described, person_rms
 from edge_mer.flow.stage import make_stage
 from edge_mer.runtime.artifact import default_model
 from edge_mer.runtime.backends import open_backend
@@ -112,10 +113,6 @@ def model_meta(backend: Any) -> dict[str, Any]:
     return {"features": ck.get("features"), "config": ck.get("config")} if ck else {}
 
 
-def person_rms(model_meta: dict[str, Any]) -> float:
-    """The model's person level (``MMTConfig.person_rms``; 0: the model reads the motion as it comes)."""
-    return float((model_meta.get("config") or {}).get("person_rms") or 0.0)
-
 
 def check_display() -> None:
     """``--display`` needs OpenCV built with a GUI and a desktop session: one clear line when either is missing."""
@@ -161,7 +158,7 @@ def run(settings: RunSettings, stop: Callable[[], bool] = lambda: False) -> dict
             view.sinks = writer
             print(f"live view: {view.url}" + (" (with the token)" if settings.serve_token else ""), file=sys.stderr)
         person = person_rms(meta)
-        reads = f" (each person's motion brought to RMS {person:g})" if person else ""
+        reads = f" ({described(person)})" if person else ""
         print(f"edge-mer run: {source.describe()} -> {flow}{stage.options.describe()} -> {backend.describe()}{reads}",
               file=sys.stderr)
         stats, timer = run_loop(source, Recognizer(backend, stage, person), writer, cfg, stop=stop,
