@@ -107,6 +107,43 @@ def test_fp32_export_matches_torch(chain, tmp_path):
     assert side["config"]["size"] == 112 and side["trained_on"]
 
 
+@pytest.mark.parametrize("name, changes, first", [
+    ("mmt_test", {}, "branches.motion_16.embed"),
+    ("mmt_test", {"stem": "conv", "patch_sizes": [16, 28]}, "branches.motion_16.stem.0"),
+    ("mmt_test", {"ensemble_with": "ststnet_regions"}, "lead.branches.motion_16.embed"),
+    ("ststnet_regions", {"asymmetry": True, "mirror_average": True}, "model.streams.0"),
+    ("htnet_56", {}, "embed.1"),
+])
+def test_qat_and_ptq_leave_the_same_layers_fp_those_that_read_the_motion(name, changes, first, tmp_path):
+    """QAT finds the layers that read the motion in the torch model, PTQ in the exported graph: the same layers
+    for every architecture (a conv stem's first convolution, not the patch embedding after it; HTNet's patch
+    embedding), and after QAT's calibration those layers have no quantizer on while the rest have theirs."""
+    from edge_mer.model.build import build_model
+    from edge_mer.model.config import model_config
+    from edge_mer.quant import ptq, qat
+    from edge_mer.quant.export import write_onnx
+
+    cfg = model_config(name, size=112, changes=changes)
+    model = build_model(cfg).train()
+    readers = qat.motion_readers(model)
+    assert model.training and readers[0] == first
+    write_onnx(model.eval(), 112, tmp_path / "m.onnx")
+    graph = ptq.motion_readers(onnx.load(str(tmp_path / "m.onnx")))
+    layers = dict(model.named_modules())
+    assert [type(layers[n]).__name__ for n in readers] == ["Conv2d" if g.op_type == "Conv" else "Linear"
+                                                            for g in graph]
+    assert all(n.split(".")[-1] in g.name for n, g in zip(readers, graph))
+    pytest.importorskip("modelopt")
+    rng = np.random.default_rng(0)
+    motion, texture = (rng.normal(size=(4, c, 112, 112)).astype(np.float32) for c in (3, 1))
+    fake = qat.quantize(build_model(cfg), motion, texture)
+    on = {n.rsplit(".", 1)[0] for n, m in fake.named_modules()
+          if type(m).__name__ == "TensorQuantizer" and m.is_enabled}
+    assert not on & set(readers)
+    weighted = {n for n, m in fake.named_modules() if type(m).__name__ in ("QuantConv2d", "QuantLinear")}
+    assert weighted - set(readers) - {n for n in weighted if "project" in n} <= on
+
+
 def test_qat_graph_has_qdq_around_every_weighted_product_but_those_that_read_the_motion(chain):
     """Every weighted product runs in INT8 except the motion's patch embeddings (one per patch size), which read
     the flow itself: an INT8 step at its range is as large as a weak mover's motion, so they carry no Q/DQ."""
@@ -417,6 +454,30 @@ def test_the_gate_judges_agreement_error_and_variation():
     assert any("mean logit difference" in f for f in shuffled["failed"])
 
 
+def test_the_gate_fails_a_file_that_loses_accuracy_on_labelled_samples_though_it_keeps_most_decisions():
+    """Ten of 256 clear decisions turned wrong: agreement and logit error pass, UF1 against the labels drops by
+    more than 0.01 and fails the file; the same damage among fewer than 200 labelled samples is recorded only."""
+    from edge_mer.quant.ptq import MAX_UF1_DROP, MIN_AGREEMENT, MIN_LABELLED, judge, summary
+
+    rng = np.random.default_rng(1)
+    fp32 = rng.normal(0, 2, (256, 3))
+    labels = fp32.argmax(1)
+    int8 = fp32.copy()
+    hit = rng.choice(256, 10, replace=False)
+    int8[hit] = int8[hit][:, [1, 2, 0]]  # the top logit moved to another class
+    assert judge(fp32, int8)["usable"]  # without labels the gate cannot tell
+    q = judge(fp32, int8, labels)
+    assert q["top1_agreement"] >= MIN_AGREEMENT and q["labelled"]["uf1_fp32"] == 1.0
+    assert q["labelled"]["uf1_drop"] > MAX_UF1_DROP and q["labelled"]["judged"]
+    assert not q["usable"] and len(q["failed"]) == 1 and "below FP32's 1.000" in q["failed"][0]
+    assert "NOT usable: UF1 against the samples' labels" in summary({**q, "inputs": "calibration samples"})
+    few = judge(fp32[:MIN_LABELLED - 1], int8[:MIN_LABELLED - 1], labels[:MIN_LABELLED - 1])
+    assert few["usable"] and few["labelled"]["judged"] is False and few["labelled"]["uf1_drop"] > MAX_UF1_DROP
+    assert f"not judged: fewer than {MIN_LABELLED} samples" in summary({**few, "inputs": "calibration samples"})
+    same = judge(fp32, fp32 + rng.normal(0, 0.01, fp32.shape), labels)
+    assert same["usable"] and abs(same["labelled"]["uf1_drop"]) <= MAX_UF1_DROP  # near-ties may flip
+
+
 def test_small_or_broken_calibration_sets_are_refused(chain, composite_features, tmp_path):
     from edge_mer.errors import UserError
     from edge_mer.quant.calibset import MIN_CALIBRATION_SAMPLES, load_set
@@ -473,6 +534,9 @@ def test_a_degenerate_int8_model_fails_the_gate_and_is_never_picked(chain, tmp_p
     q = doc["quality"]
     assert q["usable"] and q["samples"] == 32 and q["top1_agreement"] >= MIN_AGREEMENT and "calib.npz" in q["inputs"]
     assert doc["sidecar"]["quality"] == q and q["thresholds"]["min_top1_agreement"] == MIN_AGREEMENT
+    # the set's labels: UF1 of both recorded, not judged from 32 samples
+    assert q["labelled"]["samples"] == 32 and q["labelled"]["judged"] is False
+    assert 0 < q["labelled"]["uf1_int8"] <= 1 and 0 < q["labelled"]["uf1_fp32"] <= 1
     assert json.loads(fp32.with_name("m.onnx.json").read_text())["companion"]["file"] == out.name
     # calibration samples all zero: every activation range collapses, the INT8 file answers the same to anything
     zeros = _subset(chain["calib"], tmp_path / "zeros.npz", 32, zero=True)

@@ -13,8 +13,9 @@ matrix products) run:
 * the attention products (two activations), LayerNorm, softmax, residual
   additions and biases stay FP32: no Q/DQ sits in their way;
 * so do the weighted products that read the motion itself (:func:`motion_readers`:
-  the MMT's motion patch embeddings, STSTNet's streams), as QAT leaves them
-  (``quant.qat.MOTION_READERS``): one INT8 step of their input range is about a
+  the MMT's motion patch embeddings or convolution stems, STSTNet's streams,
+  HTNet's patch embedding), as QAT leaves them (``quant.qat.motion_readers``
+  finds the same layers in the torch model): one INT8 step of their input range is about a
   weak mover's whole motion.
 
 Every INT8 file then passes a quality gate (:func:`quality_gate`, also run by
@@ -34,6 +35,7 @@ import numpy as np
 
 from edge_mer.atomic import replacing_together
 from edge_mer.errors import UserError
+from edge_mer.eval.metrics import scores
 from edge_mer.flow.person import person_rms
 from edge_mer.outputs import check_file
 from edge_mer.quant.calibset import check_person_level, load_set
@@ -53,6 +55,11 @@ MIN_AGREEMENT = 0.90  # at least 90 % of FP32's clear top-1 decisions are INT8's
 DECIDED_MARGIN = 0.5
 MIN_SPREAD_RATIO = 0.25  # its logits vary across samples at least a quarter as much as FP32's: not degenerate
 MIN_SPREAD = 1e-6  # logits that vary less than this across samples are constant (FP32's too: samples all alike)
+# and, where the samples carry labels (a calibration set does), INT8's UF1 against them is at most this far below
+# FP32's: damage that keeps most clear decisions (a whole layer a little off) but costs accuracy
+MAX_UF1_DROP = 0.01
+MIN_LABELLED = 200  # judged from this many labelled samples; fewer are recorded, not judged (one answer moves a
+# three-class UF1 by about 0.005 at 256 samples, by about 0.04 at 32: noise, not damage)
 # The largest logit difference is recorded, not gated: one sample's outlier should not condemn a file.
 PROBE_SAMPLES = 64  # random inputs of the normalised range (seed 0) where no real samples are at hand (export)
 
@@ -214,8 +221,9 @@ def _logits(path: Path, motion: np.ndarray, texture: np.ndarray, batch: int = 32
     return np.concatenate(out).astype(np.float64)
 
 
-def judge(fp32: np.ndarray, int8: np.ndarray) -> dict[str, Any]:
-    """The gate's figures and verdict for the logits of the same samples (samples x classes)."""
+def judge(fp32: np.ndarray, int8: np.ndarray, labels: np.ndarray | None = None) -> dict[str, Any]:
+    """The gate's figures and verdict for the logits of the same samples (samples x classes), and their UF1
+    against ``labels`` where given."""
     diff = np.abs(int8 - fp32)
     scale = float(fp32.std())
     same = fp32.argmax(1) == int8.argmax(1)
@@ -238,7 +246,17 @@ def judge(fp32: np.ndarray, int8: np.ndarray) -> dict[str, Any]:
     if float(diff.mean()) > MAX_MEAN_DIFF * scale:
         failed.append(f"mean logit difference {diff.mean():.3g} > {MAX_MEAN_DIFF:g}x the FP32 logits' "
                       f"standard deviation ({scale:.3g})")
-    return {"usable": not failed, "failed": failed, "samples": len(fp32),
+    labelled = None
+    if labels is not None:
+        names = [str(k) for k in range(fp32.shape[1])]
+        uf1 = {k: scores(labels, x.argmax(1), names).uf1 for k, x in (("fp32", fp32), ("int8", int8))}
+        drop = uf1["fp32"] - uf1["int8"]
+        labelled = {"samples": len(labels), "uf1_fp32": round(uf1["fp32"], 4), "uf1_int8": round(uf1["int8"], 4),
+                    "uf1_drop": round(drop, 4), "judged": len(labels) >= MIN_LABELLED}
+        if labelled["judged"] and drop > MAX_UF1_DROP:
+            failed.append(f"UF1 against the samples' labels {uf1['int8']:.3f}, {drop:.3f} below FP32's "
+                          f"{uf1['fp32']:.3f} ({MAX_UF1_DROP:g} allowed)")
+    return {"usable": not failed, "failed": failed, "samples": len(fp32), "labelled": labelled,
             "top1_agreement": None if agreement is None else round(agreement, 4),
             "decided_samples": int(decided.sum()), "top1_agreement_all": round(float(np.mean(same)), 4),
             "logit_diff_mean": round(float(diff.mean()), 6), "logit_diff_max": round(float(diff.max()), 6),
@@ -246,15 +264,17 @@ def judge(fp32: np.ndarray, int8: np.ndarray) -> dict[str, Any]:
             "spread_ratio": round(ratio, 4),
             "thresholds": {"min_top1_agreement": MIN_AGREEMENT, "decided_margin_x_fp32_std": DECIDED_MARGIN,
                            "max_mean_diff_x_fp32_std": MAX_MEAN_DIFF, "min_spread_ratio": MIN_SPREAD_RATIO,
-                           "min_spread": MIN_SPREAD}}
+                           "min_spread": MIN_SPREAD, "max_uf1_drop": MAX_UF1_DROP,
+                           "min_labelled_samples": MIN_LABELLED}}
 
 
 def quality_gate(fp32_path: Path, int8_path: Path, motion: np.ndarray, texture: np.ndarray,
-                 inputs: str) -> dict[str, Any]:
-    """Run both files in ONNX Runtime on the samples and judge the INT8 one; ``inputs`` says what they are."""
+                 inputs: str, labels: np.ndarray | None = None) -> dict[str, Any]:
+    """Run both files in ONNX Runtime on the samples and judge the INT8 one; ``inputs`` says what they are,
+    ``labels`` (where the samples have them) their classes."""
     import onnxruntime as ort
 
-    doc = judge(_logits(fp32_path, motion, texture), _logits(int8_path, motion, texture))
+    doc = judge(_logits(fp32_path, motion, texture), _logits(int8_path, motion, texture), labels)
     return {**doc, "inputs": inputs, "compared_with": f"{fp32_path.name} (fp32)",
             "runtime": f"onnxruntime {ort.__version__} CPU"}
 
@@ -266,10 +286,15 @@ def summary(q: dict[str, Any]) -> str:
               if q["logit_spread"]["fp32"] > MIN_SPREAD else "FP32 logits constant")
     agreement = ("n/a (no clear FP32 decision)" if q["top1_agreement"] is None else
                  f"{q['top1_agreement']:.3f} of {q['decided_samples']} clear decisions (>= {MIN_AGREEMENT:.2f})")
+    lab = q.get("labelled")
+    labelled = "" if not lab else (
+        f", UF1 against their labels {lab['uf1_int8']:.3f} vs FP32's {lab['uf1_fp32']:.3f} ("
+        + (f"at most {MAX_UF1_DROP:g} lower" if lab["judged"] else f"not judged: fewer than {MIN_LABELLED} samples")
+        + ")")
     return (f"INT8 vs FP32 on {q['samples']} {q['inputs']}: top-1 agreement {agreement}, "
             f"{q['top1_agreement_all']:.3f} of all, logit difference mean {q['logit_diff_mean']:.3g} (<= "
             f"{MAX_MEAN_DIFF * q['fp32_logit_std']:.3g}, {MAX_MEAN_DIFF:g}x the FP32 logits' std) max "
-            f"{q['logit_diff_max']:.3g}, {spread}: {verdict}")
+            f"{q['logit_diff_max']:.3g}, {spread}{labelled}: {verdict}")
 
 
 def calibrate(onnx_path: Path, set_path: Path, out: Path, method: str = "max",
@@ -296,7 +321,8 @@ def calibrate(onnx_path: Path, set_path: Path, out: Path, method: str = "max",
     # the file is judged and described before it lands, and lands together with its sidecar
     with replacing_together(out, sidecar_path(out)) as (tmp, tmp_side):
         onnx.save(model, str(tmp))
-        quality = quality_gate(onnx_path, tmp, cs.motion, cs.texture, f"calibration samples ({set_path.name})")
+        quality = quality_gate(onnx_path, tmp, cs.motion, cs.texture, f"calibration samples ({set_path.name})",
+                               cs.labels)
         meta = {k: v for k, v in art.meta.items()
                 if k not in ("format", "file", "sha256", "bytes", "companion", "quality")}
         meta.update({

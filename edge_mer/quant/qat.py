@@ -4,8 +4,9 @@ INT8 weights per output channel and INT8 activations per tensor on the inputs
 of every linear layer and patch embedding (the layers TensorRT runs in INT8);
 LayerNorm, softmax, the attention products and the residuals stay FP32, and
 the contrastive projections (unused at inference) are not quantized. The layers
-that read the motion itself (an MMT's motion patch embeddings, an STSTNet's
-streams: ``MOTION_READERS``) stay FP, weights and inputs: calibrated by max,
+that read the motion itself (an MMT's motion patch embeddings or convolution
+stems, an STSTNet's streams, HTNet's patch embedding: :func:`motion_readers`,
+found in the model as PTQ finds them in the graph) stay FP, weights and inputs: calibrated by max,
 their input ranges reach the flow's clip (8 units; 4.7 after the STSTNet's
 pooling), so one INT8 step per tensor is 0.04-0.06 units, near a weak mover's
 whole motion (the median sample's RMS is 0.074 units on flow less the head's
@@ -37,18 +38,72 @@ from edge_mer.outputs import staged_folder
 from edge_mer.quant.calibset import MIN_CALIBRATION_SAMPLES, build_set, check_person_level, load_set, too_few
 from edge_mer.runtime.artifact import sha256
 
-MOTION_READERS = ("*motion_*.embed.*", "*streams.*")  # quantizer names of the layers that read the motion
-QUANT_CFG: dict[str, Any] = {
-    "quant_cfg": [
-        {"quantizer_name": "*", "enable": False},
-        {"quantizer_name": "*weight_quantizer", "cfg": {"num_bits": 8, "axis": 0}},
-        {"quantizer_name": "*input_quantizer", "cfg": {"num_bits": 8, "axis": None}},
-        {"quantizer_name": "*", "parent_class": "nn.LayerNorm", "enable": False},
-        {"quantizer_name": "*project*", "enable": False},
-        *({"quantizer_name": name, "enable": False} for name in MOTION_READERS),  # FP: no Q/DQ at all
-    ],
-    "algorithm": "max",
-}
+
+def quant_config(readers: list[str]) -> dict[str, Any]:
+    """modelopt's configuration: INT8 weights per output channel, activations per tensor, LayerNorms and the
+    contrastive projections left out, and the layers named in ``readers`` left FP (no Q/DQ at all)."""
+    return {
+        "quant_cfg": [
+            {"quantizer_name": "*", "enable": False},
+            {"quantizer_name": "*weight_quantizer", "cfg": {"num_bits": 8, "axis": 0}},
+            {"quantizer_name": "*input_quantizer", "cfg": {"num_bits": 8, "axis": None}},
+            {"quantizer_name": "*", "parent_class": "nn.LayerNorm", "enable": False},
+            {"quantizer_name": "*project*", "enable": False},
+            *({"quantizer_name": f"{name}.*_quantizer", "enable": False} for name in readers),
+        ],
+        "algorithm": "max",
+    }
+
+
+def motion_readers(model: Any) -> list[str]:
+    """The names of the weighted layers (convolutions, linear layers) that read the ``motion`` input itself:
+    reached from it through unweighted operations only (a resize, a crop of the regions, a mirror image, a
+    concatenation), not through another weighted layer. Found by running the model once on random inputs and
+    following each such layer's input back through autograd's graph, stopping at the outputs of weighted layers:
+    the layers ``quant.ptq.motion_readers`` finds in the exported graph, whatever the architecture."""
+    import torch
+    from torch import nn
+
+    weighted: dict[nn.Module, str] = {m: n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    order = list(weighted.values())
+    cfg = model.cfg
+    gen = torch.Generator().manual_seed(0)
+    motion = torch.randn(2, cfg.channels["motion"], cfg.size, cfg.size, generator=gen).requires_grad_()
+    texture = torch.randn(2, cfg.channels["texture"], cfg.size, cfg.size, generator=gen)
+    barriers: set[Any] = set()  # autograd nodes that made a weighted layer's output
+    found: set[str] = set()
+
+    def reads_motion(x: torch.Tensor) -> bool:
+        if x is motion:
+            return True
+        todo, seen = [x.grad_fn], set()
+        while todo:
+            node = todo.pop()
+            if node is None or node in seen or node in barriers:
+                continue
+            seen.add(node)
+            if getattr(node, "variable", None) is motion:
+                return True
+            todo += [n for n, _ in node.next_functions]
+        return False
+
+    def before(mod: nn.Module, args: tuple[Any, ...]) -> None:
+        if reads_motion(args[0]):
+            found.add(weighted[mod])
+
+    def after(mod: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> None:
+        barriers.add(out.grad_fn)
+
+    hooks = [h for m in weighted for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))]
+    training = model.training
+    try:
+        with torch.enable_grad():
+            model.eval()(motion, texture)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(training)
+    return sorted(found, key=order.index)
 
 
 def quantize(model: Any, motion: np.ndarray, texture: np.ndarray, batch: int = 32) -> Any:
@@ -64,7 +119,7 @@ def quantize(model: Any, motion: np.ndarray, texture: np.ndarray, batch: int = 3
                 m(torch.from_numpy(motion[s:s + batch]), torch.from_numpy(texture[s:s + batch]))
 
     with quiet():
-        return mtq.quantize(model, QUANT_CFG, forward_loop)
+        return mtq.quantize(model, quant_config(motion_readers(model)), forward_loop)
 
 
 def quant_state(model: Any, calibration: dict[str, Any]) -> dict[str, Any]:
