@@ -19,7 +19,8 @@ A model is a name of ``edge_mer.model.config.MODELS``, or ``NAME+ABLATION`` with
 ``--head removed`` trains on features whose flow has the head's own motion taken out (``data prepare --head removed``,
 prepared into a folder of their own); their runs are rows of their own, "(head motion removed)", beside the same
 models on the plain flow. ``--person-rms R`` trains models that read each subject's motion brought to one strength
-(``MMTConfig.person_rms``; a held-out subject's gain from its other samples), rows of their own as well.
+(``MMTConfig.person_rms``; a held-out subject's gain from its other samples), rows of their own as well, and so
+does ``--partner-lr LR``: an ensemble's partner trained at a peak learning rate of its own (``TrainConfig.partner_lr``).
 
 On a GPU (``--device cuda``, the default when torch sees one) several runs side by side (``--jobs``) keep it
 busier than one: these models are small. On a CPU, ``--fan-out N`` trains one run at a time under ``torchrun``
@@ -81,49 +82,63 @@ HEAD_REMOVED = "head motion removed"
 RECIPE_LR = TrainConfig.lr  # the recipe's learning rate, every model's unless --lr says otherwise
 
 
-def model_key(model: str, head: str = "kept", lr: float = RECIPE_LR, person_rms: float = 0.0) -> str:
+def model_key(model: str, head: str = "kept", lr: float = RECIPE_LR, person_rms: float = 0.0,
+              partner_lr: float = 0.0) -> str:
     """The model, the features where they are not the plain flow's, the learning rate where it is not the
-    recipe's and the person level where one is set: the part of a run's key before its seed."""
+    recipe's, the person level and the partner's learning rate where set: the part of a run's key before its
+    seed."""
     key = model if head == "kept" else f"{model}/head-{head}"
     key = key if lr == RECIPE_LR else f"{key}/lr-{lr:g}"
-    return key if not person_rms else f"{key}/person-rms-{person_rms:g}"
+    key = key if not person_rms else f"{key}/person-rms-{person_rms:g}"
+    return key if not partner_lr else f"{key}/partner-lr-{partner_lr:g}"
 
 
-def run_key(model: str, seed: int, head: str = "kept", lr: float = RECIPE_LR, person_rms: float = 0.0) -> str:
+def run_key(model: str, seed: int, head: str = "kept", lr: float = RECIPE_LR, person_rms: float = 0.0,
+            partner_lr: float = 0.0) -> str:
     """A run's key in the results and its folder under ``runs/``."""
-    return f"{model_key(model, head, lr, person_rms)}/{seed}"
+    return f"{model_key(model, head, lr, person_rms, partner_lr)}/{seed}"
+
+
+def _settings(run: dict[str, Any]) -> tuple[str, float, float, float]:
+    """A run record's head, learning rate, person level and partner's learning rate (records from before
+    ``--head``, ``--lr``, ``--person-rms`` or ``--partner-lr`` have no such field: the plain flow, the recipe's
+    learning rate, none)."""
+    return (run.get("head", "kept"), run.get("lr", RECIPE_LR), run.get("person_rms", 0.0),
+            run.get("partner_lr", 0.0))
 
 
 def key_of(run: dict[str, Any]) -> str:
-    """``run_key`` of a run's record (records from before ``--head``, ``--lr`` or ``--person-rms`` have no such
-    field: the plain flow, the recipe's learning rate, no person level)."""
-    return run_key(run["model"], run["seed"], run.get("head", "kept"), run.get("lr", RECIPE_LR),
-                   run.get("person_rms", 0.0))
+    """``run_key`` of a run's record."""
+    return run_key(run["model"], run["seed"], *_settings(run))
 
 
 def row_label(run: dict[str, Any]) -> str:
     """A run's row in the table: its model, the features where they are not the plain flow's, the learning
-    rate where it is not the recipe's and the person level where one is set."""
-    lr, person = run.get("lr", RECIPE_LR), run.get("person_rms", 0.0)
-    notes = [HEAD_REMOVED] * (run.get("head", "kept") == "removed") + [f"learning rate {lr:g}"] * (lr != RECIPE_LR) \
-        + [f"each person's motion to RMS {person:g}"] * bool(person)
+    rate where it is not the recipe's, the person level and the partner's learning rate where set."""
+    head, lr, person, partner = _settings(run)
+    notes = [HEAD_REMOVED] * (head == "removed") + [f"learning rate {lr:g}"] * (lr != RECIPE_LR) \
+        + [f"each person's motion to RMS {person:g}"] * bool(person) \
+        + [f"the partner at learning rate {partner:g}"] * bool(partner)
     return f"{run['model']} ({', '.join(notes)})" if notes else run["model"]
 
 
 def train_one(model: str, seed: int, features: str, epochs: int, work: str, device: str,
               threads: int, fan_out: int = 1, head: str = "kept", lr: float = RECIPE_LR,
-              person_rms: float = 0.0) -> dict[str, Any]:
+              person_rms: float = 0.0, partner_lr: float = 0.0) -> dict[str, Any]:
     """One model and seed under the MEGC2019 protocol (in a process of its own under --jobs; in ``fan_out``
     processes under torchrun when it is above 1)."""
-    folder = Path(work) / "runs" / run_key(model, seed, head, lr, person_rms)
+    folder = Path(work) / "runs" / run_key(model, seed, head, lr, person_rms, partner_lr)
     name, ablation = _name_and_ablation(model)
     if fan_out > 1:
-        r = fanned_out(name, ablation, seed, features, epochs, folder, device, threads or 1, fan_out, lr, person_rms)
+        r = fanned_out(name, ablation, seed, features, epochs, folder, device, threads or 1, fan_out, lr, person_rms,
+                       partner_lr)
     else:
         if threads:
             torch.set_num_threads(threads)
-        r = run(run_config(name, ablation, seed, features, epochs, device, lr, person_rms), folder, progress=True)
+        r = run(run_config(name, ablation, seed, features, epochs, device, lr, person_rms, partner_lr), folder,
+                progress=True)
     return {"model": model, "seed": seed, "head": head, "lr": lr, **({"person_rms": person_rms} if person_rms else {}),
+            **({"partner_lr": partner_lr} if partner_lr else {}),
             "uf1": r["uf1"], "uar": r["uar"],
             "accuracy": r["accuracy"], "samples": r["samples"], "folds": r["folds"], "params": r["params"],
             "gflops": r["gflops"], "seconds": r["seconds"], "seconds_unknown_folds": r.get("seconds_unknown_folds", 0),
@@ -132,23 +147,25 @@ def train_one(model: str, seed: int, features: str, epochs: int, work: str, devi
 
 
 def run_config(name: str, ablation: str, seed: int, features: str, epochs: int, device: str,
-               lr: float = RECIPE_LR, person_rms: float = 0.0) -> RunConfig:
+               lr: float = RECIPE_LR, person_rms: float = 0.0, partner_lr: float = 0.0) -> RunConfig:
     """The settings of one benchmark run: the recipe's defaults (``lr`` its learning rate, ``person_rms`` the
-    model's person level), the MEGC2019 protocol."""
+    model's person level, ``partner_lr`` an ensemble partner's learning rate), the MEGC2019 protocol."""
     return RunConfig(features=features, protocol="megc2019", model=name, ablation=ablation, device=device,
-                     train=TrainConfig(epochs=epochs, seed=seed, lr=lr),
+                     train=TrainConfig(epochs=epochs, seed=seed, lr=lr, partner_lr=partner_lr),
                      changes=(("person_rms", person_rms),) if person_rms else ())
 
 
 def fanned_out(name: str, ablation: str, seed: int, features: str, epochs: int, folder: Path, device: str,
-               threads: int, processes: int, lr: float = RECIPE_LR, person_rms: float = 0.0) -> dict[str, Any]:
+               threads: int, processes: int, lr: float = RECIPE_LR, person_rms: float = 0.0,
+               partner_lr: float = 0.0) -> dict[str, Any]:
     """``edge-mer train`` under torchrun with the settings of ``run_config`` (so that both ways keep and resume the
     same folds); its metrics."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
            "-m", "edge_mer", "train", "--features", features, "--protocol", "megc2019", "--model", name,
            "--ablation", ablation, "--epochs", str(epochs), "--lr", repr(lr), "--seed", str(seed), "--device", device,
            "--threads", str(threads), "--force", "--out", str(folder)] \
-        + (["--set", f"person_rms={person_rms!r}"] if person_rms else [])
+        + (["--set", f"person_rms={person_rms!r}"] if person_rms else []) \
+        + (["--set", f"partner_lr={partner_lr!r}"] if partner_lr else [])
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, check=False)
     if done.returncode != 0:
@@ -169,6 +186,9 @@ def main() -> None:
                     help="train models that read each person's motion brought to this RMS flow (MMTConfig."
                          "person_rms; a held-out subject's gain from its other samples); runs with it are rows of "
                          "their own")
+    ap.add_argument("--partner-lr", type=float, default=0.0, metavar="LR",
+                    help="train an ensemble's partner at this peak learning rate (TrainConfig.partner_lr); runs with "
+                         "it are rows of their own")
     ap.add_argument("--data-seed", type=int, default=0)
     ap.add_argument("--name", default="recognition", help="results file stem (default recognition)")
     ap.add_argument("--jobs", type=int, default=1, help="runs trained side by side, each in its own process")
@@ -207,7 +227,7 @@ def main() -> None:
     if why := other_draw(doc, work / "data", out_json):
         ap.error(why)
     todo = [(m, int(s)) for m in models for s in args.seeds.split(",")
-            if run_key(m, int(s), args.head, args.lr, args.person_rms) not in doc["runs"]]
+            if run_key(m, int(s), args.head, args.lr, args.person_rms, args.partner_lr) not in doc["runs"]]
     for r in doc["runs"].values():  # runs from before the breakdown existed, where their folder is kept
         r["breakdown"] = r.get("breakdown") or breakdown_of(
             work / "runs" / key_of(r) / "predictions.csv", work / "data")
@@ -221,7 +241,7 @@ def main() -> None:
     save()
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         jobs = [pool.submit(train_one, m, s, str(feats), args.epochs, str(work), args.device, threads, args.fan_out,
-                            args.head, args.lr, args.person_rms)
+                            args.head, args.lr, args.person_rms, args.partner_lr)
                 for m, s in todo]
         for done in as_completed(jobs):
             r = done.result()
@@ -237,7 +257,7 @@ def main() -> None:
         onnx = work / "onnx" / f"{key_of(r).replace('/', '-')}.onnx"
         export(folder / "checkpoint.pt", onnx, force=True)
         r["cpu_ms_p50"] = bench_models(onnx, ["onnxruntime"], runs=200, threads=2)[0]["p50"]
-        key = model_key(r["model"], r.get("head", "kept"), r.get("lr", RECIPE_LR), r.get("person_rms", 0.0))
+        key = model_key(r["model"], *_settings(r))
         png = RESULTS / f"{args.name}_{key.replace('/', '_')}.png"
         if not png.exists():
             shutil.copyfile(folder / "confusion.png", png)
@@ -297,6 +317,9 @@ def _table(doc: dict, name: str) -> None:
              + ("; *each person's motion to RMS R*: each sample multiplied by R over the median RMS flow of its "
                 "subject's other samples, at most x4, the training subjects' by all of theirs (`--person-rms R`, "
                 "`train --set person_rms=R`)" * any(r.get("person_rms") for r in doc["runs"].values()))
+             + ("; *the partner at learning rate L*: an ensemble's partner trained at a peak learning rate of its "
+                "own (`--partner-lr L`, `train --set partner_lr=L`)"
+                * any(r.get("partner_lr") for r in doc["runs"].values()))
              + ". UF1 and UAR: mean ± standard deviation over the training seeds. "
              f"{_latency_text(doc)} Machine: {doc.get('machine')}. "
              "Training s: the whole run's, the folds an interrupted run kept included (≥ where some were kept without "

@@ -317,8 +317,9 @@ def test_the_recognition_benchmark_times_its_models_again_together(tmp_path):
 
 def test_the_recognition_benchmark_keeps_runs_on_flow_less_the_head_apart(tmp_path, monkeypatch):
     """A model trained with --head removed is a row of its own beside the same model and seed on the plain flow,
-    in its own folder, and so is one trained at another learning rate (--lr) or reading each person's motion at one
-    strength (--person-rms); all rows take the model's latency from the common timing."""
+    in its own folder, and so is one trained at another learning rate (--lr), reading each person's motion at one
+    strength (--person-rms) or with its partner at a learning rate of its own (--partner-lr); all rows take the
+    model's latency from the common timing."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import recognition
 
@@ -329,6 +330,9 @@ def test_the_recognition_benchmark_keeps_runs_on_flow_less_the_head_apart(tmp_pa
     assert recognition.run_key(model, 0, "removed", person_rms=0.075) == f"{model}/head-removed/person-rms-0.075/0"
     setting = recognition.run_config(model, "full", 0, "F", 60, "cpu", person_rms=0.075).changes
     assert setting == (("person_rms", 0.075),)
+    assert recognition.run_key(model, 0, "removed", partner_lr=0.01) == f"{model}/head-removed/partner-lr-0.01/0"
+    partnered = recognition.run_config(model, "full", 0, "F", 60, "cpu", partner_lr=0.01)
+    assert partnered.train.partner_lr == 0.01 and partnered.changes == () and partnered.train.lr == 1e-3
 
     def result(head: str, uf1: float) -> dict:
         return {"model": model, "seed": 0, "head": head, "uf1": uf1, "uar": uf1, "params": 10, "gflops": 0.1,
@@ -338,20 +342,23 @@ def test_the_recognition_benchmark_keeps_runs_on_flow_less_the_head_apart(tmp_pa
     del plain["head"]  # runs from before --head existed carry no such field
     faster = {**result("removed", 0.8795), "lr": 0.01}
     person = {**result("removed", 0.9012), "person_rms": 0.075}
-    runs = [plain, removed, faster, person]
+    partner = {**result("removed", 0.8851), "partner_lr": 0.01}
+    runs = [plain, removed, faster, person, partner]
     doc = {"runs": {recognition.key_of(r): r for r in runs},
            "latency": {"date": "2026-12-06", "runs": 20, "block": 20, "threads": 2, "load_average_before": 0.1,
                        "ms": {model: {"p50": 1.3, "p95": 1.5}}}}
     monkeypatch.setattr(recognition, "RESULTS", tmp_path)
     recognition._table(doc, "t")
     rows = [line for line in (tmp_path / "t.md").read_text().splitlines() if line.startswith(f"| {model}")]
-    assert len(doc["runs"]) == len(rows) == 4
+    assert len(doc["runs"]) == len(rows) == 5
     assert rows[0].startswith(f"| {model} | 1 | 0.8363 |") and " 1.300 |" in rows[0]
     assert rows[1].startswith(f"| {model} (head motion removed) | 1 | 0.8512 |") and " 1.300 |" in rows[1]
     assert rows[2].startswith(f"| {model} (head motion removed, learning rate 0.01) | 1 | 0.8795 |")
     assert rows[3].startswith(f"| {model} (head motion removed, each person's motion to RMS 0.075) | 1 | 0.9012 |")
     assert "(`--head removed`)" in (tmp_path / "t.md").read_text()
+    assert rows[4].startswith(f"| {model} (head motion removed, the partner at learning rate 0.01) | 1 | 0.8851 |")
     assert "(`--person-rms R`" in (tmp_path / "t.md").read_text()
+    assert "(`--partner-lr L`" in (tmp_path / "t.md").read_text()
 
 
 def test_the_cross_draw_check_scores_each_draw_with_a_model_trained_on_the_other(composite_features, generated,
