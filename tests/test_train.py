@@ -388,8 +388,9 @@ def test_the_cross_draw_check_scores_each_draw_with_a_model_trained_on_the_other
         return {"variant": name, "seed": seed, "uf1": (there + back) / 2, **ways}
 
     base, wide = "ststnet-regions+head-removed", "ststnet-regions+head-removed+filters-x2"
-    runs = [run(base, 0, 0.88, 0.84), run(base, 1, 0.86, 0.86), run(wide, 0, 0.89, 0.86), run(wide, 1, 0.85, 0.87),
-            run(wide, 2, 0.99, 0.99)]  # seed 2 has no base run to pair with
+    pair = "motion-only+ststnet+head-removed+regions+partner-lr-1e-2"  # extends no variant run here
+    runs = [run(pair, 0, 0.87, 0.88), run(base, 0, 0.88, 0.84), run(base, 1, 0.86, 0.86), run(wide, 0, 0.89, 0.86),
+            run(wide, 1, 0.85, 0.87), run(wide, 2, 0.99, 0.99)]  # seed 2 has no base run to pair with
     monkeypatch.setattr(crossdraw, "RESULTS", tmp_path)
     crossdraw._table({"runs": {f"{x['variant']}/{x['seed']}": x for x in runs}, "machine": "x", "date": "d"}, work)
     assert "Where the errors are" not in (tmp_path / "crossdraw.md").read_text()  # no draw's data in work
@@ -397,6 +398,10 @@ def test_the_cross_draw_check_scores_each_draw_with_a_model_trained_on_the_other
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == "3" and cells[3] == "+0.0075"  # seed 0: 0.875 - 0.86, seed 1: 0.86 - 0.86; halved
     assert (cells[5], cells[7]) == ("+0.0000", "+0.0150")  # 1 -> 2: +0.01 and -0.01; 2 -> 1: +0.02 and +0.01
+    # the recipe's model is listed first, and a variant whose parent was not run is compared with it
+    rows = [line for line in (tmp_path / "crossdraw.md").read_text().splitlines() if line.startswith("| ")][1:]
+    assert [r.split("|")[1].strip() for r in rows[:3]] == [base, pair, wide]
+    assert [c.strip() for c in rows[1].strip("|").split("|")][3] == "+0.0150"  # 0.875 - 0.86
 
     # the run above kept its predictions: with its draws' data (here one dataset as both draws) the table says
     # where its errors are and which coded action units it misreads
