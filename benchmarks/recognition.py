@@ -41,6 +41,7 @@ import statistics
 import subprocess
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,7 @@ from edge_mer.runtime.backends.onnxruntime import make_session
 from edge_mer.runtime.bench import bench_models
 from edge_mer.runtime.timing import interleaved_times_ms, percentiles
 from edge_mer.train.loop import TrainConfig
-from edge_mer.train.run import RunConfig, run, seconds_text
+from edge_mer.train.run import OWN_OPTIONS, RunConfig, run, seconds_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DATASETS = ("casme2", "samm", "smic")
@@ -82,63 +83,83 @@ HEAD_REMOVED = "head motion removed"
 RECIPE_LR = TrainConfig.lr  # the recipe's learning rate, every model's unless --lr says otherwise
 
 
-def model_key(model: str, head: str = "kept", lr: float = RECIPE_LR, person_rms: float = 0.0,
-              partner_lr: float = 0.0) -> str:
-    """The model, the features where they are not the plain flow's, the learning rate where it is not the
-    recipe's, the person level and the partner's learning rate where set: the part of a run's key before its
-    seed."""
-    key = model if head == "kept" else f"{model}/head-{head}"
-    key = key if lr == RECIPE_LR else f"{key}/lr-{lr:g}"
-    key = key if not person_rms else f"{key}/person-rms-{person_rms:g}"
-    return key if not partner_lr else f"{key}/partner-lr-{partner_lr:g}"
+@dataclass(frozen=True)
+class Settings:
+    """What a run changes of the recipe, each change a row of its own in the table and a folder of its own under
+    ``runs/``: the head's own motion in the flow (``--head``), the peak learning rate (``--lr``), each person's
+    motion brought to one strength (``--person-rms``, ``MMTConfig.person_rms``) and an ensemble partner's peak
+    learning rate (``--partner-lr``, ``TrainConfig.partner_lr``). A new option is a field here, and the key, the
+    row's label, the record and the training settings take it from here."""
+
+    head: str = "kept"
+    lr: float = RECIPE_LR
+    person_rms: float = 0.0
+    partner_lr: float = 0.0
+
+    @classmethod
+    def of(cls, run: dict[str, Any]) -> Settings:
+        """A run record's settings (records from before a setting existed have no such field: its default)."""
+        return cls(**{f.name: run[f.name] for f in fields(cls) if f.name in run})
+
+    def key(self) -> str:
+        """The part of a run's key between its model and its seed ("" for the recipe on the plain flow)."""
+        return "".join([f"/head-{self.head}"] * (self.head != "kept") + [f"/lr-{self.lr:g}"] * (self.lr != RECIPE_LR)
+                       + [f"/person-rms-{self.person_rms:g}"] * bool(self.person_rms)
+                       + [f"/partner-lr-{self.partner_lr:g}"] * bool(self.partner_lr))
+
+    def notes(self) -> list[str]:
+        """How a row differs from the recipe on the plain flow, in words."""
+        return [HEAD_REMOVED] * (self.head == "removed") + [f"learning rate {self.lr:g}"] * (self.lr != RECIPE_LR) \
+            + [f"each person's motion to RMS {self.person_rms:g}"] * bool(self.person_rms) \
+            + [f"the partner at learning rate {self.partner_lr:g}"] * bool(self.partner_lr)
+
+    def record(self) -> dict[str, Any]:
+        """The fields a run's record keeps: head and learning rate always, the others where set."""
+        return {"head": self.head, "lr": self.lr, **({"person_rms": self.person_rms} if self.person_rms else {}),
+                **({"partner_lr": self.partner_lr} if self.partner_lr else {})}
+
+    def run_config(self, name: str, ablation: str, seed: int, features: str, epochs: int, device: str) -> RunConfig:
+        """One benchmark run: the recipe's defaults with these settings, the MEGC2019 protocol."""
+        return RunConfig(features=features, protocol="megc2019", model=name, ablation=ablation, device=device,
+                         train=TrainConfig(epochs=epochs, seed=seed, lr=self.lr, partner_lr=self.partner_lr),
+                         changes=(("person_rms", self.person_rms),) if self.person_rms else ())
 
 
-def run_key(model: str, seed: int, head: str = "kept", lr: float = RECIPE_LR, person_rms: float = 0.0,
-            partner_lr: float = 0.0) -> str:
+def model_key(model: str, settings: Settings = Settings()) -> str:
+    """The model and how its settings differ from the recipe's: the part of a run's key before its seed."""
+    return model + settings.key()
+
+
+def run_key(model: str, seed: int, settings: Settings = Settings()) -> str:
     """A run's key in the results and its folder under ``runs/``."""
-    return f"{model_key(model, head, lr, person_rms, partner_lr)}/{seed}"
-
-
-def _settings(run: dict[str, Any]) -> tuple[str, float, float, float]:
-    """A run record's head, learning rate, person level and partner's learning rate (records from before
-    ``--head``, ``--lr``, ``--person-rms`` or ``--partner-lr`` have no such field: the plain flow, the recipe's
-    learning rate, none)."""
-    return (run.get("head", "kept"), run.get("lr", RECIPE_LR), run.get("person_rms", 0.0),
-            run.get("partner_lr", 0.0))
+    return f"{model_key(model, settings)}/{seed}"
 
 
 def key_of(run: dict[str, Any]) -> str:
     """``run_key`` of a run's record."""
-    return run_key(run["model"], run["seed"], *_settings(run))
+    return run_key(run["model"], run["seed"], Settings.of(run))
 
 
 def row_label(run: dict[str, Any]) -> str:
-    """A run's row in the table: its model, the features where they are not the plain flow's, the learning
-    rate where it is not the recipe's, the person level and the partner's learning rate where set."""
-    head, lr, person, partner = _settings(run)
-    notes = [HEAD_REMOVED] * (head == "removed") + [f"learning rate {lr:g}"] * (lr != RECIPE_LR) \
-        + [f"each person's motion to RMS {person:g}"] * bool(person) \
-        + [f"the partner at learning rate {partner:g}"] * bool(partner)
+    """A run's row in the table: its model and how its settings differ from the recipe's."""
+    notes = Settings.of(run).notes()
     return f"{run['model']} ({', '.join(notes)})" if notes else run["model"]
 
 
 def train_one(model: str, seed: int, features: str, epochs: int, work: str, device: str,
-              threads: int, fan_out: int = 1, head: str = "kept", lr: float = RECIPE_LR,
-              person_rms: float = 0.0, partner_lr: float = 0.0) -> dict[str, Any]:
+              threads: int, fan_out: int = 1, settings: Settings = Settings()) -> dict[str, Any]:
     """One model and seed under the MEGC2019 protocol (in a process of its own under --jobs; in ``fan_out``
     processes under torchrun when it is above 1)."""
-    folder = Path(work) / "runs" / run_key(model, seed, head, lr, person_rms, partner_lr)
+    folder = Path(work) / "runs" / run_key(model, seed, settings)
     name, ablation = _name_and_ablation(model)
+    cfg = settings.run_config(name, ablation, seed, features, epochs, device)
     if fan_out > 1:
-        r = fanned_out(name, ablation, seed, features, epochs, folder, device, threads or 1, fan_out, lr, person_rms,
-                       partner_lr)
+        r = fanned_out(cfg, folder, threads or 1, fan_out)
     else:
         if threads:
             torch.set_num_threads(threads)
-        r = run(run_config(name, ablation, seed, features, epochs, device, lr, person_rms, partner_lr), folder,
-                progress=True)
-    return {"model": model, "seed": seed, "head": head, "lr": lr, **({"person_rms": person_rms} if person_rms else {}),
-            **({"partner_lr": partner_lr} if partner_lr else {}),
+        r = run(cfg, folder, progress=True)
+    return {"model": model, "seed": seed, **settings.record(),
             "uf1": r["uf1"], "uar": r["uar"],
             "accuracy": r["accuracy"], "samples": r["samples"], "folds": r["folds"], "params": r["params"],
             "gflops": r["gflops"], "seconds": r["seconds"], "seconds_unknown_folds": r.get("seconds_unknown_folds", 0),
@@ -146,31 +167,31 @@ def train_one(model: str, seed: int, features: str, epochs: int, work: str, devi
             "breakdown": breakdown_of(folder / "predictions.csv", Path(work) / "data")}
 
 
-def run_config(name: str, ablation: str, seed: int, features: str, epochs: int, device: str,
-               lr: float = RECIPE_LR, person_rms: float = 0.0, partner_lr: float = 0.0) -> RunConfig:
-    """The settings of one benchmark run: the recipe's defaults (``lr`` its learning rate, ``person_rms`` the
-    model's person level, ``partner_lr`` an ensemble partner's learning rate), the MEGC2019 protocol."""
-    return RunConfig(features=features, protocol="megc2019", model=name, ablation=ablation, device=device,
-                     train=TrainConfig(epochs=epochs, seed=seed, lr=lr, partner_lr=partner_lr),
-                     changes=(("person_rms", person_rms),) if person_rms else ())
+def train_arguments(cfg: RunConfig) -> list[str]:
+    """``edge-mer train``'s arguments for ``cfg`` (MEGC2019 protocol): its own options, then ``--set`` for each
+    training field off its default and each model change, so that a run started either way keeps and resumes the
+    same folds."""
+    train = cfg.train
+    unset = TrainConfig()
+    return ["--features", cfg.features, "--protocol", cfg.protocol, "--model", cfg.model, "--ablation", cfg.ablation,
+            "--epochs", str(train.epochs), "--batch-size", str(train.batch_size), "--lr", repr(train.lr),
+            "--seed", str(train.seed), "--device", cfg.device] \
+        + [a for f in fields(TrainConfig) if f.name not in OWN_OPTIONS
+           and getattr(train, f.name) != getattr(unset, f.name)
+           for a in ("--set", f"{f.name}={json.dumps(getattr(train, f.name))}")] \
+        + [a for key, value in cfg.changes for a in ("--set", f"{key}={json.dumps(value)}")]
 
 
-def fanned_out(name: str, ablation: str, seed: int, features: str, epochs: int, folder: Path, device: str,
-               threads: int, processes: int, lr: float = RECIPE_LR, person_rms: float = 0.0,
-               partner_lr: float = 0.0) -> dict[str, Any]:
-    """``edge-mer train`` under torchrun with the settings of ``run_config`` (so that both ways keep and resume the
-    same folds); its metrics."""
+def fanned_out(cfg: RunConfig, folder: Path, threads: int, processes: int) -> dict[str, Any]:
+    """``edge-mer train`` of ``cfg`` under torchrun in ``processes`` processes of ``threads`` threads; its
+    metrics."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-           "-m", "edge_mer", "train", "--features", features, "--protocol", "megc2019", "--model", name,
-           "--ablation", ablation, "--epochs", str(epochs), "--lr", repr(lr), "--seed", str(seed), "--device", device,
-           "--threads", str(threads), "--force", "--out", str(folder)] \
-        + (["--set", f"person_rms={person_rms!r}"] if person_rms else []) \
-        + (["--set", f"partner_lr={partner_lr!r}"] if partner_lr else [])
+           "-m", "edge_mer", "train", *train_arguments(cfg), "--threads", str(threads), "--force", "--out", str(folder)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, check=False)
     if done.returncode != 0:
-        raise UserError(f"{name}+{ablation} seed {seed}: torchrun exited {done.returncode} (its errors are above; "
-                        f"the finished folds are kept and the same command resumes)")
+        raise UserError(f"{cfg.model}+{cfg.ablation} seed {cfg.train.seed}: torchrun exited {done.returncode} (its "
+                        f"errors are above; the finished folds are kept and the same command resumes)")
     return json.loads((folder / "metrics.json").read_text())
 
 
@@ -226,8 +247,9 @@ def main() -> None:
     doc = json.loads(out_json.read_text()) if out_json.exists() else {"runs": {}}
     if why := other_draw(doc, work / "data", out_json):
         ap.error(why)
+    settings = Settings(args.head, args.lr, args.person_rms, args.partner_lr)
     todo = [(m, int(s)) for m in models for s in args.seeds.split(",")
-            if run_key(m, int(s), args.head, args.lr, args.person_rms, args.partner_lr) not in doc["runs"]]
+            if run_key(m, int(s), settings) not in doc["runs"]]
     for r in doc["runs"].values():  # runs from before the breakdown existed, where their folder is kept
         r["breakdown"] = r.get("breakdown") or breakdown_of(
             work / "runs" / key_of(r) / "predictions.csv", work / "data")
@@ -241,8 +263,7 @@ def main() -> None:
     save()
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         jobs = [pool.submit(train_one, m, s, str(feats), args.epochs, str(work), args.device, threads, args.fan_out,
-                            args.head, args.lr, args.person_rms, args.partner_lr)
-                for m, s in todo]
+                            settings) for m, s in todo]
         for done in as_completed(jobs):
             r = done.result()
             doc["runs"][key_of(r)] = r
@@ -257,7 +278,7 @@ def main() -> None:
         onnx = work / "onnx" / f"{key_of(r).replace('/', '-')}.onnx"
         export(folder / "checkpoint.pt", onnx, force=True)
         r["cpu_ms_p50"] = bench_models(onnx, ["onnxruntime"], runs=200, threads=2)[0]["p50"]
-        key = model_key(r["model"], *_settings(r))
+        key = model_key(r["model"], Settings.of(r))
         png = RESULTS / f"{args.name}_{key.replace('/', '_')}.png"
         if not png.exists():
             shutil.copyfile(folder / "confusion.png", png)

@@ -289,13 +289,18 @@ def test_the_recognition_benchmark_fans_a_run_out_with_its_own_settings(composit
     import recognition
 
     folder = tmp_path / "runs" / "mmt_test" / "0"
-    metrics = recognition.fanned_out("mmt_test", "full", 0, str(composite_features), 2, folder, "cpu", 1, 2, 3e-3)
+    own = recognition.Settings(lr=3e-3, person_rms=0.075).run_config("mmt_test", "full", 0, str(composite_features),
+                                                                       2, "cpu")
+    assert own.train.lr == 3e-3 and own.changes == (("person_rms", 0.075),)
+    metrics = recognition.fanned_out(own, folder, 1, 2)
     assert metrics["folds"] >= 3 and 0 <= metrics["uf1"] <= 1
     assert (folder / "checkpoint.pt").is_file() and (folder / "predictions.csv").is_file()
     written = json.loads((folder / "run.json").read_text())["run"]
-    own = recognition.run_config("mmt_test", "full", 0, str(composite_features), 2, "cpu", 3e-3)
-    assert own.train.lr == 3e-3
     assert written == json.loads(json.dumps(asdict(own)))
+    # an ensemble's partner at a rate of its own reaches the CLI as a training setting off its default
+    partnered = recognition.Settings(partner_lr=0.01).run_config("mmt_test", "full", 0, "F", 60, "cpu")
+    args = recognition.train_arguments(partnered)
+    assert args[args.index("--set") + 1] == "partner_lr=0.01" and args.count("--set") == 1
 
 
 def test_the_recognition_benchmark_times_its_models_again_together(tmp_path):
@@ -324,14 +329,16 @@ def test_the_recognition_benchmark_keeps_runs_on_flow_less_the_head_apart(tmp_pa
     import recognition
 
     model = "mmt_small_ens+motion-only"
-    assert recognition.run_key(model, 0) != recognition.run_key(model, 0, "removed")
-    assert recognition.run_key(model, 0, "removed", 0.01) == f"{model}/head-removed/lr-0.01/0"
-    assert recognition.run_key(model, 0, "removed", recognition.RECIPE_LR) == recognition.run_key(model, 0, "removed")
-    assert recognition.run_key(model, 0, "removed", person_rms=0.075) == f"{model}/head-removed/person-rms-0.075/0"
-    setting = recognition.run_config(model, "full", 0, "F", 60, "cpu", person_rms=0.075).changes
+    key, settings = recognition.run_key, recognition.Settings
+    no_head = settings(head="removed")
+    assert key(model, 0) == f"{model}/0" != key(model, 0, no_head)
+    assert key(model, 0, settings("removed", 0.01)) == f"{model}/head-removed/lr-0.01/0"
+    assert key(model, 0, settings("removed", recognition.RECIPE_LR)) == key(model, 0, no_head)
+    assert key(model, 0, settings("removed", person_rms=0.075)) == f"{model}/head-removed/person-rms-0.075/0"
+    setting = settings(person_rms=0.075).run_config(model, "full", 0, "F", 60, "cpu").changes
     assert setting == (("person_rms", 0.075),)
-    assert recognition.run_key(model, 0, "removed", partner_lr=0.01) == f"{model}/head-removed/partner-lr-0.01/0"
-    partnered = recognition.run_config(model, "full", 0, "F", 60, "cpu", partner_lr=0.01)
+    assert key(model, 0, settings("removed", partner_lr=0.01)) == f"{model}/head-removed/partner-lr-0.01/0"
+    partnered = settings(partner_lr=0.01).run_config(model, "full", 0, "F", 60, "cpu")
     assert partnered.train.partner_lr == 0.01 and partnered.changes == () and partnered.train.lr == 1e-3
 
     def result(head: str, uf1: float) -> dict:
