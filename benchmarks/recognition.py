@@ -1,13 +1,14 @@
 """Recognition benchmark: the MMT and the baselines side by side on the diverse synthetic composite.
 
-Generates the diverse composite (``synth dataset --layout megc2019 --diverse``: 68 subjects, sized like the
-real MEGC2019 composite), prepares its features (DIS flow, S = 112), and trains every model under the
-MEGC2019 protocol (leave-one-subject-out over the 68 subjects, predictions pooled, the last epoch's model:
-no epoch or setting is chosen on a test subject) with the same recipe, for each seed. Each model's final
-checkpoint is exported to ONNX and timed at batch 1 with ONNX Runtime on this CPU. Writes
-``benchmarks/results/recognition.md`` and ``.json`` (UF1 and UAR as mean and spread over the seeds, UF1 per
-dataset, parameters, GFLOPs, CPU latency, training time) and ``recognition_<model>.png``, the confusion
-matrix of the first seed. Runs already in the JSON are kept, so an interrupted benchmark resumes.
+Generates the diverse composite (``synth dataset --layout megc2019 --diverse``: 68 subjects, sized like the real
+MEGC2019 composite), prepares its features (DIS flow, S = 112), and trains every model under the MEGC2019 protocol
+(leave-one-subject-out over the 68 subjects, predictions pooled, the last epoch's model: no epoch or setting is
+chosen on a test subject) with the same recipe, for each seed. Each model's final checkpoint is exported to ONNX
+and timed at batch 1 with ONNX Runtime on this CPU. Writes ``benchmarks/results/recognition.md`` and ``.json`` (UF1
+and UAR as mean and spread over the seeds, UF1 per dataset, parameters, GFLOPs, CPU latency, training time, where
+the errors are, and what the best-scoring model misreads: the patterns of coded action units and the subjects, with
+the gain and asymmetry they were drawn with) and ``recognition_<model>.png``, the confusion matrix of the first
+seed. Runs already in the JSON are kept, so an interrupted benchmark resumes.
 
     python benchmarks/recognition.py [--models ststnet,mmt_small,mmt_small+motion-only] [--seeds 0,1,2] [--jobs 2]
                                      [--fan-out 2]
@@ -55,12 +56,14 @@ from edge_mer.eval.truth import (
     breakdown_of,
     draw_summary,
     errors_table,
+    misread_of,
+    misread_tables,
     other_draw,
     save_runs,
 )
 from edge_mer.features.prepare import prepare_synthetic_composite
 from edge_mer.model.build import build_model
-from edge_mer.model.config import model_config
+from edge_mer.model.config import MMTConfig, model_config
 from edge_mer.quant.export import export, write_onnx
 from edge_mer.runtime.backends.base import sample_inputs
 from edge_mer.runtime.backends.onnxruntime import make_session
@@ -81,6 +84,7 @@ def _name_and_ablation(model: str) -> tuple[str, str]:
 
 HEAD_REMOVED = "head motion removed"
 RECIPE_LR = TrainConfig.lr  # the recipe's learning rate, every model's unless --lr says otherwise
+CLASSES = MMTConfig().class_names
 
 
 @dataclass(frozen=True)
@@ -164,7 +168,8 @@ def train_one(model: str, seed: int, features: str, epochs: int, work: str, devi
             "accuracy": r["accuracy"], "samples": r["samples"], "folds": r["folds"], "params": r["params"],
             "gflops": r["gflops"], "seconds": r["seconds"], "seconds_unknown_folds": r.get("seconds_unknown_folds", 0),
             "device": r["device"], "per_dataset": r["per_dataset"],
-            "breakdown": breakdown_of(folder / "predictions.csv", Path(work) / "data")}
+            "breakdown": breakdown_of(folder / "predictions.csv", Path(work) / "data"),
+            "misread": misread_of(folder / "predictions.csv", Path(work) / "data", CLASSES)}
 
 
 def train_arguments(cfg: RunConfig) -> list[str]:
@@ -250,9 +255,10 @@ def main() -> None:
     settings = Settings(args.head, args.lr, args.person_rms, args.partner_lr)
     todo = [(m, int(s)) for m in models for s in args.seeds.split(",")
             if run_key(m, int(s), settings) not in doc["runs"]]
-    for r in doc["runs"].values():  # runs from before the breakdown existed, where their folder is kept
-        r["breakdown"] = r.get("breakdown") or breakdown_of(
-            work / "runs" / key_of(r) / "predictions.csv", work / "data")
+    for r in doc["runs"].values():  # runs from before the breakdown or misread existed, where their folder is kept
+        kept = work / "runs" / key_of(r) / "predictions.csv"
+        r["breakdown"] = r.get("breakdown") or breakdown_of(kept, work / "data")
+        r["misread"] = r.get("misread") or misread_of(kept, work / "data", CLASSES)
     doc |= draw_summary(work / "data", feats)
 
     def save() -> None:
@@ -365,8 +371,26 @@ def _table(doc: dict, name: str) -> None:
         lines += ["", *errors_table({m: [r["breakdown"] for r in runs if r.get("breakdown")]
                                      for m, runs in models.items()}, doc["ceiling"], doc["amplitude_bands"],
                                     doc.get("coded_reference"))]
+    lines += _misread(models)
     write_text(RESULTS / f"{name}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def _misread(models: dict[str, list[dict]]) -> list[str]:
+    """Markdown lines: what the best-scoring row misreads most, among the rows whose runs all kept it (runs from
+    before it was recorded, whose folders are gone, have none)."""
+    kept = {m: runs for m, runs in models.items() if all(r.get("misread") for r in runs)}
+    if not kept:
+        return []
+    best = max(kept, key=lambda m: statistics.fmean(r["uf1"] for r in kept[m]))
+    runs = kept[best]
+    return ["", f"### What {best} misreads most", "",
+            "The best-scoring row whose runs kept their answers"
+            + (f"; its {len(runs)} seeds pooled, so each sample counts once a seed. " if len(runs) > 1 else ". ")
+            + "First the patterns: samples of one dataset with the same coded action units, "
+            "annotated class and note. Then the subjects, with the gain and asymmetry the generator drew for each "
+            "(gain: how strongly the subject moves, x0.5 to x2; asymmetry a: the weaker side moves by 1 - a of the "
+            "other).", "", *misread_tables([r["misread"] for r in runs], CLASSES)]
 
 
 if __name__ == "__main__":

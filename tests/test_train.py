@@ -350,6 +350,10 @@ def test_the_recognition_benchmark_keeps_runs_on_flow_less_the_head_apart(tmp_pa
     faster = {**result("removed", 0.8795), "lr": 0.01}
     person = {**result("removed", 0.9012), "person_rms": 0.075}
     partner = {**result("removed", 0.8851), "partner_lr": 0.01}
+    # what a run misreads, kept where its answers were: the table lists the best such row's
+    misread = {"patterns": [["samm", "12", "positive", "clean", 22, 4, 4, 0, 0]],
+               "subjects": [["samm/029", 18, 5, 0.547, 0.237], ["smic/s01", 20, 0, 1.2, 0.1]]}
+    faster["misread"] = partner["misread"] = misread
     runs = [plain, removed, faster, person, partner]
     doc = {"runs": {recognition.key_of(r): r for r in runs},
            "latency": {"date": "2026-12-06", "runs": 20, "block": 20, "threads": 2, "load_average_before": 0.1,
@@ -366,6 +370,11 @@ def test_the_recognition_benchmark_keeps_runs_on_flow_less_the_head_apart(tmp_pa
     assert rows[4].startswith(f"| {model} (head motion removed, the partner at learning rate 0.01) | 1 | 0.8851 |")
     assert "(`--person-rms R`" in (tmp_path / "t.md").read_text()
     assert "(`--partner-lr L`" in (tmp_path / "t.md").read_text()
+    text = (tmp_path / "t.md").read_text()
+    assert text.count("misreads most") == 1  # the best row whose runs kept it, not the best row (person)
+    assert f"### What {model} (head motion removed, the partner at learning rate 0.01) misreads most" in text
+    assert "| samm | 12 | positive | clean | 4 | 22 | negative 4 |" in text
+    assert "| samm/029 | 5 | 18 | 0.55 | 0.24 |" in text and "smic/s01" not in text
 
 
 def test_the_cross_draw_check_scores_each_draw_with_a_model_trained_on_the_other(composite_features, generated,

@@ -19,6 +19,8 @@ from edge_mer.eval.truth import (
     coded_aus,
     coded_reference,
     errors_table,
+    misread_of,
+    misread_tables,
     other_draw,
     pattern_errors,
     patterns_table,
@@ -132,6 +134,36 @@ def test_the_coded_reference_names_each_sample_by_what_the_other_samples_with_it
     assert table[2] == "| smic | 1+2+5 | surprise | clean | 2 | 4 | positive 2 |"
     assert len(table) == 5 and all("| 0 |" not in line for line in table)
     assert len(patterns_table(pattern_errors(truth, ids, labels, labels, NAMES), NAMES)) == 2  # nothing wrong
+
+
+def test_a_run_keeps_what_it_misreads_by_pattern_and_by_subject_and_its_seeds_pool(draw, tmp_path):
+    """A run's predictions.csv gives the patterns and the subjects it reads wrong, the subjects with the gain and
+    asymmetry the generator drew for them; the tables pool several runs, most wrong first."""
+    out, _, ids, labels = draw
+    styles = json.loads((out / MANIFEST).read_text())["subject_styles"]
+    victim = ids[0].rsplit("/", 1)[0]  # every sample of the first subject read as the next class, the rest right
+    pred = [(y + 1) % 3 if i.startswith(victim + "/") else y for i, y in zip(ids, labels)]
+    lines = ["id,subject,truth,prediction,p_negative,p_positive,p_surprise"]
+    lines += [f"{i},{i.rsplit('/', 1)[0]},{y},{p},0.3,0.3,0.4" for i, y, p in zip(ids, labels, pred)]
+    (tmp_path / "predictions.csv").write_text("\n".join(lines) + "\n")
+    got = misread_of(tmp_path / "predictions.csv", out, NAMES)
+    assert got is not None and misread_of(tmp_path / "missing.csv", out, NAMES) is None
+    n = sum(i.startswith(victim + "/") for i in ids)
+    rows = {row[0]: row for row in got["subjects"]}
+    assert len(rows) == len({i.rsplit("/", 1)[0] for i in ids})
+    assert rows[victim] == [victim, n, n, round(styles[victim]["gain"], 3), round(styles[victim]["asymmetry"], 3)]
+    assert sum(row[2] for row in got["subjects"]) == n  # nobody else is wrong
+    assert sum(row[5] for row in got["patterns"]) == n and sum(row[4] for row in got["patterns"]) == len(ids)
+    assert json.loads(json.dumps(got)) == got  # kept in a results file as it is
+
+    table = misread_tables([got, got], NAMES)
+    subjects = [line for line in table if line.startswith(f"| {victim} |")]
+    assert subjects == [f"| {victim} | {2 * n} | {2 * n} | {styles[victim]['gain']:.2f} | "
+                        f"{styles[victim]['asymmetry']:.2f} |"]
+    assert sum(line.startswith("| ") and line.split(" | ")[0] != "| subject" and "---" not in line
+               and line.count("|") == 6 for line in table) == 1  # only the subject that was wrong is listed
+    wrong_patterns = [line for line in table if line.count("|") == 8 and "---" not in line][1:]
+    assert sum(int(line.split(" | ")[4]) for line in wrong_patterns) == 2 * n
 
 
 def test_predictions_of_another_dataset_are_refused(draw):

@@ -1,13 +1,13 @@
 """Scores split by what a synthetic dataset's generator knows about each sample.
 
-A diverse synthetic dataset (``synth dataset --diverse``) records in its SYNTHETIC_MANIFEST.json, for every
-clip, the expression the face really shows, whether the annotation names another class on purpose
-("mislabelled") or the face shows a second class's action units as well ("ambiguous"), and how strongly the
-subject moved (the amplitude in pixels of the 112-pixel aligned crop, the subject's gain included). With that
-a prediction file says more than its UF1: how far the model is from the best any model can score against the
-annotation (an oracle that reads every face right still disagrees with each mislabelled annotation), and
-whether its errors sit with the weak movers, the ambiguous faces or the mislabelled samples, and which coded
-action units it misreads. Real datasets record none of this; these figures exist for synthetic data only.
+A diverse synthetic dataset (``synth dataset --diverse``) records in its SYNTHETIC_MANIFEST.json, for every clip,
+the expression the face really shows, whether the annotation names another class on purpose ("mislabelled") or the
+face shows a second class's action units as well ("ambiguous"), and how strongly the subject moved (the amplitude
+in pixels of the 112-pixel aligned crop, the subject's gain included). With that a prediction file says more than
+its UF1: how far the model is from the best any model can score against the annotation (an oracle that reads every
+face right still disagrees with each mislabelled annotation), and whether its errors sit with the weak movers, the
+ambiguous faces or the mislabelled samples, which coded action units it misreads and which subjects (with the gain
+and asymmetry each was drawn with). Real datasets record none of this; these figures exist for synthetic data only.
 """
 
 from __future__ import annotations
@@ -162,17 +162,72 @@ def amplitude_bands(truth: dict[str, SampleTruth], ids: Sequence[str]) -> tuple[
     return round(float(lo), 3), round(float(hi), 3)
 
 
-def breakdown_of(predictions: Path, data: Path) -> dict[str, list[int]] | None:
-    """``breakdown`` of a run's predictions.csv (``train``'s) against the dataset at ``data``; None when the run
-    left no predictions or the dataset has no manifest (not synthetic)."""
+def _kept(predictions: Path, data: Path) -> tuple[dict[str, SampleTruth], list[str], list[int], list[int]] | None:
+    """A run's predictions.csv (``train``'s) read against the dataset at ``data``: the truth, the ids, the
+    annotated and the predicted classes; None when the run left no predictions or the dataset has no manifest
+    (not synthetic)."""
     if not predictions.is_file() or not (data / MANIFEST).is_file():
         return None
     with predictions.open(newline="") as f:
         rows = list(csv.DictReader(f))
-    truth = read_truth(data)
-    ids = [r["id"] for r in rows]
-    return breakdown(truth, ids, [int(r["truth"]) for r in rows], [int(r["prediction"]) for r in rows],
-                     amplitude_bands(truth, ids))
+    return read_truth(data), [r["id"] for r in rows], [int(r["truth"]) for r in rows], \
+        [int(r["prediction"]) for r in rows]
+
+
+def breakdown_of(predictions: Path, data: Path) -> dict[str, list[int]] | None:
+    """``breakdown`` of a run's predictions.csv (``train``'s) against the dataset at ``data``; None when the run
+    left no predictions or the dataset has no manifest (not synthetic)."""
+    kept = _kept(predictions, data)
+    if kept is None:
+        return None
+    truth, ids, labels, pred = kept
+    return breakdown(truth, ids, labels, pred, amplitude_bands(truth, ids))
+
+
+def misread_of(predictions: Path, data: Path, names: Sequence[str]) -> dict[str, list[list[Any]]] | None:
+    """What a run's predictions.csv misreads, as a results file keeps it: ``"patterns"``, one row a pattern
+    (``pattern_errors``: dataset, coded AUs, annotated class, note, samples, wrong, wrong as each of ``names``),
+    and ``"subjects"``, one row a subject (subject, samples, wrong, its gain and asymmetry as the generator drew
+    them); None as for ``breakdown_of``."""
+    kept = _kept(predictions, data)
+    if kept is None:
+        return None
+    truth, ids, labels, pred = kept
+    styles = json.loads((data / MANIFEST).read_text()).get("subject_styles", {})
+
+    def style(subject: str, key: str, default: float) -> float:
+        return round(float(styles.get(subject, {}).get(key, default)), 3)
+
+    subjects: dict[str, list[int]] = {}
+    for i, y, p in zip(ids, labels, pred):
+        row = subjects.setdefault(i.rsplit("/", 1)[0], [0, 0])
+        row[0] += 1
+        row[1] += int(int(y) != int(p))
+    return {"patterns": [[*k, *v] for k, v in sorted(pattern_errors(truth, ids, labels, pred, names).items())],
+            "subjects": [[s, n, wrong, style(s, "gain", 1.0), style(s, "asymmetry", 0.0)]
+                         for s, (n, wrong) in sorted(subjects.items())]}
+
+
+def misread_tables(runs: Sequence[dict[str, list[list[Any]]]], names: Sequence[str], top: int = 12) -> list[str]:
+    """Markdown lines from ``misread_of`` of several runs (the seeds of one model), pooled (each sample counts once
+    a run): the patterns misread most (``patterns_table``) and the subjects with the most wrong answers."""
+    patterns: dict[Pattern, list[int]] = {}
+    subjects: dict[str, list[Any]] = {}
+    for r in runs:
+        for row in r["patterns"]:
+            into = patterns.setdefault(tuple(row[:4]), [0] * len(row[4:]))
+            into[:] = [a + b for a, b in zip(into, row[4:])]
+        for s, n, wrong, gain, asym in r["subjects"]:
+            into_s = subjects.setdefault(s, [0, 0, gain, asym])
+            into_s[0] += n
+            into_s[1] += wrong
+    lines = [*patterns_table(patterns, names, top), "",
+             "| subject | wrong | of | gain | asymmetry |", "|---|---:|---:|---:|---:|"]
+    for s, (n, wrong, gain, asym) in sorted(subjects.items(), key=lambda kv: (-kv[1][1], kv[0]))[:top]:
+        if not wrong:
+            break
+        lines.append(f"| {s} | {wrong} | {n} | {gain:.2f} | {asym:.2f} |")
+    return lines
 
 
 def errors_table(groups: dict[str, list[dict[str, list[int]]]], top: dict[str, float] | None,
