@@ -85,6 +85,9 @@ def _name_and_ablation(model: str) -> tuple[str, str]:
 HEAD_REMOVED = "head motion removed"
 RECIPE_LR = TrainConfig.lr  # the recipe's learning rate, every model's unless --lr says otherwise
 CLASSES = MMTConfig().class_names
+# each setting of Settings off its default, in a row's label ({} its value; --head takes kept or removed only)
+NOTES = {"head": HEAD_REMOVED, "lr": "learning rate {:g}", "person_rms": "each person's motion to RMS {:g}",
+         "partner_lr": "the partner at learning rate {:g}"}
 
 
 @dataclass(frozen=True)
@@ -92,8 +95,8 @@ class Settings:
     """What a run changes of the recipe, each change a row of its own in the table and a folder of its own under
     ``runs/``: the head's own motion in the flow (``--head``), the peak learning rate (``--lr``), each person's
     motion brought to one strength (``--person-rms``, ``MMTConfig.person_rms``) and an ensemble partner's peak
-    learning rate (``--partner-lr``, ``TrainConfig.partner_lr``). A new option is a field here, and the key, the
-    row's label, the record and the training settings take it from here."""
+    learning rate (``--partner-lr``, ``TrainConfig.partner_lr``). A new option is a field here and an entry of
+    ``NOTES``; the key, the row's label, the record and the training settings take it from here."""
 
     head: str = "kept"
     lr: float = RECIPE_LR
@@ -105,17 +108,18 @@ class Settings:
         """A run record's settings (records from before a setting existed have no such field: its default)."""
         return cls(**{f.name: run[f.name] for f in fields(cls) if f.name in run})
 
+    def changed(self) -> list[tuple[str, Any]]:
+        """The settings off the recipe's default, in field order: (name, value)."""
+        return [(f.name, getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) != f.default]
+
     def key(self) -> str:
         """The part of a run's key between its model and its seed ("" for the recipe on the plain flow)."""
-        return "".join([f"/head-{self.head}"] * (self.head != "kept") + [f"/lr-{self.lr:g}"] * (self.lr != RECIPE_LR)
-                       + [f"/person-rms-{self.person_rms:g}"] * bool(self.person_rms)
-                       + [f"/partner-lr-{self.partner_lr:g}"] * bool(self.partner_lr))
+        return "".join(f"/{name.replace('_', '-')}-{value:g}" if isinstance(value, float) else f"/{name}-{value}"
+                       for name, value in self.changed())
 
     def notes(self) -> list[str]:
         """How a row differs from the recipe on the plain flow, in words."""
-        return [HEAD_REMOVED] * (self.head == "removed") + [f"learning rate {self.lr:g}"] * (self.lr != RECIPE_LR) \
-            + [f"each person's motion to RMS {self.person_rms:g}"] * bool(self.person_rms) \
-            + [f"the partner at learning rate {self.partner_lr:g}"] * bool(self.partner_lr)
+        return [NOTES[name].format(value) for name, value in self.changed()]
 
     def record(self) -> dict[str, Any]:
         """The fields a run's record keeps: head and learning rate always, the others where set."""
