@@ -49,6 +49,7 @@ from edge_mer.train.loop import TrainConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DRAWS = (1, 2)
+OTHER_DRAWS = "benchmarks/.work/crossdraw"  # draws other than 1: their data and features, and the runs' predictions
 DIRECTIONS = ((1, 2), (2, 1))  # (trained on, scored on)
 # the recipe's model: listed first, the variant others are compared with where the one they extend was not run
 # here, and the one whose misread patterns are listed
@@ -111,8 +112,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
     ap.add_argument("--epochs", type=int, default=60, help="the recipe's epochs (variants may change them)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs trained side by side")
-    ap.add_argument("--work", default="benchmarks/.work/crossdraw", help="draw 2's data and features, and the "
-                                                                       "runs' predictions")
+    ap.add_argument("--work", default=OTHER_DRAWS, help="draw 2's data and features, and the runs' "
+                                                                   "predictions")
     ap.add_argument("--again", action="store_true", help="train the named variants' seeds again even where the "
                                                           "results hold them (e.g. to keep their predictions)")
     args = ap.parse_args()

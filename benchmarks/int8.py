@@ -1,17 +1,18 @@
 """INT8 benchmark: accuracy of QAT and PTQ INT8 against FP32, and ONNX Runtime latency and file sizes.
 
-The FP32 mmt_small is trained on one synthetic composite (MEGC2019 layout, 40
-subjects, seed 0); from the same training data come a calibration set (256
-samples, stratified), PTQ of the FP32 ONNX export and QAT (modelopt, 10 epochs)
-exported as Q/DQ. Every artefact is scored by the same code as ``edge-mer eval``
-on a second composite generated with another seed (40 other synthetic
-identities, about 290 samples), so a difference of one prediction moves UF1 by
-about 0.004. ONNX Runtime latency is the median of one sample (batch 1, 2
-threads, all graph optimisations), the files measured in turn, five rounds,
-best round kept (the machine may be busy). Writes
-``benchmarks/results/int8.md`` and ``.json``.
+The demo model's architecture and features (``--model mmt_small_ens --ablation motion-only --head removed``, as
+``scripts/make_demo_model.py`` builds it) trained in FP32 on one development draw of the diverse synthetic
+composite (``synth dataset --layout megc2019 --diverse``, data seed 1: 68 subjects, 444 samples); from the same
+training samples come a calibration set (256 samples, stratified), PTQ of the FP32 ONNX export and QAT
+(modelopt, 10 epochs) exported as Q/DQ. Every artefact is scored by the same code as ``edge-mer eval`` on the
+other development draw (data seed 2: 456 samples of other subjects), so a difference of one prediction moves
+UF1 by about 0.002. Neither draw is the recognition benchmark's (data seed 0); their data and features are shared with
+``recipe.py`` and ``crossdraw.py``. ONNX Runtime latency is the median of one sample (batch 1, 2 threads, all
+graph optimisations), the files measured in turn, five rounds, best round kept (the machine may be busy).
+Writes ``benchmarks/results/int8.md`` and ``.json``.
 
-    python benchmarks/int8.py [--subjects 40] [--epochs 60] [--qat-epochs 10]
+    python benchmarks/int8.py [--model mmt_small_ens] [--ablation motion-only] [--head removed] [--epochs 60]
+                              [--qat-epochs 10]
 """
 
 from __future__ import annotations
@@ -25,11 +26,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge_mer.errors import script_main
+from crossdraw import OTHER_DRAWS, _draw_folder
+from recipe import Kind, _features_folder, prepare_kind
+
+from edge_mer.atomic import write_text
+from edge_mer.errors import UserError, script_main
 from edge_mer.eval.score import evaluate, predict
 from edge_mer.features.cache import FeatureSet
-from edge_mer.features.prepare import prepare_synthetic_composite
-from edge_mer.model.config import model_config
+from edge_mer.model.config import ABLATIONS, model_config
 from edge_mer.quant.calibset import build_set, save_set
 from edge_mer.quant.export import count_qdq, export
 from edge_mer.quant.ptq import calibrate
@@ -44,30 +48,41 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--subjects", type=int, default=40)
-    ap.add_argument("--clips", type=int, default=8)
+    ap.add_argument("--model", default="mmt_small_ens", help="the demo model's (scripts/make_demo_model.py)")
+    ap.add_argument("--ablation", default="motion-only", choices=sorted(ABLATIONS))
+    ap.add_argument("--head", default="removed", choices=("kept", "removed"), help="the features' head motion")
+    ap.add_argument("--data-seed", type=int, default=1, help="the draw trained and calibrated on")
+    ap.add_argument("--check-seed", type=int, default=2, help="the draw every artefact is scored on")
     ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--qat-epochs", type=int, default=10)
     ap.add_argument("--calibration", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--work", default="benchmarks/.work/int8", help="data, features and models (not committed)")
+    ap.add_argument("--seed", type=int, default=0, help="training seed")
+    ap.add_argument("--work", default="benchmarks/.work/int8", help="models (not committed); the draws' data and "
+                                                                    "features live where crossdraw.py keeps them")
     args = ap.parse_args()
+    if args.check_seed == args.data_seed:
+        raise UserError("--check-seed must name another draw than --data-seed: the figures are on unseen subjects")
+    mcfg = model_config(args.model, size=112, ablation=args.ablation)
     work = Path(args.work)
-    feats, test_feats, models = work / "features", work / "test-features", work / "models"
-    for seed, out in ((args.seed, feats), (args.seed + 1, test_feats)):
-        data = out.with_name(out.name.replace("features", "data"))
-        prepare_synthetic_composite(data, out, args.subjects, args.clips, seed)
+    kind = Kind(head=args.head)
+    feats, test_feats = (_draw_folder(Path(OTHER_DRAWS), d) / _features_folder(kind)
+                         for d in (args.data_seed, args.check_seed))
+    for seed, out in ((args.data_seed, feats), (args.check_seed, test_feats)):
+        prepare_kind(out.parent / "data", out, seed, kind)
     fs = FeatureSet.load(feats)
-    ck = work / "fp32" / "checkpoint.pt"
+    run = f"{args.model}-{args.ablation}-head-{args.head}-draw-{args.data_seed}-seed-{args.seed}"
+    ck, models = work / run / "fp32" / "checkpoint.pt", work / run / "models"
     train_s = None
     if not ck.exists():
         t = time.perf_counter()
-        mcfg = model_config("mmt_small", size=112)
         tcfg = TrainConfig(epochs=args.epochs, seed=args.seed)
-        model = train_model(mcfg, tcfg, fs.motion, fs.texture, fs.labels, args.seed)
+        model = train_model(mcfg, tcfg, fs.motion, fs.texture, fs.labels, args.seed,
+                            on_epoch=lambda e, loss: print(f"epoch {e + 1}/{args.epochs} loss {loss:.3f}",
+                                                           flush=True))
         ck.parent.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(ck, model, mcfg, RunConfig(features=str(feats), train=tcfg), fs, fs.ids)
+        save_checkpoint(ck, model, mcfg, RunConfig(features=str(feats), model=args.model, ablation=args.ablation,
+                                                   train=tcfg), fs, fs.ids)
         train_s = round(time.perf_counter() - t, 1)
     models.mkdir(parents=True, exist_ok=True)
     cs = build_set(fs, args.calibration, args.seed)
@@ -77,13 +92,13 @@ def main() -> None:
     t = time.perf_counter()
     calibrate(fp32, models / "calibration.npz", models / "model.int8.onnx", force=True)
     ptq_s = time.perf_counter() - t
-    qat = finetune(ck, feats, work / "qat", calibration=models / "calibration.npz", epochs=args.qat_epochs,
+    qat = finetune(ck, feats, work / run / "qat", calibration=models / "calibration.npz", epochs=args.qat_epochs,
                    seed=args.seed, progress=False)
-    exp_qat = export(work / "qat" / "checkpoint.pt", models / "model.qat.onnx", force=True)
+    exp_qat = export(work / run / "qat" / "checkpoint.pt", models / "model.qat.onnx", force=True)
 
     artefacts = {"torch FP32 (checkpoint)": ck, "ONNX Runtime FP32": fp32,
                  "ONNX Runtime INT8, PTQ (calibrated Q/DQ)": models / "model.int8.onnx",
-                 "torch QAT (fake quantization)": work / "qat" / "checkpoint.pt",
+                 "torch QAT (fake quantization)": work / run / "qat" / "checkpoint.pt",
                  "ONNX Runtime INT8, QAT (Q/DQ)": models / "model.qat.onnx",
                  "ONNX Runtime FP32, QAT weights without quantizers": models / "model.qat.fp32.onnx"}
     test = FeatureSet.load(test_feats)
@@ -110,14 +125,16 @@ def main() -> None:
         rows[name]["ort_ms"] = min(ms)
         rows[name]["ort_ms_rounds"] = [round(x, 3) for x in ms]
     doc = {"date": dt.date.today().isoformat(), "machine": f"{platform.machine()}, {cpu_name()}, "
-           f"{os.cpu_count()} cores", "subjects": args.subjects, "clips_per_subject": args.clips,
+           f"{os.cpu_count()} cores", "model": args.model, "ablation": args.ablation, "head": args.head,
+           "data_seed": args.data_seed, "check_seed": args.check_seed, "seed": args.seed,
+           "train_subjects": len(set(fs.subjects)), "held_out_subjects": len(set(test.subjects)),
            "epochs": args.epochs, "qat_epochs": args.qat_epochs, "calibration_samples": len(cs),
            "threads": args.threads, "held_out_samples": len(test), "train_samples": len(fs), "results": rows,
            "train_seconds": train_s,
            "qat_seconds": qat["seconds"], "ptq_seconds": round(ptq_s, 1),
            "export_max_abs_diff": {"fp32": exp_fp32["max_abs_diff"], "qat": exp_qat["max_abs_diff"]}}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "int8.json").write_text(json.dumps(doc, indent=2) + "\n")
+    write_text(RESULTS / "int8.json", json.dumps(doc, indent=2) + "\n")
     _table(doc)
 
 
@@ -126,10 +143,12 @@ def _table(doc: dict[str, Any]) -> None:
 
     fp32 = doc["results"]["torch FP32 (checkpoint)"]
     lines = [f"# INT8 against FP32 ({doc['date']})", "",
-             f"mmt_small, synthetic composite ({doc['subjects']} subjects x {doc['clips_per_subject']} clips, "
-             f"MEGC2019 layout, seed 0, {doc['train_samples']} samples, DIS flow, S = 112), trained "
-             f"{doc['epochs']} epochs; scored on {doc['held_out_samples']} samples of a second composite with "
-             f"other synthetic identities (seed 1). Calibration: {doc['calibration_samples']} training samples; "
+             f"{doc['model']} ({doc['ablation']}), the demo model's architecture, on DIS flow at S = 112 with the "
+             f"head's own motion {doc['head']}; trained {doc['epochs']} epochs (seed {doc['seed']}) on "
+             f"{doc['train_samples']} samples of {doc['train_subjects']} subjects of the diverse synthetic composite "
+             f"(`synth dataset --layout megc2019 --diverse`, data seed {doc['data_seed']}); scored on "
+             f"{doc['held_out_samples']} samples of {doc['held_out_subjects']} other subjects (data seed "
+             f"{doc['check_seed']}). Calibration: {doc['calibration_samples']} training samples; "
              f"QAT: {doc['qat_epochs']} epochs (modelopt, {doc['qat_seconds']:.0f} s); PTQ: `edge-mer calibrate` "
              f"(max ranges, {doc['ptq_seconds']:.0f} s).", "",
              f"Latency: ONNX Runtime {onnxruntime.__version__}, batch 1, {doc['threads']} threads, all graph "
@@ -144,7 +163,7 @@ def _table(doc: dict[str, Any]) -> None:
         lines.append(f"| {name} | {r['uf1']:.4f} | {r['uar']:.4f} | {r['accuracy']:.4f} | "
                      f"{r['uf1'] - fp32['uf1']:+.4f} | {r['same_prediction_as_fp32']:.1%} | {prods} | {r['file']} | "
                      f"{r['bytes'] / 1e6:.2f} | {ms} |")
-    (RESULTS / "int8.md").write_text("\n".join(lines) + "\n")
+    write_text(RESULTS / "int8.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

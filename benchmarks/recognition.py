@@ -41,8 +41,10 @@ import shutil
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -304,7 +306,7 @@ def retime(models: list[str], folder: Path, runs: int = 300, threads: int = 2) -
     load = os.getloadavg()[0]
     block = min(50, runs)
     folder.mkdir(parents=True, exist_ok=True)
-    calls = {}
+    calls: dict[str, Callable[[], object]] = {}
     for m in models:
         name, ablation = _name_and_ablation(m)
         cfg = model_config(name, ablation=ablation)
@@ -313,7 +315,7 @@ def retime(models: list[str], folder: Path, runs: int = 300, threads: int = 2) -
         write_onnx(build_model(cfg).eval(), cfg.size, path)
         sess = make_session(path, threads=threads)
         motion, texture = sample_inputs(1, cfg.size)
-        calls[m] = (lambda s=sess, a=motion, b=texture: s.run(None, {"motion": a, "texture": b}))
+        calls[m] = partial(sess.run, None, {"motion": motion, "texture": texture})
     times = interleaved_times_ms(calls, runs, warmup=20, block=block)
     return {"date": dt.date.today().isoformat(), "runs": runs, "block": block, "threads": threads,
             "load_average_before": round(load, 2),
