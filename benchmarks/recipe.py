@@ -72,6 +72,20 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
     "motion-only": ("mmt_small", {}, {"modalities": ("motion",)}, "no texture branch (and so no contrastive term)"),
     "motion-only+head-removed": ("mmt_small", {}, {"modalities": ("motion",)},
                                  "motion-only on flow less the head's own motion (`--head removed`)"),
+    "motion-only+head-removed+regions": ("mmt_small", {}, {"modalities": ("motion",), "regions": True},
+                                         "motion-only+head-removed with its patch tokens cut from the eyes and the "
+                                         "mouth corners (as motion-only+regions): the MMT alone reading what the "
+                                         "regional CNN reads, at twice its resolution"),
+    "motion-only+head-removed+regions+conv-stem": ("mmt_small", {}, {"modalities": ("motion",), "regions": True,
+                                                                    "stem": "conv"},
+                                                   "motion-only+head-removed+regions with the conv stem of "
+                                                   "motion-only+conv-stem before its patch tokens: local filters "
+                                                   "on the regions, as the regional CNN has, then attention"),
+    "motion-only+head-removed+regions+conv-stem+regional-partner": (
+        "mmt_small", {"partner_lr": 0.01},
+        {"modalities": ("motion",), "regions": True, "stem": "conv", "ensemble_with": "ststnet_regions"},
+        "motion-only+head-removed+regions+conv-stem with the regional CNN trained beside it at its own learning "
+        "rate 1e-2 (as motion-only+ststnet+head-removed+regions+partner-lr-1e-2 pairs the plain MMT)"),
     "motion-only+regions": ("mmt_small", {}, {"modalities": ("motion",), "regions": True},
                             "motion-only with its patch tokens cut from the eyes and the mouth corners (four S/2 "
                             "regions, as `ststnet_regions` reads) instead of the whole face: as many tokens, none on "

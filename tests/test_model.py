@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -372,6 +374,23 @@ def test_the_mmt_can_read_its_motion_through_a_conv_stem(tmp_path):
     _runs_alike_in_onnxruntime(model, tmp_path)
 
 
+def test_mmt_small_regions_reads_the_regions_through_its_conv_stem_within_the_edge_budget(tmp_path):
+    """``mmt_small_regions`` (motion only, as the recipe trains it): mmt_small's tokens cut from the four regions
+    through the conv stem; within the edge budget (<= 3 M weights, <= 0.5 GFLOPs); motion on the top of the
+    forehead changes nothing, motion in each region does; it exports as one graph ONNX Runtime runs alike."""
+    cfg = model_config("mmt_small_regions", size=112, ablation="motion-only")
+    assert cfg.regions and cfg.stem == "conv" and cfg.modalities == ("motion",)
+    torch.manual_seed(0)
+    model = MMT(cfg).eval()
+    assert count_parameters(model) <= 3_000_000 and flops_per_sample(cfg) <= 0.5e9
+    m, t = _inputs(1)
+    with torch.no_grad():
+        _reads_the_four_regions_only(model, m, t)
+    _runs_alike_in_onnxruntime(model, tmp_path)
+    pair = model_config("mmt_small_regions_ens_regions", size=112, ablation="motion-only")
+    assert replace(pair, ensemble_with="") == cfg and pair.ensemble_with == "ststnet_regions"
+
+
 def test_htnet_is_its_authors_configuration_with_regions_from_the_aligned_crop():
     from edge_mer.model.build import build_model
     from edge_mer.model.mmt import HT_REGIONS
@@ -521,10 +540,6 @@ def test_an_ensemble_predicts_from_both_members_and_trains_each_on_its_own_loss(
 def test_an_ensembles_partner_can_train_at_a_learning_rate_of_its_own():
     """With partner_lr set the partner's weights move as far as that rate takes them while the lead's move
     exactly as without it (the members' losses are disjoint); a model without a partner refuses the setting."""
-    from dataclasses import replace
-
-    import numpy as np
-
     from edge_mer.model.build import build_model
     from edge_mer.train.loop import train_model
 
