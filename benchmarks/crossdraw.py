@@ -28,7 +28,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from recipe import VARIANTS, WORK, _features_folder, extended, features_of, prepare_kind
+from recipe import VARIANTS, WORK, Kind, _features_folder, extended, features_of, prepare_kind
 
 from edge_mer.atomic import write_text
 from edge_mer.errors import script_main
@@ -61,12 +61,16 @@ def _draw_folder(work: Path, draw: int) -> Path:
     return Path(WORK) if draw == 1 else work / f"draw-{draw}"
 
 
-def _features(work: Path, draw: int, name: str) -> Path:
-    kind = features_of(name)
+def draw_features(work: Path, draw: int, kind: Kind) -> Path:
+    """Draw ``draw``'s features of ``kind``, rendered and prepared where they are missing."""
     folder = _draw_folder(work, draw)
     out = folder / _features_folder(kind)
     prepare_kind(folder / "data", out, draw, kind)
     return out
+
+
+def _features(work: Path, draw: int, name: str) -> Path:
+    return draw_features(work, draw, features_of(name))
 
 
 def run_variant(name: str, seed: int, features: dict[int, str], epochs: int, work: str) -> dict[str, Any]:
@@ -112,8 +116,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
     ap.add_argument("--epochs", type=int, default=60, help="the recipe's epochs (variants may change them)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs trained side by side")
-    ap.add_argument("--work", default=OTHER_DRAWS, help="draw 2's data and features, and the runs' "
-                                                                   "predictions")
+    ap.add_argument("--work", default=OTHER_DRAWS, help="draw 2's data and features, and the runs' predictions")
     ap.add_argument("--again", action="store_true", help="train the named variants' seeds again even where the "
                                                           "results hold them (e.g. to keep their predictions)")
     args = ap.parse_args()

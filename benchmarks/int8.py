@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from crossdraw import OTHER_DRAWS, _draw_folder
-from recipe import Kind, _features_folder, prepare_kind
+from crossdraw import OTHER_DRAWS, draw_features
+from recipe import Kind
 
 from edge_mer.atomic import write_text
 from edge_mer.errors import UserError, script_main
@@ -65,14 +65,12 @@ def main() -> None:
         raise UserError("--check-seed must name another draw than --data-seed: the figures are on unseen subjects")
     mcfg = model_config(args.model, size=112, ablation=args.ablation)
     work = Path(args.work)
-    kind = Kind(head=args.head)
-    feats, test_feats = (_draw_folder(Path(OTHER_DRAWS), d) / _features_folder(kind)
+    feats, test_feats = (draw_features(Path(OTHER_DRAWS), d, Kind(head=args.head))
                          for d in (args.data_seed, args.check_seed))
-    for seed, out in ((args.data_seed, feats), (args.check_seed, test_feats)):
-        prepare_kind(out.parent / "data", out, seed, kind)
     fs = FeatureSet.load(feats)
     run = f"{args.model}-{args.ablation}-head-{args.head}-draw-{args.data_seed}-seed-{args.seed}"
-    ck, models = work / run / "fp32" / "checkpoint.pt", work / run / "models"
+    ck, qat_ck, models = (work / run / "fp32" / "checkpoint.pt", work / run / "qat" / "checkpoint.pt",
+                          work / run / "models")
     train_s = None
     if not ck.exists():
         t = time.perf_counter()
@@ -92,13 +90,13 @@ def main() -> None:
     t = time.perf_counter()
     calibrate(fp32, models / "calibration.npz", models / "model.int8.onnx", force=True)
     ptq_s = time.perf_counter() - t
-    qat = finetune(ck, feats, work / run / "qat", calibration=models / "calibration.npz", epochs=args.qat_epochs,
+    qat = finetune(ck, feats, qat_ck.parent, calibration=models / "calibration.npz", epochs=args.qat_epochs,
                    seed=args.seed, progress=False)
-    exp_qat = export(work / run / "qat" / "checkpoint.pt", models / "model.qat.onnx", force=True)
+    exp_qat = export(qat_ck, models / "model.qat.onnx", force=True)
 
     artefacts = {"torch FP32 (checkpoint)": ck, "ONNX Runtime FP32": fp32,
                  "ONNX Runtime INT8, PTQ (calibrated Q/DQ)": models / "model.int8.onnx",
-                 "torch QAT (fake quantization)": work / run / "qat" / "checkpoint.pt",
+                 "torch QAT (fake quantization)": qat_ck,
                  "ONNX Runtime INT8, QAT (Q/DQ)": models / "model.qat.onnx",
                  "ONNX Runtime FP32, QAT weights without quantizers": models / "model.qat.fp32.onnx"}
     test = FeatureSet.load(test_feats)

@@ -116,6 +116,10 @@ class MMTConfig:
 
 # edge size: <= 3 M parameters and <= 0.5 GFLOPs per sample at S = 112
 _SMALL = MMTConfig(patch_sizes=(14, 28), dim=128, depth=4, heads=4, mlp_ratio=2.0)
+# mmt_small reading the eyes and the mouth corners (regions) through 3 x 3 filters (a conv stem) before its patch
+# tokens: local filters on what the regional CNN reads, at twice its resolution, then attention (motion only, as
+# the recipe trains it, 1.6 M parameters and 0.14 GFLOPs; with the texture branch 3.2 M)
+_SMALL_REGIONS = replace(_SMALL, regions=True, stem="conv")
 
 MODELS: dict[str, MMTConfig] = {
     # research size
@@ -124,12 +128,10 @@ MODELS: dict[str, MMTConfig] = {
     # tiny, for CI
     "mmt_test": MMTConfig(patch_sizes=(16, 28), dim=32, depth=1, heads=2, mlp_ratio=2.0, proj_dim=16,
                           dropout=0.0),
-    # mmt_small reading the eyes and the mouth corners (regions) through 3 x 3 filters (a conv stem) before its
-    # patch tokens: local filters on what the regional CNN reads, at twice its resolution, then attention (motion
-    # only, as the recipe trains it, 1.6 M parameters and 0.14 GFLOPs; with the texture branch 3.2 M)
-    "mmt_small_regions": replace(_SMALL, regions=True, stem="conv"),
+    # mmt_small on the regions through a conv stem (above)
+    "mmt_small_regions": _SMALL_REGIONS,
     # the same with the regional STSTNet trained beside it (the pair; train it with partner_lr=0.01)
-    "mmt_small_regions_ens_regions": replace(_SMALL, regions=True, stem="conv", ensemble_with="ststnet_regions"),
+    "mmt_small_regions_ens_regions": replace(_SMALL_REGIONS, ensemble_with="ststnet_regions"),
     # mmt_small and the shallow CNN below trained side by side, predicting together (their errors differ)
     "mmt_small_ens": replace(_SMALL, ensemble_with="ststnet"),
     # the same with the regional STSTNet (ststnet_regions) as the partner
