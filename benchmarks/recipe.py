@@ -81,6 +81,11 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
                                                    "motion-only+head-removed+regions with the conv stem of "
                                                    "motion-only+conv-stem before its patch tokens: local filters "
                                                    "on the regions, as the regional CNN has, then attention"),
+    "motion-only+head-removed+regions+strided-stem": ("mmt_small", {}, {"modalities": ("motion",), "regions": True,
+                                                                        "stem": "strided"},
+                                                      "motion-only+head-removed+regions+conv-stem with the stem's "
+                                                      "filters at a stride of 2 instead of the max-pool: the same "
+                                                      "tokens from a quarter of the filter positions"),
     "motion-only+head-removed+regions+conv-stem+regional-partner": (
         "mmt_small", {"partner_lr": 0.01},
         {"modalities": ("motion",), "regions": True, "stem": "conv", "ensemble_with": "ststnet_regions"},

@@ -351,26 +351,41 @@ def test_the_mmt_can_pool_its_tokens_before_normalising_them():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.branches.parameters())
 
 
-def test_the_mmt_can_read_its_motion_through_a_conv_stem(tmp_path):
-    """``stem="conv"``: 3 x 3 filters and a 2 x 2 max-pool before patches of half the side: the same tokens, the
-    weights and FLOPs the stem adds; a model without it loads its checkpoints as before; it trains and exports."""
+@pytest.mark.parametrize("stem", ["conv", "strided"])
+def test_the_mmt_can_read_its_motion_through_a_conv_stem(tmp_path, stem):
+    """``stem="conv"``: 3 x 3 filters and a 2 x 2 max-pool before patches of half the side; ``"strided"``: the
+    filters at a stride of 2 instead: the same tokens, the weights the stem adds, the FLOPs (the strided stem a
+    quarter of the conv stem's filter work); a model without it loads its checkpoints as before; it trains and
+    exports."""
     from edge_mer.model.mmt import STEM_FILTERS
 
     plain_cfg = model_config("mmt_test", ablation="motion-only")
-    cfg = model_config("mmt_test", ablation="motion-only", changes={"stem": "conv"})
+    cfg = model_config("mmt_test", ablation="motion-only", changes={"stem": stem})
     plain, model = MMT(plain_cfg), MMT(cfg)
     added = sum(STEM_FILTERS * 3 * 9 + STEM_FILTERS + (STEM_FILTERS * (p // 2) ** 2 - 3 * p * p) * cfg.dim
                 for p in cfg.patch_sizes)
     assert count_parameters(model) == count_parameters(plain) + added
     assert [b.pos.shape for b in model.branches.values()] == [b.pos.shape for b in plain.branches.values()]
     assert flops_per_sample(cfg) > flops_per_sample(plain_cfg)
+    conv, strided = (model_config("mmt_test", ablation="motion-only", changes={"stem": s})
+                     for s in ("conv", "strided"))
+    filters = 2 * cfg.size ** 2 * 3 * 9 * STEM_FILTERS * len(cfg.patch_sizes)  # the conv stem's, at S
+    assert flops_per_sample(conv) - flops_per_sample(strided) == filters * 3 // 4
     assert not any(".stem." in k for k in plain.state_dict())  # a plain checkpoint's keys as before
     assert any(".stem." in k for k in model.state_dict())
     logits, aux = model.train().forward_train(*_inputs(4))
     (torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 0])) + aux).backward()
     assert all(p.grad is not None for p in model.branches.parameters())
     with pytest.raises(UserError, match="patch sizes must be even"):
-        model_config("mmt_test", changes={"stem": "conv", "patch_sizes": [7, 28]})
+        model_config("mmt_test", changes={"stem": stem, "patch_sizes": [7, 28]})
+    branch, x = next(iter(model.branches.values())), torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        first = branch.stem[0]
+        filtered = torch.relu(torch.nn.functional.conv2d(x, first.weight, first.bias, padding=1))  # every position
+        if stem == "conv":  # the filters' rectified outputs, the largest of each 2 x 2
+            assert torch.equal(branch.stem(x), torch.nn.functional.max_pool2d(filtered, 2))
+        else:  # the filters at every other position
+            assert torch.allclose(branch.stem(x), filtered[..., ::2, ::2], atol=1e-6)
     _runs_alike_in_onnxruntime(model, tmp_path)
 
 
@@ -379,7 +394,7 @@ def test_mmt_small_regions_reads_the_regions_through_its_conv_stem_within_the_ed
     through the conv stem; within the edge budget (<= 3 M weights, <= 0.5 GFLOPs); motion on the top of the
     forehead changes nothing, motion in each region does; it exports as one graph ONNX Runtime runs alike."""
     cfg = model_config("mmt_small_regions", size=112, ablation="motion-only")
-    assert cfg.regions and cfg.stem == "conv" and cfg.modalities == ("motion",)
+    assert cfg.regions and cfg.stem == "strided" and cfg.modalities == ("motion",)
     torch.manual_seed(0)
     model = MMT(cfg).eval()
     assert count_parameters(model) <= 3_000_000 and flops_per_sample(cfg) <= 0.5e9

@@ -139,8 +139,11 @@ class Branch(nn.Module):
         self.cfg = cfg
         n = (cfg.size // patch) ** 2  # with cfg.regions: 4 regions x (S/2 / patch)^2, as many
         self.stem: nn.Module = nn.Identity()
-        if cfg.stem == "conv":
-            self.stem = nn.Sequential(nn.Conv2d(channels, STEM_FILTERS, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        if cfg.stem == "conv":  # the max-pool before the ReLU: the same values, the ReLU on a quarter of them
+            self.stem = nn.Sequential(nn.Conv2d(channels, STEM_FILTERS, 3, padding=1), nn.MaxPool2d(2), nn.ReLU())
+        elif cfg.stem == "strided":
+            self.stem = nn.Sequential(nn.Conv2d(channels, STEM_FILTERS, 3, stride=2, padding=1), nn.ReLU())
+        if cfg.stem != "patch":
             channels, patch = STEM_FILTERS, patch // 2
         self.embed = nn.Conv2d(channels, cfg.dim, kernel_size=patch, stride=patch)
         self.cls = nn.Parameter(torch.zeros(1, 1, cfg.dim))
@@ -265,8 +268,9 @@ def flops_per_sample(cfg: MMTConfig) -> int:
         for p in cfg.patch_sizes:
             n = (cfg.size // p) ** 2
             t = n + 1
-            if cfg.stem == "conv":  # 3 x 3 filters at S, then half-side patches of the pooled map
-                total += cfg.size * cfg.size * c * 9 * STEM_FILTERS + n * STEM_FILTERS * (p // 2) ** 2 * cfg.dim
+            if cfg.stem != "patch":  # 3 x 3 filters at S (conv) or S/2 (strided), then half-side patches
+                at = cfg.size if cfg.stem == "conv" else cfg.size // 2
+                total += at * at * c * 9 * STEM_FILTERS + n * STEM_FILTERS * (p // 2) ** 2 * cfg.dim
             else:
                 total += n * c * p * p * cfg.dim  # patch embedding
             per_layer = t * cfg.dim * 3 * cfg.dim + 2 * t * t * cfg.dim + t * cfg.dim * cfg.dim
