@@ -32,7 +32,7 @@ from recipe import VARIANTS, WORK, Kind, _features_folder, extended, features_of
 
 from edge_mer.atomic import write_text
 from edge_mer.errors import script_main
-from edge_mer.eval.metrics import mean_and_spread, scores
+from edge_mer.eval.metrics import averaged, mean_and_spread, scores
 from edge_mer.eval.truth import (
     amplitude_bands,
     breakdown,
@@ -198,10 +198,10 @@ def _errors(doc: dict[str, Any], work: Path, names: list[str]) -> list[str]:
         for (_, b), runs in ways.items():
             ids = [f"{b}/{i}" for i in runs[0]["ids"]]
             labels = runs[0]["labels"]
-            cells.append(f"{scores(labels, sum(r['probs'] for r in runs).argmax(1), class_names).uf1:.4f}")
-            answers = [r["probs"].argmax(1) for r in runs]
-            shared.append(np.mean([(x == answers[0]).mean() for x in answers[1:]]) if len(runs) > 1 else 1.0)
-            for answer in answers:
+            together = averaged(labels, [r["probs"] for r in runs], class_names)
+            cells.append(f"{together.scores.uf1:.4f}")
+            shared.append(together.shared)
+            for answer in (r["probs"].argmax(1) for r in runs):
                 groups.setdefault(n, []).append(breakdown(merged, ids, labels, answer, bands))
                 if n == reference:
                     pattern_errors(merged, ids, labels, answer, class_names, patterns)

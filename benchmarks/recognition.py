@@ -6,9 +6,10 @@ MEGC2019 composite), prepares its features (DIS flow, S = 112), and trains every
 chosen on a test subject) with the same recipe, for each seed. Each model's final checkpoint is exported to ONNX
 and timed at batch 1 with ONNX Runtime on this CPU. Writes ``benchmarks/results/recognition.md`` and ``.json`` (UF1
 and UAR as mean and spread over the seeds, UF1 per dataset, parameters, GFLOPs, CPU latency, training time, where
-the errors are, and what the best-scoring model misreads: the patterns of coded action units and the subjects, with
-the gain and asymmetry they were drawn with) and ``recognition_<model>.png``, the confusion matrix of the first
-seed. Runs already in the JSON are kept, so an interrupted benchmark resumes.
+the errors are, each row's seeds with their class probabilities averaged, and what the best-scoring model
+misreads: the patterns of coded action units and the subjects, with the gain and asymmetry they were drawn with)
+and ``recognition_<model>.png``, the confusion matrix of the first seed. Runs already in the JSON are kept, so an
+interrupted benchmark resumes.
 
     python benchmarks/recognition.py [--models ststnet,mmt_small,mmt_small+motion-only] [--seeds 0,1,2] [--jobs 2]
                                      [--fan-out 2]
@@ -33,6 +34,7 @@ sooner. A run that is stopped keeps its finished folds (``train``'s resume), whi
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime as dt
 import json
 import os
@@ -48,11 +50,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from edge_mer.atomic import write_text
 from edge_mer.errors import UserError, script_main
-from edge_mer.eval.metrics import mean_and_spread
+from edge_mer.eval.metrics import averaged, mean_and_spread
 from edge_mer.eval.truth import (
     FIRST_FACES,
     breakdown_of,
@@ -266,6 +269,7 @@ def main() -> None:
         r["breakdown"] = r.get("breakdown") or breakdown_of(kept, work / "data")
         r["misread"] = r.get("misread") or misread_of(kept, work / "data", CLASSES)
     doc |= draw_summary(work / "data", feats)
+    seeds_averaged(doc, work)
 
     def save() -> None:
         doc.update({"date": dt.date.today().isoformat(), "epochs": args.epochs, "data_seed": args.data_seed,
@@ -279,6 +283,7 @@ def main() -> None:
         for done in as_completed(jobs):
             r = done.result()
             doc["runs"][key_of(r)] = r
+            seeds_averaged(doc, work)
             save()
             print(f"{row_label(r)}/{r['seed']}: UF1 {r['uf1']:.4f} UAR {r['uar']:.4f} ({r['seconds']:.0f} s)",
                   flush=True)
@@ -335,6 +340,50 @@ def _latency_text(doc: dict) -> str:
             f"{t['load_average_before']} before; `--retime`).")
 
 
+def _probabilities(predictions: Path) -> tuple[list[str], list[int], np.ndarray]:
+    """A run's predictions.csv (``train``'s): the samples' ids, annotated classes and class probabilities."""
+    with predictions.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [r["id"] for r in rows], [int(r["truth"]) for r in rows], \
+        np.array([[float(r[f"p_{c}"]) for c in CLASSES] for r in rows], np.float64)
+
+
+def seeds_averaged(doc: dict[str, Any], work: Path) -> None:
+    """``doc["averaged"]``: for each row of two or more seeds whose run folders all kept their predictions, the
+    scores of the seeds' class probabilities averaged (an ensemble of the seeds, as many models on the device) and
+    the share of answers the seeds give alike. A row whose folders are gone keeps what was computed before."""
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for r in doc["runs"].values():
+        rows.setdefault(row_label(r), []).append(r)
+    averaged_rows = doc.setdefault("averaged", {})
+    for label, runs in rows.items():
+        files = [work / "runs" / key_of(r) / "predictions.csv" for r in sorted(runs, key=lambda r: r["seed"])]
+        if len(files) < 2 or not all(f.is_file() for f in files):
+            continue
+        kept = [_probabilities(f) for f in files]
+        order = [np.argsort(ids) for ids, _, _ in kept]
+        ids, truth, _ = kept[0]
+        if any(sorted(k[0]) != sorted(ids) for k in kept[1:]):
+            raise UserError(f"{label}: its seeds' runs scored different samples; train them again on one draw")
+        together = averaged(np.asarray(truth)[order[0]], [k[2][o] for k, o in zip(kept, order)], CLASSES)
+        averaged_rows[label] = {"seeds": sorted(r["seed"] for r in runs), "uf1": together.scores.uf1,
+                                "uar": together.scores.uar, "shared": together.shared}
+
+
+def _averaged_table(doc: dict[str, Any]) -> list[str]:
+    """Markdown lines: the rows whose seeds were averaged (``seeds_averaged``)."""
+    rows = doc.get("averaged") or {}
+    if not rows:
+        return []
+    return ["", "### The seeds averaged", "",
+            "Each sample's class probabilities averaged over the row's seeds before its class is read (an ensemble "
+            "of the seeds' models: as many models to run on the device, and their parameters and GFLOPs as many "
+            "times over); answers shared: how many of the samples each later seed answers as the first does.", "",
+            "| model | seeds | UF1 | UAR | answers shared |", "|---|---|---:|---:|---:|",
+            *(f"| {label} | {', '.join(map(str, a['seeds']))} | {a['uf1']:.4f} | {a['uar']:.4f} | "
+              f"{a['shared']:.3f} |" for label, a in rows.items())]
+
+
 def _table(doc: dict, name: str) -> None:
     models: dict[str, list[dict]] = {}
     for r in doc["runs"].values():
@@ -377,6 +426,7 @@ def _table(doc: dict, name: str) -> None:
         lines += ["", *errors_table({m: [r["breakdown"] for r in runs if r.get("breakdown")]
                                      for m, runs in models.items()}, doc["ceiling"], doc["amplitude_bands"],
                                     doc.get("coded_reference"))]
+    lines += _averaged_table(doc)
     lines += _misread(models)
     write_text(RESULTS / f"{name}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_mer.eval.metrics import confusion, per_group, scores
+from edge_mer.eval.metrics import averaged, confusion, per_group, scores
 from edge_mer.eval.protocol import loso_folds, megc_log
 
 NAMES = ("negative", "positive", "surprise")
@@ -23,6 +23,20 @@ def test_hand_computed_scores():
     assert s.uar == pytest.approx((2 / 3 + 0.5 + 1.0) / 3)
     assert s.accuracy == pytest.approx(4 / 6)
     assert s.absent == []
+
+
+def test_the_seeds_probabilities_averaged_read_a_class_neither_seed_may_name():
+    truth = [0, 1, 2, 1]
+    a = np.array([[0.6, 0.4, 0.0], [0.2, 0.7, 0.1], [0.1, 0.1, 0.8], [0.5, 0.3, 0.2]])
+    b = np.array([[0.1, 0.9, 0.0], [0.3, 0.6, 0.1], [0.0, 0.2, 0.8], [0.0, 0.9, 0.1]])
+    both = averaged(truth, [a, b], NAMES)
+    # means: [0.35, 0.65, 0], [0.25, 0.65, 0.1], [0.05, 0.15, 0.8], [0.25, 0.6, 0.15] -> 1, 1, 2, 1
+    assert both.scores.confusion == [[0, 1, 0], [0, 2, 0], [0, 0, 1]]
+    assert both.shared == pytest.approx(2 / 4)  # a answers 0, 1, 2, 0; b 1, 1, 2, 1
+    assert averaged(truth, [a], NAMES).shared == 1.0
+    assert averaged(truth, [a], NAMES).scores == scores(truth, a.argmax(1), NAMES)
+    with pytest.raises(ValueError, match="no run"):
+        averaged(truth, [], NAMES)
 
 
 def test_pooled_not_averaged_over_folds():

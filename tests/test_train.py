@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import asdict
@@ -375,6 +376,43 @@ def test_the_recognition_benchmark_keeps_runs_on_flow_less_the_head_apart(tmp_pa
     assert f"### What {model} (head motion removed, the partner at learning rate 0.01) misreads most" in text
     assert "| samm | 12 | positive | clean | 4 | 22 | negative 4 |" in text
     assert "| samm/029 | 5 | 18 | 0.55 | 0.24 |" in text and "smic/s01" not in text
+
+
+def test_the_recognition_benchmark_averages_a_rows_seeds_where_their_answers_were_kept(tmp_path, monkeypatch):
+    """A row of two or more seeds whose run folders kept their predictions gets the scores of the seeds' class
+    probabilities averaged (an ensemble of the seeds) and the share of answers they give alike, in the JSON and
+    the table; a row of one seed gets none, and a row whose folders are gone keeps what was computed before."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import recognition
+
+    def run(model: str, seed: int, probs: dict[str, list[float]]) -> dict:
+        folder = tmp_path / "runs" / recognition.run_key(model, seed)
+        folder.mkdir(parents=True)
+        truth = {"a": 0, "b": 1, "c": 2, "d": 1}
+        (folder / "predictions.csv").write_text(
+            "id,subject,truth,prediction,p_negative,p_positive,p_surprise\n"
+            + "".join(f"{i},s{i},{truth[i]},{max(range(3), key=p.__getitem__)},{p[0]},{p[1]},{p[2]}\n"
+                      for i, p in probs.items()))
+        return {"model": model, "seed": seed, "uf1": 0.5, "uar": 0.5, "params": 10, "gflops": 0.1, "seconds": 1,
+                "device": "cpu", "per_dataset": {d: {"uf1": 0.5} for d in recognition.DATASETS}}
+
+    # the same samples in another order in the second seed's file: matched by id
+    runs = [run("mmt_test", 0, {"a": [0.6, 0.4, 0], "b": [0.2, 0.7, 0.1], "c": [0.1, 0.1, 0.8],
+                                "d": [0.5, 0.3, 0.2]}),
+            run("mmt_test", 1, {"d": [0, 0.9, 0.1], "c": [0, 0.2, 0.8], "b": [0.3, 0.6, 0.1], "a": [0.1, 0.9, 0]}),
+            run("ststnet", 0, {"a": [1, 0, 0], "b": [0, 1, 0], "c": [0, 0, 1], "d": [0, 1, 0]})]
+    doc = {"runs": {recognition.key_of(r): r for r in runs}}
+    recognition.seeds_averaged(doc, tmp_path)
+    assert set(doc["averaged"]) == {"mmt_test"}
+    mean = doc["averaged"]["mmt_test"]
+    # averaged: a -> positive (wrong), b, c, d right: F1 negative 0, positive 2*2/(4+1) = 0.8, surprise 1
+    assert mean["seeds"] == [0, 1] and mean["uf1"] == pytest.approx(1.8 / 3) and mean["shared"] == 0.5
+    shutil.rmtree(tmp_path / "runs")
+    recognition.seeds_averaged(doc, tmp_path)
+    assert doc["averaged"]["mmt_test"] == mean
+    monkeypatch.setattr(recognition, "RESULTS", tmp_path)
+    recognition._table(doc, "t")
+    assert "| mmt_test | 0, 1 | 0.6000 | 0.6667 | 0.500 |" in (tmp_path / "t.md").read_text()
 
 
 def test_the_cross_draw_check_scores_each_draw_with_a_model_trained_on_the_other(composite_features, generated,

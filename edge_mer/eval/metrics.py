@@ -55,6 +55,24 @@ class Scores:
                 "absent_classes": self.absent}
 
 
+@dataclass
+class Averaged:
+    """Several runs' class probabilities averaged (an ensemble of the seeds): its scores, and the share of
+    answers the runs give alike (each later run's agreement with the first, averaged; 1 for one run)."""
+
+    scores: Scores
+    shared: float
+
+
+def averaged(truth: Labels, probs: Sequence[np.ndarray], names: Sequence[str]) -> Averaged:
+    """``probs``: one (N, classes) array a run, the same samples in the same order."""
+    if not probs:
+        raise ValueError("no run's probabilities to average")
+    answers = [np.asarray(p).argmax(1) for p in probs]
+    shared = float(np.mean([(a == answers[0]).mean() for a in answers[1:]])) if len(answers) > 1 else 1.0
+    return Averaged(scores(truth, np.mean(probs, 0).argmax(1), names), shared)
+
+
 def scores(truth: Labels, pred: Labels, names: Sequence[str]) -> Scores:
     c = len(names)
     cm = confusion(truth, pred, c)
