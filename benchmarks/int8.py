@@ -9,10 +9,10 @@ other development draw (data seed 2: 456 samples of other subjects), so a differ
 UF1 by about 0.002. Neither draw is the recognition benchmark's (data seed 0); their data and features are shared with
 ``recipe.py`` and ``crossdraw.py``. ONNX Runtime latency is the median of one sample (batch 1, 2 threads, all
 graph optimisations), the files measured in turn, five rounds, best round kept (the machine may be busy).
-Writes ``benchmarks/results/int8.md`` and ``.json``.
+Writes ``benchmarks/results/int8.md`` and ``.json`` (``--name``: another stem, for another model).
 
     python benchmarks/int8.py [--model mmt_small_ens] [--ablation motion-only] [--head removed] [--epochs 60]
-                              [--qat-epochs 10]
+                              [--qat-epochs 10] [--name int8]
 """
 
 from __future__ import annotations
@@ -44,11 +44,12 @@ from edge_mer.train.loop import TrainConfig, train_model
 from edge_mer.train.run import RunConfig, save_checkpoint
 
 RESULTS = Path(__file__).resolve().parent / "results"
+DEMO_MODEL = "mmt_small_ens"  # scripts/make_demo_model.py's
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="mmt_small_ens", help="the demo model's (scripts/make_demo_model.py)")
+    ap.add_argument("--model", default=DEMO_MODEL, help="the demo model's (scripts/make_demo_model.py)")
     ap.add_argument("--ablation", default="motion-only", choices=sorted(ABLATIONS))
     ap.add_argument("--head", default="removed", choices=("kept", "removed"), help="the features' head motion")
     ap.add_argument("--data-seed", type=int, default=1, help="the draw trained and calibrated on")
@@ -60,7 +61,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="training seed")
     ap.add_argument("--work", default="benchmarks/.work/int8", help="models (not committed); the draws' data and "
                                                                     "features live where crossdraw.py keeps them")
+    ap.add_argument("--name", default="int8", help="results file stem (default int8; another model: another name)")
     args = ap.parse_args()
+    command = " ".join(["python benchmarks/int8.py", *(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+                                                        if v != ap.get_default(k))])
     if args.check_seed == args.data_seed:
         raise UserError("--check-seed must name another draw than --data-seed: the figures are on unseen subjects")
     mcfg = model_config(args.model, size=112, ablation=args.ablation)
@@ -130,18 +134,21 @@ def main() -> None:
            "threads": args.threads, "held_out_samples": len(test), "train_samples": len(fs), "results": rows,
            "train_seconds": train_s,
            "qat_seconds": qat["seconds"], "ptq_seconds": round(ptq_s, 1),
-           "export_max_abs_diff": {"fp32": exp_fp32["max_abs_diff"], "qat": exp_qat["max_abs_diff"]}}
+           "export_max_abs_diff": {"fp32": exp_fp32["max_abs_diff"], "qat": exp_qat["max_abs_diff"]},
+           "command": command}
     RESULTS.mkdir(exist_ok=True)
-    write_text(RESULTS / "int8.json", json.dumps(doc, indent=2) + "\n")
-    _table(doc)
+    write_text(RESULTS / f"{args.name}.json", json.dumps(doc, indent=2) + "\n")
+    _table(doc, args.name)
 
 
-def _table(doc: dict[str, Any]) -> None:
+def _table(doc: dict[str, Any], stem: str) -> None:
     import onnxruntime
 
     fp32 = doc["results"]["torch FP32 (checkpoint)"]
     lines = [f"# INT8 against FP32 ({doc['date']})", "",
-             f"{doc['model']} ({doc['ablation']}), the demo model's architecture, on DIS flow at S = 112 with the "
+             f"{doc['model']} ({doc['ablation']})"
+             + (", the demo model's architecture," if doc["model"] == DEMO_MODEL else "")
+             + " on DIS flow at S = 112 with the "
              f"head's own motion {doc['head']}; trained {doc['epochs']} epochs (seed {doc['seed']}) on "
              f"{doc['train_samples']} samples of {doc['train_subjects']} subjects of the diverse synthetic composite "
              f"(`synth dataset --layout megc2019 --diverse`, data seed {doc['data_seed']}); scored on "
@@ -151,7 +158,7 @@ def _table(doc: dict[str, Any]) -> None:
              f"(max ranges, {doc['ptq_seconds']:.0f} s).", "",
              f"Latency: ONNX Runtime {onnxruntime.__version__}, batch 1, {doc['threads']} threads, all graph "
              f"optimisations; median of 100 runs, best of 5 rounds taken in turn. Machine: {doc['machine']}.", "",
-             "Command: `python benchmarks/int8.py`", "",
+             f"Command: `{doc.get('command', 'python benchmarks/int8.py')}`", "",
              "| model | UF1 | UAR | accuracy | ΔUF1 vs FP32 | same prediction as FP32 | INT8 / FP32 products | "
              "file | size (MB) | ORT latency (ms) |",
              "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
@@ -161,7 +168,7 @@ def _table(doc: dict[str, Any]) -> None:
         lines.append(f"| {name} | {r['uf1']:.4f} | {r['uar']:.4f} | {r['accuracy']:.4f} | "
                      f"{r['uf1'] - fp32['uf1']:+.4f} | {r['same_prediction_as_fp32']:.1%} | {prods} | {r['file']} | "
                      f"{r['bytes'] / 1e6:.2f} | {ms} |")
-    write_text(RESULTS / "int8.md", "\n".join(lines) + "\n")
+    write_text(RESULTS / f"{stem}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
