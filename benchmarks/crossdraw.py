@@ -9,7 +9,8 @@ model lacks capacity or data. A variant is a name of ``recipe.VARIANTS`` and tra
 Writes ``benchmarks/results/crossdraw.md`` and ``.json`` and resumes: runs already in the JSON are kept. Each
 run keeps its class probabilities on the draw it is scored on (under ``--work``), from which the table adds,
 per variant whose runs all kept them, the seeds' probabilities averaged, where the errors are (as the recipe
-and recognition benchmarks split them) and the coded action units the reference variant misreads most.
+and recognition benchmarks split them) and the coded action units the reference variant misreads most; those
+figures are kept in the JSON, so the table holds them where the predictions are gone (another machine).
 
     python benchmarks/crossdraw.py --variants ststnet-regions+head-removed,... [--seeds 0,1,2] [--jobs 2]
 """
@@ -74,6 +75,15 @@ def _features(work: Path, draw: int, name: str) -> Path:
 
 
 def run_variant(name: str, seed: int, features: dict[int, str], epochs: int, work: str) -> dict[str, Any]:
+    """Both directions of one variant and seed, one after the other."""
+    return combined(name, seed, {f"{a}->{b}": run_direction(name, seed, a, b, features, epochs, work)
+                                 for a, b in DIRECTIONS})
+
+
+def run_direction(name: str, seed: int, a: int, b: int, features: dict[int, str], epochs: int,
+                  work: str) -> dict[str, Any]:
+    """Variant ``name`` trained on all of draw ``a`` and scored on all of draw ``b`` (and on draw ``a``: its
+    fit); its class probabilities on draw ``b`` kept under ``work``."""
     import numpy as np
     import torch
 
@@ -84,25 +94,30 @@ def run_variant(name: str, seed: int, features: dict[int, str], epochs: int, wor
     model, train_changes, model_changes, _ = VARIANTS[name]
     train = replace(TrainConfig(epochs=epochs, seed=seed), **train_changes)
     cfg = model_config(model, size=112, changes=model_changes)
-    sets = {d: FeatureSet.load(Path(features[d])) for d in DRAWS}
-    out: dict[str, Any] = {"variant": name, "seed": seed, "epochs": train.epochs}
+    start = time.time()
+    on, to = FeatureSet.load(Path(features[a])), FeatureSet.load(Path(features[b]))
     # a model of person_rms reads each subject's motion scaled: by all of the subject's samples where trained, by
     # the subject's other samples where scored
-    trained = {d: sets[d].motion_as_read(cfg.person_rms, scored=False) for d in DRAWS}
-    scored = {d: sets[d].motion_as_read(cfg.person_rms, scored=True) for d in DRAWS}
-    for a, b in DIRECTIONS:
-        start = time.time()
-        fit = train_model(cfg, train, trained[a], sets[a].texture, sets[a].labels, seed)
-        probs = predict(fit, scored[b], sets[b].texture)
-        held = scores(sets[b].labels, probs.argmax(1), cfg.class_names)
-        kept = _predictions(Path(work), name, seed, a, b)
-        kept.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(kept, ids=np.asarray(sets[b].ids), labels=sets[b].labels, probs=probs)
-        own = scores(sets[a].labels, predict(fit, trained[a], sets[a].texture).argmax(1), cfg.class_names)
-        out[f"{a}->{b}"] = {"uf1": held.uf1, "uar": held.uar, "fit_uf1": own.uf1, "seconds": time.time() - start,
-                            "trained_on": len(sets[a]), "scored_on": len(sets[b])}
-    out["uf1"] = statistics.mean(out[f"{a}->{b}"]["uf1"] for a, b in DIRECTIONS)
-    return out
+    trained = on.motion_as_read(cfg.person_rms, scored=False)
+    fit = train_model(cfg, train, trained, on.texture, on.labels, seed,
+                      on_epoch=lambda e, loss: print(f"  {name} seed {seed}, draw {a} -> {b}: epoch {e + 1}/"
+                                                     f"{train.epochs} loss {loss:.3f} ({time.time() - start:.0f} s)",
+                                                     flush=True) if (e + 1) % 10 == 0 else None)
+    probs = predict(fit, to.motion_as_read(cfg.person_rms, scored=True), to.texture)
+    held = scores(to.labels, probs.argmax(1), cfg.class_names)
+    kept = _predictions(Path(work), name, seed, a, b)
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(kept, ids=np.asarray(to.ids), labels=to.labels, probs=probs)
+    own = scores(on.labels, predict(fit, trained, on.texture).argmax(1), cfg.class_names)
+    return {"uf1": held.uf1, "uar": held.uar, "fit_uf1": own.uf1, "seconds": time.time() - start,
+            "trained_on": len(on), "scored_on": len(to), "epochs": train.epochs}
+
+
+def combined(name: str, seed: int, ways: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One run's record from its two directions' (``"1->2"``, ``"2->1"``)."""
+    epochs = {w.pop("epochs") for w in ways.values()}
+    return {"variant": name, "seed": seed, "epochs": epochs.pop(), **ways,
+            "uf1": statistics.mean(ways[f"{a}->{b}"]["uf1"] for a, b in DIRECTIONS)}
 
 
 def _predictions(work: Path, name: str, seed: int, a: int, b: int) -> Path:
@@ -115,7 +130,8 @@ def main() -> None:
     ap.add_argument("--variants", required=True, help=f"comma-separated, from {', '.join(VARIANTS)}")
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
     ap.add_argument("--epochs", type=int, default=60, help="the recipe's epochs (variants may change them)")
-    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs trained side by side")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="trainings side by side (a run's two "
+                                                                      "directions are two)")
     ap.add_argument("--work", default=OTHER_DRAWS, help="draw 2's data and features, and the runs' predictions")
     ap.add_argument("--again", action="store_true", help="train the named variants' seeds again even where the "
                                                           "results hold them (e.g. to keep their predictions)")
@@ -130,17 +146,27 @@ def main() -> None:
     doc = json.loads(out_json.read_text()) if out_json.exists() else {"runs": {}}
     todo = [(n, int(s)) for n in names for s in args.seeds.split(",")
             if args.again or f"{n}/{s}" not in doc["runs"]]
-    print(f"{len(todo)} runs to do (two trainings each), {args.jobs} at a time", flush=True)
+    print(f"{len(todo)} runs to do (two trainings each, side by side where --jobs allows), {args.jobs} trainings "
+          "at a time", flush=True)
+    ways: dict[tuple[str, int], dict[str, Any]] = {run: {} for run in todo}
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        jobs = [pool.submit(run_variant, n, s, feats[n], args.epochs, str(work)) for n, s in todo]
-        for k, done in enumerate(as_completed(jobs), 1):
-            r = done.result()
-            doc["runs"][f"{r['variant']}/{r['seed']}"] = r
+        jobs = {pool.submit(run_direction, n, s, a, b, feats[n], args.epochs, str(work)): (n, s, f"{a}->{b}")
+                for n, s in todo for a, b in DIRECTIONS}
+        k = 0
+        for done in as_completed(jobs):
+            n, s, way = jobs[done]
+            ways[n, s][way] = done.result()
+            if len(ways[n, s]) < len(DIRECTIONS):
+                continue
+            r = combined(n, s, ways[n, s])
+            doc["runs"][f"{n}/{s}"] = r
             doc |= {"date": dt.date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
             save_runs(out_json, doc)
-            print(f"[{k}/{len(todo)}] {r['variant']} seed {r['seed']}: UF1 {r['uf1']:.4f} (1->2 "
-                  f"{r['1->2']['uf1']:.4f}, 2->1 {r['2->1']['uf1']:.4f})", flush=True)
+            k += 1
+            print(f"[{k}/{len(todo)}] {n} seed {s}: UF1 {r['uf1']:.4f} (1->2 {r['1->2']['uf1']:.4f}, 2->1 "
+                  f"{r['2->1']['uf1']:.4f})", flush=True)
     _table(doc, work)
+    save_runs(out_json, doc)  # with the analysis the table made from the kept predictions
 
 
 def _paired(doc: dict[str, Any], name: str, other: str, way: str = "") -> str:
@@ -159,13 +185,14 @@ def _seeds(doc: dict[str, Any], name: str) -> list[str]:
     return sorted(k.split("/")[-1] for k in doc["runs"] if k.rsplit("/", 1)[0] == name)
 
 
-def _errors(doc: dict[str, Any], work: Path, names: list[str]) -> list[str]:
-    """Markdown lines from the runs' kept predictions: the draws' limits, the seeds averaged, where the errors
-    are and the patterns the first variant misreads most (all for the variants whose runs all kept theirs)."""
+def _analyse(doc: dict[str, Any], work: Path, names: list[str]) -> None:
+    """From the runs' kept predictions, for each variant whose runs all kept theirs: its seeds' probabilities
+    averaged, where its errors are and the patterns it misreads most, as table rows in ``doc["analysis"]`` (so
+    that the table keeps them when the predictions are gone), and the draws' limits in ``doc["limits"]``."""
     import numpy as np
 
     if not all((_draw_folder(work, d) / "data").is_dir() for d in DRAWS):
-        return []
+        return
     truths = {d: read_truth(_draw_folder(work, d) / "data") for d in DRAWS}
     merged = {f"{d}/{i}": t for d in DRAWS for i, t in truths[d].items()}
     class_names = model_config("ststnet_regions").class_names
@@ -176,25 +203,22 @@ def _errors(doc: dict[str, Any], work: Path, names: list[str]) -> list[str]:
             for a, b, f in files:
                 kept.setdefault(n, {}).setdefault((a, b), []).append(np.load(f))
     if not kept:
-        return []
-    reference = REFERENCE if REFERENCE in kept else next(iter(kept))
+        return
+    first = REFERENCE if REFERENCE in kept else next(iter(kept))
     limits = []
     for a, b in sorted(DIRECTIONS, key=lambda way: way[1]):
-        one = kept[reference][(a, b)][0]
+        one = kept[first][(a, b)][0]
         ids, labels = [str(i) for i in one["ids"]], one["labels"].tolist()
         top, coded = (f(truths[b], ids, labels, class_names) for f in (ceiling, coded_reference))
         limits.append(f"draw {b}'s annotation allows UF1 {top['uf1']:.4f} at most (naming every face's shown "
                       f"class), and naming each sample by the class annotated most often for its dataset and coded "
                       f"action units among the draw's other samples scores {coded['uf1']:.4f}")
     bands = amplitude_bands(merged, list(merged))
-    lines = ["", "## Where the errors are", "",
-             "From the probabilities each run kept on the draw it was scored on: " + "; ".join(limits) + ".", "",
-             "The seeds' probabilities averaged, per direction, and how many answers the seeds share:", "",
-             "| variant | 1 → 2 | 2 → 1 | answers shared |", "|---|---:|---:|---:|"]
-    groups: dict[str, list[dict[str, list[int]]]] = {}
-    patterns: dict[Any, list[int]] = {}
+    doc["limits"] = {"text": "; ".join(limits), "bands": list(bands)}
     for n, ways in kept.items():
         cells, shared = [], []
+        groups: list[dict[str, list[int]]] = []
+        patterns: dict[Any, list[int]] = {}
         for (_, b), runs in ways.items():
             ids = [f"{b}/{i}" for i in runs[0]["ids"]]
             labels = runs[0]["labels"]
@@ -202,17 +226,35 @@ def _errors(doc: dict[str, Any], work: Path, names: list[str]) -> list[str]:
             cells.append(f"{together.scores.uf1:.4f}")
             shared.append(together.shared)
             for answer in (r["probs"].argmax(1) for r in runs):
-                groups.setdefault(n, []).append(breakdown(merged, ids, labels, answer, bands))
-                if n == reference:
-                    pattern_errors(merged, ids, labels, answer, class_names, patterns)
-        lines.append(f"| {n} | {' | '.join(cells)} | {statistics.mean(shared):.3f} |")
-    lines += ["", *errors_table(groups, None, bands, heading="### Where the errors are",
-                                pooled="the seeds and both directions")]
-    lines += ["", f"### The patterns `{reference}` misreads most", "",
-              "Samples of one dataset with the same coded action units, annotated class and note; its runs' "
-              "answers pooled over the seeds and both directions (so each sample counts once a seed).", "",
-              *patterns_table(patterns, class_names)]
-    return lines
+                groups.append(breakdown(merged, ids, labels, answer, bands))
+                pattern_errors(merged, ids, labels, answer, class_names, patterns)
+        doc.setdefault("analysis", {})[n] = {
+            "seeds": _seeds(doc, n), "averaged": f"| {n} | {' | '.join(cells)} | {statistics.mean(shared):.3f} |",
+            "errors": errors_table({n: groups}, None, bands)[-1], "patterns": patterns_table(patterns, class_names)[2:]}
+
+
+def _errors(doc: dict[str, Any], names: list[str]) -> list[str]:
+    """Markdown lines from ``doc["analysis"]`` (``_analyse``): the draws' limits, the seeds averaged, where the
+    errors are and the patterns the recipe's model (else the first variant listed) misreads most."""
+    analysis = doc.get("analysis", {})
+    have = [n for n in names if n in analysis]
+    if not have or "limits" not in doc:
+        return []
+    reference = REFERENCE if REFERENCE in have else have[0]
+    bands = doc["limits"]["bands"]
+    return ["", "## Where the errors are", "",
+            "From the probabilities each run kept on the draw it was scored on: " + doc["limits"]["text"] + ".", "",
+            "The seeds' probabilities averaged, per direction, and how many answers the seeds share:", "",
+            "| variant | 1 → 2 | 2 → 1 | answers shared |", "|---|---:|---:|---:|",
+            *(analysis[n]["averaged"] for n in have), "",
+            *errors_table({}, None, (bands[0], bands[1]), heading="### Where the errors are",
+                          pooled="the seeds and both directions"),
+            *(analysis[n]["errors"] for n in have), "",
+            f"### The patterns `{reference}` misreads most", "",
+            "Samples of one dataset with the same coded action units, annotated class and note; its runs' answers "
+            "pooled over the seeds and both directions (so each sample counts once a seed).", "",
+            "| dataset | coded AUs | annotated | note | wrong | of | read as |", "|---|---|---|---|---:|---:|---|",
+            *analysis[reference]["patterns"]]
 
 
 def _table(doc: dict[str, Any], work: Path) -> None:
@@ -242,7 +284,8 @@ def _table(doc: dict[str, Any], work: Path) -> None:
             cells += [f"{statistics.mean(ways[w]):.4f}", _paired(doc, n, parent, w)]
         lines.append("| " + " | ".join([*cells, f"{fit:.4f}", f"{secs:.0f}"]) + " |")
     print("\n".join(lines[-len(names) - 2:]))
-    lines += _errors(doc, work, names)
+    _analyse(doc, work, names)
+    lines += _errors(doc, names)
     write_text(RESULTS / "crossdraw.md", "\n".join(lines) + "\n")
 
 

@@ -238,6 +238,9 @@ def main() -> None:
     ap.add_argument("--retime", action="store_true",
                     help="time every model of the table again, all at one moment and in turns (on an idle machine), "
                          "and rewrite the table; trains nothing")
+    ap.add_argument("--time-only", action="store_true",
+                    help="time the --models' architectures as --retime does and print the figures; trains nothing "
+                         "and leaves the table alone (models without a row, or HTNet, whose LOSO is a GPU job)")
     args = ap.parse_args()
     if args.fan_out < 1:
         ap.error("--fan-out must be at least 1")
@@ -247,6 +250,9 @@ def main() -> None:
         name, ablation = _name_and_ablation(m)
         model_config(name, ablation=ablation)  # an unknown name or ablation: one line before any work
     work = Path(args.work)
+    if args.time_only:
+        print(json.dumps(retime(models, work / "onnx"), indent=1))
+        return
     out_json = RESULTS / f"{args.name}.json"
     if args.retime:
         if not out_json.is_file():

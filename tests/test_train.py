@@ -321,6 +321,21 @@ def test_the_recognition_benchmark_times_its_models_again_together(tmp_path):
     assert "timed together in turns of 20 calls (20 calls each" in text
 
 
+def test_the_recognition_benchmark_times_models_without_a_row(tmp_path, monkeypatch, capsys):
+    """--time-only times the named models as --retime does (a model without a row, say) and prints the figures;
+    it trains nothing, renders no data and leaves the results alone."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import recognition
+
+    monkeypatch.setattr(recognition, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(sys, "argv", ["recognition.py", "--models", "ststnet", "--time-only", "--work",
+                                      str(tmp_path / "work")])
+    recognition.main()
+    printed = json.loads(capsys.readouterr().out)
+    assert 0 < printed["ms"]["ststnet"]["p50"] <= printed["ms"]["ststnet"]["p95"] and printed["runs"] == 300
+    assert not (tmp_path / "results").exists() and not (tmp_path / "work" / "data").exists()
+
+
 def test_the_recognition_benchmark_keeps_runs_on_flow_less_the_head_apart(tmp_path, monkeypatch):
     """A model trained with --head removed is a row of its own beside the same model and seed on the plain flow,
     in its own folder, and so is one trained at another learning rate (--lr), reading each person's motion at one
@@ -462,7 +477,8 @@ def test_the_cross_draw_check_scores_each_draw_with_a_model_trained_on_the_other
     (tmp_path / "draw").mkdir()
     (tmp_path / "draw" / "data").symlink_to(generated["megc2019"])
     monkeypatch.setattr(crossdraw, "_draw_folder", lambda _work, _draw: tmp_path / "draw")
-    crossdraw._table({"runs": {f"{base}/0": r}, "machine": "x", "date": "d"}, work)
+    doc = {"runs": {f"{base}/0": r}, "machine": "x", "date": "d"}
+    crossdraw._table(doc, work)
     lines = (tmp_path / "crossdraw.md").read_text().splitlines()
     assert any("draw 1's annotation allows UF1" in line and "draw 2's" in line for line in lines)
     averaged = [line for line in lines if line.startswith(f"| {base} | {r['1->2']['uf1']:.4f} | ")]
@@ -470,3 +486,29 @@ def test_the_cross_draw_check_scores_each_draw_with_a_model_trained_on_the_other
     clean = [line for line in lines if line.startswith(f"| {base} | ") and line not in averaged]
     assert 0 < float(clean[-1].split("|")[2]) <= 1  # accuracy on the clean samples
     assert f"### The patterns `{base}` misreads most" in lines
+    # the figures made from the predictions stay in the results when the predictions are gone (another machine)
+    shutil.rmtree(work / "predictions")
+    crossdraw._table(json.loads(json.dumps(doc)), work)
+    assert (tmp_path / "crossdraw.md").read_text().splitlines() == lines
+
+
+def test_the_cross_draw_check_trains_a_runs_two_directions_side_by_side(composite_features, tmp_path, monkeypatch):
+    """With --jobs 2 the two directions of one run train at once (a large model's run takes half the time); the
+    run is recorded once both are in, with the directions' figures and their mean, and each kept its answers."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import crossdraw
+
+    base = "ststnet-regions+head-removed"
+    monkeypatch.setattr(crossdraw, "RESULTS", tmp_path)
+    monkeypatch.setattr(crossdraw, "_features", lambda _work, _draw, _name: composite_features)
+    monkeypatch.setattr(sys, "argv", ["crossdraw.py", "--variants", base, "--seeds", "3", "--epochs", "2",
+                                      "--jobs", "2", "--work", str(tmp_path / "work")])
+    crossdraw.main()
+    doc = json.loads((tmp_path / "crossdraw.json").read_text())
+    r = doc["runs"][f"{base}/3"]
+    assert (r["variant"], r["seed"], r["epochs"]) == (base, 3, 2)
+    assert r["uf1"] == pytest.approx((r["1->2"]["uf1"] + r["2->1"]["uf1"]) / 2)
+    assert r["1->2"]["uf1"] == r["2->1"]["uf1"]  # one draw both ways: the same training, each in its own process
+    for way in ("1to2", "2to1"):
+        assert (tmp_path / "work" / "predictions" / base / f"3-{way}.npz").is_file()
+    assert f"| {base} | 1 |" in (tmp_path / "crossdraw.md").read_text()
