@@ -225,6 +225,10 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
                                                   "over the median of the subject's other samples' RMS, at most "
                                                   "x4 (`--set person_rms=0.075`): subjects who move half or twice "
                                                   "as strongly give the model one size of expression"),
+    "htnet+head-removed+lr-5e-5": ("htnet", {"lr": 5e-5}, {},
+                                   "the HTNet baseline (its authors' configuration, 139.6 M weights) on flow less the "
+                                   "head's motion, under the recipe at its authors' learning rate (at the recipe's "
+                                   "1e-3 its loss stays near chance's, 1.11-1.15, from the second epoch to the fifth)"),
     "texture-difference": ("mmt_small", {}, {}, "texture input: apex minus onset grey level instead of the apex "
                                                 "frame, which carries the subject's identity"),
     "motion-rms": ("mmt_small", {}, {"motion_rms": 0.2}, "each sample's flow scaled to RMS 0.2 units (the "
@@ -262,6 +266,7 @@ FEATURES = {"tvl1": Kind("tvl1"), "ststnet-tvl1": Kind("tvl1"), "ststnet-dis224"
             "motion-only+ststnet+head-removed": Kind(head="removed"),
             "motion-only+head-removed": Kind(head="removed"),
             "ststnet-regions+head-removed": Kind(head="removed"),
+            "htnet+head-removed+lr-5e-5": Kind(head="removed"),
             "ststnet-regions+head-removed+frames-5": Kind(head="removed", frames=5),
             "ststnet-regions+head-removed+tvl1": Kind("tvl1", head="removed"),
             "ststnet-regions+head-removed+finer-flow": Kind(head="removed", oversample=2),
